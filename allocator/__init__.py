@@ -1,0 +1,102 @@
+"""gpufair's allocator: certified fair division of GPU seats and streams.
+
+Pure functions over frozen dataclasses: no I/O, no torch, no web, no database (a test asserts
+it). The public surface is re-exported here; modules behind it are private to the package:
+
+* ``divide(instance, options) -> Division`` — the core of DESIGN §2 (allocator.solve);
+* ``certify`` / ``validate_allocation`` — the one checker (allocator.certificate);
+* ``allocate_cluster(snapshot, options, previous, *, version, allocation_id)`` — the cluster
+  layer that builds the core instance from a snapshot and cuts node plans (allocator.cluster);
+* the exception tree rooted at ``AllocatorError`` (allocator.errors).
+
+PuLP is imported lazily, by the solve, so importing the package stays light.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from allocator.certificate import AgentCertificate, Certificate, certify, validate_allocation
+from allocator.documents import instance_from_dict, instance_to_dict
+from allocator.errors import (
+    AllocationError,
+    AllocatorError,
+    CertificateError,
+    InfeasibleError,
+    InstanceError,
+    SolverError,
+    SolverTimeoutError,
+)
+from allocator.instance import Agent, Allocation, Instance
+from allocator.options import SolveOptions
+from allocator.plan import DevicePlan, ModelReplica, NodePlan, PlanError, SeatPlan
+from allocator.snapshot import (
+    CRITERIA,
+    OBJECTIVES,
+    ClusterSnapshot,
+    Criterion,
+    Gpu,
+    Model,
+    Objective,
+    Tenant,
+    ThroughputCurve,
+)
+
+if TYPE_CHECKING:
+    from allocator.cluster import ClusterAllocation, allocate_cluster
+    from allocator.solve import Division, divide
+
+# Names whose modules import PuLP (through allocator.milp): loaded on first use.
+_LAZY = {
+    "divide": "allocator.solve",
+    "Division": "allocator.solve",
+    "allocate_cluster": "allocator.cluster",
+    "ClusterAllocation": "allocator.cluster",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'allocator' has no attribute {name!r}")
+
+
+__all__ = [
+    "CRITERIA",
+    "OBJECTIVES",
+    "Agent",
+    "AgentCertificate",
+    "AllocationError",
+    "Allocation",
+    "AllocatorError",
+    "Certificate",
+    "CertificateError",
+    "ClusterAllocation",
+    "ClusterSnapshot",
+    "Criterion",
+    "DevicePlan",
+    "Division",
+    "Gpu",
+    "InfeasibleError",
+    "Instance",
+    "InstanceError",
+    "Model",
+    "ModelReplica",
+    "NodePlan",
+    "Objective",
+    "PlanError",
+    "SeatPlan",
+    "SolveOptions",
+    "SolverError",
+    "SolverTimeoutError",
+    "Tenant",
+    "ThroughputCurve",
+    "allocate_cluster",
+    "certify",
+    "divide",
+    "instance_from_dict",
+    "instance_to_dict",
+    "validate_allocation",
+]

@@ -1,0 +1,381 @@
+"""The one checker: fairness notions, allocation validation and the certificate.
+
+Everything that decides whether an allocation is fair lives here, written once and used by the
+solvers (to find violated envy pairs), by ``divide`` and the cluster layer (before anything is
+returned), by the CLI and the API (before anything is stored) and by the tests.
+
+The notions are DESIGN §2's table (EF^α and PROP^α from Li, Li, Liu and Wu, "Allocating Mixed
+Goods with Customized Fairness and Indivisibility Ratio", IJCAI 2024; EFM from Bei, Li, Liu,
+Liu and Lu, "Fair Division of Mixed Divisible and Indivisible Goods", AIJ 2021). Each agent's
+criterion is a family of linear inequalities in the agent's own values; every inequality is
+written as ``a + b·λ ≥ 0`` where λ is the relaxation (``f_i = α_i + λ(1 − α_i)``), both sides
+divided by the agent's total value ``T_i`` so that margins are comparable across agents. The
+*slack* reported for an agent is the smallest such margin: a fraction of the agent's total
+value by which its criterion holds (≥ 0) or fails (< 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from allocator.errors import AllocationError, CertificateError
+from allocator.instance import Allocation, Instance
+from allocator.snapshot import Criterion, Objective
+
+# Margins are fractions of T_i; a solver's feasibility tolerance (≈1e-7 on normalised rows)
+# and float rounding of shares stay far below this.
+TOLERANCE = 1e-6
+# A share below this is treated as zero (EFM asks whether an agent holds *any* divisible good).
+ZERO_SHARE = 1e-9
+
+# The Nash objective (Σ log of normalised values) enters the MILP and the share LP through
+# tangent cuts log(v) ≤ log(a) + (v − a)/a at these points (a geometric grid), with the log
+# variables bounded below by NASH_FLOOR (below the log of the smallest point).
+NASH_POINTS = tuple(1e-4 * 1.5**k for k in range(23)) + (1.0,)
+NASH_FLOOR = -12.0
+
+EF_TYPE: frozenset[Criterion] = frozenset({"ef_alpha", "ef", "ef1", "efm"})
+PROP_TYPE: frozenset[Criterion] = frozenset({"prop_alpha", "prop", "prop1"})
+
+
+def base_factor(criterion: Criterion, alpha: float) -> float:
+    """The multiplier of the removed/added good before relaxation (α_i, 0 or 1)."""
+    if criterion in ("ef_alpha", "prop_alpha"):
+        return alpha
+    if criterion in ("ef1", "prop1"):
+        return 1.0
+    return 0.0  # ef, prop; efm's divisible branch is exact too
+
+
+def relaxed_factor(criterion: Criterion, alpha: float, lam: float) -> float:
+    """f_i = base + λ(1 − base): λ = 0 is the criterion itself, λ = 1 is its "up to one"."""
+    base = base_factor(criterion, alpha)
+    return base + lam * (1.0 - base)
+
+
+@dataclass(frozen=True)
+class Bundles:
+    """Every agent's view of every bundle of one allocation (the numbers all notions use)."""
+
+    agents: tuple[str, ...]
+    total: dict[str, float]  # T_i
+    alpha: dict[str, float]  # α_i
+    view: dict[str, dict[str, float]]  # view[i][j] = V_i(A_j)
+    max_in: dict[str, dict[str, float]]  # max_in[i][j] = Mx_i(A_j)
+    max_out: dict[str, float]  # Mx_i(M ∖ A_i)
+    holds_divisible: dict[str, bool]  # x_jd > 0 for some d
+
+
+def bundles(instance: Instance, allocation: Allocation) -> Bundles:
+    names = tuple(a.name for a in instance.agents)
+    total: dict[str, float] = {}
+    alpha: dict[str, float] = {}
+    view: dict[str, dict[str, float]] = {i: dict.fromkeys(names, 0.0) for i in names}
+    max_in: dict[str, dict[str, float]] = {i: dict.fromkeys(names, 0.0) for i in names}
+    max_out: dict[str, float] = {}
+    holds_div = dict.fromkeys(names, False)
+    for shares in allocation.divisible.values():
+        for j, x in shares.items():
+            if x > ZERO_SHARE:
+                holds_div[j] = True
+    for i in names:
+        values = instance.values.get(i, {})
+        indiv = sum(values.get(g, 0.0) for g in instance.indivisible)
+        t = indiv + sum(values.get(d, 0.0) for d in instance.divisible)
+        total[i] = t
+        alpha[i] = indiv / t if t > 0 else 0.0
+        row, mx = view[i], max_in[i]
+        out = 0.0
+        for g in instance.indivisible:
+            v = values.get(g, 0.0)
+            holder = allocation.indivisible.get(g)
+            if holder is not None:
+                row[holder] += v
+                if v > mx[holder]:
+                    mx[holder] = v
+            if holder != i and v > out:
+                out = v
+        max_out[i] = out
+        for d in instance.divisible:
+            u = values.get(d, 0.0)
+            if u:
+                for j, x in allocation.divisible.get(d, {}).items():
+                    row[j] += x * u
+    return Bundles(names, total, alpha, view, max_in, max_out, holds_div)
+
+
+def constraint_terms(
+    instance: Instance, b: Bundles, agent: str
+) -> list[tuple[str | None, float, float]]:
+    """The agent's criterion as ``(other agent or None, a, b)`` with margin ``a + b·λ``."""
+    spec = next(a for a in instance.agents if a.name == agent)
+    t = b.total[agent]
+    if t <= 0:
+        return []
+    crit = spec.criterion
+    base = base_factor(crit, b.alpha[agent])
+    own = b.view[agent][agent]
+    if crit in PROP_TYPE:
+        weight_sum = sum(a.weight for a in instance.agents)
+        share = spec.weight / weight_sum * t
+        mx = b.max_out[agent]
+        return [(None, (own + base * mx - share) / t, (1.0 - base) * mx / t)]
+    terms: list[tuple[str | None, float, float]] = []
+    for other in instance.agents:
+        j = other.name
+        if j == agent:
+            continue
+        vj, mx = b.view[agent][j], b.max_in[agent][j]
+        if crit == "efm":
+            if b.holds_divisible[j]:
+                terms.append((j, (own - vj) / t, mx / t))
+            else:
+                terms.append((j, (own - vj + mx) / t, 0.0))
+        else:
+            scale = spec.weight / other.weight
+            a = (own / spec.weight - (vj - base * mx) / other.weight) * spec.weight / t
+            terms.append((j, a, (1.0 - base) * mx * scale / t))
+    return terms
+
+
+def minimal_relaxation(terms: Iterable[tuple[str | None, float, float]]) -> float:
+    """Smallest λ ≥ 0 with every ``a + b·λ ≥ −TOLERANCE`` (inf if none in reach)."""
+    lam = 0.0
+    for _, a, b in terms:
+        if a < -TOLERANCE:
+            if b <= 0:
+                return math.inf
+            lam = max(lam, (-a - TOLERANCE / 2) / b)
+    return lam
+
+
+@dataclass(frozen=True)
+class AgentCertificate:
+    agent: str
+    criterion: Criterion
+    weight: float
+    alpha: float  # indivisibility ratio α_i
+    total: float  # T_i, the agent's value of everything
+    value: float  # V_i(A_i)
+    normalised_value: float  # V_i(A_i) / T_i (0 when T_i = 0)
+    holds: bool  # the criterion, relaxed by `lam`, holds
+    slack: float | None  # smallest margin as a fraction of T_i; None: nothing to compare
+    lam: float  # λ applied to this agent (0: its criterion exactly)
+    factor: float  # f_i = base + λ(1 − base), the fraction of a good allowed
+    envy: dict[str, float]  # envy[j] = V_i(A_j) − V_i(A_i) (> 0: the agent envies j)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha,
+            "criterion": self.criterion,
+            "weight": self.weight,
+            "holds": self.holds,
+            "slack": self.slack,
+            "lambda": self.lam,
+            "factor": self.factor,
+            "value": self.value,
+            "normalised_value": self.normalised_value,
+            "total": self.total,
+            "envy": self.envy,
+        }
+
+
+@dataclass(frozen=True)
+class Certificate:
+    agents: dict[str, AgentCertificate]
+    objective: Objective
+    objective_value: float  # exact, from the allocation (-inf for Nash with a zero value)
+    unconstrained_value: float | None  # best objective without fairness (None: not computed)
+    ratio: float | None  # objective_value against unconstrained_value (see docs/fairness.md)
+    lambda_ef: float  # relaxation of EF-type agents (0: none)
+    lambda_prop: float  # relaxation of PROP-type agents (0 unless EF-type ones at λ=1 failed)
+    solver: str  # "highs", "cbc" (exact MILP), "highs-lp+fractional", "highs-lp+picking", ...
+    # "optimal" / "feasible" (exact MILP, proven or stopped at limit/gap), "heuristic" (the
+    # scalable path), "constructive" (the picking sequence alone, when nothing else finished)
+    status: str
+    gap: float | None  # relative MIP gap when known
+    time_s: float  # wall time of the solve
+    notes: tuple[str, ...] = field(default=())  # e.g. estimated throughput curves
+
+    @property
+    def holds(self) -> bool:
+        return all(a.holds for a in self.agents.values())
+
+    def require_holds(self) -> Certificate:
+        """Return self, or raise CertificateError naming the first failing agent."""
+        for a in self.agents.values():
+            if not a.holds:
+                raise CertificateError(
+                    f"agent {a.agent!r}: criterion {a.criterion} (λ={a.lam:g}) fails "
+                    f"by {-(a.slack or 0.0):.3g} of its total value"
+                )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        finite = math.isfinite(self.objective_value)
+        return {
+            # "fair" and "holds" say the same: every agent's criterion holds (at the reported
+            # λ). "holds" is the original key; "fair" is the one users look for.
+            "fair": self.holds,
+            "holds": self.holds,
+            "violations": sum(1 for a in self.agents.values() if not a.holds),
+            "agents": {name: a.to_dict() for name, a in self.agents.items()},
+            "objective": self.objective,
+            "objective_value": self.objective_value if finite else None,
+            "unconstrained_value": self.unconstrained_value,
+            "ratio": self.ratio,
+            "lambda": self.lambda_ef,
+            "lambda_prop": self.lambda_prop,
+            "solver": self.solver,
+            "status": self.status,
+            "gap": self.gap,
+            "time_s": self.time_s,
+            "notes": list(self.notes),
+        }
+
+
+def objective_value(objective: Objective, normalised: Iterable[float]) -> float:
+    """Utilitarian Σ, Nash Σ log, egalitarian min of normalised values (agents with T_i > 0)."""
+    values = list(normalised)
+    if not values:
+        return 0.0
+    if objective == "utilitarian":
+        return sum(values)
+    if objective == "egalitarian":
+        return min(values)
+    return sum(math.log(v) if v > 0 else -math.inf for v in values)
+
+
+def objective_ratio(objective: Objective, value: float, best: float, count: int) -> float | None:
+    """Welfare against the unconstrained optimum; for Nash the ratio of geometric means."""
+    if objective == "nash":
+        if not math.isfinite(best) or count == 0:
+            return None
+        return math.exp((value - best) / count) if math.isfinite(value) else 0.0
+    if best <= 0:
+        return 1.0
+    return value / best
+
+
+def certify(
+    instance: Instance,
+    allocation: Allocation,
+    *,
+    lambda_ef: float = 0.0,
+    lambda_prop: float = 0.0,
+    objective: Objective | None = None,
+    unconstrained_value: float | None = None,
+    solver: str = "none",
+    status: str = "unknown",
+    gap: float | None = None,
+    time_s: float = 0.0,
+    notes: tuple[str, ...] = (),
+) -> Certificate:
+    """Validate the allocation and compute its certificate (never raises for unfairness)."""
+    validate_allocation(instance, allocation)
+    b = bundles(instance, allocation)
+    objective = objective or instance.objective
+    agents: dict[str, AgentCertificate] = {}
+    for spec in instance.agents:
+        i = spec.name
+        lam = lambda_ef if spec.criterion in EF_TYPE else lambda_prop
+        terms = constraint_terms(instance, b, i)
+        margins = [a + bb * lam for _, a, bb in terms]
+        slack = min(margins) if margins else None
+        t = b.total[i]
+        agents[i] = AgentCertificate(
+            agent=i,
+            criterion=spec.criterion,
+            weight=spec.weight,
+            alpha=b.alpha[i],
+            total=t,
+            value=b.view[i][i],
+            normalised_value=b.view[i][i] / t if t > 0 else 0.0,
+            holds=slack is None or slack >= -TOLERANCE,
+            slack=slack,
+            lam=lam,
+            factor=relaxed_factor(spec.criterion, b.alpha[i], lam),
+            envy={j: b.view[i][j] - b.view[i][i] for j in b.agents if j != i},
+        )
+    normalised = [a.normalised_value for a in agents.values() if a.total > 0]
+    value = objective_value(objective, normalised)
+    ratio = (
+        objective_ratio(objective, value, unconstrained_value, len(normalised))
+        if unconstrained_value is not None
+        else None
+    )
+    return Certificate(
+        agents=agents,
+        objective=objective,
+        objective_value=value,
+        unconstrained_value=unconstrained_value,
+        ratio=ratio,
+        lambda_ef=lambda_ef,
+        lambda_prop=lambda_prop,
+        solver=solver,
+        status=status,
+        gap=gap,
+        time_s=time_s,
+        notes=notes,
+    )
+
+
+def validate_allocation(instance: Any, allocation: Any) -> None:
+    """Raise AllocationError unless the allocation is complete and respects every constraint.
+
+    Also accepts ``(ClusterSnapshot, ClusterAllocation)``: then the core allocation, its
+    certificate and every node plan are checked (allocator.cluster.validate_cluster_allocation).
+    """
+    if hasattr(allocation, "plans"):
+        from allocator.cluster import validate_cluster_allocation
+
+        validate_cluster_allocation(instance, allocation)
+        return
+    agents = {a.name for a in instance.agents}
+    if set(allocation.indivisible) != set(instance.indivisible):
+        missing = sorted(set(instance.indivisible) - set(allocation.indivisible))
+        extra = sorted(set(allocation.indivisible) - set(instance.indivisible))
+        raise AllocationError(f"indivisible goods: missing {missing}, unknown {extra}")
+    for g, holder in allocation.indivisible.items():
+        if holder is None:
+            if g not in instance.optional and any((i, g) not in instance.forbidden for i in agents):
+                raise AllocationError(f"indivisible good {g!r} is given to nobody")
+            continue
+        if holder not in agents:
+            raise AllocationError(f"indivisible good {g!r} given to unknown agent {holder!r}")
+        if (holder, g) in instance.forbidden:
+            raise AllocationError(f"indivisible good {g!r}: {holder!r} may not have it")
+    if set(allocation.divisible) != set(instance.divisible):
+        missing = sorted(set(instance.divisible) - set(allocation.divisible))
+        extra = sorted(set(allocation.divisible) - set(instance.divisible))
+        raise AllocationError(f"divisible goods: missing {missing}, unknown {extra}")
+    held: dict[str, set[str]] = {i: set() for i in agents}
+    for g, holder in allocation.indivisible.items():
+        if holder is not None:
+            held[holder].add(g)
+    for d, shares in allocation.divisible.items():
+        total = 0.0
+        for i, x in shares.items():
+            if i not in agents:
+                raise AllocationError(f"divisible good {d!r}: share for unknown agent {i!r}")
+            if not (-ZERO_SHARE <= x <= 1 + ZERO_SHARE) or math.isnan(x):
+                raise AllocationError(f"divisible good {d!r}: share {x!r} of {i!r} not in [0, 1]")
+            total += x
+            needed = instance.requires.get(d)
+            if needed is not None and x > ZERO_SHARE and not held[i].intersection(needed):
+                raise AllocationError(
+                    f"divisible good {d!r}: {i!r} has a share but holds none of its "
+                    f"required goods"
+                )
+        if total > 1.0 + 1e-6 or (d not in instance.optional and total < 1.0 - 1e-6):
+            raise AllocationError(f"divisible good {d!r}: shares sum to {total:.9g}, not 1")
+    for i, caps in instance.caps.items():
+        for group, most in caps:
+            count = len(held.get(i, set()).intersection(group))
+            if count > most:
+                raise AllocationError(
+                    f"agent {i!r} holds {count} goods of a group capped at {most}"
+                )

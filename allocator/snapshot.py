@@ -1,0 +1,80 @@
+"""The cluster snapshot: what the allocator's cluster layer divides.
+
+A snapshot is a frozen picture of the cluster at solve time — GPUs (or CPU devices standing in
+for them) with their seats, streams and memory; tenants with their weight and fairness
+criterion; models with their SLA, demand and measured or estimated throughput curves. The API
+builds one from the database, ``gpufair allocate`` from a TOML/JSON file, tests by hand. The
+allocator reads nothing else, which keeps it a pure function of this value (DESIGN §1, §2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Criterion = Literal["prop_alpha", "ef_alpha", "efm", "ef1", "prop1", "ef", "prop"]
+Objective = Literal["utilitarian", "nash", "egalitarian"]
+DeviceKind = Literal["gpu", "cpu"]
+
+CRITERIA: tuple[Criterion, ...] = ("prop_alpha", "ef_alpha", "efm", "ef1", "prop1", "ef", "prop")
+OBJECTIVES: tuple[Objective, ...] = ("utilitarian", "nash", "egalitarian")
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One accelerator (or a CPU device serving as one) on a node."""
+
+    node: str  # node name, unique in the cluster
+    device: str  # device on the node, e.g. "cuda:0" or "cpu:0"
+    kind: DeviceKind  # "gpu" runs sessions on CUDA streams, "cpu" on threads
+    memory_mb: int  # memory available to model replicas, split evenly between the seats
+    seats: int  # σ_g: indivisible slots, each holding one replica with one base stream
+    streams: int  # S_g ≥ σ_g: the S_g − σ_g left over form the divisible stream pool
+
+    @property
+    def gpu_id(self) -> str:
+        """Cluster-wide identifier, ``node/device``."""
+        return f"{self.node}/{self.device}"
+
+
+@dataclass(frozen=True)
+class ThroughputCurve:
+    """q_m(g, s): latency-bounded QPS of one replica with s = 1, 2, … streams."""
+
+    qps: tuple[float, ...]  # qps[s-1] for s streams; non-decreasing, non-negative
+    measured: bool = False  # False while the value is an estimate not yet profiled on a node
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str  # unique tenant name
+    weight: float = 1.0  # entitlement w_i > 0
+    criterion: Criterion = "prop_alpha"
+
+
+@dataclass(frozen=True)
+class Model:
+    """A tenant's model with its SLA; every seat it wins holds one replica."""
+
+    model_id: str  # unique in the cluster
+    tenant: str  # owning tenant's name
+    artifact: str  # see allocator.plan.ModelReplica.artifact
+    memory_mb: int  # memory of one replica; fits a seat only if ≤ memory_mb / seats of the GPU
+    replicas_wanted: int  # at most this many seats are useful to the model
+    sla_p99_ms: float  # the p99 latency bound its throughput is measured against
+    demand_qps: float  # the traffic the tenant expects; throughput beyond it has no value
+    # Profiles by GPU id; a GPU missing here uses ``estimate``.
+    profiles: dict[str, ThroughputCurve] = field(default_factory=dict)
+    estimate: ThroughputCurve = ThroughputCurve(qps=(1.0,), measured=False)
+
+    def curve(self, gpu: Gpu) -> ThroughputCurve:
+        """The throughput curve on ``gpu``: its profile, else the estimate."""
+        return self.profiles.get(gpu.gpu_id, self.estimate)
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    tenants: tuple[Tenant, ...]
+    models: tuple[Model, ...]
+    gpus: tuple[Gpu, ...]
+    objective: Objective = "utilitarian"

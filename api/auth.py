@@ -1,0 +1,81 @@
+"""Credentials: admin token, tenant API keys and node tokens, and who a bearer token is.
+
+Tenant keys and node tokens are 256-bit random strings shown once when issued; only their
+sha256 is stored, which is enough for a secret of that entropy (no salt or slow hash needed:
+nothing can be guessed from the hash). The admin token comes from settings; its development
+default is honoured only in development mode, so a production deployment that forgot to set
+``GPUFAIR_API_ADMIN_TOKEN`` is not open to anyone who read the docs.
+
+This module says *who* a token belongs to; :mod:`api.deps` says which routes each role may
+call, in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import Connection, select
+from sqlalchemy.orm import Session
+
+from api.errors import Forbidden
+from api.models import ApiKeyRow, NodeRow, TenantRow
+from gpufair.settings import DEVELOPMENT_ADMIN_TOKEN, ApiSettings
+
+TENANT_KEY_PREFIX = "gft_"
+NODE_TOKEN_PREFIX = "gfn_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller behind a bearer token."""
+
+    role: Literal["admin", "tenant", "node"]
+    id: int = 0  # tenant or node id; 0 for the admin
+    name: str = ""  # tenant or node name
+
+
+def new_token(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _is_admin(token: str, settings: ApiSettings) -> bool:
+    if not settings.admin_token or not hmac.compare_digest(
+        token.encode(), settings.admin_token.encode()
+    ):
+        return False
+    if settings.admin_token == DEVELOPMENT_ADMIN_TOKEN and not settings.dev_mode:
+        raise Forbidden(
+            "the development admin token is refused outside dev_mode; "
+            "set GPUFAIR_API_ADMIN_TOKEN to a secret of your own"
+        )
+    return True
+
+
+def identify(
+    *, session: Session | Connection, token: str, settings: ApiSettings
+) -> Principal | None:
+    """The principal ``token`` belongs to, or None if it is unknown or revoked."""
+    if _is_admin(token, settings):
+        return Principal(role="admin")
+    digest = token_hash(token)
+    if token.startswith(TENANT_KEY_PREFIX):
+        tenant = session.execute(
+            select(TenantRow.id, TenantRow.name)
+            .join(ApiKeyRow, ApiKeyRow.tenant_id == TenantRow.id)
+            .where(ApiKeyRow.token_hash == digest, ApiKeyRow.revoked_at.is_(None))
+        ).first()
+        return Principal(role="tenant", id=tenant.id, name=tenant.name) if tenant else None
+    if token.startswith(NODE_TOKEN_PREFIX):
+        node = session.execute(
+            select(NodeRow.id, NodeRow.name).where(NodeRow.token_hash == digest)
+        ).first()
+        return Principal(role="node", id=node.id, name=node.name) if node else None
+    return None

@@ -1,0 +1,96 @@
+"""The database handle: one engine, and sessions for reading and for writing.
+
+SQLite (the embedded default, a file under ``./var/``) and PostgreSQL (by URL, psycopg 3) are
+used through the same ORM code. SQLite needs three things PostgreSQL does not: foreign keys
+turned on per connection; WAL, so readers never wait for the writer; and write transactions
+opened with ``BEGIN IMMEDIATE``. Without the last, a transaction that read a row and then
+writes it fails at once with "database is locked" when another writer committed in between
+(busy_timeout does not apply to that case), where the caller should instead wait its turn and
+then see the other writer's revision (a 412, not a 500).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+# How long a SQLite writer waits for another to finish, e.g. behind the write of a solve.
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def _prepare_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _: Any) -> None:
+        # Let SQLAlchemy's "begin" event below emit BEGIN, rather than pysqlite's own guess.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """An engine for ``url``; a SQLite file's folder is created if missing."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            echo=echo,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
+        )
+        _prepare_sqlite(engine)
+        return engine
+    return create_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+class Database:
+    """The engine and its two session factories."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.engine = make_engine(url, echo=echo)
+        self.dialect = self.engine.dialect.name
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        writer = (
+            self.engine.execution_options(sqlite_begin="IMMEDIATE")
+            if self.dialect == "sqlite"
+            else self.engine
+        )
+        self._write = sessionmaker(writer, expire_on_commit=False)
+
+    @contextmanager
+    def session(self, *, write: bool) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on any error."""
+        factory = self._write if write else self._read
+        with factory() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A Core connection in a read transaction, for the hot paths (credentials, plans),
+        where the ORM session's bookkeeping would cost more than the query."""
+        with self.engine.connect() as connection, connection.begin():
+            yield connection
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,157 @@
+"""The control plane's one error tree and its one JSON shape.
+
+Services raise these exceptions; the app's handlers (:func:`install_error_handlers`) turn them,
+FastAPI's validation errors and Starlette's routing errors into one body,
+``{"error": {"code": ..., "message": ..., "field": ...}}``, so a client parses every failure the
+same way and a bad input never reaches the client as a 500 or a traceback::
+
+    ApiError                       (status, code)
+    ├── InvalidInput   ValueError  422 invalid        a field is wrong; ``field`` names it
+    ├── Unauthorized               401 unauthorized   no credentials, or unknown ones
+    ├── Forbidden                  403 forbidden      valid credentials of the wrong role
+    ├── NotFound       LookupError 404 not_found      absent, or not visible to the caller
+    ├── Conflict                   409 conflict       a unique name is taken; nothing to solve
+    ├── PreconditionFailed         412 stale_etag     If-Match names an old revision
+    ├── PayloadTooLarge            413 too_large      body over settings.api.max_body_bytes
+    ├── AllocationRejected         500 allocation_rejected
+    │                                  the allocator's certificate failed its own checker;
+    │                                  nothing was stored (a defect, never the caller's fault)
+    └── SolverFailed               503 solver_failed
+                                       the MILP solver found nothing usable in its time limit
+
+``SchemaNotReady`` is not an HTTP error: ``gpufair serve`` raises it at start-up when the
+database schema is behind the code's migrations.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """Base of every error the API reports to a client."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return {"error": error}
+
+
+class InvalidInput(ApiError, ValueError):
+    status = 422
+    code = "invalid"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ApiError, LookupError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+
+
+class PreconditionFailed(ApiError):
+    status = 412
+    code = "stale_etag"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "too_large"
+
+
+class AllocationRejected(ApiError):
+    status = 500
+    code = "allocation_rejected"
+
+
+class SolverFailed(ApiError):
+    status = 503
+    code = "solver_failed"
+
+
+class SchemaNotReady(RuntimeError):
+    """The database schema is not at the code's head revision."""
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+def _field_of(loc: Sequence[Any]) -> str:
+    """``("body", "devices", 0, "seats")`` -> ``"devices[0].seats"``; keeps the location kind
+    for query, path and header parameters so a client knows where to look."""
+    parts = list(loc)
+    prefix = ""
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    elif parts and parts[0] in ("query", "path", "header"):
+        prefix = f"{parts.pop(0)}."
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return prefix + text if text else (prefix.rstrip(".") or "body")
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    if exc.status >= 500:
+        log.error("%s: %s", exc.code, exc.message)
+    return error_response(exc)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+    # A JSON syntax error's location is a character offset, not a field.
+    loc = ("body",) if first.get("type") == "json_invalid" else first.get("loc", ("body",))
+    field = _field_of(loc)
+    message = f"{field}: {first.get('msg', 'invalid')}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more)"
+    return error_response(InvalidInput(message, field=field))
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+    body = {"error": {"code": codes.get(exc.status_code, "http_error"), "message": exc.detail}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,0 +1,54 @@
+"""The request body limit: bodies over ``settings.api.max_body_bytes`` get 413.
+
+Checked twice: at once from ``Content-Length``, and while the body streams in, for chunked
+uploads that declare no length, so an oversized upload is never read into memory whole.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import PayloadTooLarge, error_response
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body over the limit of {self.max_body_bytes} bytes")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await error_response(self._too_large())(scope, receive, send)
+            return
+        received = 0
+        too_large = False
+
+        async def counted_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    # Stop reading: the app sees a disconnect, and its answer is replaced below.
+                    too_large = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not too_large:
+                await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large:
+            await error_response(self._too_large())(scope, receive, send)

@@ -1,0 +1,86 @@
+"""``/v1/allocations``: solve now, and read the immutable, versioned results."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, status
+
+from api.deps import AdminDep, CurrentTenant, SessionDep, StateDep
+from api.models import AllocationRow
+from api.schemas import (
+    MAX_ID,
+    AllocationCreate,
+    AllocationDiff,
+    AllocationPublic,
+    AllocationSummary,
+    PathId,
+    TenantAllocation,
+)
+from api.services import allocations as service
+
+router = APIRouter(prefix="/allocations")
+
+
+def _public(session: SessionDep, row: AllocationRow) -> AllocationPublic:
+    return AllocationPublic.model_validate(
+        {
+            **AllocationSummary.model_validate(row).model_dump(),
+            "certificate": row.certificate,
+            "nodes": service.node_names(session=session, allocation_id=row.id),
+        }
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, tags=["admin"])
+def create_allocation(
+    _: AdminDep,
+    state: StateDep,
+    data: Annotated[AllocationCreate | None, Body()] = None,
+) -> AllocationPublic:
+    """Solve now on a snapshot of the database; store the allocation only if its certificate
+    passes the allocator's checker. One solve runs at a time; others wait their turn."""
+    objective = data.objective if data is not None else None
+    with state.metrics.solve_seconds.time():
+        row = service.run_solve(db=state.db, options=state.settings.allocator, objective=objective)
+    state.metrics.allocation_version.set(row.version)
+    state.notifier.notify()
+    with state.db.session(write=False) as session:
+        return _public(session, row)
+
+
+@router.get("", tags=["admin"])
+def list_allocations(
+    _: AdminDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="versions below this")] = None,
+) -> list[AllocationSummary]:
+    rows = service.list_allocations(session=session, limit=limit, before=before)
+    return [AllocationSummary.model_validate(r) for r in rows]
+
+
+@router.get("/current", tags=["admin"])
+def read_current(_: AdminDep, session: SessionDep) -> AllocationPublic:
+    return _public(session, service.current_allocation_or_raise(session=session))
+
+
+@router.get("/current/me", tags=["tenant"])
+def read_current_mine(tenant: CurrentTenant, session: SessionDep) -> TenantAllocation:
+    """The tenant's seats, stream shares and own certificate row in the current allocation."""
+    return service.tenant_view(session=session, tenant_id=tenant.id)
+
+
+@router.get("/{allocation}", tags=["admin"])
+def read_allocation(allocation: PathId, _: AdminDep, session: SessionDep) -> AllocationPublic:
+    return _public(
+        session, service.get_allocation_or_raise(session=session, allocation_id=allocation)
+    )
+
+
+@router.get("/{allocation}/diff/{other}", tags=["admin"])
+def diff_allocations(
+    allocation: PathId, other: PathId, _: AdminDep, session: SessionDep
+) -> AllocationDiff:
+    """What changed from ``allocation`` to ``other``: seat moves and tenants' stream shares."""
+    return service.diff_allocations(session=session, from_id=allocation, to_id=other)

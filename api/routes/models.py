@@ -1,0 +1,85 @@
+"""``/v1/models``: a tenant's models, each a zoo architecture or an uploaded TorchScript file."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, Response, status
+
+from api.deps import CurrentTenant, SessionDep
+from api.models import ModelRow
+from api.schemas import ArtifactPublic, ModelCreate, ModelPublic, ModelUpdate, PathId
+from api.services import models as service
+from api.services.revisions import revision_etag
+
+router = APIRouter(prefix="/models", tags=["tenant"])
+IfMatch = Annotated[str | None, Header(description="the ETag read; a stale one gets 412")]
+
+
+def _public(session: SessionDep, model: ModelRow, response: Response) -> ModelPublic:
+    response.headers["ETag"] = revision_etag(model.revision)
+    return service.to_public(model, service.uploaded_ids(session=session, model_ids=[model.id]))
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_model(
+    data: ModelCreate, tenant: CurrentTenant, session: SessionDep, response: Response
+) -> ModelPublic:
+    """Register a model. ``artifact`` is a zoo reference, or ``api`` for a TorchScript file
+    uploaded next with ``PUT /v1/models/{model}/artifact`` (the model waits for it)."""
+    model = service.create_model(session=session, tenant_id=tenant.id, data=data)
+    return _public(session, model, response)
+
+
+@router.get("")
+def list_models(tenant: CurrentTenant, session: SessionDep) -> list[ModelPublic]:
+    models = service.list_models(session=session, tenant_id=tenant.id)
+    uploaded = service.uploaded_ids(session=session, model_ids=[m.id for m in models])
+    return [service.to_public(m, uploaded) for m in models]
+
+
+@router.get("/{model}")
+def read_model(
+    model: PathId, tenant: CurrentTenant, session: SessionDep, response: Response
+) -> ModelPublic:
+    row = service.get_model_or_raise(session=session, tenant_id=tenant.id, model_id=model)
+    return _public(session, row, response)
+
+
+@router.patch("/{model}")
+def update_model(
+    model: PathId,
+    data: ModelUpdate,
+    tenant: CurrentTenant,
+    session: SessionDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> ModelPublic:
+    row = service.update_model(
+        session=session, tenant_id=tenant.id, model_id=model, data=data, if_match=if_match
+    )
+    return _public(session, row, response)
+
+
+@router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_model(
+    model: PathId, tenant: CurrentTenant, session: SessionDep, if_match: IfMatch = None
+) -> Response:
+    service.delete_model(session=session, tenant_id=tenant.id, model_id=model, if_match=if_match)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.put("/{model}/artifact")
+def upload_artifact(
+    model: PathId,
+    data: Annotated[bytes, Body(media_type="application/octet-stream")],
+    tenant: CurrentTenant,
+    session: SessionDep,
+    if_match: IfMatch = None,
+) -> ArtifactPublic:
+    """Upload the model's TorchScript file (``torch.jit.save``); the model's artifact becomes
+    ``api:<model>`` and nodes whose plan seats it download it from the API."""
+    row = service.store_artifact(
+        session=session, tenant_id=tenant.id, model_id=model, data=data, if_match=if_match
+    )
+    return ArtifactPublic.model_validate(row)

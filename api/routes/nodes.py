@@ -1,0 +1,136 @@
+"""``/v1/nodes``: the admin registers nodes; each node's daemon pulls its plan and reports back.
+
+The plan route is the node protocol's hot path: one indexed read, an ETag equal to the plan's
+version, ``If-None-Match`` answered with 304, and ``?wait=S`` holding the request until the
+plan changes or S seconds pass (at most ``settings.api.max_long_poll_s``). The wait holds no
+database connection and no worker thread: it awaits the process's plan notifier. The read is
+done on the event loop: it is shorter than a hand-off to a worker thread would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi.responses import JSONResponse
+
+from api.deps import AdminDep, CurrentNode, SessionDep, StateDep
+from api.models import NodeRow
+from api.schemas import (
+    NAME_PATTERN,
+    Heartbeat,
+    HeartbeatReply,
+    NodeCreate,
+    NodeCreated,
+    NodePublic,
+    PathId,
+    ProfilesPut,
+    ProfilesStored,
+)
+from api.services import nodes as service
+from api.services.plans import RECHECK_S, current_plan, etag_matches, plan_etag
+from api.state import AppState
+
+router = APIRouter(prefix="/nodes")
+NodeName = Annotated[str, Path(pattern=NAME_PATTERN)]
+
+
+def _created(node: NodeRow, token: str) -> NodeCreated:
+    return NodeCreated.model_validate(
+        {**NodePublic.model_validate(node).model_dump(), "token": token}
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, tags=["admin"])
+def create_node(data: NodeCreate, _: AdminDep, session: SessionDep) -> NodeCreated:
+    """Register a node and its devices; the reply carries the node token, shown once."""
+    return _created(*service.create_node(session=session, data=data))
+
+
+@router.get("", tags=["admin"])
+def list_nodes(_: AdminDep, session: SessionDep) -> list[NodePublic]:
+    return [NodePublic.model_validate(n) for n in service.list_nodes(session=session)]
+
+
+@router.get("/{node}", tags=["admin"])
+def read_node(node: NodeName, _: AdminDep, session: SessionDep) -> NodePublic:
+    return NodePublic.model_validate(service.get_node_or_raise(session=session, name=node))
+
+
+@router.post("/{node}/token", tags=["admin"])
+def rotate_token(node: NodeName, _: AdminDep, session: SessionDep) -> NodeCreated:
+    """Issue a new token for the node; the old one is refused from now on."""
+    return _created(*service.rotate_token(session=session, name=node))
+
+
+def _read_plan(state: AppState, node_id: int, node_name: str) -> tuple[int, dict[str, Any]]:
+    with state.db.connection() as connection:
+        return current_plan(session=connection, node_id=node_id, node_name=node_name)
+
+
+@router.get(
+    "/{node}/plan",
+    tags=["node"],
+    responses={200: {"description": "the node's plan (allocator.plan.NodePlan)"}, 304: {}},
+)
+async def read_plan(
+    node: NodeName,
+    me: CurrentNode,
+    state: StateDep,
+    wait: Annotated[float, Query(ge=0, le=3600, description="long-poll seconds")] = 0.0,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The node's newest plan; with ``If-None-Match`` of the current ETag, 304, after waiting
+    up to ``wait`` seconds for a newer one."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(wait, state.settings.api.max_long_poll_s)
+    while True:
+        # On the event loop, as the credential check: one indexed read (see api.deps).
+        version, plan = _read_plan(state, me.id, me.name)
+        etag = plan_etag(version)
+        if not etag_matches(if_none_match, etag):
+            return JSONResponse(plan, headers={"ETag": etag, "Cache-Control": "no-cache"})
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+        await state.notifier.wait(min(remaining, RECHECK_S))
+
+
+@router.post("/{node}/heartbeat", tags=["node"])
+def heartbeat(
+    node: NodeName, data: Heartbeat, me: CurrentNode, session: SessionDep
+) -> HeartbeatReply:
+    """Record the daemon's state; the reply says whether a newer plan waits."""
+    _, version = service.record_heartbeat(session=session, node_id=me.id, data=data)
+    return HeartbeatReply(current_version=version, etag=plan_etag(version))
+
+
+@router.put("/{node}/profiles", tags=["node"])
+def put_profiles(
+    node: NodeName, data: ProfilesPut, me: CurrentNode, session: SessionDep
+) -> ProfilesStored:
+    """Store measured QPS-vs-streams curves; the next solve values seats and pools by them."""
+    return ProfilesStored(
+        stored=service.store_profiles(session=session, node_id=me.id, entries=data.profiles)
+    )
+
+
+@router.get(
+    "/{node}/artifacts/{model}",
+    tags=["node"],
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download_artifact(
+    node: NodeName, model: PathId, me: CurrentNode, session: SessionDep
+) -> Response:
+    """The uploaded TorchScript file of a model seated in this node's current plan."""
+    row = service.artifact_for_node(
+        session=session, node_id=me.id, node_name=me.name, model_id=model
+    )
+    return Response(
+        row.data,
+        media_type="application/octet-stream",
+        headers={"ETag": f'"{row.sha256}"', "X-Artifact-Sha256": row.sha256},
+    )

@@ -1,0 +1,120 @@
+"""``/v1/tenants``: the admin manages tenants and their keys; a tenant reads and tunes itself."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response, status
+
+from api.deps import AdminDep, CurrentTenant, SessionDep
+from api.models import TenantRow
+from api.schemas import (
+    ApiKeyCreated,
+    ApiKeyPublic,
+    PathId,
+    TenantCreate,
+    TenantPublic,
+    TenantSelfUpdate,
+    TenantUpdate,
+)
+from api.services import tenants as service
+from api.services.revisions import revision_etag
+
+router = APIRouter(prefix="/tenants")
+IfMatch = Annotated[str | None, Header(description="the ETag read; a stale one gets 412")]
+
+
+def _public(tenant: TenantRow, response: Response) -> TenantPublic:
+    response.headers["ETag"] = revision_etag(tenant.revision)
+    return TenantPublic.model_validate(tenant)
+
+
+# Tenant routes first: "/tenants/me" must not be taken for "/tenants/{tenant}".
+@router.get("/me", tags=["tenant"])
+def read_me(tenant: CurrentTenant, session: SessionDep, response: Response) -> TenantPublic:
+    return _public(service.get_tenant_or_raise(session=session, tenant_id=tenant.id), response)
+
+
+@router.patch("/me", tags=["tenant"])
+def update_me(
+    data: TenantSelfUpdate,
+    tenant: CurrentTenant,
+    session: SessionDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> TenantPublic:
+    row = service.update_tenant(session=session, tenant_id=tenant.id, data=data, if_match=if_match)
+    return _public(row, response)
+
+
+@router.get("/me/keys", tags=["tenant"])
+def list_my_keys(tenant: CurrentTenant, session: SessionDep) -> list[ApiKeyPublic]:
+    keys = service.list_keys(session=session, tenant_id=tenant.id)
+    return [ApiKeyPublic.model_validate(k) for k in keys]
+
+
+@router.delete("/me/keys/{key_id}", tags=["tenant"])
+def revoke_my_key(key_id: PathId, tenant: CurrentTenant, session: SessionDep) -> ApiKeyPublic:
+    row = service.revoke_key(session=session, tenant_id=tenant.id, key_id=key_id)
+    return ApiKeyPublic.model_validate(row)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, tags=["admin"])
+def create_tenant(
+    data: TenantCreate, _: AdminDep, session: SessionDep, response: Response
+) -> TenantPublic:
+    return _public(service.create_tenant(session=session, data=data), response)
+
+
+@router.get("", tags=["admin"])
+def list_tenants(_: AdminDep, session: SessionDep) -> list[TenantPublic]:
+    return [TenantPublic.model_validate(t) for t in service.list_tenants(session=session)]
+
+
+@router.get("/{tenant}", tags=["admin"])
+def read_tenant(
+    tenant: PathId, _: AdminDep, session: SessionDep, response: Response
+) -> TenantPublic:
+    return _public(service.get_tenant_or_raise(session=session, tenant_id=tenant), response)
+
+
+@router.patch("/{tenant}", tags=["admin"])
+def update_tenant(
+    tenant: PathId,
+    data: TenantUpdate,
+    _: AdminDep,
+    session: SessionDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> TenantPublic:
+    row = service.update_tenant(session=session, tenant_id=tenant, data=data, if_match=if_match)
+    return _public(row, response)
+
+
+@router.delete("/{tenant}", status_code=status.HTTP_204_NO_CONTENT, tags=["admin"])
+def delete_tenant(
+    tenant: PathId, _: AdminDep, session: SessionDep, if_match: IfMatch = None
+) -> Response:
+    service.delete_tenant(session=session, tenant_id=tenant, if_match=if_match)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{tenant}/keys", status_code=status.HTTP_201_CREATED, tags=["admin"])
+def issue_key(tenant: PathId, _: AdminDep, session: SessionDep) -> ApiKeyCreated:
+    row, key = service.issue_key(session=session, tenant_id=tenant)
+    return ApiKeyCreated.model_validate(
+        {**ApiKeyPublic.model_validate(row).model_dump(), "key": key}
+    )
+
+
+@router.get("/{tenant}/keys", tags=["admin"])
+def list_keys(tenant: PathId, _: AdminDep, session: SessionDep) -> list[ApiKeyPublic]:
+    return [
+        ApiKeyPublic.model_validate(k) for k in service.list_keys(session=session, tenant_id=tenant)
+    ]
+
+
+@router.delete("/{tenant}/keys/{key_id}", tags=["admin"])
+def revoke_key(tenant: PathId, key_id: PathId, _: AdminDep, session: SessionDep) -> ApiKeyPublic:
+    row = service.revoke_key(session=session, tenant_id=tenant, key_id=key_id)
+    return ApiKeyPublic.model_validate(row)

@@ -1,0 +1,335 @@
+"""Request and response bodies: one family per resource (``Base/Create/Update/Public``).
+
+Every field is typed and bounded, so FastAPI answers a bad field with 422 naming it before any
+service code runs; numbers must be finite (``1e999`` parses to infinity in JSON libraries).
+``extra="forbid"`` on inputs turns a misspelt field into an error rather than a silent no-op.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
+
+from fastapi import Path
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from allocator import Criterion, Objective
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, examples=["ads-ranking"])]
+DeviceName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,15}:[0-9]{1,4}$", examples=["cuda:0"])]
+# Ids are bounded to the database's 32-bit integers, so a huge id is a 422, not a driver error.
+MAX_ID = 2**31 - 1
+PathId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+ZOO_PARAMETERS = {"scale": float, "seed": int, "user_tables": int}
+UPLOAD_ARTIFACT = "api"
+
+
+def _zoo_or_upload(value: str) -> str:
+    """Accept ``api`` (upload follows) or ``zoo:<arch>?scale=..&seed=..[&user_tables=..]``."""
+    if value == UPLOAD_ARTIFACT:
+        return value
+    parts = urlsplit(value)
+    arch = parts.path
+    if parts.scheme != "zoo" or not arch or not arch.replace("_", "").isalnum():
+        raise ValueError("expected 'zoo:<arch>?scale=<f>&seed=<n>[&user_tables=<n>]' or 'api'")
+    for key, text in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
+        kind = ZOO_PARAMETERS.get(key)
+        if kind is None:
+            raise ValueError(f"unknown zoo parameter {key!r}; known: {', '.join(ZOO_PARAMETERS)}")
+        try:
+            number = kind(text)
+        except ValueError:
+            raise ValueError(f"zoo parameter {key}={text!r} is not a {kind.__name__}") from None
+        if not math.isfinite(number) or number < (1 if key == "user_tables" else 0):
+            raise ValueError(f"zoo parameter {key}={text!r} is out of range")
+        if key == "scale" and number == 0:
+            raise ValueError("zoo parameter scale must be positive")
+    return value
+
+
+ArtifactRef = Annotated[
+    str,
+    Field(max_length=200, examples=["zoo:rmc1?scale=0.1&seed=0"]),
+    AfterValidator(_zoo_or_upload),
+]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --- tenants ---------------------------------------------------------------------------------
+
+
+class TenantBase(_In):
+    weight: Annotated[float, Field(ge=1e-6, le=1e6, allow_inf_nan=False)] = 1.0
+    criterion: Criterion = "prop_alpha"
+
+
+class TenantCreate(TenantBase):
+    name: Name
+
+
+class TenantUpdate(_In):
+    """What the admin may change; the name is the tenant's identity in plans and stays."""
+
+    weight: Annotated[float, Field(ge=1e-6, le=1e6, allow_inf_nan=False)] | None = None
+    criterion: Criterion | None = None
+
+
+class TenantSelfUpdate(_In):
+    """What a tenant may change about itself: its fairness criterion, not its weight."""
+
+    criterion: Criterion | None = None
+
+
+class TenantPublic(_Out):
+    id: int
+    name: str
+    weight: float
+    criterion: str
+    revision: int
+    created_at: datetime
+
+
+class ApiKeyPublic(_Out):
+    id: int
+    tenant_id: int
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    key: str = Field(description="the API key; shown once, only its hash is stored")
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+class ModelBase(_In):
+    artifact: ArtifactRef
+    memory_mb: Annotated[int, Field(ge=1, le=10_000_000)]
+    replicas_wanted: Annotated[int, Field(ge=1, le=1024)] = 1
+    sla_p99_ms: Annotated[float, Field(gt=0, le=600_000, allow_inf_nan=False)]
+    demand_qps: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+
+
+class ModelCreate(ModelBase):
+    name: Name
+
+
+class ModelUpdate(_In):
+    name: Name | None = None
+    artifact: ArtifactRef | None = None
+    memory_mb: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    replicas_wanted: Annotated[int, Field(ge=1, le=1024)] | None = None
+    sla_p99_ms: Annotated[float, Field(gt=0, le=600_000, allow_inf_nan=False)] | None = None
+    demand_qps: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None
+
+
+class ModelPublic(_Out):
+    id: int
+    tenant_id: int
+    name: str
+    artifact: str = Field(description="zoo reference, or api:<id> for an uploaded TorchScript")
+    memory_mb: int
+    replicas_wanted: int
+    sla_p99_ms: float
+    demand_qps: float
+    revision: int
+    created_at: datetime
+    ready: bool = Field(description="false while an api: artifact awaits its upload")
+
+
+class ArtifactPublic(_Out):
+    model_id: int
+    sha256: str
+    size_bytes: int
+    uploaded_at: datetime
+
+
+# --- nodes -----------------------------------------------------------------------------------
+
+
+class DeviceSpec(_In):
+    device: DeviceName
+    kind: Literal["gpu", "cpu"]
+    memory_mb: Annotated[int, Field(ge=1, le=10_000_000)]
+    streams: Annotated[int, Field(ge=1, le=1024)]
+    seats: Annotated[int, Field(ge=1, le=64)]
+
+    @model_validator(mode="after")
+    def _seats_have_streams(self) -> DeviceSpec:
+        if self.seats > self.streams:
+            raise ValueError(f"seats ({self.seats}) exceed streams ({self.streams})")
+        return self
+
+
+class NodeCreate(_In):
+    name: Name
+    devices: Annotated[list[DeviceSpec], Field(min_length=1, max_length=64)]
+
+    @model_validator(mode="after")
+    def _unique_devices(self) -> NodeCreate:
+        names = [d.device for d in self.devices]
+        if len(set(names)) != len(names):
+            raise ValueError("device names must be unique within a node")
+        return self
+
+
+class DevicePublic(_Out):
+    device: str
+    kind: str
+    memory_mb: int
+    streams: int
+    seats: int
+
+
+class NodePublic(_Out):
+    id: int
+    name: str
+    devices: list[DevicePublic]
+    created_at: datetime
+    last_heartbeat_at: datetime | None
+    running_version: int | None = Field(description="plan version in the last heartbeat")
+    report: dict[str, Any] | None = Field(description="the last heartbeat's body")
+
+
+class NodeCreated(NodePublic):
+    token: str = Field(description="the node token; shown once, only its hash is stored")
+
+
+class ReplicaReport(BaseModel):
+    """One replica's counters as the daemon reports them (executor/plan_client.py)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    device: Annotated[str, Field(max_length=32)]
+    seat: Annotated[int, Field(ge=0, le=MAX_ID)]
+    model_id: Annotated[str, Field(max_length=32)]
+    tenant: Annotated[str, Field(max_length=64)]
+    in_flight: Annotated[int, Field(ge=0, le=MAX_ID)] = 0
+    completed: Annotated[int, Field(ge=0)] = 0
+    rejected: Annotated[int, Field(ge=0)] = 0
+    expired: Annotated[int, Field(ge=0)] = 0
+    busy_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+
+
+class Heartbeat(_In):
+    plan_version: Annotated[int, Field(ge=0, le=MAX_ID)] | None = Field(
+        default=None, description="the plan version the daemon serves"
+    )
+    replicas: Annotated[list[ReplicaReport], Field(max_length=4096)] = []
+    broken: dict[Annotated[str, Field(max_length=32)], Annotated[str, Field(max_length=2000)]] = (
+        Field(default={}, max_length=4096, description="model id -> why it is not served")
+    )
+
+
+class HeartbeatReply(BaseModel):
+    current_version: int = Field(description="the version of the node's newest plan")
+    etag: str
+
+
+class ProfileEntry(_In):
+    model_id: Annotated[int, Field(ge=1, le=MAX_ID)]
+    device: DeviceName
+    qps: Annotated[
+        list[Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]],
+        Field(min_length=1, max_length=1024, description="QPS with 1, 2, ... streams"),
+    ]
+
+    @model_validator(mode="after")
+    def _non_decreasing(self) -> ProfileEntry:
+        if any(b < a for a, b in zip(self.qps, self.qps[1:], strict=False)):
+            raise ValueError("qps must not decrease as streams are added")
+        return self
+
+
+class ProfilesPut(_In):
+    profiles: Annotated[list[ProfileEntry], Field(max_length=4096)]
+
+
+class ProfilesStored(BaseModel):
+    stored: int
+
+
+# --- allocations -----------------------------------------------------------------------------
+
+
+class AllocationCreate(_In):
+    objective: Objective | None = None
+
+
+class AllocationSummary(_Out):
+    id: int
+    version: int
+    objective: str
+    created_at: datetime
+    solve_seconds: float
+
+
+class AllocationPublic(AllocationSummary):
+    certificate: dict[str, Any]
+    nodes: list[str]
+
+
+class ReplicaRef(BaseModel):
+    model_id: str
+    tenant: str
+
+
+class SeatMove(BaseModel):
+    node: str
+    device: str
+    seat: int
+    before: ReplicaRef | None
+    after: ReplicaRef | None
+
+
+class ShareChange(BaseModel):
+    tenant: str
+    node: str
+    device: str
+    before: float = Field(description="streams of the device serving the tenant, before")
+    after: float
+
+
+class AllocationDiff(BaseModel):
+    from_id: int
+    to_id: int
+    seat_moves: list[SeatMove]
+    share_changes: list[ShareChange]
+
+
+class TenantSeat(BaseModel):
+    node: str
+    device: str
+    seat: int
+    model_id: str
+    dedicated_streams: int
+    pool_streams: float = Field(description="its share of the device's shared pool, in streams")
+
+
+class TenantShare(BaseModel):
+    node: str
+    device: str
+    streams: float = Field(description="base + dedicated + pool streams serving the tenant")
+    fraction: float = Field(description="streams / all streams of the device")
+
+
+class TenantAllocation(BaseModel):
+    allocation_id: int
+    version: int
+    tenant: str
+    seats: list[TenantSeat]
+    shares: list[TenantShare]
+    certificate: dict[str, Any] = Field(description="the tenant's own certificate row")

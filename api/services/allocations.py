@@ -1,0 +1,442 @@
+"""Allocations: snapshot the database, solve, certify, store; and read them back.
+
+A solve (DESIGN §1): under the solve lock, read a :class:`allocator.ClusterSnapshot` of the
+tenants, their ready models and every node's devices — with measured profiles where a node has
+reported one and an estimate otherwise — and the current plans; run the allocator's cluster
+layer outside any transaction; check its certificate with the allocator's own checker, and
+only then store the allocation, its certificate and one plan per node in one transaction.
+An allocation is immutable once stored; the next solve makes a new version.
+
+The estimate for a model nobody has profiled (marked ``measured=False`` in the snapshot, and so
+in the certificate's inputs): one replica with one stream serves ``demand_qps /
+replicas_wanted`` (the tenant sized its request), and s streams serve that times ``s**0.8``
+(diminishing returns, as measured curves show). The first profile replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+import allocator
+from allocator import (
+    ClusterAllocation,
+    ClusterSnapshot,
+    Gpu,
+    Model,
+    NodePlan,
+    Objective,
+    Tenant,
+    ThroughputCurve,
+)
+from api.db import Database
+from api.errors import AllocationRejected, Conflict, NotFound, SolverFailed
+from api.models import (
+    AllocationRow,
+    ArtifactRow,
+    DeviceRow,
+    ModelRow,
+    NodePlanRow,
+    NodeRow,
+    ProfileRow,
+    TenantRow,
+)
+from api.schemas import (
+    AllocationDiff,
+    ReplicaRef,
+    SeatMove,
+    ShareChange,
+    TenantAllocation,
+    TenantSeat,
+    TenantShare,
+)
+from api.services.models import upload_reference
+from api.services.plans import empty_plan
+from api.services.solve_lock import solve_lock
+from gpufair.settings import AllocatorSettings
+
+log = logging.getLogger(__name__)
+
+ESTIMATE_EXPONENT = 0.8
+
+
+@dataclass(frozen=True)
+class SolveInput:
+    snapshot: ClusterSnapshot
+    tenant_ids: dict[str, int]  # tenant name -> id at solve time
+    node_ids: dict[str, int]  # node name -> id
+    previous: dict[str, NodePlan]  # the current plans, for churn limits and stable placement
+    version: int  # the version (and id) the new allocation will get
+
+
+def _estimate(model: ModelRow, max_streams: int) -> ThroughputCurve:
+    one = model.demand_qps / model.replicas_wanted
+    return ThroughputCurve(
+        qps=tuple(one * s**ESTIMATE_EXPONENT for s in range(1, max_streams + 1)), measured=False
+    )
+
+
+def read_solve_input(*, session: Session, objective: Objective) -> SolveInput:
+    """The snapshot of the database the allocator divides, in a deterministic order."""
+    tenants = list(session.scalars(select(TenantRow).order_by(TenantRow.name)))
+    nodes = list(
+        session.scalars(
+            select(NodeRow).options(selectinload(NodeRow.devices)).order_by(NodeRow.name)
+        )
+    )
+    gpus = tuple(
+        Gpu(
+            node=n.name,
+            device=d.device,
+            kind=d.kind,  # type: ignore[arg-type]
+            memory_mb=d.memory_mb,
+            seats=d.seats,
+            streams=d.streams,
+        )
+        for n in nodes
+        for d in sorted(n.devices, key=lambda d: d.device)
+    )
+    gpu_of_device = {d.id: f"{n.name}/{d.device}" for n in nodes for d in n.devices}
+    max_streams = max((g.streams for g in gpus), default=1)
+    names = {t.id: t.name for t in tenants}
+    uploaded = set(session.scalars(select(ArtifactRow.model_id)))
+    profiles: dict[int, dict[str, ThroughputCurve]] = defaultdict(dict)
+    for p in session.scalars(select(ProfileRow)):
+        profiles[p.model_id][gpu_of_device[p.device_id]] = ThroughputCurve(
+            qps=tuple(p.qps), measured=True
+        )
+    models = tuple(
+        Model(
+            model_id=str(m.id),
+            tenant=names[m.tenant_id],
+            artifact=m.artifact,
+            memory_mb=m.memory_mb,
+            replicas_wanted=m.replicas_wanted,
+            sla_p99_ms=m.sla_p99_ms,
+            demand_qps=m.demand_qps,
+            profiles=profiles.get(m.id, {}),
+            estimate=_estimate(m, max_streams),
+        )
+        for m in session.scalars(select(ModelRow).order_by(ModelRow.id))
+        # An upload-backed model joins the allocation once its artifact has been uploaded.
+        if m.artifact != upload_reference(m.id) or m.id in uploaded
+    )
+    snapshot = ClusterSnapshot(
+        tenants=tuple(Tenant(name=t.name, weight=t.weight, criterion=t.criterion) for t in tenants),  # type: ignore[arg-type]
+        models=models,
+        gpus=gpus,
+        objective=objective,
+    )
+    current = current_allocation(session=session)
+    previous = (
+        {} if current is None else plans_of_allocation(session=session, allocation_id=current.id)
+    )
+    last = session.scalar(select(func.max(AllocationRow.version))) or 0
+    return SolveInput(
+        snapshot=snapshot,
+        tenant_ids={t.name: t.id for t in tenants},
+        node_ids={n.name: n.id for n in nodes},
+        previous={name: NodePlan.from_dict(doc) for name, doc in previous.items()},
+        version=last + 1,
+    )
+
+
+def plans_of_allocation(*, session: Session, allocation_id: int) -> dict[str, dict[str, Any]]:
+    """Node name -> the stored plan document of one allocation (the diff and dashboard read it)."""
+    rows = session.execute(
+        select(NodeRow.name, NodePlanRow.plan)
+        .join(NodeRow, NodeRow.id == NodePlanRow.node_id)
+        .where(NodePlanRow.allocation_id == allocation_id)
+    )
+    return {name: plan for name, plan in rows}
+
+
+def solve(
+    solve_input: SolveInput, settings: AllocatorSettings
+) -> tuple[dict[str, Any], dict[str, NodePlan]]:
+    """Run the cluster layer and its checker; return (certificate, plans) or raise."""
+    if not solve_input.snapshot.tenants or not solve_input.snapshot.gpus:
+        raise Conflict("nothing to allocate: register at least one tenant and one node")
+    options = allocator.SolveOptions(
+        solver=settings.solver,
+        time_limit_s=settings.time_limit_s,
+        gap=settings.gap,
+        churn_limit=settings.churn_limit,
+    )
+    try:
+        result = allocator.allocate_cluster(
+            solve_input.snapshot,
+            options,
+            solve_input.previous,
+            version=solve_input.version,
+            allocation_id=solve_input.version,
+        )
+    except (allocator.InstanceError, allocator.InfeasibleError) as exc:
+        raise Conflict(f"cannot allocate: {exc}") from exc
+    except allocator.SolverError as exc:
+        raise SolverFailed(f"the solver found no allocation: {exc}") from exc
+    except allocator.CertificateError as exc:
+        raise AllocationRejected(f"the allocator refused its own result: {exc}") from exc
+    _check(result)
+    return result.certificate.to_dict(), dict(result.plans)
+
+
+def _check(result: ClusterAllocation) -> None:
+    """The allocator's own checker, run again before anything is stored: the allocation is
+    complete and within its side constraints, its certificate recomputed from scratch holds,
+    and every plan survives the plan format's parser."""
+    certificate = result.certificate
+    try:
+        allocator.validate_allocation(result.instance, result.allocation)
+        allocator.certify(
+            result.instance,
+            result.allocation,
+            lambda_ef=certificate.lambda_ef,
+            lambda_prop=certificate.lambda_prop,
+        ).require_holds()
+        if not certificate.holds:
+            raise allocator.CertificateError("the certificate says it does not hold")
+        for plan in result.plans.values():
+            NodePlan.from_dict(plan.to_dict())
+    except (allocator.AllocatorError, allocator.PlanError) as exc:
+        raise AllocationRejected(f"the allocator's result failed its checker: {exc}") from exc
+
+
+def store_allocation(
+    *,
+    session: Session,
+    solve_input: SolveInput,
+    certificate: dict[str, Any],
+    plans: dict[str, NodePlan],
+    solve_seconds: float,
+) -> AllocationRow:
+    row = AllocationRow(
+        id=solve_input.version,
+        version=solve_input.version,
+        objective=solve_input.snapshot.objective,
+        solve_seconds=solve_seconds,
+        certificate=certificate,
+        tenant_ids=solve_input.tenant_ids,
+    )
+    session.add(row)
+    session.flush()
+    for name, node_id in solve_input.node_ids.items():
+        # Every node gets a plan of the new version, an empty one if it was given nothing, so
+        # its ETag moves with every allocation and no node runs a plan from an older one.
+        plan = plans.get(name) or _unseated(
+            session=session, node_id=node_id, name=name, version=row.version
+        )
+        session.add(
+            NodePlanRow(
+                allocation_id=row.id, node_id=node_id, version=row.version, plan=plan.to_dict()
+            )
+        )
+    session.flush()
+    return row
+
+
+def _unseated(*, session: Session, node_id: int, name: str, version: int) -> NodePlan:
+    devices = list(
+        session.scalars(
+            select(DeviceRow).where(DeviceRow.node_id == node_id).order_by(DeviceRow.id)
+        )
+    )
+    plan = empty_plan(node=name, devices=devices)
+    return NodePlan(node=name, version=version, allocation_id=version, devices=plan.devices)
+
+
+def run_solve(
+    *, db: Database, options: AllocatorSettings, objective: Objective | None
+) -> AllocationRow:
+    """Solve now and store the result (the body of ``POST /allocations``)."""
+    lease_s = 2 * options.time_limit_s + 60
+    with solve_lock(db, wait_s=lease_s, lease_s=lease_s):
+        with db.session(write=False) as session:
+            solve_input = read_solve_input(
+                session=session, objective=objective or options.objective
+            )
+        started = time.perf_counter()
+        certificate, plans = solve(solve_input, options)
+        elapsed = time.perf_counter() - started
+        with db.session(write=True) as session:
+            row = store_allocation(
+                session=session,
+                solve_input=solve_input,
+                certificate=certificate,
+                plans=plans,
+                solve_seconds=elapsed,
+            )
+    log.info(
+        "allocation %d stored: %d tenants, %d models, %d devices, solved in %.2f s",
+        row.version,
+        len(solve_input.snapshot.tenants),
+        len(solve_input.snapshot.models),
+        len(solve_input.snapshot.gpus),
+        elapsed,
+    )
+    return row
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def list_allocations(*, session: Session, limit: int, before: int | None) -> list[AllocationRow]:
+    query = select(AllocationRow).order_by(AllocationRow.version.desc()).limit(limit)
+    if before is not None:
+        query = query.where(AllocationRow.version < before)
+    return list(session.scalars(query))
+
+
+def get_allocation_or_raise(*, session: Session, allocation_id: int) -> AllocationRow:
+    row = session.get(AllocationRow, allocation_id)
+    if row is None:
+        raise NotFound(f"allocation {allocation_id} not found")
+    return row
+
+
+def current_allocation(*, session: Session) -> AllocationRow | None:
+    return session.scalar(select(AllocationRow).order_by(AllocationRow.version.desc()).limit(1))
+
+
+def current_allocation_or_raise(*, session: Session) -> AllocationRow:
+    row = current_allocation(session=session)
+    if row is None:
+        raise NotFound("no allocation yet: POST /v1/allocations solves one")
+    return row
+
+
+def node_names(*, session: Session, allocation_id: int) -> list[str]:
+    return sorted(plans_of_allocation(session=session, allocation_id=allocation_id))
+
+
+Slot = tuple[str, str, int]  # (node, device, seat)
+
+
+def _seats(plans: dict[str, dict[str, Any]]) -> dict[Slot, ReplicaRef | None]:
+    return {
+        (node, device["device"], seat["seat"]): (
+            ReplicaRef(model_id=seat["replica"]["model_id"], tenant=seat["replica"]["tenant"])
+            if seat.get("replica")
+            else None
+        )
+        for node, plan in plans.items()
+        for device in plan["devices"]
+        for seat in device["seats"]
+    }
+
+
+def seat_pool_streams(device: dict[str, Any], seat: dict[str, Any]) -> float:
+    """The seat's streams in the device's shared pool: its weight's part of the pool."""
+    total = sum(s.get("pool_weight", 0.0) for s in device["seats"] if s.get("replica"))
+    if total <= 0:
+        return 0.0
+    return device["shared_pool_streams"] * seat.get("pool_weight", 0.0) / total
+
+
+def _tenant_streams(plans: dict[str, dict[str, Any]]) -> dict[tuple[str, str, str], float]:
+    """(tenant, node, device) -> streams serving the tenant there: base, dedicated and pool."""
+    streams: dict[tuple[str, str, str], float] = defaultdict(float)
+    for node, plan in plans.items():
+        for device in plan["devices"]:
+            for seat in device["seats"]:
+                if seat.get("replica"):
+                    key = (seat["replica"]["tenant"], node, device["device"])
+                    streams[key] += 1 + seat["dedicated_streams"] + seat_pool_streams(device, seat)
+    return streams
+
+
+def diff_allocations(*, session: Session, from_id: int, to_id: int) -> AllocationDiff:
+    """Seats whose replica changed, and tenants' streams per device that changed."""
+    for allocation_id in (from_id, to_id):
+        get_allocation_or_raise(session=session, allocation_id=allocation_id)
+    before_plans = plans_of_allocation(session=session, allocation_id=from_id)
+    after_plans = plans_of_allocation(session=session, allocation_id=to_id)
+    before, after = _seats(before_plans), _seats(after_plans)
+    moves = [
+        SeatMove(
+            node=slot[0],
+            device=slot[1],
+            seat=slot[2],
+            before=before.get(slot),
+            after=after.get(slot),
+        )
+        for slot in sorted(set(before) | set(after))
+        if before.get(slot) != after.get(slot)
+    ]
+    old, new = _tenant_streams(before_plans), _tenant_streams(after_plans)
+    changes = [
+        ShareChange(
+            tenant=key[0],
+            node=key[1],
+            device=key[2],
+            before=old.get(key, 0.0),
+            after=new.get(key, 0.0),
+        )
+        for key in sorted(set(old) | set(new))
+        if abs(old.get(key, 0.0) - new.get(key, 0.0)) > 1e-9
+    ]
+    return AllocationDiff(from_id=from_id, to_id=to_id, seat_moves=moves, share_changes=changes)
+
+
+def tenant_view(*, session: Session, tenant_id: int) -> TenantAllocation:
+    """The current allocation as one tenant may see it: its seats, its shares, its own row."""
+    row = current_allocation_or_raise(session=session)
+    names = [name for name, tid in row.tenant_ids.items() if tid == tenant_id]
+    if not names:
+        raise NotFound("the current allocation predates this tenant: no rows for it yet")
+    name = names[0]
+    plans = plans_of_allocation(session=session, allocation_id=row.id)
+    seats = [
+        TenantSeat(
+            node=node,
+            device=device["device"],
+            seat=seat["seat"],
+            model_id=seat["replica"]["model_id"],
+            dedicated_streams=seat["dedicated_streams"],
+            pool_streams=seat_pool_streams(device, seat),
+        )
+        for node, plan in sorted(plans.items())
+        for device in plan["devices"]
+        for seat in device["seats"]
+        if seat.get("replica") and seat["replica"]["tenant"] == name
+    ]
+    totals = {
+        (node, d["device"]): d["streams"] for node, plan in plans.items() for d in plan["devices"]
+    }
+    shares = [
+        TenantShare(
+            node=node, device=device, streams=streams, fraction=streams / totals[(node, device)]
+        )
+        for (tenant, node, device), streams in sorted(_tenant_streams(plans).items())
+        if tenant == name
+    ]
+    return TenantAllocation(
+        allocation_id=row.id,
+        version=row.version,
+        tenant=name,
+        seats=seats,
+        shares=shares,
+        certificate=own_certificate_row(row.certificate, name),
+    )
+
+
+def own_certificate_row(certificate: dict[str, Any], tenant: str) -> dict[str, Any]:
+    """The tenant's row of the certificate, with other tenants' names replaced by ranks.
+
+    The envy row holds the tenant's own values of the others' bundles, which it may see; the
+    others' names and everything else per agent are theirs, so they are left out.
+    """
+    agents = certificate.get("agents", {})
+    own = dict(agents.get(tenant, {}))
+    others = sorted(name for name in agents if name != tenant)
+    alias = {name: f"other-{k + 1}" for k, name in enumerate(others)}
+    for key, value in list(own.items()):
+        if isinstance(value, dict) and set(value) <= set(agents):
+            own[key] = {alias.get(name, "self"): v for name, v in value.items()}
+    return own

@@ -1,0 +1,198 @@
+"""What the dashboard shows, read from the database in one transaction.
+
+The dashboard (``api/routes/dashboard.py``) is a view over what the API already stores: the
+tenants, the current allocation's plans and certificate (DESIGN §2), the nodes' latest
+heartbeats and the allocation history with the existing diff service's seat moves. This module
+turns those rows into plain frozen dataclasses, so the HTML renderer does no database work and
+can be tested on hand-made data.
+
+Heartbeats overwrite each other (``NodeRow.report`` holds only the newest), so SLA figures are
+the cumulative counters of each node's last heartbeat; there is no time series to draw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.models import AllocationRow, ModelRow, NodeRow, TenantRow
+from api.schemas import AllocationDiff
+from api.services.allocations import (
+    current_allocation,
+    diff_allocations,
+    list_allocations,
+    plans_of_allocation,
+    seat_pool_streams,
+)
+
+HISTORY_LENGTH = 10
+
+
+@dataclass(frozen=True)
+class SeatView:
+    seat: int
+    tenant: str | None  # None: an empty seat
+    model: str  # the model's name, or its id if it has been deleted since
+    dedicated_streams: int
+    pool_streams: float  # its part of the device's shared pool, in streams
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    node: str
+    device: str
+    kind: str
+    streams: int
+    pool_streams: int  # the shared pool: streams left over after one base stream per seat
+    seats: tuple[SeatView, ...]
+
+
+@dataclass(frozen=True)
+class TenantCounters:
+    """Summed replica counters of a tenant over the nodes' last heartbeats."""
+
+    completed: int = 0
+    rejected: int = 0
+    expired: int = 0
+
+    @property
+    def attainment(self) -> float | None:
+        total = self.completed + self.rejected + self.expired
+        return self.completed / total if total else None
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    last_heartbeat_at: datetime | None
+    running_version: int | None
+    broken: dict[str, str]  # model id -> why the daemon does not serve it
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    version: int
+    objective: str
+    created_at: datetime
+    solve_seconds: float
+    status: str
+    holds: bool
+    diff: AllocationDiff | None  # against the previous version; None for the first
+
+
+@dataclass(frozen=True)
+class DashboardData:
+    tenants: tuple[str, ...]  # every tenant known now or in the current allocation, sorted
+    version: int | None  # the current allocation's version, None before the first solve
+    certificate: dict[str, Any]
+    devices: tuple[DeviceView, ...]
+    counters: dict[str, TenantCounters]
+    nodes: tuple[NodeStatus, ...]
+    history: tuple[HistoryEntry, ...]
+    model_names: dict[str, str] = field(default_factory=dict)  # model id -> name
+
+
+def _devices(plans: dict[str, dict[str, Any]], model_names: dict[str, str]) -> list[DeviceView]:
+    views = []
+    for node, plan in sorted(plans.items()):
+        for device in plan["devices"]:
+            seats = tuple(
+                SeatView(
+                    seat=seat["seat"],
+                    tenant=seat["replica"]["tenant"] if seat.get("replica") else None,
+                    model=(
+                        model_names.get(seat["replica"]["model_id"], seat["replica"]["model_id"])
+                        if seat.get("replica")
+                        else ""
+                    ),
+                    dedicated_streams=seat.get("dedicated_streams", 0),
+                    pool_streams=seat_pool_streams(device, seat) if seat.get("replica") else 0.0,
+                )
+                for seat in device["seats"]
+            )
+            views.append(
+                DeviceView(
+                    node=node,
+                    device=device["device"],
+                    kind=device.get("kind", ""),
+                    streams=device["streams"],
+                    pool_streams=device["shared_pool_streams"],
+                    seats=seats,
+                )
+            )
+    return views
+
+
+def _counters(nodes: list[NodeRow]) -> dict[str, TenantCounters]:
+    sums: dict[str, list[int]] = {}
+    for node in nodes:
+        for replica in (node.report or {}).get("replicas", []):
+            total = sums.setdefault(str(replica.get("tenant", "")), [0, 0, 0])
+            for k, key in enumerate(("completed", "rejected", "expired")):
+                total[k] += int(replica.get(key, 0))
+    return {name: TenantCounters(*values) for name, values in sorted(sums.items())}
+
+
+def _history(session: Session) -> list[HistoryEntry]:
+    # One more than shown, so the oldest shown entry still gets its diff.
+    rows: list[AllocationRow] = list_allocations(
+        session=session, limit=HISTORY_LENGTH + 1, before=None
+    )
+    entries = []
+    for k, row in enumerate(rows[:HISTORY_LENGTH]):
+        previous = rows[k + 1] if k + 1 < len(rows) else None
+        entries.append(
+            HistoryEntry(
+                version=row.version,
+                objective=row.objective,
+                created_at=row.created_at,
+                solve_seconds=row.solve_seconds,
+                status=str(row.certificate.get("status", "")),
+                holds=bool(row.certificate.get("holds", False)),
+                diff=(
+                    None
+                    if previous is None
+                    else diff_allocations(session=session, from_id=previous.id, to_id=row.id)
+                ),
+            )
+        )
+    return entries
+
+
+def read_dashboard(*, session: Session) -> DashboardData:
+    """Everything the dashboard shows, read in the caller's (read-only) transaction."""
+    model_names = {
+        str(model_id): name
+        for model_id, name in session.execute(select(ModelRow.id, ModelRow.name))
+    }
+    nodes = list(session.scalars(select(NodeRow).order_by(NodeRow.name)))
+    current = current_allocation(session=session)
+    certificate: dict[str, Any] = current.certificate if current is not None else {}
+    plans = (
+        plans_of_allocation(session=session, allocation_id=current.id)
+        if current is not None
+        else {}
+    )
+    tenants = set(session.scalars(select(TenantRow.name))) | set(certificate.get("agents", {}))
+    return DashboardData(
+        tenants=tuple(sorted(tenants)),
+        version=current.version if current is not None else None,
+        certificate=certificate,
+        devices=tuple(_devices(plans, model_names)),
+        counters=_counters(nodes),
+        nodes=tuple(
+            NodeStatus(
+                name=n.name,
+                last_heartbeat_at=n.last_heartbeat_at,
+                running_version=n.running_version,
+                broken=dict((n.report or {}).get("broken", {})),
+            )
+            for n in nodes
+        ),
+        history=tuple(_history(session)),
+        model_names=model_names,
+    )

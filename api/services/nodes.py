@@ -1,0 +1,125 @@
+"""Nodes, their devices and tokens, heartbeats and throughput profiles.
+
+A node is registered by the admin with its devices (kind, memory, streams, seats) and gets a
+token, shown once. Its daemon then reports heartbeats and profiles: for each model and device,
+the latency-bounded QPS of one replica with 1, 2, ... streams — q_m(g, s) of DESIGN §2, which
+the next solve turns into valuations in place of the estimate.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from api.auth import NODE_TOKEN_PREFIX, new_token, token_hash
+from api.errors import Conflict, InvalidInput, NotFound
+from api.models import ArtifactRow, DeviceRow, ModelRow, NodeRow, ProfileRow, utcnow
+from api.schemas import Heartbeat, NodeCreate, ProfileEntry
+from api.services.plans import current_plan
+
+
+def create_node(*, session: Session, data: NodeCreate) -> tuple[NodeRow, str]:
+    if session.scalar(select(NodeRow.id).where(NodeRow.name == data.name)) is not None:
+        raise Conflict(f"node {data.name!r} already exists", field="name")
+    token = new_token(NODE_TOKEN_PREFIX)
+    node = NodeRow(
+        name=data.name,
+        token_hash=token_hash(token),
+        devices=[DeviceRow(**d.model_dump()) for d in data.devices],
+    )
+    session.add(node)
+    session.flush()
+    return node, token
+
+
+def list_nodes(*, session: Session) -> list[NodeRow]:
+    return list(
+        session.scalars(select(NodeRow).options(selectinload(NodeRow.devices)).order_by(NodeRow.id))
+    )
+
+
+def get_node_or_raise(*, session: Session, name: str) -> NodeRow:
+    node = session.scalar(
+        select(NodeRow).options(selectinload(NodeRow.devices)).where(NodeRow.name == name)
+    )
+    if node is None:
+        raise NotFound(f"node {name!r} not found")
+    return node
+
+
+def rotate_token(*, session: Session, name: str) -> tuple[NodeRow, str]:
+    """Issue a new token for the node; the old one stops working at once."""
+    node = get_node_or_raise(session=session, name=name)
+    token = new_token(NODE_TOKEN_PREFIX)
+    node.token_hash = token_hash(token)
+    session.flush()
+    return node, token
+
+
+def record_heartbeat(*, session: Session, node_id: int, data: Heartbeat) -> tuple[NodeRow, int]:
+    """Record the daemon's state; return the node and the version of its newest plan."""
+    node = session.get(NodeRow, node_id)
+    if node is None:
+        raise NotFound(f"node {node_id} not found")
+    node.last_heartbeat_at = utcnow()
+    node.running_version = data.plan_version
+    node.report = data.model_dump(mode="json")
+    session.flush()
+    version, _ = current_plan(session=session, node_id=node.id, node_name=node.name)
+    return node, version
+
+
+def store_profiles(*, session: Session, node_id: int, entries: list[ProfileEntry]) -> int:
+    """Upsert the node's measured curves; entries for other models and devices are kept."""
+    devices = {
+        d.device: d.id
+        for d in session.scalars(select(DeviceRow).where(DeviceRow.node_id == node_id))
+    }
+    wanted = {e.model_id for e in entries}
+    known = (
+        set(session.scalars(select(ModelRow.id).where(ModelRow.id.in_(wanted))))
+        if wanted
+        else set()
+    )
+    for k, entry in enumerate(entries):
+        if entry.model_id not in known:
+            raise InvalidInput(f"model {entry.model_id} not found", field=f"profiles[{k}].model_id")
+        if entry.device not in devices:
+            raise InvalidInput(
+                f"device {entry.device!r} is not on this node", field=f"profiles[{k}].device"
+            )
+    existing = {
+        (p.model_id, p.device_id): p
+        for p in session.scalars(
+            select(ProfileRow).where(ProfileRow.device_id.in_(list(devices.values())))
+        )
+    }
+    for entry in entries:
+        key = (entry.model_id, devices[entry.device])
+        row = existing.get(key)
+        if row is None:
+            row = ProfileRow(model_id=key[0], device_id=key[1], qps=list(entry.qps))
+            session.add(row)
+            existing[key] = row
+        else:
+            row.qps = list(entry.qps)
+            row.measured_at = utcnow()
+    session.flush()
+    return len(entries)
+
+
+def artifact_for_node(
+    *, session: Session, node_id: int, node_name: str, model_id: int
+) -> ArtifactRow:
+    """The uploaded artifact of a model seated in the node's current plan; else not found."""
+    _, plan = current_plan(session=session, node_id=node_id, node_name=node_name)
+    seated = {
+        seat["replica"]["model_id"]
+        for device in plan["devices"]
+        for seat in device["seats"]
+        if seat.get("replica")
+    }
+    row = session.get(ArtifactRow, model_id) if str(model_id) in seated else None
+    if row is None:
+        raise NotFound(f"no artifact of model {model_id} for this node")
+    return row

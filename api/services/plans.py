@@ -1,0 +1,120 @@
+"""The node protocol's read side: a node's current plan, its ETag, and the long-poll wake-up.
+
+A node's plan is stored ready-made with each allocation, so serving it is one indexed read of
+``node_plans``. Before any allocation seats a node, the node gets an empty plan of version 0
+(all its seats empty), which the executor parses like any other; its ETag changes when a real
+plan arrives, so a daemon that long-polls from the start needs no special case.
+
+Long-polls wait on :class:`PlanNotifier`, not on a database connection: the request re-reads
+its plan only when this process stores an allocation or every ``RECHECK_S`` (for allocations
+stored by another API replica sharing the PostgreSQL database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, select
+from sqlalchemy.orm import Session
+
+from allocator.plan import DevicePlan, NodePlan, SeatPlan
+from api.models import DeviceRow, NodePlanRow
+
+# How often a waiting long-poll looks at the database even if this process stored nothing.
+RECHECK_S = 1.0
+
+
+def plan_etag(version: int) -> str:
+    return f'"plan-{version}"'
+
+
+def etag_matches(header: str | None, etag: str) -> bool:
+    """RFC 9110 weak comparison of ``If-None-Match`` against ``etag``."""
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    wanted = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == wanted for tag in header.split(","))
+
+
+def empty_plan(*, node: str, devices: Sequence[Any]) -> NodePlan:
+    """Version 0: every seat of every device (rows with device, kind, streams, seats) empty."""
+    return NodePlan(
+        node=node,
+        version=0,
+        allocation_id=0,
+        devices=tuple(
+            DevicePlan(
+                device=d.device,
+                kind=d.kind,
+                streams=d.streams,
+                shared_pool_streams=0,
+                seats=tuple(
+                    SeatPlan(seat=k, replica=None, dedicated_streams=0, pool_weight=0.0)
+                    for k in range(d.seats)
+                ),
+            )
+            for d in devices
+        ),
+    )
+
+
+def current_plan(
+    *, session: Session | Connection, node_id: int, node_name: str
+) -> tuple[int, dict[str, Any]]:
+    """The node's newest plan document and its version."""
+    row = session.execute(
+        select(NodePlanRow.version, NodePlanRow.plan)
+        .where(NodePlanRow.node_id == node_id)
+        .order_by(NodePlanRow.version.desc())
+        .limit(1)
+    ).first()
+    if row is not None:
+        return row.version, row.plan
+    devices = session.execute(
+        select(DeviceRow.device, DeviceRow.kind, DeviceRow.streams, DeviceRow.seats)
+        .where(DeviceRow.node_id == node_id)
+        .order_by(DeviceRow.id)
+    ).all()
+    return 0, empty_plan(node=node_name, devices=devices).to_dict()
+
+
+class PlanNotifier:
+    """Wakes this process's waiting long-polls when it stores a new allocation.
+
+    ``notify`` is called from the worker thread that ran the solve; waiters live on the event
+    loop, so the wake-up crosses threads with ``call_soon_threadsafe``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    async def wait(self, timeout: float) -> None:
+        """Return after a notification or ``timeout`` seconds, whichever comes first."""
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            if self._event is None:
+                self._event = asyncio.Event()
+            event = self._event
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return
+
+    def _wake(self) -> None:
+        with self._lock:
+            event, self._event = self._event, None
+        if event is not None:
+            event.set()
+
+    def notify(self) -> None:
+        with self._lock:
+            loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake)

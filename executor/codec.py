@@ -1,0 +1,196 @@
+"""Query bodies of ``POST /v1/models/{model}/infer``: JSON and binary numpy, both ways.
+
+JSON (DESIGN §3.3)::
+
+    {"user": {"dense": [...Du], "sparse": {"f": [ids...L]}},
+     "candidates": {"dense": [[...Dc], ...N], "sparse": {"g": [[ids...L], ...N]}}}
+
+Binary: an ``.npz`` archive (``np.savez``) with arrays ``user_dense`` (Du,),
+``candidate_dense`` (N, Dc), ``user_sparse/<f>`` (L,) and ``candidate_sparse/<g>`` (N, L);
+content type ``application/x-npz``. It skips JSON number parsing, which dominates for large
+queries. Both are validated against the model's :class:`~executor.models.ModelSchema`:
+every feature present with its side, shapes, finite dense values and ids in
+``[0, num_ids)`` — an out-of-range id would otherwise fail inside an embedding kernel (on CUDA,
+a device-side assert that takes the whole GPU context down with it). A bad body raises
+:class:`QueryError` whose message names the field; the daemon answers it with a 4xx.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from executor.features import Query
+from executor.models import ModelSchema
+
+NPZ_CONTENT_TYPE = "application/x-npz"
+
+
+class QueryError(ValueError):
+    """A query body does not match the model's schema; the message names the field."""
+
+
+def parse_query_json(schema: ModelSchema, body: bytes | str | dict[str, Any]) -> Query:
+    """Parse and validate a JSON query body (raw bytes/str, or an already decoded object)."""
+    if isinstance(body, bytes | str):
+        try:
+            body = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise QueryError(f"body: invalid JSON ({exc})") from exc
+    doc = _object(body, "body")
+    user = _object(doc.get("user"), "user")
+    cands = _object(doc.get("candidates"), "candidates")
+    _only(doc, {"user", "candidates"}, "body")
+    _only(user, {"dense", "sparse"}, "user")
+    _only(cands, {"dense", "sparse"}, "candidates")
+    user_sparse = _object(user.get("sparse", {}), "user.sparse")
+    cand_sparse = _object(cands.get("sparse", {}), "candidates.sparse")
+    return _validated(
+        schema,
+        _array(user.get("dense", []), np.float32, "user.dense"),
+        {f: _array(v, np.int64, f"user.sparse.{f}") for f, v in user_sparse.items()},
+        _array(cands.get("dense", []), np.float32, "candidates.dense"),
+        {f: _array(v, np.int64, f"candidates.sparse.{f}") for f, v in cand_sparse.items()},
+    )
+
+
+def parse_query_npz(schema: ModelSchema, body: bytes) -> Query:
+    """Parse and validate a binary (.npz) query body."""
+    try:
+        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise QueryError(f"body: not a valid .npz archive ({exc})") from exc
+    user_sparse: dict[str, np.ndarray] = {}
+    cand_sparse: dict[str, np.ndarray] = {}
+    for key in arrays:
+        prefix, _, name = key.partition("/")
+        if prefix == "user_sparse" and name:
+            user_sparse[name] = _typed(arrays[key], np.int64, f"user_sparse/{name}")
+        elif prefix == "candidate_sparse" and name:
+            cand_sparse[name] = _typed(arrays[key], np.int64, f"candidate_sparse/{name}")
+        elif key not in ("user_dense", "candidate_dense"):
+            raise QueryError(f"body: unexpected array {key!r}")
+    for key in ("user_dense", "candidate_dense"):
+        if key not in arrays:
+            raise QueryError(f"{key}: missing")
+    return _validated(
+        schema,
+        _typed(arrays["user_dense"], np.float32, "user_dense"),
+        user_sparse,
+        _typed(arrays["candidate_dense"], np.float32, "candidate_dense"),
+        cand_sparse,
+    )
+
+
+def query_to_json(query: Query) -> dict[str, Any]:
+    """The JSON body of a query (what a client sends)."""
+    return {
+        "user": {
+            "dense": query.user_dense.tolist(),
+            "sparse": {f: ids.tolist() for f, ids in query.user_sparse.items()},
+        },
+        "candidates": {
+            "dense": query.candidate_dense.tolist(),
+            "sparse": {f: ids.tolist() for f, ids in query.candidate_sparse.items()},
+        },
+    }
+
+
+def query_to_npz(query: Query) -> bytes:
+    """The binary body of a query (what a client sends with NPZ_CONTENT_TYPE)."""
+    arrays = {"user_dense": query.user_dense, "candidate_dense": query.candidate_dense}
+    arrays.update({f"user_sparse/{f}": ids for f, ids in query.user_sparse.items()})
+    arrays.update({f"candidate_sparse/{f}": ids for f, ids in query.candidate_sparse.items()})
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy stubs mistype **kwds
+    return buffer.getvalue()
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise QueryError(f"{where}: expected an object")
+    return value
+
+
+def _only(doc: dict[str, Any], keys: set[str], where: str) -> None:
+    extra = sorted(set(doc) - keys)
+    if extra:
+        raise QueryError(f"{where}.{extra[0]}: unexpected field")
+
+
+def _array(value: Any, dtype: type[np.generic], where: str) -> np.ndarray:
+    """A JSON list (of lists) as a numpy array; ragged, non-numeric or boolean lists refused."""
+    try:
+        raw = np.asarray(value)
+    except (ValueError, OverflowError) as exc:
+        raise QueryError(f"{where}: expected a rectangular list of numbers") from exc
+    return _typed(raw, dtype, where)
+
+
+def _typed(raw: np.ndarray, dtype: type[np.generic], where: str) -> np.ndarray:
+    if raw.size == 0:
+        return raw.astype(dtype)
+    if dtype is np.int64:
+        if raw.dtype.kind not in "iu":
+            raise QueryError(f"{where}: expected integer ids, got {_kind(raw)}")
+    elif raw.dtype.kind not in "iuf":
+        raise QueryError(f"{where}: expected numbers, got {_kind(raw)}")
+    try:
+        return raw.astype(dtype, casting="same_kind" if raw.dtype.kind == "f" else "unsafe")
+    except (TypeError, OverflowError) as exc:
+        raise QueryError(f"{where}: cannot convert to {np.dtype(dtype).name}") from exc
+
+
+def _kind(raw: np.ndarray) -> str:
+    return {"b": "booleans", "U": "strings", "O": "mixed values", "f": "floats"}.get(
+        raw.dtype.kind, raw.dtype.name
+    )
+
+
+def _validated(
+    schema: ModelSchema,
+    user_dense: np.ndarray,
+    user_sparse: dict[str, np.ndarray],
+    cand_dense: np.ndarray,
+    cand_sparse: dict[str, np.ndarray],
+) -> Query:
+    if user_dense.shape != (schema.user_dense,):
+        raise QueryError(
+            f"user.dense: expected {schema.user_dense} values, got shape {user_dense.shape}"
+        )
+    if not np.isfinite(user_dense).all():
+        raise QueryError("user.dense: values must be finite")
+    if cand_dense.size == 0 and schema.candidate_dense == 0 and cand_sparse:
+        # No candidate dense values: the number of candidates comes from the sparse features.
+        cand_dense = np.zeros((len(next(iter(cand_sparse.values()))), 0), np.float32)
+    if cand_dense.ndim != 2 or cand_dense.shape[1] != schema.candidate_dense:
+        raise QueryError(
+            f"candidates.dense: expected N rows of {schema.candidate_dense} values, "
+            f"got shape {cand_dense.shape}"
+        )
+    n = cand_dense.shape[0]
+    if n == 0:
+        raise QueryError("candidates: at least one candidate is required")
+    if not np.isfinite(cand_dense).all():
+        raise QueryError("candidates.dense: values must be finite")
+    for side, given, rows in (("user", user_sparse, ()), ("candidate", cand_sparse, (n,))):
+        where = "user.sparse" if side == "user" else "candidates.sparse"
+        expected = {f.name: f for f in schema.features(side)}  # type: ignore[arg-type]
+        for name in sorted(set(given) - set(expected)):
+            raise QueryError(f"{where}.{name}: not a {side}-side feature of {schema.name}")
+        for name, feature in expected.items():
+            if name not in given:
+                raise QueryError(f"{where}.{name}: missing")
+            ids = given[name]
+            if ids.shape != (*rows, feature.lookups):
+                raise QueryError(
+                    f"{where}.{name}: expected shape {(*rows, feature.lookups)}, got {ids.shape}"
+                )
+            if ids.size and (ids.min() < 0 or ids.max() >= feature.num_ids):
+                raise QueryError(f"{where}.{name}: ids must lie in [0, {feature.num_ids})")
+    return Query(user_dense, user_sparse, cand_dense, cand_sparse)

@@ -1,0 +1,140 @@
+"""Prometheus metrics of the executor daemon, per tenant and model.
+
+Per request the daemon records one latency observation and one outcome (cheap: the labelled
+children are cached). Everything the scheduler already counts — queue depth, queries in
+flight, session busy time, rows served by own and pool sessions — is read from the running
+deployment only when ``/metrics`` is scraped, so serving pays nothing for it.
+
+SLA attainment is the fraction of received queries answered within the replica's p99 SLA;
+refused (429) and dropped queries count as misses, because a client that was refused did not
+get its answer in time either; malformed queries (400) do not count.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from executor.scheduling import NodeRuntime
+
+LATENCY_BUCKETS = (
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
+)  # fmt: skip
+OUTCOMES = ("ok", "rejected", "expired", "failed", "invalid")
+
+
+class ExecutorMetrics:
+    """The daemon's registry: request metrics plus a collector over the runtime's stats."""
+
+    def __init__(self, runtime: NodeRuntime) -> None:
+        self.registry = CollectorRegistry()
+        self._latency = Histogram(
+            "gpufair_executor_latency_seconds",
+            "Latency of answered queries, arrival to scores",
+            ["tenant", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._queries = Counter(
+            "gpufair_executor_queries",
+            "Queries received, by outcome",
+            ["tenant", "model", "outcome"],
+            registry=self.registry,
+        )
+        self._met = Counter(
+            "gpufair_executor_sla_met",
+            "Queries answered within their SLA",
+            ["tenant", "model"],
+            registry=self.registry,
+        )
+        self._lock = threading.Lock()
+        self._attainment: dict[tuple[str, str], list[int]] = {}  # -> [met, received]
+        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+        self.registry.register(_RuntimeCollector(runtime, self))
+
+    def observe(
+        self, tenant: str, model: str, outcome: str, latency_s: float | None, sla_s: float
+    ) -> None:
+        """Record one query's outcome (and latency when it was answered)."""
+        key = (tenant, model, outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self._latency.labels(tenant, model),
+                self._queries.labels(tenant, model, outcome),
+                self._met.labels(tenant, model),
+            )
+            self._children[key] = children
+        latency, count, met = children
+        count.inc()
+        within = outcome == "ok" and latency_s is not None and latency_s <= sla_s
+        if latency_s is not None and outcome == "ok":
+            latency.observe(latency_s)
+        if within:
+            met.inc()
+        if outcome == "invalid":  # the client's mistake, not a query the server failed
+            return
+        with self._lock:
+            tally = self._attainment.setdefault((tenant, model), [0, 0])
+            tally[0] += within
+            tally[1] += 1
+
+    def attainment(self) -> dict[tuple[str, str], float]:
+        with self._lock:
+            return {k: met / total for k, (met, total) in self._attainment.items() if total}
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _RuntimeCollector(Collector):
+    def __init__(self, runtime: NodeRuntime, metrics: ExecutorMetrics) -> None:
+        self._runtime = runtime
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        labels = ["tenant", "model", "device", "seat"]
+        depth = GaugeMetricFamily(
+            "gpufair_executor_queue_depth",
+            "Candidate rows waiting in the group's queue",
+            labels=labels,
+        )
+        flight = GaugeMetricFamily(
+            "gpufair_executor_in_flight", "Admitted queries not yet answered", labels=labels
+        )
+        busy = CounterMetricFamily(
+            "gpufair_executor_session_busy_seconds",
+            "Session-seconds spent running the group's batches",
+            labels=[*labels, "sessions"],
+        )
+        rows = CounterMetricFamily(
+            "gpufair_executor_rows", "Candidate rows scored", labels=[*labels, "sessions"]
+        )
+        batches = CounterMetricFamily("gpufair_executor_batches", "Batches run", labels=labels)
+        version = GaugeMetricFamily("gpufair_executor_plan_version", "Plan version being served")
+        attainment = GaugeMetricFamily(
+            "gpufair_executor_sla_attainment",
+            "Fraction of received queries answered within the SLA",
+            labels=["tenant", "model"],
+        )
+        deployment = self._runtime.deployment
+        if deployment is not None:
+            version.add_metric([], deployment.plan.version)
+            for device in deployment.devices:
+                for g in device.groups:
+                    key = [g.tenant, g.model_id, device.plan.device, str(g.seat.seat)]
+                    depth.add_metric(key, g.queued_rows)
+                    flight.add_metric(key, g.in_flight)
+                    busy.add_metric([*key, "own"], g.stats.busy_own_s)
+                    busy.add_metric([*key, "pool"], g.stats.busy_pool_s)
+                    rows.add_metric([*key, "own"], g.stats.rows_own)
+                    rows.add_metric([*key, "pool"], g.stats.rows_pool)
+                    batches.add_metric(key, g.stats.batches)
+        for (tenant, model), value in self._metrics.attainment().items():
+            attainment.add_metric([tenant, model], value)
+        yield from (depth, flight, busy, rows, batches, version, attainment)

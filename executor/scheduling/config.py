@@ -1,0 +1,31 @@
+"""The scheduler's knobs, one frozen object built from ``settings.executor`` (or by tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpufair.settings import ExecutorSettings
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_queue: int = 256  # queries in flight per session group; beyond it, 429
+    batch_max_delay_s: float = 0.002  # longest a small query waits for others to batch with
+    max_batch_candidates: int = 512  # candidate rows per batch; larger queries are split
+    min_split_rows: int = 64  # a query is split only into pieces at least this large
+    drain_timeout_s: float = 30.0  # how long a plan swap waits for in-flight queries
+    admission: bool = True  # refuse queries predicted to miss their SLA (429)
+    batching: bool = True  # coalesce small queries; off: one query (piece) per batch
+    splitting: bool = True  # cut a large query across idle sessions
+    expire_after_sla: float = 2.0  # a query is dropped once it waited this many SLAs
+
+    @classmethod
+    def from_settings(cls, settings: ExecutorSettings, **overrides: object) -> SchedulerConfig:
+        values: dict[str, object] = {
+            "max_queue": settings.max_queue,
+            "batch_max_delay_s": settings.batch_max_delay_ms / 1000.0,
+            "max_batch_candidates": settings.max_batch_candidates,
+            "drain_timeout_s": settings.drain_timeout_s,
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,504 @@
+"""Session groups on one device: queues, dynamic batching, query splitting, fair queueing.
+
+A device of a node plan runs three kinds of session workers (threads; on a GPU each binds its
+own CUDA stream, on a CPU it runs with one intra-op thread):
+
+- each seat's **base** session and its **dedicated** sessions serve only that seat's replica
+  (its :class:`SessionGroup`);
+- the device's **shared pool** sessions serve every group of the device by start-time fair
+  queueing (Goyal, Vin and Cheng, SIGCOMM 1996) on the seats' ``pool_weight``: a batch of
+  ``r`` rows from group ``g`` gets the start tag ``S = max(V, F_g)`` and finish tag
+  ``F_g = S + r / w_g``; a free pool session serves the backlogged group with the smallest
+  start tag and advances the virtual time ``V`` to it. A group that floods only raises its own
+  tags, so the pool's rows follow the weights and an idle group accrues no credit.
+
+Queries are handled as DeepRecSched does (Gupta et al., ISCA 2020): a large query is cut into
+pieces across the group's idle sessions so that its latency shrinks, and small queries (or
+pieces) are coalesced into one batch of at most ``max_batch_candidates`` rows, waiting at most
+``batch_max_delay_s`` for company. Each piece keeps its one user row (RecServe's structured
+features: :meth:`Batch.of` computes the user side once per query), and a batch never holds two
+pieces of the same query, so that the pieces run in parallel.
+
+Every admitted query has a deadline; a piece found past it is dropped and its query fails,
+so an overloaded group sheds late work rather than making every later query late too. The
+scheduler decides and the backend runs: one lock per device guards all queues, and model code
+always runs outside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from allocator.plan import DevicePlan, SeatPlan
+from executor.features import Batch, Query
+from executor.scheduling.admission import Backlog, ServiceRate, predicted_delay, retry_after
+from executor.scheduling.backend import Backend, Model, Session
+from executor.scheduling.config import SchedulerConfig
+from executor.scheduling.errors import (
+    DeadlineExceeded,
+    GroupClosed,
+    ModelFailed,
+    Overloaded,
+    SchedulingError,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Pending:
+    """One admitted query until all of its pieces are scored."""
+
+    query: Query
+    group: SessionGroup  # the replica serving it
+    arrival: float  # time.monotonic() of arrival; latency is measured from here
+    deadline: float  # pieces still queued after this are dropped and the query fails
+    future: Future[np.ndarray]  # resolves to the (N,) scores in candidate order
+    scores: np.ndarray  # filled piece by piece
+    pieces_left: int
+
+
+@dataclass(eq=False)
+class Piece:
+    """Candidates [start, stop) of a query: the unit that is queued and batched."""
+
+    pending: Pending
+    start: int
+    stop: int
+    enqueued: float
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    def query(self) -> Query:
+        whole = self.pending.query
+        if self.start == 0 and self.stop == whole.num_candidates:
+            return whole
+        return whole.candidates(self.start, self.stop)
+
+
+@dataclass
+class GroupStats:
+    """Counters of one group since it started; read by the metrics collector."""
+
+    admitted: int = 0
+    completed: int = 0
+    rejected: int = 0
+    expired: int = 0
+    failed: int = 0
+    batches: int = 0
+    rows_own: int = 0  # candidate rows served by the group's own sessions
+    rows_pool: int = 0  # candidate rows served by the device's shared pool sessions
+    busy_own_s: float = 0.0  # session-seconds spent running this group's batches
+    busy_pool_s: float = 0.0
+
+
+@dataclass(eq=False)
+class SessionGroup:
+    """One replica (one loaded model) with its own sessions and its weight in the pool."""
+
+    seat: SeatPlan
+    model: Model
+    device: DeviceScheduler | None = None  # set when the device adopts the group
+    queue: deque[Piece] = field(default_factory=deque)
+    queued_rows: int = 0
+    in_service_rows: int = 0
+    in_flight: int = 0  # admitted queries not yet finished
+    finish_tag: float = 0.0  # SFQ finish tag of its last pool batch
+    idle_own: int = 0  # own sessions waiting for work
+    closing: bool = False
+    rate: ServiceRate = field(default_factory=ServiceRate)
+    stats: GroupStats = field(default_factory=GroupStats)
+
+    @property
+    def model_id(self) -> str:
+        assert self.seat.replica is not None
+        return self.seat.replica.model_id
+
+    @property
+    def tenant(self) -> str:
+        assert self.seat.replica is not None
+        return self.seat.replica.tenant
+
+    @property
+    def sla_s(self) -> float:
+        assert self.seat.replica is not None
+        return self.seat.replica.sla_p99_ms / 1000.0
+
+    @property
+    def own_sessions(self) -> int:
+        return 1 + self.seat.dedicated_streams
+
+    @property
+    def pool_weight(self) -> float:
+        return self.seat.pool_weight
+
+    def load(self) -> float:
+        """Queued work per session it can count on: how routing picks among replicas."""
+        sessions = self.device.sessions_for(self) if self.device else self.own_sessions
+        return (self.queued_rows + self.in_service_rows) / max(sessions, 1e-9)
+
+
+@dataclass
+class _Job:
+    """A batch chosen under the lock, run outside it."""
+
+    group: SessionGroup
+    pieces: list[Piece]
+    pooled: bool  # run by a shared pool session (counts toward the pool's shares)
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.pieces)
+
+
+class DeviceScheduler:
+    """The groups and session workers of one device of the plan."""
+
+    def __init__(
+        self,
+        plan: DevicePlan,
+        groups: list[SessionGroup],
+        backend: Backend,
+        config: SchedulerConfig,
+        device: str | None = None,
+    ) -> None:
+        self.plan = plan
+        self.device = device or plan.device  # where the backend runs it (may be remapped)
+        self.groups = groups
+        self._backend = backend
+        self._config = config
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._virtual_time = 0.0
+        self._idle_pool = 0
+        self._pool_weight_total = sum(g.pool_weight for g in groups)
+        for g in groups:
+            g.device = self
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """One worker thread per session: each group's own sessions, then the shared pool."""
+        workers: list[SessionGroup | None] = []
+        for g in self.groups:
+            workers += [g] * g.own_sessions
+        workers += [None] * self.plan.shared_pool_streams
+        for index, own in enumerate(workers):
+            name = f"session-{self.plan.device}-{index}-{own.model_id if own else 'pool'}"
+            t = threading.Thread(target=self._work, args=(own,), name=name, daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def drain(self, timeout_s: float) -> bool:
+        """Stop admitting, serve what is queued, then stop; True when nothing was cut short."""
+        end = time.monotonic() + timeout_s
+        with self._cond:
+            for g in self.groups:
+                g.closing = True
+            self._cond.notify_all()
+            while any(g.in_flight for g in self.groups):
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            clean = not any(g.in_flight for g in self.groups)
+        self.stop()
+        return clean
+
+    def stop(self) -> None:
+        """Stop the workers; queries still queued fail (a swap drains before it stops)."""
+        with self._cond:
+            self._stopping = True
+            cut: list[Pending] = []
+            for g in self.groups:
+                g.closing = True
+                cut += [p.pending for p in g.queue]
+                g.queue.clear()
+                g.queued_rows = 0
+            self._cond.notify_all()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=10.0)
+        error = DeadlineExceeded("the executor stopped before the query was served")
+        for pending in dict.fromkeys(cut):
+            self._fail(pending, error, "expired")
+
+    # -- admission -------------------------------------------------------------------------
+
+    def sessions_for(self, group: SessionGroup) -> float:
+        """Sessions a group can count on: its own and its weighted share of the pool."""
+        if self._pool_weight_total <= 0:
+            return float(group.own_sessions)
+        share = group.pool_weight / self._pool_weight_total
+        return group.own_sessions + self.plan.shared_pool_streams * share
+
+    def submit(self, group: SessionGroup, query: Query, arrival: float | None = None) -> Pending:
+        """Admit and queue a query, or raise Overloaded/GroupClosed; never blocks on work."""
+        now = time.monotonic()
+        arrival = now if arrival is None else arrival
+        rows = query.num_candidates
+        sla = group.sla_s
+        with self._cond:
+            if group.closing:
+                raise GroupClosed(f"model {group.model_id!r}: replica is draining")
+            if group.in_flight >= self._config.max_queue:
+                group.stats.rejected += 1
+                wait = predicted_delay(self._backlog(group), 0, group.rate) or sla
+                raise Overloaded(
+                    f"model {group.model_id!r}: {group.in_flight} queries queued (limit "
+                    f"{self._config.max_queue})",
+                    retry_after(wait, 0.0),
+                )
+            if self._config.admission and not self._starts_now(group):
+                delay = predicted_delay(self._backlog(group), rows, group.rate)
+                budget = sla - (now - arrival)
+                if delay is not None and delay > budget:
+                    group.stats.rejected += 1
+                    raise Overloaded(
+                        f"model {group.model_id!r}: predicted latency {delay * 1000:.0f} ms "
+                        f"exceeds its SLA of {sla * 1000:.0f} ms",
+                        retry_after(delay, budget),
+                    )
+            pieces = self._piece_count(group, rows)
+            pending = Pending(
+                query=query,
+                group=group,
+                arrival=arrival,
+                deadline=arrival + sla * self._config.expire_after_sla,
+                future=Future(),
+                scores=np.empty(rows, dtype=np.float32),
+                pieces_left=pieces,
+            )
+            bounds = np.linspace(0, rows, pieces + 1).round().astype(int)
+            for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+                group.queue.append(Piece(pending, int(start), int(stop), now))
+            group.queued_rows += rows
+            group.in_flight += 1
+            group.stats.admitted += 1
+            self._cond.notify_all()
+        return pending
+
+    def _starts_now(self, group: SessionGroup) -> bool:
+        """Nothing queued and a session idle: the query starts at once (lock held)."""
+        idle = group.idle_own + (self._idle_pool if group.pool_weight > 0 else 0)
+        return group.queued_rows == 0 and idle > 0
+
+    def _backlog(self, group: SessionGroup) -> Backlog:
+        return Backlog(group.queued_rows, group.in_service_rows, self.sessions_for(group))
+
+    def _piece_count(self, group: SessionGroup, rows: int) -> int:
+        """Pieces of at most max_batch rows, more when idle sessions can take them now."""
+        count = max(1, math.ceil(rows / self._config.max_batch_candidates))
+        if self._config.splitting:
+            idle = group.idle_own + (self._idle_pool if group.pool_weight > 0 else 0)
+            count = max(count, min(idle, rows // self._config.min_split_rows))
+        return max(1, min(count, rows)) if rows else 1
+
+    # -- the session workers -----------------------------------------------------------------
+
+    def _work(self, own: SessionGroup | None) -> None:
+        sessions: dict[int, Session] = {}  # group id -> this worker's session on its replica
+        while not self._stopping:
+            dropped: list[Piece] = []
+            job = self._next_job(own, dropped)
+            self._expire(dropped)
+            if job is not None:
+                self._run(job, sessions)
+
+    def _next_job(self, own: SessionGroup | None, dropped: list[Piece]) -> _Job | None:
+        """Wait for a ready group and take a batch from it.
+
+        None when stopping, or when expired pieces were found and must be failed first
+        (outside the lock, so that their clients hear of it without waiting on new work).
+        """
+        with self._cond:
+            while not self._stopping:
+                now = time.monotonic()
+                group, wake = self._choose(own, now)
+                if group is not None:
+                    job = self._take(group, now, pooled=own is None, dropped=dropped)
+                    if job is not None:
+                        return job
+                    continue
+                if dropped:
+                    return None
+                if own is not None:
+                    own.idle_own += 1
+                else:
+                    self._idle_pool += 1
+                self._cond.wait(None if wake is None else max(wake - now, 0.0))
+                if own is not None:
+                    own.idle_own -= 1
+                else:
+                    self._idle_pool -= 1
+            return None
+
+    def _ready_at(self, group: SessionGroup) -> float | None:
+        """When the group's queue may be served: now if full or closing, else after the delay."""
+        if not group.queue:
+            return None
+        if (
+            group.closing
+            or not self._config.batching
+            or group.queued_rows >= self._config.max_batch_candidates
+        ):
+            return 0.0
+        return group.queue[0].enqueued + self._config.batch_max_delay_s
+
+    def _choose(
+        self, own: SessionGroup | None, now: float
+    ) -> tuple[SessionGroup | None, float | None]:
+        """The group to serve now and, when none is ready, the time to look again."""
+        candidates = [own] if own is not None else self.groups
+        wake = math.inf
+        best: SessionGroup | None = None
+        best_key: tuple[int, float, int] | None = None
+        for k, g in enumerate(candidates):
+            at = self._ready_at(g)
+            if at is None:
+                continue
+            if at > now:
+                wake = min(wake, at)
+                continue
+            if own is not None:
+                return g, None
+            # Positive weights share the pool by start tag; weight 0 only takes what is left.
+            key = (
+                (0, max(self._virtual_time, g.finish_tag), k)
+                if g.pool_weight > 0
+                else (1, 0.0, k)
+            )
+            if best_key is None or key < best_key:
+                best, best_key = g, key
+        return best, (wake if wake < math.inf else None)
+
+    def _take(
+        self, group: SessionGroup, now: float, pooled: bool, dropped: list[Piece]
+    ) -> _Job | None:
+        """Pop a batch from the group's queue (FIFO, at most one piece per query)."""
+        limit = self._config.max_batch_candidates if self._config.batching else 0
+        taken: list[Piece] = []
+        kept: list[Piece] = []
+        seen: set[int] = set()
+        rows = 0
+        while group.queue:
+            piece = group.queue[0]
+            pending = piece.pending
+            if pending.future.done() or pending.deadline < now:
+                group.queue.popleft()
+                group.queued_rows -= piece.rows
+                if not pending.future.done():
+                    dropped.append(piece)
+                else:
+                    self._piece_done(pending)
+                continue
+            if taken and rows + piece.rows > limit:
+                break
+            group.queue.popleft()
+            if id(pending) in seen:
+                kept.append(piece)
+                continue
+            seen.add(id(pending))
+            taken.append(piece)
+            rows += piece.rows
+        group.queue.extendleft(reversed(kept))
+        if not taken:
+            return None
+        group.queued_rows -= rows
+        group.in_service_rows += rows
+        if pooled and group.pool_weight > 0:
+            start = max(self._virtual_time, group.finish_tag)
+            group.finish_tag = start + rows / group.pool_weight
+            self._virtual_time = start
+        return _Job(group, taken, pooled)
+
+    def _run(self, job: _Job, sessions: dict[int, Session]) -> None:
+        group = job.group
+        batch = Batch.of([p.query() for p in job.pieces])
+        began = time.monotonic()
+        error: ModelFailed | None = None
+        try:
+            session = sessions.get(id(group))
+            if session is None:  # a worker opens its session on a replica when first serving it
+                session = sessions[id(group)] = group.model.session()
+            scores = np.asarray(session.run(batch), dtype=np.float32).reshape(-1)
+            if scores.shape[0] != job.rows:
+                raise ValueError(f"returned {scores.shape[0]} scores for {job.rows} rows")
+        except Exception as exc:  # a tenant's model failing must not kill the session
+            log.exception("model %s failed on a batch of %d rows", group.model_id, job.rows)
+            error = ModelFailed(f"model {group.model_id!r} failed: {exc}")
+        elapsed = time.monotonic() - began
+        finished: list[Pending] = []
+        with self._cond:
+            group.in_service_rows -= job.rows
+            stats = group.stats
+            stats.batches += 1
+            if job.pooled:
+                stats.rows_pool += job.rows
+                stats.busy_pool_s += elapsed
+            else:
+                stats.rows_own += job.rows
+                stats.busy_own_s += elapsed
+            if error is None:
+                group.rate.observe(job.rows, elapsed)
+                for piece, part in zip(job.pieces, batch.split_scores(scores), strict=True):
+                    piece.pending.scores[piece.start : piece.stop] = part
+                    if self._piece_done(piece.pending):
+                        finished.append(piece.pending)
+            else:
+                for piece in job.pieces:
+                    self._piece_done(piece.pending)
+        for pending in finished:
+            self._resolve(pending)
+        if error is not None:
+            for pending in dict.fromkeys(p.pending for p in job.pieces):
+                self._fail(pending, error, "failed")
+
+    def _piece_done(self, pending: Pending) -> bool:
+        """Count one piece of a query as finished (lock held); True when it was the last."""
+        pending.pieces_left -= 1
+        if pending.pieces_left == 0:
+            pending.group.in_flight -= 1
+            self._cond.notify_all()
+            return True
+        return False
+
+    def _resolve(self, pending: Pending) -> None:
+        try:
+            pending.future.set_result(pending.scores)
+        except InvalidStateError:  # cancelled by its client, or failed by an expired piece
+            return
+        pending.group.stats.completed += 1
+
+    def _expire(self, dropped: list[Piece]) -> None:
+        if not dropped:
+            return
+        with self._cond:
+            for piece in dropped:
+                self._piece_done(piece.pending)
+        for pending in dict.fromkeys(p.pending for p in dropped):
+            waited = (time.monotonic() - pending.arrival) * 1000
+            message = f"model {pending.group.model_id!r}: dropped after {waited:.0f} ms"
+            self._fail(pending, DeadlineExceeded(message), "expired")
+
+    def _fail(self, pending: Pending, error: SchedulingError, outcome: str) -> None:
+        try:
+            pending.future.set_exception(error)
+        except InvalidStateError:
+            return
+        stats = pending.group.stats
+        if outcome == "expired":
+            stats.expired += 1
+        else:
+            stats.failed += 1

@@ -1,0 +1,90 @@
+"""The ``gpufair`` console script: one front for every part of the service.
+
+Each subcommand lives in ``gpufair/commands/<name>.py`` with ``main(argv) -> int`` and is
+imported only when asked for, so ``gpufair divide`` starts without loading torch or the web
+stack. Errors that a user can fix (bad input, bad settings) end as one line on stderr and a
+non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from gpufair import __version__
+
+# name -> (module under gpufair.commands, one-line description shown by --help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "run the whole service on this machine with a live view (the main job)"),
+    "serve": ("serve", "run the tenant admin REST API (control plane)"),
+    "db": ("db", "manage the database schema (Alembic): upgrade, downgrade, current"),
+    "executor": ("executor", "run the serving daemon of one node from a plan file or the API"),
+    "profile": ("profile", "measure latency-bounded QPS against streams for the model zoo"),
+    "divide": ("divide", "solve a fair division instance (JSON in, JSON out)"),
+    "allocate": ("allocate", "allocate a cluster (GPUs, tenants, models) and print the plan"),
+    "bench": ("bench", "run a benchmark: allocator, serve or api"),
+}
+
+USAGE = "usage: gpufair [--version] [-v] COMMAND [ARGS...]"
+
+
+def _help() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        USAGE,
+        "",
+        "gpufair divides shared GPUs fairly among tenants' recommendation models and serves them.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += [
+        "",
+        "options:",
+        "  -v, --verbose  log at debug level (repeatable flags are not needed)",
+        "  --version      print the version and exit",
+        "",
+        "Run 'gpufair COMMAND --help' for a command's own options. Settings come from",
+        "config.toml (or $GPUFAIR_CONFIG), overridden by GPUFAIR_<SECTION>_<KEY> variables.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = False
+    while args and args[0].startswith("-"):
+        flag = args.pop(0)
+        if flag in ("-h", "--help"):
+            print(_help())
+            return 0
+        if flag == "--version":
+            print(f"gpufair {__version__}")
+            return 0
+        if flag in ("-v", "--verbose"):
+            verbose = True
+            continue
+        print(f"gpufair: unknown option {flag!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    if not args:
+        print(_help(), file=sys.stderr)
+        return 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"gpufair: unknown command {name!r}; run 'gpufair --help'", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    module = importlib.import_module(f"gpufair.commands.{COMMANDS[name][0]}")
+    try:
+        return int(module.main(rest))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per ``gpufair`` subcommand, each exposing ``main(argv: list[str]) -> int``."""

@@ -1,0 +1,52 @@
+"""``gpufair bench NAME [ARGS...]``: run one of gpufair's benchmarks (DESIGN §5).
+
+Each benchmark lives in ``bench/<name>.py`` with ``main(argv) -> int`` and writes its results
+under ``bench/results/``. Modules are imported only when asked for, so the allocator benchmark
+does not load torch and the serving benchmark does not load the solver.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, one-line description shown by --help)
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "allocator": (
+        "bench.allocator",
+        "solve time vs tenants × GPUs, welfare, fairness violations of baselines",
+    ),
+    "serve": ("bench.serve", "latency-bounded throughput of the executor against baselines"),
+    "api": ("bench.api", "control-plane API latency and throughput"),
+}
+
+USAGE = "usage: gpufair bench {" + ",".join(BENCHMARKS) + "} [ARGS...]"
+
+
+def _help() -> str:
+    width = max(len(name) for name in BENCHMARKS)
+    lines = [USAGE, "", "benchmarks:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in BENCHMARKS.items()]
+    lines += ["", "Run 'gpufair bench NAME --help' for a benchmark's own options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        (sys.stdout if argv else sys.stderr).write(_help() + "\n")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in BENCHMARKS:
+        sys.stderr.write(
+            f"gpufair bench: unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}\n"
+        )
+        return 2
+    module_name = BENCHMARKS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        sys.stderr.write(f"gpufair bench: benchmark {name!r} is not available ({module_name})\n")
+        return 2
+    return int(module.main(rest))

@@ -1,0 +1,84 @@
+"""``gpufair divide INSTANCE.json``: the fair-division core, JSON in, JSON out (DESIGN §3.1).
+
+Reads an instance document, solves it with ``allocator.divide`` and prints the allocation
+with its certificate on stdout — also when not every criterion can be met: the certificate
+then says ``"fair": false`` and which agents fail, and the exit status is still 0. Settings
+come from ``[allocator]`` of gpufair.settings, overridden by the flags. Any input error ends as
+one line on stderr and exit status 2; a solve that finds no allocation at all (side
+constraints, time limit) as one line and exit status 1 — never a traceback. Imports stay
+lean: PuLP is loaded only for small instances, which go to the exact MILP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from allocator.snapshot import OBJECTIVES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpufair divide",
+        description="Divide indivisible and divisible goods fairly among agents, each under "
+        "its own criterion, and print the allocation with its certificate as JSON.",
+    )
+    parser.add_argument("instance", help="instance JSON file (DESIGN §3.1), or - for stdin")
+    parser.add_argument("--objective", choices=OBJECTIVES,
+                        help="objective among fair allocations (default: the instance's)")
+    parser.add_argument("--solver", choices=("highs", "cbc"),
+                        help="MILP backend (default: settings allocator.solver)")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="wall-clock limit of the solve (default: settings)")
+    parser.add_argument("--gap", type=float, help="relative MIP gap (default: settings)")
+    parser.add_argument("--indent", type=int, default=None, help="pretty-print JSON")
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"gpufair divide: {message}\n")
+    return code
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from allocator.documents import instance_from_dict
+    from allocator.errors import AllocatorError, InstanceError
+    from allocator.options import SolveOptions
+    from gpufair.settings import SettingsError, load_settings
+
+    try:
+        text = sys.stdin.read() if args.instance == "-" else Path(args.instance).read_text()
+    except OSError as exc:
+        return _fail(f"cannot read {args.instance}: {exc.strerror or exc}", 2)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return _fail(f"{args.instance}: invalid JSON: {exc.msg} (line {exc.lineno})", 2)
+    try:
+        settings = load_settings().allocator
+    except SettingsError as exc:
+        return _fail(str(exc), 2)
+    try:
+        instance = instance_from_dict(doc)
+        options = SolveOptions(
+            solver=args.solver or settings.solver,
+            time_limit_s=args.time_limit if args.time_limit is not None else settings.time_limit_s,
+            gap=args.gap if args.gap is not None else settings.gap,
+            objective=args.objective,
+        )
+    except InstanceError as exc:
+        return _fail(f"{args.instance}: {exc}", 2)
+    from allocator.solve import divide
+
+    try:
+        division = divide(instance, options)
+    except InstanceError as exc:
+        return _fail(f"{args.instance}: {exc}", 2)
+    except AllocatorError as exc:
+        return _fail(str(exc), 1)
+    json.dump(division.to_dict(), sys.stdout, indent=args.indent)
+    sys.stdout.write("\n")
+    return 0

@@ -1,0 +1,140 @@
+"""``gpufair executor``: run one node's serving daemon from a plan file or from the API.
+
+Standalone: ``gpufair executor --plan PLAN.json [--host H] [--port N]`` serves the plan in the
+file (a bad file ends with one line on stderr and exit status 2). API mode:
+``gpufair executor --api URL --node NAME --token T`` long-polls the node's plan and sends
+heartbeats (:mod:`executor.plan_client`); until the first plan arrives ``/healthz`` answers
+503, and if the API goes away the last plan keeps serving.
+
+``--backend fake`` serves every replica with :class:`executor.fake.FakeBackend` (no torch:
+for trying the HTTP surface and the scheduler). ``--device cpu`` maps every device of the
+plan onto the CPU, so a GPU node's plan can be tried on a laptop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import uvicorn
+
+from allocator.plan import NodePlan, PlanError
+from gpufair.settings import SettingsError, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gpufair executor", description="Run one node's serving daemon."
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--plan", type=Path, help="node plan JSON file (standalone mode)")
+    source.add_argument("--api", help="control-plane URL to pull the plan from (API mode)")
+    p.add_argument("--node", help="this node's name (API mode)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("GPUFAIR_EXECUTOR_TOKEN"),
+        help="node token for the API (default: $GPUFAIR_EXECUTOR_TOKEN)",
+    )
+    p.add_argument("--host", help="address to listen on (default: settings executor.host)")
+    p.add_argument("--port", type=int, help="port to listen on (default: settings executor.port)")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="cpu: run every device of the plan on the CPU (default: settings executor.device)",
+    )
+    p.add_argument("--backend", choices=("torch", "fake"), default="torch")
+    return p
+
+
+def _read_plan(path: Path) -> NodePlan:
+    try:
+        return NodePlan.from_dict(json.loads(path.read_text()))
+    except OSError as exc:
+        raise PlanError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"{path}: invalid JSON: {exc}") from exc
+
+
+def _placement(device: str) -> Callable[[str], str]:
+    """Plan device -> backend device: everything on the CPU when CUDA is absent or refused."""
+    use_cuda = device == "cuda"
+    if device == "auto":
+        import torch
+
+        use_cuda = bool(torch.cuda.is_available())
+        if not use_cuda:
+            log.info("no CUDA device: every device of the plan runs on the CPU")
+    if use_cuda:
+        return lambda name: name
+    return lambda name: name if name.startswith("cpu") else "cpu:0"
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        sys.stderr.write(f"gpufair executor: {exc}\n")
+        return 2
+    if args.api and not (args.node and args.token):
+        sys.stderr.write("gpufair executor: --api needs --node and --token\n")
+        return 2
+    plan: NodePlan | None = None
+    if args.plan is not None:
+        try:
+            plan = _read_plan(args.plan)
+        except PlanError as exc:
+            sys.stderr.write(f"gpufair executor: bad plan: {exc}\n")
+            return 2
+
+    from executor.daemon import create_app
+    from executor.plan_client import PlanClient
+    from executor.scheduling import NodeRuntime, SchedulerConfig
+    from executor.scheduling.backend import Backend, RuntimeBackend
+
+    cfg = settings.executor
+    backend: Backend
+    if args.backend == "fake":
+        from executor.fake import FakeBackend
+
+        backend = FakeBackend()
+        place = None
+    else:
+        from executor.runtime import configure_cpu_threads
+
+        configure_cpu_threads(1)  # CPU sessions are threads with one intra-op thread each
+        backend = RuntimeBackend()
+        place = _placement(args.device or cfg.device)
+    runtime = NodeRuntime(backend, SchedulerConfig.from_settings(cfg), place)
+    client: PlanClient | None = None
+    if plan is not None:
+        report = runtime.apply(plan)
+        if report is not None and report.broken:
+            for model_id, why in report.broken.items():
+                log.error("model %s is not served: %s", model_id, why)
+    else:
+        client = PlanClient(
+            runtime,
+            api_url=args.api,
+            node=args.node,
+            token=args.token,
+            heartbeat_s=cfg.heartbeat_s,
+        )
+        client.start()
+    app = create_app(runtime)
+    host, port = args.host or cfg.host, args.port or cfg.port
+    log.info("executor listening on http://%s:%d", host, port)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        if client is not None:
+            client.stop()
+        runtime.close()
+    return 0

@@ -1,0 +1,70 @@
+"""``gpufair serve``: run the control plane's REST API with uvicorn.
+
+Before serving, the schema must be at the code's head revision: an empty SQLite database is
+upgraded on first start in development mode; anything else behind makes the command stop with
+one line naming ``gpufair db upgrade``. Outside development mode the development admin token is
+refused, so a deployment cannot start open to anyone who read the docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from api.errors import SchemaNotReady
+from gpufair.settings import DEVELOPMENT_ADMIN_TOKEN, SettingsError, load_settings
+
+log = logging.getLogger(__name__)
+# Alembic announces each of its plugins at INFO; only its migration steps are worth a line.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpufair serve", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", help="address to listen on (default: settings api.host)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: settings api.port)")
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    parser.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        sys.stderr.write(f"gpufair serve: {exc}\n")
+        return 1
+    if settings.api.admin_token == DEVELOPMENT_ADMIN_TOKEN and not settings.api.dev_mode:
+        sys.stderr.write(
+            "gpufair serve: the development admin token is refused outside dev_mode; "
+            "set GPUFAIR_API_ADMIN_TOKEN\n"
+        )
+        return 1
+    import uvicorn
+
+    from api.app import create_app, ensure_schema
+
+    try:
+        ensure_schema(settings)
+    except SchemaNotReady as exc:
+        sys.stderr.write(f"gpufair serve: {exc}\n")
+        return 1
+    except SQLAlchemyError as exc:
+        sys.stderr.write(f"gpufair serve: database error: {str(exc).splitlines()[0]}\n")
+        return 1
+    if settings.api.dev_mode and settings.api.admin_token == DEVELOPMENT_ADMIN_TOKEN:
+        log.warning("development mode: the development admin token is accepted")
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.api.host,
+        port=args.port or settings.api.port,
+        log_level=args.log_level,
+        access_log=not args.no_access_log,
+    )
+    return 0

@@ -1,0 +1,220 @@
+"""Cluster layer: the valuation (candidate seats, demand-bounded values, reachable T_i) and
+the invariants of its plans — memory fit, demand caps, streams only where seated, stream
+accounting, churn bound. Random snapshots are seeded; a failure names its seed."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from allocator import (
+    Allocation,
+    ClusterSnapshot,
+    Criterion,
+    Gpu,
+    Model,
+    NodePlan,
+    SolveOptions,
+    Tenant,
+    ThroughputCurve,
+    allocate_cluster,
+    certify,
+    validate_allocation,
+)
+from allocator.certificate import PROP_TYPE
+from allocator.cluster import build_instance, pool_name, seat_name
+
+MIXED: tuple[Criterion, ...] = ("prop_alpha", "ef_alpha", "efm", "prop1", "ef1")
+
+
+def snapshot(seed: int) -> ClusterSnapshot:
+    """A small mixed cluster: two GPU sizes, several models per tenant of different sizes."""
+    rng = random.Random(seed)
+    tenants = tuple(Tenant(f"t{k}", rng.choice((1.0, 2.0)), rng.choice(MIXED))
+                    for k in range(rng.randint(2, 4)))
+    gpus = tuple(Gpu(f"n{k // 2}", f"cuda:{k % 2}", "gpu", rng.choice((8000, 16000)),
+                     rng.choice((2, 4)), rng.choice((4, 6, 8))) for k in range(rng.randint(2, 4)))
+    models = []
+    for t in tenants:
+        for k in range(rng.randint(1, 2)):
+            qps = sorted(rng.uniform(100, 1000) for _ in range(4))
+            models.append(Model(
+                f"{t.name}-m{k}", t.name, "zoo:rmc1?scale=1&seed=1",
+                rng.choice((1500, 3000, 5000)), rng.randint(1, 4), 50.0,
+                rng.uniform(500, 3000), {}, ThroughputCurve(tuple(qps), measured=False)))
+    return ClusterSnapshot(tenants, tuple(models), gpus)
+
+
+def uniform_cluster(tenants: int, gpus: int, seed: int, criteria: tuple[Criterion, ...],
+                    replicas: tuple[int, int] = (1, 3)) -> ClusterSnapshot:
+    """Tenants with two models each on identical 4-seat GPUs (the shape of `bench api`)."""
+    rng = random.Random(seed)
+    ts = tuple(Tenant(f"t{k:02d}", rng.choice((1.0, 1.0, 2.0)), criteria[k % len(criteria)])
+               for k in range(tenants))
+    gs = tuple(Gpu(f"n{k // 4:02d}", f"cuda:{k % 4}", "gpu", 40000, 4, 8) for k in range(gpus))
+    models = []
+    for t in ts:
+        for k in range(2):
+            qps = sorted(rng.uniform(100, 1000) for _ in range(5))
+            models.append(Model(
+                f"{t.name}-m{k}", t.name, "zoo:rmc1?scale=0.1&seed=1",
+                rng.choice((2000, 4000, 8000)), rng.randint(*replicas), 20.0,
+                float(rng.randrange(200, 5000, 100)), {}, ThroughputCurve(tuple(qps))))
+    return ClusterSnapshot(ts, tuple(models), gs)
+
+
+def check(snap: ClusterSnapshot, plans: dict[str, NodePlan]) -> None:
+    gpus = {(g.node, g.device): g for g in snap.gpus}
+    models = {m.model_id: m for m in snap.models}
+    placed: dict[str, int] = {}
+    for node, plan in plans.items():
+        NodePlan.from_dict(plan.to_dict())  # the one parser accepts it
+        for device in plan.devices:
+            gpu = gpus[node, device.device]
+            used = len(device.seats) + device.shared_pool_streams + sum(
+                s.dedicated_streams for s in device.seats)
+            assert used <= device.streams == gpu.streams
+            for seat in device.seats:
+                if seat.replica is None:
+                    assert seat.dedicated_streams == 0 and seat.pool_weight == 0
+                    continue
+                model = models[seat.replica.model_id]
+                assert model.tenant == seat.replica.tenant
+                assert model.memory_mb <= gpu.memory_mb / gpu.seats  # memory fit
+                placed[model.model_id] = placed.get(model.model_id, 0) + 1
+    for model_id, count in placed.items():
+        assert count <= models[model_id].replicas_wanted  # demand caps
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_every_tenant_can_reach_its_total_value(seed: int) -> None:
+    """T_i is the value of a bundle the tenant can hold: its candidate seats (≤ replicas
+    wanted per model, each fitting its model) and the pools on their GPUs; values never add
+    up to more than the demand of the tenant's models."""
+    snap = snapshot(seed) if seed % 2 else uniform_cluster(8, 6, seed, MIXED, (1, 5))
+    built = build_instance(snap)
+    inst = built.instance
+    models = {m.model_id: m for m in snap.models}
+    gpu_of = {seat_name(g, k): g for g in snap.gpus for k in range(g.seats)}
+    for t in snap.tenants:
+        own = [s for s in inst.indivisible if (t.name, s) not in inst.forbidden]
+        assert set(own) == {s for (i, s) in built.earmark if i == t.name}, seed
+        per_model: dict[str, int] = {}
+        for s in own:
+            model = models[built.earmark[t.name, s]]
+            assert model.tenant == t.name and model.memory_mb <= (
+                gpu_of[s].memory_mb / gpu_of[s].seats), seed
+            per_model[model.model_id] = per_model.get(model.model_id, 0) + 1
+        for m in snap.models:
+            if m.tenant == t.name:
+                # As many as wanted, or short only once every seat it fits is the tenant's.
+                fitting = {seat_name(g, k) for g in snap.gpus for k in range(g.seats)
+                           if m.memory_mb <= g.memory_mb / g.seats}
+                got = per_model.get(m.model_id, 0)
+                assert got == m.replicas_wanted or (
+                    got < m.replicas_wanted and fitting <= set(own)), seed
+        valued = {g for g, v in inst.values[t.name].items() if v > 0}
+        pools = {pool_name(gpu_of[s]) for s in own}
+        assert valued <= set(own) | pools, seed
+        wanted = sum(1 for m in snap.models if m.tenant == t.name and m.replicas_wanted)
+        # The tenant alone with its whole candidate bundle: a valid allocation worth T_i.
+        alone = Allocation(
+            {s: (t.name if s in own else None) for s in inst.indivisible},
+            {d: ({t.name: 1.0} if d in pools else {}) for d in inst.divisible})
+        validate_allocation(inst, alone)
+        row = certify(inst, alone).agents[t.name]
+        assert row.value == pytest.approx(row.total) and row.total <= wanted + 1e-9, seed
+
+
+def test_candidates_do_not_overlap_while_there_is_room_and_ignore_input_order() -> None:
+    snap = uniform_cluster(16, 32, 5, MIXED)
+    built = build_instance(snap)
+    seats = [s for (_, s) in built.earmark]
+    assert len(seats) == len(set(seats))  # 16 tenants want ≤ 96 of 128 seats
+    rng = random.Random(5)
+    shuffled = ClusterSnapshot(tuple(rng.sample(snap.tenants, len(snap.tenants))),
+                               tuple(rng.sample(snap.models, len(snap.models))),
+                               tuple(rng.sample(snap.gpus, len(snap.gpus))))
+    again = build_instance(shuffled)
+    assert again.earmark == built.earmark
+    assert again.instance.values == built.instance.values
+    assert again.instance.forbidden == built.instance.forbidden
+
+
+@pytest.mark.parametrize(("criteria", "seed"), [(("prop_alpha",), 0), (("prop_alpha",), 1),
+                                                (("prop1", "prop_alpha", "ef1"), 2)])
+def test_prop_tenants_get_their_share_when_they_want_less_than_it(
+    criteria: tuple[Criterion, ...], seed: int
+) -> None:
+    """16 tenants × 32 GPUs (128 seats), each tenant wanting at most 6 seats — fewer than a
+    proportional 8: the allocation is certified and every PROP-type tenant's own criterion
+    holds, unrelaxed."""
+    snap = uniform_cluster(16, 32, seed, criteria)
+    result = allocate_cluster(snap, SolveOptions(time_limit_s=20))
+    cert = result.certificate
+    validate_allocation(snap, result)
+    assert cert.holds and cert.lambda_prop == 0, seed
+    for t in snap.tenants:
+        row = cert.agents[t.name]
+        assert row.total > 0, seed
+        if t.criterion in PROP_TYPE:
+            assert row.holds and row.lam == 0 and row.slack is not None and row.slack >= 0, seed
+    check(snap, result.plans)
+
+
+def test_oversubscribed_cluster_is_certified_honestly() -> None:
+    """32 tenants wanting ~4 seats each on 8 GPUs (32 seats): candidates overlap, the core
+    decides; whatever it returns, its certificate is the checker's and the plans are sound."""
+    snap = uniform_cluster(32, 8, 3, MIXED)
+    built = build_instance(snap)
+    claims = [s for (_, s) in built.earmark]
+    assert len(set(claims)) == 32 and len(claims) > 32  # every seat claimed, some twice
+    result = allocate_cluster(snap, SolveOptions(time_limit_s=20))
+    validate_allocation(snap, result)
+    check(snap, result.plans)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cluster_plans_are_valid_and_certified(seed: int) -> None:
+    snap = snapshot(seed)
+    result = allocate_cluster(snap, SolveOptions(time_limit_s=20), None, version=3,
+                              allocation_id=7)
+    assert result.certificate.holds, seed
+    assert set(result.plans) == {g.node for g in snap.gpus}
+    assert all(p.version == 3 and p.allocation_id == 7 for p in result.plans.values())
+    check(snap, result.plans)
+    # Streams only where seated: pool shares belong to tenants holding a seat on that GPU.
+    for gpu in snap.gpus:
+        holders = {result.allocation.indivisible[seat_name(gpu, k)] for k in range(gpu.seats)}
+        for tenant, share in result.allocation.divisible.get(pool_name(gpu), {}).items():
+            assert share == 0 or tenant in holders, seed
+    assert isinstance(result.to_dict()["certificate"]["agents"], dict)
+    validate_allocation(snap, result)  # the API's call
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_churn_bound(seed: int) -> None:
+    snap = snapshot(seed)
+    first = allocate_cluster(snap, SolveOptions(time_limit_s=20))
+    # The world changes: demands and replicas shift, so an unbounded re-solve would move seats.
+    changed = ClusterSnapshot(
+        snap.tenants,
+        tuple(Model(m.model_id, m.tenant, m.artifact, m.memory_mb,
+                    max(1, m.replicas_wanted + (1 if k % 2 else -1)), m.sla_p99_ms,
+                    m.demand_qps * (3 if k % 2 else 0.3), m.profiles, m.estimate)
+              for k, m in enumerate(snap.models)),
+        snap.gpus,
+    )
+    second = allocate_cluster(changed, SolveOptions(time_limit_s=20, churn_limit=1),
+                              first.plans, version=2)
+
+    def tenants(plans: dict[str, NodePlan]) -> dict[tuple[str, str, int], str]:
+        return {(n, d.device, s.seat): s.replica.tenant
+                for n, p in plans.items() for d, s in p.replicas() if s.replica}
+
+    before, after = tenants(first.plans), tenants(second.plans)
+    moves = sum(1 for seat, tenant in before.items() if after.get(seat) != tenant)
+    assert moves <= 1, seed
+    assert second.certificate.holds, seed
+    check(changed, second.plans)

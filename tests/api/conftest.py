@@ -1,0 +1,202 @@
+"""Fixtures of the control-plane tests: a fresh database per test, on SQLite and PostgreSQL.
+
+Every route test runs twice, once per database (the ``db_url`` fixture is parametrised; the
+PostgreSQL run is marked ``postgres`` and skips when the server is unreachable). The schema is
+made by the real migrations once per session: SQLite tests copy a migrated template file, and
+PostgreSQL tests share one schema of their own (``gf_test_<random>``, dropped at the end) that
+is truncated between tests. Route tests cannot run inside one rolled-back transaction: they
+drive the app through HTTP, where each request commits on its own connection, and the
+concurrency tests need those connections to be real and separate.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy
+from fastapi.testclient import TestClient
+
+import migrations
+from api.app import create_app
+from api.models import Base
+from gpufair.settings import AllocatorSettings, ApiSettings, DatabaseSettings, Settings
+from tests.conftest import POSTGRES_URL
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+def pg_url(schema: str) -> str:
+    """POSTGRES_URL with every connection's search_path set to ``schema``."""
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    return f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "gpufair.db"
+    migrations.upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_schema() -> Iterator[str]:
+    schema = f"gf_test_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        migrations.upgrade(pg_url(schema))
+        yield schema
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+def _truncate_postgres(url: str) -> None:
+    engine = sqlalchemy.create_engine(url)
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables if t.name != "solve_lock")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+        connection.exec_driver_sql("UPDATE solve_lock SET holder = NULL, expires_at = NULL")
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database of each kind."""
+    if request.param == "sqlite":
+        path = tmp_path / "gpufair.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url = pg_url(request.getfixturevalue("pg_schema"))
+    _truncate_postgres(url)
+    return url
+
+
+def make_settings(url: str, **api: Any) -> Settings:
+    return Settings(
+        database=DatabaseSettings(url=url),
+        api=ApiSettings(
+            admin_token=ADMIN_TOKEN,
+            dev_mode=False,
+            max_body_bytes=api.pop("max_body_bytes", 256 * 1024),
+            max_long_poll_s=api.pop("max_long_poll_s", 2.0),
+            **api,
+        ),
+        allocator=AllocatorSettings(time_limit_s=5.0),
+    )
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return make_settings(db_url)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+class Api:
+    """Shortcuts over a client: register the things most tests need."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+        self.admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    @staticmethod
+    def bearer(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    def tenant(self, name: str, **fields: Any) -> tuple[dict[str, Any], str]:
+        """Create a tenant and one API key; return (tenant, key)."""
+        r = self.client.post("/v1/tenants", json={"name": name, **fields}, headers=self.admin)
+        assert r.status_code == 201, r.text
+        tenant = r.json()
+        r = self.client.post(f"/v1/tenants/{tenant['id']}/keys", headers=self.admin)
+        assert r.status_code == 201, r.text
+        return tenant, r.json()["key"]
+
+    def model(self, key: str, name: str, **fields: Any) -> dict[str, Any]:
+        body = {
+            "name": name,
+            "artifact": "zoo:rmc1?scale=0.05&seed=1",
+            "memory_mb": 500,
+            "replicas_wanted": 2,
+            "sla_p99_ms": 20.0,
+            "demand_qps": 400.0,
+            **fields,
+        }
+        r = self.client.post("/v1/models", json=body, headers=self.bearer(key))
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def node(
+        self, name: str, gpus: int = 2, seats: int = 2, streams: int = 6
+    ) -> tuple[dict[str, Any], str]:
+        devices = [
+            {
+                "device": f"cuda:{k}",
+                "kind": "gpu",
+                "memory_mb": 16000,
+                "streams": streams,
+                "seats": seats,
+            }
+            for k in range(gpus)
+        ]
+        r = self.client.post(
+            "/v1/nodes", json={"name": name, "devices": devices}, headers=self.admin
+        )
+        assert r.status_code == 201, r.text
+        body = r.json()
+        return body, body["token"]
+
+    def solve(self, **body: Any) -> dict[str, Any]:
+        r = self.client.post("/v1/allocations", json=body or None, headers=self.admin)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+
+@pytest.fixture
+def api(client: TestClient) -> Api:
+    return Api(client)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def live_url(settings: Settings) -> Iterator[str]:
+    """The app served by a real uvicorn on 127.0.0.1 (in a thread), for truly parallel clients."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -1,0 +1,248 @@
+"""The dashboard at ``GET /``: what the admin sees, what everyone else does not, and the page
+as a real browser renders it (headless Chromium against a real uvicorn server).
+
+Route tests run on each database (the ``api`` fixture); the Chromium test runs on SQLite and
+skips when Debian's ``/usr/bin/chromium`` is absent. With ``GPUFAIR_UPDATE_SCREENSHOT=1`` it
+copies its screenshot to ``docs/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from gpufair.settings import (
+    DEVELOPMENT_ADMIN_TOKEN,
+    AllocatorSettings,
+    ApiSettings,
+    DatabaseSettings,
+    Settings,
+)
+from tests.api.conftest import Api
+
+TENANTS = [
+    ("ads-ranking", "prop_alpha", 2.0),
+    ("feed-recs", "ef1", 1.0),
+    ("search-ltr", "efm", 1.0),
+]
+SEAT_CELL = re.compile(r'<div class="seat(?: empty)?"')
+DEV_MODE_TOKEN = "dashboard-test-admin-token"
+CHROMIUM = Path("/usr/bin/chromium")
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def _world(api: Api) -> dict[str, Any]:
+    """Three tenants with a model each, one node of two GPUs, one allocation and a heartbeat."""
+    keys = {}
+    for name, criterion, weight in TENANTS:
+        _, keys[name] = api.tenant(name, criterion=criterion, weight=weight)
+        api.model(keys[name], f"{name.split('-')[0]}-model", replicas_wanted=2)
+    _, node_token = api.node("n1", gpus=2, seats=2, streams=6)
+    allocation = api.solve()
+    return {"keys": keys, "node": node_token, "allocation": allocation}
+
+
+def _heartbeat(api: Api, token: str, replicas: list[dict[str, Any]], broken: Any = None) -> None:
+    body = {"plan_version": 1, "replicas": replicas, "broken": broken or {}}
+    r = api.client.post("/v1/nodes/n1/heartbeat", json=body, headers=api.bearer(token))
+    assert r.status_code == 200, r.text
+
+
+def _replica(tenant: str, seat: int, completed: int, rejected: int, expired: int) -> dict[str, Any]:
+    return {
+        "device": "cuda:0",
+        "seat": seat,
+        "model_id": "1",
+        "tenant": tenant,
+        "completed": completed,
+        "rejected": rejected,
+        "expired": expired,
+    }
+
+
+def test_admin_sees_cluster_certificate_and_history(api: Api) -> None:
+    world = _world(api)
+    _heartbeat(api, world["node"], [_replica("ads-ranking", 0, 990, 6, 4)])
+    r = api.client.get("/", headers=api.admin)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    assert "script-src" not in r.headers["content-security-policy"]  # no scripts at all
+    page = r.text
+    agents = world["allocation"]["certificate"]["agents"]
+    for name, criterion, _ in TENANTS:
+        assert name in page and criterion in page
+    # Every seat of the plan is a cell, and every seated replica's model name is on the page.
+    seats = api.client.get("/v1/nodes/n1/plan", headers=api.bearer(world["node"])).json()
+    cells = sum(len(d["seats"]) for d in seats["devices"])
+    assert len(SEAT_CELL.findall(page)) == cells == 4
+    assert page.count("✓ holds") == sum(1 for a in agents.values() if a["holds"]) == 3
+    assert "certificate holds" in page and 'aria-label="envy matrix"' in page
+    assert "99.0%" in page  # 990 of 1000 queries completed for ads-ranking
+    assert "v1" in page and "first allocation" in page
+    assert len(SEAT_CELL.findall(api.client.get("/dashboard", headers=api.admin).text)) == 4
+
+
+def test_history_shows_seat_moves_from_the_diff_service(api: Api) -> None:
+    world = _world(api)
+    api.node("n2", gpus=1, seats=3, streams=8)  # new seats: the next allocation fills them
+    second = api.solve()
+    diff = api.client.get(
+        f"/v1/allocations/{world['allocation']['id']}/diff/{second['id']}", headers=api.admin
+    ).json()
+    moves = diff["seat_moves"]
+    assert moves, "the world needs seat moves between v1 and v2"
+    page = api.client.get("/", headers=api.admin).text
+    assert f"{len(moves)} seat move{'' if len(moves) == 1 else 's'}" in page
+    for move in moves:
+        assert f"{move['node']}/{move['device']} seat {move['seat']}:" in page
+    assert "first allocation" in page  # v1 has no predecessor
+
+
+def test_empty_database_gets_a_page_not_an_error(api: Api) -> None:
+    r = api.client.get("/", headers=api.admin)
+    assert r.status_code == 200
+    assert "No allocation yet" in r.text
+
+
+def test_no_data_for_anyone_but_the_admin(api: Api) -> None:
+    world = _world(api)
+    callers = {
+        "anonymous": ({}, 401),
+        "unknown token": (api.bearer("gft_not-a-key"), 401),
+        "tenant": (api.bearer(world["keys"]["feed-recs"]), 403),
+        "node": (api.bearer(world["node"]), 403),
+    }
+    for who, (headers, status) in callers.items():
+        for path in ("/", "/dashboard", "/?token=gft_not-a-key"):
+            r = api.client.get(path, headers=headers)
+            assert r.status_code == status, f"{who} {path}: {r.status_code}"
+            assert r.headers["content-type"].startswith("text/html")
+            for name, _, _ in TENANTS:
+                assert name not in r.text, f"{who} {path} sees {name}"
+    # Outside development mode the token is not taken from the URL, even the right one.
+    r = api.client.get("/", params={"token": api.admin["Authorization"].removeprefix("Bearer ")})
+    assert r.status_code == 401 and "ads-ranking" not in r.text
+    assert "<form" not in r.text  # no login form that could not work
+
+
+def test_query_token_works_in_development_mode_only(tmp_path: Path, sqlite_template: Path) -> None:
+    shutil.copy(sqlite_template, tmp_path / "db.sqlite")
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    for dev_mode, expected in [(True, 200), (False, 403)]:
+        settings = Settings(database=DatabaseSettings(url=url), api=ApiSettings(dev_mode=dev_mode))
+        with TestClient(create_app(settings)) as client:
+            assert client.get("/").status_code == 401
+            r = client.get("/", headers={"Authorization": f"Bearer {DEVELOPMENT_ADMIN_TOKEN}"})
+            assert r.status_code == expected  # the dev token is refused outside dev mode
+            if dev_mode:
+                assert "<form" in client.get("/").text
+                assert client.get("/", params={"token": DEVELOPMENT_ADMIN_TOKEN}).status_code == 200
+                assert client.get("/", params={"token": "wrong"}).status_code == 401
+
+
+def test_strings_from_daemons_are_escaped(api: Api) -> None:
+    # Tenant and model names are validated ([a-z0-9_.-]); a daemon's heartbeat is free text.
+    world = _world(api)
+    evil = '<script>alert("x")</script>'
+    _heartbeat(
+        api,
+        world["node"],
+        [_replica('<img src=x onerror="y">', 0, 5, 0, 0)],
+        broken={"1": evil},
+    )
+    page = api.client.get("/", headers=api.admin).text
+    assert "<script" not in page and "<img" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=&quot;y&quot;&gt;" in page
+
+
+# --- the page in a real browser ----------------------------------------------------------------
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            "--window-size=1400,1000",
+            *args,
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+class TestInChromium:
+    """On SQLite only, in development mode so that the browser can pass ``?token=``; the
+    server is conftest's ``live_url`` (a real uvicorn on 127.0.0.1) over these settings."""
+
+    @pytest.fixture
+    def db_url(self, tmp_path: Path, sqlite_template: Path) -> str:
+        shutil.copy(sqlite_template, tmp_path / "db.sqlite")
+        return f"sqlite:///{tmp_path / 'db.sqlite'}"
+
+    @pytest.fixture
+    def settings(self, db_url: str) -> Settings:
+        return Settings(
+            database=DatabaseSettings(url=db_url),
+            api=ApiSettings(admin_token=DEV_MODE_TOKEN, dev_mode=True),
+            allocator=AllocatorSettings(time_limit_s=5.0),
+        )
+
+    def test_dashboard_in_headless_chromium(self, live_url: str, tmp_path: Path) -> None:
+        url, token = live_url, DEV_MODE_TOKEN
+        with httpx.Client(base_url=url, timeout=30) as http:
+            api = Api(http)  # type: ignore[arg-type]  # the same calls over real HTTP
+            api.admin = api.bearer(token)
+            world = _world(api)
+            _heartbeat(
+                api,
+                world["node"],
+                [
+                    _replica("ads-ranking", 1, 9_940, 40, 20),
+                    _replica("feed-recs", 0, 7_200, 310, 90),
+                    _replica("search-ltr", 1, 5_050, 0, 12),
+                ],
+            )
+            api.node("n2", gpus=1, seats=3, streams=8)
+            api.solve()
+        page = f"{url}/?token={token}"
+
+        dom = _chromium(tmp_path, "--dump-dom", page)
+        assert dom.returncode == 0, dom.stderr.decode()[-2000:]
+        text = dom.stdout.decode()
+        for name, _, _ in TENANTS:
+            assert name in text
+        assert "holds" in text and 'aria-label="envy matrix"' in text
+        anonymous = _chromium(tmp_path, "--dump-dom", f"{url}/")
+        assert (
+            "Sign in" in anonymous.stdout.decode()
+            and "ads-ranking" not in anonymous.stdout.decode()
+        )
+
+        shot = tmp_path / "dashboard.png"
+        result = _chromium(tmp_path, f"--screenshot={shot}", page)
+        assert result.returncode == 0, result.stderr.decode()[-2000:]
+        data = shot.read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+        if os.environ.get("GPUFAIR_UPDATE_SCREENSHOT") == "1":
+            shutil.copy(shot, DOCS / "dashboard.png")

@@ -1,0 +1,141 @@
+"""End to end: ``gpufair serve`` in a subprocess on 127.0.0.1, driven over HTTP like a cluster.
+
+The first start upgrades the empty SQLite database (development mode); a tenant registers a
+model, a node registers, the admin solves, and the node pulls its plan with an ETag, gets 304
+for it, and wakes from a long-poll as soon as the next allocation is stored.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from allocator import NodePlan
+from tests.api.conftest import free_port
+
+TOKEN = "e2e-admin-token-91b2"
+
+
+def _environment(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFAIR_")}
+    env.update(
+        GPUFAIR_DATABASE_URL=f"sqlite:///{tmp_path / 'var' / 'gpufair.db'}",
+        GPUFAIR_API_ADMIN_TOKEN=TOKEN,
+        GPUFAIR_ALLOCATOR_TIME_LIMIT_S="5",
+        **extra,
+    )
+    return env
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpufair.cli", "serve", "--port", str(port), "--no-access-log"],
+        cwd=tmp_path,
+        env=_environment(tmp_path, GPUFAIR_API_DEV_MODE="true"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, "gpufair serve exited"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "gpufair serve did not answer"
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_register_solve_and_pull_the_plan(server: str) -> None:
+    admin = httpx.Client(base_url=server, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    assert admin.get("/healthz").json()["schema_revision"] is not None
+    tenant = admin.post("/v1/tenants", json={"name": "ads", "criterion": "efm"}).json()
+    key = admin.post(f"/v1/tenants/{tenant['id']}/keys").json()["key"]
+    tenant_client = httpx.Client(
+        base_url=server, headers={"Authorization": f"Bearer {key}"}, timeout=60
+    )
+    model = tenant_client.post(
+        "/v1/models",
+        json={
+            "name": "ranker",
+            "artifact": "zoo:rmc2?scale=0.1&seed=7",
+            "memory_mb": 800,
+            "replicas_wanted": 2,
+            "sla_p99_ms": 25,
+            "demand_qps": 600,
+        },
+    ).json()
+    devices = [{"device": "cpu:0", "kind": "cpu", "memory_mb": 8000, "streams": 4, "seats": 2}]
+    node_token = admin.post("/v1/nodes", json={"name": "edge-1", "devices": devices}).json()[
+        "token"
+    ]
+    node = httpx.Client(
+        base_url=server, headers={"Authorization": f"Bearer {node_token}"}, timeout=60
+    )
+
+    assert admin.post("/v1/allocations").status_code == 201
+    r = node.get("/v1/nodes/edge-1/plan")
+    assert r.status_code == 200
+    etag = r.headers["ETag"]
+    plan = NodePlan.from_dict(r.json())
+    assert plan.version == 1
+    assert [s.replica.model_id for _, s in plan.replicas()] == [str(model["id"])] * len(
+        plan.replicas()
+    )
+    assert plan.replicas()[0][1].replica.artifact == "zoo:rmc2?scale=0.1&seed=7"
+    assert node.get("/v1/nodes/edge-1/plan", headers={"If-None-Match": etag}).status_code == 304
+
+    woke: dict[str, object] = {}
+
+    def long_poll() -> None:
+        started = time.monotonic()
+        response = node.get("/v1/nodes/edge-1/plan?wait=20", headers={"If-None-Match": etag})
+        woke.update(
+            status=response.status_code,
+            etag=response.headers.get("ETag"),
+            after=time.monotonic() - started,
+        )
+
+    poller = threading.Thread(target=long_poll)
+    poller.start()
+    time.sleep(0.5)
+    assert admin.post("/v1/allocations").status_code == 201
+    poller.join(timeout=30)
+    assert woke["status"] == 200 and woke["etag"] == '"plan-2"'
+    assert woke["after"] < 10  # woken by the new allocation, not by the 20 s timeout
+
+    mine = tenant_client.get("/v1/allocations/current/me").json()
+    assert mine["version"] == 2 and {s["model_id"] for s in mine["seats"]} == {str(model["id"])}
+    heartbeat = node.post("/v1/nodes/edge-1/heartbeat", json={"plan_version": 2}).json()
+    assert heartbeat == {"current_version": 2, "etag": '"plan-2"'}
+    for client in (admin, tenant_client, node):
+        client.close()
+
+
+def test_serve_refuses_a_database_behind_in_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gpufair.cli", "serve", "--port", str(free_port())],
+        cwd=tmp_path,
+        env=_environment(tmp_path, GPUFAIR_API_DEV_MODE="false"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("gpufair serve: database schema is at")
+    assert "Traceback" not in result.stderr

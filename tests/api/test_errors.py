@@ -1,0 +1,74 @@
+"""Every failure has one JSON shape, {"error": {"code", "message", "field"?}}, and bad input is
+never a 500."""
+
+from __future__ import annotations
+
+from tests.api.conftest import Api
+
+
+def _shape(body: dict) -> dict:
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert {"code", "message"} <= set(error) <= {"code", "message", "field"}
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+def test_unknown_route_and_method(api: Api) -> None:
+    r = api.client.get("/v1/nowhere")
+    assert r.status_code == 404 and _shape(r.json())["code"] == "not_found"
+    r = api.client.put("/v1/tenants", headers=api.admin)
+    assert r.status_code == 405 and _shape(r.json())["code"] == "method_not_allowed"
+
+
+def test_malformed_json_is_422_on_the_body(api: Api) -> None:
+    r = api.client.post(
+        "/v1/tenants",
+        content=b"{not json",
+        headers={**api.admin, "Content-Type": "application/json"},
+    )
+    assert r.status_code == 422
+    assert _shape(r.json())["field"].startswith("body")
+
+
+def test_parameters_are_named_with_their_location(api: Api) -> None:
+    _, token = api.node("n1")
+    r = api.client.get("/v1/nodes/n1/plan?wait=-1", headers=api.bearer(token))
+    assert r.status_code == 422 and _shape(r.json())["field"] == "query.wait"
+    r = api.client.get(f"/v1/tenants/{2**40}", headers=api.admin)
+    assert r.status_code == 422 and _shape(r.json())["field"] == "path.tenant"
+    r = api.client.get("/v1/allocations?limit=0", headers=api.admin)
+    assert r.status_code == 422 and _shape(r.json())["field"] == "query.limit"
+
+
+def test_non_finite_numbers_are_refused(api: Api) -> None:
+    r = api.client.post(
+        "/v1/tenants",
+        content=b'{"name": "x", "weight": 1e999}',
+        headers={**api.admin, "Content-Type": "application/json"},
+    )
+    assert r.status_code == 422 and _shape(r.json())["field"] == "weight"
+
+
+def test_auth_errors_have_the_shape_and_a_challenge(api: Api) -> None:
+    r = api.client.get("/v1/tenants")
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+    assert _shape(r.json())["code"] == "unauthorized"
+    r = api.client.get("/v1/tenants", headers={"Authorization": "Basic Zm9vOmJhcg=="})
+    assert r.status_code == 401
+
+
+def test_nothing_to_allocate_is_409(api: Api) -> None:
+    r = api.client.post("/v1/allocations", headers=api.admin)
+    assert r.status_code == 409 and _shape(r.json())["code"] == "conflict"
+    r = api.client.get("/v1/allocations/current", headers=api.admin)
+    assert r.status_code == 404 and _shape(r.json())["code"] == "not_found"
+
+
+def test_metrics_count_requests_by_handler(api: Api) -> None:
+    api.client.get("/v1/tenants", headers=api.admin)
+    api.client.get("/v1/nowhere")
+    text = api.client.get("/metrics").text
+    assert 'handler="list_tenants",method="GET",status="200"' in text
+    assert 'handler="unmatched",method="GET",status="404"' in text
+    assert "gpufair_api_request_seconds_bucket" in text

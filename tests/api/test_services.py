@@ -1,0 +1,133 @@
+"""Service functions on a session whose transaction is rolled back after each test.
+
+These call the services directly (no HTTP), so they can run inside one outer transaction that
+is never committed: the services' own flushes go to the database and vanish at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy
+from sqlalchemy.orm import Session
+
+from api.errors import Conflict, NotFound, PreconditionFailed
+from api.models import ArtifactRow, DeviceRow, ModelRow, NodeRow, ProfileRow, TenantRow
+from api.schemas import ModelCreate, TenantCreate, TenantUpdate
+from api.services import models as model_service
+from api.services import tenants as tenant_service
+from api.services.allocations import own_certificate_row, read_solve_input
+
+
+@pytest.fixture
+def session(db_url: str) -> Iterator[Session]:
+    engine = sqlalchemy.create_engine(db_url)
+    with engine.connect() as connection:
+        outer = connection.begin()
+        with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+            yield session
+        outer.rollback()
+    engine.dispose()
+
+
+def _node(session: Session, name: str, devices: list[tuple[str, int]]) -> NodeRow:
+    node = NodeRow(
+        name=name,
+        token_hash=name * 4,
+        devices=[
+            DeviceRow(device=d, kind="gpu", memory_mb=8000, streams=s, seats=2) for d, s in devices
+        ],
+    )
+    session.add(node)
+    session.flush()
+    return node
+
+
+def test_get_or_raise_and_stale_revisions(session: Session) -> None:
+    tenant = tenant_service.create_tenant(session=session, data=TenantCreate(name="ads"))
+    with pytest.raises(Conflict):
+        tenant_service.create_tenant(session=session, data=TenantCreate(name="ads"))
+    with pytest.raises(NotFound):
+        tenant_service.get_tenant_or_raise(session=session, tenant_id=tenant.id + 100)
+    with pytest.raises(PreconditionFailed):
+        tenant_service.update_tenant(
+            session=session, tenant_id=tenant.id, data=TenantUpdate(weight=2), if_match='"r99"'
+        )
+    updated = tenant_service.update_tenant(
+        session=session, tenant_id=tenant.id, data=TenantUpdate(weight=2), if_match='"r1"'
+    )
+    assert updated.revision == 2
+
+
+def test_models_of_another_tenant_are_not_found(session: Session) -> None:
+    a = tenant_service.create_tenant(session=session, data=TenantCreate(name="a"))
+    b = tenant_service.create_tenant(session=session, data=TenantCreate(name="b"))
+    data = ModelCreate(name="m", artifact="zoo:din", memory_mb=10, sla_p99_ms=5, demand_qps=1)
+    model = model_service.create_model(session=session, tenant_id=a.id, data=data)
+    with pytest.raises(NotFound):
+        model_service.get_model_or_raise(session=session, tenant_id=b.id, model_id=model.id)
+    assert model_service.list_models(session=session, tenant_id=b.id) == []
+
+
+def test_snapshot_uses_profiles_estimates_and_skips_models_awaiting_upload(
+    session: Session,
+) -> None:
+    ads = TenantRow(name="ads", weight=2.0, criterion="ef1")
+    feed = TenantRow(name="feed", weight=1.0, criterion="prop_alpha")
+    session.add_all([feed, ads])
+    session.flush()
+    ranker = ModelRow(
+        tenant_id=ads.id,
+        name="ranker",
+        artifact="zoo:rmc1",
+        memory_mb=100,
+        replicas_wanted=2,
+        sla_p99_ms=10,
+        demand_qps=400,
+    )
+    waiting = ModelRow(
+        tenant_id=feed.id,
+        name="custom",
+        artifact="api:0",
+        memory_mb=100,
+        replicas_wanted=1,
+        sla_p99_ms=10,
+        demand_qps=100,
+    )
+    session.add_all([ranker, waiting])
+    session.flush()
+    waiting.artifact = f"api:{waiting.id}"
+    node_b = _node(session, "nb", [("cuda:1", 4), ("cuda:0", 4)])
+    _node(session, "na", [("cuda:0", 6)])
+    session.add(ProfileRow(model_id=ranker.id, device_id=node_b.devices[1].id, qps=[10.0, 15.0]))
+    session.flush()
+
+    solve_input = read_solve_input(session=session, objective="nash")
+    snapshot = solve_input.snapshot
+    assert [t.name for t in snapshot.tenants] == ["ads", "feed"]
+    assert [g.gpu_id for g in snapshot.gpus] == ["na/cuda:0", "nb/cuda:0", "nb/cuda:1"]
+    assert [m.model_id for m in snapshot.models] == [str(ranker.id)]  # the upload is missing
+    model = snapshot.models[0]
+    assert model.profiles["nb/cuda:0"].qps == (10.0, 15.0) and model.profiles["nb/cuda:0"].measured
+    assert not model.estimate.measured and len(model.estimate.qps) == 6
+    assert model.estimate.qps[0] == pytest.approx(200.0)  # demand / replicas with one stream
+    assert snapshot.objective == "nash" and solve_input.version == 1 and solve_input.previous == {}
+
+    session.add(ArtifactRow(model_id=waiting.id, data=b"PK\x03\x04", sha256="0" * 64, size_bytes=4))
+    session.flush()
+    assert len(read_solve_input(session=session, objective="nash").snapshot.models) == 2
+
+
+def test_own_certificate_row_hides_other_tenants() -> None:
+    certificate = {
+        "holds": True,
+        "agents": {
+            "ads": {"holds": True, "value": 3.0, "envy": {"feed": -1.0, "search": 0.5}},
+            "feed": {"holds": True, "value": 2.0, "envy": {"ads": -2.0, "search": 0.0}},
+            "search": {"holds": True, "value": 1.0, "envy": {"ads": 1.0, "feed": 0.0}},
+        },
+    }
+    row = own_certificate_row(certificate, "feed")
+    assert row["value"] == 2.0 and row["envy"] == {"other-1": -2.0, "other-2": 0.0}
+    assert "ads" not in str(row) and "search" not in str(row)

@@ -1,0 +1,174 @@
+"""The daemon end to end: a real uvicorn server on 127.0.0.1 with a free port, a real zoo model,
+JSON and binary bodies, 4xx for bad input, 404, 429 with Retry-After, /healthz, /metrics, and
+the command's refusal of a bad plan file."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from executor import codec
+from executor.daemon import BackgroundServer, create_app
+from executor.fake import FAKE_SCHEMA, FakeBackend
+from executor.features import Batch
+from executor.scheduling import NodeRuntime, SchedulerConfig
+from executor.scheduling.backend import RuntimeBackend
+from gpufair.commands import executor as executor_command
+from tests.executor.scheduling_helpers import plan, queries, seat
+
+ZOO = "zoo:rmc2?scale=0.001&seed=3&user_tables=28"
+
+
+@pytest.fixture(scope="module")
+def zoo_server():
+    runtime = NodeRuntime(RuntimeBackend(), SchedulerConfig(max_batch_candidates=256))
+    runtime.apply(plan([seat(0, "rank", artifact=ZOO, tenant="ads", dedicated=1)], pool=1))
+    with BackgroundServer(create_app(runtime)) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            yield client, runtime
+    runtime.close()
+
+
+def direct(runtime: NodeRuntime, query) -> np.ndarray:
+    """A plain single-query forward on a fresh session, outside the scheduler."""
+    return runtime.group("rank").model.session().run(Batch.of([query]))
+
+
+def test_json_and_binary_bodies_score_like_a_direct_forward(zoo_server):
+    client, runtime = zoo_server
+    schema = runtime.group("rank").model.schema
+    for query in queries(schema, [1, 7, 300, 700], seed=21):
+        expected = direct(runtime, query)
+        reply = client.post("/v1/models/rank/infer", json=codec.query_to_json(query))
+        assert reply.status_code == 200, reply.text
+        np.testing.assert_allclose(reply.json()["scores"], expected, atol=1e-5)
+        binary = client.post(
+            "/v1/models/rank/infer",
+            content=codec.query_to_npz(query),
+            headers={"Content-Type": "application/x-npz", "Accept": "application/x-npy"},
+        )
+        assert binary.status_code == 200, binary.text
+        assert binary.headers["content-type"] == "application/x-npy"
+        np.testing.assert_allclose(np.load(io.BytesIO(binary.content)), expected, atol=1e-5)
+
+
+def test_concurrent_requests_are_batched_and_still_exact(zoo_server):
+    client, runtime = zoo_server
+    schema = runtime.group("rank").model.schema
+    batch = queries(schema, [3, 50, 120, 9, 260, 40, 5, 80], seed=22)
+    replies: dict[int, list[float]] = {}
+
+    def ask(k: int) -> None:
+        body = codec.query_to_npz(batch[k])
+        r = client.post(
+            "/v1/models/rank/infer", content=body, headers={"Content-Type": "application/x-npz"}
+        )
+        replies[k] = r.json()["scores"]
+
+    threads = [threading.Thread(target=ask, args=(k,)) for k in range(len(batch))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, query in enumerate(batch):
+        np.testing.assert_allclose(replies[k], direct(runtime, query), atol=1e-5)
+
+
+def test_schema_route_and_unknown_model(zoo_server):
+    client, runtime = zoo_server
+    schema = client.get("/v1/models/rank/schema")
+    assert schema.status_code == 200
+    assert schema.json() == runtime.group("rank").model.schema.to_dict()
+    assert client.get("/v1/models/nope/schema").status_code == 404
+    missing = client.post("/v1/models/nope/infer", json={})
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]
+
+
+def test_malformed_queries_get_4xx_naming_the_problem(zoo_server):
+    client, runtime = zoo_server
+    schema = runtime.group("rank").model.schema
+    good = codec.query_to_json(queries(schema, [4], seed=23)[0])
+    bad_id = json.loads(json.dumps(good))
+    feature = next(iter(bad_id["user"]["sparse"]))
+    bad_id["user"]["sparse"][feature][0] = 10**9
+    no_candidates = {"user": good["user"]}
+    cases = [
+        (b"{not json", "application/json", 400, "JSON"),
+        (json.dumps(bad_id).encode(), "application/json", 400, feature),
+        (json.dumps(no_candidates).encode(), "application/json", 400, "candidates"),
+        (b"PK-not-a-zip", "application/x-npz", 400, "npz"),
+        (b"hello", "text/plain", 415, "content type"),
+    ]
+    for body, content_type, status, needle in cases:
+        r = client.post(
+            "/v1/models/rank/infer", content=body, headers={"Content-Type": content_type}
+        )
+        assert r.status_code == status, (needle, r.text)
+        assert needle.lower() in r.json()["error"].lower()
+
+
+def test_healthz_and_metrics(zoo_server):
+    client, runtime = zoo_server
+    schema = runtime.group("rank").model.schema
+    client.post("/v1/models/rank/infer", json=codec.query_to_json(queries(schema, [5], 24)[0]))
+    health = client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json()["plan_version"] == 1 and health.json()["models"] == ["rank"]
+    text = client.get("/metrics").text
+    for needle in (
+        'gpufair_executor_latency_seconds_bucket{le="0.05",model="rank",tenant="ads"}',
+        'gpufair_executor_sla_attainment{model="rank",tenant="ads"} 1.0',
+        "gpufair_executor_queue_depth{",
+        'gpufair_executor_session_busy_seconds_total{device="cpu:0",model="rank",seat="0",'
+        'sessions="own",tenant="ads"}',
+        'gpufair_executor_queries_total{model="rank",outcome="ok",tenant="ads"}',
+        "gpufair_executor_plan_version 1.0",
+    ):
+        assert needle in text, needle
+
+
+def test_overload_answers_429_with_retry_after_and_waits_for_a_plan():
+    runtime = NodeRuntime(FakeBackend(row_s=0, batch_s=0.5), SchedulerConfig(max_queue=1))
+    with BackgroundServer(create_app(runtime)) as server, httpx.Client(
+        base_url=server.url, timeout=10
+    ) as client:
+        assert client.get("/healthz").status_code == 503
+        assert client.post("/v1/models/m/infer", json={}).status_code == 503
+        runtime.apply(plan([seat(0, "m", sla_ms=5000)]))
+        body = codec.query_to_json(queries(FAKE_SCHEMA, [3], seed=25)[0])
+        first: list[httpx.Response] = []
+        slow = threading.Thread(
+            target=lambda: first.append(client.post("/v1/models/m/infer", json=body))
+        )
+        slow.start()
+        deadline = time.monotonic() + 5
+        while runtime.group("m").in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        refused = client.post("/v1/models/m/infer", json=body)
+        slow.join()
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert first[0].status_code == 200
+        metrics = client.get("/metrics").text
+        rejected = 'gpufair_executor_queries_total{model="m",outcome="rejected",tenant="tenant-m"}'
+        assert f"{rejected} 1.0" in metrics
+    runtime.close()
+
+
+def test_the_command_refuses_a_bad_plan_file_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "plan.json"
+    bad.write_text(json.dumps({"node": "a", "version": 1, "devices": [{"device": "cpu:0"}]}))
+    assert executor_command.main(["--plan", str(bad), "--backend", "fake"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "plan.devices[0].kind: missing" in err
+    assert executor_command.main(["--plan", str(tmp_path / "absent.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    (tmp_path / "junk.json").write_text("{")
+    assert executor_command.main(["--plan", str(tmp_path / "junk.json")]) == 2
+    assert "invalid JSON" in capsys.readouterr().err

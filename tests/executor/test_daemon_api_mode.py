@@ -1,0 +1,216 @@
+"""API mode of the daemon against a tiny local control plane that mimics the API's node routes:
+``GET /v1/nodes/{node}/plan`` (ETag, If-None-Match, ?wait= long-poll, bearer token) and
+``POST /v1/nodes/{node}/heartbeat``. The daemon pulls and applies plans, sends heartbeats, and
+keeps serving its last plan while the API is down."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import numpy as np
+import pytest
+
+from executor.fake import FAKE_SCHEMA, FakeBackend
+from executor.plan_client import PlanClient
+from executor.scheduling import NodeRuntime, SchedulerConfig
+from tests.executor.scheduling_helpers import plan, queries, seat
+
+TOKEN = "node-secret"
+
+
+class ControlPlane:
+    """Serves one node's plan documents; publish() wakes waiting long-polls."""
+
+    def __init__(self) -> None:
+        self.plan: dict[str, Any] = plan([seat(0, "a")], version=1).to_dict()
+        self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
+        self.heartbeats: list[dict[str, Any]] = []
+        self.artifact = b""
+        self._changed = threading.Condition()
+        control = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self, status: int, body: bytes = b"", headers: dict | None = None) -> None:
+                self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _authorized(self) -> bool:
+                control.requests.append((self.command, self.path, dict(self.headers)))
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    self._reply(401, b'{"detail": "bad token"}')
+                    return False
+                return True
+
+            def do_GET(self) -> None:
+                if not self._authorized():
+                    return
+                url = urlsplit(self.path)
+                if url.path == "/v1/nodes/node-a/artifacts/7":
+                    self._reply(200, control.artifact)
+                    return
+                if url.path != "/v1/nodes/node-a/plan":
+                    self._reply(404)
+                    return
+                wait = float(parse_qs(url.query).get("wait", ["0"])[0])
+                deadline = time.monotonic() + wait
+                with control._changed:
+                    while True:
+                        etag = f'"plan-{control.plan["version"]}"'
+                        if self.headers.get("If-None-Match") != etag:
+                            body = json.dumps(control.plan).encode()
+                            self._reply(200, body, {"ETag": etag})
+                            return
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            self._reply(304, headers={"ETag": etag})
+                            return
+                        control._changed.wait(left)
+
+            def do_POST(self) -> None:
+                if not self._authorized():
+                    return
+                length = int(self.headers.get("Content-Length", 0))
+                if urlsplit(self.path).path != "/v1/nodes/node-a/heartbeat":
+                    self._reply(404)
+                    return
+                control.heartbeats.append(json.loads(self.rfile.read(length)))
+                self._reply(200, b'{"current_version": 1, "etag": "x"}')
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def publish(self, document: dict[str, Any]) -> None:
+        with self._changed:
+            self.plan = document
+            self._changed.notify_all()
+
+    def shut_down(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def control():
+    c = ControlPlane()
+    yield c
+    c.shut_down()
+
+
+@pytest.fixture
+def runtime():
+    r = NodeRuntime(FakeBackend(row_s=0, batch_s=0), SchedulerConfig(batch_max_delay_s=0))
+    yield r
+    r.close()
+
+
+def client_for(runtime: NodeRuntime, url: str, tmp_path, **kw: Any) -> PlanClient:
+    return PlanClient(
+        runtime, api_url=url, node="node-a", token=TOKEN, artifact_dir=tmp_path, **kw
+    )
+
+
+def test_plan_pull_uses_etags_and_long_polls(control, runtime, tmp_path):
+    client = client_for(runtime, control.url, tmp_path)
+    assert client.poll_once() is True and runtime.plan_version == 1
+    assert client.etag == '"plan-1"'
+    began = time.monotonic()
+    assert client.poll_once(wait_s=0.3) is False  # nothing new: 304 after the wait
+    assert time.monotonic() - began >= 0.25
+    method, path, headers = control.requests[-1]
+    assert headers["If-None-Match"] == '"plan-1"' and "wait=0.3" in path
+    threading.Timer(0.2, control.publish, [plan([seat(0, "b")], version=2).to_dict()]).start()
+    began = time.monotonic()
+    assert client.poll_once(wait_s=5.0) is True  # woken by the new plan, not by the timeout
+    assert time.monotonic() - began < 2.0
+    assert runtime.plan_version == 2 and "b" in runtime.deployment.routes
+    client.stop()
+
+
+def test_bad_or_stale_plans_are_skipped_and_the_last_one_serves(control, runtime, tmp_path):
+    client = client_for(runtime, control.url, tmp_path)
+    client.poll_once()
+    control.publish({"node": "node-a", "version": 5, "devices": "nope"})
+    assert client.poll_once() is False and runtime.plan_version == 1
+    assert client.poll_once() is False  # its ETag is remembered: not fetched again
+    assert control.requests[-1][2]["If-None-Match"] == '"plan-5"'
+    control.publish(plan([seat(0, "a")], version=0).to_dict())  # older than the one served
+    assert client.poll_once() is False and runtime.plan_version == 1
+    client.stop()
+
+
+def test_a_wrong_token_is_an_error_not_a_plan(control, runtime, tmp_path):
+    client = PlanClient(runtime, api_url=control.url, node="node-a", token="wrong")
+    with pytest.raises(httpx.HTTPStatusError):
+        client.poll_once()
+    assert runtime.plan_version is None
+    client.stop()
+
+
+def test_background_loops_follow_plans_send_heartbeats_and_survive_the_api(
+    control, runtime, tmp_path
+):
+    client = client_for(runtime, control.url, tmp_path, heartbeat_s=0.1, long_poll_s=1.0)
+    client.start()
+    try:
+        deadline = time.monotonic() + 5
+        while runtime.plan_version != 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert runtime.plan_version == 1
+        q = queries(FAKE_SCHEMA, [10], seed=41)[0]
+        runtime.submit("a", q).future.result(timeout=5)
+        control.publish(plan([seat(0, "a"), seat(1, "c")], version=2).to_dict())
+        while runtime.plan_version != 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert runtime.plan_version == 2
+        while not control.heartbeats or control.heartbeats[-1]["plan_version"] != 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        beat = control.heartbeats[-1]
+        assert {r["model_id"] for r in beat["replicas"]} == {"a", "c"}
+        assert beat["broken"] == {}
+        control.shut_down()  # the API goes away: the node keeps serving its last plan
+        time.sleep(0.3)
+        scores = runtime.submit("c", q).future.result(timeout=5)
+        assert np.isfinite(scores).all() and runtime.plan_version == 2
+    finally:
+        client.stop()
+
+
+def test_api_artifacts_are_downloaded_and_served_from_a_file(control, runtime, tmp_path):
+    control.artifact = b"torchscript bytes"
+    document = plan([seat(0, "t", artifact="api:7")], version=3).to_dict()
+    control.publish(document)
+    loaded: list[str] = []
+
+    class Recording(FakeBackend):
+        def load(self, artifact: str, device: str):
+            loaded.append(artifact)
+            return super().load(artifact, device)
+
+    runtime = NodeRuntime(Recording(), SchedulerConfig())
+    try:
+        client = client_for(runtime, control.url, tmp_path)
+        assert client.poll_once() is True
+        (artifact,) = loaded
+        assert artifact.startswith("file:") and artifact.endswith(".pt")
+        path = artifact.removeprefix("file:")
+        assert open(path, "rb").read() == b"torchscript bytes"
+        client.stop()
+    finally:
+        runtime.close()

@@ -1,0 +1,284 @@
+"""The scheduling side on the fake backend: every path scores like a plain forward, batching and
+splitting happen when they should, admission refuses what cannot meet the SLA, deadlines hold,
+a broken model hurts no other, and a plan swap under load loses no query."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from executor.fake import FAKE_SCHEMA, FakeBackend, fake_scores
+from executor.features import Batch
+from executor.scheduling import (
+    DeadlineExceeded,
+    ModelFailed,
+    ModelUnavailable,
+    NodeRuntime,
+    Overloaded,
+    SchedulerConfig,
+    UnknownModel,
+)
+from executor.scheduling.admission import MAX_SAMPLE_RATIO, ServiceRate
+from tests.executor.scheduling_helpers import plan, queries, seat
+
+
+@pytest.fixture
+def runtimes():
+    made: list[NodeRuntime] = []
+
+    def make(config: SchedulerConfig | None = None, backend: FakeBackend | None = None):
+        runtime = NodeRuntime(backend or FakeBackend(), config or SchedulerConfig())
+        made.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in made:
+        runtime.close()
+
+
+def reference(query) -> np.ndarray:
+    return fake_scores(Batch.of([query]))
+
+
+@pytest.mark.parametrize(
+    ("dedicated", "pool", "batching", "splitting"),
+    [(0, 0, False, False), (3, 0, True, True), (1, 2, True, True), (0, 3, True, False)],
+)
+def test_every_path_scores_like_a_single_query_forward(
+    runtimes, dedicated, pool, batching, splitting
+):
+    config = SchedulerConfig(
+        batching=batching, splitting=splitting, max_batch_candidates=300, admission=False
+    )
+    runtime = runtimes(config)
+    runtime.apply(plan([seat(0, "m", dedicated=dedicated)], pool=pool))
+    rng = np.random.default_rng(7)
+    batch = queries(FAKE_SCHEMA, [int(k) for k in rng.integers(1, 800, 60)], seed=7)
+    pending = [runtime.submit("m", q) for q in batch]
+    for q, p in zip(batch, pending, strict=True):
+        np.testing.assert_allclose(p.future.result(timeout=10), reference(q), atol=1e-5)
+    stats = runtime.deployment.groups()[0].stats
+    assert stats.completed == len(batch)
+    assert stats.rows_own + stats.rows_pool == sum(q.num_candidates for q in batch)
+    assert (stats.rows_pool > 0) == (pool > 0)
+
+
+def test_small_queries_are_batched_up_to_the_row_limit(runtimes):
+    config = SchedulerConfig(max_batch_candidates=100, batch_max_delay_s=0.05)
+    backend = FakeBackend(row_s=0.0, batch_s=0.002)
+    runtime = runtimes(config, backend)
+    runtime.apply(plan([seat(0, "m")]))
+    small = queries(FAKE_SCHEMA, [10] * 40, seed=1)
+    pending = [runtime.submit("m", q) for q in small]
+    for q, p in zip(small, pending, strict=True):
+        np.testing.assert_allclose(p.future.result(timeout=10), reference(q), atol=1e-5)
+    # 400 rows in batches of at most 100 rows: 4 batches when batching works, 40 without.
+    assert runtime.deployment.groups()[0].stats.batches == 4
+
+
+def test_a_lone_small_query_waits_at_most_the_batching_delay(runtimes):
+    runtime = runtimes(SchedulerConfig(batch_max_delay_s=0.02), FakeBackend(row_s=0, batch_s=0))
+    runtime.apply(plan([seat(0, "m")]))
+    (q,) = queries(FAKE_SCHEMA, [5], seed=2)
+    began = time.monotonic()
+    runtime.submit("m", q).future.result(timeout=5)
+    assert 0.015 <= time.monotonic() - began < 0.2
+
+
+def test_a_large_query_is_split_across_idle_sessions(runtimes):
+    backend = FakeBackend(row_s=100e-6, batch_s=0.0)
+    runtime = runtimes(SchedulerConfig(max_batch_candidates=1000, batch_max_delay_s=0.0), backend)
+    runtime.apply(plan([seat(0, "m", dedicated=3)]))
+    time.sleep(0.1)  # let the four sessions reach their idle wait
+    (q,) = queries(FAKE_SCHEMA, [800], seed=3)
+    began = time.monotonic()
+    scores = runtime.submit("m", q).future.result(timeout=5)
+    elapsed = time.monotonic() - began
+    np.testing.assert_allclose(scores, reference(q), atol=1e-5)
+    assert runtime.deployment.groups()[0].stats.batches == 4
+    assert elapsed < 0.08 * 0.6  # 80 ms of rows on one session, about 20 ms on four
+
+
+def test_a_full_queue_refuses_with_retry_after(runtimes):
+    runtime = runtimes(SchedulerConfig(max_queue=5, admission=False), FakeBackend(batch_s=0.2))
+    runtime.apply(plan([seat(0, "m")]))
+    batch = queries(FAKE_SCHEMA, [10] * 6, seed=4)
+    admitted = [runtime.submit("m", q) for q in batch[:5]]
+    with pytest.raises(Overloaded) as refused:
+        runtime.submit("m", batch[5])
+    assert refused.value.retry_after_s >= 1
+    assert all(p.future.result(timeout=10) is not None for p in admitted)
+
+
+def test_admission_refuses_queries_that_would_miss_the_sla(runtimes):
+    # 1 ms per row on one session, SLA 200 ms: about 200 rows of backlog fit.
+    runtime = runtimes(SchedulerConfig(batch_max_delay_s=0.0), FakeBackend(row_s=1e-3, batch_s=0))
+    runtime.apply(plan([seat(0, "m", sla_ms=200)]))
+    warm = queries(FAKE_SCHEMA, [20], seed=5)[0]
+    runtime.submit("m", warm).future.result(timeout=5)  # measure the service rate first
+    admitted, refused = [], []
+    for q in queries(FAKE_SCHEMA, [50] * 40, seed=6):
+        try:
+            admitted.append(runtime.submit("m", q))
+        except Overloaded as exc:
+            refused.append(exc)
+    assert refused and all(exc.retry_after_s >= 1 for exc in refused)
+    assert 2 <= len(admitted) <= 6
+    latencies = []
+    for p in admitted:
+        p.future.result(timeout=5)
+        latencies.append(time.monotonic() - p.arrival)
+    assert max(latencies) < 0.2 * 1.5  # admitted queries finish near their SLA, not beyond
+
+
+def test_one_slow_batch_moves_the_service_rate_by_at_most_twice_the_mean():
+    rate = ServiceRate(smoothing=0.2)
+    rate.observe(100, 100 * 10e-6)
+    rate.observe(100, 1.0)  # preempted: 1000x slower than the mean
+    assert rate.seconds_per_row == pytest.approx(10e-6 * (1 + 0.2 * (MAX_SAMPLE_RATIO - 1)))
+    for _ in range(50):  # a sustained slowdown is still followed
+        rate.observe(100, 100 * 80e-6)
+    assert rate.seconds_per_row == pytest.approx(80e-6, rel=0.01)
+
+
+def test_a_query_that_starts_at_once_is_admitted_whatever_the_estimate(runtimes):
+    # A 50 ms batching delay keeps the first query queued while the second arrives.
+    runtime = runtimes(SchedulerConfig(batch_max_delay_s=0.05), FakeBackend(row_s=0, batch_s=0))
+    runtime.apply(plan([seat(0, "m", sla_ms=100)]))
+    group = runtime.group("m")
+    runtime.submit("m", queries(FAKE_SCHEMA, [5], seed=7)[0]).future.result(timeout=5)
+    group.rate.seconds_per_row = 1.0  # an absurdly pessimistic estimate
+    deadline = time.monotonic() + 5
+    while group.idle_own == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    first, second = queries(FAKE_SCHEMA, [5, 5], seed=8)
+    admitted = runtime.submit("m", first)  # idle session, empty queue: starts at once
+    with pytest.raises(Overloaded):
+        runtime.submit("m", second)  # queued behind it: the estimate decides
+    assert admitted.future.result(timeout=5).shape == (5,)
+
+
+def test_a_query_past_its_deadline_is_dropped_not_served(runtimes):
+    config = SchedulerConfig(admission=False, expire_after_sla=1.0, batching=False)
+    runtime = runtimes(config, FakeBackend(row_s=0, batch_s=0.05))
+    runtime.apply(plan([seat(0, "m", sla_ms=60)]))
+    pending = [runtime.submit("m", q) for q in queries(FAKE_SCHEMA, [5] * 4, seed=8)]
+    outcomes = []
+    for p in pending:
+        try:
+            p.future.result(timeout=5)
+            outcomes.append("ok")
+        except DeadlineExceeded:
+            outcomes.append("expired")
+    # 50 ms each on one session with a 60 ms deadline: the first two run, the rest expire.
+    assert outcomes[:1] == ["ok"] and outcomes[-2:] == ["expired", "expired"]
+    assert runtime.deployment.groups()[0].stats.batches <= 2
+
+
+def test_unknown_and_broken_models_hurt_no_other(runtimes):
+    runtime = runtimes()
+    report = runtime.apply(
+        plan(
+            [
+                seat(0, "good"),
+                seat(1, "unloadable", artifact="fake:u?fail=load"),
+                seat(2, "crashing", artifact="fake:c?fail=run"),
+            ]
+        )
+    )
+    assert set(report.broken) == {"unloadable"}
+    q = queries(FAKE_SCHEMA, [30], seed=9)[0]
+    with pytest.raises(UnknownModel):
+        runtime.submit("nope", q)
+    with pytest.raises(ModelUnavailable, match="refuses to load"):
+        runtime.submit("unloadable", q)
+    with pytest.raises(ModelFailed):
+        runtime.submit("crashing", q).future.result(timeout=5)
+    np.testing.assert_allclose(
+        runtime.submit("good", q).future.result(timeout=5), reference(q), atol=1e-5
+    )
+
+
+def test_plan_swap_under_load_loses_no_query(runtimes):
+    config = SchedulerConfig(admission=False, max_queue=10_000, drain_timeout_s=10.0)
+    backend = FakeBackend(row_s=5e-6, batch_s=1e-3)
+    runtime = runtimes(config, backend)
+    runtime.apply(plan([seat(0, "m"), seat(1, "other")], version=1))
+    sizes = [int(k) for k in np.random.default_rng(10).integers(1, 400, 400)]
+    stream = queries(FAKE_SCHEMA, sizes, seed=10)
+    submitted = []
+    done = threading.Event()
+
+    def client() -> None:
+        for q in stream:
+            submitted.append((q, runtime.submit("m", q)))
+            time.sleep(0.001)
+        done.set()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    time.sleep(0.1)
+    swap = runtime.apply(plan([seat(0, "m", dedicated=2), seat(1, "other")], version=2))
+    assert swap.drained_clean and swap.reused == 2 and swap.loaded == 0
+    time.sleep(0.1)
+    assert runtime.apply(plan([seat(0, "m")], version=2)) is None  # never goes back
+    runtime.apply(plan([seat(0, "m")], pool=1, version=3))
+    thread.join()
+    assert done.is_set() and len(submitted) == len(stream)
+    for q, p in submitted:
+        np.testing.assert_allclose(p.future.result(timeout=10), reference(q), atol=1e-5)
+    assert runtime.plan_version == 3
+    with pytest.raises(UnknownModel):
+        runtime.submit("other", stream[0])
+
+
+@pytest.fixture(scope="module")
+def zoo_model():
+    from executor.scheduling.backend import RuntimeBackend
+
+    return RuntimeBackend().load("zoo:rmc2?scale=0.001&seed=5&user_tables=28", "cpu:0")
+
+
+class _Loaded:
+    """A backend that hands out one already-loaded model (loaded once for the module)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def load(self, artifact: str, device: str):
+        return self.model
+
+
+@pytest.mark.parametrize(
+    ("dedicated", "pool", "batching", "splitting"),
+    [(0, 0, False, False), (1, 0, True, True), (0, 1, True, True)],
+)
+def test_every_path_scores_like_a_plain_forward_on_the_real_zoo(
+    zoo_model, dedicated, pool, batching, splitting
+):
+    config = SchedulerConfig(
+        batching=batching, splitting=splitting, max_batch_candidates=256, admission=False
+    )
+    runtime = NodeRuntime(_Loaded(zoo_model), config)
+    runtime.apply(plan([seat(0, "rmc2", dedicated=dedicated)], pool=pool))
+    try:
+        sizes = [1, 700, 3, 40, 200, 100, 300, 17, 90, 5]
+        batch = queries(zoo_model.schema, sizes, seed=31)
+        pending = [runtime.submit("rmc2", q) for q in batch]
+        plain = zoo_model.session()
+        for q, p in zip(batch, pending, strict=True):
+            expected = plain.run(Batch.of([q]))
+            np.testing.assert_allclose(p.future.result(timeout=30), expected, atol=1e-5)
+        if splitting:
+            naive = plain.run_naive(Batch.of([batch[1]]))
+            np.testing.assert_allclose(pending[1].future.result(), naive, atol=1e-5)
+        stats = runtime.deployment.groups()[0].stats
+        assert stats.completed == len(batch)
+        # One batch per piece of at most 256 rows, unless batching merged or splitting cut.
+        unbatched = sum(-(-k // 256) for k in sizes)
+        assert (stats.batches != unbatched) == (batching or splitting)
+    finally:
+        runtime.close()

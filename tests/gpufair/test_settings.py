@@ -1,0 +1,53 @@
+"""The settings tree: file, environment overrides, and one-line errors for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpufair.settings import SettingsError, load_settings
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[api]\nport = 9000\n[allocator]\ntime_limit_s = 3.0\n')
+    settings = load_settings(config, {"GPUFAIR_API_PORT": "9100"})
+    assert settings.api.port == 9100
+    assert settings.allocator.time_limit_s == 3.0
+    assert settings.database.url.startswith("sqlite:///")
+
+
+def test_node_token_variable_is_not_taken_for_a_setting(tmp_path: Path) -> None:
+    settings = load_settings(_empty(tmp_path),
+                             {"GPUFAIR_EXECUTOR_TOKEN": "secret", "GPUFAIR_CONFIG": "x"})
+    assert settings.executor.port == 9090
+
+
+@pytest.mark.parametrize(
+    ("environ", "fragment"),
+    [
+        ({"GPUFAIR_API_PORT": "70000"}, "api.port"),
+        ({"GPUFAIR_ALLOCATOR_SOLVER": "gurobi"}, "allocator.solver"),
+        ({"GPUFAIR_EXECUTOR_NO_SUCH_KEY": "1"}, "executor.no_such_key"),
+    ],
+)
+def test_a_bad_value_is_named_in_one_line(
+    tmp_path: Path, environ: dict[str, str], fragment: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(_empty(tmp_path), environ)
+    message = str(caught.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_a_named_config_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(None, {"GPUFAIR_CONFIG": str(tmp_path / "missing.toml")})
+
+
+def _empty(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    return path
