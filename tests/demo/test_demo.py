@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import queue
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,3 +47,48 @@ def test_demo_refuses_a_missing_scenario_with_one_line(tmp_path: Path) -> None:
     assert done.stderr.strip().startswith("gpufair demo:")
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_demo_and_its_children() -> None:
+    # Ctrl-C while traffic runs: the demo exits 130 promptly and neither the API nor the
+    # executor daemon it started outlives it (their ports stop answering).
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "gpufair.cli", "demo", "--duration", "600", "--plain"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(
+        target=lambda: [lines.put(line) for line in demo.stdout or ()], daemon=True)
+    reader.start()
+    urls: list[str] = []
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                assert demo.poll() is None, "the demo ended before traffic started"
+                continue
+            urls += re.findall(r"http://127\.0\.0\.1:\d+", line) if not urls else []
+            if "Ctrl-C stops" in line:  # the first view: traffic has started
+                break
+        else:
+            pytest.fail("the demo never showed its view")
+        time.sleep(3)  # queries in flight on every tenant
+        os.kill(demo.pid, signal.SIGINT)
+        assert demo.wait(timeout=40) == 130
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    reader.join(timeout=5)
+    rest = []
+    while not lines.empty():
+        rest.append(lines.get())
+    assert any("stopped" in line for line in rest)
+    assert "Traceback" not in (demo.stderr.read() if demo.stderr else "")
+    assert len(urls) == 2, urls
+    for url in urls:
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/healthz", timeout=2)
