@@ -6,7 +6,9 @@ it). The public surface is re-exported here; modules behind it are private to th
 * ``divide(instance, options) -> Division`` — the core of DESIGN §2 (allocator.solve);
 * ``certify`` / ``validate_allocation`` — the one checker (allocator.certificate);
 * ``allocate_cluster(snapshot, options, previous, *, version, allocation_id)`` — the cluster
-  layer that builds the core instance from a snapshot and cuts node plans (allocator.cluster);
+  layer that builds the core instance from a snapshot and cuts node plans (allocator.cluster),
+  and ``validate_cluster_allocation`` — its checker: certificate and plans agree with the
+  allocation;
 * the exception tree rooted at ``AllocatorError`` (allocator.errors).
 
 PuLP is imported lazily, by the solve, so importing the package stays light.
@@ -43,7 +45,7 @@ from allocator.snapshot import (
 )
 
 if TYPE_CHECKING:
-    from allocator.cluster import ClusterAllocation, allocate_cluster
+    from allocator.cluster import ClusterAllocation, allocate_cluster, validate_cluster_allocation
     from allocator.solve import Division, divide
 
 # Names whose modules import PuLP (through allocator.milp): loaded on first use.
@@ -52,6 +54,7 @@ _LAZY = {
     "Division": "allocator.solve",
     "allocate_cluster": "allocator.cluster",
     "ClusterAllocation": "allocator.cluster",
+    "validate_cluster_allocation": "allocator.cluster",
 }
 
 
@@ -99,4 +102,5 @@ __all__ = [
     "instance_from_dict",
     "instance_to_dict",
     "validate_allocation",
+    "validate_cluster_allocation",
 ]

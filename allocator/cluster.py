@@ -28,6 +28,14 @@ demand caps follow from the candidate sets); ``requires`` — a pool share needs
 GPU; every good is ``optional``. Curves not yet profiled are estimates; the certificate's
 notes list them.
 
+Pools are ``optional`` in the core, so the division may leave part of a pool to nobody: when
+the seated tenants' single streams already serve their demand (values are capped at demand, so
+nobody values more streams), or when giving more would make another tenant envy. Idle streams
+help nobody, so :func:`share_idle_pools` then splits each seated GPU's unassigned pool among the
+tenants seated there in proportion to their weights — as far as every tenant's criterion
+allows, which the one checker decides; the certificate is computed on this completed
+allocation, the one the plans are cut from. A GPU where nobody is seated keeps its pool idle.
+
 The core allocation is cut into one NodePlan per node: each held seat gets the model it was
 earmarked for, and the tenant's pool share ``x·P`` becomes ``⌊x·P⌋`` whole streams dedicated
 to its seats there and a weight in the shared pool for the rest.
@@ -35,18 +43,33 @@ to its seats there and a weight in the shared pool for the rest.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from allocator.certificate import Certificate, certify, validate_allocation
+from allocator.certificate import (
+    EF_TYPE,
+    Bundles,
+    Certificate,
+    bundles,
+    certify,
+    constraint_terms,
+    objective_ratio,
+    validate_allocation,
+)
 from allocator.errors import AllocationError, InstanceError
 from allocator.instance import Agent, Allocation, Instance
 from allocator.options import Churn, SolveOptions
 from allocator.plan import DevicePlan, ModelReplica, NodePlan, SeatPlan
 from allocator.snapshot import ClusterSnapshot, Gpu, Model, ThroughputCurve
 from allocator.solve import divide
+
+log = logging.getLogger(__name__)
+
+# Less than this fraction of a pool is not worth handing out (and not worth a note).
+IDLE_SHARE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -61,9 +84,13 @@ class ClusterInstance:
 @dataclass(frozen=True)
 class ClusterAllocation:
     plans: dict[str, NodePlan]  # node -> its plan, for every node of the snapshot
-    certificate: Certificate  # the core allocation's certificate (honest; see its `holds`)
+    certificate: Certificate  # the checker's certificate of `allocation` (see its `holds`)
     instance: Instance  # the core instance built from the snapshot
-    allocation: Allocation  # the core allocation the plans were cut from
+    # The allocation the plans were cut from and the certificate was computed on: the core
+    # division with its idle pools shared (``idle_shares``).
+    allocation: Allocation
+    # pool -> tenant -> the part of its share that share_idle_pools added to the core's
+    idle_shares: dict[str, dict[str, float]]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +98,7 @@ class ClusterAllocation:
             "certificate": self.certificate.to_dict(),
             "indivisible": dict(self.allocation.indivisible),
             "divisible": {d: dict(s) for d, s in self.allocation.divisible.items()},
+            "idle_shares": {d: dict(s) for d, s in self.idle_shares.items()},
         }
 
 
@@ -288,8 +316,131 @@ def allocate_cluster(
         churn = Churn(previous={seat: tenant for seat, (tenant, _) in held.items()},
                       limit=options.churn_limit)
     division = divide(built.instance, options, churn=churn, notes=built.notes)
-    plans = _plans(snapshot, built, division.allocation, version, allocation_id)
-    return ClusterAllocation(plans, division.certificate, built.instance, division.allocation)
+    allocation, certificate, idle = share_idle_pools(
+        built.instance, division.allocation, division.certificate)
+    plans = _plans(snapshot, built, allocation, version, allocation_id)
+    return ClusterAllocation(plans, certificate, built.instance, allocation, idle)
+
+
+def share_idle_pools(
+    instance: Instance, allocation: Allocation, certificate: Certificate
+) -> tuple[Allocation, Certificate, dict[str, dict[str, float]]]:
+    """Make the division work-conserving: split every optional divisible good's unassigned
+    part among the holders of its required goods (a pool among the tenants seated on its
+    GPU), in proportion to their weights, as far as fairness allows.
+
+    Why by weight: the part left over is one the core had no reason to give (nobody seated
+    values it) or a reason not to (envy), so where it can be given at all it goes by
+    entitlement to those who can use it. And giving seated
+    ``j`` the fraction ``t·L·w_j/W_S`` of a leftover ``L`` raises ``V_i(A_j)/w_j`` by the same
+    ``t·L·u_i/W_S`` for every ``j`` seated there, and ``V_i(A_i)/w_i`` of a seated ``i`` by as
+    much: weighted envy between seated tenants, and every PROP-type margin, cannot get worse.
+    What can is the envy of a tenant that values the pool but holds no seat there (its
+    candidate seat went to another), unweighted EFM, and EFM towards a tenant that held no
+    divisible good before. So pool by pool (in the instance's order) ``t ∈ [0, 1]`` is the
+    largest step that keeps every criterion margin of the one checker at least
+    ``min(its margin before, 0)`` at the certificate's λ — the margins are affine in ``t`` —
+    and the part ``(1 − t)·L`` stays unassigned, with a note naming the tenant whose criterion
+    stops it. No agent whose criterion held stops holding, and the returned certificate is the
+    checker's, computed on the returned allocation. Returns (allocation, certificate, the
+    shares added: good -> agent -> fraction).
+    """
+    weight = {a.name: a.weight for a in instance.agents}
+    lam = {a.name: certificate.lambda_ef if a.criterion in EF_TYPE else certificate.lambda_prop
+           for a in instance.agents}
+    efm = [a.name for a in instance.agents if a.criterion == "efm"]
+    shares = {d: dict(s) for d, s in allocation.divisible.items()}
+    b = bundles(instance, allocation)
+    added: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
+    for d in instance.divisible:
+        if d not in instance.requires or d not in instance.optional:
+            continue
+        seated = sorted({h for g in instance.requires[d]
+                         if (h := allocation.indivisible.get(g)) is not None})
+        left = 1.0 - sum(shares[d].values())
+        if not seated or left < IDLE_SHARE:
+            continue
+        total = sum(weight[j] for j in seated)
+        step = {j: left * weight[j] / total for j in seated}
+        t, binding, after = _largest_step(instance, b, d, step, lam, efm)
+        if t * left >= IDLE_SHARE:
+            for j, x in step.items():
+                shares[d][j] = shares[d].get(j, 0.0) + t * x
+            added[d] = {j: t * x for j, x in step.items()}
+            b = after
+        if (1.0 - t) * left >= IDLE_SHARE:
+            notes.append(f"{d}: {(1.0 - t) * left:.1%} of the pool left unassigned: sharing it "
+                         f"with the tenants seated there would break {binding}'s criterion")
+    if not added and not notes:
+        return allocation, certificate, {}
+    shared = Allocation(dict(allocation.indivisible), shares)
+    again = certify(instance, shared, lambda_ef=certificate.lambda_ef,
+                    lambda_prop=certificate.lambda_prop, objective=certificate.objective,
+                    solver=certificate.solver, status=certificate.status, gap=certificate.gap,
+                    time_s=certificate.time_s, notes=(*certificate.notes, *notes))
+    best = certificate.unconstrained_value
+    if best is not None:
+        if math.isfinite(again.objective_value):
+            # The shared allocation is feasible for the unconstrained problem too.
+            best = max(best, again.objective_value)
+        counted = sum(1 for row in again.agents.values() if row.total > 0)
+        again = replace(again, unconstrained_value=best, ratio=objective_ratio(
+            again.objective, again.objective_value, best, counted))
+    broken = [a for a, row in certificate.agents.items()
+              if row.holds and not again.agents[a].holds]
+    if broken:
+        log.warning("sharing idle pools would break %s's criterion; pools left as divided",
+                    broken[0])
+        return allocation, certificate, {}
+    return shared, again, added
+
+
+def _largest_step(
+    instance: Instance, b: Bundles, d: str, step: dict[str, float], lam: dict[str, float],
+    efm: list[str],
+) -> tuple[float, str, Bundles]:
+    """The largest ``t ∈ [0, 1]`` by which ``step`` (agent -> more of ``d``) may be given
+    without any criterion margin going below ``min(its margin now, 0)``; the agent whose
+    margin bounds it ("" if none does) and the bundles after giving ``t·step``.
+
+    Views are linear in the shares, so every margin is affine in ``t`` once the agents given
+    ``d`` count as holding a divisible good (EFM's switch, taken at ``t > 0``).
+    """
+    valuers = [i for i in b.agents if instance.value(i, d) > 0]
+    switch = any(not b.holds_divisible[j] for j in step)
+    start = replace(b, holds_divisible={**b.holds_divisible, **dict.fromkeys(step, True)})
+    end = _moved(start, instance, d, valuers, step, 1.0)
+    t, binding = 1.0, ""
+    for i in sorted(set(valuers) | (set(efm) if switch else set())):
+        for (_, a_now, b_now), (_, a0, b0), (_, a1, _) in zip(
+                constraint_terms(instance, b, i), constraint_terms(instance, start, i),
+                constraint_terms(instance, end, i), strict=True):
+            floor = min(a_now + b_now * lam[i], 0.0)
+            m0, m1 = a0 + b0 * lam[i], a1 + b0 * lam[i]
+            if m1 >= floor:
+                continue
+            limit = 0.0 if m0 < floor else (m0 - floor) / (m0 - m1)
+            if limit < t:
+                t, binding = limit, i
+    if t >= 1.0:
+        return 1.0, "", end
+    # Shave the step a little below the bound so that rounding cannot cross it.
+    t *= 1.0 - 1e-9
+    return t, binding, _moved(start, instance, d, valuers, step, t)
+
+
+def _moved(b: Bundles, instance: Instance, d: str, valuers: list[str],
+           step: dict[str, float], t: float) -> Bundles:
+    """``b`` after every seated ``j`` gains ``t·step[j]`` of ``d`` (only valuers' views move)."""
+    view = dict(b.view)
+    for i in valuers:
+        u = instance.value(i, d)
+        row = dict(view[i])
+        for j, x in step.items():
+            row[j] += t * x * u
+        view[i] = row
+    return replace(b, view=view)
 
 
 def _plans(
@@ -337,15 +488,22 @@ def _neg(text: str) -> tuple[int, ...]:
 
 def validate_cluster_allocation(snapshot: ClusterSnapshot, result: ClusterAllocation) -> None:
     """Raise AllocationError unless the result's allocation, certificate and plans are sound:
-    the core allocation is valid and certifies with the λ it reports (as the certificate
-    says: holding or not), there is one plan per node, and every device's seats, dedicated
-    and pool streams fit its streams."""
+    the allocation is valid and the certificate is the checker's for it at the λ it reports
+    (every agent's value and whether its criterion holds), there is one plan per node, every
+    device's seats, dedicated and pool streams fit its streams, and the plans are cut from
+    that allocation — each seat holds a replica of the tenant the allocation gives it to, and
+    each tenant's dedicated streams plus pool weights on a GPU are its share ``x·P`` of the
+    pool."""
     validate_allocation(result.instance, result.allocation)
     cert = result.certificate
     again = certify(result.instance, result.allocation, lambda_ef=cert.lambda_ef,
                     lambda_prop=cert.lambda_prop)
-    if again.holds != cert.holds:
-        raise AllocationError("the allocation's certificate does not match the checker")
+    for name, row in again.agents.items():
+        stated = cert.agents.get(name)
+        if stated is None or stated.holds != row.holds or not math.isclose(
+                stated.value, row.value, rel_tol=1e-9, abs_tol=1e-12):
+            raise AllocationError(f"the certificate's row for {name!r} is not the checker's "
+                                  f"for the allocation the plans are cut from")
     if set(result.plans) != {g.node for g in snapshot.gpus}:
         raise AllocationError("plans: not exactly one plan per node of the snapshot")
     gpus = {(g.node, g.device): g for g in snapshot.gpus}
@@ -358,3 +516,25 @@ def validate_cluster_allocation(snapshot: ClusterSnapshot, result: ClusterAlloca
                 s.dedicated_streams for s in device.seats)
             if used > device.streams or device.streams != gpu.streams:
                 raise AllocationError(f"plan {node}/{device.device}: streams over-allocated")
+            _check_cut(gpu, device, result.allocation)
+
+
+def _check_cut(gpu: Gpu, device: DevicePlan, allocation: Allocation) -> None:
+    """Raise AllocationError unless the device's plan is the allocation's seats and shares."""
+    streams: dict[str, float] = defaultdict(float)
+    for seat in device.seats:
+        holder = allocation.indivisible.get(seat_name(gpu, seat.seat))
+        tenant = seat.replica.tenant if seat.replica is not None else None
+        if tenant != holder:
+            raise AllocationError(f"plan {gpu.gpu_id} seat {seat.seat}: holds {tenant!r}, "
+                                  f"the allocation gives the seat to {holder!r}")
+        if tenant is not None:
+            streams[tenant] += seat.dedicated_streams + seat.pool_weight
+    extra = gpu.streams - gpu.seats
+    shares = allocation.divisible.get(pool_name(gpu), {}) if extra > 0 else {}
+    for tenant in sorted(set(streams) | set(shares)):
+        share = shares.get(tenant, 0.0) * extra
+        if abs(streams.get(tenant, 0.0) - share) > 1e-6 * max(1, extra):
+            raise AllocationError(
+                f"plan {gpu.gpu_id}: {tenant!r} gets {streams.get(tenant, 0.0):.6g} pool "
+                f"streams, its share of the pool is {share:.6g}")

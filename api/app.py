@@ -19,7 +19,7 @@ from api.db import Database
 from api.errors import SchemaNotReady, install_error_handlers
 from api.limits import BodyLimitMiddleware
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import allocations, dashboard, health, models, nodes, tenants
+from api.routes import allocations, dashboard, health, models, nodes, sla, tenants
 from api.scheduler import SolveScheduler
 from api.services.plans import PlanNotifier
 from api.state import AppState
@@ -57,7 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.gpufair = AppState(settings=settings, db=db, metrics=metrics, notifier=PlanNotifier())
     install_error_handlers(app)
-    for router in (tenants.router, models.router, nodes.router, allocations.router):
+    for router in (tenants.router, models.router, nodes.router, allocations.router, sla.router):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(health.router)
     app.include_router(dashboard.router)

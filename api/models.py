@@ -4,9 +4,10 @@ What the database holds: tenants with their weight and fairness criterion, their
 their models (zoo reference or uploaded TorchScript artifact, memory, SLA, demand), nodes with
 their devices and hashed tokens, measured throughput profiles (which become valuations), and
 the immutable allocations with their certificate and one stored plan per node, so that serving
-a node its plan is one indexed read. Tenants and models carry a ``revision`` used as the ORM's
-version counter: an UPDATE names the revision it read, so two concurrent writers cannot both
-win, and the revision is the resource's ETag.
+a node its plan is one indexed read, and a bounded history of per-tenant SLA samples taken
+from heartbeats. Tenants and models carry a ``revision`` used as the ORM's version counter: an
+UPDATE names the revision it read, so two concurrent writers cannot both win, and the revision
+is the resource's ETag.
 
 The schema is made only by the migrations under ``migrations/``; nothing here creates tables.
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -213,3 +215,26 @@ class SolveLockRow(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     holder: Mapped[str | None] = mapped_column(String(64))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SlaSampleRow(Base):
+    """What one heartbeat says about one tenant on one node: the queries its replicas received,
+    and answered within their SLA, since the node's previous heartbeat (the daemon reports
+    cumulative counts; api/services/sla.py stores the differences). Pruned after
+    ``settings.api.sla_history_s``."""
+
+    __tablename__ = "sla_samples"
+
+    # 64-bit: a cluster writes a row per node and tenant every few seconds, for years.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    # The tenant's name as the daemon reports it (plans name tenants), not a key: samples
+    # outlive a deleted tenant until they are pruned.
+    tenant: Mapped[str] = mapped_column(String(64))
+    # When the API received the heartbeat; the counts cover the interval before it. Indexed:
+    # every read is a time window and pruning is a range delete.
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    received: Mapped[int] = mapped_column(BigInteger)
+    within_sla: Mapped[int] = mapped_column(BigInteger)

@@ -13,7 +13,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import Path
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from allocator import Criterion, Objective
 
@@ -224,6 +232,41 @@ class ReplicaReport(BaseModel):
     busy_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
 
 
+# Cumulative query counts are bounded so that a sample (the sum over up to 4096 models of one
+# tenant) always fits a 64-bit integer: 4096 * 2**48 = 2**60. 2**48 queries is nine years at a
+# million queries a second for one daemon process.
+MAX_COUNT = 2**48
+MAX_SLA_ENTRIES = 4096
+
+
+class SlaCount(_In):
+    """One (tenant, model)'s query counts since the daemon process started (they only grow
+    until it restarts; the API turns them into per-heartbeat deltas, see api/services/sla.py)."""
+
+    tenant: Annotated[str, Field(min_length=1, max_length=64)]
+    model: Annotated[str, Field(min_length=1, max_length=64)]
+    received: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+    within_sla: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+
+    @field_validator("within_sla")
+    @classmethod
+    def _within_received(cls, value: int, info: ValidationInfo) -> int:
+        received = info.data.get("received")
+        if received is not None and value > received:
+            raise ValueError(f"within_sla ({value}) exceeds received ({received})")
+        return value
+
+
+def _unique_sla_keys(entries: list[SlaCount]) -> list[SlaCount]:
+    seen: set[tuple[str, str]] = set()
+    for entry in entries:
+        key = (entry.tenant, entry.model)
+        if key in seen:
+            raise ValueError(f"tenant {entry.tenant!r}, model {entry.model!r} is listed twice")
+        seen.add(key)
+    return entries
+
+
 class Heartbeat(_In):
     plan_version: Annotated[int, Field(ge=0, le=MAX_ID)] | None = Field(
         default=None, description="the plan version the daemon serves"
@@ -231,6 +274,15 @@ class Heartbeat(_In):
     replicas: Annotated[list[ReplicaReport], Field(max_length=4096)] = []
     broken: dict[Annotated[str, Field(max_length=32)], Annotated[str, Field(max_length=2000)]] = (
         Field(default={}, max_length=4096, description="model id -> why it is not served")
+    )
+    sla: Annotated[
+        list[SlaCount],
+        Field(max_length=MAX_SLA_ENTRIES),
+        AfterValidator(_unique_sla_keys),
+    ] = Field(
+        default=[],
+        description="per (tenant, model): queries received and answered within the SLA since "
+        "the daemon started; a count below the previous heartbeat's means it restarted",
     )
 
 
@@ -333,3 +385,30 @@ class TenantAllocation(BaseModel):
     seats: list[TenantSeat]
     shares: list[TenantShare]
     certificate: dict[str, Any] = Field(description="the tenant's own certificate row")
+
+
+# --- SLA attainment over time ----------------------------------------------------------------
+
+
+class SlaBucket(BaseModel):
+    start: datetime = Field(description="the bucket covers [start, start + bucket_s)")
+    received: int = Field(description="queries the tenant's replicas received in the bucket")
+    within_sla: int = Field(description="of those, answered within the model's SLA")
+    attainment: float | None = Field(
+        description="within_sla / received (at most 1); null when nothing was received: a gap"
+    )
+
+
+class SlaSeries(BaseModel):
+    tenant: str
+    received: int = Field(description="over the whole window")
+    within_sla: int
+    attainment: float | None = Field(description="over the whole window; null: no traffic")
+    buckets: list[SlaBucket] = Field(description="oldest first, every bucket of the window")
+
+
+class SlaHistory(BaseModel):
+    start: datetime
+    end: datetime
+    bucket_s: float
+    tenants: list[SlaSeries] = Field(description="sorted by tenant name")

@@ -1,18 +1,25 @@
-"""What one app instance holds: its settings, database, metrics and plan notifier.
+"""What one app instance holds: its settings, database, metrics, plan notifier, clock and the
+schedule of SLA-sample pruning.
 
 Built by the app factory and hung on ``app.state.gpufair``; nothing of it exists at import time,
-so tests build as many apps as they like, each with settings and a database of its own.
+so tests build as many apps as they like, each with settings and a database of its own. The
+clock stamps heartbeats' SLA samples and ends the dashboard's time window: tests replace it to
+lay down a history of heartbeats in seconds rather than minutes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from fastapi import Request
 
 from api.db import Database
 from api.metrics import Metrics
+from api.models import utcnow
 from api.services.plans import PlanNotifier
+from api.services.sla import PruneSchedule
 from gpufair.settings import Settings
 
 
@@ -22,6 +29,8 @@ class AppState:
     db: Database
     metrics: Metrics
     notifier: PlanNotifier
+    clock: Callable[[], datetime] = utcnow  # aware UTC
+    sla_prune: PruneSchedule = field(default_factory=PruneSchedule)
 
 
 def state_of(request: Request) -> AppState:

@@ -19,6 +19,13 @@ one body read, a parse and a future hand-off to the session workers, and nothing
 per request (no dependency injection or response-model validation). Queries are queued on
 the event loop's thread without blocking (submit only takes the device lock); the scores come
 back through the query's future.
+
+Admission is checked twice. Before the body is read, from the route and headers alone: an
+unknown or unloaded model, a wrong content type, a declared length over the limit, and a
+replica that would refuse even a one-candidate query now are answered at once, so the loop
+never reads or parses what it turns away (parsing a 6 MB JSON query takes the loop tens of
+ms, which every other tenant's request would wait). After parsing, ``submit`` admits the
+query again with its real number of candidates.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from executor import codec
 from executor.metrics import ExecutorMetrics
 from executor.scheduling import (
     DeadlineExceeded,
+    GroupClosed,
     ModelFailed,
     ModelUnavailable,
     NodeRuntime,
@@ -60,6 +68,22 @@ ANSWER_GRACE_S = 1.0
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _refused(exc: Overloaded) -> JSONResponse:
+    return _error(429, str(exc), headers={"Retry-After": str(int(exc.retry_after_s))})
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None as soon as it exceeds ``limit`` bytes (the rest is unread)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def create_app(
@@ -105,35 +129,50 @@ def create_app(
     async def infer(request: Request) -> Response:
         arrival = time.monotonic()
         model_id = request.path_params["model"]
+        # Whatever can refuse a query without its body is decided before the body is read:
+        # the event loop never reads or parses a body that admission control turns away, so
+        # a flooding tenant's large JSON queries do not delay the other tenants' requests.
         group = route(model_id)
         if isinstance(group, JSONResponse):
             return group
         tenant, sla = group.tenant, group.sla_s
         content_type = request.headers.get("content-type", "application/json")
         content_type = content_type.split(";", 1)[0].strip().lower()
-        body = await request.body()
-        if len(body) > max_body_bytes:
-            return _error(413, f"body of {len(body)} bytes exceeds {max_body_bytes}")
+        if content_type != "application/json" and content_type not in NPZ_TYPES:
+            return _error(
+                415, f"content type {content_type!r}: use application/json or application/x-npz"
+            )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:
+            return _error(413, f"body of {declared} bytes exceeds {max_body_bytes}")
+        try:
+            runtime.check_admission(model_id, arrival)
+        except Overloaded as exc:
+            metrics.observe(tenant, model_id, "rejected", None, sla)
+            return _refused(exc)
+        except UnknownModel as exc:  # the plan changed since the route was looked up
+            return _error(404, str(exc))
+        except ModelUnavailable as exc:
+            return _error(503, str(exc))
+        body = await _read_body(request, max_body_bytes)
+        if body is None:
+            return _error(413, f"body exceeds {max_body_bytes} bytes")
         try:
             if content_type == "application/json":
                 query = codec.parse_query_json(group.model.schema, body)
-            elif content_type in NPZ_TYPES:
-                query = codec.parse_query_npz(group.model.schema, body)
             else:
-                return _error(415, f"content type {content_type!r}: use application/json or "
-                              "application/x-npz")
+                query = codec.parse_query_npz(group.model.schema, body)
         except ValueError as exc:
             metrics.observe(tenant, model_id, "invalid", None, sla)
             return _error(400, str(exc))
         try:
             pending = runtime.submit(model_id, query, arrival)
-        except Overloaded as exc:
+        except Overloaded as exc:  # the query's size counts too: admitted again, with its rows
             metrics.observe(tenant, model_id, "rejected", None, sla)
-            retry = str(int(exc.retry_after_s))
-            return _error(429, str(exc), headers={"Retry-After": retry})
+            return _refused(exc)
         except UnknownModel as exc:  # the plan changed since the route was looked up
             return _error(404, str(exc))
-        except ModelUnavailable as exc:
+        except (ModelUnavailable, GroupClosed) as exc:
             return _error(503, str(exc))
         timeout = pending.deadline - time.monotonic() + ANSWER_GRACE_S
         try:
@@ -165,11 +204,25 @@ class BackgroundServer:
     """A uvicorn server on its own thread, for tests and the loopback benchmark.
 
     ``with BackgroundServer(app, "127.0.0.1", 0) as server:`` binds a free port (read it from
-    ``server.port``) and stops the server on exit.
+    ``server.port``) and stops the server on exit, after the requests in progress end or, with
+    ``graceful_shutdown_s``, after at most that many seconds (a long-poll may hold one for long).
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    def __init__(
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        graceful_shutdown_s: int | None = None,
+    ) -> None:
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=graceful_shutdown_s,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="uvicorn", daemon=True)
         self.host = host

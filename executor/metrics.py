@@ -7,13 +7,16 @@ deployment only when ``/metrics`` is scraped, so serving pays nothing for it.
 
 SLA attainment is the fraction of received queries answered within the replica's p99 SLA;
 refused (429) and dropped queries count as misses, because a client that was refused did not
-get its answer in time either; malformed queries (400) do not count.
+get its answer in time either; malformed queries (400) do not count. The counts behind it,
+cumulative since the daemon started, go to the control plane with every heartbeat
+(:meth:`ExecutorMetrics.sla_tallies`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -26,6 +29,16 @@ LATENCY_BUCKETS = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
 )  # fmt: skip
 OUTCOMES = ("ok", "rejected", "expired", "failed", "invalid")
+
+
+@dataclass(frozen=True)
+class SlaTally:
+    """Queries of one tenant's model since the daemon started (400s excluded)."""
+
+    tenant: str
+    model: str
+    received: int  # answered, refused (429), dropped (504) or failed (500)
+    within_sla: int  # answered within the replica's p99 SLA
 
 
 class ExecutorMetrics:
@@ -87,6 +100,16 @@ class ExecutorMetrics:
     def attainment(self) -> dict[tuple[str, str], float]:
         with self._lock:
             return {k: met / total for k, (met, total) in self._attainment.items() if total}
+
+    def sla_tallies(self) -> list[SlaTally]:
+        """Cumulative received and within-SLA counts per (tenant, model), sorted by both.
+
+        The heartbeat reports them, so the control plane can compute attainment over any
+        interval from two heartbeats (a counter, unlike the ratio, survives the subtraction).
+        """
+        with self._lock:
+            items = sorted(self._attainment.items())
+        return [SlaTally(tenant, model, total, met) for (tenant, model), (met, total) in items]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

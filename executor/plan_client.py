@@ -14,13 +14,34 @@ their SHA-256, so an unchanged file is downloaded once) and served as ``file:<pa
 The API being down never stops serving: failures are logged, retried with exponential backoff
 (capped), and the last plan keeps running. A plan the API serves that does not parse is logged
 and skipped (its ETag is remembered, so it is not fetched again until it changes).
+
+Restarts. Every plan applied is saved with its ETag in ``state_dir`` (:class:`PlanState`:
+written to a temporary file and renamed over the old one, so a daemon killed mid-write leaves
+the previous state whole). On start :meth:`PlanClient.resume` applies the saved plan before
+the API is asked, so a daemon restarted while the API is down serves at once, and the first
+long-poll carries the saved ETag (304 when nothing changed meanwhile). The saved plan names its
+``api:`` artifacts by their downloaded files, which is why the artifact cache sits in the state
+directory too. A state file that cannot be read, or that belongs to another node or API URL,
+is logged and ignored.
+
+Profiles. With the curves of a profile file (:mod:`executor.profiles`), each applied plan is
+followed by ``PUT {api}/v1/nodes/{node}/profiles`` with the curves of the plan's models that the
+file covers, before the next long-poll; a failed transport or a 5xx is retried after the next
+plan pull (never in its way), a refusal (4xx) is logged and not repeated.
+
+Heartbeats carry, besides the replicas' counters, ``"sla": [{"tenant", "model", "received",
+"within_sla"}]``: the daemon's cumulative SLA tallies per tenant and model
+(:meth:`ExecutorMetrics.sla_tallies`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
+import os
 import tempfile
 import threading
 from pathlib import Path
@@ -29,15 +50,88 @@ from typing import Any
 import httpx
 
 from allocator.plan import NodePlan, PlanError
+from executor.metrics import ExecutorMetrics
+from executor.profiles import ProfileCurve, plan_profiles
 from executor.scheduling import NodeRuntime
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
+STATE_FORMAT = 1
+
+
+class PlanState:
+    """The last applied plan and its ETag, kept in ``directory/plan.json`` across restarts."""
+
+    def __init__(self, directory: Path, *, api_url: str, node: str) -> None:
+        self.directory = directory
+        self.path = directory / "plan.json"
+        self._api_url = api_url.rstrip("/")
+        self._node = node
+
+    def save(self, plan: NodePlan, etag: str | None) -> None:
+        """Replace the saved state atomically (temporary file, fsync, rename); raise OSError."""
+        document = {
+            "format": STATE_FORMAT,
+            "api": self._api_url,
+            "node": self._node,
+            "etag": etag,
+            "plan": plan.to_dict(),
+        }
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=".plan-", suffix=".tmp", dir=self.directory)
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(document, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        with contextlib.suppress(OSError):  # make the rename itself durable where supported
+            directory = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+
+    def load(self) -> tuple[NodePlan, str | None] | None:
+        """The saved plan and ETag; None (logged) when there is none or it cannot be used."""
+        for stale in self.directory.glob(".plan-*.tmp"):  # left by a daemon killed mid-write
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            log.info("no saved plan in %s: waiting for the API", self.path)
+            return None
+        except OSError as exc:
+            log.error("saved plan %s ignored: cannot read it: %s", self.path, exc)
+            return None
+        try:
+            document = json.loads(text)
+            if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
+                raise ValueError(f"not a plan state of format {STATE_FORMAT}")
+            etag = document.get("etag")
+            if etag is not None and not isinstance(etag, str):
+                raise ValueError("etag: expected a string")
+            plan = NodePlan.from_dict(document.get("plan"))
+        except (ValueError, PlanError) as exc:  # JSONDecodeError is a ValueError
+            log.error("saved plan %s ignored: %s", self.path, exc)
+            return None
+        if document.get("api") != self._api_url or plan.node != self._node:
+            log.warning(
+                "saved plan %s ignored: it is node %r's plan from %s, this is node %r of %s",
+                self.path, plan.node, document.get("api"), self._node, self._api_url,
+            )  # fmt: skip
+            return None
+        return plan, etag
 
 
 class PlanClient:
-    """Two background threads: the plan long-poll and the heartbeat."""
+    """Two background threads: the plan long-poll (with profile uploads) and the heartbeat."""
 
     def __init__(
         self,
@@ -49,10 +143,23 @@ class PlanClient:
         heartbeat_s: float = 5.0,
         long_poll_s: float = 30.0,
         artifact_dir: Path | None = None,
+        state_dir: Path | None = None,
+        profiles: dict[str, ProfileCurve] | None = None,
+        metrics: ExecutorMetrics | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._runtime = runtime
-        self._artifact_dir = artifact_dir or Path(tempfile.gettempdir()) / "gpufair-artifacts"
+        if artifact_dir is None:
+            artifact_dir = (
+                state_dir / "artifacts"
+                if state_dir is not None
+                else Path(tempfile.gettempdir()) / "gpufair-artifacts"
+            )
+        self._artifact_dir = artifact_dir
+        self._state = PlanState(state_dir, api_url=api_url, node=node) if state_dir else None
+        self._profiles = profiles or {}
+        self._profiles_due: NodePlan | None = None  # applied, its profiles not yet uploaded
+        self._metrics = metrics
         self._node = node
         self._long_poll_s = long_poll_s
         self._heartbeat_s = heartbeat_s
@@ -81,6 +188,21 @@ class PlanClient:
                 t.join(timeout=2.0)  # daemon threads: a long-poll in flight dies with us
         self._client.close()
 
+    def resume(self) -> bool:
+        """Serve the plan saved by the last run, before the API is asked; True if one was."""
+        if self._state is None:
+            return False
+        saved = self._state.load()
+        if saved is None:
+            return False
+        plan, etag = saved
+        if self._runtime.apply(plan) is None:
+            return False
+        self.etag = etag
+        self._profiles_due = plan
+        log.info("resumed plan version %d saved in %s", plan.version, self._state.path)
+        return True
+
     def poll_once(self, wait_s: float = 0.0) -> bool:
         """One plan request; True when a new plan was applied. Raises httpx errors."""
         headers = {"If-None-Match": self.etag} if self.etag else {}
@@ -102,11 +224,49 @@ class PlanClient:
             return False
         current = self._runtime.plan_version
         if current is not None and plan.version <= current:
+            log.warning(
+                "plan version %d from the API ignored: version %d is served here (was the "
+                "API's database recreated? then remove %s)",
+                plan.version, current, self._state.path if self._state else "nothing",
+            )  # fmt: skip
             self.etag = etag
             return False
         resolved = self._fetch_artifacts(plan)  # a failed download leaves the ETag: retried
         self.etag = etag
-        return self._runtime.apply(resolved) is not None
+        if self._runtime.apply(resolved) is None:
+            return False
+        self._profiles_due = resolved
+        if self._state is not None:
+            try:
+                self._state.save(resolved, etag)
+            except OSError as exc:  # serving matters more than surviving the next restart
+                log.error("plan version %d not saved to %s: %s", plan.version,
+                          self._state.path, exc)
+        return True
+
+    def upload_profiles(self) -> int:
+        """Upload the curves covering the last applied plan's models; the entries sent.
+
+        Raises httpx errors for a failed transport or a 5xx (the upload stays due); a refusal
+        (4xx) is logged and dropped, since sending the same body again cannot help.
+        """
+        plan = self._profiles_due
+        if plan is None:
+            return 0
+        entries = plan_profiles(self._profiles, plan) if self._profiles else []
+        if entries:
+            response = self._client.put(
+                f"/v1/nodes/{self._node}/profiles", json={"profiles": entries}
+            )
+            if 400 <= response.status_code < 500:
+                log.error("profiles for plan version %d refused by the API (HTTP %d): %s",
+                          plan.version, response.status_code, response.text[:500])
+                entries = []
+            else:
+                response.raise_for_status()
+                log.info("uploaded %d profile(s) for plan version %d", len(entries), plan.version)
+        self._profiles_due = None
+        return len(entries)
 
     def _fetch_artifacts(self, plan: NodePlan) -> NodePlan:
         """The plan with every ``api:`` artifact downloaded and replaced by ``file:<path>``."""
@@ -160,16 +320,19 @@ class PlanClient:
                             "busy_s": g.stats.busy_own_s + g.stats.busy_pool_s,
                         }
                     )
+        tallies = self._metrics.sla_tallies() if self._metrics is not None else []
         return {
             "plan_version": self._runtime.plan_version,
             "replicas": replicas,
             "broken": deployment.broken if deployment else {},
+            "sla": [dataclasses.asdict(t) for t in tallies],
         }
 
     def _plan_loop(self) -> None:
         failures = 0
         while not self._stop.is_set():
             try:
+                self._upload_due_profiles()
                 self.poll_once(self._long_poll_s)
                 failures = 0
             except httpx.HTTPError as exc:
@@ -178,6 +341,16 @@ class PlanClient:
                 log.warning("plan pull failed (%s); serving the last plan, retry in %.1fs", exc,
                             backoff)
                 self._stop.wait(backoff)
+
+    def _upload_due_profiles(self) -> None:
+        """Upload due profiles; a failure is logged and retried after the next plan pull, so an
+        API that cannot store profiles never holds plans back."""
+        if self._profiles_due is None:
+            return
+        try:
+            self.upload_profiles()
+        except httpx.HTTPError as exc:
+            log.warning("profile upload failed (%s); retried after the next plan pull", exc)
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self._heartbeat_s):

@@ -3,7 +3,8 @@
 The allocator values seats and stream-pool shares by q_m(g, s), the highest query rate one
 replica of model m sustains on device g with s streams while its p99 latency stays within the
 SLA (DESIGN §2, §5). This module measures that curve on this node, for the zoo models or any
-loaded model, and returns what :class:`allocator.snapshot.ThroughputCurve` holds.
+loaded model, and returns one entry of a profile file (:mod:`executor.profiles`), which the
+daemon uploads to the API.
 
 Method (DeepRecSched's latency-bounded throughput, simplified to one replica):
 queries follow DESIGN §5 (one user, K candidates with K drawn from the 20 quantiles), arrive
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from executor.features import Batch
+from executor.profiles import ProfileCurve
 from executor.runtime import LoadedModel, Session
 
 log = logging.getLogger(__name__)
@@ -157,7 +159,7 @@ def latency_bounded_qps(
 
 
 def profile_model(model: LoadedModel, settings: ProfileSettings) -> dict[str, Any]:
-    """q(s) for s = 1 … max_sessions, as a ThroughputCurve-shaped dict."""
+    """q(s) for s = 1 … max_sessions, as one entry of a profile file (executor.profiles)."""
     pool = query_pool(model, 64, settings.seed)
     sessions = [model.session() for _ in range(settings.max_sessions)]
     for batch in pool[:4]:  # warm-up: first calls allocate and pick kernels
@@ -173,13 +175,13 @@ def profile_model(model: LoadedModel, settings: ProfileSettings) -> dict[str, An
             measured,
             settings.sla_p99_ms,
         )
-    return {
-        "qps": [round(q, 2) for q in qps],
-        "measured": True,
-        "device": _device_name(model.device),
-        "sla_p99_ms": settings.sla_p99_ms,
-        "artifact": model.artifact,
-    }
+    return ProfileCurve(
+        qps=tuple(round(q, 2) for q in qps),
+        kind="gpu" if model.device.type == "cuda" else "cpu",
+        sla_p99_ms=settings.sla_p99_ms,
+        device=_device_name(model.device),
+        artifact=model.artifact,
+    ).to_dict()
 
 
 def compare_forwards(model: LoadedModel, candidates: int = 270, reps: int = 20) -> dict[str, Any]:

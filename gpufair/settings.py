@@ -54,6 +54,9 @@ class ApiSettings(_Section):
     max_long_poll_s: float = Field(default=30.0, gt=0, le=300)
     # Re-solve the allocation on this period (0 = only on request).
     solve_interval_s: float = Field(default=0.0, ge=0)
+    # How long the SLA samples that heartbeats carry are kept (the dashboard's attainment
+    # history); older ones are pruned as new ones arrive. At most 90 days.
+    sla_history_s: float = Field(default=86400.0, ge=60, le=90 * 86400)
 
 
 class AllocatorSettings(_Section):
@@ -83,6 +86,11 @@ class ExecutorSettings(_Section):
     heartbeat_s: float = Field(default=5.0, gt=0)
     # Seconds a plan swap may wait for in-flight queries to drain.
     drain_timeout_s: float = Field(default=30.0, gt=0)
+    # API mode: where the last applied plan (and the artifact cache) survives a restart;
+    # unset: ./var/executor/<node>.
+    state_dir: Path | None = None
+    # A profile file written by `gpufair profile`; its curves are uploaded with every plan.
+    profiles_path: Path | None = None
 
 
 class Settings(_Section):

@@ -76,5 +76,5 @@ def dashboard(request: Request, state: StateDep) -> HTMLResponse:
             403, "Refused", f"The dashboard is for the admin, not a {principal.role}.", form=False
         )
     with state.db.session(write=False) as session:
-        data = read_dashboard(session=session)
+        data = read_dashboard(session=session, now=state.clock())
     return HTMLResponse(render_dashboard(data), headers=HEADERS)

@@ -10,6 +10,7 @@ done on the event loop: it is shorter than a hand-off to a worker thread would b
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
@@ -99,10 +100,19 @@ async def read_plan(
 
 @router.post("/{node}/heartbeat", tags=["node"])
 def heartbeat(
-    node: NodeName, data: Heartbeat, me: CurrentNode, session: SessionDep
+    node: NodeName, data: Heartbeat, me: CurrentNode, session: SessionDep, state: StateDep
 ) -> HeartbeatReply:
-    """Record the daemon's state; the reply says whether a newer plan waits."""
-    _, version = service.record_heartbeat(session=session, node_id=me.id, data=data)
+    """Record the daemon's state and its SLA counts; the reply says whether a newer plan
+    waits."""
+    now = state.clock()
+    history = timedelta(seconds=state.settings.api.sla_history_s)
+    _, version = service.record_heartbeat(
+        session=session,
+        node_id=me.id,
+        data=data,
+        now=now,
+        prune_before=now - history if state.sla_prune.due(now) else None,
+    )
     return HeartbeatReply(current_version=version, etag=plan_etag(version))
 
 

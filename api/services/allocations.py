@@ -183,17 +183,17 @@ def solve(
         raise SolverFailed(f"the solver found no allocation: {exc}") from exc
     except allocator.CertificateError as exc:
         raise AllocationRejected(f"the allocator refused its own result: {exc}") from exc
-    _check(result)
+    _check(solve_input.snapshot, result)
     return result.certificate.to_dict(), dict(result.plans)
 
 
-def _check(result: ClusterAllocation) -> None:
+def _check(snapshot: allocator.ClusterSnapshot, result: ClusterAllocation) -> None:
     """The allocator's own checker, run again before anything is stored: the allocation is
-    complete and within its side constraints, its certificate recomputed from scratch holds,
-    and every plan survives the plan format's parser."""
+    complete and within its side constraints, the plans are cut from it, its certificate
+    recomputed from scratch holds, and every plan survives the plan format's parser."""
     certificate = result.certificate
     try:
-        allocator.validate_allocation(result.instance, result.allocation)
+        allocator.validate_cluster_allocation(snapshot, result)
         allocator.certify(
             result.instance,
             result.allocation,

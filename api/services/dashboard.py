@@ -2,12 +2,14 @@
 
 The dashboard (``api/routes/dashboard.py``) is a view over what the API already stores: the
 tenants, the current allocation's plans and certificate (DESIGN §2), the nodes' latest
-heartbeats and the allocation history with the existing diff service's seat moves. This module
-turns those rows into plain frozen dataclasses, so the HTML renderer does no database work and
-can be tested on hand-made data.
+heartbeats, the SLA samples that heartbeats leave (:mod:`api.services.sla`) and the allocation
+history with the existing diff service's seat moves. This module turns those rows into plain
+frozen dataclasses, so the HTML renderer does no database work and can be tested on hand-made
+data.
 
-Heartbeats overwrite each other (``NodeRow.report`` holds only the newest), so SLA figures are
-the cumulative counters of each node's last heartbeat; there is no time series to draw.
+Two SLA views: attainment over the last :data:`SLA_WINDOW_S` seconds per tenant, from the
+samples; and the replica counters of each node's newest heartbeat (``NodeRow.report``), which
+are cumulative since each daemon started.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.models import AllocationRow, ModelRow, NodeRow, TenantRow
-from api.schemas import AllocationDiff
+from api.schemas import AllocationDiff, SlaHistory
 from api.services.allocations import (
     current_allocation,
     diff_allocations,
@@ -28,8 +30,12 @@ from api.services.allocations import (
     plans_of_allocation,
     seat_pool_streams,
 )
+from api.services.sla import sla_history
 
 HISTORY_LENGTH = 10
+# The attainment chart: the last 15 minutes in 30-second buckets (six 5 s heartbeats each).
+SLA_WINDOW_S = 900
+SLA_BUCKETS = 30
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ class DashboardData:
     counters: dict[str, TenantCounters]
     nodes: tuple[NodeStatus, ...]
     history: tuple[HistoryEntry, ...]
+    sla_history: SlaHistory  # attainment per tenant and time bucket, gaps where no traffic
     model_names: dict[str, str] = field(default_factory=dict)  # model id -> name
 
 
@@ -163,8 +170,9 @@ def _history(session: Session) -> list[HistoryEntry]:
     return entries
 
 
-def read_dashboard(*, session: Session) -> DashboardData:
-    """Everything the dashboard shows, read in the caller's (read-only) transaction."""
+def read_dashboard(*, session: Session, now: datetime) -> DashboardData:
+    """Everything the dashboard shows, read in the caller's (read-only) transaction; the SLA
+    history's window ends at ``now``."""
     model_names = {
         str(model_id): name
         for model_id, name in session.execute(select(ModelRow.id, ModelRow.name))
@@ -194,5 +202,8 @@ def read_dashboard(*, session: Session) -> DashboardData:
             for n in nodes
         ),
         history=tuple(_history(session)),
+        sla_history=sla_history(
+            session=session, now=now, window_s=SLA_WINDOW_S, buckets=SLA_BUCKETS
+        ),
         model_names=model_names,
     )

@@ -3,10 +3,13 @@
 A node is registered by the admin with its devices (kind, memory, streams, seats) and gets a
 token, shown once. Its daemon then reports heartbeats and profiles: for each model and device,
 the latency-bounded QPS of one replica with 1, 2, ... streams — q_m(g, s) of DESIGN §2, which
-the next solve turns into valuations in place of the estimate.
+the next solve turns into valuations in place of the estimate. A heartbeat's cumulative SLA
+counts become per-tenant samples of the attainment history (:mod:`api.services.sla`).
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -15,6 +18,7 @@ from api.auth import NODE_TOKEN_PREFIX, new_token, token_hash
 from api.errors import Conflict, InvalidInput, NotFound
 from api.models import ArtifactRow, DeviceRow, ModelRow, NodeRow, ProfileRow, utcnow
 from api.schemas import Heartbeat, NodeCreate, ProfileEntry
+from api.services import sla
 from api.services.plans import current_plan
 
 
@@ -56,12 +60,33 @@ def rotate_token(*, session: Session, name: str) -> tuple[NodeRow, str]:
     return node, token
 
 
-def record_heartbeat(*, session: Session, node_id: int, data: Heartbeat) -> tuple[NodeRow, int]:
-    """Record the daemon's state; return the node and the version of its newest plan."""
-    node = session.get(NodeRow, node_id)
+def record_heartbeat(
+    *,
+    session: Session,
+    node_id: int,
+    data: Heartbeat,
+    now: datetime,
+    prune_before: datetime | None = None,
+) -> tuple[NodeRow, int]:
+    """Record the daemon's state and its SLA samples (deltas against the previous heartbeat,
+    :mod:`api.services.sla`), prune samples older than ``prune_before`` when given; return the
+    node and the version of its newest plan."""
+    # Locked, so that two heartbeats of one node cannot both take the same previous counts
+    # as their base (PostgreSQL; SQLite's write transactions are serial already). NO KEY
+    # UPDATE: a solve storing plans for the node (a foreign key to it) need not wait.
+    node = session.get(NodeRow, node_id, with_for_update={"key_share": True})
     if node is None:
         raise NotFound(f"node {node_id} not found")
-    node.last_heartbeat_at = utcnow()
+    sla.record_samples(
+        session=session,
+        node_id=node.id,
+        previous=sla.previous_counts(node.report),
+        current=data.sla,
+        at=now,
+    )
+    if prune_before is not None:
+        sla.prune_samples(session=session, before=prune_before)
+    node.last_heartbeat_at = now
     node.running_version = data.plan_version
     node.report = data.model_dump(mode="json")
     session.flush()

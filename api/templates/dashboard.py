@@ -7,9 +7,10 @@ that comes from the database — tenant, model and node names, a daemon's error 
 through :func:`e` before it reaches the page.
 
 Sections: the cluster (nodes → devices, each seat a cell in its tenant's colour, the shared
-pool as a bar split by pool share), the current certificate (per tenant α, criterion, holds,
-slack, λ; the envy matrix as a heatmap), SLA counters per tenant, and the allocation history
-with seat moves against the previous version.
+pool as a bar split by pool share), SLA attainment over time (a line per tenant, in the same
+colours), the current certificate (per tenant α, criterion, holds, slack, λ; the envy matrix as
+a heatmap), SLA counters per tenant, and the allocation history with seat moves against the
+previous version.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import html
 from string import Template
 
+from api.schemas import SlaHistory, SlaSeries
 from api.services.dashboard import DashboardData, DeviceView, HistoryEntry
 
 # Tableau 10 without its red, which means "rejected" here; readable with white or dark text
@@ -29,6 +31,7 @@ REJECTED = "#c62828"
 EXPIRED = "#5f6670"
 EMPTY = "#eef0f3"
 SEATS_PER_ROW = 4
+SLA_TARGET = 0.99  # the reference line: the attainment a well-behaved tenant should keep
 
 
 def e(value: object) -> str:
@@ -239,6 +242,124 @@ def envy_heatmap(data: DashboardData) -> str:
     )
 
 
+# --- SLA attainment over time ------------------------------------------------------------------
+
+
+def _sla_palette(history: SlaHistory, palette: dict[str, str]) -> dict[str, str]:
+    """The page's tenant colours, extended to names only the daemons report (a deleted tenant
+    whose samples are not yet pruned) so that no two lines share a colour needlessly."""
+    extra = sorted(s.tenant for s in history.tenants if s.tenant not in palette)
+    start = len(palette)
+    return {
+        **palette,
+        **{name: PALETTE[(start + k) % len(PALETTE)] for k, name in enumerate(extra)},
+    }
+
+
+def _runs(series: SlaSeries) -> list[list[tuple[int, float]]]:
+    """The series' points split at gaps: a bucket without traffic breaks the line."""
+    runs: list[list[tuple[int, float]]] = []
+    current: list[tuple[int, float]] = []
+    for k, bucket in enumerate(series.buckets):
+        if bucket.attainment is None:
+            if current:
+                runs.append(current)
+            current = []
+        else:
+            current.append((k, bucket.attainment))
+    if current:
+        runs.append(current)
+    return runs
+
+
+def sla_history_chart(data: DashboardData, palette: dict[str, str]) -> str:
+    """Attainment per tenant and time bucket as an SVG line chart, y from 0 to 100 %."""
+    history = data.sla_history
+    minutes = (history.end - history.start).total_seconds() / 60
+    if not any(s.received for s in history.tenants):
+        return (
+            f'<p class="muted">No SLA samples in the last {minutes:g} minutes: executor daemons '
+            "report per-tenant query counts in their heartbeats.</p>"
+        )
+    colour = _sla_palette(history, palette)
+    # Drawn at the wide section's width, scaled down (by its viewBox) in a narrower window.
+    width, height = 1300, 300
+    x0, x1, y0, y1 = 64, width - 24, 14, height - 52
+    count = len(history.tenants[0].buckets)
+
+    def x(k: float) -> float:
+        return x0 + (x1 - x0) * k / count
+
+    def y(value: float) -> float:
+        return y1 - (y1 - y0) * value
+
+    parts = []
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(
+            f'<line x1="{x0}" y1="{y(tick):.1f}" x2="{x1}" y2="{y(tick):.1f}" '
+            f'stroke="{"#9aa3ad" if tick == 0 else "#e3e6ea"}"/>'
+            f'<text x="{x0 - 8}" y="{y(tick) + 4:.1f}" text-anchor="end" class="lbl">'
+            f"{tick:.0%}</text>"
+        )
+    for j in range(6):
+        at = x0 + (x1 - x0) * j / 5
+        label = "now" if j == 5 else f"−{minutes * (5 - j) / 5:g} min"
+        parts.append(
+            f'<line x1="{at:.1f}" y1="{y1}" x2="{at:.1f}" y2="{y1 + 5}" stroke="#9aa3ad"/>'
+            f'<text x="{at:.1f}" y="{y1 + 19}" text-anchor="middle" class="lbl">{label}</text>'
+        )
+    target = y(SLA_TARGET)
+    parts.append(
+        f'<line class="target" x1="{x0}" y1="{target:.1f}" x2="{x1}" y2="{target:.1f}" '
+        f'stroke="{REJECTED}" stroke-dasharray="6 4" stroke-width="1.2"/>'
+        f'<text x="{x1 - 4}" y="{target + 14:.1f}" text-anchor="end" class="lbl" '
+        f'fill="{REJECTED}">{SLA_TARGET:.0%} target</text>'
+        f'<text x="16" y="{(y0 + y1) / 2:.1f}" text-anchor="middle" class="lbl" '
+        f'transform="rotate(-90 16 {(y0 + y1) / 2:.1f})">attainment</text>'
+        f'<text x="{(x0 + x1) / 2:.1f}" y="{height - 8}" text-anchor="middle" class="lbl muted">'
+        f"time, {history.bucket_s:g} s buckets, up to {history.end:%H:%M:%S} UTC</text>"
+    )
+    for series in history.tenants:
+        stroke = colour[series.tenant]
+        lines = []
+        for run in _runs(series):
+            points = " ".join(f"{x(k + 0.5):.1f},{y(v):.1f}" for k, v in run)
+            lines.append(
+                f'<polyline points="{points}" fill="none" stroke="{stroke}" '
+                'stroke-width="2.2" stroke-linejoin="round"/>'
+            )
+        dots = "".join(
+            f'<circle cx="{x(k + 0.5):.1f}" cy="{y(b.attainment):.1f}" r="2.6" fill="{stroke}">'
+            f"<title>{e(series.tenant)} {b.start:%H:%M:%S}: {b.attainment:.2%} of "
+            f"{b.received:,} queries within SLA</title></circle>"
+            for k, b in enumerate(series.buckets)
+            if b.attainment is not None
+        )
+        parts.append(
+            f'<g class="series" data-tenant="{e(series.tenant)}">{"".join(lines)}{dots}</g>'
+        )
+    keys = "".join(
+        f'<span class="key"><i style="background:{colour[s.tenant]}"></i>{e(s.tenant)} '
+        + (
+            f'<b>{s.attainment:.2%}</b> <span class="muted">of {s.received:,} queries</span>'
+            if s.attainment is not None
+            else '<span class="muted">no queries</span>'
+        )
+        + "</span>"
+        for s in history.tenants
+    )
+    return (
+        f'<svg viewBox="0 0 {width} {height}" width="100%" style="max-width:{width}px" '
+        f'role="img" aria-label="SLA attainment over time">{"".join(parts)}</svg>'
+        f'<div class="legend">{keys}</div>'
+        "<p class=\"small muted\">Share of each tenant's queries answered within its models' "
+        f"SLA per bucket, over the last {minutes:g} minutes (rejected queries count as missed); "
+        "the figure in the legend is over the whole window. A break in a line is a bucket "
+        "without queries, not 100 %. From the per-heartbeat SLA counts of the executor "
+        "daemons.</p>"
+    )
+
+
 # --- SLA counters ------------------------------------------------------------------------------
 
 
@@ -282,8 +403,8 @@ def sla_chart(data: DashboardData, palette: dict[str, str]) -> str:
         f'<span class="key"><i style="background:{REJECTED}"></i>rejected (429)</span>'
         f'<span class="key"><i style="background:{EXPIRED}"></i>expired (past SLA)</span></div>'
         '<p class="small muted">Cumulative counters from each node\'s latest heartbeat, summed '
-        "per tenant; attainment = completed / all queries. The API keeps only the newest "
-        "heartbeat per node, so there is no history to plot over time.</p>"
+        "per tenant: since each daemon started; attainment = completed / all queries. "
+        "Attainment over time is charted above.</p>"
     )
 
 
@@ -408,9 +529,10 @@ PAGE = Template("""<!doctype html>
 <main>
 <section class="wide" id="cluster"><h2>Cluster: devices × seats, coloured by tenant</h2>
 $legend$cluster</section>
+<section class="wide" id="sla-history"><h2>SLA attainment over time</h2>$sla_history</section>
 <section id="certificate"><h2>Certificate</h2>$summary$certificate</section>
 <section id="envy"><h2>Envy matrix</h2>$envy</section>
-<section id="sla"><h2>SLA attainment per tenant</h2>$sla</section>
+<section id="sla"><h2>SLA counters per tenant</h2>$sla</section>
 <section id="history"><h2>Allocation history</h2>$history</section>
 <section class="wide" id="nodes"><h2>Nodes</h2>$nodes</section>
 </main></body></html>
@@ -433,6 +555,7 @@ def render_dashboard(data: DashboardData) -> str:
         summary=certificate_summary(data),
         certificate=certificate_table(data, palette),
         envy=envy_heatmap(data),
+        sla_history=sla_history_chart(data, palette),
         sla=sla_chart(data, palette),
         nodes=nodes_table(data),
         history=history_table(data),

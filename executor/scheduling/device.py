@@ -233,6 +233,11 @@ class DeviceScheduler:
         error = DeadlineExceeded("the executor stopped before the query was served")
         for pending in dict.fromkeys(cut):
             self._fail(pending, error, "expired")
+        # Groups and their device refer to each other. The cyclic GC may never see them (the
+        # runtime freezes the first plan's objects), so the cycle is cut here and a replaced
+        # plan's replicas, weights included, are freed by reference counting.
+        for g in self.groups:
+            g.device = None
 
     # -- admission -------------------------------------------------------------------------
 
@@ -248,34 +253,19 @@ class DeviceScheduler:
         now = time.monotonic()
         arrival = now if arrival is None else arrival
         rows = query.num_candidates
-        sla = group.sla_s
         with self._cond:
             if group.closing:
                 raise GroupClosed(f"model {group.model_id!r}: replica is draining")
-            if group.in_flight >= self._config.max_queue:
+            refusal = self._refusal(group, rows, now, arrival)
+            if refusal is not None:
                 group.stats.rejected += 1
-                wait = predicted_delay(self._backlog(group), 0, group.rate) or sla
-                raise Overloaded(
-                    f"model {group.model_id!r}: {group.in_flight} queries queued (limit "
-                    f"{self._config.max_queue})",
-                    retry_after(wait, 0.0),
-                )
-            if self._config.admission and not self._starts_now(group):
-                delay = predicted_delay(self._backlog(group), rows, group.rate)
-                budget = sla - (now - arrival)
-                if delay is not None and delay > budget:
-                    group.stats.rejected += 1
-                    raise Overloaded(
-                        f"model {group.model_id!r}: predicted latency {delay * 1000:.0f} ms "
-                        f"exceeds its SLA of {sla * 1000:.0f} ms",
-                        retry_after(delay, budget),
-                    )
+                raise refusal
             pieces = self._piece_count(group, rows)
             pending = Pending(
                 query=query,
                 group=group,
                 arrival=arrival,
-                deadline=arrival + sla * self._config.expire_after_sla,
+                deadline=arrival + group.sla_s * self._config.expire_after_sla,
                 future=Future(),
                 scores=np.empty(rows, dtype=np.float32),
                 pieces_left=pieces,
@@ -288,6 +278,47 @@ class DeviceScheduler:
             group.stats.admitted += 1
             self._cond.notify_all()
         return pending
+
+    def check(self, group: SessionGroup, rows: int = 1, arrival: float | None = None) -> None:
+        """Raise Overloaded when a query of ``rows`` candidates would be refused now.
+
+        Nothing is queued. The daemon calls it before it reads a request's body, with one row:
+        the predicted delay only grows with a query's rows, so a query refused here would be
+        refused by :meth:`submit` whatever its size, and a flooding tenant's requests are
+        turned away without their bodies being parsed. A draining group passes: submit
+        routes the query to the new deployment.
+        """
+        now = time.monotonic()
+        with self._cond:
+            if group.closing:
+                return
+            refusal = self._refusal(group, rows, now, now if arrival is None else arrival)
+            if refusal is not None:
+                group.stats.rejected += 1
+                raise refusal
+
+    def _refusal(
+        self, group: SessionGroup, rows: int, now: float, arrival: float
+    ) -> Overloaded | None:
+        """Why admission control refuses a query of ``rows`` now, or None (lock held)."""
+        sla = group.sla_s
+        if group.in_flight >= self._config.max_queue:
+            wait = predicted_delay(self._backlog(group), 0, group.rate) or sla
+            return Overloaded(
+                f"model {group.model_id!r}: {group.in_flight} queries queued (limit "
+                f"{self._config.max_queue})",
+                retry_after(wait, 0.0),
+            )
+        if self._config.admission and not self._starts_now(group):
+            delay = predicted_delay(self._backlog(group), rows, group.rate)
+            budget = sla - (now - arrival)
+            if delay is not None and delay > budget:
+                return Overloaded(
+                    f"model {group.model_id!r}: predicted latency {delay * 1000:.0f} ms "
+                    f"exceeds its SLA of {sla * 1000:.0f} ms",
+                    retry_after(delay, budget),
+                )
+        return None
 
     def _starts_now(self, group: SessionGroup) -> bool:
         """Nothing queued and a session idle: the query starts at once (lock held)."""

@@ -69,6 +69,7 @@ class NodeRuntime:
         self._place = place or (lambda device: device)  # plan device -> where the backend runs it
         self._deployment: Deployment | None = None
         self._swap_lock = threading.Lock()
+        self._gc_frozen = False
 
     @property
     def deployment(self) -> Deployment | None:
@@ -86,11 +87,15 @@ class NodeRuntime:
                 log.info("plan version %d ignored: serving %d", plan.version, old.plan.version)
                 return None
             new, loaded, reused = self._build(plan, old)
-            # What a plan loads (modules, weights, imports) lives as long as the plan; a full
-            # cyclic-GC pass over it stops every session for tens of ms (73 ms measured over
-            # the 1.8·10⁵ objects of an RMC2 server on this 2-core EPYC), more than a p99 SLA
-            # can absorb. Freezing moves it out of the collector's generations.
-            gc.freeze()
+            if not self._gc_frozen and new.models:
+                # What the first plan loads (modules, weights, imports) lives about as long as
+                # the daemon; a full cyclic-GC pass over it stops every session for tens of ms
+                # (73 ms measured over the 1.8·10⁵ objects of an RMC2 server on this 2-core
+                # EPYC), more than a p99 SLA can absorb. Freezing moves it out of the
+                # collector's generations. Once only: each freeze would also pin the garbage
+                # of every plan replaced since, for good.
+                gc.freeze()
+                self._gc_frozen = True
             for device in new.devices:
                 device.start()
             self._deployment = new
@@ -151,18 +156,31 @@ class NodeRuntime:
         """A replica of ``model_id`` (its schema, tenant and SLA); raise UnknownModel, ..."""
         return self._groups(self._current(), model_id)[0]
 
+    def check_admission(self, model_id: str, arrival: float | None = None) -> None:
+        """Raise Overloaded when even a one-candidate query of the model would be refused now
+        by the replica submit would pick (or UnknownModel, ...); nothing is queued."""
+        group = self._least_loaded(self._groups(self._current(), model_id))
+        device = group.device
+        if device is not None:  # None: its plan was replaced meanwhile; submit routes again
+            device.check(group, 1, arrival)
+
     def submit(self, model_id: str, query: Query, arrival: float | None = None) -> Pending:
         """Queue a query on the least loaded replica; raise UnknownModel, Overloaded, ..."""
         while True:
             deployment = self._current()
-            groups = self._groups(deployment, model_id)
-            group = groups[0] if len(groups) == 1 else min(groups, key=SessionGroup.load)
+            group = self._least_loaded(self._groups(deployment, model_id))
             try:
-                assert group.device is not None
-                return group.device.submit(group, query, arrival)
+                device = group.device
+                if device is None:
+                    raise GroupClosed(f"model {model_id!r}: replica stopped")
+                return device.submit(group, query, arrival)
             except GroupClosed:
                 if self._deployment is deployment:
                     raise  # closing without a newer deployment: the node is shutting down
+
+    @staticmethod
+    def _least_loaded(groups: list[SessionGroup]) -> SessionGroup:
+        return groups[0] if len(groups) == 1 else min(groups, key=SessionGroup.load)
 
     def _current(self) -> Deployment:
         deployment = self._deployment

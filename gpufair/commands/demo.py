@@ -274,6 +274,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         executor = _spawn(children, "executor", [
             "executor", "--api", api_url, "--node", scenario["node"]["name"],
             "--token", registered.node_token, "--port", str(executor_port), "--device", "cpu",
+            "--state-dir", str(workdir / "executor"),
         ], env, workdir)
         _wait_healthy(executor, executor_url)
         rows = _tenant_rows(api_url, registered.tenant_keys)

@@ -3,8 +3,12 @@
 Standalone: ``gpufair executor --plan PLAN.json [--host H] [--port N]`` serves the plan in the
 file (a bad file ends with one line on stderr and exit status 2). API mode:
 ``gpufair executor --api URL --node NAME --token T`` long-polls the node's plan and sends
-heartbeats (:mod:`executor.plan_client`); until the first plan arrives ``/healthz`` answers
-503, and if the API goes away the last plan keeps serving.
+heartbeats (:mod:`executor.plan_client`); if the API goes away the last plan keeps serving.
+Each applied plan is saved in ``--state-dir`` (default ``./var/executor/NAME``) and served
+again at the next start before the API is asked; with no saved plan ``/healthz`` answers 503
+until the first plan arrives. ``--profiles FILE`` (written by ``gpufair profile``) uploads the
+file's throughput curves for the models of every applied plan; a bad file ends with one line
+on stderr and exit status 2.
 
 ``--backend fake`` serves every replica with :class:`executor.fake.FakeBackend` (no torch:
 for trying the HTTP surface and the scheduler). ``--device cpu`` maps every device of the
@@ -17,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +32,10 @@ from allocator.plan import NodePlan, PlanError
 from gpufair.settings import SettingsError, load_settings
 
 log = logging.getLogger(__name__)
+
+DEFAULT_STATE_ROOT = Path("var/executor")
+# A node name becomes a directory name: no separators, no leading dot.
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +59,18 @@ def _parser() -> argparse.ArgumentParser:
         help="cpu: run every device of the plan on the CPU (default: settings executor.device)",
     )
     p.add_argument("--backend", choices=("torch", "fake"), default="torch")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="API mode: where the last plan survives restarts (default: settings "
+        "executor.state_dir, else ./var/executor/NODE)",
+    )
+    p.add_argument(
+        "--profiles",
+        type=Path,
+        help="API mode: profile file of `gpufair profile` to upload with every plan "
+        "(default: settings executor.profiles_path)",
+    )
     return p
 
 
@@ -83,8 +104,13 @@ def main(argv: list[str]) -> int:
     except SettingsError as exc:
         sys.stderr.write(f"gpufair executor: {exc}\n")
         return 2
+    cfg = settings.executor
     if args.api and not (args.node and args.token):
         sys.stderr.write("gpufair executor: --api needs --node and --token\n")
+        return 2
+    if args.api and not NODE_NAME.fullmatch(args.node):
+        sys.stderr.write(f"gpufair executor: --node {args.node!r}: expected letters, digits, "
+                         "'.', '_' or '-', starting with a letter or digit\n")
         return 2
     plan: NodePlan | None = None
     if args.plan is not None:
@@ -93,13 +119,24 @@ def main(argv: list[str]) -> int:
         except PlanError as exc:
             sys.stderr.write(f"gpufair executor: bad plan: {exc}\n")
             return 2
+        if args.state_dir or args.profiles:
+            log.warning("--state-dir and --profiles are for API mode; a plan file uses neither")
 
     from executor.daemon import create_app
+    from executor.metrics import ExecutorMetrics
     from executor.plan_client import PlanClient
+    from executor.profiles import ProfileCurve, ProfileError, read_profiles
     from executor.scheduling import NodeRuntime, SchedulerConfig
     from executor.scheduling.backend import Backend, RuntimeBackend
 
-    cfg = settings.executor
+    profiles: dict[str, ProfileCurve] = {}
+    profiles_path = (args.profiles or cfg.profiles_path) if plan is None else None
+    if profiles_path is not None:
+        try:
+            profiles = read_profiles(profiles_path)
+        except ProfileError as exc:
+            sys.stderr.write(f"gpufair executor: bad profiles: {exc}\n")
+            return 2
     backend: Backend
     if args.backend == "fake":
         from executor.fake import FakeBackend
@@ -113,6 +150,7 @@ def main(argv: list[str]) -> int:
         backend = RuntimeBackend()
         place = _placement(args.device or cfg.device)
     runtime = NodeRuntime(backend, SchedulerConfig.from_settings(cfg), place)
+    metrics = ExecutorMetrics(runtime)
     client: PlanClient | None = None
     if plan is not None:
         report = runtime.apply(plan)
@@ -126,9 +164,13 @@ def main(argv: list[str]) -> int:
             node=args.node,
             token=args.token,
             heartbeat_s=cfg.heartbeat_s,
+            state_dir=args.state_dir or cfg.state_dir or DEFAULT_STATE_ROOT / args.node,
+            profiles=profiles,
+            metrics=metrics,
         )
+        client.resume()  # the saved plan serves at once, whether or not the API answers
         client.start()
-    app = create_app(runtime)
+    app = create_app(runtime, metrics=metrics)
     host, port = args.host or cfg.host, args.port or cfg.port
     log.info("executor listening on http://%s:%d", host, port)
     try:

@@ -1,10 +1,11 @@
 """``gpufair profile``: measure the zoo's latency-bounded QPS against streams on this node.
 
-Writes ``{model: {"qps": [...], "measured": true, "device": ..., "sla_p99_ms": ...,
-"artifact": ...}}`` — one :class:`allocator.snapshot.ThroughputCurve` per model, ``qps[s-1]``
-for s sessions — to ``--out`` or stdout. ``--compare-naive`` instead times the structured
-forward against the naive one (user features copied onto every candidate row) on one
-270-candidate query per model. ``--quick`` profiles tiny replicas with short windows (under a
+Writes a profile file (:mod:`executor.profiles`), ``{arch: {"qps": [...], "measured": true,
+"kind": "gpu"|"cpu", "device": ..., "sla_p99_ms": ..., "artifact": ...}}`` — one curve per zoo
+architecture, ``qps[s-1]`` for s sessions — to ``--out`` or stdout; ``gpufair executor
+--profiles FILE`` uploads it to the API with every plan. ``--compare-naive`` instead times the
+structured forward against the naive one (user features copied onto every candidate row) on
+one 270-candidate query per model. ``--quick`` profiles tiny replicas with short windows (under a
 minute for the whole zoo on a 2-core machine).
 """
 

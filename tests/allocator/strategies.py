@@ -1,11 +1,22 @@
-"""Hypothesis strategies for core instances (seeded by tests/conftest.py's profile)."""
+"""Hypothesis strategies for core instances and cluster snapshots (seeded by
+tests/conftest.py's profile)."""
 
 from __future__ import annotations
+
+from itertools import accumulate
 
 from hypothesis import strategies as st
 
 from allocator.instance import Agent, Instance
-from allocator.snapshot import CRITERIA
+from allocator.snapshot import (
+    CRITERIA,
+    OBJECTIVES,
+    ClusterSnapshot,
+    Gpu,
+    Model,
+    Tenant,
+    ThroughputCurve,
+)
 
 
 @st.composite
@@ -40,3 +51,35 @@ def instances(
         values=values,
         objective=draw(st.sampled_from(objectives)),
     )
+
+
+@st.composite
+def clusters(draw: st.DrawFn, max_tenants: int = 4, max_gpus: int = 3) -> ClusterSnapshot:
+    """Small clusters, roomy or oversubscribed: GPUs of 1–4 seats with 0–4 pool streams, some
+    seats too small for the larger models, tenants of weight 1–3 with 0–2 models each. A
+    model's curve is either the API's estimate before profiling (one stream serves the
+    replica's share of demand, so nobody values a pool) or a random measured-looking one."""
+    tenants = tuple(
+        Tenant(f"t{k}", draw(st.sampled_from((1.0, 2.0, 3.0))), draw(st.sampled_from(CRITERIA)))
+        for k in range(draw(st.integers(1, max_tenants)))
+    )
+    gpus = []
+    for k in range(draw(st.integers(1, max_gpus))):
+        seats = draw(st.integers(1, 4))
+        gpus.append(Gpu(f"n{k // 2}", f"cuda:{k % 2}", "gpu", draw(st.sampled_from((8000, 16000))),
+                        seats, seats + draw(st.integers(0, 4))))
+    models = []
+    for t in tenants:
+        for k in range(draw(st.integers(0, 2))):
+            replicas = draw(st.integers(1, 3))
+            demand = float(draw(st.integers(1, 30)) * 100)
+            if draw(st.booleans()):
+                qps = tuple(demand / replicas * s**0.8 for s in range(1, 6))
+            else:
+                steps = draw(st.lists(st.integers(0, 500), min_size=0, max_size=4))
+                qps = tuple(accumulate([float(draw(st.integers(50, 1500))), *map(float, steps)]))
+            models.append(Model(
+                f"{t.name}-m{k}", t.name, "zoo:rmc1?scale=1&seed=1",
+                draw(st.sampled_from((1500, 3000, 5000))), replicas, 50.0, demand, {},
+                ThroughputCurve(qps, measured=False)))
+    return ClusterSnapshot(tenants, tuple(models), tuple(gpus), draw(st.sampled_from(OBJECTIVES)))

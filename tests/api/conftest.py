@@ -14,11 +14,13 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import migrations
@@ -177,8 +179,36 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class FakeClock:
+    """A settable stand-in for the app's clock (``AppState.clock``): heartbeats stamped at
+    chosen times lay down minutes of SLA history in a test that takes seconds."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+def install_clock(app: Any, now: datetime) -> FakeClock:
+    """Make a FakeClock at ``now`` the clock of ``app`` (a FastAPI app, e.g. a TestClient's)."""
+    clock = FakeClock(now)
+    app.state.gpufair.clock = clock
+    return clock
+
+
 @pytest.fixture
-def live_url(settings: Settings) -> Iterator[str]:
+def live_app(settings: Settings) -> FastAPI:
+    """The app ``live_url`` serves, for tests that reach into its state (e.g. its clock)."""
+    return create_app(settings)
+
+
+@pytest.fixture
+def live_url(live_app: FastAPI) -> Iterator[str]:
     """The app served by a real uvicorn on 127.0.0.1 (in a thread), for truly parallel clients."""
     import threading
     import time
@@ -187,7 +217,7 @@ def live_url(settings: Settings) -> Iterator[str]:
 
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(live_app, host="127.0.0.1", port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

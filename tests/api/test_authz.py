@@ -62,6 +62,8 @@ ROUTES: list[tuple[str, str, str, int, Any]] = [
     ("GET", "/v1/allocations/current/me", "tenant", 200, None),
     ("GET", "/v1/allocations/{allocation}", "admin", 200, None),
     ("GET", "/v1/allocations/{allocation}/diff/{allocation}", "admin", 200, None),
+    ("GET", "/v1/sla", "admin", 200, None),
+    ("GET", "/v1/sla/me", "tenant", 200, None),
     ("GET", "/healthz", "public", 200, None),
     ("GET", "/metrics", "public", 200, None),
 ]
@@ -95,6 +97,15 @@ def _world(api: Api) -> dict[str, Any]:
     spare_keys = [
         api.client.post(f"/v1/tenants/{a['id']}/keys", headers=api.admin).json() for _ in (0, 1)
     ]
+    # SLA samples of both tenants, so that /v1/sla/me has tenant A's data to leak to B.
+    sla = [
+        {"tenant": a["name"], "model": str(upload["id"]), "received": 50, "within_sla": 49},
+        {"tenant": "b", "model": "2", "received": 20, "within_sla": 20},
+    ]
+    r = api.client.post("/v1/nodes/n1/heartbeat", json={"sla": sla}, headers=api.bearer(node_token))
+    assert r.status_code == 200, r.text
+    everyone = api.client.get("/v1/sla", headers=api.admin).json()
+    assert [s["tenant"] for s in everyone["tenants"]] == sorted([a["name"], "b"])
     return {
         "a": a["id"],
         "c": c["id"],

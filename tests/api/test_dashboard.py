@@ -3,20 +3,24 @@ as a real browser renders it (headless Chromium against a real uvicorn server).
 
 Route tests run on each database (the ``api`` fixture); the Chromium test runs on SQLite and
 skips when Debian's ``/usr/bin/chromium`` is absent. With ``GPUFAIR_UPDATE_SCREENSHOT=1`` it
-copies its screenshot to ``docs/dashboard.png``.
+copies its screenshot to ``docs/dashboard.png``. SLA history is laid down by heartbeats whose
+receipt times come from a fake clock installed in the app (15 minutes of them in a second).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -27,7 +31,7 @@ from gpufair.settings import (
     DatabaseSettings,
     Settings,
 )
-from tests.api.conftest import Api
+from tests.api.conftest import Api, FakeClock, install_clock
 
 TENANTS = [
     ("ads-ranking", "prop_alpha", 2.0),
@@ -38,6 +42,7 @@ SEAT_CELL = re.compile(r'<div class="seat(?: empty)?"')
 DEV_MODE_TOKEN = "dashboard-test-admin-token"
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
+SCREENSHOT_HEIGHT = 1500  # the cluster, the SLA chart, the certificate and the envy matrix
 
 
 def _world(api: Api) -> dict[str, Any]:
@@ -67,6 +72,94 @@ def _replica(tenant: str, seat: int, completed: int, rejected: int, expired: int
         "rejected": rejected,
         "expired": expired,
     }
+
+
+def _post_sla_history(
+    api: Api, token: str, clock: FakeClock, end: datetime, seed: int = 7
+) -> dict[str, tuple[int, int]]:
+    """Heartbeats of node n1 every 10 s over the 15 minutes before ``end``, with cumulative SLA
+    counts: ads-ranking and search-ltr near 100 %; feed-recs floods from minute 5 to 10 and
+    its own attainment falls (admission control refuses its excess); search-ltr has no traffic
+    for two minutes (a gap); the daemon restarts at minute 9 (its counts start again from
+    zero). Returns the totals (received, within SLA) per tenant."""
+    rng = random.Random(seed)
+    counts: dict[str, list[int]] = {}
+    totals = {name: [0, 0] for name, _, _ in TENANTS}
+    for step in range(90):
+        clock.now = end - timedelta(seconds=900 - 10 * step - 5)
+        if step == 54:
+            counts = {}  # the daemon restarted
+        flood = 30 <= step < 60
+        for tenant, received, attainment in [
+            ("ads-ranking", rng.randint(180, 220), 0.997),
+            ("feed-recs", rng.randint(560, 640) if flood else rng.randint(150, 190), 0.985),
+            ("search-ltr", 0 if 42 <= step < 54 else rng.randint(90, 110), 0.995),
+        ]:
+            if tenant == "feed-recs" and flood:
+                attainment = 0.72 + 0.06 * rng.random()
+            if received == 0 and tenant not in counts:
+                continue
+            within = sum(rng.random() < attainment for _ in range(received))
+            count = counts.setdefault(tenant, [0, 0])
+            count[0] += received
+            count[1] += within
+            totals[tenant][0] += received
+            totals[tenant][1] += within
+        sla = [
+            {"tenant": t, "model": "1", "received": r, "within_sla": w}
+            for t, (r, w) in sorted(counts.items())
+        ]
+        r = api.client.post("/v1/nodes/n1/heartbeat", json={"sla": sla}, headers=api.bearer(token))
+        assert r.status_code == 200, r.text
+    clock.now = end
+    return {name: (r, w) for name, (r, w) in totals.items()}
+
+
+SERIES = re.compile(r'<g class="series" data-tenant="([^"]*)">(.*?)</g>', re.S)
+LEGEND_KEY = re.compile(
+    r'<span class="key"><i style="background:(#[0-9a-f]{6})"></i>([^<]+)</span>'
+)
+
+
+def _check_sla_panel(page: str, totals: dict[str, tuple[int, int]]) -> None:
+    """The attainment chart: a line per tenant in its colour elsewhere on the page, a break
+    where a tenant had no traffic, the 99 % reference and the window's figures."""
+    panel = page[page.index('id="sla-history"') : page.index('id="certificate"')]
+    assert 'aria-label="SLA attainment over time"' in panel
+    assert 'class="target"' in panel and "99% target" in panel
+    assert "0%" in panel and "100%" in panel and "now" in panel and "attainment" in panel
+    cluster_colours = {name: colour for colour, name in LEGEND_KEY.findall(page)}
+    series = dict((name, body) for name, body in SERIES.findall(panel))
+    assert sorted(series) == sorted(totals)
+    for name, body in series.items():
+        strokes = set(re.findall(r'<polyline [^>]*stroke="(#[0-9a-f]{6})"', body))
+        assert strokes == {cluster_colours[name]}, name
+    # 30 buckets of 30 s; search-ltr's two idle minutes are a gap, not 100 %.
+    assert series["ads-ranking"].count("<polyline") == 1
+    assert series["ads-ranking"].count("<circle") == 30
+    assert series["search-ltr"].count("<polyline") == 2
+    assert series["search-ltr"].count("<circle") == 26
+    figures = {}
+    for name, (received, within) in totals.items():
+        figure = f"{within / received:.2%}"
+        assert f"{name} <b>{figure}</b>" in panel, (name, figure)
+        figures[name] = within / received
+    assert figures["feed-recs"] < 0.9 < 0.99 < min(figures["ads-ranking"], figures["search-ltr"])
+
+
+def test_sla_history_panel(api: Api) -> None:
+    world = _world(api)
+    end = datetime.now(UTC).replace(microsecond=0)
+    clock = install_clock(api.client.app, end)
+    page = api.client.get("/", headers=api.admin).text
+    assert "No SLA samples in the last 15 minutes" in page
+    totals = _post_sla_history(api, world["node"], clock, end)
+    page = api.client.get("/", headers=api.admin).text
+    assert "No SLA samples" not in page
+    _check_sla_panel(page, totals)
+    # A quarter of an hour later the window holds nothing: the empty state again.
+    clock.advance(901)
+    assert "No SLA samples in the last 15 minutes" in api.client.get("/", headers=api.admin).text
 
 
 def test_admin_sees_cluster_certificate_and_history(api: Api) -> None:
@@ -153,22 +246,25 @@ def test_strings_from_daemons_are_escaped(api: Api) -> None:
     # Tenant and model names are validated ([a-z0-9_.-]); a daemon's heartbeat is free text.
     world = _world(api)
     evil = '<script>alert("x")</script>'
-    _heartbeat(
-        api,
-        world["node"],
-        [_replica('<img src=x onerror="y">', 0, 5, 0, 0)],
-        broken={"1": evil},
-    )
+    body = {
+        "replicas": [_replica('<img src=x onerror="y">', 0, 5, 0, 0)],
+        "broken": {"1": evil},
+        "sla": [{"tenant": '"><svg onload=z>', "model": "1", "received": 9, "within_sla": 8}],
+    }
+    r = api.client.post("/v1/nodes/n1/heartbeat", json=body, headers=api.bearer(world["node"]))
+    assert r.status_code == 200, r.text
     page = api.client.get("/", headers=api.admin).text
-    assert "<script" not in page and "<img" not in page
+    assert "<script" not in page and "<img" not in page and "<svg onload" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     assert "&lt;img src=x onerror=&quot;y&quot;&gt;" in page
+    assert 'data-tenant="&quot;&gt;&lt;svg onload=z&gt;"' in page  # the chart's line
+    assert "&quot;&gt;&lt;svg onload=z&gt; <b>88.89%</b>" in page  # its legend entry
 
 
 # --- the page in a real browser ----------------------------------------------------------------
 
 
-def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+def _chromium(tmp_path: Path, *args: str, height: int = 1000) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [
             str(CHROMIUM),
@@ -181,7 +277,7 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
             "--disable-component-update",
             "--disable-sync",
             f"--user-data-dir={tmp_path / 'chromium-profile'}",
-            "--window-size=1400,1000",
+            f"--window-size=1400,{height}",
             *args,
         ],
         capture_output=True,
@@ -208,12 +304,16 @@ class TestInChromium:
             allocator=AllocatorSettings(time_limit_s=5.0),
         )
 
-    def test_dashboard_in_headless_chromium(self, live_url: str, tmp_path: Path) -> None:
+    def test_dashboard_in_headless_chromium(
+        self, live_app: FastAPI, live_url: str, tmp_path: Path
+    ) -> None:
         url, token = live_url, DEV_MODE_TOKEN
+        end = datetime.now(UTC).replace(microsecond=0)
         with httpx.Client(base_url=url, timeout=30) as http:
             api = Api(http)  # type: ignore[arg-type]  # the same calls over real HTTP
             api.admin = api.bearer(token)
             world = _world(api)
+            totals = _post_sla_history(api, world["node"], install_clock(live_app, end), end)
             _heartbeat(
                 api,
                 world["node"],
@@ -233,6 +333,7 @@ class TestInChromium:
         for name, _, _ in TENANTS:
             assert name in text
         assert "holds" in text and 'aria-label="envy matrix"' in text
+        _check_sla_panel(text, totals)
         anonymous = _chromium(tmp_path, "--dump-dom", f"{url}/")
         assert (
             "Sign in" in anonymous.stdout.decode()
@@ -240,7 +341,7 @@ class TestInChromium:
         )
 
         shot = tmp_path / "dashboard.png"
-        result = _chromium(tmp_path, f"--screenshot={shot}", page)
+        result = _chromium(tmp_path, f"--screenshot={shot}", page, height=SCREENSHOT_HEIGHT)
         assert result.returncode == 0, result.stderr.decode()[-2000:]
         data = shot.read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000

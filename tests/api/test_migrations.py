@@ -84,5 +84,36 @@ def test_serve_refuses_a_schema_behind(empty_url: str) -> None:
     if empty_url.startswith("sqlite"):
         ensure_schema(settings)  # an empty SQLite in dev mode is the first start
     else:
-        with pytest.raises(SchemaNotReady, match="needs 0001"):
+        with pytest.raises(SchemaNotReady, match=f"needs {migrations.head_revision()}"):
             ensure_schema(settings)
+
+
+def test_sla_samples_revision_up_and_down_keeps_data(empty_url: str) -> None:
+    """0002 adds the SLA samples table and its downgrade removes it, on a database with rows."""
+    assert migrations.head_revision() == "0002"
+    migrations.upgrade(empty_url, "0001")
+    assert "sla_samples" not in _tables(empty_url)
+    engine = sqlalchemy.create_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO nodes (name, token_hash, created_at) "
+                "VALUES ('n1', 'h', '2026-11-23 10:00:00+00:00')"
+            )
+        migrations.upgrade(empty_url)
+        assert _tables(empty_url) == set(Base.metadata.tables) | {"alembic_version"}
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO sla_samples (node_id, tenant, at, received, within_sla) "
+                "VALUES (1, 'ads', '2026-11-23 10:00:05+00:00', 4294967296, 4294967295)"
+            )
+            # 64-bit counts and ids: a busy cluster outgrows 32 bits.
+            assert connection.exec_driver_sql(
+                "SELECT received - within_sla, id FROM sla_samples"
+            ).one() == (1, 1)
+        migrations.downgrade(empty_url, "0001")
+        assert "sla_samples" not in _tables(empty_url)
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT name FROM nodes").scalars().all() == ["n1"]
+    finally:
+        engine.dispose()

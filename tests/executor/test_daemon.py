@@ -172,3 +172,49 @@ def test_the_command_refuses_a_bad_plan_file_in_one_line(tmp_path, capsys):
     (tmp_path / "junk.json").write_text("{")
     assert executor_command.main(["--plan", str(tmp_path / "junk.json")]) == 2
     assert "invalid JSON" in capsys.readouterr().err
+
+
+def test_a_refused_query_is_answered_before_its_body_is_parsed(monkeypatch):
+    parsed: list[int] = []
+    for name in ("parse_query_json", "parse_query_npz"):
+        real = getattr(codec, name)
+        monkeypatch.setattr(
+            codec, name, lambda s, body, real=real: (parsed.append(len(body)), real(s, body))[1]
+        )
+    runtime = NodeRuntime(FakeBackend(row_s=0, batch_s=0.5), SchedulerConfig(max_queue=1))
+    runtime.apply(plan([seat(0, "m", sla_ms=5000)]))
+    app = create_app(runtime, max_body_bytes=8 * 2**20)
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        body = codec.query_to_json(queries(FAKE_SCHEMA, [3], seed=26)[0])
+        first: list[httpx.Response] = []
+        slow = threading.Thread(
+            target=lambda: first.append(client.post("/v1/models/m/infer", json=body))
+        )
+        slow.start()
+        deadline = time.monotonic() + 5
+        while runtime.group("m").in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(parsed) == 1
+        # A flooding tenant's 6 MB bodies, malformed so that parsing them would answer 400.
+        flood = b'{"user": [' + b"0, " * 2_000_000 + b"}"
+        for content_type in ("application/json", "application/x-npz"):
+            refused = client.post(
+                "/v1/models/m/infer", content=flood, headers={"Content-Type": content_type}
+            )
+            assert refused.status_code == 429, refused.text
+            assert int(refused.headers["Retry-After"]) >= 1
+        too_big = client.post(
+            "/v1/models/m/infer", content=flood * 2, headers={"Content-Type": "application/json"}
+        )
+        assert too_big.status_code == 413 and "exceeds" in too_big.json()["error"]
+        assert len(parsed) == 1  # none of them was parsed
+        slow.join()
+        assert first[0].status_code == 200
+        admitted = client.post(  # with room again the same body is parsed, and refused as such
+            "/v1/models/m/infer", content=flood, headers={"Content-Type": "application/json"}
+        )
+        assert admitted.status_code == 400 and len(parsed) == 2
+        metrics = client.get("/metrics").text
+        rejected = 'gpufair_executor_queries_total{model="m",outcome="rejected",tenant="tenant-m"}'
+        assert f"{rejected} 2.0" in metrics
+    runtime.close()

@@ -1,11 +1,14 @@
 """API mode of the daemon against a tiny local control plane that mimics the API's node routes:
-``GET /v1/nodes/{node}/plan`` (ETag, If-None-Match, ?wait= long-poll, bearer token) and
-``POST /v1/nodes/{node}/heartbeat``. The daemon pulls and applies plans, sends heartbeats, and
-keeps serving its last plan while the API is down."""
+``GET /v1/nodes/{node}/plan`` (ETag, If-None-Match, ?wait= long-poll, bearer token),
+``POST /v1/nodes/{node}/heartbeat`` and ``PUT /v1/nodes/{node}/profiles``. The daemon pulls and
+applies plans, saves each one and resumes it after a restart, uploads profiles, sends
+heartbeats with its SLA tallies, and keeps serving its last plan while the API is down.
+(tests/executor/test_daemon_loop.py runs the same against the real API.)"""
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,8 +19,11 @@ import httpx
 import numpy as np
 import pytest
 
+from allocator.plan import NodePlan
 from executor.fake import FAKE_SCHEMA, FakeBackend
-from executor.plan_client import PlanClient
+from executor.metrics import ExecutorMetrics
+from executor.plan_client import PlanClient, PlanState
+from executor.profiles import ProfileCurve
 from executor.scheduling import NodeRuntime, SchedulerConfig
 from tests.executor.scheduling_helpers import plan, queries, seat
 
@@ -31,6 +37,8 @@ class ControlPlane:
         self.plan: dict[str, Any] = plan([seat(0, "a")], version=1).to_dict()
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
         self.heartbeats: list[dict[str, Any]] = []
+        self.profile_puts: list[dict[str, Any]] = []
+        self.profile_status = 200
         self.artifact = b""
         self._changed = threading.Condition()
         control = self
@@ -78,6 +86,16 @@ class ControlPlane:
                             self._reply(304, headers={"ETag": etag})
                             return
                         control._changed.wait(left)
+
+            def do_PUT(self) -> None:
+                if not self._authorized():
+                    return
+                length = int(self.headers.get("Content-Length", 0))
+                if urlsplit(self.path).path != "/v1/nodes/node-a/profiles":
+                    self._reply(404)
+                    return
+                control.profile_puts.append(json.loads(self.rfile.read(length)))
+                self._reply(control.profile_status, b'{"stored": 1}')
 
             def do_POST(self) -> None:
                 if not self._authorized():
@@ -214,3 +232,178 @@ def test_api_artifacts_are_downloaded_and_served_from_a_file(control, runtime, t
         client.stop()
     finally:
         runtime.close()
+
+
+def test_each_applied_plan_is_saved_and_a_restart_serves_it_before_asking_the_api(
+    control, runtime, tmp_path
+):
+    state = tmp_path / "state"
+    client = client_for(runtime, control.url, tmp_path, state_dir=state)
+    assert client.poll_once() is True
+    saved = json.loads((state / "plan.json").read_text())
+    assert saved["etag"] == '"plan-1"' and saved["plan"]["version"] == 1
+    client.stop()
+
+    control.shut_down()  # the restarted daemon must not need the API to serve
+    asked = len(control.requests)
+    restarted = NodeRuntime(FakeBackend(row_s=0, batch_s=0), SchedulerConfig())
+    try:
+        again = client_for(restarted, control.url, tmp_path, state_dir=state)
+        assert again.resume() is True
+        assert restarted.plan_version == 1 and again.etag == '"plan-1"'
+        assert len(control.requests) == asked
+        q = queries(FAKE_SCHEMA, [6], seed=43)[0]
+        assert restarted.submit("a", q).future.result(timeout=5).shape == (6,)
+        again.stop()
+    finally:
+        restarted.close()
+
+
+def test_a_resumed_plan_is_long_polled_with_its_etag(control, runtime, tmp_path):
+    state = tmp_path / "state"
+    first = client_for(runtime, control.url, tmp_path, state_dir=state)
+    first.poll_once()
+    first.stop()
+    restarted = NodeRuntime(FakeBackend(row_s=0, batch_s=0), SchedulerConfig())
+    try:
+        again = client_for(restarted, control.url, tmp_path, state_dir=state)
+        again.resume()
+        assert again.poll_once() is False  # 304: the API has nothing newer
+        assert control.requests[-1][2]["If-None-Match"] == '"plan-1"'
+        control.publish(plan([seat(0, "a"), seat(1, "b")], version=2).to_dict())
+        assert again.poll_once() is True and restarted.plan_version == 2
+        assert json.loads((state / "plan.json").read_text())["etag"] == '"plan-2"'
+        again.stop()
+    finally:
+        restarted.close()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("{", "Expecting"),
+        ('["not", "a", "state"]', "not a plan state"),
+        ('{"format": 1, "plan": {"node": "node-a"}}', "plan.devices: missing"),
+        ('{"format": 1, "etag": 5, "plan": {}}', "etag"),
+        ("OTHER_NODE", "node 'node-b'"),
+        ("OTHER_API", "http://elsewhere:8080"),
+    ],
+)
+def test_a_saved_plan_that_cannot_be_used_is_logged_and_ignored(
+    runtime, tmp_path, caplog, content, reason
+):
+    state = tmp_path / "state"
+    good = PlanState(state, api_url="http://api:8080", node="node-a")
+    if content == "OTHER_NODE":
+        other = plan([seat(0, "a")]).to_dict() | {"node": "node-b"}
+        good.save(NodePlan.from_dict(other), '"plan-1"')
+    elif content == "OTHER_API":
+        PlanState(state, api_url="http://elsewhere:8080", node="node-a").save(
+            plan([seat(0, "a")]), '"plan-1"'
+        )
+    else:
+        state.mkdir()
+        good.path.write_text(content)
+    (state / ".plan-left-by-a-kill.tmp").write_text("half")
+    client = PlanClient(
+        runtime, api_url="http://api:8080/", node="node-a", token=TOKEN, state_dir=state
+    )
+    with caplog.at_level(logging.WARNING, logger="executor.plan_client"):
+        assert client.resume() is False
+    assert runtime.plan_version is None and client.etag is None
+    (record,) = [r for r in caplog.records if "ignored" in r.getMessage()]
+    assert reason in record.getMessage()
+    assert not list(state.glob(".plan-*.tmp"))
+    client.stop()
+
+
+def test_the_state_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    state = PlanState(tmp_path / "state", api_url="http://api", node="node-a")
+    state.save(plan([seat(0, "a")], version=1), '"plan-1"')
+
+    def crash(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("executor.plan_client.os.replace", crash)
+    with pytest.raises(OSError):
+        state.save(plan([seat(0, "b")], version=2), '"plan-2"')
+    monkeypatch.undo()
+    loaded = state.load()
+    assert loaded is not None and loaded[0].version == 1 and loaded[1] == '"plan-1"'
+    assert [p.name for p in state.directory.iterdir()] == ["plan.json"]
+
+
+CURVES = {
+    "rmc1": ProfileCurve(qps=(100.0, 150.0), kind="cpu", sla_p99_ms=20.0),
+    "din": ProfileCurve(qps=(50.0,), kind="gpu", sla_p99_ms=20.0),
+}
+
+
+def test_profiles_are_uploaded_once_for_each_applied_plan(control, runtime, tmp_path):
+    control.publish(
+        plan(
+            [
+                seat(0, "7", artifact="zoo:rmc1?scale=0.001", sla_ms=50),
+                seat(1, "7", artifact="zoo:rmc1?scale=0.001", sla_ms=50),
+                seat(2, "8", artifact="zoo:din?scale=0.001", sla_ms=50),  # a GPU curve only
+            ],
+            version=1,
+        ).to_dict()
+    )
+    client = client_for(runtime, control.url, tmp_path, profiles=CURVES)
+    assert client.upload_profiles() == 0 and control.profile_puts == []  # no plan yet
+    client.poll_once()
+    assert client.upload_profiles() == 1
+    assert control.profile_puts == [
+        {"profiles": [{"model_id": 7, "device": "cpu:0", "qps": [100.0, 150.0]}]}
+    ]
+    assert client.upload_profiles() == 0 and len(control.profile_puts) == 1  # sent once
+
+    control.profile_status = 422  # refused: logged, not sent again
+    control.publish(plan([seat(0, "7", artifact="zoo:rmc1", sla_ms=50)], version=2).to_dict())
+    client.poll_once()
+    assert client.upload_profiles() == 0 and len(control.profile_puts) == 2
+    assert client.upload_profiles() == 0 and len(control.profile_puts) == 2
+
+    control.profile_status = 200
+    control.publish(plan([seat(0, "7", artifact="zoo:rmc1", sla_ms=50)], version=3).to_dict())
+    client.poll_once()
+    control.shut_down()  # a transport failure keeps the upload due
+    with pytest.raises(httpx.HTTPError):
+        client.upload_profiles()
+    client.stop()
+
+
+def test_heartbeats_carry_the_sla_tallies(control, runtime, tmp_path):
+    metrics = ExecutorMetrics(runtime)
+    client = client_for(runtime, control.url, tmp_path, metrics=metrics)
+    client.poll_once()
+    client.heartbeat()
+    assert control.heartbeats[-1]["sla"] == []
+    for outcome, latency in (("ok", 0.01), ("ok", 2.0), ("rejected", None), ("invalid", None)):
+        metrics.observe("tenant-a", "a", outcome, latency, 1.0)
+    metrics.observe("tenant-b", "b", "expired", None, 1.0)
+    client.heartbeat()
+    assert control.heartbeats[-1]["sla"] == [
+        {"tenant": "tenant-a", "model": "a", "received": 3, "within_sla": 1},
+        {"tenant": "tenant-b", "model": "b", "received": 1, "within_sla": 0},
+    ]
+    client.stop()
+
+
+def test_a_failing_profile_upload_never_holds_plans_back(control, runtime, tmp_path):
+    control.profile_status = 500
+    control.publish(plan([seat(0, "7", artifact="zoo:rmc1", sla_ms=50)], version=1).to_dict())
+    client = client_for(runtime, control.url, tmp_path, profiles=CURVES, long_poll_s=0.5)
+    client.start()
+    try:
+        deadline = time.monotonic() + 5
+        while runtime.plan_version != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        control.publish(plan([seat(0, "7", artifact="zoo:rmc1", sla_ms=50)], version=2).to_dict())
+        while runtime.plan_version != 2 or len(control.profile_puts) < 3:
+            assert time.monotonic() < deadline, (runtime.plan_version, control.profile_puts)
+            time.sleep(0.02)
+    finally:
+        client.stop()

@@ -18,6 +18,7 @@ from executor.profiler import (
     profile_model,
     query_pool,
 )
+from executor.profiles import read_profiles
 from executor.runtime import load_model
 from gpufair.commands import profile as profile_command
 
@@ -51,7 +52,7 @@ def test_profile_is_a_non_decreasing_measured_curve(tiny) -> None:
     assert len(qps) == 2 and qps[0] > 0
     assert all(b >= a for a, b in zip(qps, qps[1:], strict=False))
     assert ThroughputCurve(qps=tuple(qps), measured=curve["measured"]).measured
-    assert curve["device"].startswith("cpu")
+    assert curve["device"].startswith("cpu") and curve["kind"] == "cpu"
 
 
 def test_structured_forward_beats_naive_on_a_user_heavy_model() -> None:
@@ -90,6 +91,10 @@ def test_profile_command_writes_throughput_curves(tmp_path: Path) -> None:
     for doc in curves.values():
         curve = ThroughputCurve(qps=tuple(doc["qps"]), measured=doc["measured"])
         assert len(curve.qps) == 1 and curve.qps[0] > 0 and curve.measured
+    # What the command writes is what the daemon's --profiles reads.
+    read = read_profiles(out)
+    assert set(read) == {"rmc1", "din"}
+    assert all(c.kind == "cpu" and c.sla_p99_ms == 500.0 for c in read.values())
 
 
 def test_profile_command_refuses_an_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,8 +4,10 @@ a broken model hurts no other, and a plan swap under load loses no query."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -233,6 +235,45 @@ def test_plan_swap_under_load_loses_no_query(runtimes):
     assert runtime.plan_version == 3
     with pytest.raises(UnknownModel):
         runtime.submit("other", stream[0])
+
+
+def test_admission_is_checked_without_queueing_anything(runtimes):
+    runtime = runtimes(SchedulerConfig(max_queue=2, admission=False), FakeBackend(batch_s=0.2))
+    runtime.apply(plan([seat(0, "m"), seat(1, "m")]))  # two replicas: the least loaded counts
+    runtime.check_admission("m")
+    groups = runtime.deployment.routes["m"]
+    assert [g.in_flight for g in groups] == [0, 0]
+    admitted = [runtime.submit("m", q) for q in queries(FAKE_SCHEMA, [10] * 3, seed=11)]
+    runtime.check_admission("m")  # one replica still has room
+    admitted.append(runtime.submit("m", queries(FAKE_SCHEMA, [10], seed=12)[0]))
+    with pytest.raises(Overloaded) as refused:
+        runtime.check_admission("m")
+    assert refused.value.retry_after_s >= 1
+    assert [g.in_flight for g in groups] == [2, 2]
+    assert sum(g.stats.rejected for g in groups) == 1  # a refusal is counted like submit's
+    with pytest.raises(UnknownModel):
+        runtime.check_admission("nope")
+    for p in admitted:
+        p.future.result(timeout=10)
+    runtime.check_admission("m")
+
+
+def test_gc_is_frozen_once_and_a_replaced_plan_is_freed(runtimes, monkeypatch):
+    freezes: list[int] = []
+    freeze = gc.freeze
+    monkeypatch.setattr(gc, "freeze", lambda: (freezes.append(1), freeze())[1])
+    runtime = runtimes()
+    models: list[weakref.ref] = []
+    q = queries(FAKE_SCHEMA, [8], seed=13)[0]
+    for version, artifact in enumerate(["fake:a", "fake:b", "fake:c"], start=1):
+        runtime.apply(plan([seat(0, "m", artifact=artifact)], version=version))
+        models.append(weakref.ref(runtime.group("m").model))
+        runtime.submit("m", q).future.result(timeout=5)
+    assert freezes == [1]
+    gc.collect()
+    # The first plan's objects are frozen: only breaking its cycles lets them go. Without it
+    # every replaced plan would keep its weights (on a GPU: its device memory) for good.
+    assert [m() is None for m in models] == [True, True, False]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,230 @@
+"""SLA attainment over time: samples taken from heartbeats, and per-tenant series read from them.
+
+Daemons report, per (tenant, model), the queries received and those answered within the model's
+SLA since the daemon process started — cumulative, so a lost heartbeat loses nothing. At
+receipt the API turns them into what happened since the node's previous heartbeat: the
+difference from the counts in that heartbeat (kept in the node's ``report``), summed per
+tenant, one :class:`~api.models.SlaSampleRow` per (node, tenant) that saw traffic. A count
+below the previous one means the daemon restarted and counts from zero again, so the delta is
+then the new count; so it is for a (tenant, model) the previous heartbeat did not list.
+
+Reads bucket a time window's samples per tenant in SQL and divide: attainment =
+Σ within_sla / Σ received per bucket — the share of queries answered within the latency bound
+(DESIGN §5's SLA attainment; a refused or expired query counts as missed). A bucket without
+queries has no attainment: a gap in the chart, never 100 %. A sample is stamped when its
+heartbeat arrives and covers the few seconds before it, so bucket edges are accurate to one
+heartbeat interval. Were a daemon to count a query as received in one interval and as answered
+in the next, a bucket's ratio could exceed 1; it is clipped.
+
+Retention: samples older than ``settings.api.sla_history_s`` are deleted while a heartbeat is
+recorded, in its transaction, at most once a minute per API process (:class:`PruneSchedule`);
+the delete is a range on the indexed ``at`` column.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    SQLColumnExpression,
+    case,
+    cast,
+    delete,
+    func,
+    literal,
+    select,
+)
+from sqlalchemy.orm import Session
+
+from api.errors import InvalidInput
+from api.models import SlaSampleRow
+from api.schemas import SlaBucket, SlaCount, SlaHistory, SlaSeries
+from api.services.tenants import get_tenant_or_raise
+
+PRUNE_INTERVAL_S = 60.0
+DEFAULT_WINDOW_S = 900
+DEFAULT_BUCKETS = 30
+# Bounded: the buckets are bound parameters of the read's SQL.
+MAX_BUCKETS = 240
+
+
+def previous_counts(report: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """The cumulative SLA counts of a node's last heartbeat body (none before the first)."""
+    return list((report or {}).get("sla") or [])
+
+
+def sla_deltas(
+    previous: Iterable[Mapping[str, Any]], current: Iterable[SlaCount]
+) -> dict[str, tuple[int, int]]:
+    """Per tenant, (received, within_sla) since the previous heartbeat; tenants without any
+    are left out."""
+    before = {
+        (str(p["tenant"]), str(p["model"])): (int(p["received"]), int(p["within_sla"]))
+        for p in previous
+    }
+    sums: dict[str, tuple[int, int]] = {}
+    for count in current:
+        old = before.get((count.tenant, count.model), (0, 0))
+        if count.received < old[0] or count.within_sla < old[1]:
+            old = (0, 0)  # the daemon restarted: its counts began again from zero
+        received, within = count.received - old[0], count.within_sla - old[1]
+        if received or within:
+            total = sums.get(count.tenant, (0, 0))
+            sums[count.tenant] = (total[0] + received, total[1] + within)
+    return sums
+
+
+def record_samples(
+    *,
+    session: Session,
+    node_id: int,
+    previous: Iterable[Mapping[str, Any]],
+    current: Iterable[SlaCount],
+    at: datetime,
+) -> int:
+    """Store one sample per tenant with traffic since the previous heartbeat; return how many."""
+    deltas = sla_deltas(previous, current)
+    session.add_all(
+        SlaSampleRow(node_id=node_id, tenant=tenant, at=at, received=r, within_sla=w)
+        for tenant, (r, w) in sorted(deltas.items())
+    )
+    return len(deltas)
+
+
+def prune_samples(*, session: Session, before: datetime) -> int:
+    """Delete the samples stamped before ``before``; return how many went."""
+    result = session.execute(
+        delete(SlaSampleRow).where(SlaSampleRow.at < before),
+        execution_options={"synchronize_session": False},
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+class PruneSchedule:
+    """Says when this API process should prune again: at most once per interval of the app's
+    clock, so a heartbeat rarely pays for a delete. Thread-safe: heartbeats run in worker
+    threads. A clock that goes back makes pruning due at once."""
+
+    def __init__(self, interval_s: float = PRUNE_INTERVAL_S) -> None:
+        self._interval = timedelta(seconds=interval_s)
+        self._last: datetime | None = None
+        self._lock = threading.Lock()
+
+    def due(self, now: datetime) -> bool:
+        with self._lock:
+            if self._last is not None and self._last <= now < self._last + self._interval:
+                return False
+            self._last = now
+            return True
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _attainment(received: int, within: int) -> float | None:
+    return min(1.0, within / received) if received > 0 else None
+
+
+def _bucket_index(
+    at: SQLColumnExpression[datetime], starts: list[datetime], low: int, high: int
+) -> ColumnElement[int]:
+    """The index in ``low..high`` of the bucket (starting at ``starts[k]``) that holds ``at``,
+    as nested CASEs that halve the range: log2(buckets) datetime comparisons a row, the same
+    comparisons on SQLite and PostgreSQL (no dialect's epoch arithmetic)."""
+    if low == high:
+        return literal(low, Integer)
+    middle = (low + high + 1) // 2
+    return case(
+        (at < starts[middle], _bucket_index(at, starts, low, middle - 1)),
+        else_=_bucket_index(at, starts, middle, high),
+    )
+
+
+def sla_history(
+    *,
+    session: Session,
+    now: datetime,
+    window_s: float = DEFAULT_WINDOW_S,
+    buckets: int = DEFAULT_BUCKETS,
+    tenant: str | None = None,
+    since: datetime | None = None,
+) -> SlaHistory:
+    """Per tenant, attainment in each of ``buckets`` equal buckets of the ``window_s`` seconds
+    up to ``now``. With ``tenant``, only that tenant's series, present even without traffic;
+    with ``since``, samples before it are left out (a tenant re-created under an old name
+    does not see its predecessor's)."""
+    if not 1 <= buckets <= MAX_BUCKETS:
+        raise InvalidInput(f"buckets must be 1..{MAX_BUCKETS}, not {buckets}", field="buckets")
+    if not window_s > 0:
+        raise InvalidInput(f"window_s must be positive, not {window_s}", field="window_s")
+    end = _utc(now)
+    start = end - timedelta(seconds=window_s)
+    width = timedelta(seconds=window_s / buckets)
+    starts = [start + width * k for k in range(buckets)]
+    window = select(
+        SlaSampleRow.tenant,
+        _bucket_index(SlaSampleRow.at, starts, 0, buckets - 1).label("bucket"),
+        SlaSampleRow.received,
+        SlaSampleRow.within_sla,
+    ).where(SlaSampleRow.at >= start, SlaSampleRow.at <= end)
+    if tenant is not None:
+        window = window.where(SlaSampleRow.tenant == tenant)
+    if since is not None:
+        window = window.where(SlaSampleRow.at >= _utc(since))
+    inner = window.subquery()
+    # Summed as floats: exact below 2**53 queries a bucket, and never an integer overflow.
+    rows = session.execute(
+        select(
+            inner.c.tenant,
+            inner.c.bucket,
+            func.sum(cast(inner.c.received, Float)),
+            func.sum(cast(inner.c.within_sla, Float)),
+        ).group_by(inner.c.tenant, inner.c.bucket)
+    )
+    counts: dict[str, list[tuple[int, int]]] = {}
+    if tenant is not None:
+        counts[tenant] = [(0, 0)] * buckets
+    for name, k, received, within in rows:
+        series = counts.setdefault(name, [(0, 0)] * buckets)
+        series[int(k)] = (round(received or 0), round(within or 0))
+    return SlaHistory(
+        start=start,
+        end=end,
+        bucket_s=width.total_seconds(),
+        tenants=[
+            SlaSeries(
+                tenant=name,
+                received=sum(r for r, _ in series),
+                within_sla=sum(w for _, w in series),
+                attainment=_attainment(sum(r for r, _ in series), sum(w for _, w in series)),
+                buckets=[
+                    SlaBucket(start=s, received=r, within_sla=w, attainment=_attainment(r, w))
+                    for s, (r, w) in zip(starts, series, strict=True)
+                ],
+            )
+            for name, series in sorted(counts.items())
+        ],
+    )
+
+
+def tenant_sla_history(
+    *, session: Session, tenant_id: int, now: datetime, window_s: float, buckets: int
+) -> SlaHistory:
+    """The tenant's own series, from its creation on: a tenant re-created under an old name
+    does not see its predecessor's samples."""
+    tenant = get_tenant_or_raise(session=session, tenant_id=tenant_id)
+    return sla_history(
+        session=session,
+        now=now,
+        window_s=window_s,
+        buckets=buckets,
+        tenant=tenant.name,
+        since=tenant.created_at,
+    )

@@ -1,0 +1,330 @@
+"""SLA attainment over time: heartbeats' cumulative counts become per-tenant deltas, old samples
+are pruned, and the series divide per bucket with gaps where there was no traffic.
+
+Route tests run on each database; the app's clock is replaced (``install_clock``) so that
+heartbeats land at chosen times. The samples are read back from the database itself where the
+test is about what is stored.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from api.app import create_app
+from api.models import NodeRow, SlaSampleRow
+from api.schemas import MAX_COUNT, Heartbeat, SlaCount
+from api.services.sla import PruneSchedule, sla_deltas, sla_history
+from gpufair.settings import Settings
+from tests.api.conftest import Api, install_clock, make_settings
+
+T0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
+
+
+def _count(tenant: str, model: str, received: int, within: int) -> dict[str, Any]:
+    return {"tenant": tenant, "model": model, "received": received, "within_sla": within}
+
+
+def _beat(api: Api, node: str, token: str, sla: list[dict[str, Any]]) -> None:
+    r = api.client.post(f"/v1/nodes/{node}/heartbeat", json={"sla": sla}, headers=api.bearer(token))
+    assert r.status_code == 200, r.text
+
+
+def _samples(settings: Settings) -> list[tuple[str, str, int, int, int]]:
+    """(node, tenant, seconds after T0, received, within_sla) of every stored sample."""
+    engine = sqlalchemy.create_engine(settings.database.url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sqlalchemy.text(
+                    "SELECT n.name, s.tenant, s.at, s.received, s.within_sla "
+                    "FROM sla_samples s JOIN nodes n ON n.id = s.node_id"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    result = []
+    for node, tenant, at, received, within in rows:
+        at = at if isinstance(at, datetime) else datetime.fromisoformat(at)
+        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at
+        result.append((node, tenant, round((at - T0).total_seconds()), received, within))
+    return sorted(result, key=lambda row: (row[2], row[0], row[1]))
+
+
+# --- deltas ------------------------------------------------------------------------------------
+
+
+def test_deltas_sum_to_the_queries_counted_across_restarts() -> None:
+    """A daemon counts per (tenant, model) from its start, lists a key once it has seen it, and
+    restarts now and then; the deltas add up to every query it counted, provided a restart
+    shows as a lower count (the contract: nothing else tells the API of a restart)."""
+    keys = [("ads", "1"), ("ads", "2"), ("feed", "3")]
+    for seed in range(40):
+        rng = random.Random(seed)
+        cumulative: dict[tuple[str, str], tuple[int, int]] = {}
+        truth = {"ads": [0, 0], "feed": [0, 0]}
+        seen = {"ads": [0, 0], "feed": [0, 0]}
+        previous: list[dict[str, Any]] = []
+        for _ in range(40):
+            before = dict(cumulative)
+            if rng.random() < 0.15:
+                cumulative = {}  # a restart: the new process starts from nothing
+            for key in keys:
+                if key not in cumulative and rng.random() < 0.3:
+                    continue  # not seen yet by this process: not listed
+                old = cumulative.get(key, (0, 0))
+                limit = 51
+                if key not in cumulative and key in before:
+                    # Keep the restart detectable: below the last count, or zero.
+                    limit = min(limit, max(1, before[key][0]))
+                received = rng.randrange(0, limit)
+                within = rng.randrange(0, received + 1)
+                cumulative[key] = (old[0] + received, old[1] + within)
+                truth[key[0]][0] += received
+                truth[key[0]][1] += within
+            current = [SlaCount(**_count(t, m, *cumulative[(t, m)])) for t, m in sorted(cumulative)]
+            for tenant, (received, within) in sla_deltas(previous, current).items():
+                assert 0 <= within <= received, f"seed {seed}"
+                seen[tenant][0] += received
+                seen[tenant][1] += within
+            previous = [c.model_dump() for c in current]
+        assert seen == truth, f"seed {seed}"
+
+
+def test_a_reset_takes_the_new_count_and_quiet_tenants_are_left_out() -> None:
+    previous = [_count("ads", "1", 1000, 990), _count("feed", "2", 50, 50)]
+    current = [
+        SlaCount(**_count("ads", "1", 30, 29)),  # restarted: 30 < 1000
+        SlaCount(**_count("feed", "2", 50, 50)),  # no traffic since
+        SlaCount(**_count("new", "3", 7, 7)),  # first seen
+    ]
+    assert sla_deltas(previous, current) == {"ads": (30, 29), "new": (7, 7)}
+    # within_sla alone going down is a restart too (received may have caught up meanwhile).
+    assert sla_deltas([_count("ads", "1", 10, 9)], [SlaCount(**_count("ads", "1", 12, 2))]) == {
+        "ads": (12, 2)
+    }
+
+
+def test_heartbeats_store_deltas_per_node_and_tenant(api: Api, settings: Settings) -> None:
+    _, n1 = api.node("n1")
+    _, n2 = api.node("n2")
+    clock = install_clock(api.client.app, T0)
+    _beat(api, "n1", n1, [_count("ads", "1", 100, 99), _count("ads", "2", 10, 10)])
+    _beat(api, "n2", n2, [_count("ads", "1", 40, 40)])  # n2's counts are n2's alone
+    clock.advance(5)
+    _beat(api, "n1", n1, [_count("ads", "1", 150, 147), _count("ads", "2", 10, 10)])
+    clock.advance(5)
+    _beat(api, "n1", n1, [_count("ads", "1", 20, 20)])  # the daemon restarted
+    clock.advance(5)
+    _beat(api, "n1", n1, [_count("ads", "1", 20, 20)])  # nothing new: no sample
+    _beat(api, "n2", n2, [_count("ads", "1", 45, 41), _count("feed", "4", 8, 6)])
+    assert _samples(settings) == [
+        ("n1", "ads", 0, 110, 109),
+        ("n2", "ads", 0, 40, 40),
+        ("n1", "ads", 5, 50, 48),
+        ("n1", "ads", 10, 20, 20),
+        ("n2", "ads", 15, 5, 1),
+        ("n2", "feed", 15, 8, 6),
+    ]
+    # The node's report keeps the last cumulative counts, the base of the next deltas.
+    report = api.client.get("/v1/nodes/n2", headers=api.admin).json()["report"]
+    assert report["sla"][1] == _count("feed", "4", 8, 6)
+
+
+def test_bad_sla_counts_are_422_naming_the_field(api: Api) -> None:
+    _, token = api.node("n1")
+    for sla, field in [
+        ([_count("ads", "1", 5, 6)], "sla[0].within_sla"),
+        ([_count("ads", "1", 5, 5), _count("ads", "1", 6, 6)], "sla"),
+        ([_count("ads", "1", -1, 0)], "sla[0].received"),
+        ([_count("ads", "1", MAX_COUNT + 1, 0)], "sla[0].received"),
+        ([_count("", "1", 1, 1)], "sla[0].tenant"),
+        ([{**_count("ads", "1", 1, 1), "extra": 1}], "sla[0].extra"),
+    ]:
+        r = api.client.post("/v1/nodes/n1/heartbeat", json={"sla": sla}, headers=api.bearer(token))
+        assert r.status_code == 422, (sla, r.text)
+        assert r.json()["error"]["field"] == field, r.json()
+    with pytest.raises(ValidationError) as caught:
+        Heartbeat.model_validate({"sla": [_count("t", str(k), 1, 1) for k in range(4097)]})
+    assert caught.value.errors()[0]["loc"] == ("sla",)
+
+
+# --- retention ---------------------------------------------------------------------------------
+
+
+def test_old_samples_are_pruned_at_most_once_a_minute(db_url: str) -> None:
+    settings = make_settings(db_url, sla_history_s=120)  # two minutes of history
+    with TestClient(create_app(settings)) as client:
+        _pruning(Api(client), settings)
+
+
+def _pruning(api: Api, settings: Settings) -> None:
+    _, token = api.node("n1")
+    clock = install_clock(api.client.app, T0)
+    received = 0
+
+    def beat_at(seconds: int) -> list[int]:
+        nonlocal received
+        clock.now = T0 + timedelta(seconds=seconds)
+        received += 10
+        _beat(api, "n1", token, [_count("ads", "1", received, received)])
+        return [at for _, _, at, _, _ in _samples(settings)]
+
+    assert beat_at(0) == [0]  # the process's first heartbeat prunes (nothing to prune yet)
+    assert beat_at(30) == [0, 30]
+    # Due again (150 s after the last prune): samples before 150 - 120 = 30 s go.
+    assert beat_at(150) == [30, 150]
+    # 170 s: the 30 s sample is past retention, but the last prune was 20 s ago.
+    assert beat_at(170) == [30, 150, 170]
+    assert beat_at(211) == [150, 170, 211]
+
+
+def test_prune_schedule_is_once_per_interval_and_survives_a_clock_going_back() -> None:
+    schedule = PruneSchedule(interval_s=60)
+    assert schedule.due(T0)
+    assert not schedule.due(T0 + timedelta(seconds=59))
+    assert schedule.due(T0 + timedelta(seconds=60))
+    assert schedule.due(T0)  # the clock went back a minute: prune rather than wait it out
+
+
+# --- the series --------------------------------------------------------------------------------
+
+
+def _series(api: Api, headers: dict[str, str], path: str = "/v1/sla", **params: int) -> Any:
+    r = api.client.get(path, params=params, headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_series_divide_per_bucket_and_a_gap_is_a_gap(api: Api) -> None:
+    _, token = api.node("n1")
+    clock = install_clock(api.client.app, T0)
+    start = T0 - timedelta(seconds=600)  # the window: 10 buckets of 60 s up to T0
+    ads = feed = (0, 0)
+
+    def beat(seconds: float, d_ads: tuple[int, int], d_feed: tuple[int, int]) -> None:
+        nonlocal ads, feed
+        ads = (ads[0] + d_ads[0], ads[1] + d_ads[1])
+        feed = (feed[0] + d_feed[0], feed[1] + d_feed[1])
+        clock.now = start + timedelta(seconds=seconds)
+        _beat(api, "n1", token, [_count("ads", "1", *ads), _count("feed", "2", *feed)])
+
+    beat(-30, (1000, 0), (0, 0))  # before the window: not counted
+    beat(10, (100, 99), (0, 0))  # bucket 0
+    beat(50, (100, 97), (0, 0))  # bucket 0: 196 / 200
+    beat(130, (50, 50), (0, 0))  # bucket 2 (bucket 1 has no traffic)
+    beat(599, (0, 0), (10, 5))  # bucket 9
+    clock.now = T0
+    body = _series(api, api.admin, window_s=600, buckets=10)
+    assert body["bucket_s"] == 60
+    assert datetime.fromisoformat(body["start"]) == start
+    assert datetime.fromisoformat(body["end"]) == T0
+    by_name = {s["tenant"]: s for s in body["tenants"]}
+    assert list(by_name) == ["ads", "feed"]
+    ads_points = [b["attainment"] for b in by_name["ads"]["buckets"]]
+    assert ads_points[:3] == [pytest.approx(0.98), None, 1.0]
+    assert ads_points[3:] == [None] * 7  # no traffic: gaps, not 100 %
+    assert [b["received"] for b in by_name["ads"]["buckets"]][:3] == [200, 0, 50]
+    assert by_name["ads"]["received"] == 250 and by_name["ads"]["within_sla"] == 246
+    assert by_name["ads"]["attainment"] == pytest.approx(246 / 250)
+    feed_points = [b["attainment"] for b in by_name["feed"]["buckets"]]
+    assert feed_points == [None] * 9 + [0.5]
+    starts = [datetime.fromisoformat(b["start"]) for b in by_name["feed"]["buckets"]]
+    assert starts == [start + timedelta(seconds=60 * k) for k in range(10)]
+    # A window that holds only the gap: ads is absent, not a line of 100 %.
+    clock.now = start + timedelta(seconds=129)
+    assert _series(api, api.admin, window_s=60, buckets=3)["tenants"] == []
+
+
+@pytest.fixture
+def session(db_url: str) -> Iterator[Session]:
+    """A session whose transaction is rolled back at the end (as in test_services.py)."""
+    engine = sqlalchemy.create_engine(db_url)
+    with engine.connect() as connection:
+        outer = connection.begin()
+        with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+            yield session
+        outer.rollback()
+    engine.dispose()
+
+
+def test_samples_fall_in_the_bucket_that_holds_them(session: Session) -> None:
+    """The SQL's bucket of a sample is the last bucket starting at or before it, edges
+    included, for any number of buckets (the CASE tree halves the range)."""
+    node = NodeRow(name="n1", token_hash="h")
+    session.add(node)
+    session.flush()
+    window = 900
+    start = T0 - timedelta(seconds=window)
+    rng = random.Random(3)
+    for buckets in (1, 2, 3, 7, 30, 240):
+        width = timedelta(seconds=window / buckets)
+        starts = [start + width * k for k in range(buckets)]
+        times = [start + timedelta(microseconds=rng.randrange(window * 10**6)) for _ in range(60)]
+        times += [*starts, T0, start - timedelta(microseconds=1)]  # edges; inside; outside
+        tenant = f"t{buckets}"
+        session.add_all(
+            SlaSampleRow(node_id=node.id, tenant=tenant, at=at, received=1, within_sla=1)
+            for at in times
+        )
+        session.flush()
+        expected = [0] * buckets
+        for at in times:
+            if start <= at <= T0:
+                expected[bisect.bisect_right(starts, at) - 1] += 1
+        history = sla_history(
+            session=session, now=T0, window_s=window, buckets=buckets, tenant=tenant
+        )
+        got = [b.received for b in history.tenants[0].buckets]
+        assert got == expected, f"{buckets} buckets"
+        assert [b.start for b in history.tenants[0].buckets] == starts
+
+
+def test_a_tenant_sees_only_its_own_series_from_its_creation(api: Api) -> None:
+    _, ads_key = api.tenant("ads")
+    _, feed_key = api.tenant("feed")
+    _, token = api.node("n1")
+    now = datetime.now(UTC).replace(microsecond=0)
+    clock = install_clock(api.client.app, now - timedelta(seconds=300))
+    # Samples stamped before the tenants were created: a predecessor of the same name.
+    _beat(api, "n1", token, [_count("ads", "1", 100, 50)])
+    clock.now = now + timedelta(seconds=60)
+    _beat(api, "n1", token, [_count("ads", "1", 110, 60), _count("other", "9", 5, 5)])
+    clock.now = now + timedelta(seconds=90)
+    mine = _series(api, api.bearer(ads_key), "/v1/sla/me", window_s=900, buckets=15)
+    assert [s["tenant"] for s in mine["tenants"]] == ["ads"]
+    assert mine["tenants"][0]["received"] == 10 and mine["tenants"][0]["within_sla"] == 10
+    everyone = _series(api, api.admin, window_s=900, buckets=15)
+    assert {s["tenant"]: s["received"] for s in everyone["tenants"]} == {"ads": 110, "other": 5}
+    quiet = _series(api, api.bearer(feed_key), "/v1/sla/me")
+    assert [s["tenant"] for s in quiet["tenants"]] == ["feed"]
+    assert quiet["tenants"][0]["attainment"] is None
+    assert all(b["attainment"] is None for b in quiet["tenants"][0]["buckets"])
+
+
+def test_window_and_buckets_are_bounded(api: Api) -> None:
+    for params, field in [
+        ({"window_s": 10}, "query.window_s"),
+        ({"buckets": 0}, "query.buckets"),
+        ({"buckets": 10_000}, "query.buckets"),
+    ]:
+        r = api.client.get("/v1/sla", params=params, headers=api.admin)
+        assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
+
+
+def test_fake_clock_is_the_one_heartbeats_use(api: Api) -> None:
+    """Guards the other tests: a heartbeat is stamped with the app's clock, not the wall's."""
+    _, token = api.node("n1")
+    install_clock(api.client.app, T0)
+    _beat(api, "n1", token, [])
+    seen = api.client.get("/v1/nodes/n1", headers=api.admin).json()["last_heartbeat_at"]
+    assert datetime.fromisoformat(seen).replace(tzinfo=UTC) == T0

@@ -1,0 +1,372 @@
+"""End to end: ``gpufair executor`` in API mode as a real process against the real control plane.
+
+The control plane is the API app (SQLite made by the real migrations) on uvicorn on 127.0.0.1;
+the daemon is ``python -m gpufair.cli executor --api ...`` in a subprocess, serving tiny zoo
+models with torch on the CPU. The tests kill and restart both sides and check what a node
+operator relies on: a daemon restarted while the API is down serves its last plan at once, a
+running daemon outlives the API, a new allocation reaches the daemon within 2 s, and the
+daemon uploads the throughput curves of the models it serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import sqlalchemy
+
+import migrations
+from api.app import create_app
+from executor import codec
+from executor.daemon import BackgroundServer
+from executor.models import ModelSchema
+from tests.api.conftest import Api, free_port, make_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE = "edge-1"
+RMC1 = "zoo:rmc1?scale=0.0005&seed=1"
+WND = "zoo:wnd?scale=0.0005&seed=2"
+START_S = 90.0  # a daemon's start: torch import and model loads on a busy 2-core machine
+PROPAGATION_S = 2.0
+# The curves a `gpufair profile` run would write (executor/profiles.py), by architecture.
+PROFILES = {
+    "rmc1": {"qps": [120.0, 210.0, 260.5], "measured": True, "kind": "cpu",
+             "device": "cpu (1 intra-op thread(s))", "sla_p99_ms": 25.0,
+             "artifact": "zoo:rmc1?scale=0.002&seed=0&user_tables=7&candidate_dense=3"},
+    "wnd": {"qps": [300.0, 480.0], "measured": True, "kind": "cpu",
+            "device": "cpu (1 intra-op thread(s))", "sla_p99_ms": 20.0,
+            "artifact": "zoo:wnd?scale=0.002&seed=0&user_tables=7&candidate_dense=3"},
+    "din": {"qps": [50.0], "measured": True, "kind": "gpu",
+            "device": "cuda:0 (NVIDIA H100)", "sla_p99_ms": 20.0,
+            "artifact": "zoo:din?scale=0.002"},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "gpufair.db"
+    migrations.upgrade(f"sqlite:///{path}")
+    return path
+
+
+class ControlPlane:
+    """The API on a fixed loopback port, which can be stopped and started again."""
+
+    def __init__(self, db: Path) -> None:
+        self.db_url = f"sqlite:///{db}"
+        # The production long-poll (30 s): a plan must arrive by the wake-up, not a re-poll.
+        self.settings = make_settings(self.db_url, max_long_poll_s=30.0)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: BackgroundServer | None = None
+
+    def start(self) -> None:
+        self._server = BackgroundServer(
+            create_app(self.settings), port=self.port, graceful_shutdown_s=1
+        ).__enter__()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.__exit__(None, None, None)
+            self._server = None
+
+    def admin(self) -> Api:
+        return Api(httpx.Client(base_url=self.url, timeout=60))
+
+    def profiles(self) -> dict[tuple[int, str], list[float]]:
+        """The stored curves by (model id, device), read from the database."""
+        engine = sqlalchemy.create_engine(self.db_url)
+        try:
+            with engine.connect() as connection:
+                rows = connection.exec_driver_sql(
+                    "SELECT p.model_id, d.device, p.qps FROM profiles p "
+                    "JOIN devices d ON d.id = p.device_id"
+                ).all()
+        finally:
+            engine.dispose()
+        return {(int(m), str(d)): json.loads(q) if isinstance(q, str) else q for m, d, q in rows}
+
+
+@pytest.fixture
+def control(tmp_path: Path, migrated_db: Path) -> Iterator[ControlPlane]:
+    db = tmp_path / "gpufair.db"
+    shutil.copy(migrated_db, db)
+    plane = ControlPlane(db)
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+class Setup:
+    """A tenant with one RMC1 model and a registered one-CPU node, through the REST API."""
+
+    def __init__(self, control: ControlPlane) -> None:
+        self.api = control.admin()
+        _, self.key = self.api.tenant("ads", criterion="efm")
+        self.model = self.api.model(
+            self.key, "ranker", artifact=RMC1, memory_mb=50, replicas_wanted=1,
+            sla_p99_ms=50.0, demand_qps=100.0,
+        )  # fmt: skip
+        devices = [{"device": "cpu:0", "kind": "cpu", "memory_mb": 4000, "streams": 4,
+                    "seats": 2}]  # fmt: skip
+        r = self.api.client.post(
+            "/v1/nodes", json={"name": NODE, "devices": devices}, headers=self.api.admin
+        )
+        assert r.status_code == 201, r.text
+        self.token = r.json()["token"]
+
+    def node_plan(self) -> dict[str, Any]:
+        r = self.api.client.get(f"/v1/nodes/{NODE}/plan", headers=self.api.bearer(self.token))
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+class Daemon:
+    """``gpufair executor`` in API mode as a child process, with its log in a file."""
+
+    def __init__(self, tmp_path: Path, control: ControlPlane, token: str, **flags: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / "executor.log"
+        self.argv = [
+            sys.executable, "-m", "gpufair.cli", "executor", "--api", control.url,
+            "--node", NODE, "--token", token, "--port", str(self.port), "--device", "cpu",
+        ]  # fmt: skip
+        for flag, path in flags.items():
+            self.argv += [f"--{flag.replace('_', '-')}", str(path)]
+        self.cwd = tmp_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFAIR_")}
+        env["GPUFAIR_EXECUTOR_HEARTBEAT_S"] = "0.5"
+        env["PYTHONPATH"] = str(ROOT)
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.argv, cwd=self.cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            r = httpx.get(f"{self.url}/healthz", timeout=2)
+        except httpx.HTTPError:
+            return None
+        return r.json() if r.status_code == 200 else None
+
+    def wait_version(
+        self, version: int, timeout_s: float = START_S, every_s: float = 0.05
+    ) -> float:
+        """Seconds until /healthz reports ``version``, polled every ``every_s``."""
+        began = time.monotonic()
+        while True:
+            assert self.process is not None and self.process.poll() is None, self.tail()
+            health = self.health()
+            if health is not None and health["plan_version"] == version:
+                return time.monotonic() - began
+            assert time.monotonic() - began < timeout_s, (health, self.tail())
+            time.sleep(every_s)
+
+    def infer(self, model_id: int, seed: int) -> list[float]:
+        schema = ModelSchema.from_dict(
+            httpx.get(f"{self.url}/v1/models/{model_id}/schema", timeout=10).json()
+        )
+        query = schema.random_query(np.random.default_rng(seed), 20)
+        r = httpx.post(
+            f"{self.url}/v1/models/{model_id}/infer", json=codec.query_to_json(query), timeout=30
+        )
+        assert r.status_code == 200, (r.text, self.tail())
+        scores = r.json()["scores"]
+        assert len(scores) == 20 and np.isfinite(scores).all()
+        return scores
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Every daemon a test starts is stopped at its end, however it ends."""
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.stop()
+
+
+def test_a_daemon_killed_while_the_api_is_down_serves_its_last_plan_at_restart(
+    control: ControlPlane, daemons: list[Daemon], tmp_path: Path
+) -> None:
+    setup = Setup(control)
+    assert setup.api.solve()["version"] == 1
+    daemon = Daemon(tmp_path, control, setup.token, state_dir=tmp_path / "state")
+    daemons.append(daemon)
+    daemon.start()
+    daemon.wait_version(1)
+    model = setup.model["id"]
+    before = daemon.infer(model, seed=1)
+    assert (tmp_path / "state" / "plan.json").is_file()
+
+    daemon.kill()
+    control.stop()
+    daemon.start()
+    daemon.wait_version(1)  # no API to ask: the saved plan
+    health = daemon.health()
+    assert health is not None and health["models"] == [str(model)]
+    assert daemon.infer(model, seed=1) == pytest.approx(before, abs=1e-6)
+    assert "plan pull failed" in daemon.log.read_text()
+
+
+def test_a_corrupt_state_file_is_ignored_and_the_plan_is_pulled(
+    control: ControlPlane, daemons: list[Daemon], tmp_path: Path
+) -> None:
+    setup = Setup(control)
+    setup.api.solve()
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "plan.json").write_text('{"format": 1, "plan": {"node": ')
+    daemon = Daemon(tmp_path, control, setup.token, state_dir=state)
+    daemons.append(daemon)
+    daemon.start()
+    daemon.wait_version(1)
+    daemon.infer(setup.model["id"], seed=2)
+    assert "saved plan" in daemon.log.read_text() and "ignored" in daemon.log.read_text()
+    assert json.loads((state / "plan.json").read_text())["plan"]["version"] == 1
+
+
+def test_a_running_daemon_outlives_the_api_and_follows_it_when_it_returns(
+    control: ControlPlane, daemons: list[Daemon], tmp_path: Path
+) -> None:
+    setup = Setup(control)
+    setup.api.solve()
+    daemon = Daemon(tmp_path, control, setup.token, state_dir=tmp_path / "state")
+    daemons.append(daemon)
+    daemon.start()
+    daemon.wait_version(1)
+    model = setup.model["id"]
+    control.stop()
+    until = time.monotonic() + 3.0  # several failed pulls and heartbeats
+    served = 0
+    while time.monotonic() < until:
+        daemon.infer(model, seed=served)
+        served += 1
+        time.sleep(0.2)
+    health = daemon.health()
+    assert health is not None and health["plan_version"] == 1 and served >= 5
+
+    control.start()
+    setup.api = control.admin()
+    assert setup.api.solve()["version"] == 2
+    daemon.wait_version(2, timeout_s=40.0)  # within the pull's backoff (capped at 30 s)
+    daemon.infer(model, seed=99)
+
+
+def test_plans_reach_the_daemon_within_2_s_and_profiles_follow_every_plan(
+    control: ControlPlane, daemons: list[Daemon], tmp_path: Path
+) -> None:
+    setup = Setup(control)
+    profiles = tmp_path / "profiles.json"
+    profiles.write_text(json.dumps(PROFILES))
+    setup.api.solve()
+    daemon = Daemon(
+        tmp_path, control, setup.token, state_dir=tmp_path / "state", profiles=profiles
+    )
+    daemons.append(daemon)
+    daemon.start()
+    daemon.wait_version(1)
+    ranker = setup.model["id"]
+    deadline = time.monotonic() + 10
+    while not control.profiles():
+        assert time.monotonic() < deadline, daemon.tail()
+        time.sleep(0.1)
+    assert control.profiles() == {(ranker, "cpu:0"): PROFILES["rmc1"]["qps"]}
+
+    # v2 gives the ranker a second replica; the daemon long-polls with v1's ETag.
+    r = setup.api.client.patch(
+        f"/v1/models/{ranker}", json={"replicas_wanted": 2}, headers=setup.api.bearer(setup.key)
+    )
+    assert r.status_code == 200, r.text
+    time.sleep(0.5)  # the daemon is back in its long-poll after v1's profile upload
+    assert setup.api.solve()["version"] == 2
+    took = daemon.wait_version(2, timeout_s=10.0, every_s=0.05)
+    seats = [s for s in setup.node_plan()["devices"][0]["seats"] if s["replica"]]
+    assert len(seats) == 2  # the plan really changed
+    assert took < PROPAGATION_S, f"plan v2 reached the daemon {took:.2f} s after the solve"
+    daemon.infer(ranker, seed=3)
+
+    # v3 adds another tenant's WnD model: its curve is uploaded once the plan is applied.
+    _, key = setup.api.tenant("feed")
+    wnd = setup.api.model(
+        key, "wide", artifact=WND, memory_mb=50, replicas_wanted=1, sla_p99_ms=30.0,
+        demand_qps=100.0,
+    )["id"]  # fmt: skip
+    assert setup.api.solve()["version"] == 3
+    daemon.wait_version(3, timeout_s=30.0)
+    deadline = time.monotonic() + 10
+    while len(control.profiles()) < 2:
+        assert time.monotonic() < deadline, daemon.tail()
+        time.sleep(0.1)
+    assert control.profiles() == {
+        (ranker, "cpu:0"): PROFILES["rmc1"]["qps"],
+        (wnd, "cpu:0"): PROFILES["wnd"]["qps"],
+    }
+    daemon.infer(wnd, seed=4)
+
+    # Heartbeats carry the daemon's cumulative SLA tallies; the API keeps the last one.
+    tenants = {str(ranker): "ads", str(wnd): "feed"}
+    deadline = time.monotonic() + 10
+    while True:
+        r = setup.api.client.get(f"/v1/nodes/{NODE}", headers=setup.api.admin)
+        sla = (r.json().get("report") or {}).get("sla", [])
+        if {e["model"] for e in sla} == set(tenants):
+            break
+        assert time.monotonic() < deadline, (r.text, daemon.tail())
+        time.sleep(0.1)
+    for entry in sla:
+        assert entry["tenant"] == tenants[entry["model"]]
+        assert entry["received"] == 1 and 0 <= entry["within_sla"] <= 1
+
+
+def test_a_bad_profiles_file_stops_the_daemon_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "profiles.json"
+    bad.write_text(json.dumps({"rmc1": {"qps": [200.0, 100.0], "kind": "cpu",
+                                        "sla_p99_ms": 25.0}}))  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFAIR_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "gpufair.cli", "executor", "--api", "http://127.0.0.1:9",
+         "--node", NODE, "--token", "t", "--profiles", str(bad)],
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines == [
+        f"gpufair executor: bad profiles: {bad}: rmc1.qps: must not decrease as sessions are "
+        "added"
+    ], done.stderr
