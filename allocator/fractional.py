@@ -1,122 +1,242 @@
-"""Seat counts from the fractional relaxation: every good divisible, every criterion exact.
+"""The fractional relaxation: seat counts for the scalable path, and a proof when none is fair.
 
-The scalable path (allocator.fixed_seats) needs a good seat assignment before its share LP.
-A picking sequence ignores the divisible goods and the other agents' criteria; on mixed
-weights and EFM agents it leaves violations no seat move repairs (measured on the 64 × 64
-generator instance: total violation 0.033 of agents' totals from the picking sequence, 0.001
-from this guidance, 0 after one seat move). So: relax every indivisible good to a divisible
-one (identical goods grouped into one *type* with a count, as the MILP does), ask for every
+Both LPs here make every good divisible. Identical goods — the seats of one GPU, the pools of
+GPUs every agent values alike — are grouped into one *type* with a count, as the MILP does, so
+the LP has one share per agent and type.
+
+:func:`fractional_seats` — guidance. The scalable path (allocator.fixed_seats) needs a good
+seat assignment before its share LP. A picking sequence ignores the divisible goods and the
+other agents' criteria; on mixed weights and EFM agents it leaves violations that seat moves
+repair only slowly (measured on the 64 × 64 generator instance: total violation 0.033 of
+agents' totals from the picking sequence, 0.001 from this guidance). So: ask for every
 criterion *exactly* — weighted EF or PROP, unweighted EF for EFM agents, no "up to one good"
 allowance — with a slack per agent, minimise the total slack, and round each type's fractional
 counts to integers by largest remainders. The exact criteria leave rounding room that the
-share LP's "up to one good" terms then absorb.
+share LP's "up to one good" terms then absorb. The LP has every envy pair up front (its rows
+are dense in the goods: simplex needs 9–12 s at 64 × 64) and is solved by HiGHS's interior
+point method without crossover, stopped at a loose tolerance: only a rounded answer is needed,
+and the not quite converged point is more central — each row keeps some margin, which is room
+for the rounding (measured on generator seeds 0–3 at 64 × 64: 1.2–1.5 s instead of 2.4–3.1 s
+at 1e-4, and the rounded seats needed no more seat moves).
 
-The LP has every envy pair up front and is solved by HiGHS's interior point method without
-crossover (its rows are dense in the goods: simplex needs 9–12 s at 64 × 64, IPM about 3 s,
-and only a rounded answer is needed, so a loose tolerance is fine). Only plain instances (no
-side constraints) use it; the cluster layer's forbidden pairs, caps and coupling keep the
-picking sequence.
+:func:`relaxation_bound` — a proof. Every allocation that meets every criterion at λ = 1 (each
+agent's "up to one good" version) is, read as fractions of types, a feasible point of an LP
+whose rows bound each allowance ``Mx_i(·)`` from above by the largest value ``M_i`` agent i
+gives any single indivisible good, and by the seat part of the bundle it is taken from. So if
+that LP's least total slack is positive, no allocation meets every criterion even fully
+relaxed; its optimum (solved to an optimal basis) is a lower bound on the total violation of
+every allocation. The rows include the checker's tolerance, so the claim is about what the
+checker would accept.
+
+Only plain instances (no side constraints) use either; the cluster layer's forbidden pairs,
+caps and coupling keep the picking sequence and get no bound.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import highspy
 import numpy as np
 
+from allocator.certificate import TOLERANCE
+
 log = logging.getLogger(__name__)
 
 INF = highspy.kHighsInf
-IPM_TOLERANCE = 1e-4  # guidance only: the share LP re-solves exactly afterwards
+IPM_TOLERANCE = 1e-2  # guidance only: the share LP re-solves exactly afterwards
 PROP_KIND, EF_KIND, EFM_KIND = 0, 1, 2  # as in allocator.fixed_seats
+# A bound below this (total over agents, normalised units) proves nothing: HiGHS's primal and
+# dual feasibility tolerances are 1e-7 per row.
+PROOF_MARGIN = 1e-5
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """The rounded relaxation: seats for the share LP, and the relaxation's own pool shares
+    (they tell the share LP which envy rows will bind)."""
+
+    owner: np.ndarray  # owner[g]: the agent index holding indivisible good g
+    pools: np.ndarray  # the relaxation's shares of the divisible goods, agents × pools
 
 
 def goods_by_type(vm: np.ndarray) -> list[np.ndarray]:
-    """Indivisible goods grouped by identical value columns (in first-appearance order)."""
+    """Goods grouped by identical value columns (in first-appearance order)."""
     groups: dict[bytes, list[int]] = {}
     for g in range(vm.shape[1]):
         groups.setdefault(vm[:, g].tobytes(), []).append(g)
     return [np.array(goods) for goods in groups.values()]
 
 
+class _Types:
+    """The goods grouped into types: seat types first, then pool types."""
+
+    def __init__(self, vm: np.ndarray, vd: np.ndarray) -> None:
+        self.seats = goods_by_type(vm)
+        self.pools = goods_by_type(vd)
+        n = vm.shape[0]
+        self.seat_unit = (np.stack([vm[:, t[0]] for t in self.seats], axis=1)
+                          if self.seats else np.zeros((n, 0)))  # one good's value
+        seat_count = np.array([len(t) for t in self.seats], dtype=float)
+        pool_count = np.array([len(t) for t in self.pools], dtype=float)
+        pool_unit = (np.stack([vd[:, t[0]] for t in self.pools], axis=1)
+                     if self.pools else np.zeros((n, 0)))
+        # value[i, t]: agent i's value of all of type t
+        self.value = np.hstack([self.seat_unit * seat_count, pool_unit * pool_count])
+        self.seat_count = seat_count
+
+
+class _Lp:
+    """min Σ s_i over shares y[j, t] of whole types (each type divided completely) and slacks,
+    with rows ``Σ coefficients + s_i ≥ lower`` added in blocks."""
+
+    def __init__(self, value: np.ndarray, positive: np.ndarray) -> None:
+        n, k = value.shape
+        self.n, self.k = n, k
+        self.h = highspy.Highs()
+        self.h.setOptionValue("output_flag", False)
+        self.h.setOptionValue("threads", 1)
+        ncols = n * k + n  # shares y[j, t], then s_i
+        upper = np.concatenate([np.ones(n * k), np.where(positive, INF, 0.0)])
+        self.h.addVars(ncols, np.zeros(ncols), upper)
+        self.h.changeColsCost(ncols, np.arange(ncols, dtype=np.int32),
+                              np.concatenate([np.zeros(n * k), np.ones(n)]))
+        self.h.addRows(k, np.ones(k), np.ones(k), n * k, (np.arange(k) * n).astype(np.int32),
+                       (np.arange(n)[None, :] * k + np.arange(k)[:, None]).ravel()
+                       .astype(np.int32), np.ones(n * k))
+
+    def own_rows(self, agents: np.ndarray, coef: np.ndarray, lower: np.ndarray) -> None:
+        """coef[a] · y[agents[a]] + s[agents[a]] ≥ lower[a]."""
+        n, k = self.n, self.k
+        index = np.hstack([agents[:, None] * k + np.arange(k), n * k + agents[:, None]])
+        self._rows(index, np.hstack([coef, np.ones((len(agents), 1))]), lower)
+
+    def envy_rows(self, i: np.ndarray, j: np.ndarray, own: np.ndarray, other: np.ndarray,
+                  lower: np.ndarray) -> None:
+        """own[a] · y[i[a]] − other[a] · y[j[a]] + s[i[a]] ≥ lower[a]."""
+        n, k = self.n, self.k
+        index = np.hstack([i[:, None] * k + np.arange(k), j[:, None] * k + np.arange(k),
+                           n * k + i[:, None]])
+        self._rows(index, np.hstack([own, -other, np.ones((len(i), 1))]), lower)
+
+    def _rows(self, index: np.ndarray, value: np.ndarray, lower: np.ndarray) -> None:
+        count, width = index.shape
+        if not count:
+            return
+        self.h.addRows(count, lower.astype(np.float64), np.full(count, INF), index.size,
+                       (np.arange(count) * width).astype(np.int32),
+                       index.ravel().astype(np.int32), value.ravel().astype(np.float64))
+
+    def run(self, deadline: float) -> bool:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        self.h.setOptionValue("time_limit", float(remaining))
+        self.h.run()
+        return True
+
+
+def _envy_pairs(kind: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (i, j), i ≠ j, with i an EF-type agent of positive total value."""
+    n = len(kind)
+    ef = np.nonzero((kind != PROP_KIND) & positive)[0]
+    i, j = np.meshgrid(ef, np.arange(n), indexing="ij")
+    keep = i != j
+    return i[keep], j[keep]
+
+
+def _ratio(kind: np.ndarray, weight: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """w_i/w_j for weighted EF-type rows, 1 for unweighted EFM."""
+    return np.where(kind[i] == EFM_KIND, 1.0, weight[i] / weight[j])
+
+
 def fractional_seats(
     vm: np.ndarray, vd: np.ndarray, weight: np.ndarray, kind: np.ndarray,
     positive: np.ndarray, deadline: float,
-) -> np.ndarray | None:
-    """owner[g] for every indivisible good, or None if the LP does not finish in time.
+) -> Guidance | None:
+    """The rounded relaxation, or None if the LP does not finish in time.
 
     ``vm``/``vd``: normalised values (agents × indivisible, agents × divisible goods);
     ``kind``: PROP_KIND, EF_KIND or EFM_KIND per agent.
     """
-    types = goods_by_type(vm)
-    count = np.array([len(t) for t in types], dtype=float)
-    # Whole-type values: a type of c goods is one divisible good worth c·v.
-    value = np.hstack([np.stack([vm[:, t[0]] for t in types], axis=1) * count, vd])
-    n, k = value.shape
-    ncols = n * k + n  # shares y[j, type or pool] as fractions, then s_i
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("threads", 1)
-    h.setOptionValue("solver", "ipm")
-    h.setOptionValue("run_crossover", "off")
-    h.setOptionValue("ipm_optimality_tolerance", IPM_TOLERANCE)
-    upper = np.concatenate([np.ones(n * k), np.where(positive, INF, 0.0)])
-    h.addVars(ncols, np.zeros(ncols), upper)
-    h.changeColsCost(ncols, np.arange(ncols, dtype=np.int32),
-                     np.concatenate([np.zeros(n * k), np.ones(n)]))
-    # Every good (type) is divided completely.
-    h.addRows(k, np.ones(k), np.ones(k), n * k, (np.arange(k) * n).astype(np.int32),
-              (np.arange(n)[None, :] * k + np.arange(k)[:, None]).ravel().astype(np.int32),
-              np.ones(n * k))
+    types = _Types(vm, vd)
+    value = types.value
+    lp = _Lp(value, positive)
+    lp.h.setOptionValue("solver", "ipm")
+    lp.h.setOptionValue("run_crossover", "off")
+    # Presolve finds nothing to remove in these dense rows (measured: 12% of the solve).
+    lp.h.setOptionValue("presolve", "off")
+    lp.h.setOptionValue("ipm_optimality_tolerance", IPM_TOLERANCE)
     share = weight / weight.sum()
-    rows_lower: list[np.ndarray] = []
-    rows_index: list[np.ndarray] = []
-    rows_value: list[np.ndarray] = []
     # PROP-type, exact: V_i(A_i) + s_i ≥ w_i/W (normalised values).
     prop = np.nonzero((kind == PROP_KIND) & positive)[0]
-    if len(prop):
-        rows_lower.append(share[prop])
-        rows_index.append(np.hstack([prop[:, None] * k + np.arange(k), n * k + prop[:, None]]))
-        rows_value.append(np.hstack([value[prop], np.ones((len(prop), 1))]))
+    lp.own_rows(prop, value[prop], share[prop])
     # EF-type, exact: V_i(A_i) − r·V_i(A_j) + s_i ≥ 0 with r = w_i/w_j (1 for EFM).
-    ef = np.nonzero((kind != PROP_KIND) & positive)[0]
-    if len(ef):
-        i, j = np.meshgrid(ef, np.arange(n), indexing="ij")
-        keep = i != j
-        i, j = i[keep], j[keep]
-        r = np.where(kind[i] == EFM_KIND, 1.0, weight[i] / weight[j])
-        rows_lower.append(np.zeros(len(i)))
-        rows_index.append(np.hstack([i[:, None] * k + np.arange(k), j[:, None] * k
-                                     + np.arange(k), n * k + i[:, None]]))
-        rows_value.append(np.hstack([value[i], -r[:, None] * value[i], np.ones((len(i), 1))]))
-    if rows_lower:
-        lower = np.concatenate(rows_lower)
-        flat_index = np.concatenate([ix.ravel() for ix in rows_index]).astype(np.int32)
-        flat_value = np.concatenate([v.ravel() for v in rows_value])
-        widths = np.concatenate([np.full(len(ix), ix.shape[1]) for ix in rows_index])
-        starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int32)
-        h.addRows(len(lower), lower, np.full(len(lower), INF), len(flat_index), starts,
-                  flat_index, flat_value)
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
+    i, j = _envy_pairs(kind, positive)
+    lp.envy_rows(i, j, value[i], _ratio(kind, weight, i, j)[:, None] * value[i],
+                 np.zeros(len(i)))
+    if not lp.run(deadline):
         return None
-    h.setOptionValue("time_limit", float(remaining))
-    h.run()
-    status = h.getModelStatus()
-    solution = h.getSolution()
+    status = lp.h.getModelStatus()
+    solution = lp.h.getSolution()
     # Without crossover HiGHS reports an interior solution as "unknown" status: it is still
     # a (near-)optimal point, which is all the rounding needs.
     if status not in (highspy.HighsModelStatus.kOptimal, highspy.HighsModelStatus.kUnknown) \
             or not solution.value_valid:
-        log.info("fractional relaxation: %s", h.modelStatusToString(status))
+        log.info("fractional relaxation: %s", lp.h.modelStatusToString(status))
         return None
+    n, k = value.shape
     col = np.asarray(solution.col_value)
     log.info("fractional relaxation: total violation %.3g", float(col[n * k:].sum()))
-    seat_value = np.stack([vm[:, t[0]] for t in types], axis=1)
-    return _round(col[: n * k].reshape(n, k)[:, : len(types)] * count, types, vm.shape[1],
-                  seat_value)
+    shares = np.clip(col[: n * k].reshape(n, k), 0.0, 1.0)
+    ns = len(types.seats)
+    owner = _round(shares[:, :ns] * types.seat_count, types.seats, vm.shape[1],
+                   types.seat_unit)
+    pools = np.zeros(vd.shape)
+    for t, members in enumerate(types.pools):
+        pools[:, members] = shares[:, ns + t][:, None]
+    return Guidance(owner=owner, pools=pools)
+
+
+def relaxation_bound(
+    vm: np.ndarray, vd: np.ndarray, weight: np.ndarray, kind: np.ndarray,
+    positive: np.ndarray, deadline: float,
+) -> float | None:
+    """The least total violation any allocation has at λ_ef = λ_prop = 1, from below (see the
+    module docstring); 0 if the relaxation is feasible, None if it was not solved in time.
+
+    A value above PROOF_MARGIN proves that no allocation meets every criterion even relaxed to
+    its "up to one good" version (EF1, PROP1, EFM's EF1 branch)."""
+    types = _Types(vm, vd)
+    value = types.value
+    ns = len(types.seats)
+    largest = vm.max(axis=1, initial=0.0)  # M_i: i's largest value of one indivisible good
+    lp = _Lp(value, positive)
+    lp.h.setOptionValue("solver", "ipm")  # with crossover: an optimal basis, a sound bound
+    share = weight / weight.sum()
+    # PROP-type at λ = 1: V_i(A_i) + Mx_i(M∖A_i) ≥ w_i/W with Mx_i ≤ M_i.
+    prop = np.nonzero((kind == PROP_KIND) & positive)[0]
+    lp.own_rows(prop, value[prop], share[prop] - largest[prop] - TOLERANCE)
+    # EF-type at λ = 1: V_i(A_i) ≥ r·(V_i(A_j) − Mx_i(A_j)), with Mx_i(A_j) at most M_i and at
+    # most the seat part of V_i(A_j): two rows per pair.
+    i, j = _envy_pairs(kind, positive)
+    r = _ratio(kind, weight, i, j)[:, None]
+    lp.envy_rows(i, j, value[i], r * value[i], -r[:, 0] * largest[i] - TOLERANCE)
+    pools_only = value[i].copy()
+    pools_only[:, :ns] = 0.0
+    lp.envy_rows(i, j, value[i], r * pools_only, np.full(len(i), -TOLERANCE))
+    if not lp.run(deadline):
+        return None
+    status = lp.h.getModelStatus()
+    if status != highspy.HighsModelStatus.kOptimal:
+        log.info("relaxation bound: %s", lp.h.modelStatusToString(status))
+        return None
+    bound = max(0.0, float(lp.h.getInfo().objective_function_value))
+    log.info("relaxation bound: every allocation leaves a total violation ≥ %.3g at λ = 1",
+             bound)
+    return bound
 
 
 def _round(

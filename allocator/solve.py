@@ -11,7 +11,9 @@ name, so the answer does not depend on input order); then
 * **everything else**, and small instances whose MILP finds nothing in its share of the time
   limit or nothing even fully relaxed, go to the scalable path (allocator.fixed_seats): seats
   by a weighted picking sequence, divisible goods by a lexicographic LP (least violation, then
-  least λ, then the objective), then seat moves while violations remain;
+  least λ, then the objective), then seat moves while violations remain; if some remain, a
+  relaxation bound says in the certificate's notes whether any allocation could meet every
+  criterion at λ = 1;
 * if even that has no answer before the deadline, the plain picking-sequence allocation.
 
 ``divide`` never fails for lack of fairness on a valid instance: it returns the best allocation
@@ -40,6 +42,7 @@ from allocator.certificate import (
 )
 from allocator.errors import InfeasibleError, InstanceError, SolverError, SolverTimeoutError
 from allocator.fixed_seats import divide_fixed_seats
+from allocator.fractional import PROOF_MARGIN
 from allocator.instance import Allocation, Instance
 from allocator.options import Churn, SolveOptions
 from allocator.snapshot import CRITERIA, OBJECTIVES, Objective
@@ -181,7 +184,8 @@ def divide(
             notes = (*notes, "the exact MILP proved that no allocation meets every criterion "
                      "even relaxed to EF1/PROP1; this is the scalable path's best")
     if found is None:
-        found = _scalable(inst, objective, deadline, churn)
+        found, found_notes = _scalable(inst, objective, deadline, churn)
+        notes = (*notes, *found_notes)
     allocation, solver_name, status, gap = found
     lambda_prop, lambda_ef = _needed_relaxation(inst, allocation)
     value = certify(inst, allocation, objective=objective).objective_value
@@ -239,8 +243,9 @@ def _exact(
 
 def _scalable(
     inst: Instance, objective: Objective, deadline: float, churn: Churn | None
-) -> Found:
-    """allocator.fixed_seats; past the deadline without any LP answer, the picking sequence."""
+) -> tuple[Found, tuple[str, ...]]:
+    """allocator.fixed_seats; past the deadline without any LP answer, the picking sequence.
+    Also the notes for the certificate: what the relaxation bound says when agents fail."""
     try:
         outcome = divide_fixed_seats(
             inst, objective, deadline,
@@ -254,8 +259,21 @@ def _scalable(
             raise InfeasibleError(
                 f"no allocation within {churn.limit} seat moves was found in time"
             ) from exc
-        return allocation, "picking", "constructive", None
-    return outcome.allocation, f"highs-lp+{outcome.start}", "heuristic", None
+        return (allocation, "picking", "constructive", None), ()
+    found = (outcome.allocation, f"highs-lp+{outcome.start}", "heuristic", None)
+    if outcome.lower_bound is None:
+        return found, ()
+    if outcome.lower_bound > PROOF_MARGIN:
+        return found, (
+            "no allocation meets every criterion, even with every agent relaxed to its 'up to "
+            "one good' version (lambda = 1): the fractional relaxation proves a total "
+            f"shortfall of at least {outcome.lower_bound:.3g} (fractions of the agents' total "
+            f"values, summed); this allocation's is {outcome.violation:.3g}",
+        )
+    return found, (
+        "the fractional relaxation does not rule out an allocation meeting every criterion "
+        f"at lambda = 1; this heuristic one falls short by {outcome.violation:.3g} in total",
+    )
 
 
 def _moves(allocation: Allocation, churn: Churn) -> int:

@@ -1,4 +1,5 @@
-"""The scalable path of ``divide`` (fractional seats, share LP, seat moves) at cluster sizes.
+"""The scalable path of ``divide`` (fractional seats, share LP, seat moves, the reweighting
+and the relaxation bound) at cluster sizes.
 
 Instances come from ``examples/make_large_instance.py`` (the must-show generator of issue 2)
 and ``bench/instances.py`` (the benchmark's, with weights 1–4); both are seeded, so every
@@ -18,10 +19,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from allocator import Agent, Instance, SolveOptions, certify, divide, validate_allocation
+from allocator import (
+    Agent,
+    Instance,
+    SolveOptions,
+    certify,
+    divide,
+    fixed_seats,
+    validate_allocation,
+)
+from allocator.certificate import TOLERANCE
+from allocator.constructive import picking_allocation
 from allocator.documents import instance_from_dict
-from allocator.fixed_seats import divide_fixed_seats
-from allocator.fractional import _round, goods_by_type
+from allocator.fixed_seats import (
+    _allocation,
+    _Data,
+    _Moves,
+    _owner,
+    _Search,
+    divide_fixed_seats,
+)
+from allocator.fractional import PROOF_MARGIN, _round, goods_by_type, relaxation_bound
+from allocator.snapshot import Criterion
 from allocator.solve import EXACT_AGENTS, canonical
 from bench.instances import cluster_instance
 from tests.allocator.strategies import instances
@@ -69,7 +88,9 @@ def test_generated_instances_are_divided_fairly(tenants: int, gpus: int, seed: i
 
 
 def test_must_show_64_tenants_64_gpus_all_criteria_hold() -> None:
-    # Issue 2's must-show instance (seed 0): measured 64/64 criteria holding, λ ≈ 0.95.
+    # Issue 2's must-show instance (seed 0): every criterion holds, within the time limit.
+    # Its speed (about 2 s wall on the shared 2-core VM) is measured by `gpufair bench
+    # allocator`'s CLI runs, not here: a loaded CI machine must not fail a correct answer.
     instance = generated(64, 64, 0)
     began = time.monotonic()
     division = divide(instance, SolveOptions(time_limit_s=20.0))
@@ -136,8 +157,8 @@ def test_scalable_path_on_any_instance_is_complete_and_honest(
 def test_side_constraints_are_respected() -> None:
     # Forbidden pairs, caps and coupled pools (the cluster layer's additions) on the picking
     # start: the result stays valid.
-    agents = tuple(Agent(f"t{k}", criterion=c, weight=w) for k, (c, w) in
-                   enumerate([("prop_alpha", 1.0), ("ef_alpha", 2.0), ("efm", 1.0)]))
+    kinds: list[tuple[Criterion, float]] = [("prop_alpha", 1.0), ("ef_alpha", 2.0), ("efm", 1.0)]
+    agents = tuple(Agent(f"t{k}", criterion=c, weight=w) for k, (c, w) in enumerate(kinds))
     seats = tuple(f"g{g}/s{s}" for g in range(3) for s in range(2))
     pools = tuple(f"g{g}/pool" for g in range(3))
     values = {a.name: {g: 1.0 + k for g in seats} | {p: 2.0 for p in pools}
@@ -174,3 +195,112 @@ def test_small_instances_keep_the_exact_milp() -> None:
     division = divide(instance, SolveOptions(time_limit_s=20.0))
     assert division.certificate.status == "optimal"
     assert division.certificate.holds
+
+
+def _violation_at_one(instance: Instance, allocation: object) -> float:
+    """Σ over agents of how far each criterion fails at λ_ef = λ_prop = 1, beyond the checker's
+    tolerance (normalised by T_i, as every margin of the checker)."""
+    cert = certify(instance, allocation, lambda_ef=1.0, lambda_prop=1.0)  # type: ignore[arg-type]
+    return sum(max(0.0, -(a.slack or 0.0) - TOLERANCE) for a in cert.agents.values())
+
+
+@settings(max_examples=40)
+@given(instances(max_agents=5, max_indivisible=6, max_divisible=2, objectives=("utilitarian",)))
+def test_relaxation_bound_never_exceeds_any_allocations_violation(instance: Instance) -> None:
+    # The bound claims every allocation falls short by at least this much at λ = 1; check it
+    # against the allocations at hand: divide's (the exact MILP here) and the picking sequence.
+    inst = canonical(instance)
+    data = _Data(inst)
+    bound = relaxation_bound(data.vm, data.vd, data.weight, data.kind, data.positive,
+                             time.monotonic() + 10.0)
+    assert bound is not None and bound >= 0.0
+    for allocation in (divide(inst, SolveOptions(time_limit_s=10.0)).allocation,
+                       picking_allocation(inst)):
+        assert bound <= _violation_at_one(inst, allocation) + 1e-6
+
+
+def crowded_instance(seed: int) -> Instance:
+    """Ten tenants who value everything alike (up to noise): two heavy PROP^α tenants of
+    weight 8 and eight unweighted EFM tenants. Each heavy tenant is owed 8/24 of the total, and
+    an EFM tenant must value its own bundle at least as a heavy one's less one seat, so the
+    light tenants' 8 × (1/3 − a seat) and the heavy 2/3 exceed the whole: nothing is fair,
+    whatever λ."""
+    rng = np.random.default_rng(seed)
+    agents = tuple(Agent(f"h{k}", weight=8.0) for k in range(2)) + tuple(
+        Agent(f"e{k}", criterion="efm") for k in range(8))
+    seats = tuple(f"g{g}/s{s}" for g in range(4) for s in range(2))
+    pools = tuple(f"g{g}/pool" for g in range(4))
+    values = {a.name: {**{s: float(rng.uniform(0.9, 1.1)) for s in seats},
+                       **{p: float(rng.uniform(9.0, 11.0)) for p in pools}} for a in agents}
+    return Instance(agents=agents, indivisible=seats, divisible=pools, values=values)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_certificate_says_when_no_allocation_is_fair(seed: int) -> None:
+    instance = crowded_instance(seed)
+    division = divide(instance, SolveOptions(time_limit_s=10.0))
+    assert_honest(instance, division)
+    cert = division.certificate
+    assert not cert.holds and cert.solver == "highs-lp+fractional"
+    proof = [note for note in cert.notes if note.startswith("no allocation meets every")]
+    assert len(proof) == 1, cert.notes
+    data = _Data(canonical(instance))
+    bound = relaxation_bound(data.vm, data.vd, data.weight, data.kind, data.positive,
+                             time.monotonic() + 10.0)
+    assert bound is not None and bound > PROOF_MARGIN
+    assert bound <= _violation_at_one(instance, division.allocation) + 1e-6
+
+
+@pytest.mark.parametrize(("tenants", "gpus", "seed"), [(12, 6, 0), (16, 16, 0), (24, 8, 1),
+                                                     (32, 32, 2)])
+def test_move_bounds_enclose_the_re_solved_violation(tenants: int, gpus: int, seed: int) -> None:
+    # The seat search takes a move without a solve when the kept-shares bound is below the
+    # current violation, and skips it when the dual bound is not: the first is exactly the
+    # checker's violation of the moved seats with the shares kept, and both must enclose the
+    # first stage's optimum after the move — for random moves and for the ones the dual bound
+    # ranks first (where it matters).
+    instance = canonical(cluster_instance(tenants, gpus, seed))
+    data = _Data(instance)
+    search = _Search(data, "utilitarian", time.monotonic() + 60.0, None, None)
+    owner = _owner(data, picking_allocation(instance))
+    point = search.solve(owner, None)
+    assert point.violation > 1e-6 and point.dual_valid  # measured: these start violated
+    rng = np.random.default_rng(seed)
+    goods = rng.integers(0, len(data.goods), size=8)
+    to = (owner[goods] + rng.integers(1, len(data.agents), size=8)) % len(data.agents)
+    ranked = search._ranked(point)[:8]
+    goods = np.concatenate([goods, [g for g, _ in ranked]]).astype(int)
+    to = np.concatenate([to, [i for _, i in ranked]]).astype(int)
+    bounds = _Moves(data, point.seats, point.x, point.dual_ef, point.dual_prop,
+                    point.violation)
+    upper, lower = bounds.bounds(goods, to)
+    for k in range(len(goods)):
+        moved = owner.copy()
+        moved[goods[k]] = to[k]
+        kept = sum(max(0.0, -(a.slack or 0.0)) for a in certify(
+            instance, _allocation(data, moved, point.x), lambda_ef=1.0, lambda_prop=1.0,
+        ).agents.values())
+        assert upper[k] == pytest.approx(kept, abs=1e-6), k
+        after = search.solve(moved, None, fresh=True).violation
+        assert lower[k] - 1e-6 <= after <= upper[k] + 1e-6, (k, lower[k], after, upper[k])
+
+
+@pytest.mark.parametrize(("tenants", "gpus", "seed", "most"), [(16, 32, 1, 1), (32, 32, 2, 3),
+                                                             (64, 64, 1, 2)])
+def test_reweighting_leaves_fewer_agents_failing(
+    tenants: int, gpus: int, seed: int, most: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Where nothing is fair, the slack is shifted onto as few agents as the reweighting finds;
+    # never more fail than under the least total slack, and on these benchmark instances
+    # (measured: 2, 5 and 3 fail without it) fewer do.
+    instance = cluster_instance(tenants, gpus, seed)
+
+    def failing() -> int:
+        division = divide(instance, SolveOptions(time_limit_s=20.0))
+        assert_honest(instance, division)
+        return sum(1 for a in division.certificate.agents.values() if not a.holds)
+
+    with_reweighting = failing()
+    monkeypatch.setattr(fixed_seats, "CONCENTRATE_ROUNDS", 0)
+    without = failing()
+    assert with_reweighting <= min(without, most) < without
