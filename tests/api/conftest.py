@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
 import migrations
 from api.app import create_app
@@ -79,6 +80,19 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url = pg_url(request.getfixturevalue("pg_schema"))
     _truncate_postgres(url)
     return url
+
+
+@pytest.fixture
+def session(db_url: str) -> Iterator[Session]:
+    """A session on the test database whose transaction is rolled back at the end, for
+    service-level tests that need no HTTP layer."""
+    engine = sqlalchemy.create_engine(db_url)
+    with engine.connect() as connection:
+        outer = connection.begin()
+        with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
+            yield session
+        outer.rollback()
+    engine.dispose()
 
 
 def make_settings(url: str, **api: Any) -> Settings:

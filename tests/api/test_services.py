@@ -6,10 +6,7 @@ is never committed: the services' own flushes go to the database and vanish at t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import sqlalchemy
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, NotFound, PreconditionFailed
@@ -18,17 +15,6 @@ from api.schemas import ModelCreate, TenantCreate, TenantUpdate
 from api.services import models as model_service
 from api.services import tenants as tenant_service
 from api.services.allocations import own_certificate_row, read_solve_input
-
-
-@pytest.fixture
-def session(db_url: str) -> Iterator[Session]:
-    engine = sqlalchemy.create_engine(db_url)
-    with engine.connect() as connection:
-        outer = connection.begin()
-        with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
-            yield session
-        outer.rollback()
-    engine.dispose()
 
 
 def _node(session: Session, name: str, devices: list[tuple[str, int]]) -> NodeRow:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -243,18 +242,6 @@ def test_series_divide_per_bucket_and_a_gap_is_a_gap(api: Api) -> None:
     # A window that holds only the gap: ads is absent, not a line of 100 %.
     clock.now = start + timedelta(seconds=129)
     assert _series(api, api.admin, window_s=60, buckets=3)["tenants"] == []
-
-
-@pytest.fixture
-def session(db_url: str) -> Iterator[Session]:
-    """A session whose transaction is rolled back at the end (as in test_services.py)."""
-    engine = sqlalchemy.create_engine(db_url)
-    with engine.connect() as connection:
-        outer = connection.begin()
-        with Session(bind=connection, join_transaction_mode="create_savepoint") as session:
-            yield session
-        outer.rollback()
-    engine.dispose()
 
 
 def test_samples_fall_in_the_bucket_that_holds_them(session: Session) -> None:

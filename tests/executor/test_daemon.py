@@ -133,6 +133,22 @@ def test_healthz_and_metrics(zoo_server):
         assert needle in text, needle
 
 
+def _occupy(
+    client: httpx.Client, runtime: NodeRuntime, body: dict
+) -> tuple[threading.Thread, list[httpx.Response]]:
+    """Send one slow query to model "m" on a thread and wait until it is in flight, so that
+    the model's only queue slot is taken; join the thread, then read its reply from the list."""
+    reply: list[httpx.Response] = []
+    slow = threading.Thread(
+        target=lambda: reply.append(client.post("/v1/models/m/infer", json=body))
+    )
+    slow.start()
+    deadline = time.monotonic() + 5
+    while runtime.group("m").in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return slow, reply
+
+
 def test_overload_answers_429_with_retry_after_and_waits_for_a_plan():
     runtime = NodeRuntime(FakeBackend(row_s=0, batch_s=0.5), SchedulerConfig(max_queue=1))
     with BackgroundServer(create_app(runtime)) as server, httpx.Client(
@@ -142,14 +158,7 @@ def test_overload_answers_429_with_retry_after_and_waits_for_a_plan():
         assert client.post("/v1/models/m/infer", json={}).status_code == 503
         runtime.apply(plan([seat(0, "m", sla_ms=5000)]))
         body = codec.query_to_json(queries(FAKE_SCHEMA, [3], seed=25)[0])
-        first: list[httpx.Response] = []
-        slow = threading.Thread(
-            target=lambda: first.append(client.post("/v1/models/m/infer", json=body))
-        )
-        slow.start()
-        deadline = time.monotonic() + 5
-        while runtime.group("m").in_flight == 0 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        slow, first = _occupy(client, runtime, body)
         refused = client.post("/v1/models/m/infer", json=body)
         slow.join()
         assert refused.status_code == 429
@@ -186,14 +195,7 @@ def test_a_refused_query_is_answered_before_its_body_is_parsed(monkeypatch):
     app = create_app(runtime, max_body_bytes=8 * 2**20)
     with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         body = codec.query_to_json(queries(FAKE_SCHEMA, [3], seed=26)[0])
-        first: list[httpx.Response] = []
-        slow = threading.Thread(
-            target=lambda: first.append(client.post("/v1/models/m/infer", json=body))
-        )
-        slow.start()
-        deadline = time.monotonic() + 5
-        while runtime.group("m").in_flight == 0 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        slow, first = _occupy(client, runtime, body)
         assert len(parsed) == 1
         # A flooding tenant's 6 MB bodies, malformed so that parsing them would answer 400.
         flood = b'{"user": [' + b"0, " * 2_000_000 + b"}"
