@@ -7,11 +7,14 @@ versioned; the executor swaps an old version for a new one after draining in-fli
 
 ``NodePlan.from_dict`` is the only parser of the format: the executor uses it for
 ``--plan FILE`` and for plans pulled from the API, so a malformed plan is refused with a
-message naming the field, wherever it comes from.
+message naming the field, wherever it comes from. Benchmarks and tests that place seats by
+hand build their documents with ``seat_entry`` and ``NodePlan.single_cpu_device``, which go
+through the same parser.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -83,6 +86,62 @@ class NodePlan:
             allocation_id=_int(doc.get("allocation_id", 0), "plan.allocation_id", minimum=0),
             devices=devices,
         )
+
+    @classmethod
+    def single_cpu_device(
+        cls, seats: Sequence[dict[str, Any]], *, node: str, pool: int = 0, version: int = 1
+    ) -> NodePlan:
+        """A hand-written plan for one CPU device, ``cpu:0``, with exactly the streams it uses.
+
+        For benchmarks and tests, which place seats by hand instead of asking the allocator:
+        the device gets a base stream per seat, the seats' dedicated streams and ``pool``
+        shared-pool streams, and no idle stream. The document goes through ``from_dict``, so a
+        hand-written plan is validated like any other.
+        """
+        streams = len(seats) + pool + sum(s.get("dedicated_streams", 0) for s in seats)
+        return cls.from_dict(
+            {
+                "node": node,
+                "version": version,
+                "devices": [
+                    {
+                        "device": "cpu:0",
+                        "kind": "cpu",
+                        "streams": streams,
+                        "shared_pool_streams": pool,
+                        "seats": list(seats),
+                    }
+                ],
+            }
+        )
+
+
+def seat_entry(
+    index: int,
+    *,
+    model_id: str,
+    tenant: str,
+    artifact: str,
+    sla_p99_ms: float,
+    dedicated_streams: int = 0,
+    pool_weight: float = 0.0,
+) -> dict[str, Any]:
+    """One occupied seat as a plan document entry, for ``NodePlan.single_cpu_device``.
+
+    The fields are those of ``SeatPlan`` and ``ModelReplica``; it returns the document, not
+    the dataclass, so that the plan is checked by the one parser when it is built.
+    """
+    return {
+        "seat": index,
+        "replica": {
+            "model_id": model_id,
+            "tenant": tenant,
+            "artifact": artifact,
+            "sla_p99_ms": sla_p99_ms,
+        },
+        "dedicated_streams": dedicated_streams,
+        "pool_weight": pool_weight,
+    }
 
 
 def _parse_device(data: Any, where: str) -> DevicePlan:

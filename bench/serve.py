@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from allocator.plan import NodePlan
+from allocator.plan import NodePlan, seat_entry
 from executor.features import Batch, Query
 from executor.runtime import configure_cpu_threads
 from executor.scheduling import NodeRuntime, Overloaded, SchedulerConfig, SchedulingError
@@ -163,36 +163,23 @@ def servers(cfg: ServeConfig) -> list[Server]:
 
 
 def node_plan(seats: list[dict[str, Any]], pool: int = 0) -> NodePlan:
-    streams = len(seats) + pool + sum(s["dedicated_streams"] for s in seats)
-    return NodePlan.from_dict(
-        {
-            "node": "bench",
-            "version": 1,
-            "devices": [
-                {
-                    "device": "cpu:0",
-                    "kind": "cpu",
-                    "streams": streams,
-                    "shared_pool_streams": pool,
-                    "seats": seats,
-                }
-            ],
-        }
+    """The one-device CPU plan of the benchmark's node."""
+    return NodePlan.single_cpu_device(seats, node="bench", pool=pool)
+
+
+def seat(
+    index: int, model_id: str, cfg: ServeConfig, dedicated: int, weight: float
+) -> dict[str, Any]:
+    """A seat of the benchmark's model, for a tenant named like the model."""
+    return seat_entry(
+        index,
+        model_id=model_id,
+        tenant=model_id,
+        artifact=cfg.artifact,
+        sla_p99_ms=cfg.sla_ms,
+        dedicated_streams=dedicated,
+        pool_weight=weight,
     )
-
-
-def seat(index: int, model_id: str, cfg: ServeConfig, dedicated: int, weight: float) -> dict:
-    return {
-        "seat": index,
-        "replica": {
-            "model_id": model_id,
-            "tenant": model_id,
-            "artifact": cfg.artifact,
-            "sla_p99_ms": cfg.sla_ms,
-        },
-        "dedicated_streams": dedicated,
-        "pool_weight": weight,
-    }
 
 
 # -- load generation ---------------------------------------------------------------------------

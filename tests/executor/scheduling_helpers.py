@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from allocator.plan import NodePlan
+from allocator.plan import NodePlan, seat_entry
 from executor.features import Query
 from executor.models.schema import ModelSchema
 
@@ -21,37 +21,21 @@ def seat(
     dedicated: int = 0,
     weight: float = 1.0,
 ) -> dict[str, Any]:
-    return {
-        "seat": index,
-        "replica": {
-            "model_id": model_id,
-            "tenant": tenant or f"tenant-{model_id}",
-            "artifact": artifact or f"fake:{model_id}",
-            "sla_p99_ms": sla_ms,
-        },
-        "dedicated_streams": dedicated,
-        "pool_weight": weight,
-    }
+    """A seat entry whose fake model and tenant are named after ``model_id`` unless told."""
+    return seat_entry(
+        index,
+        model_id=model_id,
+        tenant=tenant or f"tenant-{model_id}",
+        artifact=artifact or f"fake:{model_id}",
+        sla_p99_ms=sla_ms,
+        dedicated_streams=dedicated,
+        pool_weight=weight,
+    )
 
 
 def plan(seats: list[dict[str, Any]], *, pool: int = 0, version: int = 1) -> NodePlan:
-    """A one-device CPU plan with exactly the streams its seats and pool use."""
-    streams = len(seats) + pool + sum(s["dedicated_streams"] for s in seats)
-    return NodePlan.from_dict(
-        {
-            "node": "node-a",
-            "version": version,
-            "devices": [
-                {
-                    "device": "cpu:0",
-                    "kind": "cpu",
-                    "streams": streams,
-                    "shared_pool_streams": pool,
-                    "seats": seats,
-                }
-            ],
-        }
-    )
+    """A one-device CPU plan of node ``node-a`` with exactly the streams its seats and pool use."""
+    return NodePlan.single_cpu_device(seats, node="node-a", pool=pool, version=version)
 
 
 def queries(schema: ModelSchema, sizes: list[int], seed: int) -> list[Query]:
