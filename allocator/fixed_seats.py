@@ -109,6 +109,10 @@ FINISH_RESERVE = 4.0
 # weighs about 1/δ, one far above it about 1/s).
 CONCENTRATE_ROUNDS = 4
 CONCENTRATE_DELTA = 1e-4
+# Share of the time left after the first solve that the seat search may use before the
+# relaxation bound is computed (on plain instances with a criterion still failing): the bound
+# needs its time (about 1.5 s at 64 × 64); the search then goes on in the rest.
+SEARCH_SHARE = 0.3
 # Most of the time left that the fractional relaxation may take; if it runs out, the picking
 # sequence still has time for its share LP.
 FRACTIONAL_SHARE = 0.6
@@ -795,7 +799,11 @@ class _Search:
         self.churn_limit = churn_limit
         self.lp = _ShareLp(data, objective, deadline)
         self.at: np.ndarray | None = None  # the assignment the LP last solved stage 1 for
-        self.longest = 0.0  # seconds of the slowest first-stage solve so far
+        # Seconds of the slowest first-stage solve of a move so far, and of the first solve of
+        # a start: that one adds most envy rows in rounds, so it is no measure of the warm
+        # solves that finish the search.
+        self.longest = 0.0
+        self.first = 0.0
         self.previous_owner = (
             np.array([data.index.get(previous.get(g, ""), -1) for g in data.goods])
             if previous is not None else None
@@ -803,9 +811,10 @@ class _Search:
 
     def solve(
         self, owner: np.ndarray, basis: highspy.HighsBasis | None, fresh: bool = False,
+        start: bool = False,
     ) -> _Point:
         """Stage 1 at this assignment (raises SolverError past the deadline); ``fresh``: from
-        HiGHS's initial basis, not the last one."""
+        HiGHS's initial basis, not the last one; ``start``: the first solve of a search."""
         if fresh:
             self.lp.clear()
         began = time.monotonic()
@@ -813,7 +822,10 @@ class _Search:
         self.lp.assign(seats)
         self.at = owner
         violation, new_basis = self.lp.violation(basis)
-        self.longest = max(self.longest, time.monotonic() - began)
+        if start:
+            self.first = max(self.first, time.monotonic() - began)
+        else:
+            self.longest = max(self.longest, time.monotonic() - began)
         ef, prop, valid = self.lp.duals()
         col = self.lp.stage_one
         x = col[: self.lp.col_s].reshape(self.lp.n, self.lp.nd)
@@ -846,11 +858,12 @@ class _Search:
             log.info("a seat move was not evaluated: %s", exc)
             return None
 
-    def improve(self, best: _Point) -> tuple[_Point, int]:
-        """Seat moves while they lower the violation, time is left and the budget lasts."""
+    def improve(self, best: _Point, until: float | None = None) -> tuple[_Point, int]:
+        """Seat moves while they lower the violation, time is left (before ``until``, if
+        given) and the budget lasts."""
         moves = solves = 0
         while (best.violation > VIOLATED and solves < LOCAL_SEARCH_MOVES
-               and self._time_for_one_more()):
+               and self._time_for_one_more(until)):
             owner, sure = self._sure_moves(best)
             if sure:
                 solves += 1
@@ -862,7 +875,7 @@ class _Search:
             found, tried = None, 0
             for g, i in self._ranked(best):
                 if (tried == SOLVES_PER_ROUND or solves >= LOCAL_SEARCH_MOVES
-                        or not self._time_for_one_more()):
+                        or not self._time_for_one_more(until)):
                     break
                 if not self._allowed(best.owner, g, i):
                     continue
@@ -878,9 +891,16 @@ class _Search:
             best, moves = found, moves + 1
         return best, moves
 
-    def _time_for_one_more(self) -> bool:
-        """Whether one more solve still leaves time for the stages after the search."""
-        return time.monotonic() + FINISH_RESERVE * self.longest < self.deadline
+    def reserve(self) -> float:
+        """Seconds to keep for the stages after the search: FINISH_RESERVE of its slowest move
+        solves, or before any move, the time of a first solve."""
+        return FINISH_RESERVE * self.longest if self.longest else self.first
+
+    def _time_for_one_more(self, until: float | None = None) -> bool:
+        """Whether one more solve still leaves time for the stages after the search (and
+        starts before ``until``)."""
+        now = time.monotonic()
+        return now + self.reserve() < self.deadline and (until is None or now < until)
 
     def _candidates(self, best: _Point) -> tuple[_Moves, np.ndarray, np.ndarray]:
         """Moves (good, receiver) that could lower the violation with the shares kept: to an
@@ -1018,16 +1038,25 @@ def divide_fixed_seats(
     else:
         start = "picking"
         owner = _owner(data, _start(instance, previous if churn_limit is not None else None))
-    best = search.solve(owner, None)
+    best = search.solve(owner, None, start=True)
     log.info("seats from the %s start: violation %.3g", start, best.violation)
-    best, moves = search.improve(best)
+    bounded = constructive.supports(instance)
+    now = time.monotonic()
+    # With a relaxation bound to come, the search gets part of the time first (see above).
+    until = now + SEARCH_SHARE * (deadline - search.reserve() - now) if bounded else None
+    best, moves = search.improve(best, until)
     if moves:
         log.info("local search: %d seat moves, violation now %.3g", moves, best.violation)
-    trial = search.finish(best)
     bound = None
-    if best.violation > VIOLATED and constructive.supports(instance):
+    if best.violation > VIOLATED and bounded:
         bound = relaxation_bound(data.vm, data.vd, data.weight, data.kind, data.positive,
-                                 deadline)
+                                 deadline - search.reserve())
+        best, more = search.improve(best)
+        if more:
+            log.info("local search after the bound: %d more seat moves, violation now %.3g",
+                     more, best.violation)
+        moves += more
+    trial = search.finish(best)
     return Outcome(
         allocation=_allocation(data, trial.owner, trial.x),
         violation=trial.violation,
