@@ -81,6 +81,10 @@ def bundles(instance: Instance, allocation: Allocation) -> Bundles:
         for j, x in shares.items():
             if x > ZERO_SHARE:
                 holds_div[j] = True
+    # Each divisible good's non-zero shares, once: a pool is usually split among a few of many
+    # agents, and every agent's view below walks them (n² · |D| steps otherwise).
+    held_shares = {d: [(j, x) for j, x in allocation.divisible.get(d, {}).items() if x]
+                   for d in instance.divisible}
     for i in names:
         values = instance.values.get(i, {})
         indiv = sum(values.get(g, 0.0) for g in instance.indivisible)
@@ -102,7 +106,7 @@ def bundles(instance: Instance, allocation: Allocation) -> Bundles:
         for d in instance.divisible:
             u = values.get(d, 0.0)
             if u:
-                for j, x in allocation.divisible.get(d, {}).items():
+                for j, x in held_shares[d]:
                     row[j] += x * u
     return Bundles(names, total, alpha, view, max_in, max_out, holds_div)
 

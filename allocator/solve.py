@@ -206,24 +206,29 @@ def divide(
             notes = (*notes, *found_notes)
     allocation, solver_name, status, gap = found
     lambda_prop, lambda_ef = _needed_relaxation(inst, allocation)
-    value = certify(inst, allocation, objective=objective).objective_value
     best_value = _unconstrained(inst, objective, options, deadline, churn)
-    if best_value is not None and math.isfinite(value):
-        # The fair allocation is feasible for the unconstrained problem too.
-        best_value = max(best_value, value)
-    certificate = certify(
-        inst,
-        allocation,
-        lambda_ef=lambda_ef,
-        lambda_prop=lambda_prop,
-        objective=objective,
-        unconstrained_value=best_value,
-        solver=solver_name,
-        status=status,
-        gap=gap,
-        time_s=time.monotonic() - began,
-        notes=notes,
-    )
+
+    def certificate_against(best: float | None) -> Certificate:
+        return certify(
+            inst,
+            allocation,
+            lambda_ef=lambda_ef,
+            lambda_prop=lambda_prop,
+            objective=objective,
+            unconstrained_value=best,
+            solver=solver_name,
+            status=status,
+            gap=gap,
+            time_s=time.monotonic() - began,
+            notes=notes,
+        )
+
+    certificate = certificate_against(best_value)
+    value = certificate.objective_value
+    if best_value is not None and math.isfinite(value) and value > best_value:
+        # The fair allocation is feasible for the unconstrained problem too: an unconstrained
+        # MILP stopped short of its optimum is no ratio's denominator.
+        certificate = certificate_against(value)
     if not certificate.holds:
         failing = sorted(a.agent for a in certificate.agents.values() if not a.holds)
         log.warning("no allocation found meets every criterion; %d agents fail: %s",
