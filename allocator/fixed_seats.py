@@ -29,11 +29,13 @@ few agents and kinds of goods it no longer finishes in seconds. This path splits
    sides, and the duals are a subgradient). A move whose upper bound is below the current
    violation is an improvement for sure and is taken without a solve; otherwise the moves
    whose lower bound leaves room are re-solved in that order and the first that lowers Σ s is
-   kept. Only the final assignment goes through the second and third stages.
+   kept. Only the final assignment goes through the second and third stages. On plain
+   instances the search first gets SEARCH_SHARE of the time; if slack remains then,
+   allocator.fractional.relaxation_bound says whether any allocation could meet every
+   criterion at λ = 1 (``Outcome.lower_bound``), and a search that share cut short goes on.
 4. **Fewest failing agents.** If slack remains, the first stage is re-solved a few times with
    reweighted slacks (:meth:`_ShareLp.concentrate`) so that it falls on as few agents as
-   possible before the later stages; and allocator.fractional.relaxation_bound says whether any
-   allocation could meet every criterion at λ = 1 (``Outcome.lower_bound``).
+   possible before the later stages.
 
 Degeneracy: the first stage has no cost on the shares, and HiGHS's dual simplex from a warm
 basis can stall on it (measured at 64 × 64: once 117,000 pivots without moving the objective,
@@ -109,9 +111,10 @@ FINISH_RESERVE = 4.0
 # weighs about 1/δ, one far above it about 1/s).
 CONCENTRATE_ROUNDS = 4
 CONCENTRATE_DELTA = 1e-4
-# Share of the time left after the first solve that the seat search may use before the
-# relaxation bound is computed (on plain instances with a criterion still failing): the bound
-# needs its time (about 1.5 s at 64 × 64); the search then goes on in the rest.
+# Share of the time after the first solve (less the finishing reserve) that the seat search
+# may use before the relaxation bound is computed (on plain instances with a criterion still
+# failing): the bound needs its time (about 1.5 s at 64 × 64); a search the share cut short
+# then goes on in the rest.
 SEARCH_SHARE = 0.3
 # Most of the time left that the fractional relaxation may take; if it runs out, the picking
 # sequence still has time for its share LP.
@@ -804,11 +807,13 @@ class _Search:
         self.churn_limit = churn_limit
         self.lp = _ShareLp(data, objective, deadline)
         self.at: np.ndarray | None = None  # the assignment the LP last solved stage 1 for
-        # Seconds of the slowest first-stage solve of a move so far, and of the first solve of
-        # a start: that one adds most envy rows in rounds, so it is no measure of the warm
-        # solves that finish the search.
-        self.longest = 0.0
-        self.first = 0.0
+        # Seconds of the slowest first-stage solve of a move so far, and of the initial solve:
+        # that one adds most envy rows in rounds, so it is no measure of the warm solves that
+        # finish the search.
+        self.slowest_move_s = 0.0
+        self.initial_solve_s = 0.0
+        self.solves = 0  # move solves so far, against LOCAL_SEARCH_MOVES
+        self.paused = False  # whether the last improve() stopped at its ``until``
         self.previous_owner = (
             np.array([data.index.get(previous.get(g, ""), -1) for g in data.goods])
             if previous is not None else None
@@ -816,10 +821,10 @@ class _Search:
 
     def solve(
         self, owner: np.ndarray, basis: highspy.HighsBasis | None, fresh: bool = False,
-        start: bool = False,
+        initial: bool = False,
     ) -> _Point:
         """Stage 1 at this assignment (raises SolverError past the deadline); ``fresh``: from
-        HiGHS's initial basis, not the last one; ``start``: the first solve of a search."""
+        HiGHS's initial basis, not the last one; ``initial``: the search's first solve."""
         if fresh:
             self.lp.clear()
         began = time.monotonic()
@@ -827,10 +832,10 @@ class _Search:
         self.lp.assign(seats)
         self.at = owner
         violation, new_basis = self.lp.violation(basis)
-        if start:
-            self.first = max(self.first, time.monotonic() - began)
+        if initial:
+            self.initial_solve_s = time.monotonic() - began
         else:
-            self.longest = max(self.longest, time.monotonic() - began)
+            self.slowest_move_s = max(self.slowest_move_s, time.monotonic() - began)
         ef, prop, valid = self.lp.duals()
         col = self.lp.stage_one
         x = col[: self.lp.col_s].reshape(self.lp.n, self.lp.nd)
@@ -864,34 +869,43 @@ class _Search:
             return None
 
     def improve(self, best: _Point, until: float | None = None) -> tuple[_Point, int]:
-        """Seat moves while they lower the violation, time is left (before ``until``, if
-        given) and the budget lasts."""
-        moves = solves = 0
-        while (best.violation > VIOLATED and solves < LOCAL_SEARCH_MOVES
-               and self._time_for_one_more(until)):
+        """Seat moves while they lower the violation, time is left and the budget of
+        LOCAL_SEARCH_MOVES solves (over every call) lasts; returns the best point and the moves
+        made. A search that stops only because ``until`` has come sets ``paused``, and another
+        call goes on from there; one that stops otherwise has nothing left to try."""
+        moves = 0
+        self.paused = False
+        while best.violation > VIOLATED and self.solves < LOCAL_SEARCH_MOVES:
+            if not self._time_for_one_more(until):
+                self.paused = self._time_for_one_more()
+                break
             owner, sure = self._sure_moves(best)
             if sure:
-                solves += 1
+                self.solves += 1
                 point = self.evaluate(owner)
                 # The kept shares prove the improvement; the LP can only do better.
                 if point is not None and point.violation < best.violation - VIOLATED:
                     best, moves = point, moves + sure
                     continue
-            found, tried = None, 0
+            found, tried, cut = None, 0, False
             for g, i in self._ranked(best):
-                if (tried == SOLVES_PER_ROUND or solves >= LOCAL_SEARCH_MOVES
-                        or not self._time_for_one_more(until)):
+                if tried == SOLVES_PER_ROUND or self.solves >= LOCAL_SEARCH_MOVES:
+                    break
+                if not self._time_for_one_more(until):
+                    cut = True
                     break
                 if not self._allowed(best.owner, g, i):
                     continue
                 owner = best.owner.copy()
                 owner[g] = i
-                solves, tried = solves + 1, tried + 1
+                self.solves, tried = self.solves + 1, tried + 1
                 point = self.evaluate(owner)
                 if point is not None and point.violation < best.violation - VIOLATED:
                     found = point
                     break
             if found is None:
+                # Cut short by ``until`` before the round ended: the untried moves remain.
+                self.paused = cut and self._time_for_one_more()
                 break
             best, moves = found, moves + 1
         return best, moves
@@ -899,7 +913,8 @@ class _Search:
     def reserve(self) -> float:
         """Seconds to keep for the stages after the search: FINISH_RESERVE of its slowest move
         solves, or before any move, the time of a first solve."""
-        return FINISH_RESERVE * self.longest if self.longest else self.first
+        return (FINISH_RESERVE * self.slowest_move_s if self.slowest_move_s
+                else self.initial_solve_s)
 
     def _time_for_one_more(self, until: float | None = None) -> bool:
         """Whether one more solve still leaves time for the stages after the search (and
@@ -1048,7 +1063,7 @@ def divide_fixed_seats(
     else:
         start = "picking"
         owner = _owner(data, _start(instance, previous if churn_limit is not None else None))
-    best = search.solve(owner, None, start=True)
+    best = search.solve(owner, None, initial=True)
     log.info("seats from the %s start: violation %.3g", start, best.violation)
     bounded = constructive.supports(instance)
     now = time.monotonic()
@@ -1061,12 +1076,15 @@ def divide_fixed_seats(
     if best.violation > VIOLATED and bounded:
         bound = relaxation_bound(data.vm, data.vd, data.weight, data.kind, data.positive,
                                  deadline - search.reserve())
-        best, more = search.improve(best)
-        if more:
-            log.info("local search after the bound: %d more seat moves, violation now %.3g",
-                     more, best.violation)
-        moves += more
+        if search.paused:
+            best, more = search.improve(best)
+            if more:
+                log.info("local search after the bound: %d more seat moves, violation now "
+                         "%.3g", more, best.violation)
+            moves += more
     trial = search.finish(best)
+    if trial.violation <= VIOLATED:
+        bound = None  # every criterion holds at some λ ≤ 1: nothing for the bound to say
     return Outcome(
         allocation=_allocation(data, trial.owner, trial.x),
         violation=trial.violation,

@@ -29,8 +29,9 @@ every allocation. The rows include the checker's tolerance, so the claim is abou
 checker would accept. Its envy rows are added in rounds, only those the last solution
 violates (dual simplex, warm from the last basis): an LP with fewer rows has an optimum no
 larger, so every round's optimum is already a sound bound, and the last round's — no row
-violated — is the full LP's. Measured on the example generator's 64 × 64 seeds 0–2: 6 rounds,
-1.1–1.5 s, where the LP with every row up front (interior point, then crossover) took 8 s.
+violated — is the full LP's. Measured on examples/make_large_instance.py's 64 × 64 seeds 0–2:
+6 rounds, 1.1–1.5 s, where the LP with every row up front (interior point, then crossover)
+took 8 s.
 
 Only plain instances (no side constraints) use either; the cluster layer's forbidden pairs,
 caps and coupling keep the picking sequence and get no bound.
@@ -139,7 +140,8 @@ class _Lp:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        self.h.setOptionValue("time_limit", float(remaining))
+        # HiGHS's time limit counts its run time since the model was created, over all runs.
+        self.h.setOptionValue("time_limit", self.h.getRunTime() + float(remaining))
         self.h.run()
         return True
 
@@ -243,8 +245,9 @@ def relaxation_bound(
         col = np.asarray(lp.h.getSolution().col_value)
         y, slack = col[: n * k].reshape(n, k), col[n * k:]
         own = np.einsum("it,it->i", value, y) + slack
-        # Margins of both rows of every pair at this solution (V[i, j] = V_i(A_j)).
-        whole = own[i] - r * ((value @ y.T)[i, j] - largest[i]) + TOLERANCE
+        # Margins of both rows of every pair at this solution (views[i, j] = V_i(A_j)).
+        views = value @ y.T
+        whole = own[i] - r * (views[i, j] - largest[i]) + TOLERANCE
         pools = own[i] - r * (pools_only @ y.T)[i, j] + TOLERANCE
         violated = np.nonzero((np.minimum(whole, pools) < -ROW_VIOLATED) & ~added)[0]
         if not len(violated):

@@ -98,7 +98,9 @@ class NodePlan:
         shared-pool streams, and no idle stream. The document goes through ``from_dict``, so a
         hand-written plan is validated like any other.
         """
-        streams = len(seats) + pool + sum(s.get("dedicated_streams", 0) for s in seats)
+        # A malformed count is left to from_dict, which names the field.
+        dedicated = [s.get("dedicated_streams", 0) for s in seats]
+        streams = len(seats) + pool + sum(d for d in dedicated if isinstance(d, int))
         return cls.from_dict(
             {
                 "node": node,

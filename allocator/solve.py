@@ -14,11 +14,12 @@ name, so the answer does not depend on input order); then
   least λ, then the objective), then seat moves while violations remain; if some remain, a
   relaxation bound says in the certificate's notes whether any allocation could meet every
   criterion at λ = 1;
+  if the scalable path has no answer before the deadline, the plain picking-sequence
+  allocation;
 * then, if that allocation is not exactly fair, nothing proves that none is, and the instance is
   of middling size (``COMPLETION_AGENTS``, ``COMPLETION_TYPES``), the exact MILP with its λ
   search gets the time left, warm-started from it, and its answer is taken when it is fairer
-  (or as fair with more welfare);
-* if even that has no answer before the deadline, the plain picking-sequence allocation.
+  (or as fair with more welfare).
 
 ``divide`` never fails for lack of fairness on a valid instance: it returns the best allocation
 it found with the certificate the one checker computes for it — each agent's ``holds`` and
@@ -73,6 +74,8 @@ EXACT_TYPES = 16
 COMPLETION_AGENTS = 24
 COMPLETION_TYPES = 64
 COMPLETION_MIN_S = 0.5  # less time left than this: not worth building the MILP
+EXACT_PROOF_NOTE = ("the exact MILP proved that no allocation meets every criterion even "
+                    "relaxed to EF1/PROP1; this is the scalable path's best")
 # Most of the time limit the unconstrained optimum (the welfare ratio's denominator) may take
 # when it needs a MILP (Nash, egalitarian, side constraints); past it the ratio is not given.
 UNCONSTRAINED_SHARE = 0.25
@@ -195,18 +198,26 @@ def divide(
         except InfeasibleError as exc:
             log.info("exact MILP: %s", exc)
             exact_infeasible = True
-            notes = (*notes, "the exact MILP proved that no allocation meets every criterion "
-                     "even relaxed to EF1/PROP1; this is the scalable path's best")
+            notes = (*notes, EXACT_PROOF_NOTE)
+    best_value: float | None = None
+    unconstrained_known = False
     if found is None:
-        scalable, found_notes, impossible = _scalable(inst, objective, deadline, churn)
+        scalable, scalable_notes, impossible = _scalable(inst, objective, deadline, churn)
         found = scalable
+        completion_notes: tuple[str, ...] = ()
         if not (impossible or exact_infeasible) and _completion_worthwhile(inst, deadline):
-            found = _complete(inst, objective, options, deadline, churn, scalable)
+            # The welfare ratio's denominator first: the completion may take all the time left.
+            best_value = _unconstrained(inst, objective, options, deadline, churn)
+            unconstrained_known = True
+            found, completion_notes = _complete(inst, objective, options, deadline, churn,
+                                                scalable)
         if found is scalable:
-            notes = (*notes, *found_notes)
+            notes = (*notes, *scalable_notes)
+        notes = (*notes, *completion_notes)
     allocation, solver_name, status, gap = found
     lambda_prop, lambda_ef = _needed_relaxation(inst, allocation)
-    best_value = _unconstrained(inst, objective, options, deadline, churn)
+    if not unconstrained_known:
+        best_value = _unconstrained(inst, objective, options, deadline, churn)
 
     def certificate_against(best: float | None) -> Certificate:
         return certify(
@@ -260,7 +271,7 @@ def _exact(
     try:
         result = _Solver(inst, objective, options, deadline, start, churn).relaxed()
     except SolverTimeoutError:
-        log.info("exact MILP found nothing in its share of the time limit")
+        log.info("exact MILP found nothing before its deadline")
         return None
     return result.allocation, result.solver, result.status, result.gap
 
@@ -275,37 +286,40 @@ def _completion_worthwhile(inst: Instance, deadline: float) -> bool:
 def _complete(
     inst: Instance, objective: Objective, options: SolveOptions, deadline: float,
     churn: Churn | None, scalable: Found,
-) -> Found:
+) -> tuple[Found, tuple[str, ...]]:
     """The exact MILP in the time left, warm-started from the scalable path's allocation, if
     that one is not exactly fair; the exact answer replaces it when it is fairer (fewer failing
-    agents, then smaller λ_prop, then smaller λ_ef) or as fair with more welfare."""
-    if _shortfall(inst, scalable[0]) == (0, 0.0, 0.0):
-        return scalable
+    agents, then smaller λ_prop, then smaller λ_ef) or as fair with more welfare. Also the
+    certificate's note when the MILP proves that nothing meets even EF1/PROP1. The scalable
+    answer is in hand, so a solver failure here is logged, not raised."""
+    scalable_rank = _rank(inst, scalable[0], objective)
+    if scalable_rank[:3] == (0, 0.0, 0.0):
+        return scalable, ()
     try:
         exact = _exact(inst, objective, options, deadline, churn, start=scalable[0])
     except InfeasibleError as exc:
         log.info("exact MILP after the scalable path: %s", exc)
-        return scalable
-    if exact is None:
-        return scalable
-
-    def rank(found: Found) -> tuple[int, float, float, float]:
-        value = certify(inst, found[0], objective=objective).objective_value
-        return (*_shortfall(inst, found[0]), -value if math.isfinite(value) else math.inf)
-
-    if rank(exact) < rank(scalable):
+        return scalable, (EXACT_PROOF_NOTE,)
+    except SolverError as exc:
+        log.warning("exact MILP after the scalable path failed (%s); keeping its answer", exc)
+        return scalable, ()
+    if exact is not None and _rank(inst, exact[0], objective) < scalable_rank:
         log.info("the exact MILP improved on the scalable path's allocation")
-        return exact
-    return scalable
+        return exact, ()
+    return scalable, ()
 
 
-def _shortfall(inst: Instance, allocation: Allocation) -> tuple[int, float, float]:
-    """(agents failing even at λ = 1, λ_prop, λ_ef): (0, 0, 0) when every criterion holds
-    exactly as stated."""
+def _rank(
+    inst: Instance, allocation: Allocation, objective: Objective
+) -> tuple[int, float, float, float]:
+    """(agents failing even at λ = 1, λ_prop, λ_ef, −objective): smaller is better, and the
+    first three are (0, 0, 0) when every criterion holds exactly as stated."""
     lambda_prop, lambda_ef = _needed_relaxation(inst, allocation)
-    certificate = certify(inst, allocation, lambda_ef=lambda_ef, lambda_prop=lambda_prop)
+    certificate = certify(inst, allocation, lambda_ef=lambda_ef, lambda_prop=lambda_prop,
+                          objective=objective)
     failing = sum(1 for a in certificate.agents.values() if not a.holds)
-    return failing, lambda_prop, lambda_ef
+    value = certificate.objective_value
+    return failing, lambda_prop, lambda_ef, -value if math.isfinite(value) else math.inf
 
 
 def _scalable(
