@@ -813,7 +813,6 @@ class _Search:
         self.slowest_move_s = 0.0
         self.initial_solve_s = 0.0
         self.solves = 0  # move solves so far, against LOCAL_SEARCH_MOVES
-        self.paused = False  # whether the last improve() stopped at its ``until``
         self.previous_owner = (
             np.array([data.index.get(previous.get(g, ""), -1) for g in data.goods])
             if previous is not None else None
@@ -868,17 +867,17 @@ class _Search:
             log.info("a seat move was not evaluated: %s", exc)
             return None
 
-    def improve(self, best: _Point, until: float | None = None) -> tuple[_Point, int]:
+    def improve(
+        self, best: _Point, until: float | None = None
+    ) -> tuple[_Point, int, bool]:
         """Seat moves while they lower the violation, time is left and the budget of
-        LOCAL_SEARCH_MOVES solves (over every call) lasts; returns the best point and the moves
-        made. A search that stops only because ``until`` has come sets ``paused``, and another
-        call goes on from there; one that stops otherwise has nothing left to try."""
+        LOCAL_SEARCH_MOVES solves (over every call) lasts; returns the best point, the moves
+        made, and whether the search stopped only because ``until`` came (another call goes on
+        from there; a search that stopped otherwise has nothing left to try)."""
         moves = 0
-        self.paused = False
         while best.violation > VIOLATED and self.solves < LOCAL_SEARCH_MOVES:
             if not self._time_for_one_more(until):
-                self.paused = self._time_for_one_more()
-                break
+                return best, moves, self._time_for_one_more()
             owner, sure = self._sure_moves(best)
             if sure:
                 self.solves += 1
@@ -905,10 +904,9 @@ class _Search:
                     break
             if found is None:
                 # Cut short by ``until`` before the round ended: the untried moves remain.
-                self.paused = cut and self._time_for_one_more()
-                break
+                return best, moves, cut and self._time_for_one_more()
             best, moves = found, moves + 1
-        return best, moves
+        return best, moves, False
 
     def reserve(self) -> float:
         """Seconds to keep for the stages after the search: FINISH_RESERVE of its slowest move
@@ -1069,15 +1067,15 @@ def divide_fixed_seats(
     now = time.monotonic()
     # With a relaxation bound to come, the search gets part of the time first (see above).
     until = now + SEARCH_SHARE * (deadline - search.reserve() - now) if bounded else None
-    best, moves = search.improve(best, until)
+    best, moves, paused = search.improve(best, until)
     if moves:
         log.info("local search: %d seat moves, violation now %.3g", moves, best.violation)
     bound = None
     if best.violation > VIOLATED and bounded:
         bound = relaxation_bound(data.vm, data.vd, data.weight, data.kind, data.positive,
                                  deadline - search.reserve())
-        if search.paused:
-            best, more = search.improve(best)
+        if paused:
+            best, more, _ = search.improve(best)
             if more:
                 log.info("local search after the bound: %d more seat moves, violation now "
                          "%.3g", more, best.violation)

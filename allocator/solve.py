@@ -199,25 +199,23 @@ def divide(
             log.info("exact MILP: %s", exc)
             exact_infeasible = True
             notes = (*notes, EXACT_PROOF_NOTE)
-    best_value: float | None = None
-    unconstrained_known = False
+    scalable: Found | None = None
+    scalable_notes: tuple[str, ...] = ()
+    impossible = False
     if found is None:
         scalable, scalable_notes, impossible = _scalable(inst, objective, deadline, churn)
         found = scalable
-        completion_notes: tuple[str, ...] = ()
-        if not (impossible or exact_infeasible) and _completion_worthwhile(inst, deadline):
-            # The welfare ratio's denominator first: the completion may take all the time left.
-            best_value = _unconstrained(inst, objective, options, deadline, churn)
-            unconstrained_known = True
-            found, completion_notes = _complete(inst, objective, options, deadline, churn,
-                                                scalable)
-        if found is scalable:
-            notes = (*notes, *scalable_notes)
-        notes = (*notes, *completion_notes)
+    # The welfare ratio's denominator before the completion, which may take all the time left.
+    best_value = _unconstrained(inst, objective, options, deadline, churn)
+    completion_notes: tuple[str, ...] = ()
+    if (scalable is not None and not (impossible or exact_infeasible)
+            and _completion_worthwhile(inst, deadline)):
+        found, completion_notes = _complete(inst, objective, options, deadline, churn, scalable)
+    if found is scalable:
+        notes = (*notes, *scalable_notes)
+    notes = (*notes, *completion_notes)
     allocation, solver_name, status, gap = found
     lambda_prop, lambda_ef = _needed_relaxation(inst, allocation)
-    if not unconstrained_known:
-        best_value = _unconstrained(inst, objective, options, deadline, churn)
 
     def certificate_against(best: float | None) -> Certificate:
         return certify(
