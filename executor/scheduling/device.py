@@ -32,6 +32,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
@@ -149,7 +150,7 @@ class SessionGroup:
 
 
 @dataclass
-class _Job:
+class Job:
     """A batch chosen under the lock, run outside it."""
 
     group: SessionGroup
@@ -171,12 +172,16 @@ class DeviceScheduler:
         backend: Backend,
         config: SchedulerConfig,
         device: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.plan = plan
         self.device = device or plan.device  # where the backend runs it (may be remapped)
         self.groups = groups
         self._backend = backend
         self._config = config
+        # Every decision reads the time from here, so tests can step a fake clock through
+        # batching delays and deadlines instead of sleeping on a loaded machine.
+        self._clock = clock
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._stopping = False
@@ -250,7 +255,7 @@ class DeviceScheduler:
 
     def submit(self, group: SessionGroup, query: Query, arrival: float | None = None) -> Pending:
         """Admit and queue a query, or raise Overloaded/GroupClosed; never blocks on work."""
-        now = time.monotonic()
+        now = self._clock()
         arrival = now if arrival is None else arrival
         rows = query.num_candidates
         with self._cond:
@@ -288,7 +293,7 @@ class DeviceScheduler:
         turned away without their bodies being parsed. A draining group passes: submit
         routes the query to the new deployment.
         """
-        now = time.monotonic()
+        now = self._clock()
         with self._cond:
             if group.closing:
                 return
@@ -343,11 +348,11 @@ class DeviceScheduler:
         while not self._stopping:
             dropped: list[Piece] = []
             job = self._next_job(own, dropped)
-            self._expire(dropped)
+            self.expire(dropped)
             if job is not None:
                 self._run(job, sessions)
 
-    def _next_job(self, own: SessionGroup | None, dropped: list[Piece]) -> _Job | None:
+    def _next_job(self, own: SessionGroup | None, dropped: list[Piece]) -> Job | None:
         """Wait for a ready group and take a batch from it.
 
         None when stopping, or when expired pieces were found and must be failed first
@@ -355,15 +360,12 @@ class DeviceScheduler:
         """
         with self._cond:
             while not self._stopping:
-                now = time.monotonic()
-                group, wake = self._choose(own, now)
-                if group is not None:
-                    job = self._take(group, now, pooled=own is None, dropped=dropped)
-                    if job is not None:
-                        return job
-                    continue
+                job, wake = self.decide(own, dropped)
+                if job is not None:
+                    return job
                 if dropped:
                     return None
+                now = self._clock()
                 if own is not None:
                     own.idle_own += 1
                 else:
@@ -374,6 +376,27 @@ class DeviceScheduler:
                 else:
                     self._idle_pool -= 1
             return None
+
+    def decide(
+        self, own: SessionGroup | None, dropped: list[Piece]
+    ) -> tuple[Job | None, float | None]:
+        """The batch a free session would run now, without waiting and without running it.
+
+        ``own`` is the session's group, None for a shared pool session. Returns the batch (its
+        rows now count as in service) or, when no group is ready, None and the clock time at
+        which one becomes ready (None: only a new query can make one ready). Pieces found past
+        their deadline are moved to ``dropped`` for the caller to fail outside the lock. This
+        is the whole scheduling decision; the worker threads only wait for it and run it.
+        """
+        with self._cond:
+            now = self._clock()
+            while True:
+                group, wake = self._choose(own, now)
+                if group is None:
+                    return None, wake
+                job = self._take(group, now, pooled=own is None, dropped=dropped)
+                if job is not None:
+                    return job, None
 
     def _ready_at(self, group: SessionGroup) -> float | None:
         """When the group's queue may be served: now if full or closing, else after the delay."""
@@ -416,7 +439,7 @@ class DeviceScheduler:
 
     def _take(
         self, group: SessionGroup, now: float, pooled: bool, dropped: list[Piece]
-    ) -> _Job | None:
+    ) -> Job | None:
         """Pop a batch from the group's queue (FIFO, at most one piece per query)."""
         limit = self._config.max_batch_candidates if self._config.batching else 0
         taken: list[Piece] = []
@@ -452,9 +475,9 @@ class DeviceScheduler:
             start = max(self._virtual_time, group.finish_tag)
             group.finish_tag = start + rows / group.pool_weight
             self._virtual_time = start
-        return _Job(group, taken, pooled)
+        return Job(group, taken, pooled)
 
-    def _run(self, job: _Job, sessions: dict[int, Session]) -> None:
+    def _run(self, job: Job, sessions: dict[int, Session]) -> None:
         group = job.group
         batch = Batch.of([p.query() for p in job.pieces])
         began = time.monotonic()
@@ -512,14 +535,15 @@ class DeviceScheduler:
             return
         pending.group.stats.completed += 1
 
-    def _expire(self, dropped: list[Piece]) -> None:
+    def expire(self, dropped: list[Piece]) -> None:
+        """Fail the queries of pieces that :meth:`decide` found past their deadline."""
         if not dropped:
             return
         with self._cond:
             for piece in dropped:
                 self._piece_done(piece.pending)
         for pending in dict.fromkeys(p.pending for p in dropped):
-            waited = (time.monotonic() - pending.arrival) * 1000
+            waited = (self._clock() - pending.arrival) * 1000
             message = f"model {pending.group.model_id!r}: dropped after {waited:.0f} ms"
             self._fail(pending, DeadlineExceeded(message), "expired")
 

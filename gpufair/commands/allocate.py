@@ -4,7 +4,8 @@ Reads a cluster description (tenants, GPUs, models with throughput curves; see
 examples/cluster.toml), runs ``allocator.allocate_cluster`` and prints a readable table per
 GPU and the fairness certificate per tenant, or the whole allocation as JSON with ``--json``.
 Settings come from ``[allocator]``, overridden by the flags; bad input ends as one line on
-stderr and a non-zero exit.
+stderr and a non-zero exit. Whatever a solver library prints during the solve goes to stderr
+(gpufair.stdout_guard), so stdout holds the table or the JSON alone.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from allocator.snapshot import OBJECTIVES
+from gpufair.stdout_guard import stdout_reserved_for_result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,16 +89,17 @@ def main(argv: list[str]) -> int:
         return _fail(str(exc), 2)
     from allocator.cluster import allocate_cluster
 
-    try:
-        result = allocate_cluster(snapshot, options, previous)
-    except InstanceError as exc:
-        return _fail(str(exc), 2)
-    except AllocatorError as exc:
-        return _fail(str(exc), 1)
-    if args.json:
-        json.dump(result.to_dict(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
+    with stdout_reserved_for_result() as result_stream:
+        try:
+            result = allocate_cluster(snapshot, options, previous)
+        except InstanceError as exc:
+            return _fail(str(exc), 2)
+        except AllocatorError as exc:
+            return _fail(str(exc), 1)
+        if args.json:
+            json.dump(result.to_dict(), result_stream, indent=2)
+            result_stream.write("\n")
+            return 0
     _say(f"{'node':<10} {'device':<8} {'seat':>4}  {'tenant':<12} {'model':<14} "
           f"{'dedicated':>9} {'pool w':>7}")
     for node, plan in result.plans.items():

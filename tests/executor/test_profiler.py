@@ -23,7 +23,11 @@ from executor.runtime import load_model
 from gpufair.commands import profile as profile_command
 
 TINY = "zoo:rmc1?scale=0.0005"
-FAST = {"closed_s": 0.2, "window_s": 0.3, "refine": False}
+
+
+def fast(sla_p99_ms: float, max_sessions: int) -> ProfileSettings:
+    """Settings short enough for a test: brief runs and no bisection."""
+    return ProfileSettings(sla_p99_ms, max_sessions, closed_s=0.2, window_s=0.3, refine=False)
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +46,12 @@ def test_query_pool_follows_the_design_workload(tiny) -> None:
 def test_an_impossible_sla_gives_zero_and_a_loose_one_gives_throughput(tiny) -> None:
     pool = query_pool(tiny, 16, seed=0)
     sessions = [tiny.session()]
-    assert latency_bounded_qps(sessions, pool, ProfileSettings(1e-3, 1, **FAST)) == 0.0
-    assert latency_bounded_qps(sessions, pool, ProfileSettings(500.0, 1, **FAST)) > 10
+    assert latency_bounded_qps(sessions, pool, fast(1e-3, 1)) == 0.0
+    assert latency_bounded_qps(sessions, pool, fast(500.0, 1)) > 10
 
 
 def test_profile_is_a_non_decreasing_measured_curve(tiny) -> None:
-    curve = profile_model(tiny, ProfileSettings(200.0, 2, **FAST))
+    curve = profile_model(tiny, fast(200.0, 2))
     qps = curve["qps"]
     assert len(qps) == 2 and qps[0] > 0
     assert all(b >= a for a, b in zip(qps, qps[1:], strict=False))

@@ -1,6 +1,8 @@
-"""The scheduling side on the fake backend: every path scores like a plain forward, batching and
-splitting happen when they should, admission refuses what cannot meet the SLA, deadlines hold,
-a broken model hurts no other, and a plan swap under load loses no query."""
+"""The scheduler's worker threads on the fake backend: every path scores like a plain forward,
+small queries are batched and large ones split, a broken model hurts no other, and a plan swap
+under load loses no query. The rules themselves (batching delay, deadlines, admission, fair
+shares) are checked on a fake clock in test_scheduling_rules.py; no test here bounds a wall
+time, since a loaded CI machine may stretch any of them."""
 
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ import pytest
 from executor.fake import FAKE_SCHEMA, FakeBackend, fake_scores
 from executor.features import Batch
 from executor.scheduling import (
-    DeadlineExceeded,
     ModelFailed,
     ModelUnavailable,
     NodeRuntime,
@@ -81,59 +82,20 @@ def test_small_queries_are_batched_up_to_the_row_limit(runtimes):
     assert runtime.deployment.groups()[0].stats.batches == 4
 
 
-def test_a_lone_small_query_waits_at_most_the_batching_delay(runtimes):
-    runtime = runtimes(SchedulerConfig(batch_max_delay_s=0.02), FakeBackend(row_s=0, batch_s=0))
-    runtime.apply(plan([seat(0, "m")]))
-    (q,) = queries(FAKE_SCHEMA, [5], seed=2)
-    began = time.monotonic()
-    runtime.submit("m", q).future.result(timeout=5)
-    assert 0.015 <= time.monotonic() - began < 0.2
-
-
 def test_a_large_query_is_split_across_idle_sessions(runtimes):
     backend = FakeBackend(row_s=100e-6, batch_s=0.0)
     runtime = runtimes(SchedulerConfig(max_batch_candidates=1000, batch_max_delay_s=0.0), backend)
     runtime.apply(plan([seat(0, "m", dedicated=3)]))
-    time.sleep(0.1)  # let the four sessions reach their idle wait
+    group = runtime.group("m")
+    deadline = time.monotonic() + 30
+    while group.idle_own < 4:  # let the four sessions reach their idle wait
+        assert time.monotonic() < deadline, group.idle_own
+        time.sleep(0.001)
     (q,) = queries(FAKE_SCHEMA, [800], seed=3)
-    began = time.monotonic()
-    scores = runtime.submit("m", q).future.result(timeout=5)
-    elapsed = time.monotonic() - began
+    scores = runtime.submit("m", q).future.result(timeout=30)
     np.testing.assert_allclose(scores, reference(q), atol=1e-5)
-    assert runtime.deployment.groups()[0].stats.batches == 4
-    assert elapsed < 0.08 * 0.6  # 80 ms of rows on one session, about 20 ms on four
-
-
-def test_a_full_queue_refuses_with_retry_after(runtimes):
-    runtime = runtimes(SchedulerConfig(max_queue=5, admission=False), FakeBackend(batch_s=0.2))
-    runtime.apply(plan([seat(0, "m")]))
-    batch = queries(FAKE_SCHEMA, [10] * 6, seed=4)
-    admitted = [runtime.submit("m", q) for q in batch[:5]]
-    with pytest.raises(Overloaded) as refused:
-        runtime.submit("m", batch[5])
-    assert refused.value.retry_after_s >= 1
-    assert all(p.future.result(timeout=10) is not None for p in admitted)
-
-
-def test_admission_refuses_queries_that_would_miss_the_sla(runtimes):
-    # 1 ms per row on one session, SLA 200 ms: about 200 rows of backlog fit.
-    runtime = runtimes(SchedulerConfig(batch_max_delay_s=0.0), FakeBackend(row_s=1e-3, batch_s=0))
-    runtime.apply(plan([seat(0, "m", sla_ms=200)]))
-    warm = queries(FAKE_SCHEMA, [20], seed=5)[0]
-    runtime.submit("m", warm).future.result(timeout=5)  # measure the service rate first
-    admitted, refused = [], []
-    for q in queries(FAKE_SCHEMA, [50] * 40, seed=6):
-        try:
-            admitted.append(runtime.submit("m", q))
-        except Overloaded as exc:
-            refused.append(exc)
-    assert refused and all(exc.retry_after_s >= 1 for exc in refused)
-    assert 2 <= len(admitted) <= 6
-    latencies = []
-    for p in admitted:
-        p.future.result(timeout=5)
-        latencies.append(time.monotonic() - p.arrival)
-    assert max(latencies) < 0.2 * 1.5  # admitted queries finish near their SLA, not beyond
+    # Four pieces of 200 rows, one batch each: the worker threads ran what decide() chose.
+    assert group.stats.batches == 4 and group.stats.rows_own == 800
 
 
 def test_one_slow_batch_moves_the_service_rate_by_at_most_twice_the_mean():
@@ -161,23 +123,6 @@ def test_a_query_that_starts_at_once_is_admitted_whatever_the_estimate(runtimes)
     with pytest.raises(Overloaded):
         runtime.submit("m", second)  # queued behind it: the estimate decides
     assert admitted.future.result(timeout=5).shape == (5,)
-
-
-def test_a_query_past_its_deadline_is_dropped_not_served(runtimes):
-    config = SchedulerConfig(admission=False, expire_after_sla=1.0, batching=False)
-    runtime = runtimes(config, FakeBackend(row_s=0, batch_s=0.05))
-    runtime.apply(plan([seat(0, "m", sla_ms=60)]))
-    pending = [runtime.submit("m", q) for q in queries(FAKE_SCHEMA, [5] * 4, seed=8)]
-    outcomes = []
-    for p in pending:
-        try:
-            p.future.result(timeout=5)
-            outcomes.append("ok")
-        except DeadlineExceeded:
-            outcomes.append("expired")
-    # 50 ms each on one session with a 60 ms deadline: the first two run, the rest expire.
-    assert outcomes[:1] == ["ok"] and outcomes[-2:] == ["expired", "expired"]
-    assert runtime.deployment.groups()[0].stats.batches <= 2
 
 
 def test_unknown_and_broken_models_hurt_no_other(runtimes):
@@ -261,7 +206,12 @@ def test_admission_is_checked_without_queueing_anything(runtimes):
 def test_gc_is_frozen_once_and_a_replaced_plan_is_freed(runtimes, monkeypatch):
     freezes: list[int] = []
     freeze = gc.freeze
-    monkeypatch.setattr(gc, "freeze", lambda: (freezes.append(1), freeze())[1])
+
+    def counted_freeze() -> None:
+        freezes.append(1)
+        freeze()
+
+    monkeypatch.setattr(gc, "freeze", counted_freeze)
     runtime = runtimes()
     models: list[weakref.ref] = []
     q = queries(FAKE_SCHEMA, [8], seed=13)[0]
@@ -316,6 +266,7 @@ def test_every_path_scores_like_a_plain_forward_on_the_real_zoo(
         if splitting:
             naive = plain.run_naive(Batch.of([batch[1]]))
             np.testing.assert_allclose(pending[1].future.result(), naive, atol=1e-5)
+        assert runtime.deployment is not None
         stats = runtime.deployment.groups()[0].stats
         assert stats.completed == len(batch)
         # One batch per piece of at most 256 rows, unless batching merged or splitting cut.
