@@ -3,7 +3,7 @@
 Pure functions over frozen dataclasses: no I/O, no torch, no web, no database (a test asserts
 it). The public surface is re-exported here; modules behind it are private to the package:
 
-* ``divide(instance, options) -> Division`` — the core of DESIGN §2 (allocator.solve);
+* ``divide(instance, options) -> Division`` — the core of docs/architecture.md §2 (allocator.solve);
 * ``certify`` / ``validate_allocation`` — the one checker (allocator.certificate);
 * ``allocate_cluster(snapshot, options, previous, *, version, allocation_id)`` — the cluster
   layer that builds the core instance from a snapshot and cuts node plans (allocator.cluster),

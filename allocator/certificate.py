@@ -4,10 +4,10 @@ Everything that decides whether an allocation is fair lives here, written once a
 solvers (to find violated envy pairs), by ``divide`` and the cluster layer (before anything is
 returned), by the CLI and the API (before anything is stored) and by the tests.
 
-The notions are DESIGN §2's table (EF^α and PROP^α from Li, Li, Liu and Wu, "Allocating Mixed
-Goods with Customized Fairness and Indivisibility Ratio", IJCAI 2024; EFM from Bei, Li, Liu,
-Liu and Lu, "Fair Division of Mixed Divisible and Indivisible Goods", AIJ 2021). Each agent's
-criterion is a family of linear inequalities in the agent's own values; every inequality is
+The notions are docs/architecture.md §2's table (EF^α and PROP^α from Li, Li, Liu and Wu,
+"Allocating Mixed Goods with Customized Fairness and Indivisibility Ratio", IJCAI 2024; EFM from
+Bei, Li, Liu, Liu and Lu, "Fair Division of Mixed Divisible and Indivisible Goods", AIJ 2021). Each
+agent's criterion is a family of linear inequalities in the agent's own values; every inequality is
 written as ``a + b·λ ≥ 0`` where λ is the relaxation (``f_i = α_i + λ(1 − α_i)``), both sides
 divided by the agent's total value ``T_i`` so that margins are comparable across agents. The
 *slack* reported for an agent is the smallest such margin: a fraction of the agent's total

@@ -1,8 +1,8 @@
 """The cluster layer: from a ClusterSnapshot to the core instance, and back to node plans.
 
-Goods (DESIGN §2): every seat of every GPU is an indivisible good; the streams a GPU has beyond
-its seats form one divisible *pool* good. The core's fairness notions measure every tenant
-against its total value ``T_i`` (the sum of its values over all goods), so the valuation must
+Goods (docs/architecture.md §2): every seat of every GPU is an indivisible good; the streams a GPU
+has beyond its seats form one divisible *pool* good. The core's fairness notions measure every
+tenant against its total value ``T_i`` (the sum of its values over all goods), so the valuation must
 not give a tenant value for capacity it could never use: a tenant that wants 3 replicas has no
 use for the other 250 seats of the cluster, and counting them would make its proportional
 share unreachable. Hence **candidate seats**: every model ``m`` of a tenant is given exactly

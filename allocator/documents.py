@@ -1,8 +1,9 @@
-"""JSON documents of the core: the instance that ``gpufair divide`` reads (DESIGN §3.1).
+"""JSON documents of the core: the instance that ``gpufair divide`` reads (docs/architecture.md
+§3.1).
 
 One parser, shared by the CLI, the benchmark and the tests, that refuses a malformed document
 with an InstanceError naming the bad field (the CLI prints that one line). Besides the fields of
-DESIGN §3.1 it accepts the side constraints of :class:`~allocator.instance.Instance`
+docs/architecture.md §3.1 it accepts the side constraints of :class:`~allocator.instance.Instance`
 (``forbidden``, ``requires``, ``caps``, ``optional``) so that cluster-derived instances can be
 replayed through the CLI.
 """

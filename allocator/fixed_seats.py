@@ -12,10 +12,10 @@ few agents and kinds of goods it no longer finishes in seconds. This path splits
    weights, WEF1 otherwise — with previous holders keeping their goods under a churn bound.
 2. **Divisible goods** are divided by one LP (HiGHS through highspy, matrices built with numpy).
    Once the indivisible goods are fixed every ``Mx_i(·)`` is a constant, so every criterion of
-   DESIGN §2 is a linear row in the shares ``x_jd``, the relaxation λ and a non-negative
-   per-agent slack ``s_i`` (the amount, as a fraction of ``T_i``, by which the agent's criterion
-   would fail). The LP is solved lexicographically: minimise Σ s_i with λ = 1 (every row is
-   weakest there, so this is the least violation any λ allows); then, with the slacks kept,
+   docs/architecture.md §2 is a linear row in the shares ``x_jd``, the relaxation λ and a
+   non-negative per-agent slack ``s_i`` (the amount, as a fraction of ``T_i``, by which the agent's
+   criterion would fail). The LP is solved lexicographically: minimise Σ s_i with λ = 1 (every row
+   is weakest there, so this is the least violation any λ allows); then, with the slacks kept,
    minimise 1000·λ_prop + λ_ef (PROP-type agents are relaxed only where EF1 is not enough, as
    in the MILP's λ search); then, with both kept, maximise the objective. EF-type rows are
    O(n²) and are added lazily: all currently violated pairs per round, until none is violated
@@ -504,8 +504,8 @@ class _ShareLp:
         r = data.ratio[i, j]
         base = data.base[i]
         efm = data.kind[i] == EFM_KIND
-        # EFM: V_i(A_i) ≥ V_i(A_j) − λ·Mx_i(A_j) (DESIGN §2's exact branch, relaxed by λ; at
-        # λ = 1 it is also the branch for j without divisible goods). Weighted:
+        # EFM: V_i(A_i) ≥ V_i(A_j) − λ·Mx_i(A_j) (docs/architecture.md §2's exact branch, relaxed
+        # by λ; at λ = 1 it is also the branch for j without divisible goods). Weighted:
         # V_i(A_i) ≥ r·(V_i(A_j) − f_i·Mx_i(A_j)), f_i = base + λ(1−base).
         lower = np.where(efm, theirs - own, r * theirs - r * base * mx - own)
         slope = np.where(efm, mx, (1 - base) * r * mx)

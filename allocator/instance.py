@@ -1,10 +1,11 @@
-"""The pure fair-division instance and allocation (DESIGN §2), independent of GPUs.
+"""The pure fair-division instance and allocation (docs/architecture.md §2), independent of GPUs.
 
 Agents with weights and criteria; indivisible goods ``M`` with values ``v_i(g)``; homogeneous
 divisible goods ``D`` with values ``u_i(d)`` for the whole good. An allocation gives every
 indivisible good to exactly one agent and divides every divisible good completely.
 The cluster layer builds an :class:`Instance` from a snapshot and may add side constraints
-(``forbidden``, ``requires``, ``caps``) that the plain core of DESIGN §2 does not have.
+(``forbidden``, ``requires``, ``caps``) that the plain core of docs/architecture.md §2 does not
+have.
 """
 
 from __future__ import annotations

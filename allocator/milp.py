@@ -1,7 +1,7 @@
 """The fair-division MILP: the only module of gpufair that imports PuLP.
 
-One model serves every criterion and objective of DESIGN §2. Binary ``y[i,g]`` gives the
-indivisible good ``g`` to agent ``i``; continuous ``x[i,d]`` is ``i``'s share of the divisible
+One model serves every criterion and objective of docs/architecture.md §2. Binary ``y[i,g]`` gives
+the indivisible good ``g`` to agent ``i``; continuous ``x[i,d]`` is ``i``'s share of the divisible
 good ``d``. Values are divided by each agent's total ``T_i`` so that every row has coefficients
 in [0, 1] (HiGHS's tolerances then mean the same thing for every agent).
 

@@ -2,8 +2,8 @@
 
 A plan says, for each device of one node, which model replica sits in each seat and which
 streams serve it: one base stream, whole extra streams dedicated to it, and a weight in the
-device's shared pool for its fractional remainder (DESIGN §3.2). Plans are immutable and
-versioned; the executor swaps an old version for a new one after draining in-flight queries.
+device's shared pool for its fractional remainder (docs/architecture.md §3.2). Plans are immutable
+and versioned; the executor swaps an old version for a new one after draining in-flight queries.
 
 ``NodePlan.from_dict`` is the only parser of the format: the executor uses it for
 ``--plan FILE`` and for plans pulled from the API, so a malformed plan is refused with a

@@ -4,7 +4,8 @@ A snapshot is a frozen picture of the cluster at solve time — GPUs (or CPU dev
 for them) with their seats, streams and memory; tenants with their weight and fairness
 criterion; models with their SLA, demand and measured or estimated throughput curves. The API
 builds one from the database, ``gpufair allocate`` from a TOML/JSON file, tests by hand. The
-allocator reads nothing else, which keeps it a pure function of this value (DESIGN §1, §2).
+allocator reads nothing else, which keeps it a pure function of this value (docs/architecture.md
+§1, §2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``divide``: certified fair division of one core instance (DESIGN §2).
+"""``divide``: certified fair division of one core instance (docs/architecture.md §2).
 
 The pipeline: validate the instance and put it in canonical order (agents and goods sorted by
 name, so the answer does not depend on input order); then
@@ -91,7 +91,7 @@ class Division:
     certificate: Certificate
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document of DESIGN §3.1."""
+        """The JSON document of docs/architecture.md §3.1."""
         return {
             "indivisible": dict(self.allocation.indivisible),
             "divisible": {d: dict(s) for d, s in self.allocation.divisible.items()},
@@ -408,7 +408,7 @@ def _needed_relaxation(instance: Instance, allocation: Allocation) -> tuple[floa
 
 
 class _Solver:
-    """The MILP with the λ search of DESIGN §2 around it."""
+    """The MILP with the λ search of docs/architecture.md §2 around it."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """Scheduled re-solve: every ``settings.api.solve_interval_s`` the API solves again on its own.
 
-DESIGN §1's loop re-solves "on request or on a schedule"; this is the schedule. The task is
-made by the app factory's lifespan (nothing runs at import) and calls the very service
+docs/architecture.md §1's loop re-solves "on request or on a schedule"; this is the schedule. The
+task is made by the app factory's lifespan (nothing runs at import) and calls the very service
 function ``POST /v1/allocations`` runs (:func:`api.services.allocations.run_solve`), so a
 scheduled allocation is solved, certified, stored and announced to long-polling nodes exactly
 as a requested one, and the solve lock serialises it with every other solve of every replica.

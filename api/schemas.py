@@ -7,10 +7,8 @@ service code runs; numbers must be finite (``1e999`` parses to infinity in JSON 
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import Path
 from pydantic import (
@@ -24,38 +22,34 @@ from pydantic import (
 )
 
 from allocator import Criterion, Objective
+from executor.wire.artifact import PREFIX as ZOO_PREFIX
+from executor.wire.artifact import parse_zoo_artifact
+from executor.wire.names import DEVICE_NAME_PATTERN, NAME_PATTERN
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, examples=["ads-ranking"])]
-DeviceName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,15}:[0-9]{1,4}$", examples=["cuda:0"])]
+DeviceName = Annotated[str, Field(pattern=DEVICE_NAME_PATTERN, examples=["cuda:0"])]
 # Ids are bounded to the database's 32-bit integers, so a huge id is a 422, not a driver error.
 MAX_ID = 2**31 - 1
 PathId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
-ZOO_PARAMETERS = {"scale": float, "seed": int, "user_tables": int}
 UPLOAD_ARTIFACT = "api"
 
 
 def _zoo_or_upload(value: str) -> str:
-    """Accept ``api`` (upload follows) or ``zoo:<arch>?scale=..&seed=..[&user_tables=..]``."""
+    """Accept ``api`` (an upload follows) or a zoo reference the executor builds.
+
+    The zoo reference is checked by the executor's own parser (:mod:`executor.wire.artifact`),
+    so the API stores exactly the references an executor can build; its ZooError is a
+    ValueError, which pydantic turns into the 422 naming the field and quoting the reason.
+    """
     if value == UPLOAD_ARTIFACT:
         return value
-    parts = urlsplit(value)
-    arch = parts.path
-    if parts.scheme != "zoo" or not arch or not arch.replace("_", "").isalnum():
-        raise ValueError("expected 'zoo:<arch>?scale=<f>&seed=<n>[&user_tables=<n>]' or 'api'")
-    for key, text in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
-        kind = ZOO_PARAMETERS.get(key)
-        if kind is None:
-            raise ValueError(f"unknown zoo parameter {key!r}; known: {', '.join(ZOO_PARAMETERS)}")
-        try:
-            number = kind(text)
-        except ValueError:
-            raise ValueError(f"zoo parameter {key}={text!r} is not a {kind.__name__}") from None
-        if not math.isfinite(number) or number < (1 if key == "user_tables" else 0):
-            raise ValueError(f"zoo parameter {key}={text!r} is out of range")
-        if key == "scale" and number == 0:
-            raise ValueError("zoo parameter scale must be positive")
+    if not value.startswith(ZOO_PREFIX):
+        raise ValueError(
+            f"artifact {value!r}: expected {UPLOAD_ARTIFACT!r} (an upload follows) or "
+            f"'{ZOO_PREFIX}<arch>[?key=value&...]'"
+        )
+    parse_zoo_artifact(value)
     return value
 
 

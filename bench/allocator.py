@@ -1,7 +1,7 @@
 """``gpufair bench allocator``: solve time, welfare and fairness of gpufair's allocator at scale.
 
-What it measures (DESIGN §5), on the seeded cluster-like instances of :mod:`bench.instances`
-(tenants × GPUs, 4 seats and one stream pool per GPU, mixed criteria):
+What it measures (docs/architecture.md §5), on the seeded cluster-like instances of
+:mod:`bench.instances` (tenants × GPUs, 4 seats and one stream pool per GPU, mixed criteria):
 
 * the wall time of :func:`allocator.divide` (the MILP path, certificate included) over a grid of
   tenants × GPUs, median over seeds, with the solver's status — where the MILP hits its time
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FULL_GRID = (8, 16, 32, 64, 128, 256, 512)
 QUICK_GRID = (8, 16, 32)
-CLI_SIZE = (64, 64)  # the "must show" size of issue 2: 64 tenants × 64 GPUs via gpufair divide
+CLI_SIZE = (64, 64)  # the headline size: 64 tenants × 64 GPUs through `gpufair divide`
 
 
 @dataclass(frozen=True)
@@ -723,7 +723,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
         "config": {**asdict(config), "out_dir": str(config.out_dir)},
         "machine": _machine(),
     }
-    # The `gpufair divide` runs come first: they measure issue 2's headline size and must not
+    # The `gpufair divide` runs come first: they measure the headline size and must not
     # be squeezed out by a grid that spends the budget.
     result["cli"] = _run_cli(config, deadline) if config.cli_runs else []
     records, cells = _run_grid(config, deadline)

@@ -1,4 +1,4 @@
-"""``gpufair bench api``: the control plane's latency where it matters (DESIGN §5).
+"""``gpufair bench api``: the control plane's latency where it matters (docs/architecture.md §5).
 
 Two measurements against a real ``gpufair serve`` in a subprocess on loopback:
 

@@ -1,6 +1,7 @@
 """Fair-share baselines that the allocator benchmark checks against gpufair's certificate.
 
-These are the rules a platform team would use instead of a fair-division solver (DESIGN §5):
+These are the rules a platform team would use instead of a fair-division solver
+(docs/architecture.md §5):
 
 * :func:`equal_split` — every divisible good split equally among all tenants; the indivisible
   goods dealt one at a time to the tenants in turn (static partitioning, as with MIG slices or
@@ -13,9 +14,9 @@ These are the rules a platform team would use instead of a fair-division solver 
   each divisible good in turn is poured into the lowest tenants until their levels meet.
 
 Each is a pure, deterministic function of a plain core :class:`~allocator.instance.Instance`
-(DESIGN §2) returning a complete :class:`~allocator.instance.Allocation`. Tenants and goods are
-taken in name order, so the result does not depend on the order of the input. Ties go to the
-first name. The cluster layer's side constraints (``forbidden``, ``requires``, ``caps``,
+(docs/architecture.md §2) returning a complete :class:`~allocator.instance.Allocation`. Tenants and
+goods are taken in name order, so the result does not depend on the order of the input. Ties go to
+the first name. The cluster layer's side constraints (``forbidden``, ``requires``, ``caps``,
 ``optional``) are outside what these rules know, so an instance carrying any is refused with
 ``ValueError``.
 """

@@ -1,9 +1,10 @@
 """Seeded random cluster-like fair-division instances for the allocator benchmark.
 
-The benchmark needs core instances (DESIGN §2) shaped like the clusters gpufair divides, at
-sizes from 8 to 512 tenants and GPUs, reproducible from ``(tenants, gpus, seed)`` alone. Each
-GPU contributes 4 **seats** (indivisible goods) and one **stream pool** (a divisible good) of
-the streams left over after every seat's base stream, as in the cluster layer (DESIGN §3.2).
+The benchmark needs core instances (docs/architecture.md §2) shaped like the clusters gpufair
+divides, at sizes from 8 to 512 tenants and GPUs, reproducible from ``(tenants, gpus, seed)``
+alone. Each GPU contributes 4 **seats** (indivisible goods) and one **stream pool** (a divisible
+good) of the streams left over after every seat's base stream, as in the cluster layer
+(docs/architecture.md §3.2).
 
 How the values are drawn (all from one ``random.Random(seed)``, so an instance is a pure
 function of its three integers):

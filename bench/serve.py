@@ -1,8 +1,8 @@
 """``gpufair bench serve``: latency-bounded throughput of the executor against baselines.
 
-The DESIGN §5 workload: open-loop Poisson arrivals; each query is one user and K candidates,
-K drawn uniformly from the 20 quantiles ``[100, 100, 200 ×12, 300, 300, 400, 500, 600, 700]``
-(mean 270); latency runs from a query's *scheduled* arrival time to its scores, so a load
+The docs/architecture.md §5 workload: open-loop Poisson arrivals; each query is one user and K
+candidates, K drawn uniformly from the 20 quantiles ``[100, 100, 200 ×12, 300, 300, 400, 500, 600,
+700]`` (mean 270); latency runs from a query's *scheduled* arrival time to its scores, so a load
 generator that falls behind is charged to the server, not hidden. A refused (429) or dropped
 query counts as a miss. The latency-bounded throughput of a server is the highest arrival rate
 whose p99 stays within the SLA, found by the same search for every server: a warm-up at a
@@ -186,7 +186,7 @@ def seat(
 
 
 class Workload:
-    """Pre-built queries of the DESIGN §5 sizes and seeded Poisson schedules."""
+    """Pre-built queries of the docs/architecture.md §5 sizes and seeded Poisson schedules."""
 
     def __init__(self, schema: Any, seed: int) -> None:
         rng = np.random.default_rng(seed)
@@ -513,7 +513,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gpufair bench serve",
         description="Latency-bounded throughput of the executor against naive and single-session "
-        "servers, and tenant isolation (DESIGN §5).",
+        "servers, and tenant isolation (docs/architecture.md §5).",
     )
     p.add_argument("--quick", action="store_true", help="short trials, one search (< 2 minutes)")
     p.add_argument("--json", type=Path, help="also write the results to this file")

@@ -1,6 +1,6 @@
 """Query bodies of ``POST /v1/models/{model}/infer``: JSON and binary numpy, both ways.
 
-JSON (DESIGN §3.3)::
+JSON (docs/architecture.md §3.3)::
 
     {"user": {"dense": [...Du], "sparse": {"f": [ids...L]}},
      "candidates": {"dense": [[...Dc], ...N], "sparse": {"g": [[ids...L], ...N]}}}

@@ -5,11 +5,11 @@ children are cached). Everything the scheduler already counts — queue depth, q
 flight, session busy time, rows served by own and pool sessions — is read from the running
 deployment only when ``/metrics`` is scraped, so serving pays nothing for it.
 
-SLA attainment is the fraction of received queries answered within the replica's p99 SLA;
-refused (429) and dropped queries count as misses, because a client that was refused did not
-get its answer in time either; malformed queries (400) do not count. The counts behind it,
-cumulative since the daemon started, go to the control plane with every heartbeat
-(:meth:`ExecutorMetrics.sla_tallies`).
+SLA attainment is :mod:`executor.wire.attainment`'s, the one definition every consumer uses:
+queries answered within the replica's p99 SLA / queries received, where late answers, refused
+(429), dropped (504) and failed (500) queries are misses and malformed ones (400) are not
+received. The counts behind it, cumulative since the daemon started, go to the control plane
+with every heartbeat (:meth:`ExecutorMetrics.sla_tallies`), which divides them the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from executor.scheduling import NodeRuntime
+from executor.wire.attainment import RECEIVED_OUTCOMES, attainment, is_within_sla
 
 LATENCY_BUCKETS = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
@@ -37,7 +38,7 @@ class SlaTally:
 
     tenant: str
     model: str
-    received: int  # answered, refused (429), dropped (504) or failed (500)
+    received: int  # answered (in time or late), refused (429), dropped (504) or failed (500)
     within_sla: int  # answered within the replica's p99 SLA
 
 
@@ -85,12 +86,12 @@ class ExecutorMetrics:
             self._children[key] = children
         latency, count, met = children
         count.inc()
-        within = outcome == "ok" and latency_s is not None and latency_s <= sla_s
+        within = is_within_sla(answered=outcome == "ok", latency_s=latency_s, sla_s=sla_s)
         if latency_s is not None and outcome == "ok":
             latency.observe(latency_s)
         if within:
             met.inc()
-        if outcome == "invalid":  # the client's mistake, not a query the server failed
+        if outcome not in RECEIVED_OUTCOMES:  # a 400: the client's mistake, not a miss
             return
         with self._lock:
             tally = self._attainment.setdefault((tenant, model), [0, 0])
@@ -98,8 +99,11 @@ class ExecutorMetrics:
             tally[1] += 1
 
     def attainment(self) -> dict[tuple[str, str], float]:
+        """Attainment per (tenant, model) that has received a query since the daemon started."""
         with self._lock:
-            return {k: met / total for k, (met, total) in self._attainment.items() if total}
+            counts = list(self._attainment.items())
+        figures = {k: attainment(within_sla=met, received=total) for k, (met, total) in counts}
+        return {k: figure for k, figure in figures.items() if figure is not None}
 
     def sla_tallies(self) -> list[SlaTally]:
         """Cumulative received and within-SLA counts per (tenant, model), sorted by both.
@@ -140,9 +144,10 @@ class _RuntimeCollector(Collector):
         )
         batches = CounterMetricFamily("gpufair_executor_batches", "Batches run", labels=labels)
         version = GaugeMetricFamily("gpufair_executor_plan_version", "Plan version being served")
-        attainment = GaugeMetricFamily(
+        attained = GaugeMetricFamily(
             "gpufair_executor_sla_attainment",
-            "Fraction of received queries answered within the SLA",
+            "Queries answered within the SLA / queries received (late answers, 429s, drops "
+            "and failures are misses)",
             labels=["tenant", "model"],
         )
         deployment = self._runtime.deployment
@@ -159,5 +164,5 @@ class _RuntimeCollector(Collector):
                     rows.add_metric([*key, "pool"], g.stats.rows_pool)
                     batches.add_metric(key, g.stats.batches)
         for (tenant, model), value in self._metrics.attainment().items():
-            attainment.add_metric([tenant, model], value)
-        yield from (depth, flight, busy, rows, batches, version, attainment)
+            attained.add_metric([tenant, model], value)
+        yield from (depth, flight, busy, rows, batches, version, attained)

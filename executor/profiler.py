@@ -2,13 +2,13 @@
 
 The allocator values seats and stream-pool shares by q_m(g, s), the highest query rate one
 replica of model m sustains on device g with s streams while its p99 latency stays within the
-SLA (DESIGN §2, §5). This module measures that curve on this node, for the zoo models or any
-loaded model, and returns one entry of a profile file (:mod:`executor.profiles`), which the
+SLA (docs/architecture.md §2, §5). This module measures that curve on this node, for the zoo models
+or any loaded model, and returns one entry of a profile file (:mod:`executor.profiles`), which the
 daemon uploads to the API.
 
 Method (DeepRecSched's latency-bounded throughput, simplified to one replica):
-queries follow DESIGN §5 (one user, K candidates with K drawn from the 20 quantiles), arrive
-open-loop with exponential gaps and are served first-come first-served by s worker threads,
+queries follow docs/architecture.md §5 (one user, K candidates with K drawn from the 20 quantiles),
+arrive open-loop with exponential gaps and are served first-come first-served by s worker threads,
 each with its own :class:`~executor.runtime.Session` (one CUDA stream each on a GPU, one
 thread with one intra-op thread each on a CPU). Latency counts from the scheduled arrival.
 A short closed-loop run first measures the capacity μ_s; open-loop runs then try fractions of
@@ -38,7 +38,7 @@ from executor.runtime import LoadedModel, Session
 
 log = logging.getLogger(__name__)
 
-# DESIGN §5: candidates per query, drawn uniformly from these 20 quantiles (mean 270).
+# docs/architecture.md §5: candidates per query, drawn uniformly from these 20 quantiles (mean 270).
 QUERY_SIZE_QUANTILES = (100, 100) + (200,) * 12 + (300, 300, 400, 500, 600, 700)
 # Fractions of the closed-loop capacity tried, from high to low.
 LOAD_FRACTIONS = (0.95, 0.8, 0.65, 0.5, 0.35, 0.2, 0.1)
@@ -62,7 +62,8 @@ class LoadResult:
 
 
 def query_pool(model: LoadedModel, count: int, seed: int) -> list[Batch]:
-    """``count`` single-query batches with DESIGN §5 sizes, built before any timing."""
+    """``count`` single-query batches of the benchmark's query sizes (docs/architecture.md §5),
+    built before any timing."""
     rng = np.random.default_rng(seed)
     sizes = rng.choice(QUERY_SIZE_QUANTILES, size=count)
     return [Batch.of([model.schema.random_query(rng, int(k))]) for k in sizes]

@@ -11,8 +11,8 @@ A profile file is a JSON object keyed by zoo architecture::
 measured against ``sla_p99_ms`` on a device of ``kind`` (``gpu`` or ``cpu``, the words a node
 plan uses). The daemon maps a curve onto every replica of its plan whose artifact is a zoo
 model of that architecture, on every device of that kind, and uploads it as the model's
-q_m(g, s) (DESIGN §2) with ``PUT /v1/nodes/{node}/profiles``. The table scale and seed of the
-artifact are not matched: the curve stands for the architecture on this node's hardware.
+q_m(g, s) (docs/architecture.md §2) with ``PUT /v1/nodes/{node}/profiles``. The table scale and
+seed of the artifact are not matched: the curve stands for the architecture on this node's hardware.
 
 A curve measured against a looser SLA than a model's would overstate what the model can serve
 within its own bound, so it is not uploaded for that model (logged); one measured against a

@@ -1,7 +1,7 @@
 """Running tensors: loading a model replica once and running batches on sessions.
 
-This is the executor's only module that touches the device (DESIGN §4, the vLLM-style split:
-the scheduler decides, this runs). The scheduling side calls exactly this surface:
+This is the executor's only module that touches the device (docs/architecture.md §4, the vLLM-style
+split: the scheduler decides, this runs). The scheduling side calls exactly this surface:
 
 - ``load_model(artifact, device, *, lookup_streams=False) -> LoadedModel`` — one replica's
   weights, loaded once and shared by its sessions; raises :class:`ModelLoadError` (one line,

@@ -1,10 +1,10 @@
-"""Open-loop HTTP load for the demo: DESIGN §5 queries sent to executor daemons.
+"""Open-loop HTTP load for the demo: docs/architecture.md §5 queries sent to executor daemons.
 
 Each tenant's model gets its own Poisson arrival process (exponential gaps, K candidates drawn
-from the 20 DESIGN quantiles). Latency is measured from the *scheduled* arrival, so a client
-that falls behind cannot hide queueing; a 429 or any error counts as a miss. Requests are sent
-by a bounded thread pool per stream; when it is full the arrival is counted as a miss rather
-than queued without bound in the client.
+from the 20 quantiles of docs/architecture.md §5). Latency is measured from the *scheduled*
+arrival, so a client that falls behind cannot hide queueing; a 429 or any error counts as a miss.
+Requests are sent by a bounded thread pool per stream; when it is full the arrival is counted as a
+miss rather than queued without bound in the client.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 from executor.codec import query_to_npz
 from executor.features import Query
 from executor.models.schema import ModelSchema
+from executor.wire.attainment import is_within_sla
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ class StreamStats:
     by_phase: dict[str, list[int]] = field(default_factory=dict)
 
     def record(self, outcome: Outcome, phase: str, sla_s: float) -> None:
-        within = outcome.status == 200 and outcome.latency_s <= sla_s
+        within = is_within_sla(
+            answered=outcome.status == 200, latency_s=outcome.latency_s, sla_s=sla_s
+        )
         with self.lock:
             self.outcomes.append(outcome)
             counts = self.by_phase.setdefault(phase, [0, 0])
@@ -102,8 +105,12 @@ class TenantStream:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def signal_stop(self) -> None:
+        """Send no more queries; :meth:`stop` then waits for those in flight."""
         self._stop.set()
+
+    def stop(self) -> None:
+        self.signal_stop()
         self._thread.join(timeout=5)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()

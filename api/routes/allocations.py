@@ -39,7 +39,9 @@ def create_allocation(
     data: Annotated[AllocationCreate | None, Body()] = None,
 ) -> AllocationPublic:
     """Solve now on a snapshot of the database; store the allocation only if its certificate
-    passes the allocator's checker. One solve runs at a time; others wait their turn."""
+    passes the allocator's checker (500 otherwise). A certificate that passes is stored and
+    returned even when it says some tenants' criteria fail (`fair: false`): then no allocation
+    the allocator found meets them all. One solve runs at a time; others wait their turn."""
     objective = data.objective if data is not None else None
     with state.metrics.solve_seconds.time():
         row = service.run_solve(db=state.db, options=state.settings.allocator, objective=objective)

@@ -1,15 +1,18 @@
 """What the dashboard shows, read from the database in one transaction.
 
 The dashboard (``api/routes/dashboard.py``) is a view over what the API already stores: the
-tenants, the current allocation's plans and certificate (DESIGN §2), the nodes' latest
+tenants, the current allocation's plans and certificate (docs/architecture.md §2), the nodes' latest
 heartbeats, the SLA samples that heartbeats leave (:mod:`api.services.sla`) and the allocation
 history with the existing diff service's seat moves. This module turns those rows into plain
 frozen dataclasses, so the HTML renderer does no database work and can be tested on hand-made
 data.
 
 Two SLA views: attainment over the last :data:`SLA_WINDOW_S` seconds per tenant, from the
-samples; and the replica counters of each node's newest heartbeat (``NodeRow.report``), which
-are cumulative since each daemon started.
+samples; and the counters of each node's newest heartbeat (``NodeRow.report``), which are
+cumulative since each daemon started: its replicas' completed, rejected and expired queries,
+and the SLA counts (received, within SLA) the samples are made from. Both views' attainment is
+:func:`executor.wire.attainment.attainment` of those SLA counts, as ``/v1/sla``'s is: a
+replica's "completed" includes answers up to two SLAs late, so it cannot be the numerator.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from api.services.allocations import (
     plans_of_allocation,
     seat_pool_streams,
 )
-from api.services.sla import sla_history
+from api.services.sla import previous_counts, sla_history
+from executor.wire.attainment import attainment
 
 HISTORY_LENGTH = 10
 # The attainment chart: the last 15 minutes in 30-second buckets (six 5 s heartbeats each).
@@ -59,16 +63,18 @@ class DeviceView:
 
 @dataclass(frozen=True)
 class TenantCounters:
-    """Summed replica counters of a tenant over the nodes' last heartbeats."""
+    """A tenant's counters summed over the nodes' last heartbeats: its replicas' outcomes, and
+    the daemons' SLA counts (per tenant and model) that attainment is computed from."""
 
-    completed: int = 0
+    completed: int = 0  # answered, within the SLA or late
     rejected: int = 0
     expired: int = 0
+    received: int = 0
+    within_sla: int = 0
 
     @property
     def attainment(self) -> float | None:
-        total = self.completed + self.rejected + self.expired
-        return self.completed / total if total else None
+        return attainment(within_sla=self.within_sla, received=self.received)
 
 
 @dataclass(frozen=True)
@@ -137,10 +143,17 @@ def _devices(plans: dict[str, dict[str, Any]], model_names: dict[str, str]) -> l
 def _counters(nodes: list[NodeRow]) -> dict[str, TenantCounters]:
     sums: dict[str, list[int]] = {}
     for node in nodes:
-        for replica in (node.report or {}).get("replicas", []):
-            total = sums.setdefault(str(replica.get("tenant", "")), [0, 0, 0])
+        report = node.report or {}
+        # A tenant is listed when either part names it: a daemon lists SLA counts from a
+        # tenant's first query on, and replicas only while the plan seats them.
+        for replica in report.get("replicas", []):
+            total = sums.setdefault(str(replica.get("tenant", "")), [0] * 5)
             for k, key in enumerate(("completed", "rejected", "expired")):
                 total[k] += int(replica.get(key, 0))
+        for count in previous_counts(report):
+            total = sums.setdefault(str(count["tenant"]), [0] * 5)
+            total[3] += int(count["received"])
+            total[4] += int(count["within_sla"])
     return {name: TenantCounters(*values) for name, values in sorted(sums.items())}
 
 

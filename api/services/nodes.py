@@ -2,9 +2,9 @@
 
 A node is registered by the admin with its devices (kind, memory, streams, seats) and gets a
 token, shown once. Its daemon then reports heartbeats and profiles: for each model and device,
-the latency-bounded QPS of one replica with 1, 2, ... streams — q_m(g, s) of DESIGN §2, which
-the next solve turns into valuations in place of the estimate. A heartbeat's cumulative SLA
-counts become per-tenant samples of the attainment history (:mod:`api.services.sla`).
+the latency-bounded QPS of one replica with 1, 2, ... streams — q_m(g, s) of docs/architecture.md
+§2, which the next solve turns into valuations in place of the estimate. A heartbeat's cumulative
+SLA counts become per-tenant samples of the attainment history (:mod:`api.services.sla`).
 """
 
 from __future__ import annotations

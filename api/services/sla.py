@@ -8,13 +8,15 @@ tenant, one :class:`~api.models.SlaSampleRow` per (node, tenant) that saw traffi
 below the previous one means the daemon restarted and counts from zero again, so the delta is
 then the new count; so it is for a (tenant, model) the previous heartbeat did not list.
 
-Reads bucket a time window's samples per tenant in SQL and divide: attainment =
-Σ within_sla / Σ received per bucket — the share of queries answered within the latency bound
-(DESIGN §5's SLA attainment; a refused or expired query counts as missed). A bucket without
-queries has no attainment: a gap in the chart, never 100 %. A sample is stamped when its
-heartbeat arrives and covers the few seconds before it, so bucket edges are accurate to one
-heartbeat interval. Were a daemon to count a query as received in one interval and as answered
-in the next, a bucket's ratio could exceed 1; it is clipped.
+Reads bucket a time window's samples per tenant in SQL and divide with
+:func:`executor.wire.attainment.attainment`, the one definition the daemon's metrics, the
+dashboard and the demo use too: Σ within_sla / Σ received per bucket — the share of queries
+answered within the latency bound (docs/architecture.md §5's SLA attainment; a late answer, a
+refused, dropped or failed query counts as missed). A bucket without queries has no attainment: a
+gap in the chart, never 100 %. A sample is stamped when its heartbeat arrives and covers the few
+seconds before it, so bucket edges are accurate to one heartbeat interval. Were a daemon to
+count a query as received in one interval and as answered in the next, a bucket's ratio could
+exceed 1; the definition clips it.
 
 Retention: samples older than ``settings.api.sla_history_s`` are deleted while a heartbeat is
 recorded, in its transaction, at most once a minute per API process (:class:`PruneSchedule`);
@@ -46,6 +48,7 @@ from api.errors import InvalidInput
 from api.models import SlaSampleRow
 from api.schemas import SlaBucket, SlaCount, SlaHistory, SlaSeries
 from api.services.tenants import get_tenant_or_raise
+from executor.wire.attainment import attainment
 
 PRUNE_INTERVAL_S = 60.0
 DEFAULT_WINDOW_S = 900
@@ -128,10 +131,6 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _attainment(received: int, within: int) -> float | None:
-    return min(1.0, within / received) if received > 0 else None
-
-
 def _bucket_index(
     at: SQLColumnExpression[datetime], starts: list[datetime], low: int, high: int
 ) -> ColumnElement[int]:
@@ -203,9 +202,16 @@ def sla_history(
                 tenant=name,
                 received=sum(r for r, _ in series),
                 within_sla=sum(w for _, w in series),
-                attainment=_attainment(sum(r for r, _ in series), sum(w for _, w in series)),
+                attainment=attainment(
+                    within_sla=sum(w for _, w in series), received=sum(r for r, _ in series)
+                ),
                 buckets=[
-                    SlaBucket(start=s, received=r, within_sla=w, attainment=_attainment(r, w))
+                    SlaBucket(
+                        start=s,
+                        received=r,
+                        within_sla=w,
+                        attainment=attainment(within_sla=w, received=r),
+                    )
                     for s, (r, w) in zip(starts, series, strict=True)
                 ],
             )

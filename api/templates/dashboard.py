@@ -38,6 +38,12 @@ def e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def percent(attainment: float) -> str:
+    """An attainment figure as every panel writes it, so that the same queries read the same
+    wherever they are shown (two precisions once made one figure look like two)."""
+    return f"{attainment:.2%}"
+
+
 def colours(tenants: tuple[str, ...]) -> dict[str, str]:
     """Tenant -> colour, by sorted name, so a tenant keeps its colour between page loads."""
     return {name: PALETTE[k % len(PALETTE)] for k, name in enumerate(tenants)}
@@ -330,7 +336,7 @@ def sla_history_chart(data: DashboardData, palette: dict[str, str]) -> str:
             )
         dots = "".join(
             f'<circle cx="{x(k + 0.5):.1f}" cy="{y(b.attainment):.1f}" r="2.6" fill="{stroke}">'
-            f"<title>{e(series.tenant)} {b.start:%H:%M:%S}: {b.attainment:.2%} of "
+            f"<title>{e(series.tenant)} {b.start:%H:%M:%S}: {percent(b.attainment)} of "
             f"{b.received:,} queries within SLA</title></circle>"
             for k, b in enumerate(series.buckets)
             if b.attainment is not None
@@ -341,7 +347,7 @@ def sla_history_chart(data: DashboardData, palette: dict[str, str]) -> str:
     keys = "".join(
         f'<span class="key"><i style="background:{colour[s.tenant]}"></i>{e(s.tenant)} '
         + (
-            f'<b>{s.attainment:.2%}</b> <span class="muted">of {s.received:,} queries</span>'
+            f'<b>{percent(s.attainment)}</b> <span class="muted">of {s.received:,} queries</span>'
             if s.attainment is not None
             else '<span class="muted">no queries</span>'
         )
@@ -353,7 +359,8 @@ def sla_history_chart(data: DashboardData, palette: dict[str, str]) -> str:
         f'role="img" aria-label="SLA attainment over time">{"".join(parts)}</svg>'
         f'<div class="legend">{keys}</div>'
         "<p class=\"small muted\">Share of each tenant's queries answered within its models' "
-        f"SLA per bucket, over the last {minutes:g} minutes (rejected queries count as missed); "
+        f"SLA per bucket, over the last {minutes:g} minutes (late answers, rejected, expired "
+        "and failed queries count as missed); "
         "the figure in the legend is over the whole window. A break in a line is a bucket "
         "without queries, not 100 %. From the per-heartbeat SLA counts of the executor "
         "daemons.</p>"
@@ -370,7 +377,7 @@ def sla_chart(data: DashboardData, palette: dict[str, str]) -> str:
             "heartbeats.</p>"
         )
     width, bar, gap, left = 560, 22, 14, 130
-    plot = width - left - 120
+    plot = width - left - 150  # the rest: the attainment figure and its millions of queries
     parts = []
     for k, (tenant, counts) in enumerate(data.counters.items()):
         y = 10 + k * (bar + gap)
@@ -388,23 +395,29 @@ def sla_chart(data: DashboardData, palette: dict[str, str]) -> str:
             )
             x += w
         attainment = counts.attainment
-        figure = f"{attainment:.1%}" if attainment is not None else "no queries"
+        figure = (
+            f'{percent(attainment)} <tspan class="muted">of {counts.received:,}</tspan>'
+            if attainment is not None
+            else '<tspan class="muted">no SLA counts</tspan>'
+        )
         parts.append(
             f'<text x="{left - 8}" y="{y + bar / 2 + 4}" text-anchor="end" class="lbl">'
             f"{e(tenant)}</text>"
-            f'<text x="{left + plot + 8}" y="{y + bar / 2 + 4}" class="lbl">{figure} '
-            f'<tspan class="muted">of {total}</tspan></text>'
+            f'<text x="{left + plot + 8}" y="{y + bar / 2 + 4}" class="lbl">{figure}</text>'
         )
     height = 10 + len(data.counters) * (bar + gap)
     return (
         f'<svg width="{width}" height="{height}" role="img" aria-label="SLA attainment">'
         f"{''.join(parts)}</svg>"
-        '<div class="legend small"><span class="key">completed: the tenant\'s colour</span>'
+        '<div class="legend small"><span class="key">completed (in time or late): the '
+        "tenant's colour</span>"
         f'<span class="key"><i style="background:{REJECTED}"></i>rejected (429)</span>'
-        f'<span class="key"><i style="background:{EXPIRED}"></i>expired (past SLA)</span></div>'
+        f'<span class="key"><i style="background:{EXPIRED}"></i>expired (dropped, 504)</span>'
+        "</div>"
         '<p class="small muted">Cumulative counters from each node\'s latest heartbeat, summed '
-        "per tenant: since each daemon started; attainment = completed / all queries. "
-        "Attainment over time is charted above.</p>"
+        "per tenant: since each daemon started. Attainment = queries answered within the SLA / "
+        "queries received, as charted above: completed includes answers past the SLA, which "
+        "count as missed, like rejected, expired and failed queries.</p>"
     )
 
 

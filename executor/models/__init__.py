@@ -1,4 +1,4 @@
-"""The model zoo and the feature schema every served model follows (DESIGN §4).
+"""The model zoo and the feature schema every served model follows (docs/architecture.md §4).
 
 Public surface: :class:`ModelSchema` / :class:`SparseFeature` (what a query carries),
 :class:`ZooModel` (structured and naive forwards), :func:`build_model` / :func:`zoo_model` /

@@ -40,6 +40,7 @@ import numpy as np
 
 from allocator.plan import DevicePlan, SeatPlan
 from executor.features import Batch, Query
+from executor.scheduling import rules
 from executor.scheduling.admission import Backlog, ServiceRate, predicted_delay, retry_after
 from executor.scheduling.backend import Backend, Model, Session
 from executor.scheduling.config import SchedulerConfig
@@ -275,9 +276,8 @@ class DeviceScheduler:
                 scores=np.empty(rows, dtype=np.float32),
                 pieces_left=pieces,
             )
-            bounds = np.linspace(0, rows, pieces + 1).round().astype(int)
-            for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-                group.queue.append(Piece(pending, int(start), int(stop), now))
+            for start, stop in rules.piece_bounds(rows, pieces):
+                group.queue.append(Piece(pending, start, stop, now))
             group.queued_rows += rows
             group.in_flight += 1
             group.stats.admitted += 1
@@ -335,11 +335,8 @@ class DeviceScheduler:
 
     def _piece_count(self, group: SessionGroup, rows: int) -> int:
         """Pieces of at most max_batch rows, more when idle sessions can take them now."""
-        count = max(1, math.ceil(rows / self._config.max_batch_candidates))
-        if self._config.splitting:
-            idle = group.idle_own + (self._idle_pool if group.pool_weight > 0 else 0)
-            count = max(count, min(idle, rows // self._config.min_split_rows))
-        return max(1, min(count, rows)) if rows else 1
+        idle = group.idle_own + (self._idle_pool if group.pool_weight > 0 else 0)
+        return rules.piece_count(rows, idle, self._config)
 
     # -- the session workers -----------------------------------------------------------------
 
@@ -400,15 +397,8 @@ class DeviceScheduler:
 
     def _ready_at(self, group: SessionGroup) -> float | None:
         """When the group's queue may be served: now if full or closing, else after the delay."""
-        if not group.queue:
-            return None
-        if (
-            group.closing
-            or not self._config.batching
-            or group.queued_rows >= self._config.max_batch_candidates
-        ):
-            return 0.0
-        return group.queue[0].enqueued + self._config.batch_max_delay_s
+        oldest = group.queue[0].enqueued if group.queue else None
+        return rules.ready_at(oldest, group.queued_rows, group.closing, self._config)
 
     def _choose(
         self, own: SessionGroup | None, now: float
@@ -427,12 +417,7 @@ class DeviceScheduler:
                 continue
             if own is not None:
                 return g, None
-            # Positive weights share the pool by start tag; weight 0 only takes what is left.
-            key = (
-                (0, max(self._virtual_time, g.finish_tag), k)
-                if g.pool_weight > 0
-                else (1, 0.0, k)
-            )
+            key = rules.pool_priority(k, g.pool_weight, self._virtual_time, g.finish_tag)
             if best_key is None or key < best_key:
                 best, best_key = g, key
         return best, (wake if wake < math.inf else None)
@@ -440,43 +425,33 @@ class DeviceScheduler:
     def _take(
         self, group: SessionGroup, now: float, pooled: bool, dropped: list[Piece]
     ) -> Job | None:
-        """Pop a batch from the group's queue (FIFO, at most one piece per query)."""
+        """Pop the batch :func:`rules.form_batch` chooses from the group's queue (lock held)."""
         limit = self._config.max_batch_candidates if self._config.batching else 0
-        taken: list[Piece] = []
-        kept: list[Piece] = []
-        seen: set[int] = set()
-        rows = 0
-        while group.queue:
-            piece = group.queue[0]
-            pending = piece.pending
-            if pending.future.done() or pending.deadline < now:
-                group.queue.popleft()
-                group.queued_rows -= piece.rows
-                if not pending.future.done():
-                    dropped.append(piece)
-                else:
-                    self._piece_done(pending)
-                continue
-            if taken and rows + piece.rows > limit:
-                break
-            group.queue.popleft()
-            if id(pending) in seen:
-                kept.append(piece)
-                continue
-            seen.add(id(pending))
-            taken.append(piece)
-            rows += piece.rows
-        group.queue.extendleft(reversed(kept))
-        if not taken:
+        views = (
+            rules.QueuedPiece(p.rows, id(p.pending), p.pending.deadline, p.pending.future.done())
+            for p in group.queue
+        )
+        choice = rules.form_batch(views, limit, now)
+        head = [group.queue.popleft() for _ in range(choice.scanned)]
+        decided = {*choice.taken, *choice.dropped, *choice.discarded}
+        group.queue.extendleft(reversed([p for k, p in enumerate(head) if k not in decided]))
+        for k in choice.discarded:
+            group.queued_rows -= head[k].rows
+            self._piece_done(head[k].pending)
+        for k in choice.dropped:
+            group.queued_rows -= head[k].rows
+            dropped.append(head[k])
+        if not choice.taken:
             return None
+        taken = [head[k] for k in choice.taken]
+        rows = sum(p.rows for p in taken)
         group.queued_rows -= rows
         group.in_service_rows += rows
         if pooled and group.pool_weight > 0:
-            start = max(self._virtual_time, group.finish_tag)
-            group.finish_tag = start + rows / group.pool_weight
-            self._virtual_time = start
+            self._virtual_time, group.finish_tag = rules.charge_pool(
+                self._virtual_time, group.finish_tag, rows, group.pool_weight
+            )
         return Job(group, taken, pooled)
-
     def _run(self, job: Job, sessions: dict[int, Session]) -> None:
         group = job.group
         batch = Batch.of([p.query() for p in job.pieces])

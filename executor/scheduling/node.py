@@ -156,13 +156,43 @@ class NodeRuntime:
         """A replica of ``model_id`` (its schema, tenant and SLA); raise UnknownModel, ..."""
         return self._groups(self._current(), model_id)[0]
 
+    def route(self, model_id: str) -> SessionGroup:
+        """The replica a query of ``model_id`` goes to now: the least loaded one (queued work
+        per session it can count on); raise UnknownModel or ModelUnavailable.
+
+        A caller that checks admission before it has the query (the daemon, before it reads a
+        body) routes once and passes the replica to :meth:`check` and :meth:`submit_to`, so
+        that the replica judged is the replica that gets the query.
+        """
+        return self._least_loaded(self._groups(self._current(), model_id))
+
+    def check(self, group: SessionGroup, arrival: float | None = None) -> None:
+        """Raise Overloaded when the replica would refuse even a one-candidate query now;
+        nothing is queued. A replica whose plan was replaced passes: submit_to hands on."""
+        device = group.device
+        if device is not None:
+            device.check(group, 1, arrival)
+
+    def submit_to(
+        self, group: SessionGroup, query: Query, arrival: float | None = None
+    ) -> Pending:
+        """Queue a query on the replica :meth:`route` gave; raise Overloaded, GroupClosed, ...
+
+        A replica drained (or stopped) for a plan swap since hands the query to the new plan,
+        routed as :meth:`submit` does; without a newer plan the node is shutting down.
+        """
+        device = group.device
+        if device is not None:
+            try:
+                return device.submit(group, query, arrival)
+            except GroupClosed:
+                pass
+        return self.submit(group.model_id, query, arrival)
+
     def check_admission(self, model_id: str, arrival: float | None = None) -> None:
         """Raise Overloaded when even a one-candidate query of the model would be refused now
         by the replica submit would pick (or UnknownModel, ...); nothing is queued."""
-        group = self._least_loaded(self._groups(self._current(), model_id))
-        device = group.device
-        if device is not None:  # None: its plan was replaced meanwhile; submit routes again
-            device.check(group, 1, arrival)
+        self.check(self.route(model_id), arrival)
 
     def submit(self, model_id: str, query: Query, arrival: float | None = None) -> Pending:
         """Queue a query on the least loaded replica; raise UnknownModel, Overloaded, ..."""

@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from allocator.snapshot import OBJECTIVES
+from gpufair.commands.solve_options import add_solve_flags, solve_options
 from gpufair.stdout_guard import stdout_reserved_for_result
 
 
@@ -29,9 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("cluster", help="cluster file, TOML or JSON (see examples/cluster.toml)")
     parser.add_argument("--json", action="store_true", help="print the allocation as JSON")
-    parser.add_argument("--objective", choices=OBJECTIVES)
-    parser.add_argument("--solver", choices=("highs", "cbc"))
-    parser.add_argument("--time-limit", type=float, metavar="SECONDS")
+    add_solve_flags(parser)
     parser.add_argument("--churn-limit", type=int, metavar="K",
                         help="(with --previous) at most K seat moves from the previous plans")
     parser.add_argument("--previous", metavar="PLANS.json",
@@ -59,7 +57,6 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from allocator.documents import snapshot_from_dict
     from allocator.errors import AllocatorError, InstanceError
-    from allocator.options import SolveOptions
     from allocator.plan import NodePlan, PlanError
     from gpufair.settings import SettingsError, load_settings
 
@@ -77,14 +74,7 @@ def main(argv: list[str]) -> int:
     try:
         settings = load_settings().allocator
         snapshot = snapshot_from_dict(doc)
-        options = SolveOptions(
-            solver=args.solver or settings.solver,
-            time_limit_s=args.time_limit or settings.time_limit_s,
-            gap=settings.gap,
-            objective=args.objective,
-            churn_limit=args.churn_limit if args.churn_limit is not None
-            else settings.churn_limit,
-        )
+        options = solve_options(settings, args, churn_limit=args.churn_limit)
     except (SettingsError, InstanceError) as exc:
         return _fail(str(exc), 2)
     from allocator.cluster import allocate_cluster

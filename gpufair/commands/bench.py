@@ -1,4 +1,4 @@
-"""``gpufair bench NAME [ARGS...]``: run one of gpufair's benchmarks (DESIGN §5).
+"""``gpufair bench NAME [ARGS...]``: run one of gpufair's benchmarks (docs/architecture.md §5).
 
 Each benchmark lives in ``bench/<name>.py`` with ``main(argv) -> int`` and writes its results
 under ``bench/results/``. Modules are imported only when asked for, so the allocator benchmark

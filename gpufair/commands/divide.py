@@ -1,4 +1,5 @@
-"""``gpufair divide INSTANCE.json``: the fair-division core, JSON in, JSON out (DESIGN §3.1).
+"""``gpufair divide INSTANCE.json``: the fair-division core, JSON in, JSON out
+(docs/architecture.md §3.1).
 
 Reads an instance document, solves it with ``allocator.divide`` and prints the allocation
 with its certificate on stdout — also when not every criterion can be met: the certificate
@@ -17,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from allocator.snapshot import OBJECTIVES
+from gpufair.commands.solve_options import add_solve_flags, solve_options
 from gpufair.stdout_guard import stdout_reserved_for_result
 
 
@@ -27,14 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Divide indivisible and divisible goods fairly among agents, each under "
         "its own criterion, and print the allocation with its certificate as JSON.",
     )
-    parser.add_argument("instance", help="instance JSON file (DESIGN §3.1), or - for stdin")
-    parser.add_argument("--objective", choices=OBJECTIVES,
-                        help="objective among fair allocations (default: the instance's)")
-    parser.add_argument("--solver", choices=("highs", "cbc"),
-                        help="MILP backend (default: settings allocator.solver)")
-    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
-                        help="wall-clock limit of the solve (default: settings)")
-    parser.add_argument("--gap", type=float, help="relative MIP gap (default: settings)")
+    parser.add_argument("instance",
+                        help="instance JSON file (docs/architecture.md §3.1), or - for stdin")
+    add_solve_flags(parser)
     parser.add_argument("--indent", type=int, default=None, help="pretty-print JSON")
     return parser
 
@@ -48,7 +44,6 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from allocator.documents import instance_from_dict
     from allocator.errors import AllocatorError, InstanceError
-    from allocator.options import SolveOptions
     from gpufair.settings import SettingsError, load_settings
 
     try:
@@ -65,14 +60,12 @@ def main(argv: list[str]) -> int:
         return _fail(str(exc), 2)
     try:
         instance = instance_from_dict(doc)
-        options = SolveOptions(
-            solver=args.solver or settings.solver,
-            time_limit_s=args.time_limit if args.time_limit is not None else settings.time_limit_s,
-            gap=args.gap if args.gap is not None else settings.gap,
-            objective=args.objective,
-        )
     except InstanceError as exc:
         return _fail(f"{args.instance}: {exc}", 2)
+    try:
+        options = solve_options(settings, args)
+    except InstanceError as exc:
+        return _fail(str(exc), 2)
     from allocator.solve import divide
 
     with stdout_reserved_for_result() as result_stream:

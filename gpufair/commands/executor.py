@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,13 +28,14 @@ from pathlib import Path
 import uvicorn
 
 from allocator.plan import NodePlan, PlanError
+from executor.wire.names import InvalidNameError, validate_node_name
 from gpufair.settings import SettingsError, load_settings
 
 log = logging.getLogger(__name__)
 
+# A node's state lives in DEFAULT_STATE_ROOT / NODE: executor.wire.names keeps the name one
+# safe directory name as well as one the API registers.
 DEFAULT_STATE_ROOT = Path("var/executor")
-# A node name becomes a directory name: no separators, no leading dot.
-NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,10 +108,12 @@ def main(argv: list[str]) -> int:
     if args.api and not (args.node and args.token):
         sys.stderr.write("gpufair executor: --api needs --node and --token\n")
         return 2
-    if args.api and not NODE_NAME.fullmatch(args.node):
-        sys.stderr.write(f"gpufair executor: --node {args.node!r}: expected letters, digits, "
-                         "'.', '_' or '-', starting with a letter or digit\n")
-        return 2
+    if args.api:
+        try:
+            validate_node_name(args.node)
+        except InvalidNameError as exc:
+            sys.stderr.write(f"gpufair executor: --node: {exc}\n")
+            return 2
     plan: NodePlan | None = None
     if args.plan is not None:
         try:

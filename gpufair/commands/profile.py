@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from executor.models import ARCHITECTURES, ZooSpec
+from executor.models import ARCHITECTURES, ZooError, ZooSpec
 from executor.profiler import ProfileSettings, compare_forwards, profile_model
 from executor.runtime import ModelLoadError, configure_cpu_threads, load_model, select_device
 
@@ -85,10 +85,10 @@ def main(argv: list[str]) -> int:
     sessions = args.sessions or (cores if device.type == "cpu" else 4)
     results: dict[str, object] = {}
     for arch in models:
-        spec = ZooSpec(arch=arch, scale=scale, user_tables=args.user_tables)
         try:
+            spec = ZooSpec(arch=arch, scale=scale, user_tables=args.user_tables)
             model = load_model(spec.artifact, device)
-        except ModelLoadError as exc:
+        except (ZooError, ModelLoadError) as exc:
             return _fail(str(exc))
         if args.compare_naive:
             results[arch] = compare_forwards(model, reps=5 if args.quick else 20)

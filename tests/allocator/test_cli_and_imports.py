@@ -16,7 +16,7 @@ GPUFAIR = [sys.executable, "-m", "gpufair.cli"]
 # ends, and the tests here are about the CLI's contract, not about speed.
 ENV = {**os.environ, "GPUFAIR_ALLOCATOR_TIME_LIMIT_S": "60"}
 
-DESIGN_EXAMPLE = {
+ARCHITECTURE_EXAMPLE = {
     "agents": [{"name": "ads", "criterion": "prop_alpha", "weight": 1.0}, {"name": "feed"}],
     "indivisible": ["seat-0", "seat-1"],
     "divisible": ["pool-0"],
@@ -42,7 +42,7 @@ def test_import_allocator_loads_no_heavy_stack() -> None:
 
 def test_divide_design_example(tmp_path: Path) -> None:
     path = tmp_path / "i.json"
-    path.write_text(json.dumps(DESIGN_EXAMPLE))
+    path.write_text(json.dumps(ARCHITECTURE_EXAMPLE))
     out = run("divide", str(path))
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
@@ -84,7 +84,7 @@ def test_divide_reports_an_unfair_result_and_exits_zero(tmp_path: Path) -> None:
     ],
 )
 def test_divide_bad_input_is_one_line(tmp_path: Path, change, message: str) -> None:  # noqa: ANN001
-    doc = json.loads(json.dumps(DESIGN_EXAMPLE))
+    doc = json.loads(json.dumps(ARCHITECTURE_EXAMPLE))
     change(doc)
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(doc))
@@ -107,7 +107,7 @@ def test_divide_bad_json_and_missing_file(tmp_path: Path) -> None:
 def test_divide_help_and_flags(tmp_path: Path) -> None:
     assert "--time-limit" in run("divide", "--help").stdout
     path = tmp_path / "i.json"
-    path.write_text(json.dumps(DESIGN_EXAMPLE))
+    path.write_text(json.dumps(ARCHITECTURE_EXAMPLE))
     out = run("divide", str(path), "--objective", "egalitarian", "--solver", "cbc")
     assert out.returncode == 0, out.stderr
     cert = json.loads(out.stdout)["certificate"]
@@ -129,3 +129,41 @@ def test_allocate_bad_file(tmp_path: Path) -> None:
     path.write_text("[[tenants]]\nname = 'a'\n")
     out = run("allocate", str(path))
     assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["divide", "examples/divide_design.json"],
+                                     ["allocate", "examples/cluster.toml", "--json"]])
+@pytest.mark.parametrize(("flag", "value", "refusal"), [
+    ("--time-limit", "0", "time_limit_s: must be positive"),
+    ("--gap", "2", "gap: must lie in [0, 1]"),
+])
+def test_a_solve_flag_out_of_range_is_refused_never_replaced_by_the_setting(
+    command: list[str], flag: str, value: str, refusal: str
+) -> None:
+    out = run(*command, flag, value)
+    assert out.returncode == 2 and out.stdout == ""
+    assert refusal in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_both_commands_take_the_gap_and_report_the_solver_they_were_given() -> None:
+    for command in (["divide", "examples/divide_design.json"],
+                    ["allocate", "examples/cluster.toml", "--json"]):
+        out = run(*command, "--gap", "0.5", "--solver", "cbc")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["certificate"]["solver"] == "cbc"
+
+
+def test_solver_and_objective_choices_are_the_allocators_everywhere() -> None:
+    import typing
+
+    from allocator.options import SOLVERS
+    from allocator.snapshot import OBJECTIVES
+    from gpufair.settings import AllocatorSettings
+
+    fields = AllocatorSettings.model_fields
+    assert typing.get_args(fields["solver"].annotation) == SOLVERS
+    assert typing.get_args(fields["objective"].annotation) == OBJECTIVES
+    for command in ("divide", "allocate"):
+        usage = run(command, "--help").stdout
+        assert "{" + ",".join(SOLVERS) + "}" in usage
+        assert "{" + ",".join(OBJECTIVES) + "}" in usage

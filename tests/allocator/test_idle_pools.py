@@ -195,8 +195,8 @@ def test_unseated_tenant_limits_what_is_shared() -> None:
 
 
 def test_efm_towards_a_tenant_without_divisible_goods_keeps_the_pool_idle() -> None:
-    """EFM lets b discount one seat of a only while a holds no divisible good (DESIGN §2),
-    even one b values at 0: b's criterion is tight, so the pool nobody values stays idle."""
+    """EFM lets b discount one seat of a only while a holds no divisible good (docs/architecture.md
+    §2), even one b values at 0: b's criterion is tight, so the pool nobody values stays idle."""
     inst = one_pool({"a": {"s0": 1.0}, "b": {"s0": 1.0}},
                     (Agent("a", 1.0, "prop_alpha"), Agent("b", 1.0, "efm")), ("s0",), ("s0",))
     alloc = Allocation({"s0": "a"}, {"p": {}})

@@ -1,8 +1,8 @@
 """The scalable path of ``divide`` (fractional seats, share LP, seat moves, the reweighting
 and the relaxation bound) at cluster sizes.
 
-Instances come from ``examples/make_large_instance.py`` (the must-show generator of issue 2)
-and ``bench/instances.py`` (the benchmark's, with weights 1–4); both are seeded, so every
+Instances come from ``examples/make_large_instance.py`` (the generator of the 64 × 64 headline
+instances) and ``bench/instances.py`` (the benchmark's, with weights 1–4); both are seeded, so every
 number asserted here was measured on exactly these instances and a failure names the seed.
 """
 
@@ -102,7 +102,7 @@ def test_generated_instances_are_divided_fairly(tenants: int, gpus: int, seed: i
 
 
 def test_must_show_64_tenants_64_gpus_all_criteria_hold() -> None:
-    # Issue 2's must-show instance (seed 0): every criterion holds, within the time limit.
+    # The 64 × 64 headline instance (seed 0): every criterion holds, within the time limit.
     # Its speed (about 2 s wall on the shared 2-core VM) is measured by `gpufair bench
     # allocator`'s CLI runs, not here: a loaded CI machine must not fail a correct answer.
     instance = generated(64, 64, 0)
@@ -321,7 +321,7 @@ def middling_instance(seed: int) -> Instance:
 
 @pytest.mark.slow
 def test_middling_instances_meet_every_criterion_when_some_allocation_does() -> None:
-    # Issue 2's must-show past the exact-first size: on these seeds the exact MILP (a minute,
+    # The headline sizes past the exact-first size: on these seeds the exact MILP (a minute,
     # feasibility only) finds an allocation meeting every criterion exactly; divide must
     # return one too. The scalable path alone does not on most of them (λ > 0), so the
     # completion is what this tests.

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
 
+import allocator
 from allocator import NodePlan
 from tests.api.conftest import ADMIN_TOKEN, Api
 
@@ -134,6 +139,100 @@ def test_uploaded_model_waits_for_its_artifact(api: Api) -> None:
     plan = api.client.get("/v1/nodes/n1/plan", headers=api.bearer(tokens)).json()
     seated = {s["replica"]["model_id"] for d in plan["devices"] for s in d["seats"] if s["replica"]}
     assert str(waiting["id"]) not in seated
+
+
+def _contended_seat(api: Api) -> dict[str, str]:
+    """Two PROP^α tenants (the default criterion), one model each, and one GPU with one seat
+    and five pool streams that both models' measured curves turn into demand served; return
+    the tenants' API keys.
+
+    No allocation meets both criteria, even relaxed to PROP1: the pool may only go to the
+    tenant seated on its GPU (a pool share ``requires`` a seat there), so the other holds
+    nothing, and the one seat it may count (value 10/400) is below its proportional share,
+    half of seat plus pool ((10 + 50)/400 / 2). The exact MILP proves it; the allocator's
+    best allocation fails exactly one tenant.
+    """
+    keys = {name: api.tenant(name)[1] for name in ("ads", "feed")}
+    models = [
+        api.model(key, "ranker", replicas_wanted=1, demand_qps=400.0) for key in keys.values()
+    ]
+    _, token = api.node("n1", gpus=1, seats=1, streams=6)
+    curve = [10.0 * streams for streams in range(1, 7)]
+    profiles = [{"model_id": m["id"], "device": "cuda:0", "qps": curve} for m in models]
+    r = api.client.put(
+        "/v1/nodes/n1/profiles", json={"profiles": profiles}, headers=api.bearer(token)
+    )
+    assert r.status_code == 200, r.text
+    return keys
+
+
+def test_unmeetable_criteria_are_stored_with_the_failing_tenants(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = _contended_seat(api)
+    with caplog.at_level(logging.WARNING, logger="api.services.allocations"):
+        r = api.client.post("/v1/allocations", headers=api.admin)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    certificate = created["certificate"]
+    # Nothing is passed off as fair: the top level and the failing tenant's row say so.
+    assert certificate["fair"] is False and certificate["holds"] is False
+    assert certificate["violations"] == 1
+    failing = sorted(name for name, row in certificate["agents"].items() if not row["holds"])
+    assert len(failing) == 1 and failing[0] in keys
+    assert certificate["agents"][failing[0]]["slack"] < 0
+    assert any("proved that no allocation meets every criterion" in n for n in certificate["notes"])
+    # It is stored as returned, and it is the current allocation.
+    stored = api.client.get(f"/v1/allocations/{created['id']}", headers=api.admin).json()
+    assert stored["certificate"] == certificate
+    current = api.client.get("/v1/allocations/current", headers=api.admin).json()
+    assert current["id"] == created["id"] and current["nodes"] == ["n1"]
+    # The seat went to the tenant that holds; the failing one got nothing and sees its verdict.
+    for name, key in keys.items():
+        view = api.client.get("/v1/allocations/current/me", headers=api.bearer(key))
+        assert view.status_code == 200, view.text
+        mine = view.json()
+        assert mine["certificate"]["holds"] is (name not in failing)
+        assert len(mine["seats"]) == (0 if name in failing else 1)
+    # The API's own warning, not only the allocator's.
+    warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "api.services.allocations" and record.levelno == logging.WARNING
+    ]
+    assert any(failing[0] in message for message in warnings), warnings
+
+
+def _every_row_holds(certificate: allocator.Certificate) -> allocator.Certificate:
+    agents = {
+        name: dataclasses.replace(row, holds=True) for name, row in certificate.agents.items()
+    }
+    return dataclasses.replace(certificate, agents=agents)
+
+
+def _relaxed_past_one(certificate: allocator.Certificate) -> allocator.Certificate:
+    return dataclasses.replace(certificate, lambda_prop=2.0)
+
+
+@pytest.mark.parametrize("tamper", [_every_row_holds, _relaxed_past_one])
+def test_a_certificate_that_fails_the_checker_is_refused(
+    api: Api,
+    monkeypatch: pytest.MonkeyPatch,
+    tamper: Callable[[allocator.Certificate], allocator.Certificate],
+) -> None:
+    """A certificate the checker disagrees with — a failing tenant's row says it holds, or a
+    λ outside [0, 1] — is an allocator defect: the API answers 500 and stores nothing."""
+    _contended_seat(api)
+    honest = allocator.allocate_cluster
+
+    def tampered(*args: Any, **kwargs: Any) -> allocator.ClusterAllocation:
+        result = honest(*args, **kwargs)
+        return dataclasses.replace(result, certificate=tamper(result.certificate))
+
+    monkeypatch.setattr(allocator, "allocate_cluster", tampered)
+    r = api.client.post("/v1/allocations", headers=api.admin)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "allocation_rejected", r.text
+    assert api.client.get("/v1/allocations", headers=api.admin).json() == []
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import zipfile
 
 import pytest
 
+from executor.models import ZooError, parse_zoo_artifact
 from tests.api.conftest import Api
 
 
@@ -112,3 +113,51 @@ def test_oversized_upload_is_413(api: Api) -> None:
         headers={**api.bearer(key), "Content-Type": "application/octet-stream"},
     )
     assert r.status_code == 413
+
+
+def _executor_loads(artifact: str) -> bool:
+    """Whether the executor's loader (executor.runtime.load_model) takes the reference."""
+    try:
+        parse_zoo_artifact(artifact)
+    except ZooError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("artifact", "accepted"),
+    [
+        ("zoo:rmc1?scale=0.05&seed=1", True),
+        ("zoo:din", True),
+        ("zoo:rmc2?candidate_dense=3", True),
+        ("zoo:wnd?user_tables=0", True),
+        ("zoo:rmc2?user_tables=32&candidate_dense=256", True),
+        ("zoo:rmc3?scale=1&seed=9223372036854775807", True),
+        ("zoo:rmc1?scale=1e-05", True),
+        ("api", True),  # an upload follows; the API's own, never sent to an executor
+        ("zoo:nosuch?scale=0.5", False),
+        ("zoo:rmc1?scale=5", False),
+        ("zoo:rmc1?scale=1e300", False),
+        ("zoo:rmc1?user_tables=9", False),
+        ("zoo:rmc1?user_tables=1000000000", False),
+        ("zoo:rmc1?candidate_dense=129", False),
+        ("zoo:rmc1?seed=18446744073709551616", False),
+        ("zoo:rmc1?seed= 1", False),
+        ("zoo:rmc1?seed=1&seed=2", False),
+        ("zoo:rmc1?scale=%30.5", False),
+        ("zoo:rmc1?&", False),
+    ],
+)
+def test_the_api_takes_exactly_the_zoo_references_the_executor_loads(
+    api: Api, artifact: str, accepted: bool
+) -> None:
+    if artifact != "api":
+        assert _executor_loads(artifact) == accepted
+    _, key = api.tenant("ads")
+    body = {"name": "m", "artifact": artifact, "memory_mb": 1, "sla_p99_ms": 5, "demand_qps": 1}
+    r = api.client.post("/v1/models", json=body, headers=api.bearer(key))
+    if accepted:
+        assert r.status_code == 201, r.text
+    else:
+        assert r.status_code == 422 and r.json()["error"]["field"] == "artifact", r.text
+        assert repr(artifact) in r.json()["error"]["message"], r.text  # quotes what is wrong

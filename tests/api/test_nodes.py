@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from allocator import NodePlan
+from executor.wire.names import InvalidNameError, validate_node_name
 from tests.api.conftest import Api
 
 
@@ -105,3 +108,42 @@ def test_profiles_upsert_and_name_bad_fields(api: Api) -> None:
     ]:
         r = api.client.put("/v1/nodes/n1/profiles", json={"profiles": [bad]}, headers=auth)
         assert r.status_code == 422 and r.json()["error"]["field"] == field, r.json()
+
+
+def _executor_takes(name: str) -> bool:
+    """Whether ``gpufair executor --node NAME`` starts (gpufair/commands/executor.py)."""
+    try:
+        validate_node_name(name)
+    except InvalidNameError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("name", "accepted"),
+    [
+        ("n1", True),
+        ("0node", True),
+        ("gpu-node.1_a", True),
+        ("a" * 64, True),
+        ("GPU1", False),
+        ("Node-1", False),
+        ("a" * 65, False),
+        ("-n1", False),
+        (".hidden", False),
+        ("a/b", False),
+        ("n1\n", False),  # Python's `$` would let a trailing newline through
+        ("nöde", False),
+    ],
+)
+def test_the_api_registers_exactly_the_node_names_gpufair_executor_takes(
+    api: Api, name: str, accepted: bool
+) -> None:
+    assert _executor_takes(name) == accepted
+    devices = [{"device": "cpu:0", "kind": "cpu", "memory_mb": 1000, "streams": 2, "seats": 1}]
+    r = api.client.post("/v1/nodes", json={"name": name, "devices": devices}, headers=api.admin)
+    if accepted:
+        assert r.status_code == 201, r.text
+        assert api.client.get(f"/v1/nodes/{name}", headers=api.admin).status_code == 200
+    else:
+        assert r.status_code == 422 and r.json()["error"]["field"] == "name", r.text

@@ -9,20 +9,31 @@ test is about what is stored.
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import io
 import random
+import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import sqlalchemy
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from rich.console import Console
 from sqlalchemy.orm import Session
 
 from api.app import create_app
 from api.models import NodeRow, SlaSampleRow
 from api.schemas import MAX_COUNT, Heartbeat, SlaCount
 from api.services.sla import PruneSchedule, sla_deltas, sla_history
+from executor.fake import FakeBackend
+from executor.metrics import ExecutorMetrics
+from executor.scheduling import NodeRuntime, SchedulerConfig
+from executor.wire.attainment import attainment
+from gpufair.commands.demo import _summary, _view
+from gpufair.loadgen import Outcome, StreamStats
 from gpufair.settings import Settings
 from tests.api.conftest import Api, install_clock, make_settings
 
@@ -315,3 +326,70 @@ def test_fake_clock_is_the_one_heartbeats_use(api: Api) -> None:
     _beat(api, "n1", token, [])
     seen = api.client.get("/v1/nodes/n1", headers=api.admin).json()["last_heartbeat_at"]
     assert datetime.fromisoformat(seen).replace(tzinfo=UTC) == T0
+
+
+# --- one definition, every consumer ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("within", "late", "rejected", "expired", "failed"),
+    [
+        (965, 35, 20, 5, 3),  # late answers, refusals, drops and failures: all misses
+        (0, 12, 0, 0, 0),  # every query answered, each after its SLA: 0 %, not 100 %
+        (40, 0, 0, 0, 0),
+        (0, 0, 7, 0, 0),
+    ],
+)
+def test_every_consumer_gives_the_same_attainment_for_the_same_counters(
+    api: Api, within: int, late: int, rejected: int, expired: int, failed: int
+) -> None:
+    """The executor's metrics, ``/v1/sla``, both dashboard panels and the demo's views: the
+    same queries, one figure, the one definition's (within SLA / received)."""
+    sla_s = 0.02
+    received = within + late + rejected + expired + failed
+    expected = attainment(within_sla=within, received=received)
+    assert expected is not None
+    outcomes: list[tuple[str, float | None, int]] = [
+        *[("ok", sla_s / 2, 200)] * within,
+        *[("ok", 1.5 * sla_s, 200)] * late,  # answered before the 2-SLA drop, but late
+        *[("rejected", None, 429)] * rejected,
+        *[("expired", None, 504)] * expired,
+        *[("failed", None, 500)] * failed,
+    ]
+    # The daemon counts them (and exports the figure to Prometheus)...
+    metrics = ExecutorMetrics(NodeRuntime(FakeBackend(), SchedulerConfig()))
+    for outcome, latency, _ in outcomes:
+        metrics.observe("ads", "1", outcome, latency, sla_s)
+    assert metrics.attainment() == {("ads", "1"): expected}
+    # ...its heartbeat carries them to the API, which serves them at /v1/sla...
+    _, token = api.node("n1")
+    report = {
+        "replicas": [
+            {"device": "cuda:0", "seat": 0, "model_id": "1", "tenant": "ads",
+             "completed": within + late, "rejected": rejected, "expired": expired}
+        ],
+        "sla": [dataclasses.asdict(t) for t in metrics.sla_tallies()],
+    }  # fmt: skip
+    r = api.client.post("/v1/nodes/n1/heartbeat", json=report, headers=api.bearer(token))
+    assert r.status_code == 200, r.text
+    (series,) = _series(api, api.admin)["tenants"]
+    assert (series["received"], series["attainment"]) == (received, expected)
+    # ...and the dashboard shows that figure in the chart's legend and in the counters.
+    page = api.client.get("/", headers=api.admin).text
+    figure = f"{expected:.2%}"
+    history = page[page.index('id="sla-history"') : page.index('id="certificate"')]
+    counters = page[page.index('id="sla"') : page.index('id="history"')]
+    assert f"ads <b>{figure}</b>" in history
+    assert f'class="lbl">{figure} <tspan' in counters, counters
+    # The demo's client sees the same queries and summarises them alike, live and at the end.
+    stats = StreamStats(window_s=60.0)
+    for _, latency, status in outcomes:
+        stats.record(Outcome(time.monotonic(), latency or 3 * sla_s, status), "steady", sla_s)
+    stream = SimpleNamespace(tenant="ads", phase="steady", rate_qps=100.0, sla_s=sla_s, stats=stats)
+    console = Console(file=io.StringIO(), width=200, record=True)
+    summary, _ = _summary([cast(Any, stream)], flood_tenant="ads")
+    console.print(summary)
+    console.print(_view([cast(Any, stream)], {"ads": {}}, {"ads": 1.0}, 10.0, 60.0, 30.0))
+    text = console.export_text()
+    assert f"{figure} of {received}" in text
+    assert f" {expected:.1%} " in text.split("last 5 s", 1)[1]

@@ -81,7 +81,10 @@ def test_ctrl_c_stops_the_demo_and_its_children() -> None:
             pytest.fail("the demo never showed its view")
         time.sleep(3)  # queries in flight on every tenant
         os.kill(demo.pid, signal.SIGINT)
-        assert demo.wait(timeout=40) == 130
+        # Exit 130, on its own: the demo waits one request timeout for queries in flight and
+        # 10 s per child before killing it. The limit only catches a hang; how fast the demo
+        # stops is no property a loaded CI machine can check.
+        assert demo.wait(timeout=240) == 130
     finally:
         if demo.poll() is None:
             demo.kill()

@@ -8,16 +8,31 @@ import io
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
 import pytest
 
 from executor import codec
-from executor.daemon import BackgroundServer, create_app
-from executor.fake import FAKE_SCHEMA, FakeBackend
-from executor.features import Batch
-from executor.scheduling import NodeRuntime, SchedulerConfig
+from executor.daemon import ERROR_ANSWERS, BackgroundServer, answer_error, create_app
+from executor.fake import FAKE_SCHEMA, FakeBackend, FakeModel
+from executor.features import Batch, Query
+from executor.scheduling import (
+    DeadlineExceeded,
+    DeviceScheduler,
+    GroupClosed,
+    ModelFailed,
+    ModelUnavailable,
+    NodeRuntime,
+    Overloaded,
+    SchedulerConfig,
+    SchedulingError,
+    SessionGroup,
+    SwapReport,
+    UnknownModel,
+)
 from executor.scheduling.backend import RuntimeBackend
 from gpufair.commands import executor as executor_command
 from tests.executor.scheduling_helpers import plan, queries, seat
@@ -223,3 +238,210 @@ def test_a_refused_query_is_answered_before_its_body_is_parsed(monkeypatch):
         rejected = 'gpufair_executor_queries_total{model="m",outcome="rejected",tenant="tenant-m"}'
         assert f"{rejected} 2.0" in metrics
     runtime.close()
+
+
+# -- one replica per request: the early admission check judges the replica that gets the query
+
+OPEN_GATE_S = 10.0  # longest a gated forward waits: a failing test must not hang its workers
+
+
+@dataclass
+class GatedModel(FakeModel):
+    """A fake model whose forwards wait for the gate, so that queries stay in flight (and a
+    replica's queue stays as a test left it) until the test opens it: no timing involved."""
+
+    gate: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, batch: Batch) -> np.ndarray:
+        self.gate.wait(OPEN_GATE_S)
+        return super().run(batch)
+
+
+class GatedBackend(FakeBackend):
+    """Loads gated fake models that all wait for one gate."""
+
+    def __init__(self) -> None:
+        super().__init__(row_s=0.0, batch_s=0.0)
+        self.gate = threading.Event()
+
+    def load(self, artifact: str, device: str) -> GatedModel:
+        return GatedModel(schema=FAKE_SCHEMA, row_s=0.0, batch_s=0.0, gate=self.gate)
+
+
+@dataclass
+class GatedDaemon:
+    client: httpx.Client
+    runtime: NodeRuntime
+    gate: threading.Event
+    checked: list[SessionGroup]  # the replicas the daemon's early admission checks judged
+
+
+@pytest.fixture
+def gated_daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[GatedDaemon]:
+    """A daemon over gated fake models, two queue slots per replica and no latency estimate
+    (only the queue limit refuses), recording the replica each early admission check judges."""
+    checked: list[SessionGroup] = []
+    check = DeviceScheduler.check
+
+    def recorded(
+        self: DeviceScheduler, group: SessionGroup, rows: int = 1, arrival: float | None = None
+    ) -> None:
+        try:
+            check(self, group, rows, arrival)
+        finally:  # recorded once it is decided, so that a test may change the queues after it
+            checked.append(group)
+
+    monkeypatch.setattr(DeviceScheduler, "check", recorded)
+    backend = GatedBackend()
+    config = SchedulerConfig(max_queue=2, admission=False, drain_timeout_s=OPEN_GATE_S)
+    runtime = NodeRuntime(backend, config)
+    with (
+        BackgroundServer(create_app(runtime)) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        yield GatedDaemon(client, runtime, backend.gate, checked)
+        backend.gate.set()
+    runtime.close()
+
+
+class HeldRequest:
+    """A query to model "m" whose headers are sent at once and whose body waits for release():
+    the daemon resolves and checks it from the headers, then waits for the body meanwhile."""
+
+    def __init__(self, client: httpx.Client, query: Query) -> None:
+        self._body = json.dumps(codec.query_to_json(query)).encode()
+        self._release = threading.Event()
+        self.reply: list[httpx.Response] = []
+        self._thread = threading.Thread(target=self._send, args=(client,))
+        self._thread.start()
+
+    def _chunks(self) -> Iterator[bytes]:
+        self._release.wait(OPEN_GATE_S)
+        yield self._body
+
+    def _send(self, client: httpx.Client) -> None:
+        headers = {"Content-Type": "application/json"}
+        reply = client.post("/v1/models/m/infer", content=self._chunks(), headers=headers)
+        self.reply.append(reply)
+
+    def release(self) -> None:
+        self._release.set()
+
+    def result(self) -> httpx.Response:
+        self._thread.join(timeout=30)
+        return self.reply[0]
+
+
+def _wait_until(condition: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.005)
+
+
+def _fill(group: SessionGroup, sizes: list[int], seed: int) -> None:
+    """Queue queries straight on one replica (not through routing), as other requests would."""
+    assert group.device is not None
+    for q in queries(FAKE_SCHEMA, sizes, seed=seed):
+        group.device.submit(group, q)
+
+
+def test_a_query_is_served_by_the_replica_its_early_check_admitted(gated_daemon):
+    daemon = gated_daemon
+    daemon.runtime.apply(plan([seat(0, "m"), seat(1, "m")]))
+    free, full = daemon.runtime.deployment.routes["m"]
+    _fill(full, [1, 1], seed=30)  # both of its slots taken, by little work
+    request = HeldRequest(daemon.client, queries(FAKE_SCHEMA, [2], seed=31)[0])
+    _wait_until(lambda: daemon.checked, "the early check is made")
+    assert daemon.checked == [free]  # no work at all: the least loaded replica on arrival
+    # While the body is read the free replica takes a large query: it holds more work than the
+    # full one now, and a queue slot is still free for the query it admitted.
+    _fill(free, [100], seed=32)
+    request.release()
+    _wait_until(lambda: request.reply or free.in_flight == 2, "the query is queued or answered")
+    daemon.gate.set()
+    reply = request.result()
+    assert reply.status_code == 200, reply.text
+    assert (free.stats.completed, full.stats.completed) == (2, 2)
+    assert full.stats.rejected == 0
+
+
+def test_a_replica_that_fills_while_the_body_is_read_refuses_the_query_it_admitted(gated_daemon):
+    daemon = gated_daemon
+    daemon.runtime.apply(plan([seat(0, "m"), seat(1, "m")]))
+    first, second = daemon.runtime.deployment.routes["m"]
+    _fill(second, [1], seed=33)  # one slot of two taken: the first replica is the less loaded
+    request = HeldRequest(daemon.client, queries(FAKE_SCHEMA, [2], seed=34)[0])
+    _wait_until(lambda: daemon.checked, "the early check is made")
+    assert daemon.checked == [first]
+    _fill(first, [5, 5], seed=35)  # full now, while the body is read
+    request.release()
+    _wait_until(lambda: request.reply or second.in_flight == 2, "the query is queued or answered")
+    daemon.gate.set()
+    reply = request.result()
+    # The replica that admitted it on arrival judges it again, with its rows, and refuses it;
+    # the other replica never sees it.
+    assert reply.status_code == 429, reply.text
+    assert int(reply.headers["Retry-After"]) >= 1
+    assert (first.stats.rejected, second.stats.rejected) == (1, 0)
+    assert (first.stats.admitted, second.stats.admitted) == (2, 1)
+    metrics = daemon.client.get("/metrics").text
+    rejected = 'gpufair_executor_queries_total{model="m",outcome="rejected",tenant="tenant-m"}'
+    assert f"{rejected} 1.0" in metrics
+
+
+def test_a_replica_drained_for_a_plan_swap_while_the_body_is_read_hands_the_query_on(
+    gated_daemon,
+):
+    daemon = gated_daemon
+    runtime = daemon.runtime
+    runtime.apply(plan([seat(0, "m")], version=1))
+    (old,) = runtime.deployment.routes["m"]
+    _fill(old, [3], seed=36)  # in flight until the gate opens: version 1 keeps draining
+    request = HeldRequest(daemon.client, queries(FAKE_SCHEMA, [2], seed=37)[0])
+    _wait_until(lambda: daemon.checked, "the early check is made")
+    assert daemon.checked == [old]
+    swaps: list[SwapReport | None] = []
+    swap = threading.Thread(
+        target=lambda: swaps.append(runtime.apply(plan([seat(0, "m", dedicated=1)], version=2)))
+    )
+    swap.start()
+    _wait_until(lambda: old.closing, "version 1 drains")
+    (new,) = runtime.deployment.routes["m"]
+    request.release()
+    _wait_until(lambda: request.reply or new.in_flight == 1, "the query is queued or answered")
+    daemon.gate.set()
+    reply = request.result()
+    swap.join(timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert swaps[0] is not None and swaps[0].drained_clean
+    assert (old.stats.admitted, old.stats.rejected, new.stats.completed) == (1, 0, 1)
+
+
+# -- one table answers every error -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "outcome"),
+    [
+        (UnknownModel("model 'x' is not served on this node"), 404, None),
+        (ModelUnavailable("model 'x' failed to load: bad artifact"), 503, None),
+        (GroupClosed("model 'x': replica is draining"), 503, None),
+        (Overloaded("model 'x': 2 queries queued (limit 2)", retry_after_s=3.0), 429, "rejected"),
+        (DeadlineExceeded("model 'x': dropped after 2000 ms"), 504, "expired"),
+        (ModelFailed("model 'x' failed: boom"), 500, "failed"),
+        (codec.QueryError("user.dense: missing"), 400, "invalid"),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else None,
+)
+def test_each_error_is_answered_from_the_one_table(error, status, outcome):
+    response, counted = answer_error(error)
+    assert (response.status_code, counted) == (status, outcome)
+    assert json.loads(bytes(response.body)) == {"error": str(error)}
+    retry_after = response.headers.get("Retry-After")
+    assert retry_after == ("3" if isinstance(error, Overloaded) else None)
+
+
+def test_every_scheduling_error_has_an_answer():
+    # The daemon answers any SchedulingError from the table: a new error class needs a row.
+    assert set(SchedulingError.__subclasses__()) <= set(ERROR_ANSWERS)

@@ -1,12 +1,16 @@
-"""The daemon's SLA tallies: what the heartbeat reports per tenant and model."""
+"""The daemon's SLA tallies (what the heartbeat reports per tenant and model) and the one
+definition of SLA attainment they feed."""
 
 from __future__ import annotations
 
 import threading
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from executor.fake import FakeBackend
-from executor.metrics import ExecutorMetrics, SlaTally
+from executor.metrics import OUTCOMES, ExecutorMetrics, SlaTally
 from executor.scheduling import NodeRuntime, SchedulerConfig
+from executor.wire.attainment import RECEIVED_OUTCOMES, attainment, is_within_sla
 
 
 def test_tallies_count_every_received_query_and_those_within_the_sla() -> None:
@@ -48,3 +52,53 @@ def test_tallies_are_exact_under_concurrent_requests() -> None:
     (tally,) = metrics.sla_tallies()
     # Per thread: 2000 received; within = ok (i % 4 != 0) and fast (i odd) = 1000.
     assert (tally.received, tally.within_sla) == (8000, 4000)
+
+
+# --- the one definition of SLA attainment ------------------------------------------------------
+
+
+def test_attainment_is_answered_within_sla_over_received() -> None:
+    assert attainment(within_sla=965, received=1028) == 965 / 1028
+    assert attainment(within_sla=0, received=10) == 0.0
+    # No queries: no figure (a gap in a chart), never 100 %.
+    assert attainment(within_sla=0, received=0) is None
+    # Counts from two intervals can cross; the share is still at most 1.
+    assert attainment(within_sla=11, received=10) == 1.0
+    # Completed is not within the SLA: an answer up to 2 SLAs late is a miss.
+    assert is_within_sla(answered=True, latency_s=0.05, sla_s=0.05)
+    assert not is_within_sla(answered=True, latency_s=0.051, sla_s=0.05)
+    assert not is_within_sla(answered=False, latency_s=0.01, sla_s=0.05)
+    assert not is_within_sla(answered=True, latency_s=None, sla_s=0.05)
+    # Received: answered, refused (429), dropped (504), failed (500); not malformed (400).
+    assert RECEIVED_OUTCOMES == {"ok", "rejected", "expired", "failed"}
+    assert RECEIVED_OUTCOMES <= set(OUTCOMES) and "invalid" in OUTCOMES
+
+
+def _gauge(metrics: ExecutorMetrics, tenant: str, model: str) -> float | None:
+    """The ``gpufair_executor_sla_attainment`` sample Prometheus scrapes, None when absent."""
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        if family.name == "gpufair_executor_sla_attainment":
+            for sample in family.samples:
+                if sample.labels == {"tenant": tenant, "model": model}:
+                    return float(sample.value)
+    return None
+
+
+def test_metrics_and_their_gauge_give_the_definitions_figure() -> None:
+    metrics = ExecutorMetrics(NodeRuntime(FakeBackend(), SchedulerConfig()))
+    sla = 0.05
+    counts = {"within": 90, "late": 6, "rejected": 2, "expired": 1, "failed": 1}
+    for _ in range(counts["within"]):
+        metrics.observe("ads", "7", "ok", 0.01, sla)
+    for _ in range(counts["late"]):  # completed, but after the SLA (at most 2 SLAs late)
+        metrics.observe("ads", "7", "ok", 0.09, sla)
+    for outcome in ("rejected", "expired", "failed"):
+        for _ in range(counts[outcome]):
+            metrics.observe("ads", "7", outcome, None, sla)
+    metrics.observe("ads", "7", "invalid", None, sla)
+    metrics.observe("feed", "3", "invalid", None, sla)  # only a 400: nothing received
+    expected = attainment(within_sla=90, received=100)
+    assert expected == 0.9
+    assert metrics.attainment() == {("ads", "7"): expected}
+    assert _gauge(metrics, "ads", "7") == expected
+    assert _gauge(metrics, "feed", "3") is None  # no figure rather than 0 % or 100 %

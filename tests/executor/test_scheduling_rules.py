@@ -1,6 +1,7 @@
 """The scheduler's rules on hand-written queues and a fake clock: no worker thread runs.
 
-Each test builds one device's session groups, submits queries at chosen clock times and asks
+The first tests call the pure functions of :mod:`executor.scheduling.rules` on plain values.
+The others build one device's session groups, submits queries at chosen clock times and asks
 :meth:`DeviceScheduler.decide` what a free session would run, exactly as the worker threads
 do. So batching delays, deadlines, admission, query splitting and the shared pool's weighted
 fair queueing are checked to the row and the millisecond, whatever else the machine is doing.
@@ -9,13 +10,16 @@ Their speed on real threads is measured by ``gpufair bench serve``.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from executor.fake import FAKE_SCHEMA, FakeBackend
 from executor.features import Query
-from executor.scheduling import DeadlineExceeded, Overloaded, SchedulerConfig
+from executor.scheduling import DeadlineExceeded, Overloaded, SchedulerConfig, rules
 from executor.scheduling.device import DeviceScheduler, Job, Piece, SessionGroup
 from tests.executor.scheduling_helpers import plan, queries, seat
 
@@ -55,6 +59,99 @@ def take(scheduler: DeviceScheduler, own: SessionGroup | None) -> Job | None:
 def flood(scheduler: DeviceScheduler, group: SessionGroup, load: list[Query], n: int) -> None:
     for k in range(n):
         scheduler.submit(group, load[k % len(load)])
+
+
+# -- the pure rules ---------------------------------------------------------------------------
+
+
+def test_the_scheduling_package_loads_no_torch() -> None:
+    code = "import sys, executor.scheduling; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], check=True, timeout=120)
+    assert out.stdout.strip() == "False"
+
+
+def test_ready_at_waits_for_company_only_while_a_batch_could_still_grow() -> None:
+    config = SchedulerConfig(batch_max_delay_s=0.02, max_batch_candidates=100)
+    assert rules.ready_at(None, 0, closing=False, config=config) is None
+    assert rules.ready_at(5.0, 99, closing=False, config=config) == 5.0 + 0.02
+    assert rules.ready_at(5.0, 100, closing=False, config=config) == 0.0  # a full batch
+    assert rules.ready_at(5.0, 1, closing=True, config=config) == 0.0  # draining
+    unbatched = SchedulerConfig(batching=False)
+    assert rules.ready_at(5.0, 1, closing=False, config=unbatched) == 0.0
+
+
+@pytest.mark.parametrize(("rows", "idle", "splitting", "pieces"), [
+    (800, 4, True, 4),  # one piece per idle session
+    (800, 0, True, 2),  # nobody idle: only the batch size cuts it (512 rows a piece)
+    (100, 4, True, 1),  # pieces of at least 64 rows: 100 rows make one
+    (200, 4, True, 3),
+    (800, 4, False, 2),  # without splitting, only the batch size counts
+    (3, 4, True, 1),
+    (0, 4, True, 1),
+])
+def test_piece_count(rows: int, idle: int, splitting: bool, pieces: int) -> None:
+    config = SchedulerConfig(max_batch_candidates=512, min_split_rows=64, splitting=splitting)
+    assert rules.piece_count(rows, idle, config) == pieces
+
+
+def test_piece_bounds_cover_the_query_in_near_equal_pieces() -> None:
+    for rows, pieces in [(800, 4), (7, 3), (1, 1), (513, 2)]:
+        bounds = rules.piece_bounds(rows, pieces)
+        assert bounds[0][0] == 0 and bounds[-1][1] == rows and len(bounds) == pieces
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+        sizes = [stop - start for start, stop in bounds]
+        assert max(sizes) - min(sizes) <= 1
+
+
+def piece(
+    rows: int, query: str, deadline: float = 10.0, settled: bool = False
+) -> rules.QueuedPiece:
+    return rules.QueuedPiece(rows=rows, query=query, deadline=deadline, settled=settled)
+
+
+def test_form_batch_is_fifo_one_piece_per_query_and_stops_at_the_limit() -> None:
+    queue = [piece(30, "a"), piece(30, "a"), piece(40, "b"), piece(40, "c"), piece(10, "d")]
+    choice = rules.form_batch(queue, limit=100, now=0.0)
+    # a's second piece is skipped (it runs beside the first, on another session); c would
+    # make 110 rows: the scan stops there and c, d stay queued.
+    assert choice.taken == (0, 2) and choice.scanned == 3
+    assert choice.dropped == () and choice.discarded == ()
+
+
+def test_form_batch_drops_late_pieces_and_discards_settled_ones_on_its_way() -> None:
+    queue = [piece(10, "a", deadline=1.0), piece(10, "b", settled=True), piece(10, "c")]
+    choice = rules.form_batch(queue, limit=0, now=2.0)
+    assert (choice.dropped, choice.discarded, choice.taken, choice.scanned) == ((0,), (1,), (2,), 3)
+
+
+def test_form_batch_reads_a_long_queue_only_as_far_as_it_decides() -> None:
+    read: list[int] = []
+
+    def queue():
+        for k in range(10_000):
+            read.append(k)
+            yield piece(100, f"q{k}")
+
+    assert rules.form_batch(queue(), limit=300, now=0.0).taken == (0, 1, 2)
+    assert len(read) == 4
+
+
+def test_pool_tags_share_rows_by_weight_and_leave_no_credit_to_the_idle() -> None:
+    weights = {"a": 3.0, "b": 1.0}
+    finish = {"a": 0.0, "b": 0.0}
+    virtual_time, served = 0.0, {"a": 0, "b": 0}
+    for _ in range(400):
+        name = min(weights, key=lambda g: rules.pool_priority(
+            list(weights).index(g), weights[g], virtual_time, finish[g]))
+        virtual_time, finish[name] = rules.charge_pool(virtual_time, finish[name], 100,
+                                                       weights[name])
+        served[name] += 100
+    assert served == {"a": 30_000, "b": 10_000}
+    # A group that was idle starts from the virtual time, not from its old tag.
+    assert rules.pool_priority(0, 1.0, virtual_time, 0.0)[1] == virtual_time
+    assert rules.pool_priority(0, 0.0, virtual_time, 0.0) > rules.pool_priority(
+        9, 1.0, virtual_time, 1e9)  # weight 0 waits behind every weighted group
 
 
 # -- batching ---------------------------------------------------------------------------------

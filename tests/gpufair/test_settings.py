@@ -51,3 +51,42 @@ def _empty(tmp_path: Path) -> Path:
     path = tmp_path / "empty.toml"
     path.write_text("")
     return path
+
+
+def test_config_toml_holds_every_setting_at_its_default() -> None:
+    """The README promises that config.toml shows every setting with its default."""
+    import re
+    import tomllib
+
+    from gpufair.settings import Settings
+
+    path = Path(__file__).resolve().parents[2] / "config.toml"
+    text = path.read_text()
+    document = tomllib.loads(text)
+    defaults = Settings()
+    assert set(document) == set(Settings.model_fields)
+    for section_name, section in defaults:
+        written = document[section_name]
+        for key, default in section:
+            if default is None:  # TOML has no null: an unset default is shown commented out
+                assert key not in written
+                assert re.search(rf"^# {key} = ", text, re.MULTILINE), f"{section_name}.{key}"
+            else:
+                assert written.get(key) == default, f"{section_name}.{key}"
+        assert set(written) <= set(type(section).model_fields)
+    assert load_settings(path, {}) == defaults
+
+
+def test_the_parts_defaults_are_the_settings_defaults() -> None:
+    """SolveOptions and SchedulerConfig can be built without settings (tests, library users);
+    their defaults must then be the ones a deployment gets from the settings."""
+    from allocator.options import SolveOptions
+    from executor.scheduling import SchedulerConfig
+    from gpufair.settings import Settings
+
+    settings = Settings()
+    options = SolveOptions()
+    allocator = settings.allocator
+    assert (options.solver, options.time_limit_s, options.gap, options.churn_limit) == (
+        allocator.solver, allocator.time_limit_s, allocator.gap, allocator.churn_limit)
+    assert SchedulerConfig() == SchedulerConfig.from_settings(settings.executor)
