@@ -3,7 +3,11 @@
 Pure functions over frozen dataclasses: no I/O, no torch, no web, no database (a test asserts
 it). The public surface is re-exported here; modules behind it are private to the package:
 
-* ``divide(instance, options) -> Division`` — the core of docs/architecture.md §2 (allocator.solve);
+* ``divide(instance, options) -> Division`` — the core of docs/architecture.md §2
+  (allocator.division), over an ``Instance`` (allocator.instance) whose agents state their
+  criteria (allocator.criteria) and whose welfare is an objective (allocator.objectives); the
+  exact MILP with its λ search (allocator.exact) answers small instances, the scalable path
+  (allocator.scalable) the rest;
 * ``certify`` / ``validate_allocation`` — the one checker (allocator.certificate);
 * ``allocate_cluster(snapshot, options, previous, *, version, allocation_id)`` — the cluster
   layer that builds the core instance from a snapshot and cuts node plans (allocator.cluster),
@@ -11,7 +15,8 @@ it). The public surface is re-exported here; modules behind it are private to th
   allocation;
 * the exception tree rooted at ``AllocatorError`` (allocator.errors).
 
-PuLP is imported lazily, by the solve, so importing the package stays light.
+The solvers are loaded on first use (PuLP only on the first exact solve), so importing the
+package, as the executor does for the node plan format, stays light.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from allocator.certificate import AgentCertificate, Certificate, certify, validate_allocation
+from allocator.cluster.plan import DevicePlan, ModelReplica, NodePlan, PlanError, SeatPlan
+from allocator.cluster.snapshot import ClusterSnapshot, Gpu, Model, Tenant, ThroughputCurve
+from allocator.criteria import CRITERIA, Criterion
 from allocator.documents import instance_from_dict, instance_to_dict
 from allocator.errors import (
     AllocationError,
@@ -30,31 +38,25 @@ from allocator.errors import (
     SolverTimeoutError,
 )
 from allocator.instance import Agent, Allocation, Instance
+from allocator.objectives import OBJECTIVES, Objective
 from allocator.options import SolveOptions
-from allocator.plan import DevicePlan, ModelReplica, NodePlan, PlanError, SeatPlan
-from allocator.snapshot import (
-    CRITERIA,
-    OBJECTIVES,
-    ClusterSnapshot,
-    Criterion,
-    Gpu,
-    Model,
-    Objective,
-    Tenant,
-    ThroughputCurve,
-)
 
 if TYPE_CHECKING:
-    from allocator.cluster import ClusterAllocation, allocate_cluster, validate_cluster_allocation
-    from allocator.solve import Division, divide
+    from allocator.cluster.allocate import (
+        ClusterAllocation,
+        allocate_cluster,
+        validate_cluster_allocation,
+    )
+    from allocator.division import Division, divide
 
-# Names whose modules import PuLP (through allocator.milp): loaded on first use.
+# Names whose modules load the solvers (HiGHS, and PuLP on the first exact solve): loaded on
+# first use.
 _LAZY = {
-    "divide": "allocator.solve",
-    "Division": "allocator.solve",
-    "allocate_cluster": "allocator.cluster",
-    "ClusterAllocation": "allocator.cluster",
-    "validate_cluster_allocation": "allocator.cluster",
+    "divide": "allocator.division",
+    "Division": "allocator.division",
+    "allocate_cluster": "allocator.cluster.allocate",
+    "ClusterAllocation": "allocator.cluster.allocate",
+    "validate_cluster_allocation": "allocator.cluster.allocate",
 }
 
 

@@ -1,17 +1,16 @@
-"""The one checker: fairness notions, allocation validation and the certificate.
+"""The one checker: allocation validation, each criterion's margins, and the certificate.
 
 Everything that decides whether an allocation is fair lives here, written once and used by the
 solvers (to find violated envy pairs), by ``divide`` and the cluster layer (before anything is
 returned), by the CLI and the API (before anything is stored) and by the tests.
 
-The notions are docs/architecture.md §2's table (EF^α and PROP^α from Li, Li, Liu and Wu,
-"Allocating Mixed Goods with Customized Fairness and Indivisibility Ratio", IJCAI 2024; EFM from
-Bei, Li, Liu, Liu and Lu, "Fair Division of Mixed Divisible and Indivisible Goods", AIJ 2021). Each
-agent's criterion is a family of linear inequalities in the agent's own values; every inequality is
-written as ``a + b·λ ≥ 0`` where λ is the relaxation (``f_i = α_i + λ(1 − α_i)``), both sides
-divided by the agent's total value ``T_i`` so that margins are comparable across agents. The
-*slack* reported for an agent is the smallest such margin: a fraction of the agent's total
-value by which its criterion holds (≥ 0) or fails (< 0).
+Each agent's criterion (allocator.criteria) is a family of linear inequalities in the agent's own
+values; every inequality is written as ``a + b·λ ≥ 0`` where λ is the relaxation
+(``f_i = α_i + λ(1 − α_i)``), both sides divided by the agent's total value ``T_i`` so that
+margins are comparable across agents. The *slack* reported for an agent is the smallest such
+margin: a fraction of the agent's total value by which its criterion holds (≥ 0) or fails (< 0).
+A cluster result has one more checker on top of this one,
+allocator.cluster.allocate.validate_cluster_allocation.
 """
 
 from __future__ import annotations
@@ -23,39 +22,16 @@ from typing import Any
 
 import numpy as np
 
+from allocator.criteria import EF_TYPE, PROP_TYPE, Criterion, base_factor, relaxed_factor
 from allocator.errors import AllocationError, CertificateError
 from allocator.instance import Allocation, Instance
-from allocator.snapshot import Criterion, Objective
+from allocator.objectives import Objective, objective_ratio, objective_value
 
 # Margins are fractions of T_i; a solver's feasibility tolerance (≈1e-7 on normalised rows)
 # and float rounding of shares stay far below this.
 TOLERANCE = 1e-6
 # A share below this is treated as zero (EFM asks whether an agent holds *any* divisible good).
 ZERO_SHARE = 1e-9
-
-# The Nash objective (Σ log of normalised values) enters the MILP and the share LP through
-# tangent cuts log(v) ≤ log(a) + (v − a)/a at these points (a geometric grid), with the log
-# variables bounded below by NASH_FLOOR (below the log of the smallest point).
-NASH_POINTS = tuple(1e-4 * 1.5**k for k in range(23)) + (1.0,)
-NASH_FLOOR = -12.0
-
-EF_TYPE: frozenset[Criterion] = frozenset({"ef_alpha", "ef", "ef1", "efm"})
-PROP_TYPE: frozenset[Criterion] = frozenset({"prop_alpha", "prop", "prop1"})
-
-
-def base_factor(criterion: Criterion, alpha: float) -> float:
-    """The multiplier of the removed/added good before relaxation (α_i, 0 or 1)."""
-    if criterion in ("ef_alpha", "prop_alpha"):
-        return alpha
-    if criterion in ("ef1", "prop1"):
-        return 1.0
-    return 0.0  # ef, prop; efm's divisible branch is exact too
-
-
-def relaxed_factor(criterion: Criterion, alpha: float, lam: float) -> float:
-    """f_i = base + λ(1 − base): λ = 0 is the criterion itself, λ = 1 is its "up to one"."""
-    base = base_factor(criterion, alpha)
-    return base + lam * (1.0 - base)
 
 
 @dataclass(frozen=True)
@@ -250,29 +226,6 @@ class Certificate:
         }
 
 
-def objective_value(objective: Objective, normalised: Iterable[float]) -> float:
-    """Utilitarian Σ, Nash Σ log, egalitarian min of normalised values (agents with T_i > 0)."""
-    values = list(normalised)
-    if not values:
-        return 0.0
-    if objective == "utilitarian":
-        return sum(values)
-    if objective == "egalitarian":
-        return min(values)
-    return sum(math.log(v) if v > 0 else -math.inf for v in values)
-
-
-def objective_ratio(objective: Objective, value: float, best: float, count: int) -> float | None:
-    """Welfare against the unconstrained optimum; for Nash the ratio of geometric means."""
-    if objective == "nash":
-        if not math.isfinite(best) or count == 0:
-            return None
-        return math.exp((value - best) / count) if math.isfinite(value) else 0.0
-    if best <= 0:
-        return 1.0
-    return value / best
-
-
 def certify(
     instance: Instance,
     allocation: Allocation,
@@ -336,17 +289,8 @@ def certify(
     )
 
 
-def validate_allocation(instance: Any, allocation: Any) -> None:
-    """Raise AllocationError unless the allocation is complete and respects every constraint.
-
-    Also accepts ``(ClusterSnapshot, ClusterAllocation)``: then the core allocation, its
-    certificate and every node plan are checked (allocator.cluster.validate_cluster_allocation).
-    """
-    if hasattr(allocation, "plans"):
-        from allocator.cluster import validate_cluster_allocation
-
-        validate_cluster_allocation(instance, allocation)
-        return
+def validate_allocation(instance: Instance, allocation: Allocation) -> None:
+    """Raise AllocationError unless the allocation is complete and respects every constraint."""
     agents = {a.name for a in instance.agents}
     if set(allocation.indivisible) != set(instance.indivisible):
         missing = sorted(set(instance.indivisible) - set(allocation.indivisible))

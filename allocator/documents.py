@@ -5,7 +5,8 @@ One parser, shared by the CLI, the benchmark and the tests, that refuses a malfo
 with an InstanceError naming the bad field (the CLI prints that one line). Besides the fields of
 docs/architecture.md §3.1 it accepts the side constraints of :class:`~allocator.instance.Instance`
 (``forbidden``, ``requires``, ``caps``, ``optional``) so that cluster-derived instances can be
-replayed through the CLI.
+replayed through the CLI. The cluster's document (``gpufair allocate``'s file) has its own
+parser, allocator.cluster.documents.
 """
 
 from __future__ import annotations
@@ -13,17 +14,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from allocator.criteria import CRITERIA
 from allocator.errors import InstanceError
 from allocator.instance import Agent, Instance
-from allocator.snapshot import (
-    CRITERIA,
-    OBJECTIVES,
-    ClusterSnapshot,
-    Gpu,
-    Model,
-    Tenant,
-    ThroughputCurve,
-)
+from allocator.objectives import OBJECTIVES
 
 _KEYS = {"agents", "indivisible", "divisible", "values", "objective",
          "forbidden", "requires", "caps", "optional"}
@@ -161,63 +155,3 @@ def _names(value: Any, where: str) -> list[str]:
         if not isinstance(item, str) or not item:
             raise InstanceError(f"{where}: expected non-empty strings, got {item!r}")
     return items
-
-
-def snapshot_from_dict(doc: Any) -> ClusterSnapshot:
-    """Parse a cluster document (``gpufair allocate``'s TOML/JSON); InstanceError if bad."""
-    if not isinstance(doc, dict):
-        raise InstanceError("cluster: expected an object with tenants, models and gpus")
-    try:
-        tenants = tuple(
-            Tenant(name=str(t["name"]), weight=float(t.get("weight", 1.0)),
-                   criterion=t.get("criterion", "prop_alpha"))
-            for t in _list(doc.get("tenants"), "tenants")
-        )
-        gpus = tuple(
-            Gpu(node=str(g["node"]), device=str(g["device"]), kind=g.get("kind", "gpu"),
-                memory_mb=int(g["memory_mb"]), seats=int(g["seats"]), streams=int(g["streams"]))
-            for g in _list(doc.get("gpus"), "gpus")
-        )
-        models = tuple(_model(m) for m in _list(doc.get("models", []), "models"))
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, InstanceError):
-            raise
-        raise InstanceError(f"cluster: missing or malformed field {exc}") from exc
-    for t in tenants:
-        if t.criterion not in CRITERIA:
-            raise InstanceError(f"tenant {t.name!r}: unknown criterion {t.criterion!r}")
-        if not t.weight > 0:
-            raise InstanceError(f"tenant {t.name!r}: weight must be positive")
-    objective = doc.get("objective", "utilitarian")
-    if objective not in OBJECTIVES:
-        raise InstanceError(f"objective: unknown {objective!r}")
-    return ClusterSnapshot(tenants=tenants, models=models, gpus=gpus, objective=objective)
-
-
-def _curve(doc: Any, where: str) -> ThroughputCurve:
-    if not isinstance(doc, dict):
-        raise InstanceError(f"{where}: expected {{qps = [...], measured = bool}}")
-    qps = tuple(float(q) for q in _list(doc.get("qps"), f"{where}.qps"))
-    if not qps or any(q < 0 for q in qps) or any(b < a for a, b in zip(qps, qps[1:], strict=False)):
-        raise InstanceError(f"{where}.qps: expected non-negative, non-decreasing numbers")
-    return ThroughputCurve(qps=qps, measured=bool(doc.get("measured", False)))
-
-
-def _model(doc: Any) -> Model:
-    if not isinstance(doc, dict):
-        raise InstanceError("models: expected objects")
-    where = f"model {doc.get('model_id')!r}"
-    profiles = doc.get("profiles", {})
-    if not isinstance(profiles, dict):
-        raise InstanceError(f"{where}.profiles: expected a table of GPU id -> curve")
-    return Model(
-        model_id=str(doc["model_id"]),
-        tenant=str(doc["tenant"]),
-        artifact=str(doc["artifact"]),
-        memory_mb=int(doc["memory_mb"]),
-        replicas_wanted=int(doc["replicas_wanted"]),
-        sla_p99_ms=float(doc["sla_p99_ms"]),
-        demand_qps=float(doc["demand_qps"]),
-        profiles={g: _curve(c, f"{where}.profiles[{g!r}]") for g, c in profiles.items()},
-        estimate=_curve(doc.get("estimate", {"qps": [1.0]}), f"{where}.estimate"),
-    )

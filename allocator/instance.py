@@ -6,13 +6,25 @@ indivisible good to exactly one agent and divides every divisible good completel
 The cluster layer builds an :class:`Instance` from a snapshot and may add side constraints
 (``forbidden``, ``requires``, ``caps``) that the plain core of docs/architecture.md §2 does not
 have.
+
+:func:`validate_instance` refuses a malformed instance with an InstanceError naming its first bad
+part; :func:`canonical` puts a valid one in sorted order, so that ``divide``'s answer does not
+depend on the order of its input.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
-from allocator.snapshot import Criterion, Objective
+from allocator.criteria import CRITERIA, Criterion
+from allocator.errors import InstanceError
+from allocator.objectives import OBJECTIVES, Objective
+
+# Weights enter the EF constraints as ratios w_i / w_j; bounding them keeps every ratio (at most
+# 1e12) finite and well inside what an LP solver handles without numerical trouble.
+MIN_WEIGHT = 1e-6
+MAX_WEIGHT = 1e6
 
 
 @dataclass(frozen=True)
@@ -53,3 +65,79 @@ class Allocation:
     indivisible: dict[str, str | None]
     # divisible good -> agent -> fraction; fractions of one good sum to 1 (≤ 1 if optional)
     divisible: dict[str, dict[str, float]]
+
+
+def validate_instance(instance: Instance) -> None:
+    """Raise InstanceError naming the first malformed part of the instance."""
+    names = [a.name for a in instance.agents]
+    if not names:
+        raise InstanceError("agents: at least one agent is needed")
+    _unique(names, "agent")
+    _unique([*instance.indivisible, *instance.divisible], "good")
+    for a in instance.agents:
+        if not isinstance(a.name, str) or not a.name:
+            raise InstanceError(f"agent name {a.name!r}: expected a non-empty string")
+        if a.criterion not in CRITERIA:
+            raise InstanceError(
+                f"agent {a.name!r}: unknown criterion {a.criterion!r} "
+                f"(one of {', '.join(CRITERIA)})"
+            )
+        if not (isinstance(a.weight, int | float) and MIN_WEIGHT <= a.weight <= MAX_WEIGHT):
+            raise InstanceError(
+                f"agent {a.name!r}: weight must lie in [{MIN_WEIGHT:g}, {MAX_WEIGHT:g}], "
+                f"got {a.weight!r}"
+            )
+    if instance.objective not in OBJECTIVES:
+        raise InstanceError(
+            f"objective: unknown {instance.objective!r} (one of {', '.join(OBJECTIVES)})"
+        )
+    agents, goods = set(names), {*instance.indivisible, *instance.divisible}
+    for i, row in instance.values.items():
+        if i not in agents:
+            raise InstanceError(f"values: unknown agent {i!r}")
+        for g, v in row.items():
+            if g not in goods:
+                raise InstanceError(f"values[{i!r}]: unknown good {g!r}")
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise InstanceError(f"values[{i!r}][{g!r}]: expected a number, got {v!r}")
+            if v < 0:
+                raise InstanceError(f"values[{i!r}][{g!r}]: negative value {v!r}")
+    indivisible = set(instance.indivisible)
+    for i, g in instance.forbidden:
+        if i not in agents or g not in indivisible:
+            raise InstanceError(f"forbidden: unknown pair ({i!r}, {g!r})")
+    for d, needed in instance.requires.items():
+        if d not in instance.divisible or not set(needed) <= indivisible:
+            raise InstanceError(f"requires[{d!r}]: unknown goods")
+    for i, caps in instance.caps.items():
+        if i not in agents:
+            raise InstanceError(f"caps: unknown agent {i!r}")
+        for group, most in caps:
+            if not set(group) <= indivisible or most < 0:
+                raise InstanceError(f"caps[{i!r}]: unknown goods or negative cap")
+    if not instance.optional <= goods:
+        raise InstanceError("optional: unknown goods")
+
+
+def _unique(names: list[str], kind: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InstanceError(f"duplicate {kind} name {name!r}")
+        seen.add(name)
+
+
+def canonical(instance: Instance) -> Instance:
+    """The same instance with agents, goods and side constraints in sorted order."""
+    return replace(
+        instance,
+        agents=tuple(sorted(instance.agents, key=lambda a: a.name)),
+        indivisible=tuple(sorted(instance.indivisible)),
+        divisible=tuple(sorted(instance.divisible)),
+        values={i: dict(sorted(instance.values[i].items())) for i in sorted(instance.values)},
+        requires={d: tuple(sorted(g)) for d, g in sorted(instance.requires.items())},
+        caps={
+            i: tuple((tuple(sorted(group)), most) for group, most in sorted(caps))
+            for i, caps in sorted(instance.caps.items())
+        },
+    )

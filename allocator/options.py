@@ -1,8 +1,9 @@
 """Options of one allocator solve, shared by the core (``divide``) and the cluster layer.
 
 A frozen value so that a solve is a pure function of (instance or snapshot, options). The
-defaults match ``[allocator]`` in gpufair.settings; commands and the API build options from
-those settings and their own flags.
+defaults are for library users and tests, and equal the ``[allocator]`` settings' (a test
+guards it); a deployment's options are built from its settings and the commands' flags by the
+composition layer (``gpufair/compose.py``) and handed to the allocator and the API.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from allocator.errors import InstanceError
-from allocator.snapshot import OBJECTIVES, Objective
+from allocator.objectives import OBJECTIVES, Objective
 
 SolverName = Literal["highs", "cbc"]
 SOLVERS: tuple[SolverName, ...] = ("highs", "cbc")

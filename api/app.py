@@ -1,9 +1,10 @@
-"""The app factory: ``create_app(settings)`` builds the control plane's FastAPI app.
+"""The app factory: ``create_app(config)`` builds the control plane's FastAPI app.
 
 Nothing is built at import time — the database engine, metrics registry and plan notifier are
-made here from the settings passed in, so tests and benchmarks build apps of their own. The
-factory does not touch the schema: ``gpufair serve`` (or ``gpufair db upgrade``) makes sure it
-is at the code's head revision before serving (see :func:`ensure_schema`).
+made here from the :class:`api.config.ApiConfig` passed in, so tests and benchmarks build apps
+of their own. The factory does not touch the schema: ``gpufair serve`` (or ``gpufair db
+upgrade``) makes sure it is at the code's head revision before serving (see
+:func:`ensure_schema`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import migrations
+from api.config import ApiConfig
 from api.db import Database
 from api.errors import SchemaNotReady, install_error_handlers
 from api.limits import BodyLimitMiddleware
@@ -23,24 +25,22 @@ from api.routes import allocations, dashboard, health, models, nodes, sla, tenan
 from api.scheduler import SolveScheduler
 from api.services.plans import PlanNotifier
 from api.state import AppState
-from gpufair import __version__
-from gpufair.settings import Settings
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/v1"
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The API app over the database ``settings.database.url``."""
-    db = Database(settings.database.url, echo=settings.database.echo)
+def create_app(config: ApiConfig) -> FastAPI:
+    """The API app over the database ``config.database_url``."""
+    db = Database(config.database_url, echo=config.database_echo)
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = None
-        if settings.api.solve_interval_s > 0:
-            scheduler = SolveScheduler(app.state.gpufair, settings.api.solve_interval_s)
+        if config.solve_interval_s > 0:
+            scheduler = SolveScheduler(app.state.gpufair, config.solve_interval_s)
             scheduler.start()
         yield
         if scheduler is not None:
@@ -49,39 +49,39 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(
         title="gpufair control plane",
-        version=__version__,
+        version=config.version,
         description="Tenants, models, nodes and certified fair allocations of GPU seats and "
         "streams. Admin routes take the admin token, tenant routes a tenant API key, node "
         "routes a node token, each as `Authorization: Bearer ...`.",
         lifespan=lifespan,
     )
-    app.state.gpufair = AppState(settings=settings, db=db, metrics=metrics, notifier=PlanNotifier())
+    app.state.gpufair = AppState(config=config, db=db, metrics=metrics, notifier=PlanNotifier())
     install_error_handlers(app)
     for router in (tenants.router, models.router, nodes.router, allocations.router, sla.router):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(health.router)
     app.include_router(dashboard.router)
     # Outermost first: count every request, including those refused for their size.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.api.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
 
-def ensure_schema(settings: Settings) -> None:
+def ensure_schema(config: ApiConfig) -> None:
     """Make sure the database is at the head revision before serving.
 
     An empty SQLite database is upgraded in development mode (the embedded default's first
     start); anything else behind the code raises SchemaNotReady naming the command to run.
     """
-    db = Database(settings.database.url)
+    db = Database(config.database_url)
     try:
         current = migrations.current_revision(db.engine)
         head = migrations.head_revision()
         if current == head:
             return
-        if current is None and db.dialect == "sqlite" and settings.api.dev_mode:
+        if current is None and db.dialect == "sqlite" and config.dev_mode:
             log.info("empty SQLite database: creating the schema (revision %s)", head)
-            migrations.upgrade(settings.database.url)
+            migrations.upgrade(config.database_url)
             return
         raise SchemaNotReady(
             f"database schema is at {current or 'nothing'}, the code needs {head}: "

@@ -2,9 +2,9 @@
 
 Tenant keys and node tokens are 256-bit random strings shown once when issued; only their
 sha256 is stored, which is enough for a secret of that entropy (no salt or slow hash needed:
-nothing can be guessed from the hash). The admin token comes from settings; its development
-default is honoured only in development mode, so a production deployment that forgot to set
-``GPUFAIR_API_ADMIN_TOKEN`` is not open to anyone who read the docs.
+nothing can be guessed from the hash). The admin token comes from the API's configuration;
+the development token is honoured only in development mode, so a production deployment that
+forgot to set ``GPUFAIR_API_ADMIN_TOKEN`` is not open to anyone who read the docs.
 
 This module says *who* a token belongs to; :mod:`api.deps` says which routes each role may
 call, in one place.
@@ -21,9 +21,9 @@ from typing import Literal
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
+from api.config import ApiConfig
 from api.errors import Forbidden
 from api.models import ApiKeyRow, NodeRow, TenantRow
-from gpufair.settings import DEVELOPMENT_ADMIN_TOKEN, ApiSettings
 
 TENANT_KEY_PREFIX = "gft_"
 NODE_TOKEN_PREFIX = "gfn_"
@@ -46,12 +46,12 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _is_admin(token: str, settings: ApiSettings) -> bool:
-    if not settings.admin_token or not hmac.compare_digest(
-        token.encode(), settings.admin_token.encode()
+def _is_admin(token: str, config: ApiConfig) -> bool:
+    if not config.admin_token or not hmac.compare_digest(
+        token.encode(), config.admin_token.encode()
     ):
         return False
-    if settings.admin_token == DEVELOPMENT_ADMIN_TOKEN and not settings.dev_mode:
+    if config.admin_token == config.development_admin_token and not config.dev_mode:
         raise Forbidden(
             "the development admin token is refused outside dev_mode; "
             "set GPUFAIR_API_ADMIN_TOKEN to a secret of your own"
@@ -60,10 +60,10 @@ def _is_admin(token: str, settings: ApiSettings) -> bool:
 
 
 def identify(
-    *, session: Session | Connection, token: str, settings: ApiSettings
+    *, session: Session | Connection, token: str, config: ApiConfig
 ) -> Principal | None:
     """The principal ``token`` belongs to, or None if it is unknown or revoked."""
-    if _is_admin(token, settings):
+    if _is_admin(token, config):
         return Principal(role="admin")
     digest = token_hash(token)
     if token.startswith(TENANT_KEY_PREFIX):

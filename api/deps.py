@@ -67,7 +67,7 @@ SessionDep = Annotated[Session, Depends(_session, scope="function")]
 
 def _identify(state: AppState, token: str) -> Principal | None:
     with state.db.connection() as connection:
-        return identify(session=connection, token=token, settings=state.settings.api)
+        return identify(session=connection, token=token, config=state.config)
 
 
 async def _principal(state: AppState, credentials: Credentials, role: str) -> Principal:

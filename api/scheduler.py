@@ -1,4 +1,4 @@
-"""Scheduled re-solve: every ``settings.api.solve_interval_s`` the API solves again on its own.
+"""Scheduled re-solve: every ``config.solve_interval_s`` the API solves again on its own.
 
 docs/architecture.md §1's loop re-solves "on request or on a schedule"; this is the schedule. The
 task is made by the app factory's lifespan (nothing runs at import) and calls the very service
@@ -47,10 +47,10 @@ class SolveScheduler:
 
     def tick(self) -> AllocationRow | None:
         """One scheduled step (blocking): solve and announce if the inputs changed."""
-        settings = self.state.settings
+        config = self.state.config
         with self.state.db.session(write=False) as session:
             snapshot = service.read_solve_input(
-                session=session, objective=settings.allocator.objective
+                session=session, objective=config.default_objective
             ).snapshot
         if not snapshot.tenants or not snapshot.gpus:
             log.debug("scheduled solve skipped: no tenant or no node yet")
@@ -59,7 +59,11 @@ class SolveScheduler:
             log.debug("scheduled solve skipped: nothing changed since the last one")
             return None
         with self.state.metrics.solve_seconds.time():
-            row = service.run_solve(db=self.state.db, options=settings.allocator, objective=None)
+            row = service.run_solve(
+                db=self.state.db,
+                options=config.solve_options,
+                objective=config.default_objective,
+            )
         # Remember the snapshot read before the solve: a change that raced the solve makes the
         # next tick differ from it and solve again, never the other way round.
         self._last_solved = snapshot

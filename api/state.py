@@ -1,10 +1,10 @@
-"""What one app instance holds: its settings, database, metrics, plan notifier, clock and the
-schedule of SLA-sample pruning.
+"""What one app instance holds: its configuration, database, metrics, plan notifier, clock and
+the schedule of SLA-sample pruning.
 
 Built by the app factory and hung on ``app.state.gpufair``; nothing of it exists at import time,
-so tests build as many apps as they like, each with settings and a database of its own. The
-clock stamps heartbeats' SLA samples and ends the dashboard's time window: tests replace it to
-lay down a history of heartbeats in seconds rather than minutes.
+so tests build as many apps as they like, each with a configuration and a database of its own.
+The clock stamps heartbeats' SLA samples and ends the dashboard's time window: tests replace it
+to lay down a history of heartbeats in seconds rather than minutes.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from datetime import datetime
 
 from fastapi import Request
 
+from api.config import ApiConfig
 from api.db import Database
 from api.metrics import Metrics
 from api.models import utcnow
 from api.services.plans import PlanNotifier
 from api.services.sla import PruneSchedule
-from gpufair.settings import Settings
 
 
 @dataclass
 class AppState:
-    settings: Settings
+    config: ApiConfig
     db: Database
     metrics: Metrics
     notifier: PlanNotifier

@@ -48,6 +48,7 @@ from bench.instances import (
     STREAMS_PER_GPU,
     cluster_instance,
 )
+from gpufair.compose import solve_options
 from gpufair.settings import SettingsError, load_settings
 
 log = logging.getLogger(__name__)
@@ -134,27 +135,29 @@ def _parser() -> argparse.ArgumentParser:
 def _config(argv: list[str]) -> BenchConfig:
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings().allocator
-    except SettingsError as exc:
-        parser.error(str(exc))
     quick = bool(args.quick)
-    time_limit = args.time_limit if args.time_limit is not None else settings.time_limit_s
     seeds = args.seeds if args.seeds is not None else 3
     cli_runs = args.cli_runs if args.cli_runs is not None else (1 if quick else 3)
-    for flag, value in (("--seeds", seeds), ("--time-limit", time_limit)):
-        if value <= 0:
+    for flag, value in (("--seeds", seeds), ("--time-limit", args.time_limit)):
+        if value is not None and value <= 0:
             parser.error(f"{flag} must be positive, got {value}")
     if cli_runs < 0:
         parser.error(f"--cli-runs must be non-negative, got {cli_runs}")
+    try:
+        options = solve_options(
+            load_settings().allocator, solver=args.solver, time_limit_s=args.time_limit
+        )
+    except SettingsError as exc:
+        parser.error(str(exc))
+    time_limit = options.time_limit_s
     return BenchConfig(
         name=args.name or ("quick" if quick else "full"),
         tenants=args.tenants or (QUICK_GRID if quick else FULL_GRID),
         gpus=args.gpus or (QUICK_GRID if quick else FULL_GRID),
         seeds=seeds,
-        solver=args.solver or settings.solver,
+        solver=options.solver,
         time_limit_s=time_limit,
-        gap=settings.gap,
+        gap=options.gap,
         hard_limit_s=args.hard_limit or max(3.0 * time_limit, time_limit + 20.0),
         budget_s=args.budget or (110.0 if quick else 1140.0),
         cli_runs=cli_runs,

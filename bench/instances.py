@@ -37,8 +37,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from allocator.criteria import Criterion
 from allocator.instance import Agent, Instance
-from allocator.snapshot import Criterion
 
 SEATS_PER_GPU = 4
 STREAMS_PER_GPU = 8

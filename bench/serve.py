@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from allocator.plan import NodePlan, seat_entry
+from allocator.cluster.plan import NodePlan, seat_entry
 from executor.features import Batch, Query
 from executor.runtime import configure_cpu_threads
 from executor.scheduling import NodeRuntime, Overloaded, SchedulerConfig, SchedulingError

@@ -49,7 +49,7 @@ from typing import Any
 
 import httpx
 
-from allocator.plan import NodePlan, PlanError
+from allocator.cluster.plan import NodePlan, PlanError
 from executor.metrics import ExecutorMetrics
 from executor.profiles import ProfileCurve, plan_profiles
 from executor.scheduling import NodeRuntime

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from allocator.plan import NodePlan
+from allocator.cluster.plan import NodePlan
 from executor.models import ARCHITECTURES, ZooError, parse_zoo_artifact
 
 log = logging.getLogger(__name__)

@@ -14,13 +14,14 @@ split: the scheduler decides, this runs). The scheduling side calls exactly this
   TorchScript model gets one user per row).
 - ``configure_cpu_threads(n)`` — call once per serving process, before its sessions run.
 
-Artifacts (allocator.plan.ModelReplica.artifact): ``zoo:<arch>?scale=…&seed=…&user_tables=…``
-(executor.models.zoo), ``file:<path>`` (a TorchScript module with the structured forward;
-its schema is the JSON member ``gpufair_schema.json`` of the archive — written by
-:func:`save_torchscript` — or else a side-car ``<path>.schema.json``), and ``api:<model_id>``,
-which the daemon resolves to a ``file:`` path before calling :func:`load_model`. Every loaded
-model is probed with a small batch built from its schema; a module that is not TorchScript,
-whose forward has the wrong arity, or whose output is not (N,) finite floats is refused.
+Artifacts (allocator.cluster.plan.ModelReplica.artifact):
+``zoo:<arch>?scale=…&seed=…&user_tables=…`` (executor.models.zoo), ``file:<path>`` (a
+TorchScript module with the structured forward; its schema is the JSON member
+``gpufair_schema.json`` of the archive — written by :func:`save_torchscript` — or else a
+side-car ``<path>.schema.json``), and ``api:<model_id>``, which the daemon resolves to a
+``file:`` path before calling :func:`load_model`. Every loaded model is probed with a small
+batch built from its schema; a module that is not TorchScript, whose forward has the wrong
+arity, or whose output is not (N,) finite floats is refused.
 
 Sessions on the CPU. ``torch.set_num_threads`` is process-global (ATen keeps one intra-op
 pool size), so a CPU session cannot own "one intra-op thread" by itself. The serving process

@@ -1,22 +1,38 @@
-"""The one typed settings tree of gpufair.
+"""The one typed settings tree of gpufair, and the only place where setting defaults live.
 
 Settings come from ``config.toml`` (the file named by ``GPUFAIR_CONFIG``, else ``./config.toml``
 when it exists) and are overridden by environment variables ``GPUFAIR_<SECTION>_<KEY>``, for
 instance ``GPUFAIR_DATABASE_URL`` or ``GPUFAIR_ALLOCATOR_TIME_LIMIT_S``. Every field is typed
 and bounded, so a bad value fails at start-up with the offending key and value named, rather
-than deep inside a request. Nothing here is read at import time: callers ask for
-:func:`load_settings` and pass the result down (the API's app factory, the executor daemon, the
-commands), which lets tests build settings of their own.
+than deep inside a request. Nothing here is read at import time, and building a
+:class:`Settings` reads nothing either: callers ask for :func:`load_settings`, and
+:mod:`gpufair.compose` turns the result into each part's own configuration, which lets tests
+build settings of their own.
+
+This module sits at the bottom of the project: it imports none of it, so every part's
+configuration type can be checked against it (tests/gpufair/test_settings.py) without a cycle.
+The overlay of file and environment is pydantic-settings': its TOML source reads the file, and
+its environment source maps ``GPUFAIR_<SECTION>_<KEY>`` onto ``section.key`` (``_`` is the nested
+delimiter, split once, since keys contain ``_`` themselves). The one custom piece is the
+environment source's input: the mapping a caller passes, less :data:`NOT_SETTINGS`.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 ENV_PREFIX = "GPUFAIR_"
 DEFAULT_CONFIG_FILE = Path("config.toml")
@@ -93,58 +109,88 @@ class ExecutorSettings(_Section):
     profiles_path: Path | None = None
 
 
-class Settings(_Section):
+class Settings(BaseSettings):
+    """The whole tree. ``Settings(...)`` is a plain value — the defaults, with the sections
+    given as arguments in their place — and reads neither file nor environment; only
+    :func:`load_settings` does, with sources of its own."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix=ENV_PREFIX,
+        # GPUFAIR_ALLOCATOR_TIME_LIMIT_S is allocator.time_limit_s: split off the section only.
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        # A value is one key's plain string, never JSON: a whole section in one variable
+        # (GPUFAIR_API='{"port": 1}') is refused like any other value of the wrong type.
+        enable_decoding=False,
+    )
+
     database: DatabaseSettings = DatabaseSettings()
     api: ApiSettings = ApiSettings()
     allocator: AllocatorSettings = AllocatorSettings()
     executor: ExecutorSettings = ExecutorSettings()
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only the arguments: a test's Settings(...) must not pick up the developer's
+        # GPUFAIR_* variables. load_settings passes the file and the environment explicitly.
+        return (init_settings,)
 
-def _environment_overrides(environ: dict[str, str]) -> dict[str, dict[str, str]]:
-    """Map ``GPUFAIR_<SECTION>_<KEY>`` variables onto the settings tree."""
-    sections = set(Settings.model_fields)
-    overrides: dict[str, dict[str, str]] = {}
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
-            continue
-        section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
-        if section not in sections or not key:
-            continue
-        overrides.setdefault(section, {})[key] = value
-    return overrides
 
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source over the mapping given to :func:`load_settings`
+    (callers and tests pass theirs, not only ``os.environ``), without :data:`NOT_SETTINGS`.
 
-def _merge(base: dict[str, Any], overrides: dict[str, dict[str, str]]) -> dict[str, Any]:
-    merged = {section: dict(values) for section, values in base.items()}
-    for section, values in overrides.items():
-        merged.setdefault(section, {}).update(values)
-    return merged
+    A variable of a known section whose key is no setting stays in, so that ``extra="forbid"``
+    refuses it (a typo must not be ignored); variables of other sections are not read.
+    """
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        # Set before the base class's __init__, which loads the variables through the hook below.
+        self._environ = {name: value for name, value in environ.items() if name not in NOT_SETTINGS}
+        super().__init__(Settings)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # Names are matched lower-cased, as the base class does: Settings is case-insensitive.
+        return {name.lower(): value for name, value in self._environ.items()}
 
 
 def load_settings(
-    config_file: Path | None = None, environ: dict[str, str] | None = None
+    config_file: Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Read settings from the config file and the environment; raise SettingsError if invalid."""
-    environ = dict(os.environ) if environ is None else environ
+    """Read settings from the config file and the environment (which wins); raise SettingsError
+    with one line naming the key and value if one is invalid."""
+    environ = os.environ if environ is None else environ
     if config_file is None:
         named = environ.get("GPUFAIR_CONFIG")
         config_file = Path(named) if named else DEFAULT_CONFIG_FILE
         required = named is not None
     else:
         required = True
-    data: dict[str, Any] = {}
-    if config_file.exists():
-        try:
-            data = tomllib.loads(config_file.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"{config_file}: invalid TOML: {exc}") from exc
-    elif required:
+    if required and not config_file.exists():
         raise SettingsError(f"config file {config_file} does not exist")
     try:
-        return Settings.model_validate(_merge(data, _environment_overrides(environ)))
+        # A missing default config.toml reads as empty: the defaults hold.
+        file = TomlConfigSettingsSource(Settings, toml_file=config_file)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{config_file}: invalid TOML: {exc}") from exc
+    except OSError as exc:
+        raise SettingsError(f"{config_file}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        # Sources in priority order: the environment beats the file.
+        return Settings(_build_sources=((_Environment(environ), file), {}))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise SettingsError(
-            f"{config_file} / GPUFAIR_*: setting {where}={first.get('input')!r}: {first['msg']}"
+            f"{config_file} / {ENV_PREFIX}*: setting {where}={first.get('input')!r}: "
+            f"{first['msg']}"
         ) from exc

@@ -42,9 +42,14 @@ def create_allocation(
     passes the allocator's checker (500 otherwise). A certificate that passes is stored and
     returned even when it says some tenants' criteria fail (`fair: false`): then no allocation
     the allocator found meets them all. One solve runs at a time; others wait their turn."""
+    config = state.config
     objective = data.objective if data is not None else None
     with state.metrics.solve_seconds.time():
-        row = service.run_solve(db=state.db, options=state.settings.allocator, objective=objective)
+        row = service.run_solve(
+            db=state.db,
+            options=config.solve_options,
+            objective=objective or config.default_objective,
+        )
     state.metrics.allocation_version.set(row.version)
     state.notifier.notify()
     with state.db.session(write=False) as session:

@@ -40,7 +40,7 @@ def _token(request: Request, state: AppState) -> str | None:
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials:
         return credentials.strip()
-    if state.settings.api.dev_mode:
+    if state.config.dev_mode:
         return request.query_params.get("token") or None
     return None
 
@@ -55,7 +55,7 @@ def _refuse(status: int, title: str, message: str, *, form: bool) -> HTMLRespons
 @router.get("/dashboard", response_class=HTMLResponse)
 def dashboard(request: Request, state: StateDep) -> HTMLResponse:
     """The dashboard for the admin; a sign-in or refusal page, without data, for anyone else."""
-    dev_mode = state.settings.api.dev_mode
+    dev_mode = state.config.dev_mode
     how = (
         "Enter the admin token."
         if dev_mode
@@ -66,7 +66,7 @@ def dashboard(request: Request, state: StateDep) -> HTMLResponse:
         return _refuse(401, "Sign in", f"The dashboard is for the admin. {how}", form=dev_mode)
     try:
         with state.db.connection() as connection:
-            principal = identify(session=connection, token=token, settings=state.settings.api)
+            principal = identify(session=connection, token=token, config=state.config)
     except ApiError as exc:  # the development token outside development mode
         return _refuse(exc.status, "Refused", exc.message, form=False)
     if principal is None:

@@ -2,7 +2,7 @@
 
 The plan route is the node protocol's hot path: one indexed read, an ETag equal to the plan's
 version, ``If-None-Match`` answered with 304, and ``?wait=S`` holding the request until the
-plan changes or S seconds pass (at most ``settings.api.max_long_poll_s``). The wait holds no
+plan changes or S seconds pass (at most ``config.max_long_poll_s``). The wait holds no
 database connection and no worker thread: it awaits the process's plan notifier. The read is
 done on the event loop: it is shorter than a hand-off to a worker thread would be.
 """
@@ -73,7 +73,7 @@ def _read_plan(state: AppState, node_id: int, node_name: str) -> tuple[int, dict
 @router.get(
     "/{node}/plan",
     tags=["node"],
-    responses={200: {"description": "the node's plan (allocator.plan.NodePlan)"}, 304: {}},
+    responses={200: {"description": "the node's plan (allocator.cluster.plan.NodePlan)"}, 304: {}},
 )
 async def read_plan(
     node: NodeName,
@@ -85,7 +85,7 @@ async def read_plan(
     """The node's newest plan; with ``If-None-Match`` of the current ETag, 304, after waiting
     up to ``wait`` seconds for a newer one."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + min(wait, state.settings.api.max_long_poll_s)
+    deadline = loop.time() + min(wait, state.config.max_long_poll_s)
     while True:
         # On the event loop, as the credential check: one indexed read (see api.deps).
         version, plan = _read_plan(state, me.id, me.name)
@@ -105,7 +105,7 @@ def heartbeat(
     """Record the daemon's state and its SLA counts; the reply says whether a newer plan
     waits."""
     now = state.clock()
-    history = timedelta(seconds=state.settings.api.sla_history_s)
+    history = timedelta(seconds=state.config.sla_history_s)
     _, version = service.record_heartbeat(
         session=session,
         node_id=me.id,

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import func, select
@@ -44,6 +44,7 @@ from allocator import (
     Model,
     NodePlan,
     Objective,
+    SolveOptions,
     Tenant,
     ThroughputCurve,
 )
@@ -71,7 +72,6 @@ from api.schemas import (
 from api.services.models import upload_reference
 from api.services.plans import empty_plan
 from api.services.solve_lock import solve_lock
-from gpufair.settings import AllocatorSettings
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def plans_of_allocation(*, session: Session, allocation_id: int) -> dict[str, di
 
 
 def solve(
-    solve_input: SolveInput, settings: AllocatorSettings
+    solve_input: SolveInput, options: SolveOptions
 ) -> tuple[dict[str, Any], dict[str, NodePlan]]:
     """Run the cluster layer and its checker; return (certificate, plans) or raise.
 
@@ -178,16 +178,11 @@ def solve(
     best for this snapshot, not an error (see the module docstring)."""
     if not solve_input.snapshot.tenants or not solve_input.snapshot.gpus:
         raise Conflict("nothing to allocate: register at least one tenant and one node")
-    options = allocator.SolveOptions(
-        solver=settings.solver,
-        time_limit_s=settings.time_limit_s,
-        gap=settings.gap,
-        churn_limit=settings.churn_limit,
-    )
     try:
         result = allocator.allocate_cluster(
             solve_input.snapshot,
-            options,
+            # The snapshot's objective is the one stored with the allocation: solve with it.
+            replace(options, objective=solve_input.snapshot.objective),
             solve_input.previous,
             version=solve_input.version,
             allocation_id=solve_input.version,
@@ -270,15 +265,13 @@ def _unseated(*, session: Session, node_id: int, name: str, version: int) -> Nod
 
 
 def run_solve(
-    *, db: Database, options: AllocatorSettings, objective: Objective | None
+    *, db: Database, options: SolveOptions, objective: Objective
 ) -> AllocationRow:
-    """Solve now and store the result (the body of ``POST /allocations``)."""
+    """Solve now under ``objective`` and store the result (the body of ``POST /allocations``)."""
     lease_s = 2 * options.time_limit_s + 60
     with solve_lock(db, wait_s=lease_s, lease_s=lease_s):
         with db.session(write=False) as session:
-            solve_input = read_solve_input(
-                session=session, objective=objective or options.objective
-            )
+            solve_input = read_solve_input(session=session, objective=objective)
         started = time.perf_counter()
         certificate, plans = solve(solve_input, options)
         elapsed = time.perf_counter() - started

@@ -23,7 +23,7 @@ ZIP_MAGIC = b"PK\x03\x04"
 
 
 def upload_reference(model_id: int) -> str:
-    """The artifact reference of an uploaded model, as plans carry it (allocator.plan)."""
+    """The artifact reference of an uploaded model, as plans carry it (allocator.cluster.plan)."""
     return f"api:{model_id}"
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from allocator.plan import DevicePlan, NodePlan, SeatPlan
+from allocator.cluster.plan import DevicePlan, NodePlan, SeatPlan
 from api.models import DeviceRow, NodePlanRow
 
 # How often a waiting long-poll looks at the database even if this process stored nothing.

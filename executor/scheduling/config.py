@@ -1,10 +1,15 @@
-"""The scheduler's knobs, one frozen object built from ``settings.executor`` (or by tests)."""
+"""The scheduler's knobs: one frozen object, passed to :class:`NodeRuntime`.
+
+``gpufair executor`` builds it from ``[executor]`` of the settings
+(:func:`gpufair.compose.scheduler_config`); tests and benchmarks build their own. The defaults
+of the knobs that are settings equal the settings' defaults (a test keeps them so), so that a
+runtime built without settings behaves as a deployment does; the others are the scheduler's
+own.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from gpufair.settings import ExecutorSettings
 
 
 @dataclass(frozen=True)
@@ -18,14 +23,3 @@ class SchedulerConfig:
     batching: bool = True  # coalesce small queries; off: one query (piece) per batch
     splitting: bool = True  # cut a large query across idle sessions
     expire_after_sla: float = 2.0  # a query is dropped once it waited this many SLAs
-
-    @classmethod
-    def from_settings(cls, settings: ExecutorSettings, **overrides: object) -> SchedulerConfig:
-        values: dict[str, object] = {
-            "max_queue": settings.max_queue,
-            "batch_max_delay_s": settings.batch_max_delay_ms / 1000.0,
-            "max_batch_candidates": settings.max_batch_candidates,
-            "drain_timeout_s": settings.drain_timeout_s,
-        }
-        values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]

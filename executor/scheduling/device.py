@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from allocator.plan import DevicePlan, SeatPlan
+from allocator.cluster.plan import DevicePlan, SeatPlan
 from executor.features import Batch, Query
 from executor.scheduling import rules
 from executor.scheduling.admission import Backlog, ServiceRate, predicted_delay, retry_after

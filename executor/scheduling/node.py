@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from allocator.plan import NodePlan
+from allocator.cluster.plan import NodePlan
 from executor.features import Query
 from executor.scheduling.backend import Backend, Model
 from executor.scheduling.config import SchedulerConfig

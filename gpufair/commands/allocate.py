@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from gpufair.commands.solve_options import add_solve_flags, solve_options
+from gpufair.compose import add_solve_flags, flagged_solve_options
 from gpufair.stdout_guard import stdout_reserved_for_result
 
 
@@ -55,9 +55,9 @@ def _load(path: str) -> Any:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from allocator.documents import snapshot_from_dict
+    from allocator.cluster.documents import snapshot_from_dict
+    from allocator.cluster.plan import NodePlan, PlanError
     from allocator.errors import AllocatorError, InstanceError
-    from allocator.plan import NodePlan, PlanError
     from gpufair.settings import SettingsError, load_settings
 
     try:
@@ -74,10 +74,10 @@ def main(argv: list[str]) -> int:
     try:
         settings = load_settings().allocator
         snapshot = snapshot_from_dict(doc)
-        options = solve_options(settings, args, churn_limit=args.churn_limit)
+        options = flagged_solve_options(settings, args, churn_limit=args.churn_limit)
     except (SettingsError, InstanceError) as exc:
         return _fail(str(exc), 2)
-    from allocator.cluster import allocate_cluster
+    from allocator.cluster.allocate import allocate_cluster
 
     with stdout_reserved_for_result() as result_stream:
         try:

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from gpufair.commands.solve_options import add_solve_flags, solve_options
+from gpufair.compose import add_solve_flags, flagged_solve_options
 from gpufair.stdout_guard import stdout_reserved_for_result
 
 
@@ -63,10 +63,10 @@ def main(argv: list[str]) -> int:
     except InstanceError as exc:
         return _fail(f"{args.instance}: {exc}", 2)
     try:
-        options = solve_options(settings, args)
+        options = flagged_solve_options(settings, args)
     except InstanceError as exc:
         return _fail(str(exc), 2)
-    from allocator.solve import divide
+    from allocator.division import divide
 
     with stdout_reserved_for_result() as result_stream:
         try:

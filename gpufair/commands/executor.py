@@ -27,8 +27,9 @@ from pathlib import Path
 
 import uvicorn
 
-from allocator.plan import NodePlan, PlanError
+from allocator.cluster.plan import NodePlan, PlanError
 from executor.wire.names import InvalidNameError, validate_node_name
+from gpufair.compose import scheduler_config
 from gpufair.settings import SettingsError, load_settings
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def main(argv: list[str]) -> int:
     from executor.metrics import ExecutorMetrics
     from executor.plan_client import PlanClient
     from executor.profiles import ProfileCurve, ProfileError, read_profiles
-    from executor.scheduling import NodeRuntime, SchedulerConfig
+    from executor.scheduling import NodeRuntime
     from executor.scheduling.backend import Backend, RuntimeBackend
 
     profiles: dict[str, ProfileCurve] = {}
@@ -151,7 +152,7 @@ def main(argv: list[str]) -> int:
         configure_cpu_threads(1)  # CPU sessions are threads with one intra-op thread each
         backend = RuntimeBackend()
         place = _placement(args.device or cfg.device)
-    runtime = NodeRuntime(backend, SchedulerConfig.from_settings(cfg), place)
+    runtime = NodeRuntime(backend, scheduler_config(cfg), place)
     metrics = ExecutorMetrics(runtime)
     client: PlanClient | None = None
     if plan is not None:

@@ -15,7 +15,8 @@ import sys
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.errors import SchemaNotReady
-from gpufair.settings import DEVELOPMENT_ADMIN_TOKEN, SettingsError, load_settings
+from gpufair.compose import api_config
+from gpufair.settings import SettingsError, load_settings
 
 log = logging.getLogger(__name__)
 # Alembic announces each of its plugins at INFO; only its migration steps are worth a line.
@@ -36,11 +37,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings()
+        config = api_config(load_settings())
     except SettingsError as exc:
         sys.stderr.write(f"gpufair serve: {exc}\n")
         return 1
-    if settings.api.admin_token == DEVELOPMENT_ADMIN_TOKEN and not settings.api.dev_mode:
+    development_token = config.admin_token == config.development_admin_token
+    if development_token and not config.dev_mode:
         sys.stderr.write(
             "gpufair serve: the development admin token is refused outside dev_mode; "
             "set GPUFAIR_API_ADMIN_TOKEN\n"
@@ -51,19 +53,19 @@ def main(argv: list[str]) -> int:
     from api.app import create_app, ensure_schema
 
     try:
-        ensure_schema(settings)
+        ensure_schema(config)
     except SchemaNotReady as exc:
         sys.stderr.write(f"gpufair serve: {exc}\n")
         return 1
     except SQLAlchemyError as exc:
         sys.stderr.write(f"gpufair serve: database error: {str(exc).splitlines()[0]}\n")
         return 1
-    if settings.api.dev_mode and settings.api.admin_token == DEVELOPMENT_ADMIN_TOKEN:
+    if config.dev_mode and development_token:
         log.warning("development mode: the development admin token is accepted")
     uvicorn.run(
-        create_app(settings),
-        host=args.host or settings.api.host,
-        port=args.port or settings.api.port,
+        create_app(config),
+        host=args.host or config.host,
+        port=args.port or config.port,
         log_level=args.log_level,
         access_log=not args.no_access_log,
     )

@@ -7,16 +7,10 @@ from itertools import accumulate
 
 from hypothesis import strategies as st
 
+from allocator.cluster.snapshot import ClusterSnapshot, Gpu, Model, Tenant, ThroughputCurve
+from allocator.criteria import CRITERIA
 from allocator.instance import Agent, Instance
-from allocator.snapshot import (
-    CRITERIA,
-    OBJECTIVES,
-    ClusterSnapshot,
-    Gpu,
-    Model,
-    Tenant,
-    ThroughputCurve,
-)
+from allocator.objectives import OBJECTIVES
 
 
 @st.composite

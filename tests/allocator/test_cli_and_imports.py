@@ -156,8 +156,8 @@ def test_both_commands_take_the_gap_and_report_the_solver_they_were_given() -> N
 def test_solver_and_objective_choices_are_the_allocators_everywhere() -> None:
     import typing
 
+    from allocator.objectives import OBJECTIVES
     from allocator.options import SOLVERS
-    from allocator.snapshot import OBJECTIVES
     from gpufair.settings import AllocatorSettings
 
     fields = AllocatorSettings.model_fields

@@ -21,9 +21,10 @@ from allocator import (
     allocate_cluster,
     certify,
     validate_allocation,
+    validate_cluster_allocation,
 )
-from allocator.certificate import PROP_TYPE
-from allocator.cluster import build_instance, pool_name, seat_name
+from allocator.cluster.instance import build_instance, pool_name, seat_name
+from allocator.criteria import PROP_TYPE
 
 MIXED: tuple[Criterion, ...] = ("prop_alpha", "ef_alpha", "efm", "prop1", "ef1")
 
@@ -153,7 +154,7 @@ def test_prop_tenants_get_their_share_when_they_want_less_than_it(
     snap = uniform_cluster(16, 32, seed, criteria)
     result = allocate_cluster(snap, SolveOptions(time_limit_s=20))
     cert = result.certificate
-    validate_allocation(snap, result)
+    validate_cluster_allocation(snap, result)
     assert cert.holds and cert.lambda_prop == 0, seed
     for t in snap.tenants:
         row = cert.agents[t.name]
@@ -171,7 +172,7 @@ def test_oversubscribed_cluster_is_certified_honestly() -> None:
     claims = [s for (_, s) in built.earmark]
     assert len(set(claims)) == 32 and len(claims) > 32  # every seat claimed, some twice
     result = allocate_cluster(snap, SolveOptions(time_limit_s=20))
-    validate_allocation(snap, result)
+    validate_cluster_allocation(snap, result)
     check(snap, result.plans)
 
 
@@ -190,7 +191,7 @@ def test_cluster_plans_are_valid_and_certified(seed: int) -> None:
         for tenant, share in result.allocation.divisible.get(pool_name(gpu), {}).items():
             assert share == 0 or tenant in holders, seed
     assert isinstance(result.to_dict()["certificate"]["agents"], dict)
-    validate_allocation(snap, result)  # the API's call
+    validate_cluster_allocation(snap, result)  # the API's call
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -21,8 +21,9 @@ from allocator import (
     divide,
     validate_allocation,
 )
-from allocator.certificate import EF_TYPE, bundles, constraint_terms
+from allocator.certificate import bundles, constraint_terms
 from allocator.constructive import efm_allocation, picking_allocation, prop_alpha_allocation
+from allocator.criteria import EF_TYPE
 from tests.allocator.strategies import instances
 
 OPTIONS = SolveOptions(time_limit_s=20.0, gap=0.0)

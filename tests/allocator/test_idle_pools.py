@@ -1,8 +1,8 @@
 """Work-conserving plans: a seated GPU's pool streams the fair division left to nobody are
 shared among the tenants seated there by weight, as far as every criterion allows
-(allocator.cluster.share_idle_pools), and the certificate and plans are those of the shared
-allocation. Random clusters come from the seeded Hypothesis profile; the hand-made instances
-pin down why a pool may stay idle."""
+(allocator.cluster.idle_pools.share_idle_pools), and the certificate and plans are those of the
+shared allocation. Random clusters come from the seeded Hypothesis profile; the hand-made
+instances pin down why a pool may stay idle."""
 
 from __future__ import annotations
 
@@ -25,12 +25,13 @@ from allocator import (
     ThroughputCurve,
     allocate_cluster,
     certify,
-    validate_allocation,
+    validate_cluster_allocation,
 )
 from allocator.certificate import ZERO_SHARE
-from allocator.cluster import build_instance, pool_name, seat_name, share_idle_pools
-from allocator.documents import snapshot_from_dict
-from allocator.solve import divide
+from allocator.cluster.documents import snapshot_from_dict
+from allocator.cluster.idle_pools import share_idle_pools
+from allocator.cluster.instance import build_instance, pool_name, seat_name
+from allocator.division import divide
 from api.services.allocations import seat_pool_streams
 from tests.allocator.strategies import clusters
 
@@ -53,7 +54,8 @@ def test_seated_pools_are_shared_by_weight_and_certified(snap: ClusterSnapshot) 
     built = build_instance(snap)
     core = divide(built.instance, options, notes=built.notes)
     result = allocate_cluster(snap, options)
-    validate_allocation(snap, result)  # certificate rows and plans match the emitted allocation
+    # certificate rows and plans match the emitted allocation
+    validate_cluster_allocation(snap, result)
     assert result.allocation.indivisible == core.allocation.indivisible
     weight = {t.name: t.weight for t in snap.tenants}
     for gpu in snap.gpus:
@@ -108,7 +110,7 @@ def test_roomy_cluster_with_estimates_assigns_every_seated_pool(seed: int) -> No
                    for t in tenants for k in range(2))  # ≤ 30 of 32 seats wanted
     snap = estimated(ClusterSnapshot(tenants, models, gpus))
     result = allocate_cluster(snap, SolveOptions(time_limit_s=20))
-    validate_allocation(snap, result)
+    validate_cluster_allocation(snap, result)
     assert result.certificate.holds, seed
     assert not [n for n in result.certificate.notes if "#pool" in n], seed
     weight = {t.name: t.weight for t in tenants}
@@ -135,7 +137,7 @@ def test_example_cluster_puts_every_seated_pool_to_work() -> None:
     every seated pool is divided completely and the certificate still holds."""
     snap = snapshot_from_dict(tomllib.loads(EXAMPLE.read_text()))
     result = allocate_cluster(snap, SolveOptions(time_limit_s=20))
-    validate_allocation(snap, result)
+    validate_cluster_allocation(snap, result)
     assert result.certificate.holds
     for gpu in snap.gpus:
         if seated(result.allocation, gpu) and gpu.streams > gpu.seats:

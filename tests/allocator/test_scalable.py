@@ -25,25 +25,21 @@ from allocator import (
     SolveOptions,
     certify,
     divide,
-    fixed_seats,
     validate_allocation,
 )
-from allocator import solve as solve_module
+from allocator import division as division_module
 from allocator.certificate import TOLERANCE
 from allocator.constructive import picking_allocation
+from allocator.criteria import Criterion
+from allocator.division import EXACT_AGENTS, EXACT_TYPES, _rank, _types
 from allocator.documents import instance_from_dict
 from allocator.errors import SolverError
-from allocator.fixed_seats import (
-    _allocation,
-    _Data,
-    _Moves,
-    _owner,
-    _Search,
-    divide_fixed_seats,
-)
-from allocator.fractional import (
+from allocator.exact.milp import solve_fair
+from allocator.instance import canonical
+from allocator.scalable import share_lp
+from allocator.scalable.data import PROP_KIND, Data, allocation_from, seat_owners
+from allocator.scalable.fractional import (
     PROOF_MARGIN,
-    PROP_KIND,
     _envy_pairs,
     _Lp,
     _ratio,
@@ -52,9 +48,9 @@ from allocator.fractional import (
     goods_by_type,
     relaxation_bound,
 )
-from allocator.milp import solve_fair
-from allocator.snapshot import Criterion
-from allocator.solve import EXACT_AGENTS, EXACT_TYPES, _rank, _types, canonical
+from allocator.scalable.moves import Moves
+from allocator.scalable.path import divide_fixed_seats
+from allocator.scalable.search import Search
 from bench.instances import cluster_instance
 from tests.allocator.strategies import instances
 
@@ -222,7 +218,7 @@ def test_relaxation_bound_never_exceeds_any_allocations_violation(instance: Inst
     # The bound claims every allocation falls short by at least this much at λ = 1; check it
     # against the allocations at hand: divide's (the exact MILP here) and the picking sequence.
     inst = canonical(instance)
-    data = _Data(inst)
+    data = Data(inst)
     bound = relaxation_bound(data.vm, data.vd, data.weight, data.kind, data.positive,
                              time.monotonic() + 10.0)
     assert bound is not None and bound >= 0.0
@@ -231,7 +227,7 @@ def test_relaxation_bound_never_exceeds_any_allocations_violation(instance: Inst
         assert bound <= _violation_at_one(inst, allocation) + 1e-6
 
 
-def _bound_with_every_row(data: _Data) -> float:
+def _bound_with_every_row(data: Data) -> float:
     """The relaxation bound's LP with every envy row up front, by simplex: what the row rounds
     of relaxation_bound must converge to."""
     types = _Types(data.vm, data.vd)
@@ -256,7 +252,7 @@ def test_relaxation_bound_rounds_reach_the_full_lp(tenants: int, gpus: int, seed
     # relaxation_bound adds envy rows only while the last solution violates some; its answer
     # must be the optimum of the LP with every row (positive on several of these: the 64 × 64
     # seeds 0 and 2 are the benchmark's instances the bound proves unfair).
-    data = _Data(canonical(cluster_instance(tenants, gpus, seed)))
+    data = Data(canonical(cluster_instance(tenants, gpus, seed)))
     bound = relaxation_bound(data.vm, data.vd, data.weight, data.kind, data.positive,
                              time.monotonic() + 60.0)
     assert bound is not None
@@ -266,7 +262,7 @@ def test_relaxation_bound_rounds_reach_the_full_lp(tenants: int, gpus: int, seed
 
 
 def test_relaxation_bound_past_its_deadline_claims_nothing() -> None:
-    data = _Data(canonical(cluster_instance(16, 16, 0)))
+    data = Data(canonical(cluster_instance(16, 16, 0)))
     assert relaxation_bound(data.vm, data.vd, data.weight, data.kind, data.positive,
                             time.monotonic() - 1.0) is None
 
@@ -278,7 +274,7 @@ def test_a_failing_completion_keeps_the_scalable_answer(
     def broken(*args: object, **kwargs: object) -> None:
         raise SolverError("highs: simulated failure")
 
-    monkeypatch.setattr(solve_module, "_exact", broken)
+    monkeypatch.setattr(division_module, "_exact", broken)
     instance = canonical(cluster_instance(16, 16, 1))
     division = divide(instance, SolveOptions(time_limit_s=20.0))
     assert_honest(instance, division)
@@ -364,7 +360,7 @@ def test_certificate_says_when_no_allocation_is_fair(seed: int) -> None:
     assert not cert.holds and cert.solver == "highs-lp+fractional"
     proof = [note for note in cert.notes if note.startswith("no allocation meets every")]
     assert len(proof) == 1, cert.notes
-    data = _Data(canonical(instance))
+    data = Data(canonical(instance))
     bound = relaxation_bound(data.vm, data.vd, data.weight, data.kind, data.positive,
                              time.monotonic() + 10.0)
     assert bound is not None and bound > PROOF_MARGIN
@@ -380,9 +376,9 @@ def test_move_bounds_enclose_the_re_solved_violation(tenants: int, gpus: int, se
     # first stage's optimum after the move — for random moves and for the ones the dual bound
     # ranks first (where it matters).
     instance = canonical(cluster_instance(tenants, gpus, seed))
-    data = _Data(instance)
-    search = _Search(data, "utilitarian", time.monotonic() + 60.0, None, None)
-    owner = _owner(data, picking_allocation(instance))
+    data = Data(instance)
+    search = Search(data, "utilitarian", time.monotonic() + 60.0, None, None)
+    owner = seat_owners(data, picking_allocation(instance))
     point = search.solve(owner, None)
     assert point.violation > 1e-6 and point.dual_valid  # measured: these start violated
     rng = np.random.default_rng(seed)
@@ -391,14 +387,14 @@ def test_move_bounds_enclose_the_re_solved_violation(tenants: int, gpus: int, se
     ranked = search._ranked(point)[:8]
     goods = np.concatenate([goods, [g for g, _ in ranked]]).astype(int)
     to = np.concatenate([to, [i for _, i in ranked]]).astype(int)
-    bounds = _Moves(data, point.seats, point.x, point.dual_ef, point.dual_prop,
+    bounds = Moves(data, point.seats, point.x, point.dual_ef, point.dual_prop,
                     point.violation)
     upper, lower = bounds.bounds(goods, to)
     for k in range(len(goods)):
         moved = owner.copy()
         moved[goods[k]] = to[k]
         kept = sum(max(0.0, -(a.slack or 0.0)) for a in certify(
-            instance, _allocation(data, moved, point.x), lambda_ef=1.0, lambda_prop=1.0,
+            instance, allocation_from(data, moved, point.x), lambda_ef=1.0, lambda_prop=1.0,
         ).agents.values())
         assert upper[k] == pytest.approx(kept, abs=1e-6), k
         after = search.solve(moved, None, fresh=True).violation
@@ -421,6 +417,6 @@ def test_reweighting_leaves_fewer_agents_failing(
         return sum(1 for a in division.certificate.agents.values() if not a.holds)
 
     with_reweighting = failing()
-    monkeypatch.setattr(fixed_seats, "CONCENTRATE_ROUNDS", 0)
+    monkeypatch.setattr(share_lp, "CONCENTRATE_ROUNDS", 0)
     without = failing()
     assert with_reweighting <= min(without, most) < without

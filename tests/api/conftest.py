@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 import migrations
 from api.app import create_app
 from api.models import Base
+from gpufair.compose import api_config
 from gpufair.settings import AllocatorSettings, ApiSettings, DatabaseSettings, Settings
 from tests.conftest import POSTGRES_URL
 
@@ -96,6 +97,8 @@ def session(db_url: str) -> Iterator[Session]:
 
 
 def make_settings(url: str, **api: Any) -> Settings:
+    """Settings of a test app; apps are built from them through gpufair.compose.api_config, the
+    very composition `gpufair serve` runs."""
     return Settings(
         database=DatabaseSettings(url=url),
         api=ApiSettings(
@@ -116,7 +119,7 @@ def settings(db_url: str) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
@@ -218,7 +221,7 @@ def install_clock(app: Any, now: datetime) -> FakeClock:
 @pytest.fixture
 def live_app(settings: Settings) -> FastAPI:
     """The app ``live_url`` serves, for tests that reach into its state (e.g. its clock)."""
-    return create_app(settings)
+    return create_app(api_config(settings))
 
 
 @pytest.fixture

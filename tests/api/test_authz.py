@@ -213,6 +213,7 @@ def test_development_token_is_refused_outside_dev_mode(tmp_path: Any, sqlite_tem
     from fastapi.testclient import TestClient
 
     from api.app import create_app
+    from gpufair.compose import api_config
     from gpufair.settings import DEVELOPMENT_ADMIN_TOKEN, ApiSettings, DatabaseSettings, Settings
 
     shutil.copy(sqlite_template, tmp_path / "db.sqlite")
@@ -220,5 +221,5 @@ def test_development_token_is_refused_outside_dev_mode(tmp_path: Any, sqlite_tem
     auth = {"Authorization": f"Bearer {DEVELOPMENT_ADMIN_TOKEN}"}
     for dev_mode, expected in [(False, 403), (True, 200)]:
         settings = Settings(database=DatabaseSettings(url=url), api=ApiSettings(dev_mode=dev_mode))
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(api_config(settings))) as client:
             assert client.get("/v1/tenants", headers=auth).status_code == expected

@@ -9,12 +9,14 @@ receipt times come from a fake clock installed in the app (15 minutes of them in
 
 from __future__ import annotations
 
+import html
 import os
 import random
 import re
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,18 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.schemas import AllocationDiff, ReplicaRef, SeatMove, SlaBucket, SlaHistory, SlaSeries
+from api.services.dashboard import (
+    DashboardData,
+    DeviceView,
+    HistoryEntry,
+    NodeStatus,
+    SeatView,
+    TenantCounters,
+)
+from api.templates.dashboard import render_dashboard
 from executor.wire.attainment import attainment
+from gpufair.compose import api_config
 from gpufair.settings import (
     DEVELOPMENT_ADMIN_TOKEN,
     AllocatorSettings,
@@ -168,6 +181,12 @@ def _check_sla_panel(page: str, totals: dict[str, tuple[int, int]]) -> None:
 def _section(page: str, section: str) -> str:
     start = page.index(f'id="{section}"')
     return page[start : page.index("</section>", start)]
+
+
+def _entities(page: str) -> str:
+    """The page with one spelling for each escaped quote: the templates write ``&#34;`` and
+    ``&#39;``, ``html.escape`` and the tests ``&quot;`` and ``&#x27;`` — the same characters."""
+    return page.replace("&#34;", "&quot;").replace("&#39;", "&#x27;")
 
 
 COUNTER_FIGURE = re.compile(
@@ -327,7 +346,7 @@ def test_query_token_works_in_development_mode_only(tmp_path: Path, sqlite_templ
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     for dev_mode, expected in [(True, 200), (False, 403)]:
         settings = Settings(database=DatabaseSettings(url=url), api=ApiSettings(dev_mode=dev_mode))
-        with TestClient(create_app(settings)) as client:
+        with TestClient(create_app(api_config(settings))) as client:
             assert client.get("/").status_code == 401
             r = client.get("/", headers={"Authorization": f"Bearer {DEVELOPMENT_ADMIN_TOKEN}"})
             assert r.status_code == expected  # the dev token is refused outside dev mode
@@ -348,12 +367,150 @@ def test_strings_from_daemons_are_escaped(api: Api) -> None:
     }
     r = api.client.post("/v1/nodes/n1/heartbeat", json=body, headers=api.bearer(world["node"]))
     assert r.status_code == 200, r.text
-    page = api.client.get("/", headers=api.admin).text
+    page = _entities(api.client.get("/", headers=api.admin).text)
     assert "<script" not in page and "<img" not in page and "<svg onload" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     assert "&lt;img src=x onerror=&quot;y&quot;&gt;" in page
     assert 'data-tenant="&quot;&gt;&lt;svg onload=z&gt;"' in page  # the chart's line
     assert "&quot;&gt;&lt;svg onload=z&gt; <b>88.89%</b>" in page  # its legend entry
+
+
+# The policy the page and the refusals are sent under: no script of any origin, nothing fetched,
+# inline styles only (the page's style sheet and its colours), the sign-in form to this origin.
+POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
+def test_every_reply_is_sent_under_the_strict_policy(api: Api) -> None:
+    world = _world(api)
+    for headers, status in [(api.admin, 200), ({}, 401), (api.bearer(world["node"]), 403)]:
+        r = api.client.get("/", headers=headers)
+        assert r.status_code == status
+        assert r.headers["content-security-policy"] == POLICY
+        assert r.headers["cache-control"] == "no-store"
+        assert r.headers["referrer-policy"] == "no-referrer"
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert "<script" not in r.text
+
+
+# Closes a double- or a single-quoted attribute, then opens a script. Tenant names are validated
+# ([a-z0-9_.-]) when a tenant is made, but a daemon's heartbeat names tenants in free text, and
+# the page must not depend on either: the templates escape whatever they print.
+HOSTILE = "\"'><script>alert(1)</script>"
+
+
+def _dashboard_naming(tenant: str) -> DashboardData:
+    """Hand-made data with ``tenant`` on every panel that names tenants: the colour legend, a
+    seat with a part of the pool, the SLA chart's line and legend, a certificate row, the envy
+    matrix both ways, the SLA counters and a seat move in the history."""
+    start = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    other = "feed-recs"
+    names = tuple(sorted((tenant, other)))
+    buckets = [
+        SlaBucket(
+            start=start + timedelta(seconds=30 * k), received=10, within_sla=9, attainment=0.9
+        )
+        for k in range(30)
+    ]
+    row = {"criterion": "ef1", "weight": 1.0, "alpha": 1.0, "holds": True, "slack": 0.0}
+    seats = (
+        SeatView(seat=0, tenant=tenant, model="m", dedicated_streams=0, pool_streams=1.0),
+        SeatView(seat=1, tenant=other, model="m", dedicated_streams=0, pool_streams=1.0),
+    )
+    move = SeatMove(
+        node="n1",
+        device="cuda:0",
+        seat=0,
+        before=None,
+        after=ReplicaRef(model_id="1", tenant=tenant),
+    )
+    return DashboardData(
+        tenants=names,
+        version=2,
+        certificate={
+            "holds": True,
+            "agents": {
+                tenant: {**row, "envy": {other: 0.1}},
+                other: {**row, "envy": {tenant: -0.1}},
+            },
+        },
+        devices=(
+            DeviceView(
+                node="n1", device="cuda:0", kind="H100", streams=4, pool_streams=2, seats=seats
+            ),
+        ),
+        counters={name: TenantCounters(90, 5, 5, received=100, within_sla=90) for name in names},
+        nodes=(NodeStatus(name="n1", last_heartbeat_at=start, running_version=2, broken={}),),
+        history=(
+            HistoryEntry(
+                version=2,
+                objective="nash",
+                created_at=start,
+                solve_seconds=0.1,
+                status="optimal",
+                holds=True,
+                diff=AllocationDiff(from_id=1, to_id=2, seat_moves=[move], share_changes=[]),
+            ),
+        ),
+        sla_history=SlaHistory(
+            start=start,
+            end=start + timedelta(minutes=15),
+            bucket_s=30.0,
+            tenants=[
+                SlaSeries(
+                    tenant=name, received=300, within_sla=270, attainment=0.9, buckets=buckets
+                )
+                for name in names
+            ],
+        ),
+        model_names={"1": "m"},
+    )
+
+
+class _Parsed(HTMLParser):
+    """A page's elements, and its text and attribute values as a browser reads them (decoded)."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.values: list[str] = []
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.values.extend(value for _, value in attrs if value is not None)
+
+    def handle_data(self, data: str) -> None:
+        self.values.append(data)
+
+
+def test_a_hostile_tenant_name_is_escaped_everywhere_it_appears() -> None:
+    page = render_dashboard(_dashboard_naming(HOSTILE))
+    # Never markup: not in the source as written, no script element, no attribute broken out of.
+    assert HOSTILE not in page and "<script" not in page
+    parsed = _Parsed(page)
+    assert "script" not in parsed.tags
+    # Escaped on every panel that names tenants...
+    escaped = html.escape(HOSTILE)
+    for section in ("cluster", "sla-history", "certificate", "envy", "sla", "history"):
+        assert escaped in _entities(_section(page, section)), section
+    # ...and escaped once in each place it is printed: every escaped copy reads back as the
+    # name itself, and there is one per place.
+    places = (
+        1  # the cluster's colour legend
+        + 1 + 2  # its seat; the pool bar's tooltip and caption
+        + 1 + 30 + 1  # its SLA line, each bucket's point's tooltip, the chart's legend
+        + 1  # its certificate row
+        + 2 + 2  # the envy matrix's row and column labels; a cell tooltip in either direction
+        + 3 + 1  # the SLA counters' completed, rejected and expired tooltips; its bar's label
+        + 1  # the seat move in the history
+    )  # fmt: skip
+    copies = _entities(page).count(escaped)
+    assert copies == places
+    assert sum(value.count(HOSTILE) for value in parsed.values) == copies
 
 
 # --- the page in a real browser ----------------------------------------------------------------

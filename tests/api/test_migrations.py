@@ -15,6 +15,7 @@ import migrations
 from api.app import ensure_schema
 from api.errors import SchemaNotReady
 from api.models import Base
+from gpufair.compose import api_config
 from gpufair.settings import ApiSettings, DatabaseSettings, Settings
 from tests.api.conftest import pg_url
 from tests.conftest import POSTGRES_URL
@@ -71,10 +72,11 @@ def test_serve_upgrades_only_an_empty_sqlite_in_dev_mode(tmp_path: Path) -> None
     url = f"sqlite:///{tmp_path / 'var' / 'gpufair.db'}"  # the folder does not exist yet
     prod = Settings(database=DatabaseSettings(url=url), api=ApiSettings(dev_mode=False))
     with pytest.raises(SchemaNotReady, match="gpufair db upgrade"):
-        ensure_schema(prod)
-    ensure_schema(Settings(database=DatabaseSettings(url=url), api=ApiSettings(dev_mode=True)))
+        ensure_schema(api_config(prod))
+    dev = Settings(database=DatabaseSettings(url=url), api=ApiSettings(dev_mode=True))
+    ensure_schema(api_config(dev))
     assert "tenants" in _tables(url)
-    ensure_schema(prod)  # at head now: nothing to do, no error
+    ensure_schema(api_config(prod))  # at head now: nothing to do, no error
 
 
 def test_serve_refuses_a_schema_behind(empty_url: str) -> None:
@@ -82,10 +84,10 @@ def test_serve_refuses_a_schema_behind(empty_url: str) -> None:
     migrations.downgrade(empty_url, "base")
     settings = Settings(database=DatabaseSettings(url=empty_url), api=ApiSettings(dev_mode=True))
     if empty_url.startswith("sqlite"):
-        ensure_schema(settings)  # an empty SQLite in dev mode is the first start
+        ensure_schema(api_config(settings))  # an empty SQLite in dev mode is the first start
     else:
         with pytest.raises(SchemaNotReady, match=f"needs {migrations.head_revision()}"):
-            ensure_schema(settings)
+            ensure_schema(api_config(settings))
 
 
 def test_sla_samples_revision_up_and_down_keeps_data(empty_url: str) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -19,6 +20,7 @@ from api.metrics import Metrics
 from api.scheduler import SolveScheduler
 from api.services.plans import PlanNotifier
 from api.state import AppState
+from gpufair.compose import api_config
 from tests.api.conftest import Api, make_settings
 
 INTERVAL_S = 0.2
@@ -39,14 +41,17 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
     return condition()
 
 
+def _app(db_url: str, solve_interval_s: float) -> FastAPI:
+    return create_app(api_config(make_settings(db_url, solve_interval_s=solve_interval_s)))
+
+
 def _register(api: Api, tenant: str = "alpha") -> None:
     _, key = api.tenant(tenant, weight=1.0, criterion="ef1")
     api.model(key, f"{tenant}-rank")
 
 
 def test_scheduled_solve_allocates_without_post_and_skips_when_unchanged(db_url: str) -> None:
-    settings = make_settings(db_url, solve_interval_s=INTERVAL_S)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(_app(db_url, solve_interval_s=INTERVAL_S)) as client:
         api = Api(client)
         _register(api)
         _, token = api.node("n1")
@@ -65,7 +70,7 @@ def test_scheduled_solve_allocates_without_post_and_skips_when_unchanged(db_url:
 
 
 def test_zero_interval_never_solves_on_its_own(db_url: str) -> None:
-    with TestClient(create_app(make_settings(db_url, solve_interval_s=0.0))) as client:
+    with TestClient(_app(db_url, solve_interval_s=0.0)) as client:
         api = Api(client)
         _register(api)
         api.node("n1")
@@ -74,14 +79,14 @@ def test_zero_interval_never_solves_on_its_own(db_url: str) -> None:
 
 
 def test_loop_stops_on_shutdown(db_url: str) -> None:
-    with TestClient(create_app(make_settings(db_url, solve_interval_s=INTERVAL_S))) as client:
+    with TestClient(_app(db_url, solve_interval_s=INTERVAL_S)) as client:
         api = Api(client)
         _register(api)
         api.node("n1")
         assert _wait_for(lambda: _versions(api) == [1], timeout_s=8), _versions(api)
     # The scheduling app is shut down; a change made through another app (no schedule) on the
     # same database must not be solved by a loop left running.
-    with TestClient(create_app(make_settings(db_url, solve_interval_s=0.0))) as client:
+    with TestClient(_app(db_url, solve_interval_s=0.0)) as client:
         api = Api(client)
         _register(api, "beta")
         time.sleep(5 * INTERVAL_S)
@@ -92,10 +97,10 @@ def test_failing_ticks_are_logged_and_the_loop_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A database without the schema: every tick fails reading its snapshot.
-    settings = make_settings(f"sqlite:///{tmp_path / 'empty.db'}")
+    config = api_config(make_settings(f"sqlite:///{tmp_path / 'empty.db'}"))
     state = AppState(
-        settings=settings,
-        db=Database(settings.database.url),
+        config=config,
+        db=Database(config.database_url),
         metrics=Metrics(),
         notifier=PlanNotifier(),
     )

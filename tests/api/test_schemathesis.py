@@ -21,6 +21,7 @@ from schemathesis.core.result import Err
 from schemathesis.generation import GenerationMode
 
 from api.app import create_app
+from gpufair.compose import api_config
 from gpufair.settings import Settings
 from tests.api.conftest import Api
 
@@ -46,7 +47,7 @@ def _world(client: TestClient) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_no_server_errors(settings: Settings) -> None:
-    app = create_app(settings)
+    app = create_app(api_config(settings))
     with TestClient(app) as client:
         tokens = _world(client)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)

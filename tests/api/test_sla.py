@@ -33,6 +33,7 @@ from executor.metrics import ExecutorMetrics
 from executor.scheduling import NodeRuntime, SchedulerConfig
 from executor.wire.attainment import attainment
 from gpufair.commands.demo import _summary, _view
+from gpufair.compose import api_config
 from gpufair.loadgen import Outcome, StreamStats
 from gpufair.settings import Settings
 from tests.api.conftest import Api, install_clock, make_settings
@@ -173,7 +174,7 @@ def test_bad_sla_counts_are_422_naming_the_field(api: Api) -> None:
 
 def test_old_samples_are_pruned_at_most_once_a_minute(db_url: str) -> None:
     settings = make_settings(db_url, sla_history_s=120)  # two minutes of history
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(api_config(settings))) as client:
         _pruning(Api(client), settings)
 
 

@@ -56,6 +56,10 @@ def test_ctrl_c_stops_the_demo_and_its_children() -> None:
     demo = subprocess.Popen(
         [sys.executable, "-m", "gpufair.cli", "demo", "--duration", "600", "--plain"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A terminal's Ctrl-C reaches a foreground demo; a test run started in the background
+        # (`make test &`, nohup) would pass SIGINT on as ignored, and the demo rightly ignores
+        # a signal its parent chose to ignore. Restore it as a shell's foreground job has it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: queue.Queue[str] = queue.Queue()
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from allocator.plan import NodePlan, seat_entry
+from allocator.cluster.plan import NodePlan, seat_entry
 from executor.features import Query
 from executor.models.schema import ModelSchema
 

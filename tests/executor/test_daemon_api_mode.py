@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from allocator.plan import NodePlan
+from allocator.cluster.plan import NodePlan
 from executor.fake import FAKE_SCHEMA, FakeBackend
 from executor.metrics import ExecutorMetrics
 from executor.plan_client import PlanClient, PlanState

@@ -31,6 +31,7 @@ from api.app import create_app
 from executor import codec
 from executor.daemon import BackgroundServer
 from executor.models import ModelSchema
+from gpufair.compose import api_config
 from tests.api.conftest import Api, free_port, make_settings
 
 # Every test here starts real daemon processes (a torch import and model loads each).
@@ -76,7 +77,7 @@ class ControlPlane:
 
     def start(self) -> None:
         self._server = BackgroundServer(
-            create_app(self.settings), port=self.port, graceful_shutdown_s=1
+            create_app(api_config(self.settings)), port=self.port, graceful_shutdown_s=1
         ).__enter__()
 
     def stop(self) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from allocator.snapshot import ThroughputCurve
+from allocator.cluster.snapshot import ThroughputCurve
 from executor.profiler import (
     QUERY_SIZE_QUANTILES,
     ProfileSettings,

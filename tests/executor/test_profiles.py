@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from allocator.plan import NodePlan
+from allocator.cluster.plan import NodePlan
 from executor.profiles import ProfileCurve, ProfileError, plan_profiles, read_profiles
 
 GOOD = {"qps": [100.0, 180.0], "measured": True, "kind": "cpu", "sla_p99_ms": 25.0,

@@ -42,6 +42,21 @@ def test_a_bad_value_is_named_in_one_line(
     assert "\n" not in message
 
 
+def test_an_unknown_key_in_the_file_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[executor]\nno_such_key = 1\n")
+    with pytest.raises(SettingsError, match="executor.no_such_key"):
+        load_settings(config, {})
+
+
+def test_building_settings_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only load_settings reads GPUFAIR_* variables: a test's Settings() is the defaults."""
+    from gpufair.settings import Settings
+
+    monkeypatch.setenv("GPUFAIR_API_PORT", "9100")
+    assert Settings().api.port == 8080
+
+
 def test_a_named_config_file_must_exist(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(None, {"GPUFAIR_CONFIG": str(tmp_path / "missing.toml")})
@@ -82,11 +97,9 @@ def test_the_parts_defaults_are_the_settings_defaults() -> None:
     their defaults must then be the ones a deployment gets from the settings."""
     from allocator.options import SolveOptions
     from executor.scheduling import SchedulerConfig
+    from gpufair.compose import scheduler_config, solve_options
     from gpufair.settings import Settings
 
     settings = Settings()
-    options = SolveOptions()
-    allocator = settings.allocator
-    assert (options.solver, options.time_limit_s, options.gap, options.churn_limit) == (
-        allocator.solver, allocator.time_limit_s, allocator.gap, allocator.churn_limit)
-    assert SchedulerConfig() == SchedulerConfig.from_settings(settings.executor)
+    assert SolveOptions() == solve_options(settings.allocator)
+    assert SchedulerConfig() == scheduler_config(settings.executor)

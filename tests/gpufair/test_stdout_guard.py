@@ -66,14 +66,14 @@ def test_divide_prints_only_json_while_its_solver_is_noisy(tmp_path: Path) -> No
         "agents": [{"name": "a"}, {"name": "b"}], "indivisible": ["seat"],
         "divisible": ["pool"], "values": {"a": {"seat": 1, "pool": 2}, "b": {"seat": 2}}}))
     out = run_python(f"""
-import allocator.solve
-real_divide = allocator.solve.divide
+import allocator.division
+real_divide = allocator.division.divide
 
 def noisy_divide(*args, **kwargs):
     make_noise()
     return real_divide(*args, **kwargs)
 
-allocator.solve.divide = noisy_divide
+allocator.division.divide = noisy_divide
 from gpufair.cli import main
 raise SystemExit(main(["divide", {str(instance)!r}]))
 """)
@@ -85,14 +85,14 @@ raise SystemExit(main(["divide", {str(instance)!r}]))
 
 def test_allocate_json_prints_only_json_while_its_solver_is_noisy() -> None:
     out = run_python("""
-import allocator.cluster
-real_allocate = allocator.cluster.allocate_cluster
+import allocator.cluster.allocate
+real_allocate = allocator.cluster.allocate.allocate_cluster
 
 def noisy_allocate(*args, **kwargs):
     make_noise()
     return real_allocate(*args, **kwargs)
 
-allocator.cluster.allocate_cluster = noisy_allocate
+allocator.cluster.allocate.allocate_cluster = noisy_allocate
 from gpufair.cli import main
 raise SystemExit(main(["allocate", "--json", "examples/cluster.toml"]))
 """)

@@ -13,12 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Criterion = Literal["prop_alpha", "ef_alpha", "efm", "ef1", "prop1", "ef", "prop"]
-Objective = Literal["utilitarian", "nash", "egalitarian"]
-DeviceKind = Literal["gpu", "cpu"]
+from allocator.criteria import Criterion
+from allocator.objectives import Objective
 
-CRITERIA: tuple[Criterion, ...] = ("prop_alpha", "ef_alpha", "efm", "ef1", "prop1", "ef", "prop")
-OBJECTIVES: tuple[Objective, ...] = ("utilitarian", "nash", "egalitarian")
+DeviceKind = Literal["gpu", "cpu"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +57,7 @@ class Model:
 
     model_id: str  # unique in the cluster
     tenant: str  # owning tenant's name
-    artifact: str  # see allocator.plan.ModelReplica.artifact
+    artifact: str  # see allocator.cluster.plan.ModelReplica.artifact
     memory_mb: int  # memory of one replica; fits a seat only if ≤ memory_mb / seats of the GPU
     replicas_wanted: int  # at most this many seats are useful to the model
     sla_p99_ms: float  # the p99 latency bound its throughput is measured against

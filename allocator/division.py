@@ -4,12 +4,12 @@ The pipeline: validate the instance and put it in canonical order (agents and go
 name, so the answer does not depend on input order); then
 
 * **small instances** (few agents and kinds of indivisible goods, see ``EXACT_AGENTS`` and
-  ``EXACT_TYPES``) go to the exact MILP (allocator.milp) with every agent's own criterion; if
+  ``EXACT_TYPES``) go to the exact MILP (allocator.exact) with every agent's own criterion; if
   that is infeasible, the EF-type agents are relaxed by the smallest λ (bisection on
   feasibility), and only if EF1 for them is still infeasible, the PROP-type agents likewise.
   Its welfare is the optimum among fair allocations;
 * **everything else**, and small instances whose MILP finds nothing in its share of the time
-  limit or nothing even fully relaxed, go to the scalable path (allocator.fixed_seats): seats
+  limit or nothing even fully relaxed, go to the scalable path (allocator.scalable): seats
   by a weighted picking sequence, divisible goods by a lexicographic LP (least violation, then
   least λ, then the objective), then seat moves while violations remain; if some remain, a
   relaxation bound says in the certificate's notes whether any allocation could meet every
@@ -33,31 +33,28 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from allocator import constructive
 from allocator.certificate import (
-    EF_TYPE,
     Certificate,
     bundles,
     certify,
     constraint_terms,
     minimal_relaxation,
 )
-from allocator.errors import InfeasibleError, InstanceError, SolverError, SolverTimeoutError
-from allocator.fixed_seats import divide_fixed_seats
-from allocator.fractional import PROOF_MARGIN
-from allocator.instance import Allocation, Instance
+from allocator.criteria import EF_TYPE
+from allocator.errors import InfeasibleError, SolverError, SolverTimeoutError
+from allocator.exact.lambda_search import LambdaSearch
+from allocator.instance import Allocation, Instance, canonical, validate_instance
+from allocator.objectives import Objective
 from allocator.options import Churn, SolveOptions
-from allocator.snapshot import CRITERIA, OBJECTIVES, Objective
-
-if TYPE_CHECKING:
-    from allocator.milp import MilpResult
+from allocator.scalable.fractional import PROOF_MARGIN
+from allocator.scalable.path import divide_fixed_seats
 
 log = logging.getLogger(__name__)
 
-BISECTION_STEPS = 7  # λ to within 1/128 before the exact λ is read off the final allocation
 # Share of the time limit the exact MILP may use before the scalable path takes over.
 EXACT_SHARE = 0.5
 # The exact MILP runs first up to this size, counted in agents and in *types* of indivisible
@@ -79,10 +76,6 @@ EXACT_PROOF_NOTE = ("the exact MILP proved that no allocation meets every criter
 # Most of the time limit the unconstrained optimum (the welfare ratio's denominator) may take
 # when it needs a MILP (Nash, egalitarian, side constraints); past it the ratio is not given.
 UNCONSTRAINED_SHARE = 0.25
-# Weights enter the EF constraints as ratios w_i / w_j; bounding them keeps every ratio (at most
-# 1e12) finite and well inside what an LP solver handles without numerical trouble.
-MIN_WEIGHT = 1e-6
-MAX_WEIGHT = 1e6
 
 
 @dataclass(frozen=True)
@@ -99,80 +92,16 @@ class Division:
         }
 
 
-def validate_instance(instance: Instance) -> None:
-    """Raise InstanceError naming the first malformed part of the instance."""
-    names = [a.name for a in instance.agents]
-    if not names:
-        raise InstanceError("agents: at least one agent is needed")
-    _unique(names, "agent")
-    _unique([*instance.indivisible, *instance.divisible], "good")
-    for a in instance.agents:
-        if not isinstance(a.name, str) or not a.name:
-            raise InstanceError(f"agent name {a.name!r}: expected a non-empty string")
-        if a.criterion not in CRITERIA:
-            raise InstanceError(
-                f"agent {a.name!r}: unknown criterion {a.criterion!r} "
-                f"(one of {', '.join(CRITERIA)})"
-            )
-        if not (isinstance(a.weight, int | float) and MIN_WEIGHT <= a.weight <= MAX_WEIGHT):
-            raise InstanceError(
-                f"agent {a.name!r}: weight must lie in [{MIN_WEIGHT:g}, {MAX_WEIGHT:g}], "
-                f"got {a.weight!r}"
-            )
-    if instance.objective not in OBJECTIVES:
-        raise InstanceError(
-            f"objective: unknown {instance.objective!r} (one of {', '.join(OBJECTIVES)})"
-        )
-    agents, goods = set(names), {*instance.indivisible, *instance.divisible}
-    for i, row in instance.values.items():
-        if i not in agents:
-            raise InstanceError(f"values: unknown agent {i!r}")
-        for g, v in row.items():
-            if g not in goods:
-                raise InstanceError(f"values[{i!r}]: unknown good {g!r}")
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise InstanceError(f"values[{i!r}][{g!r}]: expected a number, got {v!r}")
-            if v < 0:
-                raise InstanceError(f"values[{i!r}][{g!r}]: negative value {v!r}")
-    indivisible = set(instance.indivisible)
-    for i, g in instance.forbidden:
-        if i not in agents or g not in indivisible:
-            raise InstanceError(f"forbidden: unknown pair ({i!r}, {g!r})")
-    for d, needed in instance.requires.items():
-        if d not in instance.divisible or not set(needed) <= indivisible:
-            raise InstanceError(f"requires[{d!r}]: unknown goods")
-    for i, caps in instance.caps.items():
-        if i not in agents:
-            raise InstanceError(f"caps: unknown agent {i!r}")
-        for group, most in caps:
-            if not set(group) <= indivisible or most < 0:
-                raise InstanceError(f"caps[{i!r}]: unknown goods or negative cap")
-    if not instance.optional <= goods:
-        raise InstanceError("optional: unknown goods")
+@dataclass(frozen=True)
+class _Candidate:
+    """An allocation one path found, with what its certificate will say of the search: the
+    solver ("highs", "cbc", "highs-lp+fractional", "highs-lp+picking", "picking"), its status
+    ("optimal", "feasible", "heuristic", "constructive") and the MIP gap when known."""
 
-
-def _unique(names: list[str], kind: str) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise InstanceError(f"duplicate {kind} name {name!r}")
-        seen.add(name)
-
-
-def canonical(instance: Instance) -> Instance:
-    """The same instance with agents, goods and side constraints in sorted order."""
-    return replace(
-        instance,
-        agents=tuple(sorted(instance.agents, key=lambda a: a.name)),
-        indivisible=tuple(sorted(instance.indivisible)),
-        divisible=tuple(sorted(instance.divisible)),
-        values={i: dict(sorted(instance.values[i].items())) for i in sorted(instance.values)},
-        requires={d: tuple(sorted(g)) for d, g in sorted(instance.requires.items())},
-        caps={
-            i: tuple((tuple(sorted(group)), most) for group, most in sorted(caps))
-            for i, caps in sorted(instance.caps.items())
-        },
-    )
+    allocation: Allocation
+    solver: str
+    status: str
+    gap: float | None
 
 
 def divide(
@@ -189,7 +118,7 @@ def divide(
     validate_instance(instance)
     inst = canonical(instance)
     objective: Objective = options.objective or inst.objective
-    found: Found | None = None
+    found: _Candidate | None = None
     exact_infeasible = False
     if len(inst.agents) <= EXACT_AGENTS and _types(inst) <= EXACT_TYPES:
         try:
@@ -199,7 +128,7 @@ def divide(
             log.info("exact MILP: %s", exc)
             exact_infeasible = True
             notes = (*notes, EXACT_PROOF_NOTE)
-    scalable: Found | None = None
+    scalable: _Candidate | None = None
     scalable_notes: tuple[str, ...] = ()
     impossible = False
     if found is None:
@@ -214,7 +143,7 @@ def divide(
     if found is scalable:
         notes = (*notes, *scalable_notes)
     notes = (*notes, *completion_notes)
-    allocation, solver_name, status, gap = found
+    allocation = found.allocation
     lambda_prop, lambda_ef = _needed_relaxation(inst, allocation)
 
     def certificate_against(best: float | None) -> Certificate:
@@ -225,9 +154,9 @@ def divide(
             lambda_prop=lambda_prop,
             objective=objective,
             unconstrained_value=best,
-            solver=solver_name,
-            status=status,
-            gap=gap,
+            solver=found.solver,
+            status=found.status,
+            gap=found.gap,
             time_s=time.monotonic() - began,
             notes=notes,
         )
@@ -245,9 +174,6 @@ def divide(
     return Division(allocation=allocation, certificate=certificate)
 
 
-Found = tuple[Allocation, str, str, "float | None"]
-
-
 def _types(inst: Instance) -> int:
     """How many indivisible goods differ in someone's value or a side constraint."""
     return len({
@@ -260,18 +186,18 @@ def _types(inst: Instance) -> int:
 def _exact(
     inst: Instance, objective: Objective, options: SolveOptions, deadline: float,
     churn: Churn | None, start: Allocation | None = None,
-) -> Found | None:
+) -> _Candidate | None:
     """The exact MILP with the λ search, warm-started from ``start`` (by default the PROP^α
     construction); None when it finds nothing in time. Raises InfeasibleError when nothing
     meets even the fully relaxed criteria (the scalable path then reports what it can)."""
     if start is None and constructive.supports(inst):
         start = constructive.prop_alpha_allocation(inst)
     try:
-        result = _Solver(inst, objective, options, deadline, start, churn).relaxed()
+        result = LambdaSearch(inst, objective, options, deadline, start, churn).relaxed()
     except SolverTimeoutError:
         log.info("exact MILP found nothing before its deadline")
         return None
-    return result.allocation, result.solver, result.status, result.gap
+    return _Candidate(result.allocation, result.solver, result.status, result.gap)
 
 
 def _completion_worthwhile(inst: Instance, deadline: float) -> bool:
@@ -283,25 +209,25 @@ def _completion_worthwhile(inst: Instance, deadline: float) -> bool:
 
 def _complete(
     inst: Instance, objective: Objective, options: SolveOptions, deadline: float,
-    churn: Churn | None, scalable: Found,
-) -> tuple[Found, tuple[str, ...]]:
+    churn: Churn | None, scalable: _Candidate,
+) -> tuple[_Candidate, tuple[str, ...]]:
     """The exact MILP in the time left, warm-started from the scalable path's allocation, if
     that one is not exactly fair; the exact answer replaces it when it is fairer (fewer failing
     agents, then smaller λ_prop, then smaller λ_ef) or as fair with more welfare. Also the
     certificate's note when the MILP proves that nothing meets even EF1/PROP1. The scalable
     answer is in hand, so a solver failure here is logged, not raised."""
-    scalable_rank = _rank(inst, scalable[0], objective)
+    scalable_rank = _rank(inst, scalable.allocation, objective)
     if scalable_rank[:3] == (0, 0.0, 0.0):
         return scalable, ()
     try:
-        exact = _exact(inst, objective, options, deadline, churn, start=scalable[0])
+        exact = _exact(inst, objective, options, deadline, churn, start=scalable.allocation)
     except InfeasibleError as exc:
         log.info("exact MILP after the scalable path: %s", exc)
         return scalable, (EXACT_PROOF_NOTE,)
     except SolverError as exc:
         log.warning("exact MILP after the scalable path failed (%s); keeping its answer", exc)
         return scalable, ()
-    if exact is not None and _rank(inst, exact[0], objective) < scalable_rank:
+    if exact is not None and _rank(inst, exact.allocation, objective) < scalable_rank:
         log.info("the exact MILP improved on the scalable path's allocation")
         return exact, ()
     return scalable, ()
@@ -322,8 +248,9 @@ def _rank(
 
 def _scalable(
     inst: Instance, objective: Objective, deadline: float, churn: Churn | None
-) -> tuple[Found, tuple[str, ...], bool]:
-    """allocator.fixed_seats; past the deadline without any LP answer, the picking sequence.
+) -> tuple[_Candidate, tuple[str, ...], bool]:
+    """The scalable path (allocator.scalable); past the deadline without any LP answer, the
+    picking sequence.
     Also the notes for the certificate (what the relaxation bound says when agents fail), and
     whether that bound proves that no allocation meets every criterion even at λ = 1."""
     try:
@@ -339,8 +266,8 @@ def _scalable(
             raise InfeasibleError(
                 f"no allocation within {churn.limit} seat moves was found in time"
             ) from exc
-        return (allocation, "picking", "constructive", None), (), False
-    found = (outcome.allocation, f"highs-lp+{outcome.start}", "heuristic", None)
+        return _Candidate(allocation, "picking", "constructive", None), (), False
+    found = _Candidate(outcome.allocation, f"highs-lp+{outcome.start}", "heuristic", None)
     if outcome.lower_bound is None:
         return found, (), False
     if outcome.lower_bound > PROOF_MARGIN:
@@ -381,7 +308,7 @@ def _unconstrained(
                 default=0.0,
             )
         return best
-    from allocator.milp import unconstrained_optimum
+    from allocator.exact.milp import unconstrained_optimum
 
     now = time.monotonic()
     limit = min(deadline, now + UNCONSTRAINED_SHARE * options.time_limit_s)
@@ -405,75 +332,3 @@ def _needed_relaxation(instance: Instance, allocation: Allocation) -> tuple[floa
         else:
             lam_prop = max(lam_prop, lam)
     return lam_prop, lam_ef
-
-
-class _Solver:
-    """The MILP with the λ search of docs/architecture.md §2 around it."""
-
-    def __init__(
-        self,
-        instance: Instance,
-        objective: Objective,
-        options: SolveOptions,
-        deadline: float,
-        start: Allocation | None,
-        churn: Churn | None,
-    ) -> None:
-        self.instance = instance
-        self.objective = objective
-        self.options = options
-        self.deadline = deadline
-        self.start = start
-        self.churn = churn
-
-    def solve(
-        self, lambda_ef: float, lambda_prop: float, objective: Objective | None
-    ) -> MilpResult:
-        from allocator.milp import solve_fair
-
-        return solve_fair(
-            self.instance,
-            objective=objective,
-            lambda_ef=lambda_ef,
-            lambda_prop=lambda_prop,
-            solver=self.options.solver,
-            gap=self.options.gap,
-            deadline=self.deadline,
-            start=self.start,
-            churn=self.churn,
-        )
-
-    def feasible(self, lambda_ef: float, lambda_prop: float) -> bool:
-        try:
-            self.solve(lambda_ef, lambda_prop, None)
-        except InfeasibleError:
-            return False
-        return True
-
-    def relaxed(self) -> MilpResult:
-        try:
-            return self.solve(0.0, 0.0, self.objective)
-        except InfeasibleError:
-            log.info("the criteria are infeasible as stated; searching the smallest λ")
-        has_ef = any(a.criterion in EF_TYPE for a in self.instance.agents)
-        if has_ef and self.feasible(1.0, 0.0):
-            lam = self._bisect(lambda x: self.feasible(x, 0.0))
-            return self.solve(lam, 0.0, self.objective)
-        if not self.feasible(1.0, 1.0):
-            raise InfeasibleError(
-                "no allocation meets the side constraints even with every criterion relaxed "
-                "to EF1/PROP1"
-            )
-        mu = self._bisect(lambda x: self.feasible(1.0, x))
-        return self.solve(1.0, mu, self.objective)
-
-    @staticmethod
-    def _bisect(feasible: Any) -> float:
-        low, high = 0.0, 1.0
-        for _ in range(BISECTION_STEPS):
-            mid = (low + high) / 2
-            if feasible(mid):
-                high = mid
-            else:
-                low = mid
-        return high

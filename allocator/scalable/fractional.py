@@ -4,7 +4,7 @@ Both LPs here make every good divisible. Identical goods — the seats of one GP
 GPUs every agent values alike — are grouped into one *type* with a count, as the MILP does, so
 the LP has one share per agent and type.
 
-:func:`fractional_seats` — guidance. The scalable path (allocator.fixed_seats) needs a good
+:func:`fractional_seats` — guidance. The scalable path (allocator.scalable.path) needs a good
 seat assignment before its share LP. A picking sequence ignores the divisible goods and the
 other agents' criteria; on mixed weights and EFM agents it leaves violations that seat moves
 repair only slowly (measured on the 64 × 64 generator instance: total violation 0.033 of
@@ -47,12 +47,12 @@ import highspy
 import numpy as np
 
 from allocator.certificate import TOLERANCE
+from allocator.scalable.data import EFM_KIND, PROP_KIND
 
 log = logging.getLogger(__name__)
 
 INF = highspy.kHighsInf
 IPM_TOLERANCE = 1e-2  # guidance only: the share LP re-solves exactly afterwards
-PROP_KIND, EF_KIND, EFM_KIND = 0, 1, 2  # as in allocator.fixed_seats
 # A bound below this (total over agents, normalised units) proves nothing: HiGHS's primal and
 # dual feasibility tolerances are 1e-7 per row.
 PROOF_MARGIN = 1e-5

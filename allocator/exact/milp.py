@@ -33,22 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 import pulp
 
-from allocator.certificate import (
-    EF_TYPE,
-    NASH_FLOOR,
-    NASH_POINTS,
-    PROP_TYPE,
-    TOLERANCE,
-    ZERO_SHARE,
-    base_factor,
-    bundles,
-    certify,
-    constraint_terms,
-)
+from allocator.certificate import TOLERANCE, ZERO_SHARE, bundles, certify, constraint_terms
+from allocator.criteria import EF_TYPE, PROP_TYPE, base_factor
 from allocator.errors import InfeasibleError, SolverError, SolverTimeoutError
 from allocator.instance import Allocation, Instance
+from allocator.objectives import NASH_FLOOR, NASH_POINTS, Objective
 from allocator.options import Churn
-from allocator.snapshot import Objective
 
 log = logging.getLogger(__name__)
 
@@ -540,7 +530,7 @@ def unconstrained_optimum(
 ) -> float | None:
     """The objective's optimum without fairness criteria (None if it cannot be had in time).
 
-    allocator.solve computes the separable case (utilitarian, no coupling) without a solver.
+    allocator.division computes the separable case (utilitarian, no coupling) without a solver.
     """
     try:
         result = solve_fair(

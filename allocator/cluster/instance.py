@@ -1,0 +1,231 @@
+"""The cluster's core instance: from a ClusterSnapshot to the goods, values and side
+constraints of an :class:`~allocator.instance.Instance`.
+
+Goods (docs/architecture.md §2): every seat of every GPU is an indivisible good; the streams a GPU
+has beyond its seats form one divisible *pool* good. The core's fairness notions measure every
+tenant against its total value ``T_i`` (the sum of its values over all goods), so the valuation must
+not give a tenant value for capacity it could never use: a tenant that wants 3 replicas has no
+use for the other 250 seats of the cluster, and counting them would make its proportional
+share unreachable. Hence **candidate seats**: every model ``m`` of a tenant is given exactly
+``replicas_wanted`` candidate seats (fewer only if fewer seats fit it), each earmarked for one
+replica of ``m``; the tenant values only its candidate seats and the pools of the GPUs they
+are on. Its ``T_i`` is then the value of the whole candidate bundle — a bundle it could hold —
+so ``(w_i/W)·T_i`` is always reachable, and PROP-type criteria mean proportionality with
+respect to what the tenant can use.
+
+Candidates are chosen deterministically (docs/fairness.md, "From GPUs to values"): seats the
+tenant held in the previous plans first (so a churn bound can be met), then round robin over
+(tenant, model), each taking the fitting seat claimed by the fewest others, then the most
+valuable, then on the least claimed GPU. While the cluster has room, candidate sets do not
+overlap and every tenant can get everything it can use; once it is oversubscribed, overlaps
+are spread evenly and the core decides fairly who gets the contended seats.
+
+Values are fractions of demand served, with a model's demand ``D`` split evenly over the
+replicas it wants (``d = D / replicas_wanted``): a candidate seat is worth ``min(q(1), d)/D``
+and a pool the extra demand its streams let the tenant's candidate replicas on that GPU serve.
+A tenant's values therefore never add up to more than the demand of its models. Side
+constraints the plain core lacks: ``forbidden`` — every non-candidate seat (memory fit and the
+demand caps follow from the candidate sets); ``requires`` — a pool share needs a seat on its
+GPU; every good is ``optional``. Curves not yet profiled are estimates; the certificate's
+notes list them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from allocator.cluster.snapshot import ClusterSnapshot, Gpu, Model, ThroughputCurve
+from allocator.errors import InstanceError
+from allocator.instance import Agent, Instance
+
+
+@dataclass(frozen=True)
+class ClusterInstance:
+    """The core instance of a snapshot and what is needed to map its allocation back."""
+
+    instance: Instance
+    earmark: dict[tuple[str, str], str]  # (tenant, seat good) -> model the seat would hold
+    notes: tuple[str, ...]  # estimated curves, models short of seats (for the certificate)
+
+
+def seat_name(gpu: Gpu, k: int) -> str:
+    return f"{gpu.gpu_id}#seat{k}"
+
+
+def pool_name(gpu: Gpu) -> str:
+    return f"{gpu.gpu_id}#pool"
+
+
+def _qps(curve: tuple[float, ...], streams: int) -> float:
+    """q(s); beyond the measured range the curve stays flat (no extrapolated gains)."""
+    return curve[min(streams, len(curve)) - 1] if curve else 0.0
+
+
+def _fits(model: Model, gpu: Gpu) -> bool:
+    return model.memory_mb <= gpu.memory_mb / gpu.seats
+
+
+def _check(snapshot: ClusterSnapshot) -> None:
+    tenants = [t.name for t in snapshot.tenants]
+    if len(set(tenants)) != len(tenants):
+        raise InstanceError("snapshot: duplicate tenant names")
+    if len({m.model_id for m in snapshot.models}) != len(snapshot.models):
+        raise InstanceError("snapshot: duplicate model ids")
+    if len({g.gpu_id for g in snapshot.gpus}) != len(snapshot.gpus):
+        raise InstanceError("snapshot: duplicate GPU ids")
+    for m in snapshot.models:
+        if m.tenant not in tenants:
+            raise InstanceError(f"model {m.model_id!r}: unknown tenant {m.tenant!r}")
+        if m.demand_qps <= 0 or m.replicas_wanted < 0:
+            raise InstanceError(
+                f"model {m.model_id!r}: demand must be positive and replicas_wanted ≥ 0")
+    for g in snapshot.gpus:
+        if g.seats < 1 or g.streams < g.seats:
+            raise InstanceError(f"gpu {g.gpu_id!r}: needs seats ≥ 1 and streams ≥ seats")
+
+
+def _replica_demand(model: Model) -> float:
+    """d = D / replicas_wanted: the share of the model's demand one replica is meant to serve."""
+    return model.demand_qps / model.replicas_wanted
+
+
+def _seat_value(model: Model, curve: ThroughputCurve) -> float:
+    """v(seat) = min(q(1), d) / D: the demand one replica with its base stream serves."""
+    return min(_qps(curve.qps, 1), _replica_demand(model)) / model.demand_qps
+
+
+def _pool_value(models: list[Model], gpu: Gpu) -> float:
+    """u(pool) = the most extra demand the pool's P streams let these replicas serve.
+
+    ``models`` holds one entry per candidate replica of the tenant on ``gpu``; the P streams
+    are split between them in whole streams, optimally (a small knapsack: curves need not be
+    concave), each replica's gain capped by its share ``d`` of its model's demand.
+    """
+    extra = gpu.streams - gpu.seats
+    best = [0.0] * (extra + 1)  # best[p]: the most gain from p streams over replicas so far
+    for m in models:
+        curve, cap = m.curve(gpu).qps, _replica_demand(m)
+        base = min(_qps(curve, 1), cap)
+        gain = [(min(_qps(curve, 1 + p), cap) - base) / m.demand_qps for p in range(extra + 1)]
+        best = [max(best[p - k] + gain[k] for k in range(p + 1)) for p in range(extra + 1)]
+    return best[extra]
+
+
+def _candidates(
+    snapshot: ClusterSnapshot, held_before: dict[str, tuple[str, str]]
+) -> tuple[dict[tuple[str, str], str], list[str]]:
+    """Earmark ``replicas_wanted`` candidate seats for every model: (tenant, seat) -> model.
+
+    Seats the model (else another model of the tenant) held before come first; then, round
+    robin over (tenant, model), the fitting seat fewest others claim, then the most valuable,
+    then on the GPU with the fewest claims, then by name — so candidate sets overlap only once
+    every fitting seat is claimed, and evenly then. Returns the earmarks and notes on models
+    left short of seats.
+    """
+    gpus = sorted(snapshot.gpus, key=lambda g: g.gpu_id)
+    gpu_of = {seat_name(g, k): g for g in gpus for k in range(g.seats)}
+    models = sorted((m for m in snapshot.models if m.replicas_wanted > 0),
+                    key=lambda m: (m.tenant, m.model_id))
+    need = {m.model_id: m.replicas_wanted for m in models}
+    earmark: dict[tuple[str, str], str] = {}
+    claims: dict[str, int] = defaultdict(int)  # seat -> tenants claiming it
+    gpu_claims: dict[str, int] = defaultdict(int)  # gpu id -> claims on its seats
+
+    def claim(model: Model, seat: str) -> None:
+        earmark[model.tenant, seat] = model.model_id
+        need[model.model_id] -= 1
+        claims[seat] += 1
+        gpu_claims[gpu_of[seat].gpu_id] += 1
+
+    by_id = {m.model_id: m for m in models}
+    for seat, (tenant, model_id) in sorted(held_before.items()):
+        gpu = gpu_of.get(seat)
+        if gpu is None or (tenant, seat) in earmark:
+            continue
+        fitting = [m for m in models if m.tenant == tenant and need[m.model_id] > 0
+                   and _fits(m, gpu)]
+        same = by_id.get(model_id)
+        if same is not None and same in fitting:
+            claim(same, seat)
+        elif fitting:
+            claim(max(fitting, key=lambda m: (need[m.model_id], _neg(m.model_id))), seat)
+    seats_of = {g.gpu_id: [seat_name(g, k) for k in range(g.seats)] for g in gpus}
+    # (GPU id, its seats, the seat value to m) for every GPU m fits, most valuable first.
+    options = {}
+    for m in models:
+        estimate = _seat_value(m, m.estimate)  # computed once: most GPUs are not profiled
+        options[m.model_id] = sorted(
+            ((g.gpu_id, seats_of[g.gpu_id],
+              _seat_value(m, m.profiles[g.gpu_id]) if g.gpu_id in m.profiles else estimate)
+             for g in gpus if _fits(m, g)), key=lambda o: -o[2])
+    active = [m for m in models if need[m.model_id] > 0]
+    while active:
+        for m in active:
+            best: tuple[int, float, int, str, int] | None = None
+            best_seat = ""
+            for gpu_id, seats, value in options[m.model_id]:
+                for k, seat in enumerate(seats):
+                    # Cheap pre-test on the first key before building the full one.
+                    if (best is not None and claims[seat] > best[0]) or (
+                            (m.tenant, seat) in earmark):
+                        continue
+                    key = (claims[seat], -value, gpu_claims[gpu_id], gpu_id, k)
+                    if best is None or key < best:
+                        best, best_seat = key, seat
+            if best is None:
+                need[m.model_id] = -need[m.model_id]  # no seat left to it: stop asking
+            else:
+                claim(m, best_seat)
+        active = [m for m in active if need[m.model_id] > 0]
+    notes = [f"model {m.model_id}: {m.replicas_wanted + need[m.model_id]} of "
+             f"{m.replicas_wanted} wanted replicas fit a seat"
+             for m in models if need[m.model_id] < 0]
+    return earmark, notes
+
+
+def build_instance(
+    snapshot: ClusterSnapshot, held_before: dict[str, tuple[str, str]] | None = None
+) -> ClusterInstance:
+    """The core instance of a snapshot (``held_before``: seat -> (tenant, model) previously)."""
+    _check(snapshot)
+    earmark, notes = _candidates(snapshot, held_before or {})
+    models = {m.model_id: m for m in snapshot.models}
+    gpus = sorted(snapshot.gpus, key=lambda g: g.gpu_id)
+    gpu_of = {seat_name(g, k): g for g in gpus for k in range(g.seats)}
+    values: dict[str, dict[str, float]] = {t.name: {} for t in snapshot.tenants}
+    replicas_on: dict[tuple[str, str], list[Model]] = defaultdict(list)  # (tenant, gpu id)
+    estimated: set[str] = set()
+    for (tenant, seat), model_id in earmark.items():
+        model, gpu = models[model_id], gpu_of[seat]
+        values[tenant][seat] = _seat_value(model, model.curve(gpu))
+        replicas_on[tenant, gpu.gpu_id].append(model)
+        if not model.curve(gpu).measured:
+            estimated.add(f"estimated throughput: model {model_id} on {gpu.gpu_id}")
+    gpu_by_id = {g.gpu_id: g for g in gpus}
+    for (tenant, gpu_id), replicas in replicas_on.items():
+        gpu = gpu_by_id[gpu_id]
+        if gpu.streams > gpu.seats:
+            gain = _pool_value(sorted(replicas, key=lambda m: m.model_id), gpu)
+            if gain > 0:
+                values[tenant][pool_name(gpu)] = gain
+    indivisible = tuple(gpu_of)
+    divisible = tuple(pool_name(g) for g in gpus if g.streams > g.seats)
+    instance = Instance(
+        agents=tuple(Agent(t.name, t.weight, t.criterion) for t in snapshot.tenants),
+        indivisible=indivisible,
+        divisible=divisible,
+        values=values,
+        objective=snapshot.objective,
+        # Every seat outside a tenant's candidates: this carries memory fit and demand caps.
+        forbidden=frozenset((t.name, s) for t in snapshot.tenants for s in indivisible
+                            if (t.name, s) not in earmark),
+        requires={pool_name(g): tuple(seat_name(g, k) for k in range(g.seats))
+                  for g in gpus if g.streams > g.seats},
+        optional=frozenset((*indivisible, *divisible)),
+    )
+    return ClusterInstance(instance, earmark, tuple(sorted(estimated)) + tuple(notes))
+
+
+def _neg(text: str) -> tuple[int, ...]:
+    return tuple(-ord(c) for c in text)
