@@ -8,7 +8,8 @@ it). The public surface is re-exported here; modules behind it are private to th
   criteria (allocator.criteria) and whose welfare is an objective (allocator.objectives); the
   exact MILP with its λ search (allocator.exact) answers small instances, the scalable path
   (allocator.scalable) the rest;
-* ``certify`` / ``validate_allocation`` — the one checker (allocator.certificate);
+* ``certify`` / ``validate_allocation`` — the one checker (allocator.certificate), and the
+  certificate's document, ``CertificateDocument`` (read back by ``parse_certificate``);
 * ``allocate_cluster(snapshot, options, previous, *, version, allocation_id)`` — the cluster
   layer that builds the core instance from a snapshot and cuts node plans (allocator.cluster),
   and ``validate_cluster_allocation`` — its checker: certificate and plans agree with the
@@ -23,9 +24,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from allocator.certificate import AgentCertificate, Certificate, certify, validate_allocation
+from allocator.certificate import (
+    AgentCertificate,
+    AgentCertificateDocument,
+    Certificate,
+    CertificateDocument,
+    certify,
+    parse_certificate,
+    validate_allocation,
+)
 from allocator.cluster.plan import DevicePlan, ModelReplica, NodePlan, PlanError, SeatPlan
-from allocator.cluster.snapshot import ClusterSnapshot, Gpu, Model, Tenant, ThroughputCurve
+from allocator.cluster.snapshot import (
+    ClusterSnapshot,
+    Gpu,
+    Model,
+    QpsCurve,
+    Tenant,
+    ThroughputCurve,
+    parse_throughput_curve,
+)
 from allocator.criteria import CRITERIA, Criterion
 from allocator.documents import instance_from_dict, instance_to_dict
 from allocator.errors import (
@@ -73,10 +90,12 @@ __all__ = [
     "OBJECTIVES",
     "Agent",
     "AgentCertificate",
+    "AgentCertificateDocument",
     "AllocationError",
     "Allocation",
     "AllocatorError",
     "Certificate",
+    "CertificateDocument",
     "CertificateError",
     "ClusterAllocation",
     "ClusterSnapshot",
@@ -92,6 +111,7 @@ __all__ = [
     "NodePlan",
     "Objective",
     "PlanError",
+    "QpsCurve",
     "SeatPlan",
     "SolveOptions",
     "SolverError",
@@ -103,6 +123,8 @@ __all__ = [
     "divide",
     "instance_from_dict",
     "instance_to_dict",
+    "parse_certificate",
+    "parse_throughput_curve",
     "validate_allocation",
     "validate_cluster_allocation",
 ]

@@ -11,6 +11,12 @@ margins are comparable across agents. The *slack* reported for an agent is the s
 margin: a fraction of the agent's total value by which its criterion holds (≥ 0) or fails (< 0).
 A cluster result has one more checker on top of this one,
 allocator.cluster.allocate.validate_cluster_allocation.
+
+The certificate's document — what ``Certificate.to_dict`` returns, what the API stores with an
+allocation and serves, what ``gpufair divide``/``allocate`` print — is the pydantic model
+:class:`CertificateDocument` (one :class:`AgentCertificateDocument` row per agent): ``to_dict``
+builds it and the API reads a stored one back with :func:`parse_certificate` and names it as
+its response model, so the document has one definition and the OpenAPI schema shows its fields.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from allocator.criteria import EF_TYPE, PROP_TYPE, Criterion, base_factor, relaxed_factor
 from allocator.errors import AllocationError, CertificateError
@@ -156,20 +163,21 @@ class AgentCertificate:
     factor: float  # f_i = base + λ(1 − base), the fraction of a good allowed
     envy: dict[str, float]  # envy[j] = V_i(A_j) − V_i(A_i) (> 0: the agent envies j)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "alpha": self.alpha,
-            "criterion": self.criterion,
-            "weight": self.weight,
-            "holds": self.holds,
-            "slack": self.slack,
-            "lambda": self.lam,
-            "factor": self.factor,
-            "value": self.value,
-            "normalised_value": self.normalised_value,
-            "total": self.total,
-            "envy": self.envy,
-        }
+    def document(self) -> AgentCertificateDocument:
+        """This row as the certificate document states it (the agent's name is its key)."""
+        return AgentCertificateDocument(
+            alpha=self.alpha,
+            criterion=self.criterion,
+            weight=self.weight,
+            holds=self.holds,
+            slack=self.slack,
+            lam=self.lam,
+            factor=self.factor,
+            value=self.value,
+            normalised_value=self.normalised_value,
+            total=self.total,
+            envy=self.envy,
+        )
 
 
 @dataclass(frozen=True)
@@ -203,27 +211,97 @@ class Certificate:
                 )
         return self
 
+    def document(self) -> CertificateDocument:
+        """The certificate as its document states it (see :class:`CertificateDocument`)."""
+        return CertificateDocument(
+            fair=self.holds,
+            holds=self.holds,
+            violations=sum(1 for a in self.agents.values() if not a.holds),
+            agents={name: a.document() for name, a in self.agents.items()},
+            objective=self.objective,
+            objective_value=self.objective_value if math.isfinite(self.objective_value) else None,
+            unconstrained_value=self.unconstrained_value,
+            ratio=self.ratio,
+            lambda_ef=self.lambda_ef,
+            lambda_prop=self.lambda_prop,
+            solver=self.solver,
+            status=self.status,
+            gap=self.gap,
+            time_s=self.time_s,
+            notes=list(self.notes),
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        finite = math.isfinite(self.objective_value)
-        return {
-            # "fair" and "holds" say the same: every agent's criterion holds (at the reported
-            # λ). "holds" is the original key; "fair" is the one users look for.
-            "fair": self.holds,
-            "holds": self.holds,
-            "violations": sum(1 for a in self.agents.values() if not a.holds),
-            "agents": {name: a.to_dict() for name, a in self.agents.items()},
-            "objective": self.objective,
-            "objective_value": self.objective_value if finite else None,
-            "unconstrained_value": self.unconstrained_value,
-            "ratio": self.ratio,
-            "lambda": self.lambda_ef,
-            "lambda_prop": self.lambda_prop,
-            "solver": self.solver,
-            "status": self.status,
-            "gap": self.gap,
-            "time_s": self.time_s,
-            "notes": list(self.notes),
-        }
+        """The certificate document as plain data (JSON-ready but for a non-finite number)."""
+        return self.document().model_dump(by_alias=True)
+
+
+class AgentCertificateDocument(BaseModel):
+    """One agent's row of the certificate document (keyed by the agent's name)."""
+
+    # Read back as written: unknown keys are refused. ``lambda`` (a Python keyword) is the name
+    # in the document and ``lam`` the attribute.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True
+    )
+
+    alpha: float = Field(
+        description="indivisibility ratio α_i: the part of the agent's total value in seats"
+    )
+    criterion: Criterion = Field(description="the agent's fairness criterion")
+    weight: float = Field(description="the agent's entitlement w_i")
+    holds: bool = Field(description="whether its criterion, relaxed by lambda, holds")
+    slack: float | None = Field(
+        description="its smallest margin, a fraction of its total value (< 0: the criterion "
+        "fails by that much); null when there is nothing to compare"
+    )
+    lam: float = Field(
+        alias="lambda", description="the relaxation λ applied to it (0: its criterion exactly)"
+    )
+    factor: float = Field(description="f_i = base + λ(1 − base): the fraction of a good allowed")
+    value: float = Field(description="V_i(A_i): its value of its own bundle")
+    normalised_value: float = Field(description="value / total (0 when total is 0)")
+    total: float = Field(description="T_i: its value of everything")
+    envy: dict[str, float] = Field(
+        description="per other agent j, V_i(A_j) − V_i(A_i) (> 0: it envies j)"
+    )
+
+
+class CertificateDocument(BaseModel):
+    """The certificate of an allocation: every agent's row and the allocation-level figures."""
+
+    # As for the rows; ``lambda`` is ``lambda_ef`` here.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True
+    )
+
+    fair: bool = Field(description="every agent's criterion holds (at the reported λ)")
+    holds: bool = Field(description="the same as fair (the original key)")
+    violations: int = Field(description="how many agents' criteria fail")
+    agents: dict[str, AgentCertificateDocument] = Field(description="the rows, by agent name")
+    objective: Objective
+    objective_value: float | None = Field(
+        description="the objective of the allocation; null when not finite (Nash with a zero value)"
+    )
+    unconstrained_value: float | None = Field(
+        description="the best objective without fairness; null when not computed"
+    )
+    ratio: float | None = Field(description="objective_value against unconstrained_value")
+    lambda_ef: float = Field(alias="lambda", description="the relaxation of EF-type agents")
+    lambda_prop: float = Field(description="the relaxation of PROP-type agents")
+    solver: str = Field(description='e.g. "highs" (exact MILP), "highs-lp+fractional"')
+    status: str = Field(description='"optimal", "feasible", "heuristic" or "constructive"')
+    gap: float | None = Field(description="the relative MIP gap, when known")
+    time_s: float = Field(description="wall time of the solve")
+    notes: list[str] = Field(description="e.g. curves that are estimates")
+
+
+_CERTIFICATE: TypeAdapter[CertificateDocument] = TypeAdapter(CertificateDocument)
+
+
+def parse_certificate(document: Any) -> CertificateDocument:
+    """A stored certificate document read back; pydantic's ValidationError names a bad field."""
+    return _CERTIFICATE.validate_python(document)
 
 
 def certify(

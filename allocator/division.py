@@ -59,15 +59,14 @@ log = logging.getLogger(__name__)
 EXACT_SHARE = 0.5
 # The exact MILP runs first up to this size, counted in agents and in *types* of indivisible
 # goods (goods every agent values alike, such as the seats of one GPU, form one type with an
-# integer count in the MILP): measured, it answers the benchmark's 8 tenants × 8 GPUs (32
-# seats, 8 types) in 0.1–0.7 s, while 16 × 16 needs several seconds.
+# integer count in the MILP): up to this size it answers within a fraction of the default time
+# limit (docs/benchmarks.md, "Measurements behind design choices").
 EXACT_AGENTS = 8
 EXACT_TYPES = 16
 # After the scalable path, if its allocation is not exactly fair and nothing proves that none
 # is, the exact MILP gets the time left, up to this size (agents, types of indivisible goods):
-# measured on the benchmark's 16 × 16 instances (seeds 1 and 2) it found an allocation meeting
-# every criterion exactly, with more welfare, in 1.8–2.7 s where the scalable path's needed
-# λ = 0.15 and 0.48; at 32 × 32 it found nothing in 30 s.
+# there it finds exactly fair allocations the scalable path missed, beyond it nothing in time
+# (docs/benchmarks.md, "Measurements behind design choices").
 COMPLETION_AGENTS = 24
 COMPLETION_TYPES = 64
 COMPLETION_MIN_S = 0.5  # less time left than this: not worth building the MILP

@@ -15,9 +15,18 @@ status. Leaves subclass the nearest builtin so generic handlers still work::
         └── SolverTimeoutError (TimeoutError)
                                           the time limit passed before any solution was found
                                           and no certified constructive fallback applies
+
+Documents validated by pydantic models (throughput curves, the certificate document) fail with
+pydantic's ValidationError; :func:`first_error` turns one into the one-line message that names
+the field, as every hand-written check here does.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class AllocatorError(Exception):
@@ -46,3 +55,12 @@ class SolverError(AllocatorError, RuntimeError):
 
 class SolverTimeoutError(SolverError, TimeoutError):
     """The solver's time limit passed before it found any solution."""
+
+
+def first_error(exc: ValidationError, where: str) -> str:
+    """``where.field[k]: reason`` for the first error of a pydantic validation, one line."""
+    first = exc.errors()[0]
+    path = where
+    for part in first["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return f"{path}: {first['msg'].removeprefix('Value error, ')}"

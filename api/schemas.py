@@ -3,12 +3,17 @@
 Every field is typed and bounded, so FastAPI answers a bad field with 422 naming it before any
 service code runs; numbers must be finite (``1e999`` parses to infinity in JSON libraries).
 ``extra="forbid"`` on inputs turns a misspelt field into an error rather than a silent no-op.
+
+The bodies of the seams are not defined here but imported from their one definition, which the
+other side uses too: the heartbeat (:mod:`executor.wire.heartbeat`) and the profile upload
+(:mod:`executor.wire.profiles`), which the daemon builds, and the certificate's document
+(:class:`allocator.CertificateDocument`), which the allocator builds.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import Path
 from pydantic import (
@@ -16,20 +21,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationInfo,
-    field_validator,
     model_validator,
 )
 
-from allocator import Criterion, Objective
+from allocator import AgentCertificateDocument, CertificateDocument, Criterion, Objective
 from executor.wire.artifact import PREFIX as ZOO_PREFIX
 from executor.wire.artifact import parse_zoo_artifact
-from executor.wire.names import DEVICE_NAME_PATTERN, NAME_PATTERN
+from executor.wire.heartbeat import Heartbeat
+from executor.wire.names import MAX_ID, NAME_PATTERN, DeviceName
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, examples=["ads-ranking"])]
-DeviceName = Annotated[str, Field(pattern=DEVICE_NAME_PATTERN, examples=["cuda:0"])]
-# Ids are bounded to the database's 32-bit integers, so a huge id is a 422, not a driver error.
-MAX_ID = 2**31 - 1
 PathId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 UPLOAD_ARTIFACT = "api"
@@ -203,105 +204,16 @@ class NodePublic(_Out):
     created_at: datetime
     last_heartbeat_at: datetime | None
     running_version: int | None = Field(description="plan version in the last heartbeat")
-    report: dict[str, Any] | None = Field(description="the last heartbeat's body")
+    report: Heartbeat | None = Field(description="the last heartbeat's body")
 
 
 class NodeCreated(NodePublic):
     token: str = Field(description="the node token; shown once, only its hash is stored")
 
 
-class ReplicaReport(BaseModel):
-    """One replica's counters as the daemon reports them (executor/plan_client.py)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    device: Annotated[str, Field(max_length=32)]
-    seat: Annotated[int, Field(ge=0, le=MAX_ID)]
-    model_id: Annotated[str, Field(max_length=32)]
-    tenant: Annotated[str, Field(max_length=64)]
-    in_flight: Annotated[int, Field(ge=0, le=MAX_ID)] = 0
-    completed: Annotated[int, Field(ge=0)] = 0
-    rejected: Annotated[int, Field(ge=0)] = 0
-    expired: Annotated[int, Field(ge=0)] = 0
-    busy_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
-
-
-# Cumulative query counts are bounded so that a sample (the sum over up to 4096 models of one
-# tenant) always fits a 64-bit integer: 4096 * 2**48 = 2**60. 2**48 queries is nine years at a
-# million queries a second for one daemon process.
-MAX_COUNT = 2**48
-MAX_SLA_ENTRIES = 4096
-
-
-class SlaCount(_In):
-    """One (tenant, model)'s query counts since the daemon process started (they only grow
-    until it restarts; the API turns them into per-heartbeat deltas, see api/services/sla.py)."""
-
-    tenant: Annotated[str, Field(min_length=1, max_length=64)]
-    model: Annotated[str, Field(min_length=1, max_length=64)]
-    received: Annotated[int, Field(ge=0, le=MAX_COUNT)]
-    within_sla: Annotated[int, Field(ge=0, le=MAX_COUNT)]
-
-    @field_validator("within_sla")
-    @classmethod
-    def _within_received(cls, value: int, info: ValidationInfo) -> int:
-        received = info.data.get("received")
-        if received is not None and value > received:
-            raise ValueError(f"within_sla ({value}) exceeds received ({received})")
-        return value
-
-
-def _unique_sla_keys(entries: list[SlaCount]) -> list[SlaCount]:
-    seen: set[tuple[str, str]] = set()
-    for entry in entries:
-        key = (entry.tenant, entry.model)
-        if key in seen:
-            raise ValueError(f"tenant {entry.tenant!r}, model {entry.model!r} is listed twice")
-        seen.add(key)
-    return entries
-
-
-class Heartbeat(_In):
-    plan_version: Annotated[int, Field(ge=0, le=MAX_ID)] | None = Field(
-        default=None, description="the plan version the daemon serves"
-    )
-    replicas: Annotated[list[ReplicaReport], Field(max_length=4096)] = []
-    broken: dict[Annotated[str, Field(max_length=32)], Annotated[str, Field(max_length=2000)]] = (
-        Field(default={}, max_length=4096, description="model id -> why it is not served")
-    )
-    sla: Annotated[
-        list[SlaCount],
-        Field(max_length=MAX_SLA_ENTRIES),
-        AfterValidator(_unique_sla_keys),
-    ] = Field(
-        default=[],
-        description="per (tenant, model): queries received and answered within the SLA since "
-        "the daemon started; a count below the previous heartbeat's means it restarted",
-    )
-
-
 class HeartbeatReply(BaseModel):
     current_version: int = Field(description="the version of the node's newest plan")
     etag: str
-
-
-class ProfileEntry(_In):
-    model_id: Annotated[int, Field(ge=1, le=MAX_ID)]
-    device: DeviceName
-    qps: Annotated[
-        list[Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]],
-        Field(min_length=1, max_length=1024, description="QPS with 1, 2, ... streams"),
-    ]
-
-    @model_validator(mode="after")
-    def _non_decreasing(self) -> ProfileEntry:
-        if any(b < a for a, b in zip(self.qps, self.qps[1:], strict=False)):
-            raise ValueError("qps must not decrease as streams are added")
-        return self
-
-
-class ProfilesPut(_In):
-    profiles: Annotated[list[ProfileEntry], Field(max_length=4096)]
 
 
 class ProfilesStored(BaseModel):
@@ -324,7 +236,7 @@ class AllocationSummary(_Out):
 
 
 class AllocationPublic(AllocationSummary):
-    certificate: dict[str, Any]
+    certificate: CertificateDocument
     nodes: list[str]
 
 
@@ -378,7 +290,10 @@ class TenantAllocation(BaseModel):
     tenant: str
     seats: list[TenantSeat]
     shares: list[TenantShare]
-    certificate: dict[str, Any] = Field(description="the tenant's own certificate row")
+    certificate: AgentCertificateDocument = Field(
+        description="the tenant's own certificate row; the other tenants in its envy are "
+        '"other-1", "other-2", … (in name order)'
+    )
 
 
 # --- SLA attainment over time ----------------------------------------------------------------

@@ -27,7 +27,6 @@ import logging
 import math
 import multiprocessing
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -48,6 +47,7 @@ from bench.instances import (
     STREAMS_PER_GPU,
     cluster_instance,
 )
+from bench.machine import describe_machine, load_average, this_machine
 from gpufair.compose import solve_options
 from gpufair.settings import SettingsError, load_settings
 
@@ -497,42 +497,6 @@ def _run_grid(config: BenchConfig, deadline: float) -> tuple[list[dict], list[di
     return [r for size in sizes for r in records[size]], cells
 
 
-# --- the machine -------------------------------------------------------------------------------
-
-
-def _machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    memory_gb = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory_gb = round(int(line.split()[1]) / 1024**2, 1)
-                break
-    except OSError:
-        pass
-    versions: dict[str, str] = {}
-    for package in ("pulp", "highspy", "numpy"):
-        try:
-            from importlib.metadata import version
-
-            versions[package] = version(package)
-        except Exception:  # noqa: BLE001 - a missing version is just not recorded
-            continue
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gb": memory_gb,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": versions,
-        "load_average_start": list(os.getloadavg()),
-    }
-
-
 # --- the report --------------------------------------------------------------------------------
 
 
@@ -546,10 +510,7 @@ def _markdown(result: dict[str, Any]) -> str:
         f"# Allocator benchmark ({config['name']})",
         "",
         f"Command: `{config['command']}`  ",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB; "
-        f"Python {machine['python']}; load average at start "
-        f"{', '.join(f'{x:.2f}' for x in machine['load_average_start'])}, at end "
-        f"{', '.join(f'{x:.2f}' for x in machine['load_average_end'])}.  ",
+        f"{describe_machine(machine)}  ",
         f"Run: {result['started']}, {result['duration_s']:.0f} s in all; solver "
         f"{config['solver']}, MILP time limit {config['time_limit_s']:g} s, gap "
         f"{config['gap']:g}, hard limit {config['hard_limit_s']:g} s per seed, "
@@ -724,7 +685,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
         "benchmark": "allocator",
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "config": {**asdict(config), "out_dir": str(config.out_dir)},
-        "machine": _machine(),
+        "machine": this_machine(("pulp", "highspy", "numpy")),
     }
     # The `gpufair divide` runs come first: they measure the headline size and must not
     # be squeezed out by a grid that spends the budget.
@@ -733,7 +694,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
     result["runs"] = records
     result["cells"] = cells
     result["duration_s"] = time.monotonic() - started
-    result["machine"]["load_average_end"] = list(os.getloadavg())
+    result["machine"]["load_average_end"] = load_average()
 
     config.out_dir.mkdir(parents=True, exist_ok=True)
     stem = config.out_dir / f"allocator-{config.name}"

@@ -20,10 +20,8 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,66 +31,32 @@ from typing import Any
 
 import httpx
 
+from bench.machine import describe_machine, this_machine
+from gpufair.servers import ChildServer
+
 ADMIN_TOKEN = "bench-admin-token-7f3a9c"
 ARCHITECTURES = ("rmc1", "rmc2", "rmc3", "wnd", "din")
 RESULTS = Path(__file__).resolve().parent / "results"
+STARTUP_TIMEOUT_S = 60.0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """``gpufair serve`` in a subprocess, on a database of its own."""
-
-    def __init__(self, database_url: str, workdir: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.database_url = database_url
-        env = {
-            **os.environ,
-            "GPUFAIR_DATABASE_URL": database_url,
-            "GPUFAIR_API_ADMIN_TOKEN": ADMIN_TOKEN,
-            "GPUFAIR_API_DEV_MODE": "true",
-            "GPUFAIR_ALLOCATOR_TIME_LIMIT_S": "8",
-        }
-        env.pop("GPUFAIR_CONFIG", None)
-        command = [
-            sys.executable,
-            "-m",
-            "gpufair.cli",
-            "serve",
-            "--port",
-            str(self.port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-        self.process = subprocess.Popen(command, cwd=workdir, env=env)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"gpufair serve did not start (exit {self.process.poll()})")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+def _serve(database_url: str, workdir: Path, name: str) -> ChildServer:
+    """``gpufair serve`` in a child process on a database of its own (not started yet)."""
+    env = {
+        **os.environ,
+        "GPUFAIR_DATABASE_URL": database_url,
+        "GPUFAIR_API_ADMIN_TOKEN": ADMIN_TOKEN,
+        "GPUFAIR_API_DEV_MODE": "true",
+        "GPUFAIR_ALLOCATOR_TIME_LIMIT_S": "8",
+    }
+    env.pop("GPUFAIR_CONFIG", None)
+    return ChildServer(
+        f"gpufair serve ({name})",
+        ["serve", "--no-access-log", "--log-level", "warning"],
+        log_path=workdir / f"serve-{name}.log",
+        env=env,
+        cwd=workdir,
+    )
 
 
 def _populate(
@@ -261,17 +225,6 @@ async def _open_loop(
     }
 
 
-def _machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        # The machine is shared; its load when the run began says how quiet it was.
-        "load_average_1m": os.getloadavg()[0],
-        "processor": platform.processor() or platform.machine(),
-    }
-
-
 def _write(name: str, result: dict[str, Any], table: list[tuple[str, str]], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -280,9 +233,9 @@ def _write(name: str, result: dict[str, Any], table: list[tuple[str, str]], out:
         "",
         f"Command: `{result['command']}`",
         "",
-        f"Machine: {result['machine']['platform']}, {result['machine']['cpus']} CPUs, "
-        f"Python {result['machine']['python']}, load average "
-        f"{result['machine']['load_average_1m']:.2f} at start; database {result['database']}",
+        describe_machine(result["machine"]),
+        "",
+        f"Database: {result['database']}.",
         "",
         "| measure | value |",
         "|---|---|",
@@ -318,8 +271,8 @@ def _bench_plan(args: argparse.Namespace, command: str, workdir: Path) -> dict[s
         import migrations
 
         migrations.upgrade(url)
-    server = Server(url, workdir)
-    try:
+    with _serve(url, workdir, "plan") as server:
+        server.wait_healthy(STARTUP_TIMEOUT_S)
         with httpx.Client(base_url=server.url, timeout=120) as client:
             # The plan read does not depend on the criteria; EF1 is one the allocator always
             # meets, so this phase measures plans rather than the solver.
@@ -353,12 +306,10 @@ def _bench_plan(args: argparse.Namespace, command: str, workdir: Path) -> dict[s
                     seed=args.seed,
                 )
             )
-    finally:
-        server.stop()
     result = {
         "title": "GET /v1/nodes/{node}/plan latency, open loop on loopback",
         "command": command,
-        "machine": _machine(),
+        "machine": this_machine(),
         "database": url.split(":")[0],
         "nodes": args.nodes,
         "tenants": args.tenants,
@@ -376,8 +327,8 @@ def _bench_plan(args: argparse.Namespace, command: str, workdir: Path) -> dict[s
 
 def _bench_solve(args: argparse.Namespace, command: str, workdir: Path) -> dict[str, Any]:
     url = f"sqlite:///{workdir / 'solve.db'}" if not args.database_url else args.database_url
-    server = Server(url, workdir)
-    try:
+    with _serve(url, workdir, "solve") as server:
+        server.wait_healthy(STARTUP_TIMEOUT_S)
         with httpx.Client(base_url=server.url, timeout=600) as client:
             _populate(
                 client,
@@ -390,14 +341,12 @@ def _bench_solve(args: argparse.Namespace, command: str, workdir: Path) -> dict[
             started = time.perf_counter()
             r = client.post("/v1/allocations", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
             wall = time.perf_counter() - started
-    finally:
-        server.stop()
     body = r.json()
     certificate = body.get("certificate", {})
     result = {
         "title": f"POST /v1/allocations, {args.solve_tenants} tenants x {args.solve_gpus} GPUs",
         "command": command,
-        "machine": _machine(),
+        "machine": this_machine(),
         "database": url.split(":")[0],
         "status": r.status_code,
         "wall_s": wall,

@@ -39,7 +39,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -53,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from allocator.cluster.plan import NodePlan, seat_entry
+from bench.machine import describe_machine, this_machine
 from executor.features import Batch, Query
 from executor.runtime import configure_cpu_threads
 from executor.scheduling import NodeRuntime, Overloaded, SchedulerConfig, SchedulingError
@@ -388,27 +388,6 @@ def isolation(cfg: ServeConfig, device_qps: float) -> dict[str, Any]:
 # -- reporting ----------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-    import torch
-
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "load_average_at_start": [round(x, 2) for x in load],
-    }
-
-
 def write_results(cfg: ServeConfig, data: dict[str, Any]) -> list[Path]:
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     base = cfg.out_dir / f"serve-{cfg.name}"
@@ -434,8 +413,7 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         f"Command: `{data['command']}`",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}; "
-        f"load average at start {m['load_average_at_start']}.",
+        describe_machine(m),
         "",
         f"Model: RMC2, `{c['artifact']}`; p99 SLA {c['sla_ms']:g} ms; load driven in-process; "
         f"{c['repeats']} search(es) per server, median reported.",
@@ -549,7 +527,7 @@ def main(argv: list[str]) -> int:
         command="gpufair bench serve " + shlex.join(argv),
     )
     began = time.monotonic()
-    info = machine()
+    info = this_machine(("torch",))
     tput = throughput(cfg)
     iso = isolation(cfg, tput["throughput_qps"]["gpufair"])
     data = {

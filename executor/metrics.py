@@ -9,14 +9,14 @@ SLA attainment is :mod:`executor.wire.attainment`'s, the one definition every co
 queries answered within the replica's p99 SLA / queries received, where late answers, refused
 (429), dropped (504) and failed (500) queries are misses and malformed ones (400) are not
 received. The counts behind it, cumulative since the daemon started, go to the control plane
-with every heartbeat (:meth:`ExecutorMetrics.sla_tallies`), which divides them the same way.
+with every heartbeat (:meth:`ExecutorMetrics.sla_tallies`, rows of the heartbeat's own
+:class:`~executor.wire.heartbeat.SlaCount`), which divides them the same way.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -25,21 +25,12 @@ from prometheus_client.registry import Collector
 
 from executor.scheduling import NodeRuntime
 from executor.wire.attainment import RECEIVED_OUTCOMES, attainment, is_within_sla
+from executor.wire.heartbeat import SlaCount
 
 LATENCY_BUCKETS = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
 )  # fmt: skip
 OUTCOMES = ("ok", "rejected", "expired", "failed", "invalid")
-
-
-@dataclass(frozen=True)
-class SlaTally:
-    """Queries of one tenant's model since the daemon started (400s excluded)."""
-
-    tenant: str
-    model: str
-    received: int  # answered (in time or late), refused (429), dropped (504) or failed (500)
-    within_sla: int  # answered within the replica's p99 SLA
 
 
 class ExecutorMetrics:
@@ -105,15 +96,20 @@ class ExecutorMetrics:
         figures = {k: attainment(within_sla=met, received=total) for k, (met, total) in counts}
         return {k: figure for k, figure in figures.items() if figure is not None}
 
-    def sla_tallies(self) -> list[SlaTally]:
-        """Cumulative received and within-SLA counts per (tenant, model), sorted by both.
+    def sla_tallies(self) -> list[SlaCount]:
+        """Cumulative counts per (tenant, model) since the daemon started, sorted by both:
+        ``received`` (answered in time or late, refused, dropped or failed; 400s excluded)
+        and ``within_sla`` (answered within the replica's p99 SLA).
 
         The heartbeat reports them, so the control plane can compute attainment over any
         interval from two heartbeats (a counter, unlike the ratio, survives the subtraction).
         """
         with self._lock:
             items = sorted(self._attainment.items())
-        return [SlaTally(tenant, model, total, met) for (tenant, model), (met, total) in items]
+        return [
+            SlaCount(tenant=tenant, model=model, received=total, within_sla=met)
+            for (tenant, model), (met, total) in items
+        ]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -29,9 +29,12 @@ followed by ``PUT {api}/v1/nodes/{node}/profiles`` with the curves of the plan's
 file covers, before the next long-poll; a failed transport or a 5xx is retried after the next
 plan pull (never in its way), a refusal (4xx) is logged and not repeated.
 
-Heartbeats carry, besides the replicas' counters, ``"sla": [{"tenant", "model", "received",
-"within_sla"}]``: the daemon's cumulative SLA tallies per tenant and model
-(:meth:`ExecutorMetrics.sla_tallies`).
+Both bodies are built from the contracts the API validates them with: a heartbeat is an
+:class:`executor.wire.heartbeat.Heartbeat` (besides the replicas' counters it carries
+``"sla": [{"tenant", "model", "received", "within_sla"}]``, the daemon's cumulative SLA
+tallies per tenant and model, :meth:`ExecutorMetrics.sla_tallies`), a profile upload an
+:class:`executor.wire.profiles.ProfilesPut`. A heartbeat the contract refuses is logged and
+not sent; a load error longer than the contract takes is clipped.
 """
 
 from __future__ import annotations
@@ -45,14 +48,17 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from allocator.cluster.plan import NodePlan, PlanError
+from allocator.errors import first_error
 from executor.metrics import ExecutorMetrics
 from executor.profiles import ProfileCurve, plan_profiles
 from executor.scheduling import NodeRuntime
+from executor.wire.heartbeat import MAX_REASON_CHARS, Heartbeat, ReplicaReport
+from executor.wire.profiles import ProfilesPut
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +262,8 @@ class PlanClient:
         entries = plan_profiles(self._profiles, plan) if self._profiles else []
         if entries:
             response = self._client.put(
-                f"/v1/nodes/{self._node}/profiles", json={"profiles": entries}
+                f"/v1/nodes/{self._node}/profiles",
+                json=ProfilesPut(profiles=entries).model_dump(mode="json"),
             )
             if 400 <= response.status_code < 500:
                 log.error("profiles for plan version %d refused by the API (HTTP %d): %s",
@@ -296,37 +303,41 @@ class PlanClient:
         return path
 
     def heartbeat(self) -> None:
-        """Post one heartbeat. Raises httpx errors."""
-        response = self._client.post(f"/v1/nodes/{self._node}/heartbeat", json=self._report())
+        """Post one heartbeat. Raises httpx errors, and pydantic's ValidationError for a
+        report the heartbeat contract refuses (which is then not sent)."""
+        body = self.report().model_dump(mode="json")
+        response = self._client.post(f"/v1/nodes/{self._node}/heartbeat", json=body)
         response.raise_for_status()
         self.heartbeats_sent += 1
 
-    def _report(self) -> dict[str, Any]:
+    def report(self) -> Heartbeat:
+        """The heartbeat of this moment: the plan served, every replica's counters, the models
+        that failed to load (each reason clipped to the contract's bound) and the SLA tallies."""
         deployment = self._runtime.deployment
         replicas = []
         if deployment is not None:
             for device in deployment.devices:
                 for g in device.groups:
                     replicas.append(
-                        {
-                            "device": device.plan.device,
-                            "seat": g.seat.seat,
-                            "model_id": g.model_id,
-                            "tenant": g.tenant,
-                            "in_flight": g.in_flight,
-                            "completed": g.stats.completed,
-                            "rejected": g.stats.rejected,
-                            "expired": g.stats.expired,
-                            "busy_s": g.stats.busy_own_s + g.stats.busy_pool_s,
-                        }
+                        ReplicaReport(
+                            device=device.plan.device,
+                            seat=g.seat.seat,
+                            model_id=g.model_id,
+                            tenant=g.tenant,
+                            in_flight=g.in_flight,
+                            completed=g.stats.completed,
+                            rejected=g.stats.rejected,
+                            expired=g.stats.expired,
+                            busy_s=g.stats.busy_own_s + g.stats.busy_pool_s,
+                        )
                     )
-        tallies = self._metrics.sla_tallies() if self._metrics is not None else []
-        return {
-            "plan_version": self._runtime.plan_version,
-            "replicas": replicas,
-            "broken": deployment.broken if deployment else {},
-            "sla": [dataclasses.asdict(t) for t in tallies],
-        }
+        broken = deployment.broken if deployment is not None else {}
+        return Heartbeat(
+            plan_version=self._runtime.plan_version,
+            replicas=replicas,
+            broken={model: why[:MAX_REASON_CHARS] for model, why in broken.items()},
+            sla=self._metrics.sla_tallies() if self._metrics is not None else [],
+        )
 
     def _plan_loop(self) -> None:
         failures = 0
@@ -358,3 +369,8 @@ class PlanClient:
                 self.heartbeat()
             except httpx.HTTPError as exc:
                 log.warning("heartbeat failed: %s", exc)
+            except ValidationError as exc:
+                log.error(
+                    "heartbeat not sent: the heartbeat contract refuses it: %s",
+                    first_error(exc, "heartbeat"),
+                )

@@ -18,6 +18,11 @@ A curve measured against a looser SLA than a model's would overstate what the mo
 within its own bound, so it is not uploaded for that model (logged); one measured against a
 tighter SLA is a lower bound and is.
 
+A :class:`ProfileCurve` is the allocator's :class:`~allocator.ThroughputCurve` (the one
+definition of a curve: finite, non-negative, non-decreasing, at most 1024 points) plus where it
+was measured, so a file the daemon reads holds exactly the curves the API accepts and the
+allocator solves on; what it uploads is :mod:`executor.wire.profiles`'s entries.
+
 :func:`read_profiles` is the one reader; a bad file raises :class:`ProfileError` with a
 one-line message naming the field, which the daemon turns into its start-up error.
 """
@@ -26,85 +31,62 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Annotated, Any, Literal
 
-from allocator.cluster.plan import NodePlan
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from allocator import NodePlan, ThroughputCurve
+from allocator.errors import first_error
 from executor.models import ARCHITECTURES, ZooError, parse_zoo_artifact
+from executor.wire.profiles import ProfileEntry
 
 log = logging.getLogger(__name__)
 
-KINDS = ("gpu", "cpu")
-MAX_POINTS = 1024  # the API refuses longer curves
+# What a missing field most likely means.
+_MISSING_HINTS = {
+    "qps": "is this `gpufair profile --compare-naive` output?",
+    "kind": "profiles written before the field existed: run `gpufair profile` again",
+}
 
 
 class ProfileError(ValueError):
     """A profile file cannot be used; the message names the file and the field."""
 
 
-@dataclass(frozen=True)
-class ProfileCurve:
-    """One architecture's latency-bounded throughput against sessions on one kind of device."""
+@dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="ignore"))
+class ProfileCurve(ThroughputCurve):
+    """One architecture's latency-bounded throughput against sessions on one kind of device:
+    a throughput curve (``qps[s-1]`` with ``s`` sessions), measured unless marked otherwise.
 
-    qps: tuple[float, ...]  # qps[s-1]: queries per second with s sessions, non-decreasing
-    kind: str  # "gpu" or "cpu": the device kind of the plan the curve applies to
-    sla_p99_ms: float  # the p99 bound the throughput was measured against
-    measured: bool = True
+    Keys of the file beyond these are ignored, so a newer ``gpufair profile`` may record more.
+    """
+
+    measured: Annotated[bool, Field(strict=True)] = True
+    kind: Literal["gpu", "cpu"]  # the device kind of the plans the curve applies to
+    # The p99 bound the throughput was measured against.
+    sla_p99_ms: Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
     device: str = ""  # the device it was measured on, in words
     artifact: str = ""  # the exact replica that was profiled
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "qps": list(self.qps),
-            "measured": self.measured,
-            "kind": self.kind,
-            "device": self.device,
-            "sla_p99_ms": self.sla_p99_ms,
-            "artifact": self.artifact,
-        }
-
-    @classmethod
-    def from_dict(cls, doc: Any, where: str) -> ProfileCurve:
-        if not isinstance(doc, dict):
-            raise ProfileError(f"{where}: expected an object with qps, kind and sla_p99_ms")
-        if "qps" not in doc:
-            raise ProfileError(
-                f"{where}.qps: missing (is this `gpufair profile --compare-naive` output?)"
-            )
-        qps = doc["qps"]
-        if not isinstance(qps, list) or not 1 <= len(qps) <= MAX_POINTS:
-            raise ProfileError(f"{where}.qps: expected a list of 1 to {MAX_POINTS} numbers")
-        for k, value in enumerate(qps):
-            if not _number(value) or value < 0 or not math.isfinite(value):
-                raise ProfileError(f"{where}.qps[{k}]: expected a finite number >= 0")
-        if any(b < a for a, b in zip(qps, qps[1:], strict=False)):
-            raise ProfileError(f"{where}.qps: must not decrease as sessions are added")
-        kind = doc.get("kind")
-        if kind not in KINDS:
-            raise ProfileError(
-                f"{where}.kind: expected 'gpu' or 'cpu', got {kind!r} "
-                "(profiles written before the field existed: run `gpufair profile` again)"
-            )
-        sla = doc.get("sla_p99_ms")
-        if not _number(sla) or not 0 < sla < math.inf:
-            raise ProfileError(f"{where}.sla_p99_ms: expected a positive number, got {sla!r}")
-        measured = doc.get("measured", True)
-        if not isinstance(measured, bool):
-            raise ProfileError(f"{where}.measured: expected true or false")
-        return cls(
-            qps=tuple(float(q) for q in qps),
-            kind=kind,
-            sla_p99_ms=float(sla),
-            measured=measured,
-            device=str(doc.get("device", "")),
-            artifact=str(doc.get("artifact", "")),
-        )
+        """The curve as an entry of a profile file."""
+        return _PROFILE_CURVE.dump_python(self, mode="json")
 
 
-def _number(value: Any) -> TypeGuard[float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+_PROFILE_CURVE: TypeAdapter[ProfileCurve] = TypeAdapter(ProfileCurve)
+
+
+def parse_profile_curve(document: Any, where: str) -> ProfileCurve:
+    """One entry of a profile file; raise ProfileError naming ``where`` and the bad field."""
+    try:
+        return _PROFILE_CURVE.validate_python(document)
+    except ValidationError as exc:
+        message = first_error(exc, where)
+        first = exc.errors()[0]
+        hint = _MISSING_HINTS.get(str(first["loc"][-1])) if first["type"] == "missing" else None
+        raise ProfileError(f"{message} ({hint})" if hint else message) from None
 
 
 def read_profiles(path: Path) -> dict[str, ProfileCurve]:
@@ -123,19 +105,20 @@ def read_profiles(path: Path) -> dict[str, ProfileCurve]:
             raise ProfileError(
                 f"{path}: {arch!r} is not a zoo architecture; known: {', '.join(ARCHITECTURES)}"
             )
-        curves[arch] = ProfileCurve.from_dict(curve, f"{path}: {arch}")
+        curves[arch] = parse_profile_curve(curve, f"{path}: {arch}")
     return curves
 
 
-def plan_profiles(curves: dict[str, ProfileCurve], plan: NodePlan) -> list[dict[str, Any]]:
+def plan_profiles(curves: dict[str, ProfileCurve], plan: NodePlan) -> list[ProfileEntry]:
     """The ``PUT /v1/nodes/{node}/profiles`` entries for a plan's replicas that a curve covers.
 
     One entry per (model id, device): a zoo replica's architecture picks the curve, the
     device's kind must be the curve's, and the model's SLA must not be tighter than the one the
     curve was measured against. Curves marked unmeasured and model ids that are not the API's
-    integers (a hand-written plan) are skipped.
+    integers (a hand-written plan) are skipped, as are entries the upload's contract
+    (:class:`~executor.wire.profiles.ProfileEntry`) refuses, which are logged.
     """
-    entries: dict[tuple[int, str], dict[str, Any]] = {}
+    entries: dict[tuple[int, str], ProfileEntry] = {}
     for device, seat in plan.replicas():
         replica = seat.replica
         assert replica is not None
@@ -156,5 +139,14 @@ def plan_profiles(curves: dict[str, ProfileCurve], plan: NodePlan) -> list[dict[
             )  # fmt: skip
             continue
         key = (int(model_id), device.device)
-        entries[key] = {"model_id": key[0], "device": key[1], "qps": list(curve.qps)}
+        try:
+            entries[key] = ProfileEntry(model_id=key[0], device=key[1], qps=curve.qps)
+        except ValidationError as exc:  # an id or device name the API cannot have
+            log.warning(
+                "profile of %s not uploaded for model %s on %s: %s",
+                arch,
+                model_id,
+                device.device,
+                first_error(exc, "entry"),
+            )
     return [entries[key] for key in sorted(entries)]

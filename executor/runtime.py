@@ -35,9 +35,8 @@ Compiled forwards on the CPU. A zoo model loaded on the CPU is also compiled wit
 ``torch.jit.script`` (its structured forward and, for the naive baseline, ``forward_naive``),
 and sessions call the compiled forwards: the whole forward then runs in C++ with the GIL
 released once instead of around each of its ~40 ops, so the sessions of a group (Python
-threads) no longer queue on the GIL between ops. Measured with ``gpufair bench serve --quick``
-on this 2-core EPYC: latency-bounded throughput 545 → 641 qps for two sessions, 342–448 → 513
-for one session with two intra-op threads. Scores are equal to the eager forward to float
+threads) no longer queue on the GIL between ops (the gain is measured in docs/benchmarks.md,
+"Measurements behind design choices"). Scores are equal to the eager forward to float
 rounding; a model that cannot be compiled is served eagerly (logged).
 
 Sessions on CUDA. Each session owns a ``torch.cuda.Stream``; its host-to-device copies, its

@@ -60,7 +60,8 @@ def previous_replicas(
         for device, seat in plan.replicas():
             gpu = gpus.get((node, device.device))
             if gpu is not None and seat.replica is not None and seat.seat < gpu.seats:
-                held[seat_name(gpu, seat.seat)] = (seat.replica.tenant, seat.replica.model_id)
+                held[seat_name(gpu.gpu_id, seat.seat)] = (
+                    seat.replica.tenant, seat.replica.model_id)
     return held
 
 
@@ -100,14 +101,14 @@ def _plans(
     devices: dict[str, list[DevicePlan]] = {g.node: [] for g in snapshot.gpus}
     for gpu in sorted(snapshot.gpus, key=lambda g: g.gpu_id):
         extra = gpu.streams - gpu.seats
-        shares = allocation.divisible.get(pool_name(gpu), {}) if extra > 0 else {}
+        shares = allocation.divisible.get(pool_name(gpu.gpu_id), {}) if extra > 0 else {}
         holders: dict[str, list[int]] = defaultdict(list)
         replicas: dict[int, ModelReplica] = {}
         for k in range(gpu.seats):
-            tenant = allocation.indivisible.get(seat_name(gpu, k))
+            tenant = allocation.indivisible.get(seat_name(gpu.gpu_id, k))
             if tenant is None:
                 continue
-            model = models[built.earmark[tenant, seat_name(gpu, k)]]
+            model = models[built.earmark[tenant, seat_name(gpu.gpu_id, k)]]
             holders[tenant].append(k)
             replicas[k] = ModelReplica(model.model_id, tenant, model.artifact, model.sla_p99_ms)
         dedicated: dict[int, int] = defaultdict(int)
@@ -168,7 +169,7 @@ def _check_cut(gpu: Gpu, device: DevicePlan, allocation: Allocation) -> None:
     """Raise AllocationError unless the device's plan is the allocation's seats and shares."""
     streams: dict[str, float] = defaultdict(float)
     for seat in device.seats:
-        holder = allocation.indivisible.get(seat_name(gpu, seat.seat))
+        holder = allocation.indivisible.get(seat_name(gpu.gpu_id, seat.seat))
         tenant = seat.replica.tenant if seat.replica is not None else None
         if tenant != holder:
             raise AllocationError(f"plan {gpu.gpu_id} seat {seat.seat}: holds {tenant!r}, "
@@ -176,7 +177,7 @@ def _check_cut(gpu: Gpu, device: DevicePlan, allocation: Allocation) -> None:
         if tenant is not None:
             streams[tenant] += seat.dedicated_streams + seat.pool_weight
     extra = gpu.streams - gpu.seats
-    shares = allocation.divisible.get(pool_name(gpu), {}) if extra > 0 else {}
+    shares = allocation.divisible.get(pool_name(gpu.gpu_id), {}) if extra > 0 else {}
     for tenant in sorted(set(streams) | set(shares)):
         share = shares.get(tenant, 0.0) * extra
         if abs(streams.get(tenant, 0.0) - share) > 1e-6 * max(1, extra):

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from allocator.cluster.snapshot import ClusterSnapshot, Gpu, Model, Tenant, ThroughputCurve
+from pydantic import ValidationError
+
+from allocator.cluster.snapshot import (
+    ClusterSnapshot,
+    Gpu,
+    Model,
+    Tenant,
+    ThroughputCurve,
+    parse_throughput_curve,
+)
 from allocator.criteria import CRITERIA
-from allocator.errors import InstanceError
+from allocator.errors import InstanceError, first_error
 from allocator.objectives import OBJECTIVES
 
 
@@ -47,12 +56,10 @@ def snapshot_from_dict(doc: Any) -> ClusterSnapshot:
 
 
 def _curve(doc: Any, where: str) -> ThroughputCurve:
-    if not isinstance(doc, dict):
-        raise InstanceError(f"{where}: expected {{qps = [...], measured = bool}}")
-    qps = tuple(float(q) for q in _list(doc.get("qps"), f"{where}.qps"))
-    if not qps or any(q < 0 for q in qps) or any(b < a for a, b in zip(qps, qps[1:], strict=False)):
-        raise InstanceError(f"{where}.qps: expected non-negative, non-decreasing numbers")
-    return ThroughputCurve(qps=qps, measured=bool(doc.get("measured", False)))
+    try:
+        return parse_throughput_curve(doc)
+    except ValidationError as exc:
+        raise InstanceError(first_error(exc, where)) from None
 
 
 def _model(doc: Any) -> Model:

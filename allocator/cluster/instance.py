@@ -49,12 +49,15 @@ class ClusterInstance:
     notes: tuple[str, ...]  # estimated curves, models short of seats (for the certificate)
 
 
-def seat_name(gpu: Gpu, k: int) -> str:
-    return f"{gpu.gpu_id}#seat{k}"
+def seat_name(gpu_id: str, k: int) -> str:
+    """The indivisible good of seat ``k`` of GPU ``gpu_id``: the one rule that names seats, in
+    the cluster layer and in every generated instance (bench/instances.py)."""
+    return f"{gpu_id}#seat{k}"
 
 
-def pool_name(gpu: Gpu) -> str:
-    return f"{gpu.gpu_id}#pool"
+def pool_name(gpu_id: str) -> str:
+    """The divisible good of the streams GPU ``gpu_id`` has beyond its seats."""
+    return f"{gpu_id}#pool"
 
 
 def _qps(curve: tuple[float, ...], streams: int) -> float:
@@ -124,7 +127,7 @@ def _candidates(
     left short of seats.
     """
     gpus = sorted(snapshot.gpus, key=lambda g: g.gpu_id)
-    gpu_of = {seat_name(g, k): g for g in gpus for k in range(g.seats)}
+    gpu_of = {seat_name(g.gpu_id, k): g for g in gpus for k in range(g.seats)}
     models = sorted((m for m in snapshot.models if m.replicas_wanted > 0),
                     key=lambda m: (m.tenant, m.model_id))
     need = {m.model_id: m.replicas_wanted for m in models}
@@ -150,7 +153,7 @@ def _candidates(
             claim(same, seat)
         elif fitting:
             claim(max(fitting, key=lambda m: (need[m.model_id], _neg(m.model_id))), seat)
-    seats_of = {g.gpu_id: [seat_name(g, k) for k in range(g.seats)] for g in gpus}
+    seats_of = {g.gpu_id: [seat_name(g.gpu_id, k) for k in range(g.seats)] for g in gpus}
     # (GPU id, its seats, the seat value to m) for every GPU m fits, most valuable first.
     options = {}
     for m in models:
@@ -192,7 +195,7 @@ def build_instance(
     earmark, notes = _candidates(snapshot, held_before or {})
     models = {m.model_id: m for m in snapshot.models}
     gpus = sorted(snapshot.gpus, key=lambda g: g.gpu_id)
-    gpu_of = {seat_name(g, k): g for g in gpus for k in range(g.seats)}
+    gpu_of = {seat_name(g.gpu_id, k): g for g in gpus for k in range(g.seats)}
     values: dict[str, dict[str, float]] = {t.name: {} for t in snapshot.tenants}
     replicas_on: dict[tuple[str, str], list[Model]] = defaultdict(list)  # (tenant, gpu id)
     estimated: set[str] = set()
@@ -208,9 +211,9 @@ def build_instance(
         if gpu.streams > gpu.seats:
             gain = _pool_value(sorted(replicas, key=lambda m: m.model_id), gpu)
             if gain > 0:
-                values[tenant][pool_name(gpu)] = gain
+                values[tenant][pool_name(gpu.gpu_id)] = gain
     indivisible = tuple(gpu_of)
-    divisible = tuple(pool_name(g) for g in gpus if g.streams > g.seats)
+    divisible = tuple(pool_name(g.gpu_id) for g in gpus if g.streams > g.seats)
     instance = Instance(
         agents=tuple(Agent(t.name, t.weight, t.criterion) for t in snapshot.tenants),
         indivisible=indivisible,
@@ -220,7 +223,7 @@ def build_instance(
         # Every seat outside a tenant's candidates: this carries memory fit and demand caps.
         forbidden=frozenset((t.name, s) for t in snapshot.tenants for s in indivisible
                             if (t.name, s) not in earmark),
-        requires={pool_name(g): tuple(seat_name(g, k) for k in range(g.seats))
+        requires={pool_name(g.gpu_id): tuple(seat_name(g.gpu_id, k) for k in range(g.seats))
                   for g in gpus if g.streams > g.seats},
         optional=frozenset((*indivisible, *divisible)),
     )

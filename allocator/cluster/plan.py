@@ -52,6 +52,15 @@ class DevicePlan:
     shared_pool_streams: int  # streams served by weighted fair queueing on pool_weight
     seats: tuple[SeatPlan, ...]
 
+    def pool_streams(self, seat: SeatPlan) -> float:
+        """The seat's streams in the shared pool: the part of it that the seat's weight gets
+        against the weights of the device's occupied seats (what the executor's fair queueing
+        serves); 0 for an empty seat or a pool nobody weighs."""
+        total = sum(s.pool_weight for s in self.seats if s.replica is not None)
+        if seat.replica is None or total <= 0:
+            return 0.0
+        return self.shared_pool_streams * seat.pool_weight / total
+
 
 @dataclass(frozen=True)
 class NodePlan:

@@ -6,12 +6,22 @@ criterion; models with their SLA, demand and measured or estimated throughput cu
 builds one from the database, ``gpufair allocate`` from a TOML/JSON file, tests by hand. The
 allocator reads nothing else, which keeps it a pure function of this value (docs/architecture.md
 §1, §2).
+
+:class:`ThroughputCurve` is also the one definition of a throughput curve outside the allocator:
+the profile file the executor reads (``executor.profiles.ProfileCurve`` is a curve plus where it
+was measured), the profiles a daemon uploads (``executor.wire.profiles``, whose ``qps`` is a
+:data:`QpsCurve`) and the API's snapshot all take their rules from here, because the allocator
+is the part that consumes curves and may not import the executor.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from itertools import pairwise
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from allocator.criteria import Criterion
 from allocator.objectives import Objective
@@ -36,12 +46,54 @@ class Gpu:
         return f"{self.node}/{self.device}"
 
 
-@dataclass(frozen=True)
-class ThroughputCurve:
-    """q_m(g, s): latency-bounded QPS of one replica with s = 1, 2, … streams."""
+# The most points a curve has: one per stream, and the API registers devices of at most 1024.
+MAX_CURVE_POINTS = 1024
 
-    qps: tuple[float, ...]  # qps[s-1] for s streams; non-decreasing, non-negative
-    measured: bool = False  # False while the value is an estimate not yet profiled on a node
+
+def _non_decreasing(qps: tuple[float, ...]) -> tuple[float, ...]:
+    for streams, (fewer, more) in enumerate(pairwise(qps), start=1):
+        if more < fewer:
+            raise ValueError(
+                f"must not decrease as streams are added: {more!r} with {streams + 1} "
+                f"< {fewer!r} with {streams}"
+            )
+    return qps
+
+
+# q(s) for s = 1, 2, …: finite, non-negative, non-decreasing numbers (strict: no booleans or
+# numeric strings), one per stream. No upper bound: the allocator caps a curve at the demand.
+QpsCurve = Annotated[
+    tuple[Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)], ...],
+    Field(
+        min_length=1,
+        max_length=MAX_CURVE_POINTS,
+        description="qps[s-1]: latency-bounded QPS of one replica with s streams; "
+        "non-negative, non-decreasing",
+    ),
+    AfterValidator(_non_decreasing),
+]
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class ThroughputCurve:
+    """q_m(g, s): latency-bounded QPS of one replica with s = 1, 2, … streams.
+
+    Validated on construction (a pydantic dataclass), so no curve that breaks :data:`QpsCurve`
+    reaches the allocator, whoever built it.
+    """
+
+    qps: QpsCurve  # qps[s-1] for s streams
+    # False while the value is an estimate not yet profiled on a node.
+    measured: Annotated[bool, Field(strict=True)] = False
+
+
+_THROUGHPUT_CURVE: TypeAdapter[ThroughputCurve] = TypeAdapter(ThroughputCurve)
+
+
+def parse_throughput_curve(document: Any) -> ThroughputCurve:
+    """A curve from its document ``{"qps": [...], "measured": bool}``; pydantic's
+    ValidationError names the bad field."""
+    return _THROUGHPUT_CURVE.validate_python(document)
 
 
 @dataclass(frozen=True)

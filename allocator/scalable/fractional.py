@@ -7,17 +7,15 @@ the LP has one share per agent and type.
 :func:`fractional_seats` — guidance. The scalable path (allocator.scalable.path) needs a good
 seat assignment before its share LP. A picking sequence ignores the divisible goods and the
 other agents' criteria; on mixed weights and EFM agents it leaves violations that seat moves
-repair only slowly (measured on the 64 × 64 generator instance: total violation 0.033 of
-agents' totals from the picking sequence, 0.001 from this guidance). So: ask for every
+repair only slowly (docs/benchmarks.md, "Measurements behind design choices"). So: ask for every
 criterion *exactly* — weighted EF or PROP, unweighted EF for EFM agents, no "up to one good"
 allowance — with a slack per agent, minimise the total slack, and round each type's fractional
 counts to integers by largest remainders. The exact criteria leave rounding room that the
 share LP's "up to one good" terms then absorb. The LP has every envy pair up front (its rows
-are dense in the goods: simplex needs 9–12 s at 64 × 64) and is solved by HiGHS's interior
-point method without crossover, stopped at a loose tolerance: only a rounded answer is needed,
-and the not quite converged point is more central — each row keeps some margin, which is room
-for the rounding (measured on generator seeds 0–3 at 64 × 64: 1.2–1.5 s instead of 2.4–3.1 s
-at 1e-4, and the rounded seats needed no more seat moves).
+are dense in the goods, which makes simplex slow) and is solved by HiGHS's interior point
+method without crossover, stopped at a loose tolerance: only a rounded answer is needed, and
+the not quite converged point is more central — each row keeps some margin, which is room for
+the rounding (and it takes about half the time of a tight tolerance; docs/benchmarks.md).
 
 :func:`relaxation_bound` — a proof. Every allocation that meets every criterion at λ = 1 (each
 agent's "up to one good" version) is, read as fractions of types, a feasible point of an LP
@@ -174,7 +172,7 @@ def fractional_seats(
     lp = _Lp(value, positive)
     lp.h.setOptionValue("solver", "ipm")
     lp.h.setOptionValue("run_crossover", "off")
-    # Presolve finds nothing to remove in these dense rows (measured: 12% of the solve).
+    # Presolve finds nothing to remove in these dense rows and only costs time.
     lp.h.setOptionValue("presolve", "off")
     lp.h.setOptionValue("ipm_optimality_tolerance", IPM_TOLERANCE)
     share = weight / weight.sum()

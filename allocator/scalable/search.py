@@ -126,8 +126,8 @@ class Search:
         """Stage 1 at a moved assignment, from HiGHS's initial basis (None if it fails).
 
         Not from the best assignment's basis: that stays dual feasible, but on this degenerate
-        LP (no cost on the shares) dual simplex from it often stalls — measured at 64 × 64,
-        0.15–3 s and once 117,000 pivots without progress, against 0.25–0.45 s from scratch."""
+        LP (no cost on the shares) dual simplex from it often stalls (docs/benchmarks.md,
+        "Measurements behind design choices")."""
         try:
             return self.solve(owner, None, fresh=True)
         except SolverError as exc:

@@ -6,8 +6,8 @@ row in the shares, the relaxation λ and a slack per agent; the stages (least vi
 reweighting towards fewer failing agents its step 4.
 
 Degeneracy: the first stage has no cost on the shares, and HiGHS's dual simplex from a warm
-basis can stall on it (measured at 64 × 64: once 117,000 pivots without moving the objective,
-where a solve from scratch takes 1,000–3,000). So a warm dual solve is capped at WARM_PIVOTS
+basis can stall on it for a hundred times the pivots of a solve from scratch (docs/benchmarks.md,
+"Measurements behind design choices"). So a warm dual solve is capped at WARM_PIVOTS
 and then restarted from scratch, from-scratch solves use primal simplex, and the seat search
 (allocator.scalable.search) evaluates a move from scratch rather than from the best
 assignment's basis.
@@ -39,9 +39,8 @@ STAGE_EPSILON = 1e-9
 PAD_RETRY = 1e-7
 # Weight of λ_prop against λ_ef in the second stage: EF-type agents are relaxed first.
 PROP_RELAXATION_WEIGHT = 1000.0
-# Pivot cap of a re-solve from a warm basis (then from scratch): measured at 64 × 64, a
-# stalled dual simplex ran 117,000 pivots without moving its objective; a fresh solve takes
-# 1,000–3,000.
+# Pivot cap of a re-solve from a warm basis (then from scratch): about what a fresh solve
+# takes at the sizes served, far below what a stalled dual simplex runs.
 WARM_PIVOTS = 1500
 # Reweighting rounds of ShareLp.concentrate, and its δ (normalised units: a slack below it
 # weighs about 1/δ, one far above it about 1/s).
@@ -245,7 +244,7 @@ class ShareLp:
             self.h.setOptionValue("time_limit", self.h.getRunTime() + float(remaining))
             self.h.setOptionValue("simplex_iteration_limit", cap or 2**31 - 1)
             if not self.warm:
-                # From scratch, primal simplex: measured 3,000 pivots where dual took 13,000.
+                # From scratch, primal simplex: a fraction of dual's pivots on this LP.
                 self.h.setOptionValue("simplex_strategy", PRIMAL_SIMPLEX)
             self.h.run()
             status = self.h.getModelStatus()

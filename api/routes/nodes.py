@@ -11,27 +11,28 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import JSONResponse
 
+from allocator import NodePlan
 from api.deps import AdminDep, CurrentNode, SessionDep, StateDep
 from api.models import NodeRow
 from api.schemas import (
     NAME_PATTERN,
-    Heartbeat,
     HeartbeatReply,
     NodeCreate,
     NodeCreated,
     NodePublic,
     PathId,
-    ProfilesPut,
     ProfilesStored,
 )
 from api.services import nodes as service
 from api.services.plans import RECHECK_S, current_plan, etag_matches, plan_etag
 from api.state import AppState
+from executor.wire.heartbeat import Heartbeat
+from executor.wire.profiles import ProfilesPut
 
 router = APIRouter(prefix="/nodes")
 NodeName = Annotated[str, Path(pattern=NAME_PATTERN)]
@@ -65,7 +66,7 @@ def rotate_token(node: NodeName, _: AdminDep, session: SessionDep) -> NodeCreate
     return _created(*service.rotate_token(session=session, name=node))
 
 
-def _read_plan(state: AppState, node_id: int, node_name: str) -> tuple[int, dict[str, Any]]:
+def _read_plan(state: AppState, node_id: int, node_name: str) -> tuple[int, NodePlan]:
     with state.db.connection() as connection:
         return current_plan(session=connection, node_id=node_id, node_name=node_name)
 
@@ -91,7 +92,7 @@ async def read_plan(
         version, plan = _read_plan(state, me.id, me.name)
         etag = plan_etag(version)
         if not etag_matches(if_none_match, etag):
-            return JSONResponse(plan, headers={"ETag": etag, "Cache-Control": "no-cache"})
+            return JSONResponse(plan.to_dict(), headers={"ETag": etag, "Cache-Control": "no-cache"})
         remaining = deadline - loop.time()
         if remaining <= 0:
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})

@@ -22,7 +22,12 @@ correct.
 The estimate for a model nobody has profiled (marked ``measured=False`` in the snapshot, and so
 in the certificate's inputs): one replica with one stream serves ``demand_qps /
 replicas_wanted`` (the tenant sized its request), and s streams serve that times ``s**0.8``
-(diminishing returns, as measured curves show). The first profile replaces it.
+(diminishing returns, as measured curves show). The first profile replaces it: the stored
+entries of :mod:`executor.wire.profiles` become measured ``ThroughputCurve`` values in one
+place, :func:`read_solve_input`.
+
+Stored documents are read back through their one definition: plans with ``NodePlan.from_dict``
+(the daemon's parser) and certificates with ``allocator.parse_certificate``.
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 import allocator
 from allocator import (
+    AgentCertificateDocument,
+    CertificateDocument,
     ClusterAllocation,
     ClusterSnapshot,
     Gpu,
@@ -47,6 +53,7 @@ from allocator import (
     SolveOptions,
     Tenant,
     ThroughputCurve,
+    parse_certificate,
 )
 from api.db import Database
 from api.errors import AllocationRejected, Conflict, NotFound, SolverFailed
@@ -120,6 +127,7 @@ def read_solve_input(*, session: Session, objective: Objective) -> SolveInput:
     uploaded = set(session.scalars(select(ArtifactRow.model_id)))
     profiles: dict[int, dict[str, ThroughputCurve]] = defaultdict(dict)
     for p in session.scalars(select(ProfileRow)):
+        # A stored profile entry (executor.wire.profiles) as the allocator's curve.
         profiles[p.model_id][gpu_of_device[p.device_id]] = ThroughputCurve(
             qps=tuple(p.qps), measured=True
         )
@@ -154,24 +162,24 @@ def read_solve_input(*, session: Session, objective: Objective) -> SolveInput:
         snapshot=snapshot,
         tenant_ids={t.name: t.id for t in tenants},
         node_ids={n.name: n.id for n in nodes},
-        previous={name: NodePlan.from_dict(doc) for name, doc in previous.items()},
+        previous=previous,
         version=last + 1,
     )
 
 
-def plans_of_allocation(*, session: Session, allocation_id: int) -> dict[str, dict[str, Any]]:
-    """Node name -> the stored plan document of one allocation (the diff and dashboard read it)."""
+def plans_of_allocation(*, session: Session, allocation_id: int) -> dict[str, NodePlan]:
+    """Node name -> the stored plan of one allocation (the diff and dashboard read it)."""
     rows = session.execute(
         select(NodeRow.name, NodePlanRow.plan)
         .join(NodeRow, NodeRow.id == NodePlanRow.node_id)
         .where(NodePlanRow.allocation_id == allocation_id)
     )
-    return {name: plan for name, plan in rows}
+    return {name: NodePlan.from_dict(plan) for name, plan in rows}
 
 
 def solve(
     solve_input: SolveInput, options: SolveOptions
-) -> tuple[dict[str, Any], dict[str, NodePlan]]:
+) -> tuple[CertificateDocument, dict[str, NodePlan]]:
     """Run the cluster layer and its checker; return (certificate, plans) or raise.
 
     The certificate may say that some tenants' criteria fail: that is the allocator's honest
@@ -194,7 +202,7 @@ def solve(
     except allocator.CertificateError as exc:
         raise AllocationRejected(f"the allocator refused its own result: {exc}") from exc
     _check(solve_input.snapshot, result)
-    return result.certificate.to_dict(), dict(result.plans)
+    return result.certificate.document(), dict(result.plans)
 
 
 def _check(snapshot: allocator.ClusterSnapshot, result: ClusterAllocation) -> None:
@@ -225,7 +233,7 @@ def store_allocation(
     *,
     session: Session,
     solve_input: SolveInput,
-    certificate: dict[str, Any],
+    certificate: CertificateDocument,
     plans: dict[str, NodePlan],
     solve_seconds: float,
 ) -> AllocationRow:
@@ -234,7 +242,7 @@ def store_allocation(
         version=solve_input.version,
         objective=solve_input.snapshot.objective,
         solve_seconds=solve_seconds,
-        certificate=certificate,
+        certificate=certificate.model_dump(),
         tenant_ids=solve_input.tenant_ids,
     )
     session.add(row)
@@ -291,7 +299,7 @@ def run_solve(
         len(solve_input.snapshot.gpus),
         elapsed,
     )
-    failing = sorted(name for name, agent in certificate["agents"].items() if not agent["holds"])
+    failing = sorted(name for name, agent in certificate.agents.items() if not agent.holds)
     if failing:
         # Stored all the same (see the module docstring), but operators should learn which
         # tenants' criteria the cluster cannot meet as configured; the first few names are
@@ -335,42 +343,40 @@ def current_allocation_or_raise(*, session: Session) -> AllocationRow:
 
 
 def node_names(*, session: Session, allocation_id: int) -> list[str]:
-    return sorted(plans_of_allocation(session=session, allocation_id=allocation_id))
+    """The nodes the allocation has a plan for, by name (no plan is parsed for that)."""
+    return sorted(
+        session.scalars(
+            select(NodeRow.name)
+            .join(NodePlanRow, NodeRow.id == NodePlanRow.node_id)
+            .where(NodePlanRow.allocation_id == allocation_id)
+        )
+    )
 
 
 Slot = tuple[str, str, int]  # (node, device, seat)
 
 
-def _seats(plans: dict[str, dict[str, Any]]) -> dict[Slot, ReplicaRef | None]:
+def _seats(plans: dict[str, NodePlan]) -> dict[Slot, ReplicaRef | None]:
     return {
-        (node, device["device"], seat["seat"]): (
-            ReplicaRef(model_id=seat["replica"]["model_id"], tenant=seat["replica"]["tenant"])
-            if seat.get("replica")
+        (node, device.device, seat.seat): (
+            ReplicaRef(model_id=seat.replica.model_id, tenant=seat.replica.tenant)
+            if seat.replica is not None
             else None
         )
         for node, plan in plans.items()
-        for device in plan["devices"]
-        for seat in device["seats"]
+        for device in plan.devices
+        for seat in device.seats
     }
 
 
-def seat_pool_streams(device: dict[str, Any], seat: dict[str, Any]) -> float:
-    """The seat's streams in the device's shared pool: its weight's part of the pool."""
-    total = sum(s.get("pool_weight", 0.0) for s in device["seats"] if s.get("replica"))
-    if total <= 0:
-        return 0.0
-    return device["shared_pool_streams"] * seat.get("pool_weight", 0.0) / total
-
-
-def _tenant_streams(plans: dict[str, dict[str, Any]]) -> dict[tuple[str, str, str], float]:
+def _tenant_streams(plans: dict[str, NodePlan]) -> dict[tuple[str, str, str], float]:
     """(tenant, node, device) -> streams serving the tenant there: base, dedicated and pool."""
     streams: dict[tuple[str, str, str], float] = defaultdict(float)
     for node, plan in plans.items():
-        for device in plan["devices"]:
-            for seat in device["seats"]:
-                if seat.get("replica"):
-                    key = (seat["replica"]["tenant"], node, device["device"])
-                    streams[key] += 1 + seat["dedicated_streams"] + seat_pool_streams(device, seat)
+        for device, seat in plan.replicas():
+            assert seat.replica is not None
+            key = (seat.replica.tenant, node, device.device)
+            streams[key] += 1 + seat.dedicated_streams + device.pool_streams(seat)
     return streams
 
 
@@ -418,20 +424,17 @@ def tenant_view(*, session: Session, tenant_id: int) -> TenantAllocation:
     seats = [
         TenantSeat(
             node=node,
-            device=device["device"],
-            seat=seat["seat"],
-            model_id=seat["replica"]["model_id"],
-            dedicated_streams=seat["dedicated_streams"],
-            pool_streams=seat_pool_streams(device, seat),
+            device=device.device,
+            seat=seat.seat,
+            model_id=seat.replica.model_id,
+            dedicated_streams=seat.dedicated_streams,
+            pool_streams=device.pool_streams(seat),
         )
         for node, plan in sorted(plans.items())
-        for device in plan["devices"]
-        for seat in device["seats"]
-        if seat.get("replica") and seat["replica"]["tenant"] == name
+        for device, seat in plan.replicas()
+        if seat.replica is not None and seat.replica.tenant == name
     ]
-    totals = {
-        (node, d["device"]): d["streams"] for node, plan in plans.items() for d in plan["devices"]
-    }
+    totals = {(node, d.device): d.streams for node, plan in plans.items() for d in plan.devices}
     shares = [
         TenantShare(
             node=node, device=device, streams=streams, fraction=streams / totals[(node, device)]
@@ -445,21 +448,19 @@ def tenant_view(*, session: Session, tenant_id: int) -> TenantAllocation:
         tenant=name,
         seats=seats,
         shares=shares,
-        certificate=own_certificate_row(row.certificate, name),
+        certificate=own_certificate_row(parse_certificate(row.certificate), name),
     )
 
 
-def own_certificate_row(certificate: dict[str, Any], tenant: str) -> dict[str, Any]:
+def own_certificate_row(certificate: CertificateDocument, tenant: str) -> AgentCertificateDocument:
     """The tenant's row of the certificate, with other tenants' names replaced by ranks.
 
     The envy row holds the tenant's own values of the others' bundles, which it may see; the
     others' names and everything else per agent are theirs, so they are left out.
     """
-    agents = certificate.get("agents", {})
-    own = dict(agents.get(tenant, {}))
-    others = sorted(name for name in agents if name != tenant)
+    own = certificate.agents[tenant]
+    others = sorted(name for name in certificate.agents if name != tenant)
     alias = {name: f"other-{k + 1}" for k, name in enumerate(others)}
-    for key, value in list(own.items()):
-        if isinstance(value, dict) and set(value) <= set(agents):
-            own[key] = {alias.get(name, "self"): v for name, v in value.items()}
-    return own
+    return own.model_copy(
+        update={"envy": {alias.get(name, "self"): value for name, value in own.envy.items()}}
+    )

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from allocator import NodePlan
 from api.models import AllocationRow, ModelRow, NodeRow, TenantRow
 from api.schemas import AllocationDiff, SlaHistory
 from api.services.allocations import (
@@ -31,10 +32,10 @@ from api.services.allocations import (
     diff_allocations,
     list_allocations,
     plans_of_allocation,
-    seat_pool_streams,
 )
-from api.services.sla import previous_counts, sla_history
+from api.services.sla import sla_history
 from executor.wire.attainment import attainment
+from executor.wire.heartbeat import Heartbeat, parse_heartbeat
 
 HISTORY_LENGTH = 10
 # The attainment chart: the last 15 minutes in 30-second buckets (six 5 s heartbeats each).
@@ -109,51 +110,57 @@ class DashboardData:
     model_names: dict[str, str] = field(default_factory=dict)  # model id -> name
 
 
-def _devices(plans: dict[str, dict[str, Any]], model_names: dict[str, str]) -> list[DeviceView]:
+def _devices(plans: dict[str, NodePlan], model_names: dict[str, str]) -> list[DeviceView]:
     views = []
     for node, plan in sorted(plans.items()):
-        for device in plan["devices"]:
+        for device in plan.devices:
             seats = tuple(
                 SeatView(
-                    seat=seat["seat"],
-                    tenant=seat["replica"]["tenant"] if seat.get("replica") else None,
+                    seat=seat.seat,
+                    tenant=seat.replica.tenant if seat.replica is not None else None,
                     model=(
-                        model_names.get(seat["replica"]["model_id"], seat["replica"]["model_id"])
-                        if seat.get("replica")
+                        model_names.get(seat.replica.model_id, seat.replica.model_id)
+                        if seat.replica is not None
                         else ""
                     ),
-                    dedicated_streams=seat.get("dedicated_streams", 0),
-                    pool_streams=seat_pool_streams(device, seat) if seat.get("replica") else 0.0,
+                    dedicated_streams=seat.dedicated_streams,
+                    pool_streams=device.pool_streams(seat),
                 )
-                for seat in device["seats"]
+                for seat in device.seats
             )
             views.append(
                 DeviceView(
                     node=node,
-                    device=device["device"],
-                    kind=device.get("kind", ""),
-                    streams=device["streams"],
-                    pool_streams=device["shared_pool_streams"],
+                    device=device.device,
+                    kind=device.kind,
+                    streams=device.streams,
+                    pool_streams=device.shared_pool_streams,
                     seats=seats,
                 )
             )
     return views
 
 
-def _counters(nodes: list[NodeRow]) -> dict[str, TenantCounters]:
+def _reports(nodes: list[NodeRow]) -> dict[str, Heartbeat]:
+    """Each node's last heartbeat, read back through the heartbeat's contract; nodes that have
+    not reported yet are left out."""
+    return {n.name: parse_heartbeat(n.report) for n in nodes if n.report is not None}
+
+
+def _counters(reports: dict[str, Heartbeat]) -> dict[str, TenantCounters]:
     sums: dict[str, list[int]] = {}
-    for node in nodes:
-        report = node.report or {}
+    for report in reports.values():
         # A tenant is listed when either part names it: a daemon lists SLA counts from a
         # tenant's first query on, and replicas only while the plan seats them.
-        for replica in report.get("replicas", []):
-            total = sums.setdefault(str(replica.get("tenant", "")), [0] * 5)
-            for k, key in enumerate(("completed", "rejected", "expired")):
-                total[k] += int(replica.get(key, 0))
-        for count in previous_counts(report):
-            total = sums.setdefault(str(count["tenant"]), [0] * 5)
-            total[3] += int(count["received"])
-            total[4] += int(count["within_sla"])
+        for replica in report.replicas:
+            total = sums.setdefault(replica.tenant, [0] * 5)
+            total[0] += replica.completed
+            total[1] += replica.rejected
+            total[2] += replica.expired
+        for count in report.sla:
+            total = sums.setdefault(count.tenant, [0] * 5)
+            total[3] += count.received
+            total[4] += count.within_sla
     return {name: TenantCounters(*values) for name, values in sorted(sums.items())}
 
 
@@ -191,6 +198,7 @@ def read_dashboard(*, session: Session, now: datetime) -> DashboardData:
         for model_id, name in session.execute(select(ModelRow.id, ModelRow.name))
     }
     nodes = list(session.scalars(select(NodeRow).order_by(NodeRow.name)))
+    reports = _reports(nodes)
     current = current_allocation(session=session)
     certificate: dict[str, Any] = current.certificate if current is not None else {}
     plans = (
@@ -204,13 +212,13 @@ def read_dashboard(*, session: Session, now: datetime) -> DashboardData:
         version=current.version if current is not None else None,
         certificate=certificate,
         devices=tuple(_devices(plans, model_names)),
-        counters=_counters(nodes),
+        counters=_counters(reports),
         nodes=tuple(
             NodeStatus(
                 name=n.name,
                 last_heartbeat_at=n.last_heartbeat_at,
                 running_version=n.running_version,
-                broken=dict((n.report or {}).get("broken", {})),
+                broken=dict(reports[n.name].broken) if n.name in reports else {},
             )
             for n in nodes
         ),

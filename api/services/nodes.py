@@ -17,9 +17,11 @@ from sqlalchemy.orm import Session, selectinload
 from api.auth import NODE_TOKEN_PREFIX, new_token, token_hash
 from api.errors import Conflict, InvalidInput, NotFound
 from api.models import ArtifactRow, DeviceRow, ModelRow, NodeRow, ProfileRow, utcnow
-from api.schemas import Heartbeat, NodeCreate, ProfileEntry
+from api.schemas import NodeCreate
 from api.services import sla
 from api.services.plans import current_plan
+from executor.wire.heartbeat import Heartbeat
+from executor.wire.profiles import ProfileEntry
 
 
 def create_node(*, session: Session, data: NodeCreate) -> tuple[NodeRow, str]:
@@ -138,12 +140,7 @@ def artifact_for_node(
 ) -> ArtifactRow:
     """The uploaded artifact of a model seated in the node's current plan; else not found."""
     _, plan = current_plan(session=session, node_id=node_id, node_name=node_name)
-    seated = {
-        seat["replica"]["model_id"]
-        for device in plan["devices"]
-        for seat in device["seats"]
-        if seat.get("replica")
-    }
+    seated = {seat.replica.model_id for _, seat in plan.replicas() if seat.replica is not None}
     row = session.get(ArtifactRow, model_id) if str(model_id) in seated else None
     if row is None:
         raise NotFound(f"no artifact of model {model_id} for this node")

@@ -8,6 +8,9 @@ plan arrives, so a daemon that long-polls from the start needs no special case.
 Long-polls wait on :class:`PlanNotifier`, not on a database connection: the request re-reads
 its plan only when this process stores an allocation or every ``RECHECK_S`` (for allocations
 stored by another API replica sharing the PostgreSQL database).
+
+A stored plan is read back through the format's one parser, ``NodePlan.from_dict``, the one the
+daemon parses it with, so the API never serves or reads a document the executor would refuse.
 """
 
 from __future__ import annotations
@@ -65,8 +68,8 @@ def empty_plan(*, node: str, devices: Sequence[Any]) -> NodePlan:
 
 def current_plan(
     *, session: Session | Connection, node_id: int, node_name: str
-) -> tuple[int, dict[str, Any]]:
-    """The node's newest plan document and its version."""
+) -> tuple[int, NodePlan]:
+    """The node's newest plan and its version."""
     row = session.execute(
         select(NodePlanRow.version, NodePlanRow.plan)
         .where(NodePlanRow.node_id == node_id)
@@ -74,13 +77,13 @@ def current_plan(
         .limit(1)
     ).first()
     if row is not None:
-        return row.version, row.plan
+        return row.version, NodePlan.from_dict(row.plan)
     devices = session.execute(
         select(DeviceRow.device, DeviceRow.kind, DeviceRow.streams, DeviceRow.seats)
         .where(DeviceRow.node_id == node_id)
         .order_by(DeviceRow.id)
     ).all()
-    return 0, empty_plan(node=node_name, devices=devices).to_dict()
+    return 0, empty_plan(node=node_name, devices=devices)
 
 
 class PlanNotifier:

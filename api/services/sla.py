@@ -46,9 +46,10 @@ from sqlalchemy.orm import Session
 
 from api.errors import InvalidInput
 from api.models import SlaSampleRow
-from api.schemas import SlaBucket, SlaCount, SlaHistory, SlaSeries
+from api.schemas import SlaBucket, SlaHistory, SlaSeries
 from api.services.tenants import get_tenant_or_raise
 from executor.wire.attainment import attainment
+from executor.wire.heartbeat import SlaCount, parse_heartbeat
 
 PRUNE_INTERVAL_S = 60.0
 DEFAULT_WINDOW_S = 900
@@ -57,20 +58,18 @@ DEFAULT_BUCKETS = 30
 MAX_BUCKETS = 240
 
 
-def previous_counts(report: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
-    """The cumulative SLA counts of a node's last heartbeat body (none before the first)."""
-    return list((report or {}).get("sla") or [])
+def previous_counts(report: Mapping[str, Any] | None) -> list[SlaCount]:
+    """The cumulative SLA counts of a node's last heartbeat body, read back through the
+    heartbeat's contract (none before the first)."""
+    return list(parse_heartbeat(report).sla) if report is not None else []
 
 
 def sla_deltas(
-    previous: Iterable[Mapping[str, Any]], current: Iterable[SlaCount]
+    previous: Iterable[SlaCount], current: Iterable[SlaCount]
 ) -> dict[str, tuple[int, int]]:
     """Per tenant, (received, within_sla) since the previous heartbeat; tenants without any
     are left out."""
-    before = {
-        (str(p["tenant"]), str(p["model"])): (int(p["received"]), int(p["within_sla"]))
-        for p in previous
-    }
+    before = {(p.tenant, p.model): (p.received, p.within_sla) for p in previous}
     sums: dict[str, tuple[int, int]] = {}
     for count in current:
         old = before.get((count.tenant, count.model), (0, 0))
@@ -87,7 +86,7 @@ def record_samples(
     *,
     session: Session,
     node_id: int,
-    previous: Iterable[Mapping[str, Any]],
+    previous: Iterable[SlaCount],
     current: Iterable[SlaCount],
     at: datetime,
 ) -> int:

@@ -9,9 +9,9 @@ Otherwise the client is told how long the excess backlog needs to clear (``Retry
 This is the load-shedding rule of Clipper and DeepRecSched's SLA-aware queueing, reduced to
 the one figure a scheduler can measure cheaply on every query.
 
-Two guards keep the estimate from refusing work the group could do (measured with
-``gpufair bench serve``: a single batch slowed by preemption or GIL waits used to inflate the
-mean and refuse a few % of queries at loads whose p99 was a quarter of the SLA): a sample
+Two guards keep the estimate from refusing work the group could do (a single batch slowed by
+preemption or GIL waits used to inflate the mean and refuse queries at light loads; see
+docs/benchmarks.md, "Measurements behind design choices"): a sample
 moves the mean by at most :data:`MAX_SAMPLE_RATIO` times it, and a query that finds an idle
 session and nothing queued ahead of it is always admitted, since it starts at once and
 delays no one.

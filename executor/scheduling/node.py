@@ -90,8 +90,7 @@ class NodeRuntime:
             if not self._gc_frozen and new.models:
                 # What the first plan loads (modules, weights, imports) lives about as long as
                 # the daemon; a full cyclic-GC pass over it stops every session for tens of ms
-                # (73 ms measured over the 1.8·10⁵ objects of an RMC2 server on this 2-core
-                # EPYC), more than a p99 SLA can absorb. Freezing moves it out of the
+                # (docs/benchmarks.md), more than a p99 SLA can absorb. Freezing moves it out of the
                 # collector's generations. Once only: each freeze would also pin the garbage
                 # of every plan replaced since, for good.
                 gc.freeze()

@@ -14,15 +14,25 @@ others to torch.
 
 The patterns are anchored for pydantic, which searches; Python code matches them whole with
 ``fullmatch``, so a trailing newline (which ``$`` lets through in ``re.match``) is refused by
-both.
+both. :data:`DeviceName` is the pattern as a pydantic type, for the contracts that carry a
+device (the API's node registration, the profile upload).
+
+``MAX_ID`` bounds the ids and versions both sides exchange (a model id, a plan version): the
+API's database keeps them in 32-bit integers, so a larger one is a 422, not a driver error.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import Field
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 DEVICE_NAME_PATTERN = r"^[a-z][a-z0-9]{0,15}:[0-9]{1,4}$"
+MAX_ID = 2**31 - 1
+
+DeviceName = Annotated[str, Field(pattern=DEVICE_NAME_PATTERN, examples=["cuda:0"])]
 
 _NAME = re.compile(NAME_PATTERN)
 

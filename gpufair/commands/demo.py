@@ -17,12 +17,9 @@ import logging
 import os
 import secrets
 import shutil
-import socket
-import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,7 @@ from rich.text import Text
 from executor.models.schema import ModelSchema
 from executor.wire.attainment import attainment, is_within_sla
 from gpufair.loadgen import TenantStream
+from gpufair.servers import LOOPBACK, ChildServer, ChildServerError, free_port
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +45,6 @@ REQUIRED_ATTAINMENT = 0.99
 
 class DemoError(RuntimeError):
     """The demo could not be set up; the message says which step failed."""
-
-
-@dataclass(frozen=True)
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,12 +64,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _load_scenario(path: Path) -> dict[str, Any]:
     try:
         scenario = tomllib.loads(path.read_text())
@@ -93,52 +78,6 @@ def _load_scenario(path: Path) -> dict[str, Any]:
     if scenario["flood_tenant"] not in names:
         raise DemoError(f"{path}: flood_tenant {scenario['flood_tenant']!r} is not a tenant")
     return scenario
-
-
-@contextlib.contextmanager
-def _children() -> Iterator[list[Child]]:
-    """Child processes that are terminated (then killed) however the demo ends."""
-    children: list[Child] = []
-    try:
-        yield children
-    finally:
-        for child in reversed(children):
-            if child.process.poll() is None:
-                child.process.terminate()
-        for child in reversed(children):
-            try:
-                child.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait()
-
-
-def _spawn(children: list[Child], name: str, args: list[str], env: dict[str, str],
-           workdir: Path) -> Child:
-    log_path = workdir / f"{name}.log"
-    with log_path.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gpufair.cli", *args],
-            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    child = Child(name, process, log_path)
-    children.append(child)
-    return child
-
-
-def _wait_healthy(child: Child, url: str) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if child.process.poll() is not None:
-            tail = child.log_path.read_text(errors="replace").strip().splitlines()[-3:]
-            raise DemoError(f"{child.name} exited with {child.process.returncode}: "
-                            + " | ".join(tail))
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.3)
-    raise DemoError(f"{child.name} did not become healthy in {STARTUP_TIMEOUT_S:.0f} s "
-                    f"(see {child.log_path})")
 
 
 def _checked(reply: httpx.Response, what: str) -> Any:
@@ -260,27 +199,27 @@ def run(args: argparse.Namespace, console: Console) -> int:
     workdir = Path("var/demo")
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    api_port, executor_port = _free_port(), _free_port()
-    api_url, executor_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{executor_port}"
+    executor_port = free_port()  # the executor starts later; its URL is shown from the start
     admin_token = secrets.token_urlsafe(24)
     env = {**os.environ,
            "GPUFAIR_DATABASE_URL": f"sqlite:///{(workdir / 'gpufair.db').resolve()}",
            "GPUFAIR_API_ADMIN_TOKEN": admin_token, "GPUFAIR_API_DEV_MODE": "true"}
-    with _children() as children:
+    with contextlib.ExitStack() as children:
+        api = ChildServer("api", ["serve"], log_path=workdir / "api.log", env=env)
+        api_url, executor_url = api.url, f"http://{LOOPBACK}:{executor_port}"
         console.print(f"[bold]gpufair demo[/] — API {api_url}, executor {executor_url}, "
                       f"logs in {workdir}/")
-        api = _spawn(children, "api", ["serve", "--port", str(api_port)], env, workdir)
-        _wait_healthy(api, api_url)
+        children.enter_context(api).wait_healthy(STARTUP_TIMEOUT_S)
         registered = _register(api_url, admin_token, scenario)
         status = registered.allocation["certificate"].get("status", "?")
         console.print(f"allocation v{registered.allocation['version']} solved "
                       f"({status}) in {registered.allocation['solve_seconds']:.2f} s")
-        executor = _spawn(children, "executor", [
+        executor = ChildServer("executor", [
             "executor", "--api", api_url, "--node", scenario["node"]["name"],
-            "--token", registered.node_token, "--port", str(executor_port), "--device", "cpu",
+            "--token", registered.node_token, "--device", "cpu",
             "--state-dir", str(workdir / "executor"),
-        ], env, workdir)
-        _wait_healthy(executor, executor_url)
+        ], log_path=workdir / "executor.log", port=executor_port, env=env)
+        children.enter_context(executor).wait_healthy(STARTUP_TIMEOUT_S)
         rows = _tenant_rows(api_url, registered.tenant_keys)
         total_weight = sum(t.get("weight", 1.0) for t in scenario["tenants"])
         entitlement = {t["name"]: t.get("weight", 1.0) / total_weight
@@ -342,7 +281,7 @@ def main(argv: list[str]) -> int:
     console = Console(width=None if sys.stdout.isatty() else 130)
     try:
         return run(args, console)
-    except DemoError as exc:
+    except (DemoError, ChildServerError) as exc:
         print(f"gpufair demo: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -3,14 +3,36 @@ tests/conftest.py's profile)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import accumulate
+from typing import TypeVar
 
 from hypothesis import strategies as st
 
 from allocator.cluster.snapshot import ClusterSnapshot, Gpu, Model, Tenant, ThroughputCurve
-from allocator.criteria import CRITERIA
-from allocator.instance import Agent, Instance
-from allocator.objectives import OBJECTIVES
+from allocator.criteria import CRITERIA, Criterion
+from allocator.instance import Instance
+from allocator.objectives import OBJECTIVES, Objective
+from bench.instances import random_instance
+
+T = TypeVar("T")
+
+
+class DrawnSource:
+    """The choices of bench/instances.py's generators drawn by Hypothesis, so that the instances
+    it generates shrink like any other drawn value."""
+
+    def __init__(self, draw: st.DrawFn) -> None:
+        self._draw = draw
+
+    def integer(self, low: int, high: int) -> int:
+        return self._draw(st.integers(low, high))
+
+    def choice(self, options: Sequence[T]) -> T:
+        return self._draw(st.sampled_from(options))
+
+    def uniform(self, low: float, high: float) -> float:
+        return self._draw(st.floats(low, high, allow_nan=False, allow_subnormal=False))
 
 
 @st.composite
@@ -19,32 +41,18 @@ def instances(
     max_agents: int = 4,
     max_indivisible: int = 5,
     max_divisible: int = 2,
-    criteria: tuple[str, ...] = CRITERIA,
-    weighted: bool = True,
-    objectives: tuple[str, ...] = ("utilitarian", "nash", "egalitarian"),
+    criteria: tuple[Criterion, ...] = CRITERIA,
+    weights: tuple[float, ...] = (1.0, 2.0),
+    objectives: tuple[Objective, ...] = OBJECTIVES,
+    real_values: bool = False,
 ) -> Instance:
-    n = draw(st.integers(1, max_agents))
-    m = draw(st.integers(0, max_indivisible))
-    d = draw(st.integers(0 if m else 1, max_divisible))
-    agents = tuple(
-        Agent(
-            name=f"a{k}",
-            weight=draw(st.sampled_from((1.0, 2.0))) if weighted else 1.0,
-            criterion=draw(st.sampled_from(criteria)),
-        )
-        for k in range(n)
-    )
-    goods = [f"g{k}" for k in range(m)] + [f"d{k}" for k in range(d)]
-    values = {
-        a.name: {g: float(draw(st.integers(0, 9))) for g in goods} for a in agents
-    }
-    return Instance(
-        agents=agents,
-        indivisible=tuple(goods[:m]),
-        divisible=tuple(goods[m:]),
-        values=values,
-        objective=draw(st.sampled_from(objectives)),
-    )
+    """Small plain instances (bench.instances.random_instance): 1 to ``max_agents`` agents,
+    up to ``max_indivisible`` and ``max_divisible`` goods (at least one good)."""
+    return random_instance(
+        DrawnSource(draw), agents=(1, max_agents), indivisible=(0, max_indivisible),
+        divisible=(0, max_divisible), weights=weights, criteria=criteria,
+        objectives=objectives, real_values=real_values,
+    )  # fmt: skip
 
 
 @st.composite

@@ -97,7 +97,7 @@ def test_every_tenant_can_reach_its_total_value(seed: int) -> None:
     built = build_instance(snap)
     inst = built.instance
     models = {m.model_id: m for m in snap.models}
-    gpu_of = {seat_name(g, k): g for g in snap.gpus for k in range(g.seats)}
+    gpu_of = {seat_name(g.gpu_id, k): g for g in snap.gpus for k in range(g.seats)}
     for t in snap.tenants:
         own = [s for s in inst.indivisible if (t.name, s) not in inst.forbidden]
         assert set(own) == {s for (i, s) in built.earmark if i == t.name}, seed
@@ -110,13 +110,13 @@ def test_every_tenant_can_reach_its_total_value(seed: int) -> None:
         for m in snap.models:
             if m.tenant == t.name:
                 # As many as wanted, or short only once every seat it fits is the tenant's.
-                fitting = {seat_name(g, k) for g in snap.gpus for k in range(g.seats)
+                fitting = {seat_name(g.gpu_id, k) for g in snap.gpus for k in range(g.seats)
                            if m.memory_mb <= g.memory_mb / g.seats}
                 got = per_model.get(m.model_id, 0)
                 assert got == m.replicas_wanted or (
                     got < m.replicas_wanted and fitting <= set(own)), seed
         valued = {g for g, v in inst.values[t.name].items() if v > 0}
-        pools = {pool_name(gpu_of[s]) for s in own}
+        pools = {pool_name(gpu_of[s].gpu_id) for s in own}
         assert valued <= set(own) | pools, seed
         wanted = sum(1 for m in snap.models if m.tenant == t.name and m.replicas_wanted)
         # The tenant alone with its whole candidate bundle: a valid allocation worth T_i.
@@ -187,8 +187,9 @@ def test_cluster_plans_are_valid_and_certified(seed: int) -> None:
     check(snap, result.plans)
     # Streams only where seated: pool shares belong to tenants holding a seat on that GPU.
     for gpu in snap.gpus:
-        holders = {result.allocation.indivisible[seat_name(gpu, k)] for k in range(gpu.seats)}
-        for tenant, share in result.allocation.divisible.get(pool_name(gpu), {}).items():
+        holders = {result.allocation.indivisible[seat_name(gpu.gpu_id, k)]
+                   for k in range(gpu.seats)}
+        for tenant, share in result.allocation.divisible.get(pool_name(gpu.gpu_id), {}).items():
             assert share == 0 or tenant in holders, seed
     assert isinstance(result.to_dict()["certificate"]["agents"], dict)
     validate_cluster_allocation(snap, result)  # the API's call

@@ -24,6 +24,7 @@ from allocator import (
 from allocator.certificate import bundles, constraint_terms
 from allocator.constructive import efm_allocation, picking_allocation, prop_alpha_allocation
 from allocator.criteria import EF_TYPE
+from bench.instances import RandomSource, random_instance
 from tests.allocator.strategies import instances
 
 OPTIONS = SolveOptions(time_limit_s=20.0, gap=0.0)
@@ -147,7 +148,7 @@ def _best_shares(instance: Instance, assignment: dict[str, str], support: set[st
 
 
 @settings(max_examples=30)
-@given(instances(max_agents=3, max_indivisible=3, max_divisible=1, weighted=False,
+@given(instances(max_agents=3, max_indivisible=3, max_divisible=1, weights=(1.0,),
                  objectives=("utilitarian",)))
 def test_welfare_equals_brute_force_optimum_among_fair(instance: Instance) -> None:
     division = divide(instance, OPTIONS)
@@ -181,7 +182,7 @@ def test_identical_agents_ef_alpha_feasible_iff_alpha_small(n: int, alpha: float
                    for a in division.certificate.agents.values())
 
 
-@given(instances(weighted=False, max_agents=4, max_indivisible=5))
+@given(instances(weights=(1.0,), max_agents=4, max_indivisible=5))
 def test_constructive_efm_is_efm(instance: Instance) -> None:
     efm = dataclasses.replace(
         instance, agents=tuple(dataclasses.replace(a, criterion="efm") for a in instance.agents)
@@ -203,14 +204,11 @@ def test_prop_alpha_construction_is_valid_and_mostly_prop_alpha(instance: Instan
 
 def test_prop_alpha_construction_rate() -> None:
     """The greedy PROP^α construction is best effort: measure how often it certifies."""
-    rng = random.Random(7)
+    source = RandomSource(random.Random(7))
     ok = 0
     for _ in range(200):
-        agents = tuple(Agent(f"a{k}", weight=rng.choice((1.0, 2.0))) for k in range(4))
-        goods = [f"g{k}" for k in range(5)] + ["d0"]
-        inst = Instance(agents=agents, indivisible=tuple(goods[:5]), divisible=("d0",),
-                        values={a.name: {g: float(rng.randint(0, 9)) for g in goods}
-                                for a in agents})
+        inst = random_instance(source, agents=(4, 4), indivisible=(5, 5), divisible=(1, 1),
+                               criteria=("prop_alpha",))
         ok += certify(inst, prop_alpha_allocation(inst)).holds
     assert ok >= 190, ok
 

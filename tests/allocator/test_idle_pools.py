@@ -32,7 +32,6 @@ from allocator.cluster.documents import snapshot_from_dict
 from allocator.cluster.idle_pools import share_idle_pools
 from allocator.cluster.instance import build_instance, pool_name, seat_name
 from allocator.division import divide
-from api.services.allocations import seat_pool_streams
 from tests.allocator.strategies import clusters
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "cluster.toml"
@@ -40,7 +39,7 @@ EXAMPLE = Path(__file__).parents[2] / "examples" / "cluster.toml"
 
 def seated(result_allocation: Allocation, gpu: Gpu) -> set[str]:
     return {h for k in range(gpu.seats)
-            if (h := result_allocation.indivisible.get(seat_name(gpu, k))) is not None}
+            if (h := result_allocation.indivisible.get(seat_name(gpu.gpu_id, k))) is not None}
 
 
 @given(clusters())
@@ -61,7 +60,7 @@ def test_seated_pools_are_shared_by_weight_and_certified(snap: ClusterSnapshot) 
     for gpu in snap.gpus:
         if gpu.streams == gpu.seats:
             continue
-        d, here = pool_name(gpu), seated(result.allocation, gpu)
+        d, here = pool_name(gpu.gpu_id), seated(result.allocation, gpu)
         shares = result.allocation.divisible[d]
         assert {j for j, x in shares.items() if x > ZERO_SHARE} <= here
         total = sum(shares.values())
@@ -98,7 +97,7 @@ def test_roomy_cluster_with_estimates_assigns_every_seated_pool(seed: int) -> No
     """Before profiling nobody values a pool, so the fair division assigns none; with room
     for every replica, sharing then assigns every seated GPU's pool completely, exactly by
     weight, and the plan puts all of it to work — dedicated streams plus pool weights fill
-    the pool, and the API's reading of a seat's pool streams is its weight."""
+    the pool, and the plan's reading of a seat's pool streams is its weight."""
     rng = random.Random(seed)
     tenants = tuple(Tenant(f"t{k}", rng.choice((1.0, 2.0, 3.0)),
                            rng.choice(("prop_alpha", "ef_alpha", "efm", "ef1")))
@@ -112,23 +111,22 @@ def test_roomy_cluster_with_estimates_assigns_every_seated_pool(seed: int) -> No
     result = allocate_cluster(snap, SolveOptions(time_limit_s=20))
     validate_cluster_allocation(snap, result)
     assert result.certificate.holds, seed
-    assert not [n for n in result.certificate.notes if "#pool" in n], seed
+    assert not [n for n in result.certificate.notes if pool_name("") in n], seed
     weight = {t.name: t.weight for t in tenants}
     for gpu in gpus:
         here = seated(result.allocation, gpu)
-        shares = result.allocation.divisible[pool_name(gpu)]
+        shares = result.allocation.divisible[pool_name(gpu.gpu_id)]
         if not here:
             continue
         total_weight = sum(weight[j] for j in here)
         assert shares == pytest.approx({j: weight[j] / total_weight for j in here}), seed
-        doc = next(dv for dv in result.plans[gpu.node].to_dict()["devices"]
-                   if dv["device"] == gpu.device)
+        device = next(d for d in result.plans[gpu.node].devices if d.device == gpu.device)
         # Nothing idle: the shared pool is exactly the seats' weights.
-        weights = sum(seat["pool_weight"] for seat in doc["seats"])
-        assert weights == pytest.approx(doc["shared_pool_streams"], abs=1e-6), seed
-        for seat in doc["seats"]:
-            if seat["replica"] is not None:
-                assert seat_pool_streams(doc, seat) == pytest.approx(seat["pool_weight"]), seed
+        weights = sum(seat.pool_weight for seat in device.seats)
+        assert weights == pytest.approx(device.shared_pool_streams, abs=1e-6), seed
+        for seat in device.seats:
+            if seat.replica is not None:
+                assert device.pool_streams(seat) == pytest.approx(seat.pool_weight), seed
 
 
 def test_example_cluster_puts_every_seated_pool_to_work() -> None:
@@ -141,9 +139,9 @@ def test_example_cluster_puts_every_seated_pool_to_work() -> None:
     assert result.certificate.holds
     for gpu in snap.gpus:
         if seated(result.allocation, gpu) and gpu.streams > gpu.seats:
-            total = sum(result.allocation.divisible[pool_name(gpu)].values())
+            total = sum(result.allocation.divisible[pool_name(gpu.gpu_id)].values())
             assert total == pytest.approx(1.0), gpu.gpu_id
-    assert result.idle_shares["node-a/cuda:1#pool"] == pytest.approx({"feed": 1.0})
+    assert result.idle_shares[pool_name("node-a/cuda:1")] == pytest.approx({"feed": 1.0})
     device = next(d for d in result.plans["node-a"].devices if d.device == "cuda:1")
     assert [(s.replica and s.replica.tenant, s.dedicated_streams) for s in device.seats] == [
         ("feed", 1), ("feed", 1)]

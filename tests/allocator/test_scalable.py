@@ -1,18 +1,16 @@
 """The scalable path of ``divide`` (fractional seats, share LP, seat moves, the reweighting
 and the relaxation bound) at cluster sizes.
 
-Instances come from ``examples/make_large_instance.py`` (the generator of the 64 × 64 headline
-instances) and ``bench/instances.py`` (the benchmark's, with weights 1–4); both are seeded, so every
-number asserted here was measured on exactly these instances and a failure names the seed.
+Instances come from ``bench/instances.py``: the headline generator of the 64 × 64 instances
+(``examples/make_large_instance.py``), the benchmark's (weights 1–4) and the small random ones;
+all are seeded, so every number asserted here was measured on exactly these instances and a
+failure names the seed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import time
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -29,10 +27,10 @@ from allocator import (
 )
 from allocator import division as division_module
 from allocator.certificate import TOLERANCE
+from allocator.cluster.instance import pool_name, seat_name
 from allocator.constructive import picking_allocation
 from allocator.criteria import Criterion
 from allocator.division import EXACT_AGENTS, EXACT_TYPES, _rank, _types
-from allocator.documents import instance_from_dict
 from allocator.errors import SolverError
 from allocator.exact.milp import solve_fair
 from allocator.instance import canonical
@@ -51,23 +49,14 @@ from allocator.scalable.fractional import (
 from allocator.scalable.moves import Moves
 from allocator.scalable.path import divide_fixed_seats
 from allocator.scalable.search import Search
-from bench.instances import cluster_instance
+from bench.instances import (
+    NumpySource,
+    cluster_instance,
+    crowded_instance,
+    headline_instance,
+    random_instance,
+)
 from tests.allocator.strategies import instances
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "make_large_instance", ROOT / "examples" / "make_large_instance.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def generated(tenants: int, gpus: int, seed: int) -> Instance:
-    return instance_from_dict(_generator().make(tenants, gpus, 4, seed))
 
 
 def assert_honest(instance: Instance, division: object) -> None:
@@ -88,7 +77,7 @@ def assert_honest(instance: Instance, division: object) -> None:
 def test_generated_instances_are_divided_fairly(tenants: int, gpus: int, seed: int) -> None:
     # Measured: on these the scalable path meets every agent's criterion (at some λ ≤ 1; up to
     # 24 agents the exact MILP may then lower λ in the time left).
-    instance = generated(tenants, gpus, seed)
+    instance = headline_instance(tenants, gpus, seed)
     division = divide(instance, SolveOptions(time_limit_s=10.0))
     assert_honest(instance, division)
     cert = division.certificate
@@ -101,7 +90,7 @@ def test_must_show_64_tenants_64_gpus_all_criteria_hold() -> None:
     # The 64 × 64 headline instance (seed 0): every criterion holds, within the time limit.
     # Its speed (about 2 s wall on the shared 2-core VM) is measured by `gpufair bench
     # allocator`'s CLI runs, not here: a loaded CI machine must not fail a correct answer.
-    instance = generated(64, 64, 0)
+    instance = headline_instance(64, 64, 0)
     division = divide(instance, SolveOptions(time_limit_s=20.0))
     assert_honest(instance, division)
     assert division.certificate.holds
@@ -129,7 +118,7 @@ def test_a_time_limit_that_cuts_the_search_short_still_gives_an_honest_answer() 
 
 
 def test_deterministic_and_independent_of_input_order() -> None:
-    instance = generated(12, 6, 3)
+    instance = headline_instance(12, 6, 3)
     shuffled = dataclasses.replace(
         instance, agents=tuple(reversed(instance.agents)),
         indivisible=tuple(reversed(instance.indivisible)),
@@ -167,14 +156,15 @@ def test_side_constraints_are_respected() -> None:
     # start: the result stays valid.
     kinds: list[tuple[Criterion, float]] = [("prop_alpha", 1.0), ("ef_alpha", 2.0), ("efm", 1.0)]
     agents = tuple(Agent(f"t{k}", criterion=c, weight=w) for k, (c, w) in enumerate(kinds))
-    seats = tuple(f"g{g}/s{s}" for g in range(3) for s in range(2))
-    pools = tuple(f"g{g}/pool" for g in range(3))
+    gpus = ("g0", "g1", "g2")
+    seats = tuple(seat_name(g, s) for g in gpus for s in range(2))
+    pools = tuple(pool_name(g) for g in gpus)
     values = {a.name: {g: 1.0 + k for g in seats} | {p: 2.0 for p in pools}
               for k, a in enumerate(agents)}
     instance = Instance(
         agents=agents, indivisible=seats, divisible=pools, values=values,
-        forbidden=frozenset({("t0", "g0/s0"), ("t0", "g0/s1")}),
-        requires={p: (f"{p[:2]}/s0", f"{p[:2]}/s1") for p in pools},
+        forbidden=frozenset({("t0", seat_name("g0", 0)), ("t0", seat_name("g0", 1))}),
+        requires={pool_name(g): (seat_name(g, 0), seat_name(g, 1)) for g in gpus},
         caps={"t1": ((seats, 2),)},
         optional=frozenset(pools),
     )
@@ -182,7 +172,7 @@ def test_side_constraints_are_respected() -> None:
     assert_honest(instance, division)
     held = [g for g, holder in division.allocation.indivisible.items() if holder == "t1"]
     assert len(held) <= 2
-    assert division.allocation.indivisible["g0/s0"] != "t0"
+    assert division.allocation.indivisible[seat_name("g0", 0)] != "t0"
 
 
 def test_rounding_keeps_every_types_count() -> None:
@@ -199,7 +189,7 @@ def test_rounding_keeps_every_types_count() -> None:
 
 
 def test_small_instances_keep_the_exact_milp() -> None:
-    instance = generated(EXACT_AGENTS, 2, 0)
+    instance = headline_instance(EXACT_AGENTS, 2, 0)
     division = divide(instance, SolveOptions(time_limit_s=20.0))
     assert division.certificate.status == "optimal"
     assert division.certificate.holds
@@ -302,17 +292,8 @@ def middling_instance(seed: int) -> Instance:
     """10–12 agents (weights 1 and 2, every criterion), 18–24 distinct indivisible goods and
     1–3 divisible ones, integer values 0–9: past the exact-first size (EXACT_TYPES), within
     the completion's."""
-    rng = np.random.default_rng(seed)
-    criteria: tuple[Criterion, ...] = ("prop_alpha", "ef_alpha", "efm", "ef1", "prop1", "ef",
-                                       "prop")
-    n, m, d = int(rng.integers(10, 13)), int(rng.integers(18, 25)), int(rng.integers(1, 4))
-    agents = tuple(Agent(f"a{k:02d}", weight=float(rng.choice([1.0, 2.0])),
-                         criterion=criteria[int(rng.integers(len(criteria)))])
-                   for k in range(n))
-    goods = tuple(f"g{k:02d}" for k in range(m))
-    pools = tuple(f"d{k}" for k in range(d))
-    values = {a.name: {g: float(rng.integers(0, 10)) for g in goods + pools} for a in agents}
-    return Instance(agents=agents, indivisible=goods, divisible=pools, values=values)
+    return random_instance(NumpySource(np.random.default_rng(seed)), agents=(10, 12),
+                           indivisible=(18, 24), divisible=(1, 3))
 
 
 @pytest.mark.slow
@@ -333,22 +314,6 @@ def test_middling_instances_meet_every_criterion_when_some_allocation_does() -> 
         cert = division.certificate
         assert cert.holds and cert.lambda_ef == 0.0 and cert.lambda_prop == 0.0, seed
     assert relaxed_alone >= 3
-
-
-def crowded_instance(seed: int) -> Instance:
-    """Ten tenants who value everything alike (up to noise): two heavy PROP^α tenants of
-    weight 8 and eight unweighted EFM tenants. Each heavy tenant is owed 8/24 of the total, and
-    an EFM tenant must value its own bundle at least as a heavy one's less one seat, so the
-    light tenants' 8 × (1/3 − a seat) and the heavy 2/3 exceed the whole: nothing is fair,
-    whatever λ."""
-    rng = np.random.default_rng(seed)
-    agents = tuple(Agent(f"h{k}", weight=8.0) for k in range(2)) + tuple(
-        Agent(f"e{k}", criterion="efm") for k in range(8))
-    seats = tuple(f"g{g}/s{s}" for g in range(4) for s in range(2))
-    pools = tuple(f"g{g}/pool" for g in range(4))
-    values = {a.name: {**{s: float(rng.uniform(0.9, 1.1)) for s in seats},
-                       **{p: float(rng.uniform(9.0, 11.0)) for p in pools}} for a in agents}
-    return Instance(agents=agents, indivisible=seats, divisible=pools, values=values)
 
 
 @pytest.mark.parametrize("seed", range(3))

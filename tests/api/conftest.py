@@ -30,6 +30,7 @@ from api.models import Base
 from gpufair.compose import api_config
 from gpufair.settings import AllocatorSettings, ApiSettings, DatabaseSettings, Settings
 from tests.conftest import POSTGRES_URL
+from tests.servers import BackgroundServer
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 
@@ -188,14 +189,6 @@ def api(client: TestClient) -> Api:
     return Api(client)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class FakeClock:
     """A settable stand-in for the app's clock (``AppState.clock``): heartbeats stamped at
     chosen times lay down minutes of SLA history in a test that takes seconds."""
@@ -227,23 +220,5 @@ def live_app(settings: Settings) -> FastAPI:
 @pytest.fixture
 def live_url(live_app: FastAPI) -> Iterator[str]:
     """The app served by a real uvicorn on 127.0.0.1 (in a thread), for truly parallel clients."""
-    import threading
-    import time
-
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(live_app, host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with BackgroundServer(live_app) as server:
+        yield server.url

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from allocator import NodePlan
-from tests.api.conftest import free_port
+from gpufair.servers import ChildServer, free_port
 
 TOKEN = "e2e-admin-token-91b2"
 
@@ -37,28 +37,11 @@ def _environment(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gpufair.cli", "serve", "--port", str(port), "--no-access-log"],
-        cwd=tmp_path,
-        env=_environment(tmp_path, GPUFAIR_API_DEV_MODE="true"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, "gpufair serve exited"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "gpufair serve did not answer"
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+    env = _environment(tmp_path, GPUFAIR_API_DEV_MODE="true")
+    with ChildServer("gpufair serve", ["serve", "--no-access-log"],
+                     log_path=tmp_path / "serve.log", env=env, cwd=tmp_path) as child:
+        child.wait_healthy(60)
+        yield child.url
 
 
 def test_register_solve_and_pull_the_plan(server: str) -> None:

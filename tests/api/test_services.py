@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.orm import Session
 
+from allocator import AgentCertificateDocument, CertificateDocument
 from api.errors import Conflict, NotFound, PreconditionFailed
 from api.models import ArtifactRow, DeviceRow, ModelRow, NodeRow, ProfileRow, TenantRow
 from api.schemas import ModelCreate, TenantCreate, TenantUpdate
@@ -105,15 +106,25 @@ def test_snapshot_uses_profiles_estimates_and_skips_models_awaiting_upload(
     assert len(read_solve_input(session=session, objective="nash").snapshot.models) == 2
 
 
+def _row(value: float, envy: dict[str, float]) -> AgentCertificateDocument:
+    return AgentCertificateDocument(
+        alpha=0.5, criterion="ef1", weight=1.0, holds=True, slack=0.1, lam=0.0, factor=1.0,
+        value=value, normalised_value=value / 6, total=6.0, envy=envy,
+    )  # fmt: skip
+
+
 def test_own_certificate_row_hides_other_tenants() -> None:
-    certificate = {
-        "holds": True,
-        "agents": {
-            "ads": {"holds": True, "value": 3.0, "envy": {"feed": -1.0, "search": 0.5}},
-            "feed": {"holds": True, "value": 2.0, "envy": {"ads": -2.0, "search": 0.0}},
-            "search": {"holds": True, "value": 1.0, "envy": {"ads": 1.0, "feed": 0.0}},
+    certificate = CertificateDocument(
+        fair=True, holds=True, violations=0,
+        agents={
+            "ads": _row(3.0, {"feed": -1.0, "search": 0.5}),
+            "feed": _row(2.0, {"ads": -2.0, "search": 0.0}),
+            "search": _row(1.0, {"ads": 1.0, "feed": 0.0}),
         },
-    }
+        objective="utilitarian", objective_value=6.0, unconstrained_value=6.0, ratio=1.0,
+        lambda_ef=0.0, lambda_prop=0.0, solver="highs", status="optimal", gap=0.0, time_s=0.1,
+        notes=[],
+    )  # fmt: skip
     row = own_certificate_row(certificate, "feed")
-    assert row["value"] == 2.0 and row["envy"] == {"other-1": -2.0, "other-2": 0.0}
-    assert "ads" not in str(row) and "search" not in str(row)
+    assert row.value == 2.0 and row.envy == {"other-1": -2.0, "other-2": 0.0}
+    assert "ads" not in str(row.model_dump()) and "search" not in str(row.model_dump())

@@ -9,7 +9,6 @@ test is about what is stored.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import io
 import random
 import time
@@ -26,12 +25,12 @@ from sqlalchemy.orm import Session
 
 from api.app import create_app
 from api.models import NodeRow, SlaSampleRow
-from api.schemas import MAX_COUNT, Heartbeat, SlaCount
 from api.services.sla import PruneSchedule, sla_deltas, sla_history
 from executor.fake import FakeBackend
 from executor.metrics import ExecutorMetrics
 from executor.scheduling import NodeRuntime, SchedulerConfig
 from executor.wire.attainment import attainment
+from executor.wire.heartbeat import MAX_COUNT, Heartbeat, SlaCount
 from gpufair.commands.demo import _summary, _view
 from gpufair.compose import api_config
 from gpufair.loadgen import Outcome, StreamStats
@@ -84,7 +83,7 @@ def test_deltas_sum_to_the_queries_counted_across_restarts() -> None:
         cumulative: dict[tuple[str, str], tuple[int, int]] = {}
         truth = {"ads": [0, 0], "feed": [0, 0]}
         seen = {"ads": [0, 0], "feed": [0, 0]}
-        previous: list[dict[str, Any]] = []
+        previous: list[SlaCount] = []
         for _ in range(40):
             before = dict(cumulative)
             if rng.random() < 0.15:
@@ -107,12 +106,12 @@ def test_deltas_sum_to_the_queries_counted_across_restarts() -> None:
                 assert 0 <= within <= received, f"seed {seed}"
                 seen[tenant][0] += received
                 seen[tenant][1] += within
-            previous = [c.model_dump() for c in current]
+            previous = current
         assert seen == truth, f"seed {seed}"
 
 
 def test_a_reset_takes_the_new_count_and_quiet_tenants_are_left_out() -> None:
-    previous = [_count("ads", "1", 1000, 990), _count("feed", "2", 50, 50)]
+    previous = [SlaCount(**_count("ads", "1", 1000, 990)), SlaCount(**_count("feed", "2", 50, 50))]
     current = [
         SlaCount(**_count("ads", "1", 30, 29)),  # restarted: 30 < 1000
         SlaCount(**_count("feed", "2", 50, 50)),  # no traffic since
@@ -120,9 +119,8 @@ def test_a_reset_takes_the_new_count_and_quiet_tenants_are_left_out() -> None:
     ]
     assert sla_deltas(previous, current) == {"ads": (30, 29), "new": (7, 7)}
     # within_sla alone going down is a restart too (received may have caught up meanwhile).
-    assert sla_deltas([_count("ads", "1", 10, 9)], [SlaCount(**_count("ads", "1", 12, 2))]) == {
-        "ads": (12, 2)
-    }
+    restarted = [SlaCount(**_count("ads", "1", 12, 2))]
+    assert sla_deltas([SlaCount(**_count("ads", "1", 10, 9))], restarted) == {"ads": (12, 2)}
 
 
 def test_heartbeats_store_deltas_per_node_and_tenant(api: Api, settings: Settings) -> None:
@@ -369,7 +367,7 @@ def test_every_consumer_gives_the_same_attainment_for_the_same_counters(
             {"device": "cuda:0", "seat": 0, "model_id": "1", "tenant": "ads",
              "completed": within + late, "rejected": rejected, "expired": expired}
         ],
-        "sla": [dataclasses.asdict(t) for t in metrics.sla_tallies()],
+        "sla": [t.model_dump() for t in metrics.sla_tallies()],
     }  # fmt: skip
     r = api.client.post("/v1/nodes/n1/heartbeat", json=report, headers=api.bearer(token))
     assert r.status_code == 200, r.text

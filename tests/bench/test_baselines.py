@@ -12,22 +12,15 @@ from allocator import validate_allocation
 from allocator.instance import Agent, Allocation, Instance
 from bench.baselines import BASELINES, equal_split, round_robin, water_filling
 from bench.instances import cluster_instance
+from tests.allocator.strategies import instances as any_instances
 
 
-@st.composite
-def instances(draw: st.DrawFn, max_agents: int = 5) -> Instance:
-    n = draw(st.integers(1, max_agents))
-    m = draw(st.integers(0, 9))
-    d = draw(st.integers(0, 3))
-    agents = tuple(
-        Agent(f"a{i}", weight=draw(st.sampled_from([1.0, 2.0, 3.0])), criterion="prop_alpha")
-        for i in range(n)
-    )
-    items = tuple(f"seat{k}" for k in range(m))
-    pools = tuple(f"pool{k}" for k in range(d))
-    value = st.one_of(st.just(0.0), st.floats(0.0, 10.0, allow_nan=False, allow_subnormal=False))
-    values = {a.name: {g: draw(value) for g in items + pools} for a in agents}
-    return Instance(agents=agents, indivisible=items, divisible=pools, values=values)
+def instances() -> st.SearchStrategy[Instance]:
+    """Plain PROP^α instances of up to 5 agents (weights 1–3), 9 seats and 3 pools, with real
+    values: the baselines know no criteria or side constraints."""
+    return any_instances(max_agents=5, max_indivisible=9, max_divisible=3,
+                         criteria=("prop_alpha",), weights=(1.0, 2.0, 3.0),
+                         objectives=("utilitarian",), real_values=True)
 
 
 def _shuffled(instance: Instance) -> Instance:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from allocator.cluster.instance import pool_name, seat_name
 from bench.instances import (
     CRITERION_MIX,
     SEATS_PER_GPU,
@@ -44,9 +45,9 @@ def test_criteria_and_weights_are_mixed() -> None:
 def test_seats_of_one_gpu_are_identical_goods() -> None:
     instance = cluster_instance(10, 6, 3)
     for agent in instance.agents:
-        for first in instance.indivisible[::SEATS_PER_GPU]:
-            gpu = first.split("/")[0]
-            seats = {instance.value(agent.name, f"{gpu}/s{s}") for s in range(SEATS_PER_GPU)}
+        for pool in instance.divisible:
+            gpu = pool.removesuffix(pool_name(""))
+            seats = {instance.value(agent.name, seat_name(gpu, s)) for s in range(SEATS_PER_GPU)}
             assert len(seats) == 1
 
 

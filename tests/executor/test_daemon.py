@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from executor import codec
-from executor.daemon import ERROR_ANSWERS, BackgroundServer, answer_error, create_app
+from executor.daemon import ERROR_ANSWERS, answer_error, create_app
 from executor.fake import FAKE_SCHEMA, FakeBackend, FakeModel
 from executor.features import Batch, Query
 from executor.scheduling import (
@@ -36,6 +36,7 @@ from executor.scheduling import (
 from executor.scheduling.backend import RuntimeBackend
 from gpufair.commands import executor as executor_command
 from tests.executor.scheduling_helpers import plan, queries, seat
+from tests.servers import BackgroundServer
 
 ZOO = "zoo:rmc2?scale=0.001&seed=3&user_tables=28"
 

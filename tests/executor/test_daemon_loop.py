@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -29,10 +28,11 @@ import sqlalchemy
 import migrations
 from api.app import create_app
 from executor import codec
-from executor.daemon import BackgroundServer
 from executor.models import ModelSchema
 from gpufair.compose import api_config
-from tests.api.conftest import Api, free_port, make_settings
+from gpufair.servers import ChildServer, ChildServerError, free_port
+from tests.api.conftest import Api, make_settings
+from tests.servers import BackgroundServer
 
 # Every test here starts real daemon processes (a torch import and model loads each).
 pytestmark = pytest.mark.slow
@@ -140,67 +140,32 @@ class Setup:
         return r.json()
 
 
-class Daemon:
+class Daemon(ChildServer):
     """``gpufair executor`` in API mode as a child process, with its log in a file."""
 
     def __init__(self, tmp_path: Path, control: ControlPlane, token: str, **flags: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp_path / "executor.log"
-        self.argv = [
-            sys.executable, "-m", "gpufair.cli", "executor", "--api", control.url,
-            "--node", NODE, "--token", token, "--port", str(self.port), "--device", "cpu",
+        args = [
+            "executor", "--api", control.url, "--node", NODE, "--token", token, "--device", "cpu",
         ]  # fmt: skip
         for flag, path in flags.items():
-            self.argv += [f"--{flag.replace('_', '-')}", str(path)]
-        self.cwd = tmp_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
+            args += [f"--{flag.replace('_', '-')}", str(path)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFAIR_")}
         env["GPUFAIR_EXECUTOR_HEARTBEAT_S"] = "0.5"
         env["PYTHONPATH"] = str(ROOT)
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                self.argv, cwd=self.cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
-
-    def health(self) -> dict[str, Any] | None:
-        try:
-            r = httpx.get(f"{self.url}/healthz", timeout=2)
-        except httpx.HTTPError:
-            return None
-        return r.json() if r.status_code == 200 else None
+        super().__init__(
+            "gpufair executor", args, log_path=tmp_path / "executor.log", env=env, cwd=tmp_path
+        )
 
     def wait_version(
         self, version: int, timeout_s: float = START_S, every_s: float = 0.05
     ) -> float:
         """Seconds until /healthz reports ``version``, polled every ``every_s``."""
         began = time.monotonic()
-        while True:
-            assert self.process is not None and self.process.poll() is None, self.tail()
-            health = self.health()
-            if health is not None and health["plan_version"] == version:
-                return time.monotonic() - began
-            assert time.monotonic() - began < timeout_s, (health, self.tail())
-            time.sleep(every_s)
+        try:
+            self.wait_healthy(timeout_s, lambda health: health["plan_version"] == version, every_s)
+        except ChildServerError as exc:
+            pytest.fail(f"{exc}\n{self.tail()}")
+        return time.monotonic() - began
 
     def infer(self, model_id: int, seed: int) -> list[float]:
         schema = ModelSchema.from_dict(
@@ -245,7 +210,7 @@ def test_a_daemon_killed_while_the_api_is_down_serves_its_last_plan_at_restart(
     health = daemon.health()
     assert health is not None and health["models"] == [str(model)]
     assert daemon.infer(model, seed=1) == pytest.approx(before, abs=1e-6)
-    assert "plan pull failed" in daemon.log.read_text()
+    assert "plan pull failed" in daemon.log_path.read_text()
 
 
 def test_a_corrupt_state_file_is_ignored_and_the_plan_is_pulled(
@@ -261,7 +226,7 @@ def test_a_corrupt_state_file_is_ignored_and_the_plan_is_pulled(
     daemon.start()
     daemon.wait_version(1)
     daemon.infer(setup.model["id"], seed=2)
-    assert "saved plan" in daemon.log.read_text() and "ignored" in daemon.log.read_text()
+    assert "saved plan" in daemon.log_path.read_text() and "ignored" in daemon.log_path.read_text()
     assert json.loads((state / "plan.json").read_text())["plan"]["version"] == 1
 
 
@@ -375,6 +340,6 @@ def test_a_bad_profiles_file_stops_the_daemon_in_one_line(tmp_path: Path) -> Non
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert lines == [
-        f"gpufair executor: bad profiles: {bad}: rmc1.qps: must not decrease as sessions are "
-        "added"
+        f"gpufair executor: bad profiles: {bad}: rmc1.qps: must not decrease as streams are "
+        "added: 100.0 with 2 < 200.0 with 1"
     ], done.stderr

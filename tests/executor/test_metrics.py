@@ -8,9 +8,10 @@ import threading
 from prometheus_client.parser import text_string_to_metric_families
 
 from executor.fake import FakeBackend
-from executor.metrics import OUTCOMES, ExecutorMetrics, SlaTally
+from executor.metrics import OUTCOMES, ExecutorMetrics
 from executor.scheduling import NodeRuntime, SchedulerConfig
 from executor.wire.attainment import RECEIVED_OUTCOMES, attainment, is_within_sla
+from executor.wire.heartbeat import SlaCount
 
 
 def test_tallies_count_every_received_query_and_those_within_the_sla() -> None:
@@ -30,9 +31,9 @@ def test_tallies_count_every_received_query_and_those_within_the_sla() -> None:
     metrics.observe("feed", "3", "ok", 0.01, sla)
     metrics.observe("ads", "2", "rejected", None, sla)
     assert metrics.sla_tallies() == [
-        SlaTally("ads", "2", received=1, within_sla=0),
-        SlaTally("ads", "7", received=6, within_sla=2),
-        SlaTally("feed", "3", received=1, within_sla=1),
+        SlaCount(tenant="ads", model="2", received=1, within_sla=0),
+        SlaCount(tenant="ads", model="7", received=6, within_sla=2),
+        SlaCount(tenant="feed", model="3", received=1, within_sla=1),
     ]
     assert metrics.attainment()[("ads", "7")] == 2 / 6
 

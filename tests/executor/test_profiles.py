@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from allocator.cluster.plan import NodePlan
-from executor.profiles import ProfileCurve, ProfileError, plan_profiles, read_profiles
+from executor.profiles import (
+    ProfileCurve,
+    ProfileError,
+    parse_profile_curve,
+    plan_profiles,
+    read_profiles,
+)
+from executor.wire.profiles import ProfileEntry
 
 GOOD = {"qps": [100.0, 180.0], "measured": True, "kind": "cpu", "sla_p99_ms": 25.0,
         "device": "cpu (1 intra-op thread(s))", "artifact": "zoo:rmc1?scale=0.002"}  # fmt: skip
@@ -23,7 +30,7 @@ def _write(tmp_path: Path, doc: Any) -> Path:
 
 
 def test_a_profile_file_reads_back_as_it_was_written(tmp_path: Path) -> None:
-    curve = ProfileCurve.from_dict(GOOD, "x")
+    curve = parse_profile_curve(GOOD, "x")
     assert read_profiles(_write(tmp_path, {"rmc1": curve.to_dict()})) == {"rmc1": curve}
     assert curve.qps == (100.0, 180.0) and curve.kind == "cpu" and curve.sla_p99_ms == 25.0
 
@@ -35,17 +42,25 @@ def test_a_profile_file_reads_back_as_it_was_written(tmp_path: Path) -> None:
         ([], "expected an object of architecture -> curve"),
         ({}, "expected an object of architecture -> curve"),
         ({"rmc9": GOOD}, "'rmc9' is not a zoo architecture"),
-        ({"rmc1": [1, 2]}, "rmc1: expected an object"),
-        ({"rmc1": {"artifact": "zoo:rmc1", "structured_ms": 1.0}}, "rmc1.qps: missing"),
-        ({"rmc1": GOOD | {"qps": []}}, "rmc1.qps: expected a list of 1 to 1024 numbers"),
-        ({"rmc1": GOOD | {"qps": [1, "2"]}}, "rmc1.qps[1]: expected a finite number >= 0"),
-        ({"rmc1": GOOD | {"qps": [1, -2]}}, "rmc1.qps[1]: expected a finite number >= 0"),
-        ({"rmc1": GOOD | {"qps": [True]}}, "rmc1.qps[0]: expected a finite number >= 0"),
+        ({"rmc1": [1, 2]}, "rmc1: Input should be a dictionary"),
+        (
+            {"rmc1": {"artifact": "zoo:rmc1", "structured_ms": 1.0}},
+            "rmc1.qps: Field required (is this `gpufair profile --compare-naive` output?)",
+        ),
+        ({"rmc1": GOOD | {"qps": []}}, "rmc1.qps: Tuple should have at least 1 item"),
+        ({"rmc1": GOOD | {"qps": [0.0] * 1025}}, "rmc1.qps: Tuple should have at most 1024"),
+        ({"rmc1": GOOD | {"qps": [1, "2"]}}, "rmc1.qps[1]: Input should be a valid number"),
+        ({"rmc1": GOOD | {"qps": [1, -2]}}, "rmc1.qps[1]: Input should be greater than or equal"),
+        ({"rmc1": GOOD | {"qps": [1, float("inf")]}}, "rmc1.qps[1]: Input should be a finite"),
+        ({"rmc1": GOOD | {"qps": [True]}}, "rmc1.qps[0]: Input should be a valid number"),
         ({"rmc1": GOOD | {"qps": [5, 4]}}, "rmc1.qps: must not decrease"),
-        ({"rmc1": {k: v for k, v in GOOD.items() if k != "kind"}}, "rmc1.kind: expected"),
-        ({"rmc1": GOOD | {"kind": "tpu"}}, "rmc1.kind: expected 'gpu' or 'cpu', got 'tpu'"),
-        ({"rmc1": GOOD | {"sla_p99_ms": 0}}, "rmc1.sla_p99_ms: expected a positive number"),
-        ({"rmc1": GOOD | {"measured": "yes"}}, "rmc1.measured: expected true or false"),
+        (
+            {"rmc1": {k: v for k, v in GOOD.items() if k != "kind"}},
+            "rmc1.kind: Field required (profiles written before the field existed",
+        ),
+        ({"rmc1": GOOD | {"kind": "tpu"}}, "rmc1.kind: Input should be 'gpu' or 'cpu'"),
+        ({"rmc1": GOOD | {"sla_p99_ms": 0}}, "rmc1.sla_p99_ms: Input should be greater than 0"),
+        ({"rmc1": GOOD | {"measured": "yes"}}, "rmc1.measured: Input should be a valid boolean"),
     ],
 )
 def test_a_bad_profile_file_is_refused_in_one_line_naming_the_field(
@@ -103,9 +118,9 @@ def test_each_zoo_replica_gets_its_architectures_curve_on_devices_of_the_curves_
         ("cpu:0", "cpu", [_replica("7", "zoo:wnd"), _replica("4", "zoo:rmc1")]),
     )  # fmt: skip
     assert plan_profiles(curves, plan) == [
-        {"model_id": 4, "device": "cuda:0", "qps": [100.0, 150.0]},
-        {"model_id": 4, "device": "cuda:1", "qps": [100.0, 150.0]},
-        {"model_id": 5, "device": "cuda:1", "qps": [100.0, 150.0]},
-        {"model_id": 7, "device": "cpu:0", "qps": [70.0]},
+        ProfileEntry(model_id=4, device="cuda:0", qps=(100.0, 150.0)),
+        ProfileEntry(model_id=4, device="cuda:1", qps=(100.0, 150.0)),
+        ProfileEntry(model_id=5, device="cuda:1", qps=(100.0, 150.0)),
+        ProfileEntry(model_id=7, device="cpu:0", qps=(70.0,)),
     ]
     assert plan_profiles({}, plan) == []

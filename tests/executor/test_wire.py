@@ -28,6 +28,7 @@ from executor.wire import artifact as wire_artifact
 from executor.wire.artifact import ARCHITECTURES, MAX_SEED, ZooSpec
 from executor.wire.names import InvalidNameError, validate_node_name
 from gpufair.commands import executor as executor_command
+from tests.name_cases import NODE_NAMES
 
 # Zoo references and whether both sides take them. Accepted ones are small enough to build.
 ZOO_REFERENCES: list[tuple[str, bool]] = [
@@ -66,6 +67,7 @@ ZOO_REFERENCES: list[tuple[str, bool]] = [
 api_artifact = TypeAdapter(ArtifactRef)
 
 
+
 def _scores(model, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     t = torch.from_numpy
     args = (
@@ -96,21 +98,6 @@ def test_the_api_stores_exactly_the_zoo_references_the_executor_builds(
             build_model(parse_zoo_artifact(artifact))
 
 
-# Node names and whether both sides take them.
-NODE_NAMES: list[tuple[str, bool]] = [
-    ("n1", True),
-    ("0node", True),
-    ("gpu-node.1_a", True),
-    ("a" * 64, True),
-    ("GPU1", False),
-    ("Node-1", False),
-    ("a" * 65, False),
-    ("-n1", False),
-    (".hidden", False),
-    ("a/b", False),
-    ("n1\n", False),
-    ("nöde", False),
-]
 
 
 def _valid_node_name(name: str) -> bool:

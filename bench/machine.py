@@ -1,0 +1,72 @@
+"""The machine a benchmark ran on, as every results file under ``bench/results/`` records it.
+
+An absolute time holds only for the machine it was measured on (docs/benchmarks.md), so each
+benchmark writes the same description into its JSON and one sentence of it into its Markdown:
+CPU model, cores, memory, OS, Python and the versions of the packages it measures, and the load
+average (the machine is shared; the load says how quiet it was).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+
+def _proc_field(path: str, key: str) -> str | None:
+    """The value of the first ``key:`` line of a /proc file, or None off Linux."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages, rounded (zeros where the OS has none)."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return [round(x, 2) for x in load]
+
+
+def this_machine(packages: Sequence[str] = ()) -> dict[str, Any]:
+    """This machine, with the installed versions of ``packages`` (a missing one is left out)
+    and the load average now as ``load_average_start``."""
+    memory_kb = _proc_field("/proc/meminfo", "MemTotal:")
+    versions: dict[str, str] = {}
+    for package in packages:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return {
+        "cpu": _proc_field("/proc/cpuinfo", "model name")
+        or platform.processor()
+        or platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(int(memory_kb.split()[0]) / 1024**2, 1) if memory_kb else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "load_average_start": load_average(),
+    }
+
+
+def describe_machine(info: dict[str, Any]) -> str:
+    """One Markdown sentence of a :func:`this_machine` record (with ``load_average_end`` where the
+    benchmark added it at its end)."""
+    memory = f", {info['memory_gb']} GB" if info["memory_gb"] is not None else ""
+    parts = [
+        f"{info['cpu']}, {info['cores']} cores{memory}",
+        info["platform"],
+        f"Python {info['python']}",
+        *(f"{name} {v}" for name, v in info["packages"].items()),
+    ]
+    load = "load average at start " + ", ".join(f"{x:.2f}" for x in info["load_average_start"])
+    if "load_average_end" in info:
+        load += ", at end " + ", ".join(f"{x:.2f}" for x in info["load_average_end"])
+    return f"Machine: {'; '.join(parts)}; {load}."

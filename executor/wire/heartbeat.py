@@ -1,0 +1,119 @@
+"""The heartbeat: what a daemon reports to the control plane, one model for both sides.
+
+Every ``heartbeat_s`` the daemon posts ``POST /v1/nodes/{node}/heartbeat``: the plan version it
+serves, each replica's counters, the models it could not load (and why), and its cumulative SLA
+counts per (tenant, model). ``executor/plan_client.py`` builds a :class:`Heartbeat` and sends
+its ``model_dump(mode="json")``; the API takes the same model as the route's body, so a
+heartbeat the daemon could not have built is a 422 naming the field, stores the dump as the
+node's report and reads stored reports back with :func:`parse_heartbeat`. The daemon's SLA
+tallies (``ExecutorMetrics.sla_tallies``) are :class:`SlaCount` rows themselves.
+
+Every list and string is bounded, so one report stays a small row; the daemon keeps within the
+bounds (it clips a load error to :data:`MAX_REASON_CHARS`), since a heartbeat the model refuses
+is never sent.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+)
+
+from executor.wire.names import MAX_ID
+
+# Cumulative query counts are bounded so that a sample (the sum over up to 4096 models of one
+# tenant) always fits a 64-bit integer: 4096 * 2**48 = 2**60. 2**48 queries is nine years at a
+# million queries a second for one daemon process.
+MAX_COUNT = 2**48
+MAX_ENTRIES = 4096  # replicas, broken models and SLA rows, each
+MAX_REASON_CHARS = 2000  # why a model is not served
+
+
+class ReplicaReport(BaseModel):
+    """One replica's counters since its plan was applied.
+
+    Extra counters are kept (``extra="allow"``): a daemon may report more than this version of
+    the API reads, and the report stores them for whoever does.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    device: Annotated[str, Field(max_length=32)]
+    seat: Annotated[int, Field(ge=0, le=MAX_ID)]
+    model_id: Annotated[str, Field(max_length=32)]
+    tenant: Annotated[str, Field(max_length=64)]
+    in_flight: Annotated[int, Field(ge=0, le=MAX_ID)] = 0
+    completed: Annotated[int, Field(ge=0)] = 0
+    rejected: Annotated[int, Field(ge=0)] = 0
+    expired: Annotated[int, Field(ge=0)] = 0
+    busy_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+
+
+class SlaCount(BaseModel):
+    """One (tenant, model)'s query counts since the daemon process started (they only grow
+    until it restarts; the API turns them into per-heartbeat deltas, api/services/sla.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tenant: Annotated[str, Field(min_length=1, max_length=64)]
+    model: Annotated[str, Field(min_length=1, max_length=64)]
+    received: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+    within_sla: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+
+    @field_validator("within_sla")
+    @classmethod
+    def _within_received(cls, value: int, info: ValidationInfo) -> int:
+        received = info.data.get("received")
+        if received is not None and value > received:
+            raise ValueError(f"within_sla ({value}) exceeds received ({received})")
+        return value
+
+
+def _unique_sla_keys(entries: list[SlaCount]) -> list[SlaCount]:
+    seen: set[tuple[str, str]] = set()
+    for entry in entries:
+        key = (entry.tenant, entry.model)
+        if key in seen:
+            raise ValueError(f"tenant {entry.tenant!r}, model {entry.model!r} is listed twice")
+        seen.add(key)
+    return entries
+
+
+class Heartbeat(BaseModel):
+    """One heartbeat body, as the daemon sends it and the API stores it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    plan_version: Annotated[int, Field(ge=0, le=MAX_ID)] | None = Field(
+        default=None, description="the plan version the daemon serves"
+    )
+    replicas: Annotated[list[ReplicaReport], Field(max_length=MAX_ENTRIES)] = []
+    broken: dict[
+        Annotated[str, Field(max_length=32)], Annotated[str, Field(max_length=MAX_REASON_CHARS)]
+    ] = Field(default={}, max_length=MAX_ENTRIES, description="model id -> why it is not served")
+    sla: Annotated[
+        list[SlaCount],
+        Field(max_length=MAX_ENTRIES),
+        AfterValidator(_unique_sla_keys),
+    ] = Field(
+        default=[],
+        description="per (tenant, model): queries received and answered within the SLA since "
+        "the daemon started; a count below the previous heartbeat's means it restarted",
+    )
+
+
+_HEARTBEAT: TypeAdapter[Heartbeat] = TypeAdapter(Heartbeat)
+
+
+def parse_heartbeat(document: Any) -> Heartbeat:
+    """A heartbeat from its JSON document (a body, or a report the API stored); pydantic's
+    ValidationError names the bad field."""
+    return _HEARTBEAT.validate_python(document)
