@@ -9,30 +9,14 @@ the source with ``ast``, so one inside a function counts as much as one at the t
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.imports import ROOT, find_cycle, import_graph, imported_modules, modules_of
+
 PARTS = ("allocator", "executor", "api")
 PROJECT = ("allocator", "executor", "api", "gpufair", "migrations", "bench")
-
-
-def imported_modules(source: str, package: str) -> set[str]:
-    """Every module a module of ``package`` with this source imports, as absolute names."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: level 1 is the package itself, 2 its parent, ...
-                parts = package.split(".")
-                base = parts[: len(parts) - node.level + 1]
-                found.add(".".join([*base, node.module] if node.module else base))
-            else:
-                found.add(node.module or "")
-    return found
 
 
 def imports_of(path: Path) -> set[str]:
@@ -73,3 +57,11 @@ def test_the_reader_sees_nested_and_relative_imports() -> None:
     assert imported_modules(source, "api.routes") == {
         "os.path", "gpufair.settings", "api.routes", "api.allocator"
     }
+
+
+def test_no_import_cycle_anywhere_in_the_project() -> None:
+    """Each part reads top-down: the executor's threads over its pure rules, the API's routes
+    over its services, the CLI over everything, with no module waiting on one that waits on it."""
+    graph = import_graph(modules_of("allocator", "executor", "api", "gpufair"))
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])

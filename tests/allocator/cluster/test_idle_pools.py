@@ -34,7 +34,7 @@ from allocator.cluster.instance import build_instance, pool_name, seat_name
 from allocator.division import divide
 from tests.allocator.strategies import clusters
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "cluster.toml"
+EXAMPLE = Path(__file__).parents[3] / "examples" / "cluster.toml"
 
 
 def seated(result_allocation: Allocation, gpu: Gpu) -> set[str]:
