@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from allocator.arrays import value_matrices
 from allocator.criteria import EF_TYPE, PROP_TYPE, Criterion, base_factor, relaxed_factor
 from allocator.errors import AllocationError, CertificateError
 from allocator.instance import Allocation, Instance
@@ -61,11 +62,7 @@ def bundles(instance: Instance, allocation: Allocation) -> Bundles:
     names = tuple(a.name for a in instance.agents)
     index = {name: k for k, name in enumerate(names)}
     n = len(names)
-    rows = [instance.values.get(i, {}) for i in names]
-    vm = np.array([[row.get(g, 0.0) for g in instance.indivisible] for row in rows],
-                  dtype=float).reshape(n, len(instance.indivisible))
-    vd = np.array([[row.get(d, 0.0) for d in instance.divisible] for row in rows],
-                  dtype=float).reshape(n, len(instance.divisible))
+    vm, vd = value_matrices(instance)
     # holder[g]: index of the agent holding indivisible good g, -1 if nobody does
     holders: list[int] = []
     for g in instance.indivisible:

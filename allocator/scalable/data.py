@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from allocator.arrays import value_matrices
 from allocator.certificate import ZERO_SHARE
 from allocator.criteria import EF_TYPE, PROP_TYPE, base_factor
 from allocator.instance import Allocation, Instance
@@ -31,15 +32,7 @@ class Data:
         self.good_index = {g: k for k, g in enumerate(self.goods)}
         self.pools = list(instance.divisible)
         n, m, d = len(self.agents), len(self.goods), len(self.pools)
-        raw_m = np.zeros((n, m))
-        raw_d = np.zeros((n, d))
-        pool_index = {p: k for k, p in enumerate(self.pools)}
-        for i, name in enumerate(self.agents):
-            for good, v in instance.values.get(name, {}).items():
-                if good in self.good_index:
-                    raw_m[i, self.good_index[good]] = v
-                else:
-                    raw_d[i, pool_index[good]] = v
+        raw_m, raw_d = value_matrices(instance)
         self.total = raw_m.sum(axis=1) + raw_d.sum(axis=1)
         self.positive = self.total > 0
         safe = np.where(self.positive, self.total, 1.0)
