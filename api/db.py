@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
+# The databases gpufair is tested on: SQLite, the embedded default, and PostgreSQL.
+SUPPORTED_BACKENDS = frozenset({"sqlite", "postgresql"})
 # How long a SQLite writer waits for another to finish, e.g. behind the write of a solve.
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
@@ -47,20 +50,40 @@ def _prepare_sqlite(engine: Engine) -> None:
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """An engine for ``url``; a SQLite file's folder is created if missing."""
+    """An engine for ``url``; a SQLite file's folder is created if missing.
+
+    Only SQLite and PostgreSQL are supported (the tests run on both); another backend, or a
+    driver that is not installed, is refused with an ArgumentError that names the URL (without
+    its password) in one line, instead of SQLAlchemy's import traceback.
+    """
     parsed = make_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
+        raise ArgumentError(
+            f"{shown}: unsupported database {parsed.get_backend_name()!r}; gpufair runs on "
+            "sqlite (sqlite:///var/gpufair.db) or postgresql (postgresql+psycopg://user@host/db)"
+        )
+    try:
+        return _create_engine(parsed, echo)
+    except ModuleNotFoundError as exc:
+        raise ArgumentError(
+            f"{shown}: its driver {exc.name!r} is not installed; use postgresql+psycopg://"
+        ) from exc
+
+
+def _create_engine(parsed: URL, echo: bool) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url,
+            parsed,
             echo=echo,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
         )
         _prepare_sqlite(engine)
         return engine
-    return create_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_engine(parsed, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
 class Database:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import signal
 import sys
 
 from gpufair import __version__
@@ -25,6 +27,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "allocate": ("allocate", "allocate a cluster (GPUs, tenants, models) and print the plan"),
     "bench": ("bench", "run a benchmark: allocator, serve or api"),
 }
+
+# The exit status of a command killed by SIGPIPE, as a shell reports it.
+BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE
 
 USAGE = "usage: gpufair [--version] [-v] COMMAND [ARGS...]"
 
@@ -84,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(rest))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Whoever read stdout went away (`gpufair divide x.json | head`): nothing is left to say
+        # and no traceback is owed. Point stdout at /dev/null so that the interpreter's own
+        # flush at exit does not fail on the same pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
 
 
 if __name__ == "__main__":

@@ -83,9 +83,15 @@ def _check(snapshot: ClusterSnapshot) -> None:
         if m.demand_qps <= 0 or m.replicas_wanted < 0:
             raise InstanceError(
                 f"model {m.model_id!r}: demand must be positive and replicas_wanted ≥ 0")
+        if m.memory_mb <= 0 or not m.sla_p99_ms > 0:
+            raise InstanceError(
+                f"model {m.model_id!r}: memory_mb and sla_p99_ms must be positive, got "
+                f"{m.memory_mb} and {m.sla_p99_ms}")
     for g in snapshot.gpus:
         if g.seats < 1 or g.streams < g.seats:
             raise InstanceError(f"gpu {g.gpu_id!r}: needs seats ≥ 1 and streams ≥ seats")
+        if g.memory_mb <= 0:
+            raise InstanceError(f"gpu {g.gpu_id!r}: memory_mb must be positive, got {g.memory_mb}")
 
 
 def _replica_demand(model: Model) -> float:

@@ -167,3 +167,20 @@ def test_solver_and_objective_choices_are_the_allocators_everywhere() -> None:
         usage = run(command, "--help").stdout
         assert "{" + ",".join(SOLVERS) + "}" in usage
         assert "{" + ",".join(OBJECTIVES) + "}" in usage
+
+
+@pytest.mark.parametrize(("field", "refusal"), [
+    ("memory_mb = 16000", "memory_mb must be positive, got -16000"),
+    ("sla_p99_ms = 50", "memory_mb and sla_p99_ms must be positive"),
+])
+def test_allocate_refuses_what_the_api_refuses_in_one_line(
+    tmp_path: Path, field: str, refusal: str
+) -> None:
+    text = (ROOT / "examples" / "cluster.toml").read_text()
+    assert field in text
+    name, value = field.split(" = ")
+    path = tmp_path / "bad.toml"
+    path.write_text(text.replace(field, f"{name} = -{value}", 1))
+    out = run("allocate", str(path))
+    assert out.returncode == 2 and out.stdout == ""
+    assert refusal in out.stderr and len(out.stderr.strip().splitlines()) == 1

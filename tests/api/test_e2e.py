@@ -123,3 +123,20 @@ def test_serve_refuses_a_database_behind_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("gpufair serve: database schema is at")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("mysql://gpufair:secret@localhost/gpufair", "unsupported database 'mysql'"),
+    ("postgresql+asyncpg://gpufair@localhost/gpufair", "driver 'asyncpg' is not installed"),
+])
+def test_serve_refuses_a_database_it_cannot_use_in_one_line(
+    tmp_path: Path, url: str, says: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gpufair.cli", "serve", "--port", str(free_port())],
+        cwd=tmp_path, env={**_environment(tmp_path), "GPUFAIR_DATABASE_URL": url},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
+    assert "secret" not in result.stderr and "Traceback" not in result.stderr

@@ -9,9 +9,12 @@ real pipe, as it is for a user who pipes the command into ``jq``.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,3 +102,16 @@ raise SystemExit(main(["allocate", "--json", "examples/cluster.toml"]))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["certificate"]["agents"]
     assert_noise_on_stderr_only(out)
+
+
+@pytest.mark.parametrize("command", [["divide", "examples/divide_design.json", "--indent", "2"],
+                                     ["allocate", "examples/cluster.toml"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(command: list[str]) -> None:
+    """`gpufair divide x.json | head`: the pipe closes before the result is written."""
+    process = subprocess.Popen([sys.executable, "-m", "gpufair.cli", *command], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    errors = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 128 + signal.SIGPIPE
+    assert "Traceback" not in errors and "BrokenPipe" not in errors, errors
