@@ -188,11 +188,6 @@ class NodeRuntime:
                 pass
         return self.submit(group.model_id, query, arrival)
 
-    def check_admission(self, model_id: str, arrival: float | None = None) -> None:
-        """Raise Overloaded when even a one-candidate query of the model would be refused now
-        by the replica submit would pick (or UnknownModel, ...); nothing is queued."""
-        self.check(self.route(model_id), arrival)
-
     def submit(self, model_id: str, query: Query, arrival: float | None = None) -> Pending:
         """Queue a query on the least loaded replica; raise UnknownModel, Overloaded, ..."""
         while True:

@@ -185,22 +185,22 @@ def test_plan_swap_under_load_loses_no_query(runtimes):
 def test_admission_is_checked_without_queueing_anything(runtimes):
     runtime = runtimes(SchedulerConfig(max_queue=2, admission=False), FakeBackend(batch_s=0.2))
     runtime.apply(plan([seat(0, "m"), seat(1, "m")]))  # two replicas: the least loaded counts
-    runtime.check_admission("m")
+    runtime.check(runtime.route("m"))
     groups = runtime.deployment.routes["m"]
     assert [g.in_flight for g in groups] == [0, 0]
     admitted = [runtime.submit("m", q) for q in queries(FAKE_SCHEMA, [10] * 3, seed=11)]
-    runtime.check_admission("m")  # one replica still has room
+    runtime.check(runtime.route("m"))  # one replica still has room
     admitted.append(runtime.submit("m", queries(FAKE_SCHEMA, [10], seed=12)[0]))
     with pytest.raises(Overloaded) as refused:
-        runtime.check_admission("m")
+        runtime.check(runtime.route("m"))
     assert refused.value.retry_after_s >= 1
     assert [g.in_flight for g in groups] == [2, 2]
     assert sum(g.stats.rejected for g in groups) == 1  # a refusal is counted like submit's
     with pytest.raises(UnknownModel):
-        runtime.check_admission("nope")
+        runtime.route("nope")
     for p in admitted:
         p.future.result(timeout=10)
-    runtime.check_admission("m")
+    runtime.check(runtime.route("m"))
 
 
 def test_gc_is_frozen_once_and_a_replaced_plan_is_freed(runtimes, monkeypatch):
