@@ -11,8 +11,10 @@ file's throughput curves for the models of every applied plan; a bad file ends w
 on stderr and exit status 2.
 
 ``--backend fake`` serves every replica with :class:`executor.fake.FakeBackend` (no torch:
-for trying the HTTP surface and the scheduler). ``--device cpu`` maps every device of the
-plan onto the CPU, so a GPU node's plan can be tried on a laptop.
+for trying the HTTP surface and the scheduler, or simulating a GPU as ``gpufair demo`` does);
+``--fake-row-us`` and ``--fake-batch-us`` set its service time per candidate row and per batch.
+``--device cpu`` maps every device of the plan onto the CPU, so a GPU node's plan can be tried
+on a laptop.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
         help="cpu: run every device of the plan on the CPU (default: settings executor.device)",
     )
     p.add_argument("--backend", choices=("torch", "fake"), default="torch")
+    p.add_argument("--fake-row-us", type=float, default=20.0,
+                   help="--backend fake: service time per candidate row, µs (default 20)")
+    p.add_argument("--fake-batch-us", type=float, default=200.0,
+                   help="--backend fake: service time per batch, µs (default 200)")
     p.add_argument(
         "--state-dir",
         type=Path,
@@ -106,6 +112,9 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"gpufair executor: {exc}\n")
         return 2
     cfg = settings.executor
+    if not (args.fake_row_us >= 0 and args.fake_batch_us >= 0):
+        sys.stderr.write("gpufair executor: --fake-row-us and --fake-batch-us must be >= 0\n")
+        return 2
     if args.api and not (args.node and args.token):
         sys.stderr.write("gpufair executor: --api needs --node and --token\n")
         return 2
@@ -144,7 +153,7 @@ def main(argv: list[str]) -> int:
     if args.backend == "fake":
         from executor.fake import FakeBackend
 
-        backend = FakeBackend()
+        backend = FakeBackend(row_s=args.fake_row_us * 1e-6, batch_s=args.fake_batch_us * 1e-6)
         place = None
     else:
         from executor.runtime import configure_cpu_threads

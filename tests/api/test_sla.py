@@ -31,8 +31,8 @@ from executor.metrics import ExecutorMetrics
 from executor.scheduling import NodeRuntime, SchedulerConfig
 from executor.wire.attainment import attainment
 from executor.wire.heartbeat import MAX_COUNT, Heartbeat, SlaCount
-from gpufair.commands.demo import _summary, _view
 from gpufair.compose import api_config
+from gpufair.demo.view import live_table, phase_table
 from gpufair.loadgen import Outcome, StreamStats
 from gpufair.settings import Settings
 from tests.api.conftest import Api, install_clock, make_settings
@@ -386,9 +386,8 @@ def test_every_consumer_gives_the_same_attainment_for_the_same_counters(
         stats.record(Outcome(time.monotonic(), latency or 3 * sla_s, status), "steady", sla_s)
     stream = SimpleNamespace(tenant="ads", phase="steady", rate_qps=100.0, sla_s=sla_s, stats=stats)
     console = Console(file=io.StringIO(), width=200, record=True)
-    summary, _ = _summary([cast(Any, stream)], flood_tenant="ads")
-    console.print(summary)
-    console.print(_view([cast(Any, stream)], {"ads": {}}, {"ads": 1.0}, 10.0, 60.0, 30.0))
+    console.print(phase_table([cast(Any, stream)], {"steady": 10.0}))
+    console.print(live_table([cast(Any, stream)], {"ads": 1.0}, {"ads": 1.0}, 10.0, 0.99, "ads"))
     text = console.export_text()
     assert f"{figure} of {received}" in text
     assert f" {expected:.1%} " in text.split("last 5 s", 1)[1]
