@@ -301,8 +301,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         # One address a line, never wrapped, so each can be copied (or read by a test).
         console.print(f"[bold]gpufair demo[/]: logs in {WORKDIR}/")
         console.print(f"API {api.url}", soft_wrap=True)
-        for node, url in executor_urls.items():
-            console.print(f"executor of node {node} {url}", soft_wrap=True)
+        for name, url in executor_urls.items():
+            console.print(f"executor of node {name} {url}", soft_wrap=True)
         console.print(f"dashboard {dashboard_sign_in(api.url, admin_token, dev_mode=True)}",
                       soft_wrap=True)
         children.enter_context(api).wait_healthy(STARTUP_TIMEOUT_S)
