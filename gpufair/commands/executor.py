@@ -24,12 +24,17 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from allocator.cluster.plan import NodePlan, PlanError
+
+if TYPE_CHECKING:
+    from executor.plan_client import PlanClient
 from executor.wire.names import InvalidNameError, validate_node_name
 from gpufair.compose import scheduler_config
 from gpufair.settings import SettingsError, load_settings
@@ -136,7 +141,7 @@ def main(argv: list[str]) -> int:
 
     from executor.daemon import create_app
     from executor.metrics import ExecutorMetrics
-    from executor.plan_client import PlanClient
+    from executor.plan_client import TOKEN_REJECTED_TRIES, PlanClient
     from executor.profiles import ProfileCurve, ProfileError, read_profiles
     from executor.scheduling import NodeRuntime
     from executor.scheduling.backend import Backend, RuntimeBackend
@@ -185,10 +190,31 @@ def main(argv: list[str]) -> int:
     app = create_app(runtime, metrics=metrics)
     host, port = args.host or cfg.host, args.port or cfg.port
     log.info("executor listening on http://%s:%d", host, port)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    )
+    if client is not None:
+        _stop_when_token_rejected(client, server)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        server.run()
     finally:
         if client is not None:
             client.stop()
         runtime.close()
+    if client is not None and client.token_rejected.is_set():
+        sys.stderr.write(
+            f"gpufair executor: token rejected by the API for node {args.node!r} "
+            f"{TOKEN_REJECTED_TRIES} times and no plan to serve; check --token\n"
+        )
+        return 2
     return 0
+
+
+def _stop_when_token_rejected(client: PlanClient, server: uvicorn.Server) -> None:
+    """Stop serving once the API has rejected the node's token with no plan served."""
+
+    def watch() -> None:
+        client.token_rejected.wait()
+        server.should_exit = True
+
+    threading.Thread(target=watch, name="token-watch", daemon=True).start()
