@@ -81,7 +81,9 @@ def main(argv: list[str]) -> int:
     shown = config.admin_token if development_token else None  # never echo a real secret
     base_url = f"http://{host}:{port}"
     sign_in = dashboard_sign_in(base_url, shown, dev_mode=config.dev_mode)
-    print(f"gpufair serve: dashboard {sign_in}; API docs {base_url}/docs", flush=True)
+    # A line each, the address last, so a terminal's link detection takes it whole.
+    print(f"gpufair serve: dashboard {sign_in}", flush=True)
+    print(f"gpufair serve: API docs {base_url}/docs", flush=True)
     uvicorn.run(
         create_app(config),
         host=host,
