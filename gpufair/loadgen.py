@@ -7,17 +7,30 @@ client-side balancing a platform's router would do). Latency is measured from th
 arrival, so a client that falls behind cannot hide queueing; a 429 or any error counts as a miss.
 Requests are sent by a bounded thread pool per stream; when it is full the arrival is counted as a
 miss rather than queued without bound in the client.
+
+:class:`StreamProcess` runs a stream in a child process of its own, as each tenant is a client of
+its own: a flooding tenant's client then cannot slow the threads (and the interpreter lock) that
+time another tenant's queries. The child sends its outcomes back in batches and the parent counts
+each in the phase its scheduled arrival falls in (the monotonic clock is the machine's, shared by
+both processes).
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
+import multiprocessing
+import queue
+import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.sharedctypes import Synchronized
+from typing import Any
 
 import httpx
 import numpy as np
@@ -118,7 +131,9 @@ class TenantStream:
         rate_qps: float,
         seed: int,
         max_in_flight: int = 64,
+        sink: Callable[[Outcome, str], None] | None = None,
     ) -> None:
+        """``sink`` receives every outcome with its phase instead of :attr:`stats`."""
         if not targets or any(not t.weight > 0 for t in targets):
             raise ValueError(f"{tenant}: a stream needs targets with positive weights")
         self.tenant = tenant
@@ -127,6 +142,7 @@ class TenantStream:
         self.rate_qps = rate_qps
         self.phase = "steady"
         self.stats = StreamStats(window_s=5.0)
+        self._sink = sink or (lambda outcome, phase: self.stats.record(outcome, phase, self.sla_s))
         self._urls = [f"{t.url}/v1/models/{model}/infer" for t in targets]
         weights = np.array([t.weight for t in targets], dtype=float)
         self._odds = weights / weights.sum()
@@ -170,7 +186,7 @@ class TenantStream:
             body = self._bodies[target][size][int(self._rng.integers(DISTINCT_QUERIES))]
             phase = self.phase
             if not self._slots.acquire(blocking=False):
-                self.stats.record(Outcome(next_at, float("inf"), 0, size), phase, self.sla_s)
+                self._sink(Outcome(next_at, float("inf"), 0, size), phase)
                 continue
             self._pool.submit(self._send, next_at, self._urls[target], body, size, phase)
 
@@ -185,5 +201,124 @@ class TenantStream:
             status = 0
         finally:
             self._slots.release()
-        outcome = Outcome(scheduled, time.monotonic() - scheduled, status, size)
-        self.stats.record(outcome, phase, self.sla_s)
+        self._sink(Outcome(scheduled, time.monotonic() - scheduled, status, size), phase)
+
+
+FLUSH_S = 0.2  # how often a child process sends its outcomes back
+
+
+def _stream_in_child(
+    spec: dict[str, Any],
+    rate: Synchronized,  # type: ignore[type-arg]
+    stop: Any,  # a multiprocessing Event
+    out: Any,  # a multiprocessing Queue of outcome batches, then None
+) -> None:
+    """A child's whole life: run the stream, follow the parent's rate, send outcomes back."""
+    # Ctrl-C reaches the whole process group; the parent stops its children itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    batch: list[Outcome] = []
+    lock = threading.Lock()
+
+    def keep(outcome: Outcome, _: str) -> None:
+        with lock:
+            batch.append(outcome)
+
+    def flush() -> None:
+        with lock:
+            ready = batch[:]
+            batch.clear()
+        if ready:
+            out.put(ready)
+
+    stream = TenantStream(**spec, sink=keep)
+    stream.start()
+    out.put([])  # ready: an empty batch
+    while not stop.wait(FLUSH_S):
+        stream.rate_qps = rate.value
+        flush()
+    stream.stop()  # waits for the queries in flight
+    flush()
+    out.put(None)
+
+
+class StreamProcess:
+    """A :class:`TenantStream` in a child process of its own, seen from the parent.
+
+    The parent reads ``stats`` (filled from the child's outcomes), sets ``rate_qps`` and
+    calls :meth:`set_phase` at a phase's start: outcomes are counted in the phase of their
+    scheduled arrival.
+    """
+
+    def __init__(self, *, tenant: str, model: str, targets: list[Target], sla_ms: float,
+                 rate_qps: float, seed: int) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        self.tenant = tenant
+        self.sla_s = sla_ms / 1000
+        self.stats = StreamStats(window_s=5.0)
+        self.phase = "warm-up"  # until the first set_phase
+        self._phases: list[tuple[float, str]] = [(float("-inf"), self.phase)]
+        self._rate = context.Value("d", rate_qps)
+        self._stop = context.Event()
+        self._out: Any = context.Queue()
+        spec = {"tenant": tenant, "model": model, "targets": targets, "sla_ms": sla_ms,
+                "rate_qps": rate_qps, "seed": seed}
+        self._process = context.Process(
+            target=_stream_in_child, args=(spec, self._rate, self._stop, self._out),
+            name=f"load-{tenant}", daemon=True)
+        self._collector = threading.Thread(target=self._collect, name=f"collect-{tenant}",
+                                           daemon=True)
+        self._ready = threading.Event()
+
+    @property
+    def rate_qps(self) -> float:
+        return float(self._rate.value)
+
+    @rate_qps.setter
+    def rate_qps(self, value: float) -> None:
+        self._rate.value = value
+
+    def set_phase(self, name: str, since: float) -> None:
+        """Queries scheduled from ``since`` (monotonic seconds) on count in phase ``name``."""
+        self._phases.append((since, name))
+        self.phase = name
+
+    def _phase_of(self, scheduled: float) -> str:
+        starts = [since for since, _ in self._phases]
+        return self._phases[bisect.bisect_right(starts, scheduled) - 1][1]
+
+    def start(self) -> None:
+        self._process.start()
+        self._collector.start()
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Whether the child started sending within ``timeout_s`` (a busy machine takes seconds
+        to start a Python process)."""
+        return self._ready.wait(timeout_s)
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                batch = self._out.get(timeout=1.0)
+            except queue.Empty:
+                if not self._process.is_alive():
+                    return  # the child died without its last word
+                continue
+            if batch is None:
+                return
+            self._ready.set()
+            for outcome in batch:
+                self.stats.record(outcome, self._phase_of(outcome.scheduled), self.sla_s)
+
+    def signal_stop(self) -> None:
+        """Send no more queries; :meth:`stop` then waits for those in flight."""
+        self._stop.set()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.signal_stop()
+        if self._process.ident is None:
+            return  # never started
+        self._collector.join(timeout=timeout_s)
+        self._process.join(timeout=5.0)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()

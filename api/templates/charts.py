@@ -106,6 +106,8 @@ class DeviceLayout:
 class NodeLayout:
     name: str
     devices: tuple[DeviceLayout, ...]
+    silent_s: float | None = None  # set when the node is stale: seconds without a heartbeat
+    stale: bool = False  # no recent heartbeat: its seats are drawn greyed
 
 
 def pool_bar(device: DeviceView, palette: dict[str, str]) -> PoolBar | None:
@@ -151,7 +153,14 @@ def cluster(data: DashboardData, palette: dict[str, str]) -> tuple[NodeLayout, .
                 pool=pool_bar(device, palette),
             )
         )
-    return tuple(NodeLayout(name, tuple(devices)) for name, devices in nodes.items())
+    status = {n.name: n for n in data.nodes}
+    layouts = []
+    for name, devices in nodes.items():
+        node = status.get(name)
+        stale = node is None or node.stale
+        silent = node.silent_s if node is not None else None
+        layouts.append(NodeLayout(name, tuple(devices), silent, stale))
+    return tuple(layouts)
 
 
 # --- the certificate's envy matrix -------------------------------------------------------------
@@ -397,10 +406,9 @@ def sla_history_chart(history: SlaHistory, palette: dict[str, str]) -> SlaChart 
 class CounterRow:
     tenant: str
     y: int  # the bar's top
-    text_y: float  # the baseline of the tenant's name and of its attainment figure
+    text_y: float  # the baseline of the tenant's name and of its count
     segments: tuple[Segment, ...]  # completed, rejected, expired
     received: int
-    attainment: float | None
 
 
 @dataclass(frozen=True)
@@ -409,17 +417,18 @@ class CounterChart:
     height: int
     bar: int  # a bar's height
     name_x: int  # the tenants' names end here, right-aligned
-    figure_x: int  # the attainment figures start here
+    figure_x: int  # the counts start here
     rows: tuple[CounterRow, ...]
 
 
 def counters_chart(data: DashboardData, palette: dict[str, str]) -> CounterChart | None:
-    """Per tenant one bar of its replicas' outcomes, scaled to the bar's length, and the
-    attainment of its SLA counts beside it; None before any daemon reported counters."""
+    """Per tenant one bar of its replicas' outcomes, scaled to the bar's length, and the queries
+    received beside it; None before any daemon reported counters. No attainment here: these
+    counts run since each daemon started, and the page has one attainment, over its window."""
     if not data.counters:
         return None
     width, bar, gap, left = 560, 22, 14, 130
-    plot = width - left - 150  # the rest: the attainment figure and its millions of queries
+    plot = width - left - 150  # the rest: the count of queries received, in millions maybe
     rows = []
     for k, (tenant, counts) in enumerate(data.counters.items()):
         y = 10 + k * (bar + gap)
@@ -441,7 +450,6 @@ def counters_chart(data: DashboardData, palette: dict[str, str]) -> CounterChart
                 text_y=y + bar / 2 + 4,
                 segments=tuple(segments),
                 received=counts.received,
-                attainment=counts.attainment,
             )
         )
     return CounterChart(

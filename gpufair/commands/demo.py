@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import sys
 import time
 from collections import defaultdict
@@ -53,7 +54,7 @@ from gpufair.demo.view import (
     live_view,
     phase_table,
 )
-from gpufair.loadgen import Target, TenantStream
+from gpufair.loadgen import StreamProcess, Target
 from gpufair.servers import LOOPBACK, ChildServer, ChildServerError, free_port
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ STARTUP_TIMEOUT_S = 120.0
 WORKDIR = Path("var/demo")
 CLAIM_FAILED = 3  # exit status when the run finished but a claim did not hold
 # The first seconds load models and warm caches on every path; they are shown, not counted.
-WARMUP_S = 3.0
+WARMUP_S = 5.0
 TICK_S = 0.5  # phases change and the live view refreshes this often
 PLAIN_EVERY_S = 5.0  # --plain prints the table this often
 
@@ -191,7 +192,7 @@ def _verdicts(certificate: CertificateDocument) -> dict[str, TenantVerdict]:
 
 
 def _streams(scenario: Scenario, registered: Registered, placements: dict[str, Placement],
-             executor_urls: dict[str, str]) -> list[TenantStream]:
+             executor_urls: dict[str, str]) -> list[StreamProcess]:
     streams = []
     for index, tenant in enumerate(scenario.tenants):
         model_id = registered.model_ids[tenant.name]
@@ -207,14 +208,14 @@ def _streams(scenario: Scenario, registered: Registered, placements: dict[str, P
         if not targets:
             raise DemoError(f"tenant {tenant.name} holds no seat: nothing to send its "
                             "queries to (the scenario has too few seats)")
-        streams.append(TenantStream(
+        streams.append(StreamProcess(
             tenant=tenant.name, model=model_id, targets=targets,
             sla_ms=tenant.model.sla_p99_ms, rate_qps=tenant.model.rate_qps,
             seed=scenario.seed * 100 + index))
     return streams
 
 
-def _drive(streams: list[TenantStream], scenario: Scenario, duration: float,
+def _drive(streams: list[StreamProcess], scenario: Scenario, duration: float,
            share: dict[str, float], plain: bool,
            console: Console) -> dict[str, float]:
     """Send traffic for ``duration`` seconds after a short warm-up, flooding halfway; returns
@@ -224,13 +225,16 @@ def _drive(streams: list[TenantStream], scenario: Scenario, duration: float,
     entitled = scenario.entitlement()
     required = scenario.claims.required_attainment
     printed_at = 0.0  # --plain: when the table is printed next
-    began = time.monotonic()
+    began = ended = time.monotonic()
     steady_began: float | None = None
     flood_began: float | None = None
-    for stream in streams:
-        stream.phase = "warm-up"
-        stream.start()
     try:
+        for stream in streams:
+            stream.start()
+        for stream in streams:
+            if not stream.wait_ready(STARTUP_TIMEOUT_S):
+                raise DemoError(f"the load process of {stream.tenant} did not start")
+        began = time.monotonic()  # the clock starts once every tenant's client sends
         live_context = contextlib.nullcontext(None) if plain else Live(
             console=console, refresh_per_second=2)
         with live_context as live:
@@ -238,11 +242,12 @@ def _drive(streams: list[TenantStream], scenario: Scenario, duration: float,
                 if steady_began is None and elapsed >= WARMUP_S:
                     steady_began = time.monotonic()
                     for stream in streams:
-                        stream.phase = "steady"
+                        stream.set_phase("steady", steady_began)
                 if flood_began is None and elapsed >= flood_at:
                     flood_began = time.monotonic()
                     for stream in streams:
-                        stream.phase = "flood"  # every stream counts the flood period apart
+                        # Every stream counts the flood period apart, not only the flooder.
+                        stream.set_phase("flood", flood_began)
                         if stream.tenant == scenario.flood_tenant:
                             stream.rate_qps *= scenario.flood_factor
                 view = live_view(streams, share, entitled, elapsed, duration, flood_at,
@@ -266,7 +271,7 @@ def _drive(streams: list[TenantStream], scenario: Scenario, duration: float,
             "flood": ended - flood_began if flood_began is not None else 0.0}
 
 
-def _claims(scenario: Scenario, streams: list[TenantStream], phases: dict[str, float],
+def _claims(scenario: Scenario, streams: list[StreamProcess], phases: dict[str, float],
             certificate: CertificateDocument, placements: dict[str, Placement]) -> list[Claim]:
     claims = [fairness_claim(_verdicts(certificate))]
     for stream in streams:
@@ -337,8 +342,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
         return CLAIM_FAILED
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (kill, a supervisor, a CI timeout) stops the demo as Ctrl-C does: children
+    stopped, nothing left behind."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     # One line per request would bury the view; the children's logs are in var/demo/.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     console = Console(width=None if sys.stdout.isatty() else 80)

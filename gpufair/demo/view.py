@@ -37,13 +37,18 @@ LEGEND = (
 
 
 class Stream(Protocol):
-    """What the views read of a load stream (gpufair.loadgen.TenantStream)."""
+    """What the views read of a load stream (gpufair.loadgen.StreamProcess)."""
 
-    tenant: str
-    phase: str
-    rate_qps: float
-    sla_s: float
-    stats: StreamStats
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def rate_qps(self) -> float: ...
+    @property
+    def sla_s(self) -> float: ...
+    @property
+    def stats(self) -> StreamStats: ...
 
 
 def _table(title: str, *columns: str) -> Table:

@@ -361,6 +361,7 @@ def test_every_consumer_gives_the_same_attainment_for_the_same_counters(
         metrics.observe("ads", "1", outcome, latency, sla_s)
     assert metrics.attainment() == {("ads", "1"): expected}
     # ...its heartbeat carries them to the API, which serves them at /v1/sla...
+    api.tenant("ads")
     _, token = api.node("n1")
     report = {
         "replicas": [
@@ -377,9 +378,9 @@ def test_every_consumer_gives_the_same_attainment_for_the_same_counters(
     page = api.client.get("/", headers=api.admin).text
     figure = f"{expected:.2%}"
     history = page[page.index('id="sla-history"') : page.index('id="certificate"')]
-    counters = page[page.index('id="sla"') : page.index('id="history"')]
+    tenants = page[page.index('id="tenants"') : page.index('id="cluster"')]
     assert f"ads <b>{figure}</b>" in history
-    assert f'class="lbl">{figure} <tspan' in counters, counters
+    assert f">{figure}</span></td>" in tenants, tenants
     # The demo's client sees the same queries and summarises them alike, live and at the end.
     stats = StreamStats(window_s=60.0)
     for _, latency, status in outcomes:
