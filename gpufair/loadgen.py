@@ -67,6 +67,18 @@ class PhaseCounts:
     refused: int = 0  # 429: admission control said no
     received_rows: int = 0  # candidate rows of the queries received
     answered_rows: int = 0  # candidate rows of the queries answered 200
+    latencies_s: list[float] = field(default_factory=list)  # of the queries answered 200
+    first_scheduled: float = float("inf")  # monotonic seconds
+    last_answered: float = float("-inf")  # when the last answer arrived, monotonic seconds
+
+    def span_s(self) -> float:
+        """From the phase's first arrival to its last answer: the time its answers took, which
+        runs past the phase's end by the queries still in flight then."""
+        return max(0.0, self.last_answered - self.first_scheduled)
+
+    def p99_s(self) -> float | None:
+        """The 99th percentile latency of the answered queries; None when none was."""
+        return float(np.percentile(self.latencies_s, 99)) if self.latencies_s else None
 
 
 @dataclass
@@ -91,12 +103,18 @@ class StreamStats:
             counts.answered += int(outcome.status == 200)
             counts.refused += int(outcome.status == 429)
             counts.received_rows += outcome.candidates
-            counts.answered_rows += outcome.candidates if outcome.status == 200 else 0
+            counts.first_scheduled = min(counts.first_scheduled, outcome.scheduled)
+            if outcome.status == 200:
+                counts.answered_rows += outcome.candidates
+                counts.latencies_s.append(outcome.latency_s)
+                counts.last_answered = max(counts.last_answered,
+                                           outcome.scheduled + outcome.latency_s)
 
     def phase(self, name: str) -> PhaseCounts:
         """A copy of one phase's counters (zeros when the phase saw no query)."""
         with self.lock:
-            return dataclasses.replace(self.by_phase.get(name, PhaseCounts()))
+            counts = self.by_phase.get(name, PhaseCounts())
+            return dataclasses.replace(counts, latencies_s=list(counts.latencies_s))
 
     def window(self, now: float) -> list[Outcome]:
         with self.lock:

@@ -14,7 +14,9 @@ run on a machine too busy to keep the promise says so instead of printing a succ
    allocated can score (the seats and pool share of its plan, at each device's per-stream
    capacity): the flood took nothing of the other tenants' streams; the rest was refused with
    429. Rows, not queries, because admission control refuses large queries more often than
-   small ones, so the queries it answers are smaller than the ones it is sent.
+   small ones, so the queries it answers are smaller than the ones it is sent; per second of
+   the time those answers took (to the last one, past the phase's end by the queries then in
+   flight), so the backlog answered after the end does not count as served faster.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def flood_claims(tenant: str, flood: PhaseCounts, flood_s: float, share_rows_s: 
         return [Claim(f"{tenant} flooded beyond its share",
                       "no flood phase" if flood_s <= 0 else "it was allocated no stream", False)]
     offered = flood.received_rows / flood_s
-    served = flood.answered_rows / flood_s
+    served_s = max(flood_s, flood.span_s())
+    served = flood.answered_rows / served_s
     refused = flood.refused / flood.received if flood.received else 0.0
     beyond = Claim(
         f"{tenant} flooded beyond its share",
@@ -76,7 +79,7 @@ def flood_claims(tenant: str, flood: PhaseCounts, flood_s: float, share_rows_s: 
         offered > share_rows_s)
     throttled = Claim(
         f"{tenant} was throttled to its share (served ≤ {1 + tolerance:.2f}× share)",
-        f"served {served:,.0f} rows/s ({flood.answered / flood_s:.1f} qps) = "
+        f"served {served:,.0f} rows/s ({flood.answered / served_s:.1f} qps) = "
         f"{served / share_rows_s:.2f}× its share; {refused:.0%} of its queries refused with 429",
         served <= (1 + tolerance) * share_rows_s)
     return [beyond, throttled]

@@ -10,6 +10,7 @@ receipt times come from a fake clock installed in the app (15 minutes of them in
 from __future__ import annotations
 
 import html
+import json
 import os
 import random
 import re
@@ -530,7 +531,9 @@ def test_a_hostile_tenant_name_is_escaped_everywhere_it_appears() -> None:
 # --- the page in a real browser ----------------------------------------------------------------
 
 
-def _chromium(tmp_path: Path, *args: str, height: int = 1000) -> subprocess.CompletedProcess[bytes]:
+def _chromium(
+    tmp_path: Path, *args: str, height: int = 1000, width: int = 1400
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [
             str(CHROMIUM),
@@ -543,13 +546,36 @@ def _chromium(tmp_path: Path, *args: str, height: int = 1000) -> subprocess.Comp
             "--disable-component-update",
             "--disable-sync",
             f"--user-data-dir={tmp_path / 'chromium-profile'}",
-            f"--window-size=1400,{height}",
+            f"--window-size={width},{height}",
             *args,
         ],
         capture_output=True,
         timeout=60,
         check=False,
     )
+
+
+# Written into the page by a copy of it that may run a script (the served page may not): how
+# far the page is wider than the window, and which sections scroll sideways inside.
+MEASURE = """<script>
+const sections = [...document.querySelectorAll("section")]
+  .filter(s => s.scrollWidth > s.clientWidth + 1).map(s => s.id);
+document.body.dataset.overflow = JSON.stringify({
+  page: Math.max(0, document.documentElement.scrollWidth - window.innerWidth),
+  sections: sections});
+</script>"""
+
+
+def _overflow(tmp_path: Path, page: str, width: int) -> dict[str, Any]:
+    """The page laid out by Chromium in a window ``width`` px wide: its overflow."""
+    copy = tmp_path / f"measure-{width}.html"
+    copy.write_text(page.replace("</body>", MEASURE + "</body>"))
+    dom = _chromium(tmp_path, "--dump-dom", copy.as_uri(), width=width)
+    assert dom.returncode == 0, dom.stderr.decode()[-2000:]
+    found = re.search(r'data-overflow="([^"]*)"', dom.stdout.decode())
+    assert found, "the measuring script did not run"
+    result: dict[str, Any] = json.loads(html.unescape(found.group(1)))
+    return result
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
@@ -603,6 +629,16 @@ class TestInChromium:
             and "ads-ranking" not in anonymous.stdout.decode()
         )
 
+        # The new panels, in the browser's DOM: shares against entitlements, rates and the one
+        # attainment per tenant, a stale node (n2 never reported) greyed, the legend.
+        assert 'id="tenants"' in text and "share / entitled" in text
+        assert 'class="node stale"' in text and "no heartbeat yet" in text
+        assert "<dt>α</dt>" in text and "<dt>slack</dt>" in text
+        assert '<meta http-equiv="refresh"' in text
+        for width in (800, 1400):
+            overflow = _overflow(tmp_path, httpx.get(page, timeout=30).text, width)
+            assert overflow == {"page": 0, "sections": []}, (width, overflow)
+
         shot = tmp_path / "dashboard.png"
         result = _chromium(tmp_path, f"--screenshot={shot}", page, height=SCREENSHOT_HEIGHT)
         assert result.returncode == 0, result.stderr.decode()[-2000:]
@@ -610,3 +646,29 @@ class TestInChromium:
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
         if os.environ.get("GPUFAIR_UPDATE_SCREENSHOT") == "1":
             shutil.copy(shot, DOCS / "dashboard.png")
+
+
+def test_the_window_fits_the_data_and_a_silent_node_goes_stale(api: Api) -> None:
+    world = _world(api)
+    end = datetime.now(UTC).replace(microsecond=0)
+    clock = install_clock(api.client.app, end - timedelta(seconds=120))
+    # Two minutes of traffic: one heartbeat at its start, one at its end.
+    _heartbeat(api, world["node"], [], sla=[_tally("ads-ranking", "1", 100, 100)])
+    clock.now = end
+    _heartbeat(api, world["node"], [], sla=[_tally("ads-ranking", "1", 1300, 1290)])
+    page = api.client.get("/", headers=api.admin).text
+    # The window starts with the data (2 min, not 15), in buckets of one heartbeat.
+    tenants = _section(page, "tenants")
+    assert "over the last 2 min (5 s buckets)" in tenants
+    assert "5 s buckets, up to" in _section(page, "sla-history")
+    # 1,300 queries in the window of 125 s: its rates, and the one attainment.
+    row = _tenant_rows(page)["ads-ranking"]
+    assert row[3] == f"{1300 / 125:.1f}" and row[4] == f"{1290 / 125:.1f}"
+    assert row[6] == f"{1290 / 1300:.2%}"
+    assert row[2].endswith(" / 0.50")  # entitled: weight 2 of 4
+    assert "live" in _section(page, "nodes") and "node stale" not in page
+    # Twenty seconds without a heartbeat (three missed at 5 s): stale, seats greyed.
+    clock.advance(20)
+    page = api.client.get("/", headers=api.admin).text
+    assert 'class="node stale"' in page and "silent for 20 s" in page
+    assert "stale" in _section(page, "nodes")

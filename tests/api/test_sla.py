@@ -32,6 +32,7 @@ from executor.scheduling import NodeRuntime, SchedulerConfig
 from executor.wire.attainment import attainment
 from executor.wire.heartbeat import MAX_COUNT, Heartbeat, SlaCount
 from gpufair.compose import api_config
+from gpufair.demo.claims import sla_claim
 from gpufair.demo.view import live_table, phase_table
 from gpufair.loadgen import Outcome, StreamStats
 from gpufair.settings import Settings
@@ -390,5 +391,8 @@ def test_every_consumer_gives_the_same_attainment_for_the_same_counters(
     console.print(phase_table([cast(Any, stream)], {"steady": 10.0}))
     console.print(live_table([cast(Any, stream)], {"ads": 1.0}, {"ads": 1.0}, 10.0, 0.99, "ads"))
     text = console.export_text()
-    assert f"{figure} of {received}" in text
-    assert f" {expected:.1%} " in text.split("last 5 s", 1)[1]
+    assert f" {figure} " in text.split("last 5 s", 1)[0]  # the phase table
+    assert f" {expected:.1%} " in text.split("last 5 s", 1)[1]  # the live table
+    # ...and the claim the demo's summary makes of them.
+    claim = sla_claim("ads", stats.phase("steady"), sla_s * 1000, 0.99)
+    assert claim.figure.startswith(f"{figure} ({within} of {received} within")

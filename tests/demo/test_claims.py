@@ -44,3 +44,13 @@ def test_the_flooder_is_judged_by_rows_served_against_its_share() -> None:
     # No flood phase at all is a failed claim, not a division by zero.
     (none,) = flood_claims("search", calm, 0.0, share, tolerance=0.10)
     assert not none.holds
+
+
+def test_answers_after_the_flood_ends_are_spread_over_the_time_they_took() -> None:
+    # 10 s of flood, but its backlog was answered until 12 s after its first arrival: the
+    # served rate is over 12 s, not 10 (which would make a throttled flooder look greedy).
+    flood = PhaseCounts(received=1000, answered=240, received_rows=180_000,
+                        answered_rows=72_000, first_scheduled=100.0, last_answered=112.0)
+    _, throttled = flood_claims("search", flood, 10.0, 6000.0, tolerance=0.10)
+    assert throttled.holds
+    assert "served 6,000 rows/s (20.0 qps) = 1.00× its share" in throttled.figure
