@@ -101,7 +101,6 @@ def render_dashboard(data: DashboardData) -> str:
         estimated=estimated_valuations(data.certificate),
         envy=charts.envy_heatmap(agents),
         sla_history=charts.sla_history_chart(data.sla_history, palette),
-        window_minutes=charts.window_minutes(data.sla_history),
         counters=charts.counters_chart(data, palette),
     )
 

@@ -41,6 +41,7 @@ from allocator.certificate import (
     CertificateDocument,
     parse_certificate,
 )
+from allocator.cluster.plan import NodePlan
 from executor.models.schema import ModelSchema
 from gpufair.commands.serve import dashboard_sign_in
 from gpufair.demo.claims import Claim, TenantVerdict, fairness_claim, flood_claims, sla_claim
@@ -133,7 +134,8 @@ def _register(api_url: str, admin_token: str, scenario: Scenario) -> Registered:
                 admin.post("/nodes", json={"name": node.name, "devices": devices}),
                 f"register node {node.name}")["token"]
             _upload_curves(api_url, tokens[node.name], scenario, node.name, models)
-        allocation = _checked(admin.post("/allocations", json={}), "solve allocation")
+        allocation = _checked(admin.post("/allocations", json={"objective": scenario.objective}),
+                              "solve allocation")
     return Registered(tokens, keys, models, parse_certificate(allocation["certificate"]),
                       allocation["version"], allocation["solve_seconds"])
 
@@ -156,16 +158,31 @@ class Placement:
 
     streams: dict[str, float]  # node -> streams serving the tenant there
     capacity_rows_s: dict[str, float]  # node -> candidate rows per second they score at most
+    # What the rest of the shared pools of its devices score: the most idle pool time that
+    # fair queueing, being work conserving, may lend it.
+    borrowable_rows_s: float
 
     @property
     def total_rows_s(self) -> float:
         return sum(self.capacity_rows_s.values())
 
 
-def _placements(api_url: str, scenario: Scenario,
-                keys: dict[str, str]) -> tuple[dict[str, Placement], dict[str, SplitRow]]:
+def _shared_pools(api_url: str, node_tokens: dict[str, str]) -> dict[tuple[str, str], int]:
+    """(node, device) -> the streams of its shared pool, from the nodes' plans."""
+    pools = {}
+    for node, token in node_tokens.items():
+        plan = NodePlan.from_dict(_checked(
+            httpx.get(f"{api_url}/v1/nodes/{node}/plan", timeout=30,
+                      headers={"authorization": f"Bearer {token}"}), f"plan of node {node}"))
+        pools.update({(node, d.device): d.shared_pool_streams for d in plan.devices})
+    return pools
+
+
+def _placements(api_url: str, scenario: Scenario, keys: dict[str, str],
+                node_tokens: dict[str, str]) -> tuple[dict[str, Placement], dict[str, SplitRow]]:
     """Each tenant's placement, and its row of the fair allocation for the comparison."""
     total_streams = sum(d.streams for n in scenario.nodes for d in n.devices)
+    pools = _shared_pools(api_url, node_tokens)
     placements: dict[str, Placement] = {}
     fair: dict[str, SplitRow] = {}
     for tenant in scenario.tenants:
@@ -178,7 +195,12 @@ def _placements(api_url: str, scenario: Scenario,
             per_stream = scenario.stream_rows_s(share["node"], share["device"])
             streams[share["node"]] += float(share["streams"])
             capacity[share["node"]] += float(share["streams"]) * per_stream
-        placements[tenant.name] = Placement(dict(streams), dict(capacity))
+        own_pool: dict[tuple[str, str], float] = defaultdict(float)
+        for seat in mine["seats"]:
+            own_pool[seat["node"], seat["device"]] += float(seat["pool_streams"])
+        borrowable = sum((pools.get(where, 0) - mine_there) * scenario.stream_rows_s(*where)
+                         for where, mine_there in own_pool.items())
+        placements[tenant.name] = Placement(dict(streams), dict(capacity), max(0.0, borrowable))
         row = AgentCertificateDocument.model_validate(mine["certificate"])
         fair[tenant.name] = SplitRow(share=sum(streams.values()) / total_streams,
                                      expected_qps=row.value * tenant.model.demand_qps,
@@ -283,7 +305,8 @@ def _claims(scenario: Scenario, streams: list[StreamProcess], phases: dict[str, 
     flooder = next(s for s in streams if s.tenant == scenario.flood_tenant)
     claims += flood_claims(scenario.flood_tenant, flooder.stats.phase("flood"), phases["flood"],
                            placements[scenario.flood_tenant].total_rows_s,
-                           scenario.claims.throttle_tolerance)
+                           scenario.claims.throttle_tolerance,
+                           placements[scenario.flood_tenant].borrowable_rows_s)
     return claims
 
 
@@ -325,7 +348,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
             executor = ChildServer(f"executor {node.name}", command, port=port, env=env,
                                    log_path=WORKDIR / f"executor-{node.name}.log")
             children.enter_context(executor).wait_healthy(STARTUP_TIMEOUT_S)
-        placements, fair = _placements(api.url, scenario, registered.tenant_keys)
+        placements, fair = _placements(api.url, scenario, registered.tenant_keys,
+                                       registered.node_tokens)
         console.print(comparison_table(scenario, fair, naive_rows(scenario)))
         console.print(Text(LEGEND, style="dim"))
         streams = _streams(scenario, registered, placements, executor_urls)

@@ -8,15 +8,18 @@ run on a machine too busy to keep the promise says so instead of printing a succ
    ``required_attainment`` of the queries it received during the flood within its SLA
    (attainment = within SLA / received, executor/wire/attainment.py: a 429 or an error is a miss).
 3. **The flood went beyond the flooder's share**: it offered more than its allocated streams
-   can serve, so claim 4 is a test, not a formality.
+   and the pool time it may borrow can serve, so claim 4 is a test, not a formality.
 4. **The flooder was throttled to its share**: the candidate rows it had answered per second
    during the flood are at most ``1 + throttle_tolerance`` times what the streams it was
-   allocated can score (the seats and pool share of its plan, at each device's per-stream
-   capacity): the flood took nothing of the other tenants' streams; the rest was refused with
-   429. Rows, not queries, because admission control refuses large queries more often than
-   small ones, so the queries it answers are smaller than the ones it is sent; per second of
-   the time those answers took (to the last one, past the phase's end by the queries then in
-   flight), so the backlog answered after the end does not count as served faster.
+   allocated (the seats, dedicated streams and pool weight of its plan, at each device's
+   per-stream capacity) and the shared pools of its devices can score. Fair queueing is work
+   conserving: a pool's time that its weighted holders leave idle goes to whoever has work, the
+   flooder included, so that time is the most it may borrow; it never gets a stream dedicated to
+   another tenant. The rest of its flood is refused with 429. Rows, not queries, because
+   admission control refuses large queries more often than small ones, so the queries it answers
+   are smaller than the ones it is sent; per second of the time those answers took (to the last
+   one, past the phase's end by the queries then in flight), so the backlog answered after the
+   end does not count as served faster.
 """
 
 from __future__ import annotations
@@ -62,9 +65,11 @@ def sla_claim(tenant: str, flood: PhaseCounts, sla_ms: float, required: float) -
 
 
 def flood_claims(tenant: str, flood: PhaseCounts, flood_s: float, share_rows_s: float,
-                 tolerance: float) -> list[Claim]:
+                 tolerance: float, borrowable_rows_s: float = 0.0) -> list[Claim]:
     """Claims 3 and 4 for the flooder: ``share_rows_s`` is the candidate rows per second its
-    allocated streams can score."""
+    allocated streams can score, ``borrowable_rows_s`` what the rest of its devices' shared
+    pools can (the most idle pool time it may borrow)."""
+    bound = share_rows_s + borrowable_rows_s
     if flood_s <= 0 or share_rows_s <= 0:
         return [Claim(f"{tenant} flooded beyond its share",
                       "no flood phase" if flood_s <= 0 else "it was allocated no stream", False)]
@@ -72,14 +77,16 @@ def flood_claims(tenant: str, flood: PhaseCounts, flood_s: float, share_rows_s: 
     served_s = max(flood_s, flood.span_s())
     served = flood.answered_rows / served_s
     refused = flood.refused / flood.received if flood.received else 0.0
+    borrow = f" + {borrowable_rows_s:,.0f} of pool time" if borrowable_rows_s > 0 else ""
     beyond = Claim(
         f"{tenant} flooded beyond its share",
         f"offered {offered:,.0f} rows/s ({flood.received / flood_s:.1f} qps) = "
-        f"{offered / share_rows_s:.1f}× the {share_rows_s:,.0f} rows/s its streams score",
-        offered > share_rows_s)
+        f"{offered / bound:.1f}× the {share_rows_s:,.0f} rows/s its streams score{borrow}",
+        offered > bound)
     throttled = Claim(
-        f"{tenant} was throttled to its share (served ≤ {1 + tolerance:.2f}× share)",
+        f"{tenant} was throttled to its share (served ≤ {1 + tolerance:.2f}× that)",
         f"served {served:,.0f} rows/s ({flood.answered / served_s:.1f} qps) = "
-        f"{served / share_rows_s:.2f}× its share; {refused:.0%} of its queries refused with 429",
-        served <= (1 + tolerance) * share_rows_s)
+        f"{served / bound:.2f}× its share{' and pool time' if borrow else ''}; "
+        f"{refused:.0%} of its queries refused with 429",
+        served <= (1 + tolerance) * bound)
     return [beyond, throttled]

@@ -137,8 +137,7 @@ def phase_table(streams: Sequence[Stream], phases: dict[str, float]) -> Table:
     columns = ["tenant", "SLA ms"]
     for name in phases:
         columns += [f"{name}", "p99 ms", "ok/s"]
-    table = _table("SLA attainment (within SLA / received), p99 and rate over each whole phase",
-                   *columns)
+    table = _table("each whole phase: attainment (within SLA / received), p99, rate", *columns)
     for stream in streams:
         cells = [stream.tenant, f"{stream.sla_s * 1000:.0f}"]
         for name, seconds in phases.items():

@@ -54,3 +54,16 @@ def test_answers_after_the_flood_ends_are_spread_over_the_time_they_took() -> No
     _, throttled = flood_claims("search", flood, 10.0, 6000.0, tolerance=0.10)
     assert throttled.holds
     assert "served 6,000 rows/s (20.0 qps) = 1.00× its share" in throttled.figure
+
+
+def test_idle_pool_time_the_flooder_may_borrow_raises_its_bound_and_no_more() -> None:
+    # Its streams score 3,000 rows/s, the idle part of its devices' pools 3,000 more: serving
+    # 6,300 rows/s is within 1.10× of 6,000; 7,000 is not; offering 5,000 is no flood at all.
+    flood = PhaseCounts(received=1000, answered=230, received_rows=120_000, answered_rows=63_000)
+    beyond, throttled = flood_claims("search", flood, 10.0, 3000.0, 0.10, borrowable_rows_s=3000.0)
+    assert beyond.holds and throttled.holds
+    assert "+ 3,000 of pool time" in beyond.figure and "and pool time" in throttled.figure
+    greedy = PhaseCounts(received=1000, answered=260, received_rows=120_000, answered_rows=70_000)
+    assert not flood_claims("search", greedy, 10.0, 3000.0, 0.10, 3000.0)[1].holds
+    calm = PhaseCounts(received=200, answered=200, received_rows=50_000, answered_rows=50_000)
+    assert not flood_claims("search", calm, 10.0, 3000.0, 0.10, 3000.0)[0].holds
