@@ -135,8 +135,8 @@ class Target:
 class TenantStream:
     """Sends one model's queries at a (changeable) Poisson rate until stopped.
 
-    ``phase`` names the period the next queries are counted in (:attr:`StreamStats.by_phase`);
-    the demo sets it for every stream at once, so each tenant's counts cover the same spans.
+    Every finished query goes to ``sink``; :class:`StreamProcess` runs one in a child process
+    and counts what the sink receives in the parent.
     """
 
     def __init__(
@@ -149,18 +149,15 @@ class TenantStream:
         rate_qps: float,
         seed: int,
         max_in_flight: int = 64,
-        sink: Callable[[Outcome, str], None] | None = None,
+        sink: Callable[[Outcome], None],
     ) -> None:
-        """``sink`` receives every outcome with its phase instead of :attr:`stats`."""
         if not targets or any(not t.weight > 0 for t in targets):
             raise ValueError(f"{tenant}: a stream needs targets with positive weights")
         self.tenant = tenant
         self.model = model
         self.sla_s = sla_ms / 1000
         self.rate_qps = rate_qps
-        self.phase = "steady"
-        self.stats = StreamStats(window_s=5.0)
-        self._sink = sink or (lambda outcome, phase: self.stats.record(outcome, phase, self.sla_s))
+        self._sink = sink
         self._urls = [f"{t.url}/v1/models/{model}/infer" for t in targets]
         weights = np.array([t.weight for t in targets], dtype=float)
         self._odds = weights / weights.sum()
@@ -202,13 +199,12 @@ class TenantStream:
             target = int(self._rng.choice(len(self._urls), p=self._odds))
             size = int(self._rng.choice(QUERY_SIZES))
             body = self._bodies[target][size][int(self._rng.integers(DISTINCT_QUERIES))]
-            phase = self.phase
             if not self._slots.acquire(blocking=False):
-                self._sink(Outcome(next_at, float("inf"), 0, size), phase)
+                self._sink(Outcome(next_at, float("inf"), 0, size))
                 continue
-            self._pool.submit(self._send, next_at, self._urls[target], body, size, phase)
+            self._pool.submit(self._send, next_at, self._urls[target], body, size)
 
-    def _send(self, scheduled: float, url: str, body: bytes, size: int, phase: str) -> None:
+    def _send(self, scheduled: float, url: str, body: bytes, size: int) -> None:
         try:
             reply = self._client.post(
                 url, content=body, headers={"content-type": "application/x-npz"}
@@ -219,7 +215,7 @@ class TenantStream:
             status = 0
         finally:
             self._slots.release()
-        self._sink(Outcome(scheduled, time.monotonic() - scheduled, status, size), phase)
+        self._sink(Outcome(scheduled, time.monotonic() - scheduled, status, size))
 
 
 FLUSH_S = 0.2  # how often a child process sends its outcomes back
@@ -237,7 +233,7 @@ def _stream_in_child(
     batch: list[Outcome] = []
     lock = threading.Lock()
 
-    def keep(outcome: Outcome, _: str) -> None:
+    def keep(outcome: Outcome) -> None:
         with lock:
             batch.append(outcome)
 
