@@ -24,6 +24,7 @@ still serve.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -260,9 +261,11 @@ def sla_window(session: Session, now: datetime) -> tuple[float, int]:
     span = float(SLA_WINDOW_S)
     if oldest is not None:
         span = (_naive_utc(now) - _naive_utc(oldest)).total_seconds() + MIN_BUCKET_S
-    window = min(SLA_WINDOW_S, max(MIN_WINDOW_S, span))
-    buckets = max(1, min(SLA_BUCKETS, int(window // MIN_BUCKET_S)))
-    return window, buckets
+    # Whole buckets of whole seconds, so that the chart's times read as round numbers.
+    buckets = max(1, min(SLA_BUCKETS, math.ceil(min(SLA_WINDOW_S, max(MIN_WINDOW_S, span))
+                                               / MIN_BUCKET_S)))
+    bucket_s = math.ceil(min(SLA_WINDOW_S, max(MIN_WINDOW_S, span)) / buckets)
+    return float(min(SLA_WINDOW_S, bucket_s * buckets)), buckets
 
 
 def _naive_utc(moment: datetime) -> datetime:

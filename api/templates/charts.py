@@ -297,8 +297,13 @@ class SlaChart:
     series: tuple[SeriesLine, ...]
 
 
-def window_minutes(history: SlaHistory) -> float:
-    return (history.end - history.start).total_seconds() / 60
+def duration(seconds: float) -> str:
+    """A span as a person reads it: "12 s", "29 min", "3.5 h"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def sla_palette(history: SlaHistory, palette: dict[str, str]) -> dict[str, str]:
@@ -334,7 +339,7 @@ def sla_history_chart(history: SlaHistory, palette: dict[str, str]) -> SlaChart 
     if not any(s.received for s in history.tenants):
         return None
     colour = sla_palette(history, palette)
-    minutes = window_minutes(history)
+    window_s = (history.end - history.start).total_seconds()
     # Drawn at the wide section's width, scaled down (by its viewBox) in a narrower window.
     width, height = 1300, 300
     x0, x1, y0, y1 = 64, width - 24, 14, height - 52
@@ -357,7 +362,7 @@ def sla_history_chart(history: SlaHistory, palette: dict[str, str]) -> SlaChart 
     ticks = []
     for j in range(6):
         at = round(x0 + (x1 - x0) * j / 5, 1)
-        label = "now" if j == 5 else f"−{minutes * (5 - j) / 5:g} min"
+        label = "now" if j == 5 else f"−{duration(window_s * (5 - j) / 5)}"
         ticks.append(TimeTick(at, Text(at, y1 + 19, label)))
     target = y(SLA_TARGET)
     series = tuple(
@@ -393,7 +398,7 @@ def sla_history_chart(history: SlaHistory, palette: dict[str, str]) -> SlaChart 
         x_title=Text(
             round((x0 + x1) / 2, 1),
             height - 8,
-            f"time, {history.bucket_s:g} s buckets, up to {history.end:%H:%M:%S} UTC",
+            f"time, {history.bucket_s:.0f} s buckets, up to {history.end:%H:%M:%S} UTC",
         ),
         series=series,
     )

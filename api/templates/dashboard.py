@@ -48,15 +48,6 @@ def thousands(count: int) -> str:
     return f"{count:,}"
 
 
-def duration(seconds: float) -> str:
-    """A span as a person reads it: "12 s", "29 min", "3.5 h"."""
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _environment() -> Environment:
     environment = Environment(
         loader=PackageLoader("api", "templates"),
@@ -68,7 +59,7 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     environment.filters.update(
-        percent=percent, number=number, thousands=thousands, duration=duration
+        percent=percent, number=number, thousands=thousands, duration=charts.duration
     )
     environment.globals.update(
         EMPTY=charts.EMPTY,
