@@ -1,15 +1,23 @@
 """The executor daemon's HTTP surface (Starlette on uvicorn): inference, schema, health, metrics.
 
-Routes (docs/architecture.md §3.3):
+Routes (docs/architecture.md §3.3, docs/executor.md "HTTP"):
 
-- ``POST /v1/models/{model}/infer`` — a structured-feature query, as JSON
+- ``POST /v2/models/{model}[/versions/{v}]/infer`` — the Open Inference Protocol (KServe v2):
+  a query's tensors (:mod:`executor.codec`) as JSON or with the binary tensor data extension
+  (``Inference-Header-Content-Length``), the format to send; the reply's output ``scores``
+  comes back binary when the request asks for it (``binary_data_output``/``binary_data``).
+  ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{model}`` (metadata:
+  the query's tensors) and ``/v2/models/{model}/ready`` complete what Triton and KServe
+  clients call.
+- ``POST /v1/models/{model}/infer`` — gpufair's JSON query
   (``{"user": {"dense": [...], "sparse": {...}}, "candidates": {"dense": [[...]], "sparse":
-  {...}}}``) or as a binary numpy archive (``Content-Type: application/x-npz``, see
-  :mod:`executor.codec`). The reply is ``{"scores": [...]}`` in candidate order, or the raw
+  {...}}}``), or an ``.npz`` archive of the tensors (``Content-Type: application/x-npz``) for
+  existing clients. The reply is ``{"scores": [...]}`` in candidate order, or the raw
   float32 ``.npy`` array when the request says ``Accept: application/x-npy``.
-  400 malformed query (the message names the field), 404 unknown model, 413 body too large,
-  415 other content types, 429 + ``Retry-After`` when admission control refuses it, 503 model
-  not loaded, 504 deadline passed, 500 the model failed.
+- Both: 400 malformed query (the message names the field), 404 unknown model, 413 body too
+  large, 415 other content types or encodings, 429 + ``Retry-After`` when admission control
+  refuses it, 503 model not loaded, 504 deadline passed, 500 the model failed; the body of
+  every error is ``{"error": message}``, as the protocol has it.
 - ``GET /v1/models/{model}/schema`` — the model's feature schema.
 - ``GET /healthz`` — plan version and models served (503 until a plan is loaded).
 - ``GET /metrics`` — Prometheus text format.
@@ -36,10 +44,12 @@ Every error a request can meet is answered from one table, :data:`ERROR_ANSWERS`
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import io
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 from starlette.applications import Starlette
@@ -48,7 +58,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from executor import codec
+from executor.features import Query
 from executor.metrics import ExecutorMetrics
+from executor.models import ModelSchema
 from executor.scheduling import (
     DeadlineExceeded,
     GroupClosed,
@@ -61,6 +73,7 @@ from executor.scheduling import (
     SessionGroup,
     UnknownModel,
 )
+from executor.wire import oip
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +167,9 @@ def create_app(
             return answer(exc, None)
         return JSONResponse(group.model.schema.to_dict())
 
-    async def infer(request: Request) -> Response:
+    async def serve(request: Request, reader: BodyReader) -> Response:
+        """A query from arrival to reply: route, the check before the body, read, parse,
+        queue, wait for its scores. ``reader`` knows the route's body format."""
         arrival = time.monotonic()
         group: SessionGroup | None = None  # the replica serving the query, once resolved
         try:
@@ -162,13 +177,9 @@ def create_app(
             # read: the event loop never reads or parses a body that admission control turns
             # away, so a flooding tenant's large JSON queries do not delay other tenants.
             group = runtime.route(request.path_params["model"])
-            content_type = request.headers.get("content-type", "application/json")
-            content_type = content_type.split(";", 1)[0].strip().lower()
-            if content_type != "application/json" and content_type not in NPZ_TYPES:
-                return _error(
-                    415,
-                    f"content type {content_type!r}: use application/json or application/x-npz",
-                )
+            refusal = reader.refuse(request)
+            if refusal is not None:
+                return refusal
             declared = request.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > max_body_bytes:
                 return _error(413, f"body of {declared} bytes exceeds {max_body_bytes}")
@@ -177,10 +188,7 @@ def create_app(
             if body is None:
                 return _error(413, f"body exceeds {max_body_bytes} bytes")
             try:
-                if content_type == "application/json":
-                    query = codec.parse_query_json(group.model.schema, body)
-                else:
-                    query = codec.parse_query_npz(group.model.schema, body)
+                query, reply = reader.parse(request, group.model.schema, body)
             except ValueError as exc:
                 return answer(exc, group)
             pending = runtime.submit_to(group, query, arrival)
@@ -189,20 +197,157 @@ def create_app(
         except SchedulingError as exc:
             return answer(exc, group)
         metrics.observe(group.tenant, group.model_id, "ok", time.monotonic() - arrival, group.sla_s)
-        if NPY_TYPE in request.headers.get("accept", ""):
-            out = io.BytesIO()
-            np.save(out, scores, allow_pickle=False)
-            return Response(out.getvalue(), media_type=NPY_TYPE)
-        return JSONResponse({"scores": scores.tolist()})
+        return reply(scores)
 
+    async def infer_v1(request: Request) -> Response:
+        return await serve(request, V1_BODIES)
+
+    async def infer_v2(request: Request) -> Response:
+        return await serve(request, OIP_BODIES)
+
+    async def server_metadata(request: Request) -> Response:
+        return JSONResponse(
+            {"name": "gpufair-executor", "version": "1", "extensions": ["binary_tensor_data"]}
+        )
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(request: Request) -> Response:
+        serving = runtime.deployment is not None
+        return JSONResponse({"ready": serving}, status_code=200 if serving else 503)
+
+    async def model_metadata(request: Request) -> Response:
+        try:
+            group = runtime.group(request.path_params["model"])
+        except SchedulingError as exc:
+            return answer(exc, None)
+        inputs, outputs = codec.tensor_metadata(group.model.schema)
+        return JSONResponse(
+            {
+                "name": group.model_id,
+                "versions": [str(runtime.plan_version)],
+                "platform": "pytorch",
+                "inputs": inputs,
+                "outputs": outputs,
+            }
+        )
+
+    async def model_ready(request: Request) -> Response:
+        try:
+            group = runtime.group(request.path_params["model"])
+        except SchedulingError as exc:
+            return answer(exc, None)
+        return JSONResponse({"name": group.model_id, "ready": True})
+
+    # The protocol's paths, with and without a model version (every version is the plan's).
+    versions = ("", "/versions/{version}")
     return Starlette(
         routes=[
             Route("/healthz", healthz),
             Route("/metrics", metrics_route),
             Route("/v1/models/{model}/schema", schema),
-            Route("/v1/models/{model}/infer", infer, methods=["POST"]),
+            Route("/v1/models/{model}/infer", infer_v1, methods=["POST"]),
+            Route("/v2", server_metadata),
+            Route("/v2/health/live", live),
+            Route("/v2/health/ready", ready),
+            *(Route(f"/v2/models/{{model}}{v}", model_metadata) for v in versions),
+            *(Route(f"/v2/models/{{model}}{v}/ready", model_ready) for v in versions),
+            *(
+                Route(f"/v2/models/{{model}}{v}/infer", infer_v2, methods=["POST"])
+                for v in versions
+            ),
         ]
     )
+
+
+Reply = Callable[[np.ndarray], Response]
+
+
+class BodyReader(abc.ABC):
+    """One route's body format: what it refuses from the headers alone, and its parse."""
+
+    @abc.abstractmethod
+    def refuse(self, request: Request) -> Response | None:
+        """A reply that refuses the request from its headers (415), or None."""
+
+    @abc.abstractmethod
+    def parse(self, request: Request, schema: ModelSchema, body: bytes) -> tuple[Query, Reply]:
+        """The query of ``body`` and how to answer it with its scores; ValueError if bad."""
+
+
+class V1Bodies(BodyReader):
+    """gpufair's JSON, and ``.npz`` for existing clients; scores as JSON or ``.npy``."""
+
+    def refuse(self, request: Request) -> Response | None:
+        content_type = _content_type(request)
+        if content_type != "application/json" and content_type not in NPZ_TYPES:
+            return _error(
+                415, f"content type {content_type!r}: use application/json or application/x-npz"
+            )
+        return None
+
+    def parse(self, request: Request, schema: ModelSchema, body: bytes) -> tuple[Query, Reply]:
+        if _content_type(request) == "application/json":
+            query = codec.parse_query_json(schema, body)
+        else:
+            query = codec.parse_query_npz(schema, body)
+        if NPY_TYPE in request.headers.get("accept", ""):
+            return query, _npy_reply
+        return query, _json_scores
+
+
+class OipBodies(BodyReader):
+    """The Open Inference Protocol: JSON, or binary with ``Inference-Header-Content-Length``."""
+
+    def refuse(self, request: Request) -> Response | None:
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":
+            return _error(415, f"content encoding {encoding!r}: send the body uncompressed")
+        declared = request.headers.get(oip.HEADER_LENGTH)
+        if declared is not None and not declared.isdigit():
+            return _error(400, f"{oip.HEADER_LENGTH}: expected a byte count, got {declared!r}")
+        return None
+
+    def parse(self, request: Request, schema: ModelSchema, body: bytes) -> tuple[Query, Reply]:
+        declared = request.headers.get(oip.HEADER_LENGTH)
+        query, infer = codec.parse_query_oip(
+            schema, body, None if declared is None else int(declared)
+        )
+        model = request.path_params["model"]
+
+        def reply(scores: np.ndarray) -> Response:
+            content, header_length = oip.encode_reply(
+                model, {codec.SCORES: scores}, request_id=infer.id, binary=infer.binary_output
+            )
+            if header_length is None:
+                return Response(content, media_type="application/json")
+            return Response(
+                content,
+                media_type=oip.BINARY_CONTENT_TYPE,
+                headers={oip.HEADER_LENGTH: str(header_length)},
+            )
+
+        return query, reply
+
+
+V1_BODIES = V1Bodies()
+OIP_BODIES = OipBodies()
+
+
+def _content_type(request: Request) -> str:
+    content_type = request.headers.get("content-type", "application/json")
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _json_scores(scores: np.ndarray) -> Response:
+    return JSONResponse({"scores": scores.tolist()})
+
+
+def _npy_reply(scores: np.ndarray) -> Response:
+    out = io.BytesIO()
+    np.save(out, scores, allow_pickle=False)
+    return Response(out.getvalue(), media_type=NPY_TYPE)
 
 
 async def _scores(pending: Pending) -> np.ndarray:
