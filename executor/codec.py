@@ -117,6 +117,16 @@ def query_from_tensors(schema: ModelSchema, arrays: Mapping[str, np.ndarray]) ->
     )
 
 
+def query_from_checked_tensors(arrays: Mapping[str, np.ndarray]) -> Query:
+    """The query of tensors that :func:`query_from_tensors` has validated already (in a front
+    process: the engine does not validate a query twice)."""
+    user_sparse = {k[len(USER_SPARSE) :]: a for k, a in arrays.items() if k.startswith(USER_SPARSE)}
+    cand_sparse = {
+        k[len(CANDIDATE_SPARSE) :]: a for k, a in arrays.items() if k.startswith(CANDIDATE_SPARSE)
+    }
+    return Query(arrays[USER_DENSE], user_sparse, arrays[CANDIDATE_DENSE], cand_sparse)
+
+
 def query_to_tensors(query: Query) -> dict[str, np.ndarray]:
     """A query's named tensors (the inverse of :func:`query_from_tensors`)."""
     arrays = {USER_DENSE: query.user_dense, CANDIDATE_DENSE: query.candidate_dense}

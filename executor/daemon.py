@@ -45,11 +45,11 @@ Every error a request can meet is answered from one table, :data:`ERROR_ANSWERS`
 from __future__ import annotations
 
 import abc
-import asyncio
+import contextlib
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 from starlette.applications import Starlette
@@ -58,53 +58,30 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from executor import codec
+from executor.engine.answers import ERROR_ANSWERS, answer_of
+from executor.engine.core import EngineCore
 from executor.features import Query
+from executor.front.engine import Engine, Ticket
+from executor.front.fair import FairReader
+from executor.front.local import LocalEngine
 from executor.metrics import ExecutorMetrics
-from executor.models import ModelSchema
-from executor.scheduling import (
-    DeadlineExceeded,
-    GroupClosed,
-    ModelFailed,
-    ModelUnavailable,
-    NodeRuntime,
-    Overloaded,
-    Pending,
-    SchedulingError,
-    SessionGroup,
-    UnknownModel,
-)
+from executor.models.schema import ModelSchema
+from executor.scheduling import NodeRuntime, Overloaded, SchedulingError
 from executor.wire import oip
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ERROR_ANSWERS", "answer_error", "create_app", "create_front_app"]
+
 NPZ_TYPES = ("application/x-npz", "application/octet-stream")
 NPY_TYPE = "application/x-npy"
-# A reply to a query whose future is lost would never come: wait at most this beyond its deadline.
-ANSWER_GRACE_S = 1.0
-
-
-# How each error a request can meet is answered: its HTTP status, and the outcome it counts as
-# in the metrics (None: not counted, as the request found no replica that could judge it).
-# Looked up along the error's class hierarchy. One table for every route and every stage
-# (routing, the check before the body is read, parsing, submit, the wait for the scores), so
-# that a condition is answered the same wherever it is detected.
-ERROR_ANSWERS: dict[type[Exception], tuple[int, str | None]] = {
-    UnknownModel: (404, None),
-    ModelUnavailable: (503, None),
-    # A replica drained for a plan swap hands its queries to the new plan: what reaches the
-    # client is a replica closed for the node's shutdown.
-    GroupClosed: (503, None),
-    Overloaded: (429, "rejected"),
-    DeadlineExceeded: (504, "expired"),
-    ModelFailed: (500, "failed"),
-    ValueError: (400, "invalid"),  # the body is no query of the model (codec.QueryError)
-}
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 def answer_error(exc: Exception) -> tuple[JSONResponse, str | None]:
     """The response to ``exc`` and the metrics outcome it counts as, from :data:`ERROR_ANSWERS`
     (``exc`` must be an instance of one of its classes)."""
-    status, outcome = next(ERROR_ANSWERS[k] for k in type(exc).__mro__ if k in ERROR_ANSWERS)
+    status, outcome = answer_of(exc)
     headers = None
     if isinstance(exc, Overloaded):  # when the client may expect room again
         headers = {"Retry-After": str(int(exc.retry_after_s))}
@@ -131,72 +108,72 @@ def create_app(
     runtime: NodeRuntime,
     *,
     metrics: ExecutorMetrics | None = None,
-    max_body_bytes: int = 64 * 1024 * 1024,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Starlette:
-    """The daemon's ASGI app over a runtime (which the caller owns and closes)."""
-    metrics = metrics or ExecutorMetrics(runtime)
+    """The daemon's ASGI app over a runtime in this process (which the caller owns and closes):
+    the front and the engine in one process, for tests and tools."""
+    core = EngineCore(runtime, metrics)
+    return create_front_app(LocalEngine(core), max_body_bytes=max_body_bytes)
 
-    def answer(exc: Exception, group: SessionGroup | None) -> JSONResponse:
-        """The error response, counted in the metrics of the replica's tenant and model."""
-        response, outcome = answer_error(exc)
-        if outcome is not None and group is not None:
-            metrics.observe(group.tenant, group.model_id, outcome, None, group.sla_s)
-        return response
+
+def create_front_app(
+    engine: Engine,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    reader: FairReader | None = None,
+) -> Starlette:
+    """The daemon's ASGI app over an engine (in this process or over a link)."""
+    turns = reader or FairReader()
 
     async def healthz(request: Request) -> Response:
-        deployment = runtime.deployment
-        if deployment is None:
+        health = await engine.health()
+        if health is None:
             return JSONResponse({"status": "waiting for a plan"}, status_code=503)
-        return JSONResponse(
-            {
-                "status": "serving",
-                "node": deployment.plan.node,
-                "plan_version": deployment.plan.version,
-                "models": sorted(deployment.routes),
-                "broken": deployment.broken,
-            }
-        )
+        return JSONResponse(health)
 
     async def metrics_route(request: Request) -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(await engine.metrics(), media_type="text/plain; version=0.0.4")
 
     async def schema(request: Request) -> Response:
         try:
-            group = runtime.group(request.path_params["model"])
+            info = await engine.model(request.path_params["model"])
         except SchedulingError as exc:
-            return answer(exc, None)
-        return JSONResponse(group.model.schema.to_dict())
+            return answer_error(exc)[0]
+        return JSONResponse(info.schema.to_dict())
 
     async def serve(request: Request, reader: BodyReader) -> Response:
-        """A query from arrival to reply: route, the check before the body, read, parse,
-        queue, wait for its scores. ``reader`` knows the route's body format."""
+        """A query from arrival to reply: admit, the checks before the body, the tenant's turn
+        to read and parse it, queue, wait for its scores. ``reader`` knows the body format."""
         arrival = time.monotonic()
-        group: SessionGroup | None = None  # the replica serving the query, once resolved
+        ticket: Ticket | None = None  # admitted, and not yet handed to the engine
         try:
             # Whatever can refuse a query without its body is decided before the body is
-            # read: the event loop never reads or parses a body that admission control turns
-            # away, so a flooding tenant's large JSON queries do not delay other tenants.
-            group = runtime.route(request.path_params["model"])
+            # read: the front never reads or parses a body that admission control turns
+            # away, so a flooding tenant's large queries do not delay other tenants.
             refusal = reader.refuse(request)
             if refusal is not None:
                 return refusal
             declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_body_bytes:
+            cost = int(declared) if declared.isdigit() else None
+            if cost is not None and cost > max_body_bytes:
                 return _error(413, f"body of {declared} bytes exceeds {max_body_bytes}")
-            runtime.check(group, arrival)
-            body = await _read_body(request, max_body_bytes)
-            if body is None:
-                return _error(413, f"body exceeds {max_body_bytes} bytes")
-            try:
-                query, reply = reader.parse(request, group.model.schema, body)
-            except ValueError as exc:
-                return answer(exc, group)
-            pending = runtime.submit_to(group, query, arrival)
-            group = pending.group  # a plan swap may have handed it to another replica
-            scores = await _scores(pending)
-        except SchedulingError as exc:
-            return answer(exc, group)
-        metrics.observe(group.tenant, group.model_id, "ok", time.monotonic() - arrival, group.sla_s)
+            ticket = await engine.admit(request.path_params["model"], arrival)
+            async with turns.turn(ticket.tenant, ticket.share, cost):
+                body = await _read_body(request, max_body_bytes)
+                if body is None:
+                    return _error(413, f"body exceeds {max_body_bytes} bytes")
+                query, reply = reader.parse(request, ticket.schema, body)
+            handed, ticket = ticket, None  # the engine counts its outcome from here on
+            scores = await engine.infer(handed, query)
+        except (SchedulingError, ValueError) as exc:
+            response, outcome = answer_error(exc)
+            if ticket is not None:
+                engine.abandon(ticket, outcome)
+                ticket = None
+            return response
+        finally:
+            if ticket is not None:  # its body was too large, or its client left
+                engine.abandon(ticket, None)
         return reply(scores)
 
     async def infer_v1(request: Request) -> Response:
@@ -214,19 +191,19 @@ def create_app(
         return JSONResponse({"live": True})
 
     async def ready(request: Request) -> Response:
-        serving = runtime.deployment is not None
+        serving = await engine.health() is not None
         return JSONResponse({"ready": serving}, status_code=200 if serving else 503)
 
     async def model_metadata(request: Request) -> Response:
         try:
-            group = runtime.group(request.path_params["model"])
+            info = await engine.model(request.path_params["model"])
         except SchedulingError as exc:
-            return answer(exc, None)
-        inputs, outputs = codec.tensor_metadata(group.model.schema)
+            return answer_error(exc)[0]
+        inputs, outputs = codec.tensor_metadata(info.schema)
         return JSONResponse(
             {
-                "name": group.model_id,
-                "versions": [str(runtime.plan_version)],
+                "name": info.model_id,
+                "versions": [str(info.version)],
                 "platform": "pytorch",
                 "inputs": inputs,
                 "outputs": outputs,
@@ -235,10 +212,18 @@ def create_app(
 
     async def model_ready(request: Request) -> Response:
         try:
-            group = runtime.group(request.path_params["model"])
+            info = await engine.model(request.path_params["model"])
         except SchedulingError as exc:
-            return answer(exc, None)
-        return JSONResponse({"name": group.model_id, "ready": True})
+            return answer_error(exc)[0]
+        return JSONResponse({"name": info.model_id, "ready": True})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.stop()
 
     # The protocol's paths, with and without a model version (every version is the plan's).
     versions = ("", "/versions/{version}")
@@ -257,7 +242,8 @@ def create_app(
                 Route(f"/v2/models/{{model}}{v}/infer", infer_v2, methods=["POST"])
                 for v in versions
             ),
-        ]
+        ],
+        lifespan=lifespan,
     )
 
 
@@ -348,16 +334,3 @@ def _npy_reply(scores: np.ndarray) -> Response:
     out = io.BytesIO()
     np.save(out, scores, allow_pickle=False)
     return Response(out.getvalue(), media_type=NPY_TYPE)
-
-
-async def _scores(pending: Pending) -> np.ndarray:
-    """The query's scores, or the error its future holds; a future that does not answer
-    within :data:`ANSWER_GRACE_S` past the query's deadline counts as DeadlineExceeded."""
-    timeout = pending.deadline - time.monotonic() + ANSWER_GRACE_S
-    try:
-        return await asyncio.wait_for(asyncio.wrap_future(pending.future), timeout)
-    except DeadlineExceeded:  # the scheduler's answer (a TimeoutError too): as it is
-        raise
-    except TimeoutError as exc:  # wait_for's own: the future was lost
-        model_id = pending.group.model_id
-        raise DeadlineExceeded(f"model {model_id!r}: no answer by its deadline") from exc
