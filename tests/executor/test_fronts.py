@@ -99,9 +99,9 @@ def test_the_arena_never_gives_out_a_byte_twice_and_merges_what_is_returned(seed
     held: dict[int, int] = {}
     for _ in range(400):
         if held and rng.random() < 0.45:
-            offset = list(held)[int(rng.integers(len(held)))]
-            arena.release(offset)
-            del held[offset]
+            returned = list(held)[int(rng.integers(len(held)))]
+            arena.release(returned)
+            del held[returned]
             continue
         want = int(rng.integers(1, 800))
         offset = arena.allocate(want)
@@ -112,8 +112,8 @@ def test_the_arena_never_gives_out_a_byte_twice_and_merges_what_is_returned(seed
         for other, length in held.items():
             assert offset + want <= other or other + length <= offset, (seed, offset, other)
         held[offset] = want
-    for offset in list(held):
-        arena.release(offset)
+    for returned in list(held):
+        arena.release(returned)
     assert arena.used == 0 and arena.allocate(size) == 0  # one free block again
 
 
