@@ -23,23 +23,25 @@ Routes (docs/architecture.md §3.3, docs/executor.md "HTTP"):
 - ``GET /metrics`` — Prometheus text format.
 
 The app is plain Starlette rather than FastAPI: an inference request costs one route match,
-one body read, a parse and a future hand-off to the session workers, and nothing else runs
-per request (no dependency injection or response-model validation). Queries are queued on
-the event loop's thread without blocking (submit only takes the device lock); the scores come
-back through the query's future.
+one admission call to the engine, its tenant's turn to read (:mod:`executor.front.fair`), one
+body read, a parse and the query's hand-off, and nothing else runs per request (no dependency
+injection or response-model validation). It runs over an :class:`~executor.front.engine.Engine`:
+in a front process over a link to the engine process (:mod:`executor.front.process`, the
+daemon), or in the engine's own process (:func:`create_app`, for tests and tools).
 
 A request is routed once, on arrival, to the replica that will serve it (the least loaded
 one when a model has several), and admission is checked twice on that replica. Before the
-body is read, from the route and headers alone: an unknown or unloaded model, a wrong content
-type, a declared length over the limit, and a replica that would refuse even a one-candidate
-query now are answered at once, so the loop never reads or parses what it turns away (parsing
-a 6 MB JSON query takes the loop tens of ms, which every other tenant's request would wait).
-After parsing, the same replica admits the query again with its real number of candidates.
-Were the replica picked again after the body is read, the early check would have judged a
-replica that may not be the one the query is queued on. Only a plan swap moves a request:
-a replica that drains meanwhile hands it to the new plan's replica.
+body is read, from the route and headers alone: a wrong content type, a declared length over
+the limit, an unknown or unloaded model, and a replica that would refuse even a one-candidate
+query now are answered at once, so the front never reads or parses what it turns away
+(parsing a 6 MB JSON query takes a front tens of ms). After parsing, the same replica admits
+the query again with its real number of candidates. Were the replica picked again after the
+body is read, the early check would have judged a replica that may not be the one the query
+is queued on. Only a plan swap moves a request: a replica that drains meanwhile hands it to
+the new plan's replica.
 
-Every error a request can meet is answered from one table, :data:`ERROR_ANSWERS`.
+Every error a request can meet is answered from one table,
+:data:`executor.engine.answers.ERROR_ANSWERS`, and counted by the engine.
 """
 
 from __future__ import annotations
