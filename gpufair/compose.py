@@ -15,6 +15,7 @@ refuses (``--time-limit 0``) is an input error, never silently replaced by the s
 from __future__ import annotations
 
 import argparse
+import os
 
 from allocator import OBJECTIVES, Objective
 from allocator.options import SOLVERS, SolveOptions, SolverName
@@ -83,6 +84,16 @@ def scheduler_config(settings: ExecutorSettings) -> SchedulerConfig:
         max_batch_candidates=settings.max_batch_candidates,
         drain_timeout_s=settings.drain_timeout_s,
     )
+
+
+def front_count(settings: ExecutorSettings, cores: int | None = None) -> int:
+    """The executor's front processes: ``fronts``, or for 0 one per 8 of the node's cores (at
+    least one), so that the fronts' reading and parsing keeps up with what the engine serves
+    and leaves it most of the cores."""
+    if settings.fronts > 0:
+        return settings.fronts
+    available = cores if cores is not None else len(os.sched_getaffinity(0))
+    return max(1, available // 8)
 
 
 def api_config(settings: Settings) -> ApiConfig:

@@ -1,5 +1,8 @@
 """Open-loop HTTP load for the demo: docs/architecture.md §5 queries sent to executor daemons.
 
+Queries go to the Open Inference Protocol route with binary tensors (:mod:`executor.wire.oip`),
+the format the daemon decodes cheapest.
+
 Each tenant's model gets its own Poisson arrival process (exponential gaps, K candidates drawn
 from the 20 quantiles of docs/architecture.md §5). Latency is measured from the *scheduled*
 arrival, so a client that falls behind cannot hide queueing; a 429 or any error counts as a miss.
@@ -19,9 +22,10 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-from executor.codec import query_to_npz
+from executor.codec import query_to_oip
 from executor.features import Query
 from executor.models.schema import ModelSchema
+from executor.wire import oip
 from executor.wire.attainment import is_within_sla
 
 log = logging.getLogger(__name__)
@@ -88,10 +92,10 @@ class TenantStream:
         self.rate_qps = rate_qps
         self.phase = "steady"
         self.stats = StreamStats(window_s=5.0)
-        self._url = f"{url}/v1/models/{model}/infer"
+        self._url = f"{url}/v2/models/{model}/infer"
         self._rng = np.random.default_rng(seed)
         self._bodies = {
-            k: [query_to_npz(q) for q in self._queries(schema, k)] for k in set(QUERY_SIZES)
+            k: [query_to_oip(q) for q in self._queries(schema, k)] for k in set(QUERY_SIZES)
         }
         self._client = httpx.Client(timeout=max(5.0, 10 * self.sla_s))
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix=f"load-{tenant}")
@@ -130,11 +134,13 @@ class TenantStream:
                 continue
             self._pool.submit(self._send, next_at, body, phase)
 
-    def _send(self, scheduled: float, body: bytes, phase: str) -> None:
+    def _send(self, scheduled: float, body: tuple[bytes, int | None], phase: str) -> None:
+        content, header_length = body
+        headers = {"content-type": oip.BINARY_CONTENT_TYPE}
+        if header_length is not None:
+            headers[oip.HEADER_LENGTH] = str(header_length)
         try:
-            reply = self._client.post(
-                self._url, content=body, headers={"content-type": "application/x-npz"}
-            )
+            reply = self._client.post(self._url, content=content, headers=headers)
             status = reply.status_code
         except httpx.HTTPError as exc:
             log.debug("%s: request failed: %s", self.tenant, exc)

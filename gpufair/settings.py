@@ -107,6 +107,9 @@ class ExecutorSettings(_Section):
     state_dir: Path | None = None
     # A profile file written by `gpufair profile`; its curves are uploaded with every plan.
     profiles_path: Path | None = None
+    # Front processes that accept, admit, read and parse requests for the engine process;
+    # 0: one per 8 cores of the node, at least one.
+    fronts: int = Field(default=0, ge=0, le=64)
 
 
 class Settings(BaseSettings):

@@ -72,6 +72,10 @@ class NodeRuntime:
         self._gc_frozen = False
 
     @property
+    def config(self) -> SchedulerConfig:
+        return self._config
+
+    @property
     def deployment(self) -> Deployment | None:
         return self._deployment
 
