@@ -8,7 +8,9 @@ Each agent's criterion (allocator.criteria) is a family of linear inequalities i
 values; every inequality is written as ``a + b·λ ≥ 0`` where λ is the relaxation
 (``f_i = α_i + λ(1 − α_i)``), both sides divided by the agent's total value ``T_i`` so that
 margins are comparable across agents. The *slack* reported for an agent is the smallest such
-margin: a fraction of the agent's total value by which its criterion holds (≥ 0) or fails (< 0).
+margin at λ = 0: a fraction of the agent's total value by which its criterion, exactly as
+stated, holds (≥ 0) or fails (< 0); its *λ* is the least relaxation under which every margin
+holds. An allocation is *fair* only when every agent's criterion holds exactly.
 A cluster result has one more checker on top of this one,
 allocator.cluster.allocate.validate_cluster_allocation.
 

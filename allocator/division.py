@@ -1,31 +1,30 @@
 """``divide``: certified fair division of one core instance (docs/architecture.md §2).
 
-The pipeline: validate the instance and put it in canonical order (agents and goods sorted by
-name, so the answer does not depend on input order); then
+The pipeline (docs/fairness.md, "Guaranteed vs best effort"): validate the instance and put it
+in canonical order (agents and goods sorted by name, so the answer does not depend on input
+order); then
 
-* **small instances** (few agents and kinds of indivisible goods, see ``EXACT_AGENTS`` and
-  ``EXACT_TYPES``) go to the exact MILP (allocator.exact) with every agent's own criterion; if
-  that is infeasible, the EF-type agents are relaxed by the smallest λ (bisection on
-  feasibility), and only if EF1 for them is still infeasible, the PROP-type agents likewise.
-  Its welfare is the optimum among fair allocations;
-* **everything else**, and small instances whose MILP finds nothing in its share of the time
-  limit or nothing even fully relaxed, go to the scalable path (allocator.scalable): seats
-  by a weighted picking sequence, divisible goods by a lexicographic LP (least violation, then
-  least λ, then the objective), then seat moves while violations remain; if some remain, a
-  relaxation bound says in the certificate's notes whether any allocation could meet every
-  criterion at λ = 1;
-  if the scalable path has no answer before the deadline, the plain picking-sequence
-  allocation;
-* then, if that allocation is not exactly fair, nothing proves that none is, and the instance is
-  of middling size (``COMPLETION_AGENTS``, ``COMPLETION_TYPES``), the exact MILP with its λ
-  search gets the time left, warm-started from it, and its answer is taken when it is fairer
-  (or as fair with more welfare).
+* **the guarantee** (allocator.guarantee): on a plain instance, the construction of the
+  guarantees table that covers the most agents — EFM (Bei et al. 2021) or the weighted picking
+  sequence (Chakraborty et al. 2021) — whose covered agents meet their criterion exactly; its
+  divisible shares re-divided for welfare by an LP that keeps every criterion row
+  (allocator.welfare);
+* **the search**, when not every criterion holds exactly (beside a guarantee only up to
+  ``GUARANTEED_SEARCH_AGENTS``): the exact MILP with its λ search on small instances
+  (``EXACT_AGENTS``, ``EXACT_TYPES``), never relaxing a guaranteed agent; else the scalable
+  path (allocator.scalable: seats from the fractional relaxation or the picking sequence,
+  shares by a lexicographic LP, seat moves, the relaxation bound), and up to
+  ``COMPLETION_AGENTS``/``COMPLETION_TYPES`` the exact MILP in the time left; when every
+  criterion already holds exactly on a small instance, the exact MILP for more welfare;
+* **the choice**: among the answers that meet every guaranteed criterion exactly (the
+  guaranteed allocation always does), fewest criteria failing even at λ = 1, then fewest not
+  met exactly, then the least λ, then the most welfare.
 
 ``divide`` never fails for lack of fairness on a valid instance: it returns the best allocation
-it found with the certificate the one checker computes for it — each agent's ``holds`` and
-slack, λ ∈ [0, 1], the solver and its status ("optimal", "feasible", "heuristic",
-"constructive"). It raises only for malformed input, for side constraints nothing can meet,
-or when no allocation at all was found within the time limit.
+it found with the certificate the one checker computes for it — ``fair`` only when every
+criterion holds exactly, each agent's least λ, the guaranteed agents, what was proven about λ*.
+It raises only for malformed input, for side constraints nothing can meet, or when no
+allocation at all was found within the time limit.
 """
 
 from __future__ import annotations
