@@ -40,6 +40,8 @@ the picking sequence respects them (forbidden pairs, caps, optional goods, coupl
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 
 from allocator.arrays import value_matrices
@@ -277,34 +279,43 @@ def picking_allocation(instance: Instance) -> Allocation:
     """
     agents = [a.name for a in instance.agents]
     weight = {a.name: a.weight for a in instance.agents}
-    total = {
-        i: sum(instance.value(i, g) for g in (*instance.indivisible, *instance.divisible))
-        or 1.0
-        for i in agents
-    }
+    goods = sorted(instance.indivisible)
+    column = {g: k for k, g in enumerate(instance.indivisible)}
+    vm, _ = value_matrices(instance)
+    values = vm[:, [column[g] for g in goods]] if goods else vm
+    # Each agent's goods from most to least valued, ties in name order: a good once taken,
+    # forbidden or in a group whose cap is reached stays so, so each agent's pointer only moves
+    # forward.
+    preference = np.argsort(-values, axis=1, kind="stable")
+    taken = np.zeros(len(goods), dtype=bool)
+    pointer = [0] * len(agents)
     caps = {i: [(set(group), most) for group, most in instance.caps.get(i, ())] for i in agents}
-    remaining = sorted(instance.indivisible)
     picks = dict.fromkeys(agents, 0)
     indivisible: dict[str, str | None] = dict.fromkeys(instance.indivisible)
-    active = list(agents)
-    while remaining and active:
-        i = min(active, key=lambda a: (picks[a] / weight[a], a))
-        options = [
-            g for g in remaining
-            if (i, g) not in instance.forbidden
-            and all(g not in group or most > 0 for group, most in caps[i])
-        ]
-        if not options:
-            active.remove(i)
-            continue
-        g = max(options, key=lambda h: (instance.value(i, h) / total[i], [-ord(c) for c in h]))
-        if instance.value(i, g) <= 0 and g in instance.optional:
-            active.remove(i)
+    turns = [(0.0, name, k) for k, name in enumerate(agents)]  # (t_i/w_i, name): next picker
+    heapq.heapify(turns)
+    left = len(goods)
+    while left and turns:
+        _, i, k = heapq.heappop(turns)
+        row, p = preference[k], pointer[k]
+        while p < len(goods) and (
+            taken[row[p]] or (i, goods[row[p]]) in instance.forbidden
+            or any(goods[row[p]] in group and most <= 0 for group, most in caps[i])
+        ):
+            p += 1
+        pointer[k] = p
+        if p == len(goods):
+            continue  # nothing left it may hold: it picks no more
+        g = goods[row[p]]
+        if values[k, row[p]] <= 0 and g in instance.optional:
             continue
         indivisible[g] = i
-        remaining.remove(g)
+        taken[row[p]] = True
+        left -= 1
         picks[i] += 1
         caps[i] = [(group, most - (g in group)) for group, most in caps[i]]
+        heapq.heappush(turns, (picks[i] / weight[i], i, k))
+    remaining = [g for g, t in zip(goods, taken, strict=True) if not t]
     for g in remaining:
         if g not in instance.optional:
             indivisible[g] = next(
