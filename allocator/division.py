@@ -35,7 +35,10 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from allocator import constructive
+from allocator.arrays import value_matrices
 from allocator.certificate import Certificate, certify
 from allocator.errors import InfeasibleError, SolverError, SolverTimeoutError
 from allocator.exact.lambda_search import LambdaSearch
@@ -136,9 +139,7 @@ def divide(
     candidates: list[_Candidate] = []
     search_notes: tuple[str, ...] = ()
     if promised is not None:
-        guaranteed = promised.agents
-        rows = certify(inst, promised.allocation).agents
-        held = frozenset(name for name, row in rows.items() if row.holds)
+        guaranteed, held = promised.agents, promised.held
         candidates.append(_guaranteed(inst, objective, options, promised, began))
     if len(held) < len(inst.agents) and (promised is None
                                          or len(inst.agents) <= GUARANTEED_SEARCH_AGENTS):
@@ -227,6 +228,8 @@ def _best(
     criteria failing even at λ = 1, then fewest not met exactly, then the least λ_prop and
     λ_ef, then the most welfare. The guaranteed allocation, if any, is the first candidate and
     always qualifies, so nothing returned meets fewer guaranteed criteria."""
+    if len(candidates) == 1:
+        return candidates[0]
     ranked = []
     for k, candidate in enumerate(candidates):
         certificate = certify(inst, candidate.allocation, objective=objective)
@@ -402,15 +405,18 @@ def _unconstrained(
     what remains of the time limit (None if it finds nothing)."""
     if (objective == "utilitarian" and not inst.requires and not inst.caps
             and not inst.optional and churn is None):
-        total = {a.name: sum(inst.values.get(a.name, {}).values()) for a in inst.agents}
-        best = 0.0
-        for g in (*inst.indivisible, *inst.divisible):
-            best += max(
-                (inst.value(i, g) / t for i, t in total.items()
-                 if t > 0 and (i, g) not in inst.forbidden),
-                default=0.0,
-            )
-        return best
+        vm, vd = value_matrices(inst)
+        values = np.concatenate([vm, vd], axis=1)
+        total = values.sum(axis=1)
+        normalised = values[total > 0] / total[total > 0, None]
+        if inst.forbidden:
+            index = {a.name: k for k, a in enumerate(inst.agents)}
+            column = {g: k for k, g in enumerate(inst.indivisible)}
+            allowed = np.ones(values.shape, dtype=bool)
+            for i, g in inst.forbidden:
+                allowed[index[i], column[g]] = False
+            normalised = np.where(allowed[total > 0], normalised, 0.0)
+        return float(normalised.max(axis=0, initial=0.0).sum())
     from allocator.exact.milp import unconstrained_optimum
 
     now = time.monotonic()

@@ -41,6 +41,7 @@ class Guarantee:
     construction: str  # "efm" or "weighted-picking"
     agents: frozenset[str]
     allocation: Allocation
+    held: frozenset[str]  # every agent whose criterion holds exactly there (⊇ agents)
 
 
 def _efm_covers(instance: Instance) -> frozenset[str]:
@@ -99,4 +100,5 @@ def guarantee(instance: Instance) -> Guarantee | None:
     if failing:
         log.error("the %s construction failed a criterion it guarantees: %s", name,
                   ", ".join(failing[:8]))
-    return Guarantee(name, agents - frozenset(failing), allocation)
+    held = frozenset(i for i, row in rows.items() if row.holds)
+    return Guarantee(name, agents - frozenset(failing), allocation, held)
