@@ -353,7 +353,7 @@ def _bench_solve(args: argparse.Namespace, command: str, workdir: Path) -> dict[
         "solve_s": body.get("solve_seconds"),
         "solver": certificate.get("solver"),
         "solver_status": certificate.get("status"),
-        "holds": certificate.get("holds"),
+        "fair": certificate.get("fair"),
         "gap": certificate.get("gap"),
         "criteria": args.criteria,
         "error": body.get("error"),

@@ -215,8 +215,8 @@ def _check(snapshot: allocator.ClusterSnapshot, result: ClusterAllocation) -> No
     certificate = result.certificate
     try:
         allocator.validate_cluster_allocation(snapshot, result)
-        # The checker recomputes verdicts at the λ the certificate states; a λ beyond [0, 1]
-        # would make "holds" mean a criterion weaker than the tenant's "up to one good".
+        # Every λ the certificate states is an agent's least relaxation, within [0, 1]; one
+        # beyond would mean a criterion weaker than the tenant's "up to one good".
         for name, lam in (
             ("lambda", certificate.lambda_ef),
             ("lambda_prop", certificate.lambda_prop),
@@ -305,8 +305,8 @@ def run_solve(
         # tenants' criteria the cluster cannot meet as configured; the first few names are
         # enough to find them in the certificate.
         log.warning(
-            "allocation %d stored, but no allocation found meets every tenant's criterion; "
-            "%d fail: %s",
+            "allocation %d stored, but no allocation found meets every tenant's criterion "
+            "exactly; %d do not: %s",
             row.version,
             len(failing),
             ", ".join(failing[:8]),

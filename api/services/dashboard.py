@@ -179,7 +179,7 @@ def _history(session: Session) -> list[HistoryEntry]:
                 created_at=row.created_at,
                 solve_seconds=row.solve_seconds,
                 status=str(row.certificate.get("status", "")),
-                holds=bool(row.certificate.get("holds", False)),
+                holds=bool(row.certificate.get("fair", False)),
                 diff=(
                     None
                     if previous is None

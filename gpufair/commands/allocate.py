@@ -108,7 +108,8 @@ def main(argv: list[str]) -> int:
           f"{'slack':>7} {'value':>7}")
     for name, a in cert.agents.items():
         slack = f"{a.slack:7.3f}" if a.slack is not None else "      -"
-        _say(f"{name:<12} {a.criterion:<11} {a.alpha:6.3f} {a.lam:6.3f} {str(a.holds):>5} "
+        lam = f"{a.lam:6.3f}" if a.lam is not None else "     -"
+        _say(f"{name:<12} {a.criterion:<11} {a.alpha:6.3f} {lam} {str(a.holds):>5} "
               f"{slack} {a.normalised_value:7.3f}")
     ratio = f"{cert.ratio:.4f}" if cert.ratio is not None else "-"
     _say(f"\nobjective {cert.objective} = {cert.objective_value:.4f} "
