@@ -46,7 +46,7 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 def test_register_solve_and_pull_the_plan(server: str) -> None:
     admin = httpx.Client(base_url=server, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
-    assert admin.get("/healthz").json()["schema_revision"] is not None
+    assert admin.get("/readyz").json()["schema_revision"] is not None
     tenant = admin.post("/v1/tenants", json={"name": "ads", "criterion": "efm"}).json()
     key = admin.post(f"/v1/tenants/{tenant['id']}/keys").json()["key"]
     tenant_client = httpx.Client(
