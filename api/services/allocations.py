@@ -276,8 +276,8 @@ def run_solve(
     *, db: Database, options: SolveOptions, objective: Objective
 ) -> AllocationRow:
     """Solve now under ``objective`` and store the result (the body of ``POST /allocations``)."""
-    lease_s = 2 * options.time_limit_s + 60
-    with solve_lock(db, wait_s=lease_s, lease_s=lease_s):
+    # Long enough to wait out another solve (which may run past its limit by its checks).
+    with solve_lock(db, wait_s=2 * options.time_limit_s + 60):
         with db.session(write=False) as session:
             solve_input = read_solve_input(session=session, objective=objective)
         started = time.perf_counter()
