@@ -19,7 +19,7 @@ import migrations
 from api.config import ApiConfig
 from api.db import Database, PoolLimits
 from api.errors import SchemaNotReady, install_error_handlers
-from api.limits import BodyLimitMiddleware
+from api.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import allocations, dashboard, health, models, nodes, sla, tenants
 from api.scheduler import SolveScheduler
@@ -65,8 +65,10 @@ def create_app(config: ApiConfig) -> FastAPI:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(health.router)
     app.include_router(dashboard.router)
-    # Outermost first: count every request, including those refused for their size.
+    # Outermost last: count every request, including those refused for their size, and give
+    # every response, refusals included, its headers.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

@@ -92,7 +92,7 @@ async def read_plan(
         version, plan = await _read_plan(state, me.id, me.name)
         etag = plan_etag(version)
         if not etag_matches(if_none_match, etag):
-            return JSONResponse(plan.to_dict(), headers={"ETag": etag, "Cache-Control": "no-cache"})
+            return JSONResponse(plan.to_dict(), headers={"ETag": etag})
         remaining = deadline - loop.time()
         if remaining <= 0:
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
