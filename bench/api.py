@@ -386,9 +386,9 @@ async def _mixed_load(
         asyncio.create_task(_poll(host, port, node, world.tokens[node], stop, seen))
         for node in sorted(world.tokens)[:pollers]
     ]
-    idle: deque[_Connection] = deque(
-        await asyncio.gather(*(_Connection.open(host, port) for _ in range(clients)))
-    )
+    # Opened as the open loop needs them (at most one per request in flight), and reused first
+    # in, first out; the burst opens its own.
+    idle: deque[_Connection] = deque()
     tally = _Tally()
 
     async def one(kind: str, scheduled: float, into: _Tally) -> None:
@@ -430,8 +430,11 @@ async def _mixed_load(
     woken = len(seen["woken"])
     # The burst: one request on every client connection at once, with the long-polls held.
     burst = _Tally()
-    while len(idle) < clients:
-        idle.append(await _Connection.open(host, port))
+    # Fresh connections, one per client: ones idle past the server's keep-alive timeout would
+    # be closed on it.
+    while idle:
+        idle.popleft().close()
+    idle.extend(await asyncio.gather(*(_Connection.open(host, port) for _ in range(clients))))
     held_in_burst = seen["held"]
     now = time.perf_counter()
     await asyncio.gather(*(one(rng.choices(kinds, weights)[0], now, burst) for _ in range(clients)))
