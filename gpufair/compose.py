@@ -102,6 +102,8 @@ def api_config(settings: Settings) -> ApiConfig:
         version=__version__,
         database_url=settings.database.url,
         database_echo=settings.database.echo,
+        database_pool_size=settings.database.pool_size,
+        database_wait_timeout_s=settings.database.wait_timeout_s,
         host=settings.api.host,
         port=settings.api.port,
         admin_token=settings.api.admin_token,

@@ -55,6 +55,12 @@ class DatabaseSettings(_Section):
     url: str = "sqlite:///var/gpufair.db"
     # Log every SQL statement (debugging only).
     echo: bool = False
+    # Requests of one API process that use the database at once (and its pooled connections
+    # for them); further ones wait their turn.
+    pool_size: int = Field(default=16, ge=1, le=32)
+    # Longest a request waits for its turn, a connection or SQLite's write lock; then 503 with
+    # Retry-After.
+    wait_timeout_s: float = Field(default=5.0, gt=0, le=60)
 
 
 class ApiSettings(_Section):
@@ -194,6 +200,5 @@ def load_settings(
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise SettingsError(
-            f"{config_file} / {ENV_PREFIX}*: setting {where}={first.get('input')!r}: "
-            f"{first['msg']}"
+            f"{config_file} / {ENV_PREFIX}*: setting {where}={first.get('input')!r}: {first['msg']}"
         ) from exc

@@ -276,8 +276,8 @@ def run_solve(
     *, db: Database, options: SolveOptions, objective: Objective
 ) -> AllocationRow:
     """Solve now under ``objective`` and store the result (the body of ``POST /allocations``)."""
-    lease_s = 2 * options.time_limit_s + 60
-    with solve_lock(db, wait_s=lease_s, lease_s=lease_s):
+    # Long enough to wait out another solve (which may run past its limit by its checks).
+    with solve_lock(db, wait_s=2 * options.time_limit_s + 60):
         with db.session(write=False) as session:
             solve_input = read_solve_input(session=session, objective=objective)
         started = time.perf_counter()
@@ -416,6 +416,8 @@ def diff_allocations(*, session: Session, from_id: int, to_id: int) -> Allocatio
 def tenant_view(*, session: Session, tenant_id: int) -> TenantAllocation:
     """The current allocation as one tenant may see it: its seats, its shares, its own row."""
     row = current_allocation_or_raise(session=session)
+    # By id, which is never reused (migration 0003): a tenant re-created under a deleted
+    # tenant's name is another tenant, and its id was never the deleted one's.
     names = [name for name, tid in row.tenant_ids.items() if tid == tenant_id]
     if not names:
         raise NotFound("the current allocation predates this tenant: no rows for it yet")

@@ -16,7 +16,15 @@ from sqlalchemy.orm import Session, selectinload
 
 from api.auth import NODE_TOKEN_PREFIX, new_token, token_hash
 from api.errors import Conflict, InvalidInput, NotFound
-from api.models import ArtifactRow, DeviceRow, ModelRow, NodeRow, ProfileRow, utcnow
+from api.models import (
+    AllocationRow,
+    ArtifactRow,
+    DeviceRow,
+    ModelRow,
+    NodeRow,
+    ProfileRow,
+    utcnow,
+)
 from api.schemas import NodeCreate
 from api.services import sla
 from api.services.plans import current_plan
@@ -138,10 +146,24 @@ def store_profiles(*, session: Session, node_id: int, entries: list[ProfileEntry
 def artifact_for_node(
     *, session: Session, node_id: int, node_name: str, model_id: int
 ) -> ArtifactRow:
-    """The uploaded artifact of a model seated in the node's current plan; else not found."""
+    """The uploaded artifact of a model seated in the node's current plan, and still owned by
+    the tenant the plan seats it for; else not found."""
     _, plan = current_plan(session=session, node_id=node_id, node_name=node_name)
-    seated = {seat.replica.model_id for _, seat in plan.replicas() if seat.replica is not None}
-    row = session.get(ArtifactRow, model_id) if str(model_id) in seated else None
+    owners = {
+        seat.replica.model_id: seat.replica.tenant
+        for _, seat in plan.replicas()
+        if seat.replica is not None
+    }
+    missing = NotFound(f"no artifact of model {model_id} for this node")
+    if str(model_id) not in owners:
+        raise missing
+    # The plan names the seat's tenant; the allocation it was cut from, that tenant's id then.
+    tenant_ids = session.scalar(
+        select(AllocationRow.tenant_ids).where(AllocationRow.id == plan.allocation_id)
+    )
+    owner = (tenant_ids or {}).get(owners[str(model_id)])
+    model_owner = session.scalar(select(ModelRow.tenant_id).where(ModelRow.id == model_id))
+    row = session.get(ArtifactRow, model_id) if owner is not None and owner == model_owner else None
     if row is None:
-        raise NotFound(f"no artifact of model {model_id} for this node")
+        raise missing
     return row
