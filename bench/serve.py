@@ -128,6 +128,7 @@ class NaiveModel:
     def __init__(self, loaded: Any) -> None:
         self._loaded = loaded
         self.schema = loaded.schema
+        self.footprint_bytes: int = loaded.footprint_bytes
 
     def session(self) -> NaiveSession:
         return NaiveSession(self._loaded.session())

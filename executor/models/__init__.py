@@ -16,6 +16,7 @@ from executor.models.zoo import (
     ZooError,
     ZooSpec,
     build_model,
+    footprint_bytes,
     parse_zoo_artifact,
     zoo_model,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "ZooSpec",
     "build_model",
     "expand_rows",
+    "footprint_bytes",
     "parse_zoo_artifact",
     "zoo_model",
 ]

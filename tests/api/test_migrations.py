@@ -92,7 +92,6 @@ def test_serve_refuses_a_schema_behind(empty_url: str) -> None:
 
 def test_sla_samples_revision_up_and_down_keeps_data(empty_url: str) -> None:
     """0002 adds the SLA samples table and its downgrade removes it, on a database with rows."""
-    assert migrations.head_revision() == "0002"
     migrations.upgrade(empty_url, "0001")
     assert "sla_samples" not in _tables(empty_url)
     engine = sqlalchemy.create_engine(empty_url)
@@ -119,3 +118,14 @@ def test_sla_samples_revision_up_and_down_keeps_data(empty_url: str) -> None:
             assert connection.exec_driver_sql("SELECT name FROM nodes").scalars().all() == ["n1"]
     finally:
         engine.dispose()
+
+
+def test_footprints_revision_up_and_down(empty_url: str) -> None:
+    """0003 adds the footprints table (measured replica memory) and its downgrade removes it."""
+    assert migrations.head_revision() == "0003"
+    migrations.upgrade(empty_url, "0002")
+    assert "footprints" not in _tables(empty_url)
+    migrations.upgrade(empty_url)
+    assert "footprints" in _tables(empty_url)
+    migrations.downgrade(empty_url, "0002")
+    assert "footprints" not in _tables(empty_url)
