@@ -43,6 +43,7 @@ import logging
 import math
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -247,24 +248,16 @@ def http_systems(cfg: HttpConfig, work: Path) -> dict[str, Callable[[], ChildSer
             plan = daemon_plan(cfg, [daemon_seat(cfg, 0, MODEL, sessions, 0.0)], pool=0)
             systems[name] = functools.partial(gpufair_daemon, cfg, plan, work, name)
     if "naive" in cfg.systems:
-        args = ["--artifact", cfg.artifact, "--threads", str(cfg.cores), "--device", cfg.device]
-        systems["naive"] = lambda: peer(
-            cfg, "bench.peers.naive_fastapi", args, work, "naive", sys.executable
+        naive = ["--artifact", cfg.artifact, "--threads", str(cfg.cores), "--device", cfg.device]
+        systems["naive"] = functools.partial(
+            peer, cfg, "bench.peers.naive_fastapi", naive, work, "naive", sys.executable
         )
     if "ray" in cfg.systems:
         if ray_available(cfg.ray_python):
-            args = [
-                "--artifact",
-                cfg.artifact,
-                "--models",
-                MODEL,
-                "--replicas",
-                "2",
-                "--cpus",
-                str(cfg.cores),
-            ]
-            systems["ray"] = lambda: peer(
-                cfg, "bench.peers.ray_serve", args, work, "ray", cfg.ray_python
+            ray = ["--artifact", cfg.artifact, "--models", MODEL, "--replicas", "2",
+                   "--cpus", str(cfg.cores)]  # fmt: skip
+            systems["ray"] = functools.partial(
+                peer, cfg, "bench.peers.ray_serve", ray, work, "ray", cfg.ray_python
             )
         else:
             log.warning("ray: %s cannot import ray.serve; Ray Serve is left out", cfg.ray_python)
@@ -467,7 +460,7 @@ def isolation(
     if "gpufair" in cfg.systems:
         seats = [daemon_seat(cfg, 0, "flood", 1, 1.0), daemon_seat(cfg, 1, "calm", 1, 1.0)]
         plan = daemon_plan(cfg, seats, pool=max(cfg.cores, max(cfg.streams) - 2))
-        systems["gpufair"] = lambda: gpufair_daemon(cfg, plan, work, "gpufair-isolation")
+        systems["gpufair"] = functools.partial(gpufair_daemon, cfg, plan, work, "gpufair-isolation")
     if "ray" in cfg.systems and ray_available(cfg.ray_python):
         args = [
             "--artifact",
@@ -479,8 +472,8 @@ def isolation(
             "--cpus",
             str(cfg.cores),
         ]
-        systems["ray"] = lambda: peer(
-            cfg, "bench.peers.ray_serve", args, work, "ray-isolation", cfg.ray_python
+        systems["ray"] = functools.partial(
+            peer, cfg, "bench.peers.ray_serve", args, work, "ray-isolation", cfg.ray_python
         )
     out: dict[str, Any] = {
         "calm_qps": round(calm_rate, 1),
@@ -615,6 +608,8 @@ def markdown(data: dict[str, Any]) -> str:
                 f"{_ms(calm['p50_ms'])} / {_ms(calm['p99_ms'])} | {calm['failed']} of "
                 f"{calm['queries']} | {flood['attainment']:.3f} |"
             )
+    elif iso is None:
+        lines += ["", "Isolation: not run, as gpufair served no rate within the SLA here."]
     lines += ["", f"Wall time {data['wall_s']:.0f} s."]
     return "\n".join(lines) + "\n"
 
@@ -772,6 +767,8 @@ def _config(args: argparse.Namespace, argv: list[str]) -> HttpConfig:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    # A benchmark stopped with SIGTERM still stops the servers and clients it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         cfg = _config(args, argv)
     except ValueError as exc:
@@ -795,9 +792,10 @@ def main(argv: list[str]) -> int:
             )
             check = client_check(cfg, client, work, 2 * max(http_best, START_RATE))
             best = gpufair_name(cfg, max(cfg.streams))
+            # No share to flood without a rate gpufair serves within the SLA.
             iso = (
                 isolation(cfg, client, work, tput["throughput_qps"][best])
-                if best in tput["throughput_qps"]
+                if tput["throughput_qps"].get(best, 0) > 0
                 else None
             )
         except ChildServerError as exc:

@@ -103,6 +103,8 @@ class TrialResult:
 def schedule(rate: float, seconds: float, seed: int, salt: int) -> list[tuple[float, int, int]]:
     """(offset s, size, variant) per arrival: exponential gaps, sizes uniform over the
     quantiles; seeded by (seed, salt, rate)."""
+    if rate <= 0:
+        return []
     rng = np.random.default_rng([seed, salt, int(rate * 1000)])
     count = max(1, int(rate * seconds))
     offsets = np.cumsum(rng.exponential(1.0 / rate, count))

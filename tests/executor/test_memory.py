@@ -135,3 +135,15 @@ def test_a_replica_that_measures_more_than_predicted_refuses_the_plan(
     with pytest.raises(PlanRefused, match=r"measured 150 MiB"):
         fake_runtime.apply(fake_plan("fake:a?memory_mb=50&actual_mb=150", version=1))
     assert fake_runtime.deployment is None
+
+
+@pytest.mark.gpu
+def test_a_cuda_footprint_is_measured_by_the_allocator_and_the_device_reports_its_memory() -> None:
+    artifact = "zoo:rmc2?scale=0.01&seed=0&user_tables=28"
+    memory = device_memory("cuda:0")
+    assert 0 < memory.free_bytes <= memory.total_bytes
+    model = RuntimeBackend().load(artifact, "cuda:0")
+    # The caching allocator's bytes: the weights, plus at most its rounding and what the probe
+    # left cached (activations are freed), far below twice the weights.
+    assert predict_footprint_bytes(artifact) <= model.footprint_bytes
+    assert model.footprint_bytes < 1.5 * predict_footprint_bytes(artifact)
