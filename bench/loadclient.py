@@ -40,13 +40,13 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from bench.serve import QUERY_SIZES
 from executor.codec import query_to_npz
 from executor.features import Query
 from executor.models.schema import ModelSchema
 
 log = logging.getLogger(__name__)
 
-QUERY_SIZES = (100, 100, *[200] * 12, 300, 300, 400, 500, 600, 700)
 DISTINCT_QUERIES = 8  # pre-encoded bodies per size: encoding is not what is measured
 MAX_CONNECTIONS = 512  # per trial; beyond, an arrival is a client-side miss
 NPZ_TYPE = "application/x-npz"
