@@ -59,7 +59,7 @@ import numpy as np
 
 from allocator.cluster.plan import NodePlan, seat_entry
 from bench.loadclient import LoadClient, Stream, TrialResult, TrialSpec
-from bench.machine import describe_machine, this_machine
+from bench.machine import describe_machine, load_average, this_machine
 from bench.serve import GROWTH, START_RATE, WARMUP_S
 from gpufair.servers import ChildServer, ChildServerError
 
@@ -610,7 +610,8 @@ def markdown(data: dict[str, Any]) -> str:
             )
     elif iso is None:
         lines += ["", "Isolation: not run, as gpufair served no rate within the SLA here."]
-    lines += ["", f"Wall time {data['wall_s']:.0f} s."]
+    end = ", ".join(f"{x:g}" for x in data.get("load_average_end", []))
+    lines += ["", f"Wall time {data['wall_s']:.0f} s; load average at the end {end}."]
     return "\n".join(lines) + "\n"
 
 
@@ -810,6 +811,7 @@ def main(argv: list[str]) -> int:
         "client_check": check,
         "isolation": iso,
         "wall_s": round(time.monotonic() - began, 1),
+        "load_average_end": load_average(),
     }
     paths = write_results(cfg, data)
     sys.stdout.write(markdown(data))
