@@ -17,7 +17,7 @@ turn and stopped after it (no idle server shares the CPU with the one measured):
   ``gpufair-1`` / ``gpufair-N`` with ``--streams 1,N`` (one stream vs N per session group,
   for the GPU check);
 - ``gpufair-inprocess``: the same scheduler driven in this process without HTTP
-  (:func:`bench.serve.search`), the ceiling the wire is measured against;
+  (:func:`bench.serve.search`), the ceiling the wire is measured against (CPU only);
 - ``naive``: :mod:`bench.peers.naive_fastapi`, one forward per query;
 - ``ray``: :mod:`bench.peers.ray_serve`, tuned (``@serve.batch``, 2 replicas × 1 thread), run
   when ``--ray-python`` (default: this interpreter) can import ``ray.serve``.
@@ -733,8 +733,13 @@ def _config(args: argparse.Namespace, argv: list[str]) -> HttpConfig:
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise ValueError(f"--systems: unknown {', '.join(unknown)}; choose of {', '.join(SYSTEMS)}")
-    if args.quick and "ray" in systems and args.systems == ",".join(SYSTEMS):
+    default = args.systems == ",".join(SYSTEMS)
+    if args.quick and default:
         systems = tuple(s for s in systems if s != "ray")
+    if args.device == "cuda" and "gpufair-inprocess" in systems:
+        if not default:
+            raise ValueError("--systems: gpufair-inprocess runs on the CPU only")
+        systems = tuple(s for s in systems if s != "gpufair-inprocess")
     try:
         streams = tuple(int(s) for s in args.streams.split(",") if s) or (args.cores,)
     except ValueError:

@@ -80,6 +80,19 @@ def test_bad_flags_are_one_line() -> None:
     ]
 
 
+def test_the_in_process_ceiling_is_refused_on_cuda() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gpufair.cli", "bench", "serve", "--http", "--device", "cuda",
+         "--systems", "gpufair,gpufair-inprocess"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "gpufair bench serve --http: --systems: gpufair-inprocess runs on the CPU only"
+    )
+
+
 @pytest.mark.slow
 def test_a_quick_run_measures_the_daemon_and_the_naive_server_over_http(tmp_path: Path) -> None:
     done = subprocess.run(
