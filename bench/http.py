@@ -459,7 +459,10 @@ def isolation(
     systems: dict[str, Callable[[], ChildServer]] = {}
     if "gpufair" in cfg.systems:
         seats = [daemon_seat(cfg, 0, "flood", 1, 1.0), daemon_seat(cfg, 1, "calm", 1, 1.0)]
-        plan = daemon_plan(cfg, seats, pool=max(cfg.cores, max(cfg.streams) - 2))
+        # As bench serve's: a seat each and a shared pool of one session per core (on a GPU,
+        # of the most streams a seat gets in the throughput runs).
+        pool = cfg.cores if cfg.device == "cpu" else max(cfg.streams)
+        plan = daemon_plan(cfg, seats, pool=pool)
         systems["gpufair"] = functools.partial(gpufair_daemon, cfg, plan, work, "gpufair-isolation")
     if "ray" in cfg.systems and ray_available(cfg.ray_python):
         args = [

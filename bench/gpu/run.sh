@@ -54,8 +54,12 @@ if ! "$PY" -c "$NEEDS" 2>/dev/null; then
     fi
     say "installing bench/gpu/wheels into var/gpu-venv (offline)"
     "$PY" -m venv --system-site-packages "$ROOT/var/gpu-venv"
-    "$ROOT/var/gpu-venv/bin/pip" install --quiet --no-index --find-links "$WHEELS" \
-        --require-hashes --no-deps -r "$WHEELS/requirements.txt"
+    if ! "$ROOT/var/gpu-venv/bin/pip" install --quiet --no-index --find-links "$WHEELS" \
+        --require-hashes --no-deps -r "$WHEELS/requirements.txt"; then
+        echo "bench/gpu/run.sh: the wheels did not install; they are for CPython 3.11 on x86_64" \
+             "Linux and this is $("$PY" -V 2>&1): set PYTHON to a 3.11 with torch" >&2
+        exit 1
+    fi
     PY="$ROOT/var/gpu-venv/bin/python"
     "$PY" -c "$NEEDS"
 fi
