@@ -177,6 +177,19 @@ class ProfileRow(Base):
     measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class FootprintRow(Base):
+    """The memory one replica of a model measured on one device (MiB), as its node reported."""
+
+    __tablename__ = "footprints"
+    __table_args__ = (UniqueConstraint("model_id", "device_id"), NEVER_REUSED)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class AllocationRow(Base):
     """One solve's result: immutable once written."""
 

@@ -83,6 +83,7 @@ def scheduler_config(settings: ExecutorSettings) -> SchedulerConfig:
         batch_max_delay_s=settings.batch_max_delay_ms / 1000.0,
         max_batch_candidates=settings.max_batch_candidates,
         drain_timeout_s=settings.drain_timeout_s,
+        memory_limit_mb=settings.memory_limit_mb,
     )
 
 

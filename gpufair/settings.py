@@ -108,6 +108,9 @@ class ExecutorSettings(_Section):
     heartbeat_s: float = Field(default=5.0, gt=0)
     # Seconds a plan swap may wait for in-flight queries to drain.
     drain_timeout_s: float = Field(default=30.0, gt=0)
+    # MiB of model weights a plan may place on one device (0: the device's free memory less
+    # a 10 % reserve); a plan beyond it is refused and the refusal reported in the heartbeat.
+    memory_limit_mb: float = Field(default=0.0, ge=0)
     # API mode: where the last applied plan (and the artifact cache) survives a restart;
     # unset: ./var/executor/<node>.
     state_dir: Path | None = None

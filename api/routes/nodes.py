@@ -123,7 +123,9 @@ def put_profiles(
 ) -> ProfilesStored:
     """Store measured QPS-vs-streams curves; the next solve values seats and pools by them."""
     return ProfilesStored(
-        stored=service.store_profiles(session=session, node_id=me.id, entries=data.profiles)
+        stored=service.store_profiles(
+            session=session, node_id=me.id, entries=data.profiles, footprints=data.footprints
+        )
     )
 
 

@@ -19,6 +19,10 @@ them — because refusing it would leave every node on an older plan for as long
 tenants' criteria cannot all be met, and would blame the allocator for an answer that is
 correct.
 
+A model's memory is the largest footprint its replicas measured on any node (uploaded with
+the profiles, :mod:`executor.wire.profiles`), else the memory its tenant declared: a tenant's
+figure is a guess, and a replica larger than it would be refused by the node it was placed on.
+
 The estimate for a model nobody has profiled (marked ``measured=False`` in the snapshot, and so
 in the certificate's inputs): one replica with one stream serves ``demand_qps /
 replicas_wanted`` (the tenant sized its request), and s streams serve that times ``s**0.8``
@@ -77,6 +81,7 @@ from api.schemas import (
     TenantShare,
 )
 from api.services.models import upload_reference
+from api.services.nodes import measured_memory
 from api.services.plans import empty_plan
 from api.services.solve_lock import solve_lock
 
@@ -131,12 +136,13 @@ def read_solve_input(*, session: Session, objective: Objective) -> SolveInput:
         profiles[p.model_id][gpu_of_device[p.device_id]] = ThroughputCurve(
             qps=tuple(p.qps), measured=True
         )
+    measured = measured_memory(session=session)
     models = tuple(
         Model(
             model_id=str(m.id),
             tenant=names[m.tenant_id],
             artifact=m.artifact,
-            memory_mb=m.memory_mb,
+            memory_mb=measured.get(m.id, m.memory_mb),
             replicas_wanted=m.replicas_wanted,
             sla_p99_ms=m.sla_p99_ms,
             demand_qps=m.demand_qps,

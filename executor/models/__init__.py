@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         ZooError,
         ZooSpec,
         build_model,
+        footprint_bytes,
         parse_zoo_artifact,
         zoo_model,
     )
@@ -40,6 +41,7 @@ _LAZY = {
             "ZooError",
             "ZooSpec",
             "build_model",
+            "footprint_bytes",
             "parse_zoo_artifact",
             "zoo_model",
         ),
@@ -58,6 +60,7 @@ __all__ = [
     "ZooSpec",
     "build_model",
     "expand_rows",
+    "footprint_bytes",
     "parse_zoo_artifact",
     "zoo_model",
 ]

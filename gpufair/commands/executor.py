@@ -16,6 +16,11 @@ listening socket, admit, read and parse requests and hand the queries over in sh
 (docs/executor.md, "Fronts and the engine"). SIGINT or SIGTERM stops the fronts, then drains
 the engine.
 
+A plan whose replicas do not fit a device's memory (``executor.memory_limit_mb``, else the
+device's free memory less a reserve) is refused before anything loads: standalone, one line
+on stderr and exit status 1; in API mode the last plan serves on and the heartbeat reports
+the refusal.
+
 ``--backend fake`` serves every replica with :class:`executor.fake.FakeBackend` (no torch:
 for trying the HTTP surface and the scheduler). ``--device cpu`` maps every device of the
 plan onto the CPU, so a GPU node's plan can be tried on a laptop.
@@ -174,7 +179,13 @@ def main(argv: list[str]) -> int:
     metrics = ExecutorMetrics(runtime)
     client: PlanClient | None = None
     if plan is not None:
-        report = runtime.apply(plan)
+        from executor.scheduling import PlanRefused
+
+        try:
+            report = runtime.apply(plan)
+        except PlanRefused as exc:
+            sys.stderr.write(f"gpufair executor: {exc}\n")
+            return 1
         if report is not None and report.broken:
             for model_id, why in report.broken.items():
                 log.error("model %s is not served: %s", model_id, why)

@@ -252,3 +252,32 @@ def test_parallel_solves_are_serialised(live_url: str) -> None:
         responses = list(pool.map(solve, range(3)))
     assert [r.status_code for r in responses] == [201, 201, 201], [r.text for r in responses]
     assert sorted(r.json()["version"] for r in responses) == [1, 2, 3]
+
+
+def test_a_measured_footprint_replaces_the_declared_memory_in_the_next_solve(api: Api) -> None:
+    """Seats of 16000 / 2 MB: a model declared at 500 MB is seated; once a node measures
+    9000 MB for one replica, the next solve no longer seats it; 700 MB seats it again."""
+    _, key = api.tenant("ads")
+    model = api.model(key, "ranker", replicas_wanted=1)
+    _, token = api.node("n1", gpus=1)
+
+    def seated() -> bool:
+        api.solve()
+        plan = api.client.get("/v1/nodes/n1/plan", headers=api.bearer(token)).json()
+        return any(s["replica"] for d in plan["devices"] for s in d["seats"])
+
+    def upload(footprints: list[dict[str, object]]) -> httpx.Response:
+        return api.client.put(
+            "/v1/nodes/n1/profiles",
+            json={"profiles": [], "footprints": footprints},
+            headers=api.bearer(token),
+        )
+
+    assert seated()
+    r = upload([{"model_id": model["id"], "device": "cuda:0", "memory_mb": 9000}])
+    assert r.status_code == 200 and r.json() == {"stored": 1}
+    assert not seated()
+    assert upload([{"model_id": model["id"], "device": "cuda:0", "memory_mb": 700}]).is_success
+    assert seated()
+    r = upload([{"model_id": model["id"] + 100, "device": "cuda:0", "memory_mb": 1}])
+    assert r.status_code == 422 and "footprints[0].model_id" in r.text

@@ -175,3 +175,14 @@ def test_ids_revision_keeps_data_and_moves_sequences_past_referenced_ids(empty_u
             assert names.all() == ["ads", "new"]
     finally:
         engine.dispose()
+
+
+def test_footprints_revision_up_and_down(empty_url: str) -> None:
+    """0004 adds the footprints table (measured replica memory) and its downgrade removes it."""
+    assert migrations.head_revision() == "0004"
+    migrations.upgrade(empty_url, "0003")
+    assert "footprints" not in _tables(empty_url)
+    migrations.upgrade(empty_url)
+    assert "footprints" in _tables(empty_url)
+    migrations.downgrade(empty_url, "0003")
+    assert "footprints" not in _tables(empty_url)
