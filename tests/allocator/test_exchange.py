@@ -17,6 +17,7 @@ from allocator.constructive import efm_allocation, picking_allocation
 from allocator.exchange import Exchange, exchange_seats
 from allocator.instance import canonical
 from allocator.objectives import OBJECTIVES, Objective
+from allocator.welfare import improve_shares
 from bench.instances import NumpySource, cluster_instance, random_instance
 
 
@@ -157,3 +158,38 @@ def test_exchange_repairs_and_keeps_the_guarantee_on_a_cluster_instance() -> Non
     assert all(after.agents[a.name].holds for a in instance.agents if a.criterion == "efm")
     fewer = sum(not r.holds for r in after.agents.values())
     assert fewer < sum(not r.holds for r in before.agents.values())
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(OBJECTIVES))
+def test_share_lp_gives_no_criterion_back(seed: int, objective: Objective) -> None:
+    # allocator.welfare: with the seats fixed, every criterion that held still holds, no
+    # agent's exact slack is worse, and no more agents fail even at λ = 1 (its first stage
+    # may only shrink the shortfall of those that do).
+    instance, allocation, _ = _random_case(seed)
+    improved = improve_shares(instance, allocation, objective, time.monotonic() + 10.0)
+    if improved is None:
+        return
+    assert improved.indivisible == allocation.indivisible
+    before = certify(instance, allocation, objective=objective)
+    after = certify(instance, improved, objective=objective)
+    for name, row in before.agents.items():
+        new = after.agents[name]
+        assert new.holds or not row.holds, name
+        if row.slack is not None:
+            assert new.slack is not None and new.slack >= min(row.slack, 0.0) - TOLERANCE
+        if row.lam is not None and row.holds is False:
+            assert new.lam is not None and new.lam <= row.lam + 1e-6, name
+    assert after.violations <= before.violations
+
+
+def test_share_lp_repairs_a_heavy_tenant_on_a_cluster_instance() -> None:
+    # The benchmark's 32 × 16 instance (seed 0): the EFM construction leaves tenants short
+    # even at λ = 1; the share LP's first stage makes fewer of them fail, keeping every EFM one.
+    instance = canonical(cluster_instance(32, 16, 0))
+    start = efm_allocation(instance)
+    improved = improve_shares(instance, start, "utilitarian", time.monotonic() + 20.0)
+    assert improved is not None
+    before, after = (certify(instance, a) for a in (start, improved))
+    assert all(after.agents[a].holds for a, row in before.agents.items() if row.holds)
+    assert after.violations < before.violations
