@@ -6,9 +6,10 @@ order); then
 
 * **the guarantee** (allocator.guarantee): on a plain instance, the construction of the
   guarantees table that covers the most agents — EFM (Bei et al. 2021) or the weighted picking
-  sequence (Chakraborty et al. 2021) — whose covered agents meet their criterion exactly; its
-  divisible shares re-divided for welfare by an LP that keeps every criterion row
-  (allocator.welfare);
+  sequence (Chakraborty et al. 2021) — whose covered agents meet their criterion exactly; then
+  improved without giving any criterion back: its divisible shares re-divided by an LP that
+  keeps every criterion row (allocator.welfare), its seats moved and swapped
+  (allocator.exchange), the shares once more;
 * **the search**, when not every criterion holds exactly (beside a guarantee only up to
   ``GUARANTEED_SEARCH_AGENTS``): the exact MILP with its λ search on small instances
   (``EXACT_AGENTS``, ``EXACT_TYPES``), never relaxing a guaranteed agent; else the scalable
@@ -112,9 +113,9 @@ class Division:
 @dataclass(frozen=True)
 class _Candidate:
     """An allocation one path found, with what its certificate will say of the search: the
-    solver ("efm+lp", "highs", "cbc", "highs-lp+fractional", "highs-lp+picking", "picking"),
-    its status ("optimal", "feasible", "heuristic", "constructive"), the MIP gap when known,
-    and what the path proved about λ* (None: nothing)."""
+    solver ("efm+lp+moves+lp", "highs", "cbc", "highs-lp+fractional", "highs-lp+picking",
+    "picking"), its status ("optimal", "feasible", "heuristic", "constructive"), the MIP gap
+    when known, and what the path proved about λ* (None: nothing)."""
 
     allocation: Allocation
     solver: str
@@ -205,9 +206,9 @@ def _guaranteed(
 ) -> _Candidate:
     """The construction's allocation improved without giving any criterion back: its shares
     re-divided by the LP that keeps every criterion row (allocator.welfare), its seats moved
-    and swapped (allocator.exchange), then the shares once more for the new seats; each step
-    taken only when the one checker finds it better (:func:`_improves`). The solver names the
-    steps taken, e.g. "efm+lp+moves+lp"."""
+    and swapped (allocator.exchange), then the shares once more for the new seats (if the
+    first LP finished); each step taken only when the one checker finds it better
+    (:func:`_improves`). The solver names the steps taken, e.g. "efm+lp+moves+lp"."""
     limit = options.time_limit_s
     allocation, steps = promised.allocation, [promised.construction]
     improved = improve_shares(inst, allocation, objective, began + WELFARE_SHARE * limit)
@@ -219,11 +220,12 @@ def _guaranteed(
     if exchanged is not None and _improves(inst, allocation, exchanged.allocation, objective):
         allocation = exchanged.allocation
         steps.append("moves")
-        improved = improve_shares(inst, allocation, objective,
-                                  min(time.monotonic() + WELFARE_SHARE * limit,
-                                      began + LAST_LP_END * limit))
-        if improved is not None and _improves(inst, allocation, improved, objective):
-            allocation = improved
+        # Again only if the first finished: where it ran out of time, so would this one.
+        again = None if improved is None else improve_shares(
+            inst, allocation, objective,
+            min(time.monotonic() + WELFARE_SHARE * limit, began + LAST_LP_END * limit))
+        if again is not None and _improves(inst, allocation, again, objective):
+            allocation = again
             steps.append("lp")
     return _Candidate(allocation, "+".join(steps), "constructive", None)
 
