@@ -194,7 +194,7 @@ class Certificate:
     # criterion relaxed by λ (PROP-type ones exact); None when nothing proves one.
     lambda_lower_bound: float | None
     guarantee: str | None  # the construction of the guarantees table used (None: none applies)
-    solver: str  # "efm+lp", "highs" (exact MILP), "highs-lp+fractional", ...
+    solver: str  # "efm+lp+moves+lp", "highs" (exact MILP), "highs-lp+fractional", ...
     # "optimal" / "feasible" (exact MILP, proven or stopped at limit/gap), "heuristic" (the
     # scalable path), "constructive" (a construction of the guarantees table, or the picking
     # sequence when nothing else finished)
@@ -342,7 +342,8 @@ class CertificateDocument(BaseModel):
         description="the best objective without fairness; null when not computed"
     )
     ratio: float | None = Field(description="objective_value against unconstrained_value")
-    solver: str = Field(description='e.g. "efm+lp" (a construction, then the share LP), '
+    solver: str = Field(description='e.g. "efm+lp+moves+lp" (a construction, then the share '
+                        'LP, seat moves and swaps, the share LP again: the steps taken), '
                         '"highs" (exact MILP), "highs-lp+fractional"')
     status: str = Field(description='"optimal", "feasible", "heuristic" or "constructive"')
     gap: float | None = Field(description="the relative MIP gap, when known")

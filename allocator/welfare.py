@@ -6,8 +6,14 @@ With the seats fixed every ``Mx_i(·)`` is a constant, so each inequality of eac
 criterion (docs/architecture.md §2, at λ = 0) is a linear row in the shares ``x_jd``. The LP
 keeps every such row at least at ``min(0, its margin in the given allocation)``: a row that held
 still holds, a failing one fails by no more, so every agent's exact slack and least λ are no
-worse, and then maximises the objective (utilitarian Σ; egalitarian max-min, then Σ at that
-level; Nash through the tangent cuts at ``NASH_POINTS``).
+worse. The rows of an agent whose criterion fails even at λ = 1 (its least λ is undefined, so
+there is none to keep) instead share one shortfall variable ``s_i ∈ [0, −slack_i]``: its slack
+is no worse, and a first stage minimises ``Σ s_i``, then once more reweighted by
+``1/(s_i + REWEIGHT)`` so that the shortfall falls on as few agents as possible (iteratively
+reweighted ℓ1, Candès, Wakin and Boyd 2008), and bounds each ``s_i`` by what it reached; an
+agent whose ``s_i`` reaches 0 now meets its criterion exactly. Then the LP maximises the
+objective (utilitarian Σ; egalitarian max-min, then Σ at that level; Nash through the tangent
+cuts at ``NASH_POINTS``).
 
 EFM's rows depend on whether the other agent holds a divisible share: an agent with no share
 in the given allocation keeps none (its rows stay "up to one good"), an agent with one is
@@ -29,7 +35,7 @@ import highspy
 import numpy as np
 
 from allocator.arrays import value_matrices
-from allocator.certificate import ZERO_SHARE
+from allocator.certificate import TOLERANCE, ZERO_SHARE
 from allocator.criteria import PROP_TYPE, base_factor
 from allocator.instance import Allocation, Instance
 from allocator.objectives import NASH_FLOOR, NASH_POINTS, Objective
@@ -43,6 +49,8 @@ ROWS_PER_AGENT = 16  # violated envy rows added per agent and round
 MAX_SHARES = 128 * 128
 VIOLATED = 1e-9  # a row counts as violated below its bound by more than this (normalised)
 PAD = 1e-10  # the egalitarian level kept by the second stage, less this
+REWEIGHT = 1e-3  # the first stage's second round weighs s_i by 1/(s_i + this)
+SHORT_PAD = 1e-9  # each s_i may exceed what the first stage reached by this
 
 
 class _Rows:
@@ -97,6 +105,17 @@ class _Rows:
         np.fill_diagonal(self.allowance, 0.0)
         self.envy_floor = np.minimum(0.0, self.envy_margins(self.x0))
         self.prop_floor = np.minimum(0.0, self.prop_margins(self.x0))
+        # Agents whose criterion fails even at λ = 1: their rows share one shortfall variable
+        # s_i ∈ [0, −slack_i] (module docstring) instead of each keeping its own margin.
+        view = self.seats + self.vd @ self.x0.T
+        one = np.diag(view)[:, None] - self.ratio * (view - self.max_in)
+        one = np.where(self.ef[:, None] & ~np.eye(n, dtype=bool), one, np.inf)
+        prop_one = np.where(self.prop, np.diag(view) + self.max_out - self.share, np.inf)
+        slack = np.minimum(self.envy_margins(self.x0).min(axis=1, initial=np.inf),
+                           self.prop_margins(self.x0))
+        self.relaxed: np.ndarray = np.asarray(
+            np.minimum(one.min(axis=1, initial=np.inf), prop_one) < -TOLERANCE)
+        self.deficit = np.where(self.relaxed, -slack, 0.0)
 
     def envy_margins(self, x: np.ndarray) -> np.ndarray:
         """margin[i, j] of i's envy row towards j at shares x (+inf where there is none)."""
@@ -149,6 +168,12 @@ class _Lp:
         h.setOptionValue("threads", 1)
         upper = np.where(rows.frozen[:, None], 0.0, 1.0) * np.ones((n, nd))
         h.addVars(n * nd, np.zeros(n * nd), upper.ravel())
+        # The shortfall variables s_i of the agents failing even at λ = 1, after the shares.
+        relaxed = np.nonzero(rows.relaxed)[0]
+        self.short = np.full(n, -1, dtype=np.int64)
+        self.short[relaxed] = n * nd + np.arange(len(relaxed))
+        if len(relaxed):
+            h.addVars(len(relaxed), np.zeros(len(relaxed)), rows.deficit[relaxed])
         # Completeness: Σ_j x_jd = 1.
         h.addRows(nd, np.ones(nd), np.ones(nd), n * nd,
                   (np.arange(nd) * n).astype(np.int32),
@@ -156,14 +181,30 @@ class _Lp:
                   np.ones(n * nd))
         prop = np.nonzero(rows.prop)[0]
         own_seats = np.diag(rows.seats)
-        self._add([self._x(i) for i in prop], [rows.vd[i] for i in prop],
-                  (rows.share - rows.base * rows.max_out - own_seats + rows.prop_floor)[prop])
+        self._add([self._with_short(i, self._x(i)) for i in prop],
+                  [self._with_short(i, rows.vd[i], 1.0) for i in prop],
+                  (rows.share - rows.base * rows.max_out - own_seats
+                   + np.where(rows.relaxed, 0.0, rows.prop_floor))[prop])
         self.pairs: set[tuple[int, int]] = set()
         self.positive = np.nonzero(rows.positive)[0]
-        self.aux = n * nd
+        self.aux = n * nd + len(relaxed)
 
     def _x(self, j: int | np.integer) -> np.ndarray:
         return np.arange(int(j) * self.nd, (int(j) + 1) * self.nd)
+
+    def _with_short(self, i: int | np.integer, row: np.ndarray,
+                    coefficient: float | None = None) -> np.ndarray:
+        """A row of agent i's (its columns, or with ``coefficient`` its values) with i's
+        shortfall variable appended, if i has one."""
+        if self.short[i] < 0:
+            return row
+        return np.append(row, self.short[i] if coefficient is None else coefficient)
+
+    def _floor(self, col: np.ndarray) -> np.ndarray:
+        """Each envy row's lower bound on its margin at the LP's solution ``col``: its own
+        floor, or −s_i for an agent with a shortfall variable."""
+        short = np.where(self.short >= 0, col[np.maximum(self.short, 0)], 0.0)
+        return np.where(self.rows.relaxed[:, None], -short[:, None], self.rows.envy_floor)
 
     def _add(self, index: list[np.ndarray], value: list[np.ndarray], lower: np.ndarray,
              upper: np.ndarray | None = None) -> None:
@@ -182,10 +223,10 @@ class _Lp:
         index, value, lower = [], [], []
         for i, j in pairs:
             r = rows.ratio[i, j]
-            index.append(np.concatenate([self._x(i), self._x(j)]))
-            value.append(np.concatenate([rows.vd[i], -r * rows.vd[i]]))
+            index.append(self._with_short(i, np.concatenate([self._x(i), self._x(j)])))
+            value.append(self._with_short(i, np.concatenate([rows.vd[i], -r * rows.vd[i]]), 1.0))
             lower.append(r * (rows.seats[i, j] - rows.allowance[i, j]) - rows.seats[i, i]
-                         + rows.envy_floor[i, j])
+                         + (0.0 if rows.relaxed[i] else rows.envy_floor[i, j]))
         self._add(index, value, np.array(lower))
         self.pairs.update(pairs)
 
@@ -201,11 +242,12 @@ class _Lp:
                 raise TimeoutError
             col = np.asarray(self.h.getSolution().col_value)
             x = col[: self.n * self.nd].reshape(self.n, self.nd)
-            bad = self.rows.envy_margins(x) < self.rows.envy_floor - VIOLATED
+            margins = self.rows.envy_margins(x)
+            bad = margins < self._floor(col) - VIOLATED
             if not bad.any():
                 return col
             new: list[tuple[int, int]] = []
-            margins = np.where(bad, self.rows.envy_margins(x), np.inf)
+            margins = np.where(bad, margins, np.inf)
             for i in np.nonzero(bad.any(axis=1))[0]:
                 worst = np.argsort(margins[i])[:ROWS_PER_AGENT]
                 new.extend((int(i), int(j)) for j in worst if bad[i, j]
@@ -220,10 +262,30 @@ class _Lp:
         full[: len(cost)] = cost
         self.h.changeColsCost(ncols, np.arange(ncols, dtype=np.int32), full)
 
+    def _repair(self) -> None:
+        """The first stage: the least total shortfall of the agents failing at λ = 1, once
+        reweighted by 1/(s_i + REWEIGHT) so that it falls on as few agents as possible; each
+        s_i is then bounded by what it reached."""
+        columns = self.short[self.short >= 0]
+        if not len(columns):
+            return
+        self.h.changeObjectiveSense(highspy.ObjSense.kMinimize)
+        weights = np.ones(len(columns))
+        for _ in range(2):
+            cost = np.zeros(self.n * self.nd + len(columns))
+            cost[columns] = weights
+            self._costs(cost)
+            reached = self._run()[columns]
+            weights = 1.0 / (reached + REWEIGHT)
+        self.h.changeColsBounds(len(columns), columns.astype(np.int32), np.zeros(len(columns)),
+                                np.minimum(self.rows.deficit[self.rows.relaxed],
+                                           reached + SHORT_PAD))
+
     def solve(self) -> np.ndarray:
         rows, n, nd, h = self.rows, self.n, self.nd, self.h
         own_seats = np.diag(rows.seats)
         util = np.where(rows.positive[:, None], rows.vd, 0.0).ravel()
+        self._repair()
         h.changeObjectiveSense(highspy.ObjSense.kMaximize)
         pos = self.positive
         if self.objective == "egalitarian" and len(pos):
