@@ -25,7 +25,7 @@ UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --no-emit-find-lin
 LOCKED_NAMES = $(shell sed -n 's/^\([A-Za-z0-9._-]*\)==.*/\1/p' $(LOCK))
 NOT_IN_TORCH_LOCK = -c $(LOCK) $(foreach name,$(LOCKED_NAMES),--no-emit-package $(name))
 
-.PHONY: demo test test-fast lint lock lock-torch bench-allocator bench-serve clean
+.PHONY: demo test test-fast lint lock lock-torch bench-allocator bench-serve gpu-wheels clean
 
 $(STAMP): $(LOCK) $(TORCH_LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,3 +72,16 @@ bench-serve: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var/*.db
+
+# The wheels the prepared GPU check (bench/gpu/run.sh) installs on a machine with PyTorch and no
+# network: the packages of bench/gpu/requirements.in at the versions and hashes of the lock, for
+# the lock's platform (CPython 3.11, x86_64 Linux). Carry bench/gpu/wheels/ with the tree.
+GPU_WHEELS := bench/gpu/wheels
+gpu-wheels: $(STAMP)
+	mkdir -p $(GPU_WHEELS)
+	$(BIN)/python bench/gpu/lock_subset.py bench/gpu/requirements.in $(LOCK) > $(GPU_WHEELS)/requirements.txt
+	$(BIN)/pip download --quiet --no-deps --require-hashes --only-binary=:all: \
+		--python-version 3.11 --implementation cp --abi cp311 \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 --platform any \
+		--dest $(GPU_WHEELS) -r $(GPU_WHEELS)/requirements.txt

@@ -5,9 +5,11 @@ it). The public surface is re-exported here; modules behind it are private to th
 
 * ``divide(instance, options) -> Division`` — the core of docs/architecture.md §2
   (allocator.division), over an ``Instance`` (allocator.instance) whose agents state their
-  criteria (allocator.criteria) and whose welfare is an objective (allocator.objectives); the
-  exact MILP with its λ search (allocator.exact) answers small instances, the scalable path
-  (allocator.scalable) the rest;
+  criteria (allocator.criteria) and whose welfare is an objective (allocator.objectives); it
+  first builds what the guarantees table promises (allocator.guarantee, with the constructions
+  of allocator.constructive and the welfare LP of allocator.welfare), then the exact MILP with
+  its λ search (allocator.exact) on small instances and the scalable path (allocator.scalable)
+  look for more;
 * ``certify`` / ``validate_allocation`` — the one checker (allocator.certificate), and the
   certificate's document, ``CertificateDocument`` (read back by ``parse_certificate``);
 * ``allocate_cluster(snapshot, options, previous, *, version, allocation_id)`` — the cluster

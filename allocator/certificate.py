@@ -8,7 +8,9 @@ Each agent's criterion (allocator.criteria) is a family of linear inequalities i
 values; every inequality is written as ``a + b·λ ≥ 0`` where λ is the relaxation
 (``f_i = α_i + λ(1 − α_i)``), both sides divided by the agent's total value ``T_i`` so that
 margins are comparable across agents. The *slack* reported for an agent is the smallest such
-margin: a fraction of the agent's total value by which its criterion holds (≥ 0) or fails (< 0).
+margin at λ = 0: a fraction of the agent's total value by which its criterion, exactly as
+stated, holds (≥ 0) or fails (< 0); its *λ* is the least relaxation under which every margin
+holds. An allocation is *fair* only when every agent's criterion holds exactly.
 A cluster result has one more checker on top of this one,
 allocator.cluster.allocate.validate_cluster_allocation.
 
@@ -31,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from allocator.arrays import value_matrices
 from allocator.criteria import EF_TYPE, PROP_TYPE, Criterion, base_factor, relaxed_factor
-from allocator.errors import AllocationError, CertificateError
+from allocator.errors import AllocationError
 from allocator.instance import Allocation, Instance
 from allocator.objectives import Objective, objective_ratio, objective_value
 
@@ -154,10 +156,13 @@ class AgentCertificate:
     total: float  # T_i, the agent's value of everything
     value: float  # V_i(A_i)
     normalised_value: float  # V_i(A_i) / T_i (0 when T_i = 0)
-    holds: bool  # the criterion, relaxed by `lam`, holds
-    slack: float | None  # smallest margin as a fraction of T_i; None: nothing to compare
-    lam: float  # λ applied to this agent (0: its criterion exactly)
-    factor: float  # f_i = base + λ(1 − base), the fraction of a good allowed
+    holds: bool  # the criterion holds exactly, as the agent stated it (λ = 0)
+    slack: float | None  # smallest exact margin as a fraction of T_i; None: nothing to compare
+    # the least λ ∈ [0, 1] at which the relaxed criterion holds (0 when it holds exactly);
+    # None when it fails even at λ = 1
+    lam: float | None
+    factor: float | None  # f_i = base + λ(1 − base) at that λ; None with it
+    guaranteed: bool  # the guarantees table promises this agent's criterion on this instance
     envy: dict[str, float]  # envy[j] = V_i(A_j) − V_i(A_i) (> 0: the agent envies j)
 
     def document(self) -> AgentCertificateDocument:
@@ -170,6 +175,7 @@ class AgentCertificate:
             slack=self.slack,
             lam=self.lam,
             factor=self.factor,
+            guaranteed=self.guaranteed,
             value=self.value,
             normalised_value=self.normalised_value,
             total=self.total,
@@ -184,43 +190,60 @@ class Certificate:
     objective_value: float  # exact, from the allocation (-inf for Nash with a zero value)
     unconstrained_value: float | None  # best objective without fairness (None: not computed)
     ratio: float | None  # objective_value against unconstrained_value (see docs/fairness.md)
-    lambda_ef: float  # relaxation of EF-type agents (0: none)
-    lambda_prop: float  # relaxation of PROP-type agents (0 unless EF-type ones at λ=1 failed)
-    solver: str  # "highs", "cbc" (exact MILP), "highs-lp+fractional", "highs-lp+picking", ...
+    # A proven lower bound on λ*, the least λ at which *some* allocation meets every EF-type
+    # criterion relaxed by λ (PROP-type ones exact); None when nothing proves one.
+    lambda_lower_bound: float | None
+    guarantee: str | None  # the construction of the guarantees table used (None: none applies)
+    solver: str  # "efm+lp+moves+lp", "highs" (exact MILP), "highs-lp+fractional", ...
     # "optimal" / "feasible" (exact MILP, proven or stopped at limit/gap), "heuristic" (the
-    # scalable path), "constructive" (the picking sequence alone, when nothing else finished)
+    # scalable path), "constructive" (a construction of the guarantees table, or the picking
+    # sequence when nothing else finished)
     status: str
     gap: float | None  # relative MIP gap when known
     time_s: float  # wall time of the solve
     notes: tuple[str, ...] = field(default=())  # e.g. estimated throughput curves
 
     @property
-    def holds(self) -> bool:
+    def fair(self) -> bool:
+        """Every agent's criterion holds exactly as stated (λ = 0 for everyone)."""
         return all(a.holds for a in self.agents.values())
 
-    def require_holds(self) -> Certificate:
-        """Return self, or raise CertificateError naming the first failing agent."""
-        for a in self.agents.values():
-            if not a.holds:
-                raise CertificateError(
-                    f"agent {a.agent!r}: criterion {a.criterion} (λ={a.lam:g}) fails "
-                    f"by {-(a.slack or 0.0):.3g} of its total value"
-                )
-        return self
+    @property
+    def relaxed(self) -> bool:
+        """Some agent's criterion holds only relaxed (its λ > 0)."""
+        return any(a.lam is not None and a.lam > 0 for a in self.agents.values())
+
+    @property
+    def violations(self) -> int:
+        """How many agents' criteria fail even relaxed to λ = 1."""
+        return sum(1 for a in self.agents.values() if a.lam is None)
+
+    @property
+    def lambda_ef(self) -> float:
+        """The relaxation of the EF-type agents: the largest λ any of them needs (those that
+        fail even at λ = 1 aside)."""
+        return _largest_lambda(a for a in self.agents.values() if a.criterion in EF_TYPE)
+
+    @property
+    def lambda_prop(self) -> float:
+        """The relaxation of the PROP-type agents, likewise."""
+        return _largest_lambda(a for a in self.agents.values() if a.criterion in PROP_TYPE)
 
     def document(self) -> CertificateDocument:
         """The certificate as its document states it (see :class:`CertificateDocument`)."""
         return CertificateDocument(
-            fair=self.holds,
-            holds=self.holds,
-            violations=sum(1 for a in self.agents.values() if not a.holds),
+            fair=self.fair,
+            relaxed=self.relaxed,
+            violations=self.violations,
+            lambda_ef=self.lambda_ef,
+            lambda_prop=self.lambda_prop,
+            lambda_lower_bound=self.lambda_lower_bound,
+            guarantee=self.guarantee,
             agents={name: a.document() for name, a in self.agents.items()},
             objective=self.objective,
             objective_value=self.objective_value if math.isfinite(self.objective_value) else None,
             unconstrained_value=self.unconstrained_value,
             ratio=self.ratio,
-            lambda_ef=self.lambda_ef,
-            lambda_prop=self.lambda_prop,
             solver=self.solver,
             status=self.status,
             gap=self.gap,
@@ -231,6 +254,10 @@ class Certificate:
     def to_dict(self) -> dict[str, Any]:
         """The certificate document as plain data (JSON-ready but for a non-finite number)."""
         return self.document().model_dump(by_alias=True)
+
+
+def _largest_lambda(rows: Iterable[AgentCertificate]) -> float:
+    return max((a.lam for a in rows if a.lam is not None), default=0.0)
 
 
 class AgentCertificateDocument(BaseModel):
@@ -247,15 +274,27 @@ class AgentCertificateDocument(BaseModel):
     )
     criterion: Criterion = Field(description="the agent's fairness criterion")
     weight: float = Field(description="the agent's entitlement w_i")
-    holds: bool = Field(description="whether its criterion, relaxed by lambda, holds")
+    holds: bool = Field(
+        description="whether its criterion holds exactly as stated (λ = 0); a criterion that "
+        "holds only relaxed says false here and its λ in lambda"
+    )
     slack: float | None = Field(
-        description="its smallest margin, a fraction of its total value (< 0: the criterion "
-        "fails by that much); null when there is nothing to compare"
+        description="its smallest exact margin, a fraction of its total value (< 0: the "
+        "criterion fails by that much); null when there is nothing to compare"
     )
-    lam: float = Field(
-        alias="lambda", description="the relaxation λ applied to it (0: its criterion exactly)"
+    lam: float | None = Field(
+        alias="lambda",
+        description="the least relaxation λ ∈ [0, 1] under which its criterion holds (0: "
+        "exactly); null when it fails even at λ = 1",
     )
-    factor: float = Field(description="f_i = base + λ(1 − base): the fraction of a good allowed")
+    factor: float | None = Field(
+        description="f_i = base + λ(1 − base) at that λ: the fraction of a good allowed; null "
+        "with lambda"
+    )
+    guaranteed: bool = Field(
+        description="whether the guarantees table (docs/fairness.md) promises this agent's "
+        "criterion on this instance; a guaranteed criterion always holds"
+    )
     value: float = Field(description="V_i(A_i): its value of its own bundle")
     normalised_value: float = Field(description="value / total (0 when total is 0)")
     total: float = Field(description="T_i: its value of everything")
@@ -272,9 +311,28 @@ class CertificateDocument(BaseModel):
         frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True
     )
 
-    fair: bool = Field(description="every agent's criterion holds (at the reported λ)")
-    holds: bool = Field(description="the same as fair (the original key)")
-    violations: int = Field(description="how many agents' criteria fail")
+    fair: bool = Field(
+        description="every agent's criterion holds exactly as stated (λ = 0 for everyone)"
+    )
+    relaxed: bool = Field(
+        description="some agent's criterion holds only relaxed (its lambda > 0): the "
+        "allocation is not fair in the sense that agent asked for"
+    )
+    violations: int = Field(description="how many agents' criteria fail even at λ = 1")
+    lambda_ef: float = Field(
+        alias="lambda",
+        description="the largest λ an EF-type agent needs (0: none is relaxed)",
+    )
+    lambda_prop: float = Field(description="the largest λ a PROP-type agent needs")
+    lambda_lower_bound: float | None = Field(
+        description="a proven lower bound on λ*, the least λ at which some allocation meets "
+        "every EF-type criterion relaxed by λ and every PROP-type one exactly: λ* lies in "
+        "[lambda_lower_bound, lambda] when lambda_prop is 0; null when no bound is known"
+    )
+    guarantee: str | None = Field(
+        description="the construction of the guarantees table this allocation started from, "
+        "whose agents are marked guaranteed; null when none applies"
+    )
     agents: dict[str, AgentCertificateDocument] = Field(description="the rows, by agent name")
     objective: Objective
     objective_value: float | None = Field(
@@ -284,9 +342,9 @@ class CertificateDocument(BaseModel):
         description="the best objective without fairness; null when not computed"
     )
     ratio: float | None = Field(description="objective_value against unconstrained_value")
-    lambda_ef: float = Field(alias="lambda", description="the relaxation of EF-type agents")
-    lambda_prop: float = Field(description="the relaxation of PROP-type agents")
-    solver: str = Field(description='e.g. "highs" (exact MILP), "highs-lp+fractional"')
+    solver: str = Field(description='e.g. "efm+lp+moves+lp" (a construction, then the share '
+                        'LP, seat moves and swaps, the share LP again: the steps taken), '
+                        '"highs" (exact MILP), "highs-lp+fractional"')
     status: str = Field(description='"optimal", "feasible", "heuristic" or "constructive"')
     gap: float | None = Field(description="the relative MIP gap, when known")
     time_s: float = Field(description="wall time of the solve")
@@ -305,27 +363,36 @@ def certify(
     instance: Instance,
     allocation: Allocation,
     *,
-    lambda_ef: float = 0.0,
-    lambda_prop: float = 0.0,
     objective: Objective | None = None,
     unconstrained_value: float | None = None,
+    lambda_lower_bound: float | None = None,
+    guarantee: str | None = None,
+    guaranteed: frozenset[str] = frozenset(),
     solver: str = "none",
     status: str = "unknown",
     gap: float | None = None,
     time_s: float = 0.0,
     notes: tuple[str, ...] = (),
 ) -> Certificate:
-    """Validate the allocation and compute its certificate (never raises for unfairness)."""
+    """Validate the allocation and compute its certificate (never raises for unfairness).
+
+    Every agent is measured exactly (``holds``, ``slack``) and by the least relaxation under
+    which its criterion holds (``lam``); the allocation-level λ are the largest of those.
+    ``guaranteed`` names the agents whose criterion the guarantees table promises (what
+    allocator.guarantee found for the instance), ``lambda_lower_bound`` what a solver proved
+    about λ*; both are the caller's claims, stated as given."""
     validate_allocation(instance, allocation)
     b = bundles(instance, allocation)
     objective = objective or instance.objective
     agents: dict[str, AgentCertificate] = {}
     for spec in instance.agents:
         i = spec.name
-        lam = lambda_ef if spec.criterion in EF_TYPE else lambda_prop
         terms = constraint_terms(instance, b, i)
-        margins = [a + bb * lam for _, a, bb in terms]
-        slack = min(margins) if margins else None
+        slack = min((a for _, a, _ in terms), default=None)
+        lam: float | None = minimal_relaxation(terms)
+        if lam is not None and lam > 1.0:
+            # Beyond 1, unless λ = 1 itself is within the tolerance.
+            lam = 1.0 if all(a + bb >= -TOLERANCE for _, a, bb in terms) else None
         t = b.total[i]
         agents[i] = AgentCertificate(
             agent=i,
@@ -338,7 +405,8 @@ def certify(
             holds=slack is None or slack >= -TOLERANCE,
             slack=slack,
             lam=lam,
-            factor=relaxed_factor(spec.criterion, b.alpha[i], lam),
+            factor=None if lam is None else relaxed_factor(spec.criterion, b.alpha[i], lam),
+            guaranteed=i in guaranteed,
             envy={j: b.view[i][j] - b.view[i][i] for j in b.agents if j != i},
         )
     normalised = [a.normalised_value for a in agents.values() if a.total > 0]
@@ -354,8 +422,8 @@ def certify(
         objective_value=value,
         unconstrained_value=unconstrained_value,
         ratio=ratio,
-        lambda_ef=lambda_ef,
-        lambda_prop=lambda_prop,
+        lambda_lower_bound=lambda_lower_bound,
+        guarantee=guarantee,
         solver=solver,
         status=status,
         gap=gap,

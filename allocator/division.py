@@ -1,31 +1,31 @@
 """``divide``: certified fair division of one core instance (docs/architecture.md §2).
 
-The pipeline: validate the instance and put it in canonical order (agents and goods sorted by
-name, so the answer does not depend on input order); then
+The pipeline (docs/fairness.md, "Guaranteed vs best effort"): validate the instance and put it
+in canonical order (agents and goods sorted by name, so the answer does not depend on input
+order); then
 
-* **small instances** (few agents and kinds of indivisible goods, see ``EXACT_AGENTS`` and
-  ``EXACT_TYPES``) go to the exact MILP (allocator.exact) with every agent's own criterion; if
-  that is infeasible, the EF-type agents are relaxed by the smallest λ (bisection on
-  feasibility), and only if EF1 for them is still infeasible, the PROP-type agents likewise.
-  Its welfare is the optimum among fair allocations;
-* **everything else**, and small instances whose MILP finds nothing in its share of the time
-  limit or nothing even fully relaxed, go to the scalable path (allocator.scalable): seats
-  by a weighted picking sequence, divisible goods by a lexicographic LP (least violation, then
-  least λ, then the objective), then seat moves while violations remain; if some remain, a
-  relaxation bound says in the certificate's notes whether any allocation could meet every
-  criterion at λ = 1;
-  if the scalable path has no answer before the deadline, the plain picking-sequence
-  allocation;
-* then, if that allocation is not exactly fair, nothing proves that none is, and the instance is
-  of middling size (``COMPLETION_AGENTS``, ``COMPLETION_TYPES``), the exact MILP with its λ
-  search gets the time left, warm-started from it, and its answer is taken when it is fairer
-  (or as fair with more welfare).
+* **the guarantee** (allocator.guarantee): on a plain instance, the construction of the
+  guarantees table that covers the most agents — EFM (Bei et al. 2021) or the weighted picking
+  sequence (Chakraborty et al. 2021) — whose covered agents meet their criterion exactly; then
+  improved without giving any criterion back: its divisible shares re-divided by an LP that
+  keeps every criterion row (allocator.welfare), its seats moved and swapped
+  (allocator.exchange), the shares once more;
+* **the search**, when not every criterion holds exactly (beside a guarantee only up to
+  ``GUARANTEED_SEARCH_AGENTS``): the exact MILP with its λ search on small instances
+  (``EXACT_AGENTS``, ``EXACT_TYPES``), never relaxing a guaranteed agent; else the scalable
+  path (allocator.scalable: seats from the fractional relaxation or the picking sequence,
+  shares by a lexicographic LP, seat moves, the relaxation bound), and up to
+  ``COMPLETION_AGENTS``/``COMPLETION_TYPES`` the exact MILP in the time left; when every
+  criterion already holds exactly on a small instance, the exact MILP for more welfare;
+* **the choice**: among the answers that meet every guaranteed criterion exactly (the
+  guaranteed allocation always does), fewest criteria failing even at λ = 1, then fewest not
+  met exactly, then the least λ, then the most welfare.
 
 ``divide`` never fails for lack of fairness on a valid instance: it returns the best allocation
-it found with the certificate the one checker computes for it — each agent's ``holds`` and
-slack, λ ∈ [0, 1], the solver and its status ("optimal", "feasible", "heuristic",
-"constructive"). It raises only for malformed input, for side constraints nothing can meet,
-or when no allocation at all was found within the time limit.
+it found with the certificate the one checker computes for it — ``fair`` only when every
+criterion holds exactly, each agent's least λ, the guaranteed agents, what was proven about λ*.
+It raises only for malformed input, for side constraints nothing can meet, or when no
+allocation at all was found within the time limit.
 """
 
 from __future__ import annotations
@@ -33,25 +33,24 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from allocator import constructive
-from allocator.certificate import (
-    Certificate,
-    bundles,
-    certify,
-    constraint_terms,
-    minimal_relaxation,
-)
-from allocator.criteria import EF_TYPE
+from allocator.arrays import value_matrices
+from allocator.certificate import Certificate, certify
 from allocator.errors import InfeasibleError, SolverError, SolverTimeoutError
 from allocator.exact.lambda_search import LambdaSearch
+from allocator.exchange import GAIN, exchange_seats
+from allocator.guarantee import Guarantee, guarantee
 from allocator.instance import Allocation, Instance, canonical, validate_instance
 from allocator.objectives import Objective
 from allocator.options import Churn, SolveOptions
 from allocator.scalable.fractional import PROOF_MARGIN
 from allocator.scalable.path import divide_fixed_seats
+from allocator.welfare import improve_shares
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +69,28 @@ EXACT_TYPES = 16
 COMPLETION_AGENTS = 24
 COMPLETION_TYPES = 64
 COMPLETION_MIN_S = 0.5  # less time left than this: not worth building the MILP
-EXACT_PROOF_NOTE = ("the exact MILP proved that no allocation meets every criterion even "
-                    "relaxed to EF1/PROP1; this is the scalable path's best")
+
+
+def _proof_note(guaranteed: frozenset[str]) -> str:
+    """What the exact MILP proved when it found nothing even at λ = 1."""
+    if guaranteed:
+        return ("the exact MILP proved that no allocation meets every guaranteed criterion "
+                "exactly and every other one relaxed to EF1/PROP1")
+    return ("the exact MILP proved that no allocation meets every criterion even relaxed to "
+            "EF1/PROP1")
+
+
+# Beside a guaranteed allocation that does not meet every criterion, the search (exact MILP,
+# scalable path, completion) runs up to this many agents: its answer counts only when it keeps
+# every guaranteed criterion exactly, which the scalable path does not aim at. Measured on the
+# benchmark's instances (seeds 0–2): at 16 and 32 tenants it found a fairer allocation on 3 of
+# 6; at 64 × 64, 32 × 8 and 128 × 32 it was dropped every time, after seconds.
+GUARANTEED_SEARCH_AGENTS = 32
+# Most of the time limit the welfare LP on the guaranteed allocation may take (from the start),
+# the seat moves and swaps after it, and when the second LP (for the moved seats) must end.
+WELFARE_SHARE = 0.4
+EXCHANGE_SHARE = 0.2
+LAST_LP_END = 0.9
 # Most of the time limit the unconstrained optimum (the welfare ratio's denominator) may take
 # when it needs a MILP (Nash, egalitarian, side constraints); past it the ratio is not given.
 UNCONSTRAINED_SHARE = 0.25
@@ -94,13 +113,15 @@ class Division:
 @dataclass(frozen=True)
 class _Candidate:
     """An allocation one path found, with what its certificate will say of the search: the
-    solver ("highs", "cbc", "highs-lp+fractional", "highs-lp+picking", "picking"), its status
-    ("optimal", "feasible", "heuristic", "constructive") and the MIP gap when known."""
+    solver ("efm+lp+moves+lp", "highs", "cbc", "highs-lp+fractional", "highs-lp+picking",
+    "picking"), its status ("optimal", "feasible", "heuristic", "constructive"), the MIP gap
+    when known, and what the path proved about λ* (None: nothing)."""
 
     allocation: Allocation
     solver: str
     status: str
     gap: float | None
+    lambda_lower_bound: float | None = None
 
 
 def divide(
@@ -117,45 +138,49 @@ def divide(
     validate_instance(instance)
     inst = canonical(instance)
     objective: Objective = options.objective or inst.objective
-    found: _Candidate | None = None
-    exact_infeasible = False
-    if len(inst.agents) <= EXACT_AGENTS and _types(inst) <= EXACT_TYPES:
+    promised = guarantee(inst) if churn is None else None
+    held: frozenset[str] = frozenset()  # agents the guaranteed allocation meets exactly
+    guaranteed: frozenset[str] = frozenset()
+    candidates: list[_Candidate] = []
+    search_notes: tuple[str, ...] = ()
+    if promised is not None:
+        guaranteed, held = promised.agents, promised.held
+        candidates.append(_guaranteed(inst, objective, options, promised, began))
+    if len(held) < len(inst.agents) and (promised is None
+                                         or len(inst.agents) <= GUARANTEED_SEARCH_AGENTS):
+        found, search_notes = _search(inst, objective, options, began, deadline, churn,
+                                      guaranteed)
+        candidates.append(found)
+    elif len(inst.agents) <= EXACT_AGENTS and _types(inst) <= EXACT_TYPES:
+        # Every criterion holds exactly: the exact MILP finds the best such allocation.
         try:
-            found = _exact(inst, objective, options,
-                           began + options.time_limit_s * EXACT_SHARE, churn)
-        except InfeasibleError as exc:
-            log.info("exact MILP: %s", exc)
-            exact_infeasible = True
-            notes = (*notes, EXACT_PROOF_NOTE)
-    scalable: _Candidate | None = None
-    scalable_notes: tuple[str, ...] = ()
-    impossible = False
-    if found is None:
-        scalable, scalable_notes, impossible = _scalable(inst, objective, deadline, churn)
-        found = scalable
-    # The welfare ratio's denominator before the completion, which may take all the time left.
+            exact = _exact(inst, objective, options, began + options.time_limit_s * EXACT_SHARE,
+                           churn, start=candidates[0].allocation)
+        except InfeasibleError:  # pragma: no cover - the construction is feasible
+            exact = None
+        if exact is not None:
+            candidates.append(exact)
+    chosen = _best(inst, objective, candidates, guaranteed)
+    notes = (*notes, *search_notes)
+    # What any path proved about λ* holds whichever allocation is returned.
+    bounds = [c.lambda_lower_bound for c in candidates if c.lambda_lower_bound is not None]
+    lower_bound = max(bounds) if bounds else None
+    # The welfare ratio's denominator.
     best_value = _unconstrained(inst, objective, options, deadline, churn)
-    completion_notes: tuple[str, ...] = ()
-    if (scalable is not None and not (impossible or exact_infeasible)
-            and _completion_worthwhile(inst, deadline)):
-        found, completion_notes = _complete(inst, objective, options, deadline, churn, scalable)
-    if found is scalable:
-        notes = (*notes, *scalable_notes)
-    notes = (*notes, *completion_notes)
-    allocation = found.allocation
-    lambda_prop, lambda_ef = _needed_relaxation(inst, allocation)
+    allocation = chosen.allocation
 
     def certificate_against(best: float | None) -> Certificate:
         return certify(
             inst,
             allocation,
-            lambda_ef=lambda_ef,
-            lambda_prop=lambda_prop,
             objective=objective,
             unconstrained_value=best,
-            solver=found.solver,
-            status=found.status,
-            gap=found.gap,
+            lambda_lower_bound=lower_bound,
+            guarantee=promised.construction if promised is not None else None,
+            guaranteed=guaranteed,
+            solver=chosen.solver,
+            status=chosen.status,
+            gap=chosen.gap,
             time_s=time.monotonic() - began,
             notes=notes,
         )
@@ -166,11 +191,137 @@ def divide(
         # The fair allocation is feasible for the unconstrained problem too: an unconstrained
         # MILP stopped short of its optimum is no ratio's denominator.
         certificate = certificate_against(value)
-    if not certificate.holds:
+    if certificate.fair and certificate.lambda_lower_bound is None:
+        certificate = replace(certificate, lambda_lower_bound=0.0)
+    if not certificate.fair:
         failing = sorted(a.agent for a in certificate.agents.values() if not a.holds)
-        log.warning("no allocation found meets every criterion; %d agents fail: %s",
+        log.warning("no allocation found meets every criterion exactly; %d agents do not: %s",
                     len(failing), ", ".join(failing[:8]))
     return Division(allocation=allocation, certificate=certificate)
+
+
+def _guaranteed(
+    inst: Instance, objective: Objective, options: SolveOptions, promised: Guarantee,
+    began: float,
+) -> _Candidate:
+    """The construction's allocation improved without giving any criterion back: its shares
+    re-divided by the LP that keeps every criterion row (allocator.welfare), its seats moved
+    and swapped (allocator.exchange), then the shares once more for the new seats (if the
+    first LP finished); each step taken only when the one checker finds it better
+    (:func:`_improves`). The solver names the steps taken, e.g. "efm+lp+moves+lp"."""
+    limit = options.time_limit_s
+    allocation, steps = promised.allocation, [promised.construction]
+    improved = improve_shares(inst, allocation, objective, began + WELFARE_SHARE * limit)
+    if improved is not None and _improves(inst, allocation, improved, objective):
+        allocation = improved
+        steps.append("lp")
+    exchanged = exchange_seats(inst, allocation, objective,
+                               time.monotonic() + EXCHANGE_SHARE * limit)
+    if exchanged is not None and _improves(inst, allocation, exchanged.allocation, objective):
+        allocation = exchanged.allocation
+        steps.append("moves")
+        # Again only if the first finished: where it ran out of time, so would this one.
+        again = None if improved is None else improve_shares(
+            inst, allocation, objective,
+            min(time.monotonic() + WELFARE_SHARE * limit, began + LAST_LP_END * limit))
+        if again is not None and _improves(inst, allocation, again, objective):
+            allocation = again
+            steps.append("lp")
+    return _Candidate(allocation, "+".join(steps), "constructive", None)
+
+
+def _improves(inst: Instance, before: Allocation, after: Allocation,
+              objective: Objective) -> bool:
+    """Whether ``after`` meets exactly every criterion ``before`` met and is better, by the one
+    checker: fewer criteria failing even at λ = 1, or (as many) fewer failing exactly, or (as
+    many of both) more welfare (the objective, then the utilitarian sum), or less total
+    shortfall (Σ −slack of the failing agents) at no less welfare — allocator.exchange's
+    order."""
+    old, new = (certify(inst, a, objective=objective) for a in (before, after))
+    if not all(new.agents[name].holds for name, row in old.agents.items() if row.holds):
+        return False
+    counts_old, counts_new = _counts(old), _counts(new)
+    if counts_new != counts_old:
+        return counts_new < counts_old
+    if _value(new) > _value(old) + GAIN or (
+            abs(_value(new) - _value(old)) <= GAIN and _total(new) > _total(old) + GAIN):
+        return True
+    return _value(new) >= _value(old) - GAIN and _shortfall(new) < _shortfall(old) - GAIN
+
+
+def _counts(certificate: Certificate) -> tuple[int, int]:
+    """(criteria failing even at λ = 1, criteria not met exactly)."""
+    return (certificate.violations,
+            sum(1 for a in certificate.agents.values() if not a.holds))
+
+
+def _total(certificate: Certificate) -> float:
+    """The utilitarian sum, the tie-break of the egalitarian and Nash objectives."""
+    return sum(a.normalised_value for a in certificate.agents.values())
+
+
+def _shortfall(certificate: Certificate) -> float:
+    return sum(-a.slack for a in certificate.agents.values()
+               if not a.holds and a.slack is not None)
+
+
+def _value(certificate: Certificate) -> float:
+    value = certificate.objective_value
+    return value if math.isfinite(value) else -math.inf
+
+
+def _best(
+    inst: Instance, objective: Objective, candidates: list[_Candidate],
+    guaranteed: frozenset[str],
+) -> _Candidate:
+    """The best candidate among those meeting exactly every guaranteed criterion: fewest
+    criteria failing even at λ = 1, then fewest not met exactly, then the least λ_prop and
+    λ_ef, then the most welfare. The guaranteed allocation, if any, is the first candidate and
+    always qualifies, so nothing returned meets fewer guaranteed criteria."""
+    if len(candidates) == 1:
+        return candidates[0]
+    ranked = []
+    for k, candidate in enumerate(candidates):
+        certificate = certify(inst, candidate.allocation, objective=objective)
+        if not all(certificate.agents[name].holds for name in guaranteed):
+            log.info("%s answer dropped: it breaks a guaranteed criterion",
+                     candidate.solver)
+            continue
+        inexact = sum(1 for a in certificate.agents.values() if not a.holds)
+        ranked.append(((certificate.violations, inexact, certificate.lambda_prop,
+                        certificate.lambda_ef, -_value(certificate), k), candidate))
+    return min(ranked, key=lambda pair: pair[0])[1]
+
+
+def _search(
+    inst: Instance, objective: Objective, options: SolveOptions, began: float, deadline: float,
+    churn: Churn | None, guaranteed: frozenset[str],
+) -> tuple[_Candidate, tuple[str, ...]]:
+    """The search beyond the guarantees: the exact MILP on small instances, the scalable path
+    on the rest, the exact MILP's completion in the time left; with the certificate's notes.
+    The exact MILP never relaxes a guaranteed criterion; the scalable path may, and then its
+    answer is dropped (:func:`_best`)."""
+    found: _Candidate | None = None
+    notes: tuple[str, ...] = ()
+    exact_infeasible = False
+    if len(inst.agents) <= EXACT_AGENTS and _types(inst) <= EXACT_TYPES:
+        try:
+            found = _exact(inst, objective, options,
+                           began + options.time_limit_s * EXACT_SHARE, churn, exact=guaranteed)
+        except InfeasibleError as exc:
+            log.info("exact MILP: %s", exc)
+            exact_infeasible = True
+            notes = (_proof_note(guaranteed),)
+    if found is not None:
+        return found, notes
+    scalable, scalable_notes, impossible = _scalable(inst, objective, deadline, churn)
+    if impossible or exact_infeasible or not _completion_worthwhile(inst, deadline):
+        return scalable, (*notes, *scalable_notes)
+    found, completion_notes = _complete(inst, objective, options, deadline, churn, scalable,
+                                        guaranteed)
+    if found is scalable:
+        return found, (*notes, *scalable_notes, *completion_notes)
+    return found, (*notes, *completion_notes)
 
 
 def _types(inst: Instance) -> int:
@@ -185,18 +336,22 @@ def _types(inst: Instance) -> int:
 def _exact(
     inst: Instance, objective: Objective, options: SolveOptions, deadline: float,
     churn: Churn | None, start: Allocation | None = None,
+    exact: frozenset[str] = frozenset(),
 ) -> _Candidate | None:
     """The exact MILP with the λ search, warm-started from ``start`` (by default the PROP^α
     construction); None when it finds nothing in time. Raises InfeasibleError when nothing
     meets even the fully relaxed criteria (the scalable path then reports what it can)."""
     if start is None and constructive.supports(inst):
         start = constructive.prop_alpha_allocation(inst)
+    search = LambdaSearch(inst, objective, options, deadline, start, churn, exact)
     try:
-        result = LambdaSearch(inst, objective, options, deadline, start, churn).relaxed()
+        result = search.relaxed()
     except SolverTimeoutError:
         log.info("exact MILP found nothing before its deadline")
         return None
-    return _Candidate(result.allocation, result.solver, result.status, result.gap)
+    # With agents held exact, infeasibility says nothing of λ* (all EF-type agents relaxed).
+    return _Candidate(result.allocation, result.solver, result.status, result.gap,
+                      None if exact else search.lower_bound)
 
 
 def _completion_worthwhile(inst: Instance, deadline: float) -> bool:
@@ -208,7 +363,7 @@ def _completion_worthwhile(inst: Instance, deadline: float) -> bool:
 
 def _complete(
     inst: Instance, objective: Objective, options: SolveOptions, deadline: float,
-    churn: Churn | None, scalable: _Candidate,
+    churn: Churn | None, scalable: _Candidate, guaranteed: frozenset[str],
 ) -> tuple[_Candidate, tuple[str, ...]]:
     """The exact MILP in the time left, warm-started from the scalable path's allocation, if
     that one is not exactly fair; the exact answer replaces it when it is fairer (fewer failing
@@ -219,10 +374,11 @@ def _complete(
     if scalable_rank[:3] == (0, 0.0, 0.0):
         return scalable, ()
     try:
-        exact = _exact(inst, objective, options, deadline, churn, start=scalable.allocation)
+        exact = _exact(inst, objective, options, deadline, churn, start=scalable.allocation,
+                       exact=guaranteed)
     except InfeasibleError as exc:
         log.info("exact MILP after the scalable path: %s", exc)
-        return scalable, (EXACT_PROOF_NOTE,)
+        return scalable, (_proof_note(guaranteed),)
     except SolverError as exc:
         log.warning("exact MILP after the scalable path failed (%s); keeping its answer", exc)
         return scalable, ()
@@ -237,12 +393,9 @@ def _rank(
 ) -> tuple[int, float, float, float]:
     """(agents failing even at λ = 1, λ_prop, λ_ef, −objective): smaller is better, and the
     first three are (0, 0, 0) when every criterion holds exactly as stated."""
-    lambda_prop, lambda_ef = _needed_relaxation(inst, allocation)
-    certificate = certify(inst, allocation, lambda_ef=lambda_ef, lambda_prop=lambda_prop,
-                          objective=objective)
-    failing = sum(1 for a in certificate.agents.values() if not a.holds)
-    value = certificate.objective_value
-    return failing, lambda_prop, lambda_ef, -value if math.isfinite(value) else math.inf
+    certificate = certify(inst, allocation, objective=objective)
+    return (certificate.violations, certificate.lambda_prop, certificate.lambda_ef,
+            -_value(certificate))
 
 
 def _scalable(
@@ -270,15 +423,19 @@ def _scalable(
     if outcome.lower_bound is None:
         return found, (), False
     if outcome.lower_bound > PROOF_MARGIN:
+        # Nothing meets every criterion even at λ_ef = 1: λ* exceeds 1.
+        found = replace(found, lambda_lower_bound=1.0)
         return found, (
             "no allocation meets every criterion, even with every agent relaxed to its 'up to "
             "one good' version (lambda = 1): the fractional relaxation proves a total "
             f"shortfall of at least {outcome.lower_bound:.3g} (fractions of the agents' total "
-            f"values, summed); this allocation's is {outcome.violation:.3g}",
+            f"values, summed); the scalable path's allocation fell short by "
+            f"{outcome.violation:.3g}",
         ), True
     return found, (
         "the fractional relaxation does not rule out an allocation meeting every criterion "
-        f"at lambda = 1; this heuristic one falls short by {outcome.violation:.3g} in total",
+        f"at lambda = 1; the scalable path's allocation fell short by {outcome.violation:.3g} "
+        "in total",
     ), False
 
 
@@ -298,15 +455,18 @@ def _unconstrained(
     what remains of the time limit (None if it finds nothing)."""
     if (objective == "utilitarian" and not inst.requires and not inst.caps
             and not inst.optional and churn is None):
-        total = {a.name: sum(inst.values.get(a.name, {}).values()) for a in inst.agents}
-        best = 0.0
-        for g in (*inst.indivisible, *inst.divisible):
-            best += max(
-                (inst.value(i, g) / t for i, t in total.items()
-                 if t > 0 and (i, g) not in inst.forbidden),
-                default=0.0,
-            )
-        return best
+        vm, vd = value_matrices(inst)
+        values = np.concatenate([vm, vd], axis=1)
+        total = values.sum(axis=1)
+        normalised = values[total > 0] / total[total > 0, None]
+        if inst.forbidden:
+            index = {a.name: k for k, a in enumerate(inst.agents)}
+            column = {g: k for k, g in enumerate(inst.indivisible)}
+            allowed = np.ones(values.shape, dtype=bool)
+            for i, g in inst.forbidden:
+                allowed[index[i], column[g]] = False
+            normalised = np.where(allowed[total > 0], normalised, 0.0)
+        return float(normalised.max(axis=0, initial=0.0).sum())
     from allocator.exact.milp import unconstrained_optimum
 
     now = time.monotonic()
@@ -315,19 +475,3 @@ def _unconstrained(
         inst, objective, solver=options.solver, gap=options.gap,
         deadline=max(limit, now + 0.5), churn=churn,
     )
-
-
-def _needed_relaxation(instance: Instance, allocation: Allocation) -> tuple[float, float]:
-    """(λ_prop, λ_ef) in [0, 1]: the smallest relaxations under which every agent that can
-    hold at all (at λ = 1) holds; the others fail and the certificate says so."""
-    b = bundles(instance, allocation)
-    lam_ef = lam_prop = 0.0
-    for a in instance.agents:
-        lam = minimal_relaxation(constraint_terms(instance, b, a.name))
-        if lam > 1.0:
-            continue
-        if a.criterion in EF_TYPE:
-            lam_ef = max(lam_ef, lam)
-        else:
-            lam_prop = max(lam_prop, lam)
-    return lam_prop, lam_ef

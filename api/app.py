@@ -17,9 +17,9 @@ from fastapi import FastAPI
 
 import migrations
 from api.config import ApiConfig
-from api.db import Database
+from api.db import Database, PoolLimits
 from api.errors import SchemaNotReady, install_error_handlers
-from api.limits import BodyLimitMiddleware
+from api.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import allocations, dashboard, docs, health, models, nodes, sla, tenants
 from api.scheduler import SolveScheduler
@@ -31,9 +31,13 @@ log = logging.getLogger(__name__)
 API_PREFIX = "/v1"
 
 
+def pool_limits(config: ApiConfig) -> PoolLimits:
+    return PoolLimits(size=config.database_pool_size, wait_timeout_s=config.database_wait_timeout_s)
+
+
 def create_app(config: ApiConfig) -> FastAPI:
     """The API app over the database ``config.database_url``."""
-    db = Database(config.database_url, echo=config.database_echo)
+    db = Database(config.database_url, pool=pool_limits(config), echo=config.database_echo)
     metrics = Metrics()
 
     @asynccontextmanager
@@ -66,8 +70,10 @@ def create_app(config: ApiConfig) -> FastAPI:
     app.include_router(dashboard.router)
     app.include_router(docs.router)
     docs.mount_assets(app)
-    # Outermost first: count every request, including those refused for their size.
+    # Outermost last: count every request, including those refused for their size, and give
+    # every response, refusals included, its headers.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
@@ -78,7 +84,7 @@ def ensure_schema(config: ApiConfig) -> None:
     An empty SQLite database is upgraded in development mode (the embedded default's first
     start); anything else behind the code raises SchemaNotReady naming the command to run.
     """
-    db = Database(config.database_url)
+    db = Database(config.database_url, pool=pool_limits(config))
     try:
         current = migrations.current_revision(db.engine)
         head = migrations.head_revision()

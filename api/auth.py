@@ -46,7 +46,9 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _is_admin(token: str, config: ApiConfig) -> bool:
+def is_admin(token: str, config: ApiConfig) -> bool:
+    """Whether ``token`` is the admin token (no database needed); Forbidden for the
+    development token outside development mode."""
     if not config.admin_token or not hmac.compare_digest(
         token.encode(), config.admin_token.encode()
     ):
@@ -59,11 +61,9 @@ def _is_admin(token: str, config: ApiConfig) -> bool:
     return True
 
 
-def identify(
-    *, session: Session | Connection, token: str, config: ApiConfig
-) -> Principal | None:
+def identify(*, session: Session | Connection, token: str, config: ApiConfig) -> Principal | None:
     """The principal ``token`` belongs to, or None if it is unknown or revoked."""
-    if _is_admin(token, config):
+    if is_admin(token, config):
         return Principal(role="admin")
     digest = token_hash(token)
     if token.startswith(TENANT_KEY_PREFIX):

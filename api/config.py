@@ -18,6 +18,8 @@ class ApiConfig:
     version: str  # the API's version, shown in its OpenAPI document
     database_url: str  # SQLAlchemy URL
     database_echo: bool  # log every SQL statement
+    database_pool_size: int  # requests using the database at once (api.db's gate)
+    database_wait_timeout_s: float  # longest wait for the gate, a connection or a lock: 503
     host: str  # where `gpufair serve` listens
     port: int
     admin_token: str  # bearer token of the admin routes

@@ -1,4 +1,5 @@
-"""The database handle: one engine, and sessions for reading and for writing.
+"""The database handle: one engine, sessions for reading and for writing, and the gate that
+keeps the event loop free of database work.
 
 SQLite (the embedded default, a file under ``./var/``) and PostgreSQL (by URL, psycopg 3) are
 used through the same ORM code. SQLite needs three things PostgreSQL does not: foreign keys
@@ -7,37 +8,65 @@ opened with ``BEGIN IMMEDIATE``. Without the last, a transaction that read a row
 writes it fails at once with "database is locked" when another writer committed in between
 (busy_timeout does not apply to that case), where the caller should instead wait its turn and
 then see the other writer's revision (a 412, not a 500).
+
+The gate. The drivers are blocking, so no database call runs on the event loop: a request's
+work runs in a worker thread, after it took one of ``pool_size`` slots (:meth:`Database.slot`).
+There are as many slots as pooled connections for requests, so a request holding a slot never
+waits for a connection; one that waits more than ``wait_timeout_s`` for a slot gets 503 with
+``Retry-After`` (:class:`api.errors.Unavailable`) instead of queueing without bound, and so does
+one whose SQLite write lock or PostgreSQL connection does not come within that time. A few
+connections beyond the slots (:data:`RESERVED_CONNECTIONS`) serve the solve, its lock and the
+scheduler, which run in threads of their own. Long-polls hold no slot while they wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from api.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # The databases gpufair is tested on: SQLite, the embedded default, and PostgreSQL.
 SUPPORTED_BACKENDS = frozenset({"sqlite", "postgresql"})
-# How long a SQLite writer waits for another to finish, e.g. behind the write of a solve.
-SQLITE_BUSY_TIMEOUT_S = 30.0
+# How long a command-line tool's SQLite writer waits for another (a server's are bounded by
+# their PoolLimits instead).
+TOOL_BUSY_TIMEOUT_S = 30.0
+# Connections beyond the request slots: a solve's read and write sessions, PostgreSQL's
+# advisory-lock connection, and the scheduler's snapshot read.
+RESERVED_CONNECTIONS = 4
 
 
-def _prepare_sqlite(engine: Engine) -> None:
+@dataclass(frozen=True)
+class PoolLimits:
+    """How many requests use the database at once, and how long one waits for it."""
+
+    size: int  # request slots, and pooled connections for them
+    wait_timeout_s: float  # for a slot, a connection, or SQLite's write lock; then 503
+
+
+def _prepare_sqlite(engine: Engine, busy_timeout_s: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _: Any) -> None:
         # Let SQLAlchemy's "begin" event below emit BEGIN, rather than pysqlite's own guess.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         if engine.url.database not in (None, "", ":memory:"):
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
@@ -49,8 +78,9 @@ def _prepare_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """An engine for ``url``; a SQLite file's folder is created if missing.
+def make_engine(url: str, *, echo: bool = False, pool: PoolLimits | None = None) -> Engine:
+    """An engine for ``url``; a SQLite file's folder is created if missing. ``pool`` bounds a
+    server's connections and waits; without it (a command-line tool), SQLAlchemy's defaults.
 
     Only SQLite and PostgreSQL are supported (the tests run on both); another backend, or a
     driver that is not installed, is refused with an ArgumentError that names the URL (without
@@ -64,34 +94,67 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             "sqlite (sqlite:///var/gpufair.db) or postgresql (postgresql+psycopg://user@host/db)"
         )
     try:
-        return _create_engine(parsed, echo)
+        return _create_engine(parsed, echo, pool)
     except ModuleNotFoundError as exc:
         raise ArgumentError(
             f"{shown}: its driver {exc.name!r} is not installed; use postgresql+psycopg://"
         ) from exc
 
 
-def _create_engine(parsed: URL, echo: bool) -> Engine:
+def _create_engine(parsed: URL, echo: bool, pool: PoolLimits | None) -> Engine:
+    # A fixed pool whose checkout fails after the wait timeout (503), never one that grows.
+    sized: dict[str, Any] = (
+        {}
+        if pool is None
+        else {
+            "pool_size": pool.size + RESERVED_CONNECTIONS,
+            "max_overflow": 0,
+            "pool_timeout": pool.wait_timeout_s,
+        }
+    )
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
-        if database and database != ":memory:" and not database.startswith("file:"):
+        memory = database in (None, "", ":memory:")
+        if database and not memory and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        busy_s = TOOL_BUSY_TIMEOUT_S if pool is None else pool.wait_timeout_s
         engine = create_engine(
             parsed,
             echo=echo,
-            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
+            connect_args={"check_same_thread": False, "timeout": busy_s},
+            **({} if memory else sized),
         )
-        _prepare_sqlite(engine)
+        _prepare_sqlite(engine, busy_s)
         return engine
-    return create_engine(parsed, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    if pool is not None:
+        # A server that does not answer within the wait must not hold a slot for minutes.
+        sized["connect_args"] = {"connect_timeout": max(1, round(pool.wait_timeout_s))}
+    engine = create_engine(parsed, echo=echo, pool_pre_ping=True, **sized)
+    if pool is not None:
+        _prepare_postgres(engine, pool.wait_timeout_s)
+    return engine
+
+
+def _prepare_postgres(engine: Engine, lock_timeout_s: float) -> None:
+    """A statement that waits longer than ``lock_timeout_s`` for a row or table lock fails
+    (503) rather than holding its slot for as long as another transaction keeps the lock."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _: Any) -> None:
+        dbapi_connection.execute(f"SET lock_timeout = {int(lock_timeout_s * 1000)}")
+        dbapi_connection.commit()
 
 
 class Database:
-    """The engine and its two session factories."""
+    """The engine, its two session factories and the request gate (see the module docstring)."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, pool: PoolLimits, echo: bool = False) -> None:
         self.url = url
-        self.engine = make_engine(url, echo=echo)
+        self.pool = pool
+        self.engine = make_engine(url, echo=echo, pool=pool)
+        # Made on first use on the serving event loop (a semaphore belongs to one loop).
+        self._slots: asyncio.Semaphore | None = None
+        self._slots_loop: asyncio.AbstractEventLoop | None = None
         self.dialect = self.engine.dialect.name
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         writer = (
@@ -100,6 +163,53 @@ class Database:
             else self.engine
         )
         self._write = sessionmaker(writer, expire_on_commit=False)
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots_loop is not loop:
+            self._slots, self._slots_loop = asyncio.Semaphore(self.pool.size), loop
+        return self._slots
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the request slots; Unavailable (503) after ``wait_timeout_s``."""
+        slots = self._semaphore()
+        try:
+            await asyncio.wait_for(slots.acquire(), self.pool.wait_timeout_s)
+        except TimeoutError:
+            raise Unavailable(
+                f"the database is busy: no connection free within "
+                f"{self.pool.wait_timeout_s:g} s; retry shortly"
+            ) from None
+        try:
+            yield
+        finally:
+            slots.release()
+
+    def new_session(self, *, write: bool) -> Session:
+        """A session that opens its transaction (and takes a connection) on first use."""
+        return (self._write if write else self._read)()
+
+    async def run(self, work: Callable[[Session], T], *, write: bool = False) -> T:
+        """``work(session)`` in a worker thread under a slot, in one transaction that commits
+        when it returns and rolls back if it raises."""
+        async with self.slot():
+            return await run_in_threadpool(self._run_in_session, work, write)
+
+    def _run_in_session(self, work: Callable[[Session], T], write: bool) -> T:
+        with self.session(write=write) as session:
+            return work(session)
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` on a Core connection in a read transaction, in a worker thread
+        under a slot: for the hot paths (a long-poll's plan reads), where the ORM session's
+        bookkeeping would cost more than the query."""
+        async with self.slot():
+            return await run_in_threadpool(self._read_on_connection, work)
+
+    def _read_on_connection(self, work: Callable[[Connection], T]) -> T:
+        with self.connection() as connection:
+            return work(connection)
 
     @contextmanager
     def session(self, *, write: bool) -> Iterator[Session]:
@@ -110,8 +220,7 @@ class Database:
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
-        """A Core connection in a read transaction, for the hot paths (credentials, plans),
-        where the ORM session's bookkeeping would cost more than the query."""
+        """A Core connection in a read transaction (blocking: see :meth:`read`)."""
         with self.engine.connect() as connection, connection.begin():
             yield connection
 

@@ -11,15 +11,18 @@ The rules, all here:
   confined to their own rows by the services, which take the tenant's id from
   ``CurrentTenant`` and answer 404 for any row outside it.
 
-Credentials are checked in a short transaction of their own, on the event loop (see
-``_principal``), so a long-poll holds no database connection while it waits. Each request
-that needs one gets one transaction (``SessionDep``): it commits when the route returns and
-rolls back on any error; a concurrent writer's win surfaces as 412, a taken name as 409.
+No database call runs on the event loop (see :mod:`api.db`). Each request that needs the
+database gets one transaction (``SessionDep``) under one of the gate's slots: its credentials
+are checked in it, the route's work runs in it (in a worker thread: routes that take a session
+are plain functions), and it commits when the route returns and rolls back on any error; a
+concurrent writer's win surfaces as 412, a taken name as 409, a busy database as 503. The admin
+token needs no database at all. The plan long-poll (``PollingNode``) checks its token in a slot
+of its own and holds none while it waits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -27,8 +30,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
+from starlette.concurrency import run_in_threadpool
 
-from api.auth import Principal, identify
+from api.auth import Principal, identify, is_admin
 from api.errors import Conflict, Forbidden, NotFound, PreconditionFailed, Unauthorized
 from api.state import AppState, app_state, state_of
 
@@ -47,17 +51,36 @@ Credentials = HTTPAuthorizationCredentials | None
 StateDep = Annotated[AppState, Depends(app_state)]
 
 
-def _session(request: Request) -> Iterator[Session]:
-    state = state_of(request)
+def _end(session: Session, *, commit: bool) -> None:
+    """Commit (or roll back) and give the connection back: one hop to a worker thread."""
     try:
-        with state.db.session(write=request.method not in ("GET", "HEAD")) as session:
-            yield session
-    except StaleDataError as exc:
-        raise PreconditionFailed(
-            "the resource was changed by another request; read it again and retry"
-        ) from exc
-    except IntegrityError as exc:
-        raise Conflict("the change conflicts with existing data (a name already taken?)") from exc
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
+    finally:
+        session.close()
+
+
+async def _session(request: Request) -> AsyncIterator[Session]:
+    state = state_of(request)
+    async with state.db.slot():
+        session = state.db.new_session(write=request.method not in ("GET", "HEAD"))
+        try:
+            try:
+                yield session
+            except BaseException:
+                await run_in_threadpool(_end, session, commit=False)
+                raise
+            await run_in_threadpool(_end, session, commit=True)
+        except StaleDataError as exc:
+            raise PreconditionFailed(
+                "the resource was changed by another request; read it again and retry"
+            ) from exc
+        except IntegrityError as exc:
+            raise Conflict(
+                "the change conflicts with existing data (a name already taken?)"
+            ) from exc
 
 
 # scope="function": the transaction commits before the response is sent, so a failed commit
@@ -65,18 +88,13 @@ def _session(request: Request) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(_session, scope="function")]
 
 
-def _identify(state: AppState, token: str) -> Principal | None:
-    with state.db.connection() as connection:
-        return identify(session=connection, token=token, config=state.config)
-
-
-async def _principal(state: AppState, credentials: Credentials, role: str) -> Principal:
+def _token(credentials: Credentials, role: str) -> str:
     if credentials is None or not credentials.credentials:
         raise Unauthorized(f"this route needs a bearer {role} token")
-    # An indexed read of well under a millisecond, done on the event loop: handing it to a
-    # worker thread costs more (a GIL hand-off can wait out Python's 5 ms switch interval)
-    # than the loop loses while it runs.
-    principal = _identify(state, credentials.credentials)
+    return credentials.credentials
+
+
+def _check_role(principal: Principal | None, role: str) -> Principal:
     if principal is None:
         raise Unauthorized("unknown or revoked token")
     if principal.role != role:
@@ -87,27 +105,57 @@ async def _principal(state: AppState, credentials: Credentials, role: str) -> Pr
 async def _admin(
     state: StateDep, credentials: Annotated[Credentials, Depends(_admin_scheme)]
 ) -> None:
-    await _principal(state, credentials, "admin")
+    token = _token(credentials, "admin")
+    if is_admin(token, state.config):
+        return
+    # Not the admin: whose token it is decides between 401 and 403.
+    principal = await state.db.read(
+        lambda connection: identify(session=connection, token=token, config=state.config)
+    )
+    _check_role(principal, "admin")
 
 
-async def _tenant(
-    state: StateDep, credentials: Annotated[Credentials, Depends(_tenant_scheme)]
-) -> Principal:
-    return await _principal(state, credentials, "tenant")
-
-
-async def _node(
-    request: Request,
+def _tenant(
     state: StateDep,
-    credentials: Annotated[Credentials, Depends(_node_scheme)],
+    session: SessionDep,
+    credentials: Annotated[Credentials, Depends(_tenant_scheme)],
 ) -> Principal:
-    principal = await _principal(state, credentials, "node")
+    token = _token(credentials, "tenant")
+    return _check_role(identify(session=session, token=token, config=state.config), "tenant")
+
+
+def _own_path(request: Request, principal: Principal) -> Principal:
     # A node's routes are under /nodes/{node}: another node's path does not exist for it.
     if request.path_params.get("node") != principal.name:
         raise NotFound(f"node {request.path_params.get('node')!r} not found")
     return principal
 
 
+def _node(
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    credentials: Annotated[Credentials, Depends(_node_scheme)],
+) -> Principal:
+    token = _token(credentials, "node")
+    principal = identify(session=session, token=token, config=state.config)
+    return _own_path(request, _check_role(principal, "node"))
+
+
+async def _polling_node(
+    request: Request,
+    state: StateDep,
+    credentials: Annotated[Credentials, Depends(_node_scheme)],
+) -> Principal:
+    token = _token(credentials, "node")
+    principal = await state.db.read(
+        lambda connection: identify(session=connection, token=token, config=state.config)
+    )
+    return _own_path(request, _check_role(principal, "node"))
+
+
 AdminDep = Annotated[None, Depends(_admin)]
 CurrentTenant = Annotated[Principal, Depends(_tenant)]
 CurrentNode = Annotated[Principal, Depends(_node)]
+# The node of a route that holds no transaction (the plan long-poll).
+PollingNode = Annotated[Principal, Depends(_polling_node)]

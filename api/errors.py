@@ -13,11 +13,16 @@ same way and a bad input never reaches the client as a 500 or a traceback::
     ├── Conflict                   409 conflict       a unique name is taken; nothing to solve
     ├── PreconditionFailed         412 stale_etag     If-Match names an old revision
     ├── PayloadTooLarge            413 too_large      body over settings.api.max_body_bytes
+    ├── PreconditionRequired       428 etag_required  a change to a shared object without If-Match
+    ├── TooManyRequests            429 rate_limited   too many failed credentials; Retry-After
     ├── AllocationRejected         500 allocation_rejected
     │                                  the allocator's certificate failed its own checker;
     │                                  nothing was stored (a defect, never the caller's fault)
-    └── SolverFailed               503 solver_failed
-                                       the MILP solver found nothing usable in its time limit
+    ├── SolverFailed               503 solver_failed
+    │                                  the MILP solver found nothing usable in its time limit
+    └── Unavailable                503 unavailable    the database is busy or down: no connection
+                                       or lock within settings.database.wait_timeout_s;
+                                       Retry-After says when to try again
 
 ``SchemaNotReady`` is not an HTTP error: ``gpufair serve`` raises it at start-up when the
 database schema is behind the code's migrations.
@@ -32,6 +37,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -90,6 +97,20 @@ class PayloadTooLarge(ApiError):
     code = "too_large"
 
 
+class PreconditionRequired(ApiError):
+    status = 428
+    code = "etag_required"
+
+
+class TooManyRequests(ApiError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class AllocationRejected(ApiError):
     status = 500
     code = "allocation_rejected"
@@ -100,12 +121,25 @@ class SolverFailed(ApiError):
     code = "solver_failed"
 
 
+class Unavailable(ApiError):
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class SchemaNotReady(RuntimeError):
     """The database schema is not at the code's head revision."""
 
 
 def error_response(exc: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    headers: dict[str, str] = {}
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, Unavailable | TooManyRequests):
+        headers["Retry-After"] = str(exc.retry_after_s)
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
@@ -151,7 +185,16 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    """No connection within the pool's timeout, SQLite's write lock not granted within its busy
+    timeout, or the server unreachable: the request did nothing, and may be retried."""
+    log.warning("database unavailable: %s", str(exc).splitlines()[0])
+    return error_response(Unavailable("the database is busy or unreachable; retry shortly"))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(PoolTimeout, _database_unavailable)
+    app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

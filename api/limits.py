@@ -1,11 +1,18 @@
-"""The request body limit: bodies over ``settings.api.max_body_bytes`` get 413.
+"""What every request and response is held to: the request body limit, and the response
+headers that keep JSON out of caches and browsers' content sniffing.
 
-Checked twice: at once from ``Content-Length``, and while the body streams in, for chunked
-uploads that declare no length, so an oversized upload is never read into memory whole.
+Bodies over ``settings.api.max_body_bytes`` get 413, checked twice: at once from
+``Content-Length``, and while the body streams in, for chunked uploads that declare no length,
+so an oversized upload is never read into memory whole.
+
+Every JSON response carries ``Cache-Control: no-store`` (replies carry API keys, node tokens,
+tenants' allocations: no proxy or browser may keep them) and every response
+``X-Content-Type-Options: nosniff``.
 """
 
 from __future__ import annotations
 
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import PayloadTooLarge, error_response
@@ -52,3 +59,23 @@ class BodyLimitMiddleware:
                 raise
         if too_large:
             await error_response(self._too_large())(scope, receive, send)
+
+
+class SecurityHeadersMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Content-Type-Options"] = "nosniff"
+                if headers.get("content-type", "").startswith("application/json"):
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

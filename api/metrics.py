@@ -1,8 +1,10 @@
 """Prometheus metrics of one app instance (``GET /metrics``) and the middleware that counts.
 
 Each app gets its own registry, so tests can build many apps without clashing collectors.
-Requests are labelled by the route's handler name (``read_plan``), never by raw path, which
-would give one series per node or model.
+Every label has a bounded set of values, whatever callers send: requests are labelled by the
+route's handler name (``read_plan``, or ``unmatched`` for any path no route takes), never by raw
+path, which would give one series per node or model, and by method only among the methods
+HTTP defines (``other`` for any made-up one).
 """
 
 from __future__ import annotations
@@ -11,6 +13,12 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
 
 
 class Metrics:
@@ -66,6 +74,6 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             handler = getattr(scope.get("route"), "name", "unmatched")
-            method = scope["method"]
+            method = method_label(scope["method"])
             self.metrics.requests.labels(method, handler, str(status)).inc()
             self.metrics.latency.labels(method, handler).observe(time.perf_counter() - started)

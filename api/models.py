@@ -50,8 +50,14 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+# SQLite: ids are never handed out twice, even after the newest row was deleted (migration
+# 0003); PostgreSQL's sequences never go back anyway.
+NEVER_REUSED: dict[str, Any] = {"sqlite_autoincrement": True}
+
+
 class TenantRow(Base):
     __tablename__ = "tenants"
+    __table_args__ = (NEVER_REUSED,)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # The tenant's identity in snapshots, plans and certificates; immutable once created.
@@ -73,6 +79,7 @@ class TenantRow(Base):
 
 class ApiKeyRow(Base):
     __tablename__ = "api_keys"
+    __table_args__ = (NEVER_REUSED,)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -88,7 +95,7 @@ class ApiKeyRow(Base):
 
 class ModelRow(Base):
     __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    __table_args__ = (UniqueConstraint("tenant_id", "name"), NEVER_REUSED)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -123,6 +130,7 @@ class ArtifactRow(Base):
 
 class NodeRow(Base):
     __tablename__ = "nodes"
+    __table_args__ = (NEVER_REUSED,)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -143,7 +151,7 @@ class NodeRow(Base):
 
 class DeviceRow(Base):
     __tablename__ = "devices"
-    __table_args__ = (UniqueConstraint("node_id", "device"),)
+    __table_args__ = (UniqueConstraint("node_id", "device"), NEVER_REUSED)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
@@ -160,12 +168,25 @@ class ProfileRow(Base):
     """q_m(g, s): measured QPS of one replica of a model on one device with s = 1.. streams."""
 
     __tablename__ = "profiles"
-    __table_args__ = (UniqueConstraint("model_id", "device_id"),)
+    __table_args__ = (UniqueConstraint("model_id", "device_id"), NEVER_REUSED)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
     qps: Mapped[list[float]] = mapped_column(JSON)
+    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FootprintRow(Base):
+    """The memory one replica of a model measured on one device (MiB), as its node reported."""
+
+    __tablename__ = "footprints"
+    __table_args__ = (UniqueConstraint("model_id", "device_id"), NEVER_REUSED)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    memory_mb: Mapped[int] = mapped_column(Integer)
     measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -224,6 +245,7 @@ class SlaSampleRow(Base):
     ``settings.api.sla_history_s``."""
 
     __tablename__ = "sla_samples"
+    __table_args__ = (NEVER_REUSED,)
 
     # 64-bit: a cluster writes a row per node and tenant every few seconds, for years.
     id: Mapped[int] = mapped_column(

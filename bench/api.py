@@ -1,6 +1,15 @@
 """``gpufair bench api``: the control plane's latency where it matters (docs/architecture.md §5).
 
-Two measurements against a real ``gpufair serve`` in a subprocess on loopback:
+Three measurements against a real ``gpufair serve`` in a subprocess on loopback:
+
+- **Mixed load** — ``--clients`` (400) client connections and ``--pollers`` (100) nodes, each
+  holding a plan long-poll (``?wait=20`` with ``If-None-Match``) the whole time. The clients
+  send, open-loop at ``--mixed-rate``, tenants' reads (models, themselves, their allocation),
+  node plan reads, ``PATCH``es of models with ``If-Match`` (a stale one gets 412) and
+  heartbeats; half-way an admin solve stores a new allocation, which must wake every held
+  long-poll with its new plan. Then a burst: one request on every client connection at once,
+  with the long-polls still held, so ``clients + pollers`` requests are in flight together.
+  Reported: latency per kind (reads: p50/p99/max), statuses, 5xx (there must be none).
 
 - **Plan reads** — ``GET /v1/nodes/{node}/plan``, the request every node daemon repeats.
   Open-loop: requests are scheduled with exponential gaps at the target rate (seeded), sent
@@ -10,8 +19,8 @@ Two measurements against a real ``gpufair serve`` in a subprocess on loopback:
 - **Solve** — ``POST /v1/allocations`` for T tenants × G GPUs (64 × 64 by default): the
   wall time of the request, snapshot, solve, certificate check and store included.
 
-Results go to ``bench/results/api-plan.{json,md}`` and ``bench/results/api-solve.{json,md}``,
-each with the command that produced it and the machine it ran on.
+Results go to ``bench/results/api-mixed-<database>.{json,md}``, ``api-plan.{json,md}`` and
+``api-solve.{json,md}``, each with the command that produced it and the machine it ran on.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +77,10 @@ def _populate(
     gpus_per_node: int,
     seed: int,
     criteria: tuple[str, ...],
+    keys: list[str] | None = None,
 ) -> dict[str, str]:
-    """Register tenants (two models each) and nodes; return node name -> token."""
+    """Register tenants (two models each) and nodes; return node name -> token. The tenants'
+    API keys are appended to ``keys`` when given."""
     rng = random.Random(seed)
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     for t in range(tenants):
@@ -83,6 +95,8 @@ def _populate(
         )
         r.raise_for_status()
         key = client.post(f"/v1/tenants/{r.json()['id']}/keys", headers=admin).json()["key"]
+        if keys is not None:
+            keys.append(key)
         for m in range(2):
             arch = rng.choice(ARCHITECTURES)
             body = {
@@ -126,6 +140,13 @@ def _percentiles(latencies_s: list[float]) -> dict[str, float]:
     }
 
 
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    etag: str
+    body: bytes
+
+
 class _Connection:
     """One keep-alive HTTP/1.1 connection, spoken by hand.
 
@@ -142,18 +163,29 @@ class _Connection:
         return cls(reader, writer)
 
     async def get(self, path: str, headers: dict[str, str]) -> int:
-        lines = [f"GET {path} HTTP/1.1", "Host: bench"] + [f"{k}: {v}" for k, v in headers.items()]
-        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return (await self.request("GET", path, headers)).status
+
+    async def request(
+        self, method: str, path: str, headers: dict[str, str], body: bytes = b""
+    ) -> _Reply:
+        lines = [f"{method} {path} HTTP/1.1", "Host: bench"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        if body or method in ("POST", "PUT", "PATCH"):
+            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         length = 0
+        etag = ""
         for line in head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
+            name = name.strip().lower()
+            if name == b"content-length":
                 length = int(value)
-        if length:
-            await self.reader.readexactly(length)
-        return status
+            elif name == b"etag":
+                etag = value.strip().decode()
+        content = await self.reader.readexactly(length) if length else b""
+        return _Reply(status, etag, content)
 
     def close(self) -> None:
         self.writer.close()
@@ -225,6 +257,313 @@ async def _open_loop(
     }
 
 
+# --- the mixed load: many clients at once, long-polls held for every node -----------------------
+
+# What the clients' requests are, with their weights: reads, optimistic updates, heartbeats.
+MIXED_KINDS = (
+    ("GET models", 30),
+    ("GET tenant", 20),
+    ("GET allocation", 15),
+    ("GET plan", 15),
+    ("PATCH model", 12),
+    ("POST heartbeat", 8),
+)
+LONG_POLL_S = 20
+
+
+@dataclass
+class _MixedWorld:
+    keys: list[str]  # tenant API keys
+    models: list[tuple[str, int]]  # (owner's key, model id)
+    etags: dict[int, str]  # model id -> the ETag a client last saw
+    tokens: dict[str, str]  # node -> token
+
+
+class _Tally:
+    """Latencies and statuses per request kind."""
+
+    def __init__(self) -> None:
+        self.latencies: dict[str, list[float]] = {}
+        self.statuses: dict[str, dict[int, int]] = {}
+        self.errors = 0
+
+    def add(self, kind: str, status: int, latency_s: float) -> None:
+        self.latencies.setdefault(kind, []).append(latency_s)
+        counts = self.statuses.setdefault(kind, {})
+        counts[status] = counts.get(status, 0) + 1
+
+    def server_errors(self) -> int:
+        return sum(n for counts in self.statuses.values() for s, n in counts.items() if s >= 500)
+
+    def summary(self) -> dict[str, Any]:
+        reads = [x for kind, xs in self.latencies.items() if kind.startswith("GET") for x in xs]
+        return {
+            "reads": _percentiles(reads) if reads else {},
+            "kinds": {
+                kind: {**_percentiles(xs), "statuses": self.statuses[kind]}
+                for kind, xs in sorted(self.latencies.items())
+            },
+            "server_errors": self.server_errors(),
+            "connection_errors": self.errors,
+        }
+
+
+async def _one_mixed(
+    connection: _Connection, world: _MixedWorld, kind: str, rng: random.Random
+) -> int:
+    nodes = sorted(world.tokens)
+    if kind == "GET plan" or kind == "POST heartbeat":
+        node = rng.choice(nodes)
+        auth = {"Authorization": f"Bearer {world.tokens[node]}"}
+        if kind == "GET plan":
+            return (await connection.request("GET", f"/v1/nodes/{node}/plan", auth)).status
+        body = json.dumps({"plan_version": 1}).encode()
+        return (await connection.request("POST", f"/v1/nodes/{node}/heartbeat", auth, body)).status
+    if kind == "PATCH model":
+        key, model = rng.choice(world.models)
+        auth = {"Authorization": f"Bearer {key}"}
+        body = json.dumps({"demand_qps": float(rng.randrange(200, 5000, 100))}).encode()
+        headers = {**auth, "If-Match": world.etags[model]}
+        reply = await connection.request("PATCH", f"/v1/models/{model}", headers, body)
+        if reply.etag:
+            world.etags[model] = reply.etag
+        return reply.status
+    auth = {"Authorization": f"Bearer {rng.choice(world.keys)}"}
+    path = {
+        "GET models": "/v1/models",
+        "GET tenant": "/v1/tenants/me",
+        "GET allocation": "/v1/allocations/current/me",
+    }[kind]
+    return (await connection.request("GET", path, auth)).status
+
+
+async def _poll(
+    host: str, port: int, node: str, token: str, stop: asyncio.Event, seen: dict[str, Any]
+) -> None:
+    """One node's daemon: long-poll its plan until ``stop``, counting the plans it receives."""
+    connection = await _Connection.open(host, port)
+    etag = ""
+    try:
+        while not stop.is_set():
+            headers = {"Authorization": f"Bearer {token}"}
+            if etag:
+                headers["If-None-Match"] = etag
+            seen["held"] += 1
+            seen["max_held"] = max(seen["max_held"], seen["held"])
+            try:
+                reply = await connection.request(
+                    "GET", f"/v1/nodes/{node}/plan?wait={LONG_POLL_S}", headers
+                )
+            finally:
+                seen["held"] -= 1
+            seen["statuses"][reply.status] = seen["statuses"].get(reply.status, 0) + 1
+            if reply.status == 200:
+                if etag:
+                    seen["woken"].add(node)
+                etag = reply.etag
+    finally:
+        connection.close()
+
+
+async def _mixed_load(
+    url: str,
+    world: _MixedWorld,
+    *,
+    clients: int,
+    pollers: int,
+    rate: float,
+    duration_s: float,
+    seed: int,
+) -> dict[str, Any]:
+    rng = random.Random(seed)
+    host, port_text = url.removeprefix("http://").split(":")
+    port = int(port_text)
+    kinds = [kind for kind, _ in MIXED_KINDS]
+    weights = [weight for _, weight in MIXED_KINDS]
+    stop = asyncio.Event()
+    seen: dict[str, Any] = {"held": 0, "max_held": 0, "statuses": {}, "woken": set()}
+    polls = [
+        asyncio.create_task(_poll(host, port, node, world.tokens[node], stop, seen))
+        for node in sorted(world.tokens)[:pollers]
+    ]
+    # Opened as the open loop needs them (at most one per request in flight), and reused first
+    # in, first out; the burst opens its own.
+    idle: deque[_Connection] = deque()
+    tally = _Tally()
+
+    async def one(kind: str, scheduled: float, into: _Tally) -> None:
+        connection = idle.popleft() if idle else await _Connection.open(host, port)
+        try:
+            status = await _one_mixed(connection, world, kind, rng)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            into.errors += 1
+            connection.close()
+            return
+        into.add(kind, status, time.perf_counter() - scheduled)
+        idle.append(connection)
+
+    # Let every long-poll take its first plan and settle into its wait.
+    while seen["held"] < len(polls):
+        await asyncio.sleep(0.05)
+    admin = await _Connection.open(host, port)
+    solve_at = duration_s / 2
+    solve_reply: _Reply | None = None
+    tasks: list[asyncio.Task[None]] = []
+    start = time.perf_counter() + 0.05
+    at = start
+    while at < start + duration_s:
+        delay = at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if solve_reply is None and at - start >= solve_at:
+            # A new allocation half-way: every held long-poll must wake with its new plan.
+            seen["woken"].clear()
+            solve_reply = await admin.request(
+                "POST", "/v1/allocations", {"Authorization": f"Bearer {ADMIN_TOKEN}"}, b"{}"
+            )
+            seen["held_at_solve"] = seen["held"]
+        kind = rng.choices(kinds, weights)[0]
+        tasks.append(asyncio.create_task(one(kind, at, tally)))
+        at += rng.expovariate(rate)
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    woken = len(seen["woken"])
+    # The burst: one request on every client connection at once, with the long-polls held.
+    burst = _Tally()
+    # Fresh connections, one per client: ones idle past the server's keep-alive timeout would
+    # be closed on it.
+    while idle:
+        idle.popleft().close()
+    idle.extend(await asyncio.gather(*(_Connection.open(host, port) for _ in range(clients))))
+    held_in_burst = seen["held"]
+    now = time.perf_counter()
+    await asyncio.gather(*(one(rng.choices(kinds, weights)[0], now, burst) for _ in range(clients)))
+    stop.set()
+    for task in polls:
+        task.cancel()
+    await asyncio.gather(*polls, return_exceptions=True)
+    admin.close()
+    for connection in idle:
+        connection.close()
+    return {
+        "open_loop": {
+            **tally.summary(),
+            "target_rate": rate,
+            "sent": len(tasks),
+            "achieved_rate": len(tasks) / elapsed,
+        },
+        "burst": {**burst.summary(), "requests": clients, "long_polls_held": held_in_burst},
+        "long_polls": {
+            "nodes": len(polls),
+            "max_held_at_once": seen["max_held"],
+            "held_when_solved": seen.get("held_at_solve"),
+            "woken_by_solve": woken,
+            "statuses": seen["statuses"],
+        },
+        "solve_status": solve_reply.status if solve_reply is not None else None,
+    }
+
+
+def _mixed_world(client: httpx.Client, args: argparse.Namespace) -> _MixedWorld:
+    keys: list[str] = []
+    tokens = _populate(
+        client,
+        tenants=args.mixed_tenants,
+        gpus=args.pollers,
+        gpus_per_node=1,
+        seed=args.seed,
+        criteria=("ef1",),
+        keys=keys,
+    )
+    models: list[tuple[str, int]] = []
+    etags: dict[int, str] = {}
+    for key in keys:
+        auth = {"Authorization": f"Bearer {key}"}
+        for model in client.get("/v1/models", headers=auth).json():
+            models.append((key, model["id"]))
+            etags[model["id"]] = client.get(f"/v1/models/{model['id']}", headers=auth).headers[
+                "ETag"
+            ]
+    return _MixedWorld(keys=keys, models=models, etags=etags, tokens=tokens)
+
+
+def _bench_mixed(args: argparse.Namespace, command: str, workdir: Path) -> dict[str, Any]:
+    url = args.database_url or f"sqlite:///{workdir / 'mixed.db'}"
+    if args.database_url:
+        import migrations
+
+        migrations.upgrade(url)
+    database = url.split(":")[0].split("+")[0]
+    with _serve(url, workdir, "mixed") as server:
+        server.wait_healthy(STARTUP_TIMEOUT_S)
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            world = _mixed_world(client, args)
+            client.post(
+                "/v1/allocations", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            ).raise_for_status()
+        load = asyncio.run(
+            _mixed_load(
+                server.url,
+                world,
+                clients=args.clients,
+                pollers=args.pollers,
+                rate=args.mixed_rate,
+                duration_s=args.duration,
+                seed=args.seed,
+            )
+        )
+    result = {
+        "title": f"Mixed load: {args.clients} clients and {args.pollers} held plan long-polls",
+        "command": command,
+        "machine": this_machine(),
+        "database": database,
+        "tenants": args.mixed_tenants,
+        "mix": dict(MIXED_KINDS),
+        **load,
+    }
+    table = _mixed_table(result)
+    _write(f"api-mixed-{database}", result, table, args.out)
+    return result
+
+
+def _mixed_table(result: dict[str, Any]) -> list[tuple[str, str]]:
+    def ms(values: dict[str, Any]) -> str:
+        return (
+            f"p50 {values['p50_ms']:.1f} / p99 {values['p99_ms']:.1f} / "
+            f"max {values['max_ms']:.1f} ms (n={values['count']})"
+            if values
+            else "-"
+        )
+
+    loop, burst, polls = result["open_loop"], result["burst"], result["long_polls"]
+    table = [
+        ("open loop: rate", f"{loop['achieved_rate']:.0f} req/s of {loop['target_rate']:.0f}"),
+        ("open loop: reads", ms(loop["reads"])),
+        ("open loop: 5xx", str(loop["server_errors"])),
+        ("open loop: connection errors", str(loop["connection_errors"])),
+    ]
+    table += [
+        (f"open loop: {kind}", f"{ms(values)}, statuses {values['statuses']}")
+        for kind, values in loop["kinds"].items()
+    ]
+    table += [
+        (
+            "burst: requests at once",
+            f"{burst['requests']} + {burst['long_polls_held']} held long-polls",
+        ),
+        ("burst: reads", ms(burst["reads"])),
+        ("burst: 5xx", str(burst["server_errors"])),
+        ("burst: connection errors", str(burst["connection_errors"])),
+        ("long-polls: nodes", str(polls["nodes"])),
+        ("long-polls: most held at once", str(polls["max_held_at_once"])),
+        ("long-polls: held when the solve stored", str(polls["held_when_solved"])),
+        ("long-polls: woken by the solve with a new plan", str(polls["woken_by_solve"])),
+        ("long-polls: statuses", str(polls["statuses"])),
+        ("solve during the load: status", str(result["solve_status"])),
+    ]
+    return table
+
+
 def _write(name: str, result: dict[str, Any], table: list[tuple[str, str]], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -252,8 +591,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tenants", type=int, default=16, help="tenants in the plan benchmark")
     p.add_argument("--solve-tenants", type=int, default=64)
     p.add_argument("--solve-gpus", type=int, default=64)
+    p.add_argument("--clients", type=int, default=400, help="mixed load: client connections")
+    p.add_argument(
+        "--pollers", type=int, default=100, help="mixed load: nodes holding a plan long-poll"
+    )
+    p.add_argument("--mixed-rate", type=float, default=150.0, help="mixed load: requests/s")
+    p.add_argument("--mixed-tenants", type=int, default=16, help="mixed load: tenants")
     p.add_argument("--skip-plan", action="store_true")
     p.add_argument("--skip-solve", action="store_true")
+    p.add_argument("--skip-mixed", action="store_true")
     p.add_argument("--database-url", help="an empty database (default: SQLite in a temp dir)")
     p.add_argument(
         "--criteria",
@@ -353,7 +699,7 @@ def _bench_solve(args: argparse.Namespace, command: str, workdir: Path) -> dict[
         "solve_s": body.get("solve_seconds"),
         "solver": certificate.get("solver"),
         "solver_status": certificate.get("status"),
-        "holds": certificate.get("holds"),
+        "fair": certificate.get("fair"),
         "gap": certificate.get("gap"),
         "criteria": args.criteria,
         "error": body.get("error"),
@@ -381,6 +727,16 @@ def main(argv: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace, command: str, workdir: Path) -> None:
+    if not args.skip_mixed:
+        mixed = _bench_mixed(args, command, workdir)
+        loop, burst = mixed["open_loop"], mixed["burst"]
+        print(
+            f"mixed ({mixed['database']}): reads p99 {loop['reads']['p99_ms']:.1f} ms at "
+            f"{loop['achieved_rate']:.0f} req/s, {loop['server_errors']} x 5xx; burst of "
+            f"{burst['requests']} + {burst['long_polls_held']} long-polls: "
+            f"{burst['server_errors']} x 5xx; {mixed['long_polls']['woken_by_solve']} of "
+            f"{mixed['long_polls']['nodes']} long-polls woken by the solve"
+        )
     if not args.skip_plan:
         plan = _bench_plan(args, command, workdir)
         for label, phase in plan["phases"].items():

@@ -128,6 +128,7 @@ class NaiveModel:
     def __init__(self, loaded: Any) -> None:
         self._loaded = loaded
         self.schema = loaded.schema
+        self.footprint_bytes: int = loaded.footprint_bytes
 
     def session(self) -> NaiveSession:
         return NaiveSession(self._loaded.session())
@@ -493,6 +494,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Latency-bounded throughput of the executor against naive and single-session "
         "servers, and tenant isolation (docs/architecture.md §5).",
     )
+    p.add_argument(
+        "--http",
+        action="store_true",
+        help="measure over HTTP instead, against a naive FastAPI server and Ray Serve, with a "
+        "load client in its own process (see `gpufair bench serve --http --help`)",
+    )
     p.add_argument("--quick", action="store_true", help="short trials, one search (< 2 minutes)")
     p.add_argument("--json", type=Path, help="also write the results to this file")
     p.add_argument("--sla-ms", type=float, default=50.0, help="p99 latency bound (default 50)")
@@ -505,6 +512,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    if "--http" in argv:  # the same benchmark over the wire: bench/http.py
+        from bench import http
+
+        return http.main([a for a in argv if a != "--http"])
     args = _parser().parse_args(argv)
     if args.sla_ms <= 0 or not 0 < args.scale <= 1 or args.cores < 1:
         sys.stderr.write("gpufair bench serve: --sla-ms > 0, 0 < --scale ≤ 1, --cores ≥ 1\n")

@@ -1,18 +1,27 @@
-"""Query bodies of ``POST /v1/models/{model}/infer``: JSON and binary numpy, both ways.
+"""Query bodies of the executor's infer routes: the Open Inference Protocol, JSON, ``.npz``.
 
-JSON (docs/architecture.md §3.3)::
+A query travels as named tensors (:data:`USER_DENSE` (Du,) float32, :data:`CANDIDATE_DENSE`
+(N, Dc) float32, ``user_sparse/<f>`` (L,) and ``candidate_sparse/<g>`` (N, L) int64 ids):
+
+- Open Inference Protocol (KServe v2, ``POST /v2/models/{model}/infer``, :mod:`executor.wire.oip`):
+  the tensors as the protocol's inputs, JSON or with the binary tensor data extension. Binary
+  is the format to send: one small JSON header, then the raw little-endian bytes of each
+  tensor, read as zero-copy :func:`numpy.frombuffer` views (docs/executor.md measures it
+  against ``.npz``). The reply's output is ``scores`` (N,) FP32.
+- gpufair's JSON (``POST /v1/models/{model}/infer``, docs/architecture.md §3.3), a convenience::
 
     {"user": {"dense": [...Du], "sparse": {"f": [ids...L]}},
      "candidates": {"dense": [[...Dc], ...N], "sparse": {"g": [[ids...L], ...N]}}}
 
-Binary: an ``.npz`` archive (``np.savez``) with arrays ``user_dense`` (Du,),
-``candidate_dense`` (N, Dc), ``user_sparse/<f>`` (L,) and ``candidate_sparse/<g>`` (N, L);
-content type ``application/x-npz``. It skips JSON number parsing, which dominates for large
-queries. Both are validated against the model's :class:`~executor.models.ModelSchema`:
-every feature present with its side, shapes, finite dense values and ids in
-``[0, num_ids)`` — an out-of-range id would otherwise fail inside an embedding kernel (on CUDA,
-a device-side assert that takes the whole GPU context down with it). A bad body raises
-:class:`QueryError` whose message names the field; the daemon answers it with a 4xx.
+- ``.npz`` (``np.savez`` of the same tensors, ``application/x-npz`` on the v1 route): kept for
+  existing clients only; it costs a zip directory and a Python header parse per array.
+
+Every form is validated against the model's :class:`~executor.models.ModelSchema`: every
+feature present with its side, shapes, finite dense values and ids in ``[0, num_ids)`` — an
+out-of-range id would otherwise fail inside an embedding kernel (on CUDA, a device-side assert
+that takes the whole GPU context down with it). A bad body raises :class:`QueryError` (or
+:class:`~executor.wire.oip.TensorError`, both ValueErrors) whose message names the field; the
+daemon answers it with 400.
 """
 
 from __future__ import annotations
@@ -20,14 +29,21 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from executor.features import Query
 from executor.models import ModelSchema
+from executor.wire import oip
 
 NPZ_CONTENT_TYPE = "application/x-npz"
+USER_DENSE = "user_dense"
+CANDIDATE_DENSE = "candidate_dense"
+USER_SPARSE = "user_sparse/"  # + feature name
+CANDIDATE_SPARSE = "candidate_sparse/"
+SCORES = "scores"  # the reply's one output tensor
 
 
 class QueryError(ValueError):
@@ -65,26 +81,80 @@ def parse_query_npz(schema: ModelSchema, body: bytes) -> Query:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise QueryError(f"body: not a valid .npz archive ({exc})") from exc
+    return query_from_tensors(schema, arrays)
+
+
+def parse_query_oip(
+    schema: ModelSchema, body: bytes | memoryview, header_length: int | None
+) -> tuple[Query, oip.InferRequest]:
+    """Parse and validate an Open Inference Protocol request (JSON, or binary when
+    ``header_length`` is given); its tensors stay views of ``body`` where they can."""
+    request = oip.decode_request(body, header_length)
+    return query_from_tensors(schema, request.inputs), request
+
+
+def query_from_tensors(schema: ModelSchema, arrays: Mapping[str, np.ndarray]) -> Query:
+    """The query of named tensors (see the module docstring), validated; no copy of a tensor
+    that already has its dtype."""
     user_sparse: dict[str, np.ndarray] = {}
     cand_sparse: dict[str, np.ndarray] = {}
-    for key in arrays:
-        prefix, _, name = key.partition("/")
-        if prefix == "user_sparse" and name:
-            user_sparse[name] = _typed(arrays[key], np.int64, f"user_sparse/{name}")
-        elif prefix == "candidate_sparse" and name:
-            cand_sparse[name] = _typed(arrays[key], np.int64, f"candidate_sparse/{name}")
-        elif key not in ("user_dense", "candidate_dense"):
-            raise QueryError(f"body: unexpected array {key!r}")
-    for key in ("user_dense", "candidate_dense"):
+    for key, array in arrays.items():
+        if key.startswith(USER_SPARSE) and len(key) > len(USER_SPARSE):
+            user_sparse[key[len(USER_SPARSE) :]] = _typed(array, np.int64, key)
+        elif key.startswith(CANDIDATE_SPARSE) and len(key) > len(CANDIDATE_SPARSE):
+            cand_sparse[key[len(CANDIDATE_SPARSE) :]] = _typed(array, np.int64, key)
+        elif key not in (USER_DENSE, CANDIDATE_DENSE):
+            raise QueryError(f"body: unexpected tensor {key!r}")
+    for key in (USER_DENSE, CANDIDATE_DENSE):
         if key not in arrays:
             raise QueryError(f"{key}: missing")
     return _validated(
         schema,
-        _typed(arrays["user_dense"], np.float32, "user_dense"),
+        _typed(arrays[USER_DENSE], np.float32, USER_DENSE),
         user_sparse,
-        _typed(arrays["candidate_dense"], np.float32, "candidate_dense"),
+        _typed(arrays[CANDIDATE_DENSE], np.float32, CANDIDATE_DENSE),
         cand_sparse,
     )
+
+
+def query_from_checked_tensors(arrays: Mapping[str, np.ndarray]) -> Query:
+    """The query of tensors that :func:`query_from_tensors` has validated already (in a front
+    process: the engine does not validate a query twice)."""
+    user_sparse = {k[len(USER_SPARSE) :]: a for k, a in arrays.items() if k.startswith(USER_SPARSE)}
+    cand_sparse = {
+        k[len(CANDIDATE_SPARSE) :]: a for k, a in arrays.items() if k.startswith(CANDIDATE_SPARSE)
+    }
+    return Query(arrays[USER_DENSE], user_sparse, arrays[CANDIDATE_DENSE], cand_sparse)
+
+
+def query_to_tensors(query: Query) -> dict[str, np.ndarray]:
+    """A query's named tensors (the inverse of :func:`query_from_tensors`)."""
+    arrays = {USER_DENSE: query.user_dense, CANDIDATE_DENSE: query.candidate_dense}
+    arrays.update({USER_SPARSE + f: ids for f, ids in query.user_sparse.items()})
+    arrays.update({CANDIDATE_SPARSE + f: ids for f, ids in query.candidate_sparse.items()})
+    return arrays
+
+
+def query_to_oip(query: Query, *, binary: bool = True) -> tuple[bytes, int | None]:
+    """An Open Inference Protocol request body of a query and its header length (None: JSON),
+    asking for binary scores when the body is binary: what a client sends."""
+    return oip.encode_request(query_to_tensors(query), binary=binary, binary_output=binary)
+
+
+def tensor_metadata(schema: ModelSchema) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The inputs and outputs of the model's Open Inference Protocol metadata (-1: N)."""
+    inputs = [
+        {"name": USER_DENSE, "datatype": "FP32", "shape": [schema.user_dense]},
+        {"name": CANDIDATE_DENSE, "datatype": "FP32", "shape": [-1, schema.candidate_dense]},
+    ]
+    for f in schema.sparse:
+        name, shape = (
+            (USER_SPARSE + f.name, [f.lookups])
+            if f.side == "user"
+            else (CANDIDATE_SPARSE + f.name, [-1, f.lookups])
+        )
+        inputs.append({"name": name, "datatype": "INT64", "shape": shape})
+    return inputs, [{"name": SCORES, "datatype": "FP32", "shape": [-1]}]
 
 
 def query_to_json(query: Query) -> dict[str, Any]:
@@ -102,12 +172,9 @@ def query_to_json(query: Query) -> dict[str, Any]:
 
 
 def query_to_npz(query: Query) -> bytes:
-    """The binary body of a query (what a client sends with NPZ_CONTENT_TYPE)."""
-    arrays = {"user_dense": query.user_dense, "candidate_dense": query.candidate_dense}
-    arrays.update({f"user_sparse/{f}": ids for f, ids in query.user_sparse.items()})
-    arrays.update({f"candidate_sparse/{f}": ids for f, ids in query.candidate_sparse.items()})
+    """The .npz body of a query (the format existing clients send with NPZ_CONTENT_TYPE)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy stubs mistype **kwds
+    np.savez(buffer, **query_to_tensors(query))  # type: ignore[arg-type]  # numpy stubs mistype **kwds
     return buffer.getvalue()
 
 
@@ -140,8 +207,10 @@ def _typed(raw: np.ndarray, dtype: type[np.generic], where: str) -> np.ndarray:
             raise QueryError(f"{where}: expected integer ids, got {_kind(raw)}")
     elif raw.dtype.kind not in "iuf":
         raise QueryError(f"{where}: expected numbers, got {_kind(raw)}")
-    try:
-        return raw.astype(dtype, casting="same_kind" if raw.dtype.kind == "f" else "unsafe")
+    try:  # copy=False: a tensor of the right dtype stays a view of the body
+        return raw.astype(
+            dtype, casting="same_kind" if raw.dtype.kind == "f" else "unsafe", copy=False
+        )
     except (TypeError, OverflowError) as exc:
         raise QueryError(f"{where}: cannot convert to {np.dtype(dtype).name}") from exc
 

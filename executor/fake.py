@@ -10,7 +10,10 @@ An artifact ``fake:NAME?row_us=R&batch_us=B`` sets the costs of one model (defau
 the backend), ``fake:NAME?fail=load`` is refused at load time and ``fail=run`` raises in every
 forward, so tests can break one model and watch the others. Any other artifact loads a fake
 model with the backend's defaults, so a real plan can be served by the fake backend
-(``gpufair executor --backend fake``).
+(``gpufair executor --backend fake``). ``memory_mb=M`` gives a fake replica a footprint of M MiB
+(``actual_mb=A``: predicted M, measured A once loaded, as a file that holds more than its
+archive says), and ``FakeBackend(device_memory_mb=...)`` devices of that many MiB, so the
+memory checks of a plan are tested without allocating it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class FakeModel:
     row_s: float  # service time per candidate row
     batch_s: float  # service time per batch (launch overhead)
     fail_run: bool = False
+    footprint_bytes: int = 0  # as declared by the artifact's memory_mb
     rows_run: int = 0  # candidate rows scored so far (all sessions)
     sessions: int = 0  # sessions opened on this replica
 
@@ -72,23 +76,49 @@ def fake_scores(batch: Batch) -> np.ndarray:
 class FakeBackend:
     """Loads :class:`FakeModel`s with the backend's default costs."""
 
-    def __init__(self, row_s: float = 20e-6, batch_s: float = 200e-6) -> None:
+    def __init__(
+        self,
+        row_s: float = 20e-6,
+        batch_s: float = 200e-6,
+        device_memory_mb: float | None = None,
+    ) -> None:
         self.row_s = row_s
         self.batch_s = batch_s
+        self.device_memory_mb = device_memory_mb  # every device's; None: no limit
+        self.loaded: dict[str, int] = {}  # device -> footprint bytes of the replicas loaded
+
+    def predict_bytes(self, artifact: str) -> int:
+        return _footprint(_params(artifact))
+
+    def free_bytes(self, device: str) -> int | None:
+        """The device's memory less what replicas loaded there hold (none is ever freed: a
+        test that swaps plans gives the devices room for both)."""
+        if self.device_memory_mb is None:
+            return None
+        return int(self.device_memory_mb * 2**20) - self.loaded.get(device, 0)
 
     def load(self, artifact: str, device: str) -> FakeModel:
-        params: dict[str, list[str]] = {}
-        if artifact.startswith("fake:"):
-            params = parse_qs(urlsplit(artifact).query)
+        params = _params(artifact)
         if params.get("fail") == ["load"]:
             raise ValueError(f"fake artifact {artifact!r} refuses to load")
 
         def micros(key: str, default: float) -> float:
             return float(params[key][0]) * 1e-6 if key in params else default
 
+        footprint = _footprint(params, "actual_mb") or _footprint(params)
+        self.loaded[device] = self.loaded.get(device, 0) + footprint
         return FakeModel(
             schema=FAKE_SCHEMA,
             row_s=micros("row_us", self.row_s),
             batch_s=micros("batch_us", self.batch_s),
             fail_run=params.get("fail") == ["run"],
+            footprint_bytes=footprint,
         )
+
+
+def _params(artifact: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(artifact).query) if artifact.startswith("fake:") else {}
+
+
+def _footprint(params: dict[str, list[str]], key: str = "memory_mb") -> int:
+    return int(float(params[key][0]) * 2**20) if key in params else 0

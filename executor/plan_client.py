@@ -28,10 +28,17 @@ long-poll carries the saved ETag (304 when nothing changed meanwhile). The saved
 directory too. A state file that cannot be read, or that belongs to another node or API URL,
 is logged and ignored.
 
-Profiles. With the curves of a profile file (:mod:`executor.profiles`), each applied plan is
-followed by ``PUT {api}/v1/nodes/{node}/profiles`` with the curves of the plan's models that the
-file covers, before the next long-poll; a failed transport or a 5xx is retried after the next
-plan pull (never in its way), a refusal (4xx) is logged and not repeated.
+Profiles. Each applied plan is followed by ``PUT {api}/v1/nodes/{node}/profiles`` with the
+memory each of its replicas measured when it loaded and, with the curves of a profile file
+(:mod:`executor.profiles`), the curves of the plan's models that the file covers, before the
+next long-poll; a failed transport or a 5xx is retried after the next plan pull (never in its
+way), a refusal (4xx) is logged and not repeated.
+
+Memory. A plan whose replicas do not fit a device's memory is refused by the runtime
+(:class:`executor.scheduling.PlanRefused`): the last plan serves on, the ETag is kept so the
+same plan is not fetched again, every heartbeat carries the refusal (``"refused": {"version",
+"reason"}``) until a plan is applied, and the footprints the runtime predicted for the refused
+plan's replicas are uploaded, so that the next solve places them where they fit.
 
 Both bodies are built from the contracts the API validates them with: a heartbeat is an
 :class:`executor.wire.heartbeat.Heartbeat` (besides the replicas' counters it carries
@@ -59,9 +66,9 @@ from pydantic import ValidationError
 from allocator.cluster.plan import NodePlan, PlanError
 from allocator.errors import first_error
 from executor.metrics import ExecutorMetrics
-from executor.profiles import ProfileCurve, plan_profiles
-from executor.scheduling import NodeRuntime
-from executor.wire.heartbeat import MAX_REASON_CHARS, Heartbeat, ReplicaReport
+from executor.profiles import ProfileCurve, plan_footprints, plan_profiles
+from executor.scheduling import NodeRuntime, PlanRefused
+from executor.wire.heartbeat import MAX_REASON_CHARS, Heartbeat, RefusedPlan, ReplicaReport
 from executor.wire.profiles import ProfilesPut
 
 log = logging.getLogger(__name__)
@@ -172,7 +179,9 @@ class PlanClient:
         self._artifact_dir = artifact_dir
         self._state = PlanState(state_dir, api_url=api_url, node=node) if state_dir else None
         self._profiles = profiles or {}
-        self._profiles_due: NodePlan | None = None  # applied, its profiles not yet uploaded
+        # A plan applied or refused whose profiles and footprints (bytes by (model id,
+        # device)) are not yet uploaded.
+        self._profiles_due: tuple[NodePlan, dict[tuple[str, str], int]] | None = None
         self._metrics = metrics
         self._node = node
         self._long_poll_s = long_poll_s
@@ -212,10 +221,9 @@ class PlanClient:
         if saved is None:
             return False
         plan, etag = saved
-        if self._runtime.apply(plan) is None:
+        if not self._apply(plan):
             return False
         self.etag = etag
-        self._profiles_due = plan
         log.info("resumed plan version %d saved in %s", plan.version, self._state.path)
         return True
 
@@ -249,9 +257,8 @@ class PlanClient:
             return False
         resolved = self._fetch_artifacts(plan)  # a failed download leaves the ETag: retried
         self.etag = etag
-        if self._runtime.apply(resolved) is None:
+        if not self._apply(resolved):
             return False
-        self._profiles_due = resolved
         if self._state is not None:
             try:
                 self._state.save(resolved, etag)
@@ -260,30 +267,45 @@ class PlanClient:
                           self._state.path, exc)
         return True
 
+    def _apply(self, plan: NodePlan) -> bool:
+        """Apply a plan; True when it serves now. A refused plan's predicted footprints
+        become due for upload (the runtime keeps the refusal for the heartbeat)."""
+        try:
+            applied = self._runtime.apply(plan) is not None
+        except PlanRefused:
+            self._profiles_due = (plan, self._runtime.predicted_footprints(plan))
+            return False
+        if applied:
+            self._profiles_due = (plan, self._runtime.footprints())
+        return applied
+
     def upload_profiles(self) -> int:
-        """Upload the curves covering the last applied plan's models; the entries sent.
+        """Upload the footprints of the last applied (or refused) plan's replicas and the
+        curves covering its models; the entries sent.
 
         Raises httpx errors for a failed transport or a 5xx (the upload stays due); a refusal
         (4xx) is logged and dropped, since sending the same body again cannot help.
         """
-        plan = self._profiles_due
-        if plan is None:
+        if self._profiles_due is None:
             return 0
+        plan, footprints = self._profiles_due
         entries = plan_profiles(self._profiles, plan) if self._profiles else []
-        if entries:
+        sizes = plan_footprints(footprints)
+        if entries or sizes:
             response = self._client.put(
                 f"/v1/nodes/{self._node}/profiles",
-                json=ProfilesPut(profiles=entries).model_dump(mode="json"),
+                json=ProfilesPut(profiles=entries, footprints=sizes).model_dump(mode="json"),
             )
             if 400 <= response.status_code < 500:
                 log.error("profiles for plan version %d refused by the API (HTTP %d): %s",
                           plan.version, response.status_code, response.text[:500])
-                entries = []
+                entries, sizes = [], []
             else:
                 response.raise_for_status()
-                log.info("uploaded %d profile(s) for plan version %d", len(entries), plan.version)
+                log.info("uploaded %d profile(s) and %d footprint(s) for plan version %d",
+                         len(entries), len(sizes), plan.version)  # fmt: skip
         self._profiles_due = None
-        return len(entries)
+        return len(entries) + len(sizes)
 
     def _fetch_artifacts(self, plan: NodePlan) -> NodePlan:
         """The plan with every ``api:`` artifact downloaded and replaced by ``file:<path>``."""
@@ -339,13 +361,20 @@ class PlanClient:
                             rejected=g.stats.rejected,
                             expired=g.stats.expired,
                             busy_s=g.stats.busy_own_s + g.stats.busy_pool_s,
+                            memory_mb=g.model.footprint_bytes / 2**20,
                         )
                     )
         broken = deployment.broken if deployment is not None else {}
+        refusal = self._runtime.refused
         return Heartbeat(
             plan_version=self._runtime.plan_version,
             replicas=replicas,
             broken={model: why[:MAX_REASON_CHARS] for model, why in broken.items()},
+            refused=(
+                RefusedPlan(version=refusal.version, reason=refusal.reason[:MAX_REASON_CHARS])
+                if refusal is not None
+                else None
+            ),
             sla=self._metrics.sla_tallies() if self._metrics is not None else [],
         )
 

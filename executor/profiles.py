@@ -40,7 +40,7 @@ from pydantic.dataclasses import dataclass
 from allocator import NodePlan, ThroughputCurve
 from allocator.errors import first_error
 from executor.models import ARCHITECTURES, ZooError, parse_zoo_artifact
-from executor.wire.profiles import ProfileEntry
+from executor.wire.profiles import FootprintEntry, ProfileEntry
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,32 @@ def read_profiles(path: Path) -> dict[str, ProfileCurve]:
     return curves
 
 
+def _api_model_id(model_id: str) -> int | None:
+    """The API's integer id of a plan's model, or None (a hand-written plan's name)."""
+    if model_id.isascii() and model_id.isdigit() and int(model_id) >= 1:
+        return int(model_id)
+    return None
+
+
+def plan_footprints(footprints: dict[tuple[str, str], int]) -> list[FootprintEntry]:
+    """The ``PUT /v1/nodes/{node}/profiles`` footprint entries: one per (model id, plan
+    device) of ``footprints`` (bytes), in MiB rounded up; model ids that are not the API's
+    integers and empty footprints are skipped, as are entries the contract refuses (logged)."""
+    entries: dict[tuple[int, str], FootprintEntry] = {}
+    for (model_id, device), size in footprints.items():
+        api_id = _api_model_id(model_id)
+        if api_id is None or size <= 0:
+            continue
+        try:
+            entries[(api_id, device)] = FootprintEntry(
+                model_id=api_id, device=device, memory_mb=-(-size // 2**20)
+            )
+        except ValidationError as exc:
+            log.warning("footprint of model %s on %s not uploaded: %s", model_id, device,
+                        first_error(exc, "entry"))  # fmt: skip
+    return [entries[key] for key in sorted(entries)]
+
+
 def plan_profiles(curves: dict[str, ProfileCurve], plan: NodePlan) -> list[ProfileEntry]:
     """The ``PUT /v1/nodes/{node}/profiles`` entries for a plan's replicas that a curve covers.
 
@@ -130,7 +156,7 @@ def plan_profiles(curves: dict[str, ProfileCurve], plan: NodePlan) -> list[Profi
         model_id = replica.model_id
         if curve is None or not curve.measured or curve.kind != device.kind:
             continue
-        if not (model_id.isascii() and model_id.isdigit() and int(model_id) >= 1):
+        if _api_model_id(model_id) is None:
             continue
         if curve.sla_p99_ms > replica.sla_p99_ms:
             log.warning(

@@ -13,6 +13,9 @@ split: the scheduler decides, this runs). The scheduling side calls exactly this
   its user's features through the plain architecture (zoo models' ``forward_naive``; a
   TorchScript model gets one user per row).
 - ``configure_cpu_threads(n)`` — call once per serving process, before its sessions run.
+- ``predict_footprint_bytes(artifact)`` and ``device_memory(device)`` — what a replica will
+  hold and what a device can still take, so that a plan is checked before anything loads;
+  ``LoadedModel.footprint_bytes`` is what the replica measured when it loaded.
 
 Artifacts (allocator.cluster.plan.ModelReplica.artifact):
 ``zoo:<arch>?scale=…&seed=…&user_tables=…`` (executor.models.zoo), ``file:<path>`` (a
@@ -39,6 +42,15 @@ threads) no longer queue on the GIL between ops (the gain is measured in docs/be
 "Measurements behind design choices"). Scores are equal to the eager forward to float
 rounding; a model that cannot be compiled is served eagerly (logged).
 
+Memory. A replica's footprint is measured when it loads: on CUDA, the bytes the caching
+allocator handed out during the load (``torch.cuda.memory_allocated`` before and after, the
+probe's activations freed), never less than its parameters and buffers; on the CPU, its
+parameters and buffers (the process's RSS moves with every other thread's allocations, so it
+would charge a replica for its neighbours' batches). Before loading, a zoo replica's bytes are
+known exactly from its architecture (:func:`executor.models.footprint_bytes`) and a TorchScript
+file's from the uncompressed size of its archive's tensor records. What a device can take is
+CUDA's free memory (``torch.cuda.mem_get_info``) or the host's ``MemAvailable``.
+
 Sessions on CUDA. Each session owns a ``torch.cuda.Stream``; its host-to-device copies, its
 forward and its device-to-host copy are issued on that stream, and only that stream is
 synchronised at the end, so sessions in different threads overlap on the GPU. With
@@ -54,6 +66,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +85,7 @@ from executor.models import (
     ZooModel,
     build_model,
     expand_rows,
+    footprint_bytes,
     parse_zoo_artifact,
 )
 
@@ -148,6 +163,7 @@ class LoadedModel:
     lookup_streams: bool = False  # CUDA op-level parallelism of the lookups (zoo models only)
     compiled: Any = None  # the zoo model's structured forward, TorchScript-compiled (CPU)
     compiled_naive: Any = None  # its forward_naive, compiled (CPU)
+    footprint_bytes: int = 0  # device memory the replica took when it loaded (measured)
 
     def tensors(self, batch: Batch) -> BatchTensors:
         """Copy a batch to the device (on the current stream)."""
@@ -163,9 +179,63 @@ class LoadedModel:
     def session(self) -> Session:
         return Session(self)
 
-    def memory_mb(self) -> float:
+    def weight_bytes(self) -> int:
+        """Bytes of the module's parameters and buffers."""
         tensors = list(self.module.parameters()) + list(self.module.buffers())
-        return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """What a device holds: bytes free now and in all."""
+
+    free_bytes: int
+    total_bytes: int
+
+
+def device_memory(device: torch.device | str) -> DeviceMemory:
+    """Free and total memory of a CUDA device, or of the host for the CPU."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, total = torch.cuda.mem_get_info(dev)
+        return DeviceMemory(int(free), int(total))
+    return _host_memory()
+
+
+def _host_memory() -> DeviceMemory:
+    # MemAvailable counts the page cache the kernel would drop for us; MemFree does not.
+    fields: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                key, _, value = line.partition(":")
+                fields[key] = int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if "MemAvailable" in fields and "MemTotal" in fields:
+        return DeviceMemory(fields["MemAvailable"], fields["MemTotal"])
+    page = os.sysconf("SC_PAGE_SIZE")
+    return DeviceMemory(os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page)
+
+
+def predict_footprint_bytes(artifact: str) -> int:
+    """The bytes a replica of ``artifact`` will hold once loaded, before loading it: exact
+    for a zoo model, the uncompressed tensor records of a TorchScript archive (0 when the
+    file cannot be read: loading it will say why). Raises ModelLoadError for a bad reference."""
+    scheme, _, rest = artifact.partition(":")
+    if scheme == "zoo":
+        try:
+            return footprint_bytes(parse_zoo_artifact(artifact))
+        except ZooError as exc:
+            raise ModelLoadError(str(exc)) from exc
+    if scheme == "file":
+        try:
+            with zipfile.ZipFile(rest) as archive:
+                # torch.save/jit.save keep each tensor's storage as one record under data/.
+                return sum(i.file_size for i in archive.infolist() if "/data/" in i.filename)
+        except (OSError, zipfile.BadZipFile):
+            return 0
+    raise ModelLoadError(f"artifact {artifact!r}: unknown scheme; expected zoo: or file:")
 
 
 class Session:
@@ -269,6 +339,22 @@ def load_model(
 ) -> LoadedModel:
     """Load and probe one replica; raise ModelLoadError with a one-line reason."""
     dev = select_device(device) if isinstance(device, str) else device
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(dev)
+        before = torch.cuda.memory_allocated(dev)
+    loaded = _load(artifact, dev, lookup_streams)
+    _probe(loaded)
+    footprint = loaded.weight_bytes()
+    if cuda:
+        torch.cuda.synchronize(dev)
+        footprint = max(footprint, torch.cuda.memory_allocated(dev) - before)
+    loaded = dataclasses.replace(loaded, footprint_bytes=footprint)
+    log.info("loaded %s on %s (%.1f MiB)", artifact, dev, footprint / 2**20)
+    return loaded
+
+
+def _load(artifact: str, dev: torch.device, lookup_streams: bool) -> LoadedModel:
     scheme, _, rest = artifact.partition(":")
     if scheme == "zoo":
         try:
@@ -287,8 +373,6 @@ def load_model(
         )
     else:
         raise ModelLoadError(f"artifact {artifact!r}: unknown scheme; expected zoo:, file: or api:")
-    _probe(loaded)
-    log.info("loaded %s on %s (%.1f MiB)", artifact, dev, loaded.memory_mb())
     return loaded
 
 

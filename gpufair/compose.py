@@ -15,6 +15,7 @@ refuses (``--time-limit 0``) is an input error, never silently replaced by the s
 from __future__ import annotations
 
 import argparse
+import os
 
 from allocator import OBJECTIVES, Objective
 from allocator.options import SOLVERS, SolveOptions, SolverName
@@ -82,7 +83,18 @@ def scheduler_config(settings: ExecutorSettings) -> SchedulerConfig:
         batch_max_delay_s=settings.batch_max_delay_ms / 1000.0,
         max_batch_candidates=settings.max_batch_candidates,
         drain_timeout_s=settings.drain_timeout_s,
+        memory_limit_mb=settings.memory_limit_mb,
     )
+
+
+def front_count(settings: ExecutorSettings, cores: int | None = None) -> int:
+    """The executor's front processes: ``fronts``, or for 0 one per 8 of the node's cores (at
+    least one), so that the fronts' reading and parsing keeps up with what the engine serves
+    and leaves it most of the cores."""
+    if settings.fronts > 0:
+        return settings.fronts
+    available = cores if cores is not None else len(os.sched_getaffinity(0))
+    return max(1, available // 8)
 
 
 def api_config(settings: Settings) -> ApiConfig:
@@ -91,6 +103,8 @@ def api_config(settings: Settings) -> ApiConfig:
         version=__version__,
         database_url=settings.database.url,
         database_echo=settings.database.echo,
+        database_pool_size=settings.database.pool_size,
+        database_wait_timeout_s=settings.database.wait_timeout_s,
         host=settings.api.host,
         port=settings.api.port,
         admin_token=settings.api.admin_token,

@@ -1,5 +1,8 @@
 """Open-loop HTTP load for the demo: docs/architecture.md §5 queries sent to executor daemons.
 
+Queries go to the Open Inference Protocol route with binary tensors (:mod:`executor.wire.oip`),
+the format the daemon decodes cheapest.
+
 Each tenant's model gets its own Poisson arrival process (exponential gaps, K candidates drawn
 from the 20 quantiles of docs/architecture.md §5). A model served by several nodes gets each query
 sent to one of them, drawn in proportion to the capacity its plan gives the model there (the
@@ -35,9 +38,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from executor.codec import query_to_npz
+from executor.codec import query_to_oip
 from executor.features import Query
 from executor.models.schema import ModelSchema
+from executor.wire import oip
 from executor.wire.attainment import is_within_sla
 
 log = logging.getLogger(__name__)
@@ -158,13 +162,13 @@ class TenantStream:
         self.sla_s = sla_ms / 1000
         self.rate_qps = rate_qps
         self._sink = sink
-        self._urls = [f"{t.url}/v1/models/{model}/infer" for t in targets]
+        self._urls = [f"{t.url}/v2/models/{model}/infer" for t in targets]
         weights = np.array([t.weight for t in targets], dtype=float)
         self._odds = weights / weights.sum()
         self._rng = np.random.default_rng(seed)
         # Per target, per query size: pre-encoded bodies of that daemon's schema.
         self._bodies = [
-            {k: [query_to_npz(q) for q in self._queries(t.schema, k)] for k in set(QUERY_SIZES)}
+            {k: [query_to_oip(q) for q in self._queries(t.schema, k)] for k in set(QUERY_SIZES)}
             for t in targets
         ]
         self._client = httpx.Client(timeout=max(5.0, 10 * self.sla_s))
@@ -204,11 +208,15 @@ class TenantStream:
                 continue
             self._pool.submit(self._send, next_at, self._urls[target], body, size)
 
-    def _send(self, scheduled: float, url: str, body: bytes, size: int) -> None:
+    def _send(
+        self, scheduled: float, url: str, body: tuple[bytes, int | None], size: int
+    ) -> None:
+        content, header_length = body
+        headers = {"content-type": oip.BINARY_CONTENT_TYPE}
+        if header_length is not None:
+            headers[oip.HEADER_LENGTH] = str(header_length)
         try:
-            reply = self._client.post(
-                url, content=body, headers={"content-type": "application/x-npz"}
-            )
+            reply = self._client.post(url, content=content, headers=headers)
             status = reply.status_code
         except httpx.HTTPError as exc:
             log.debug("%s: request failed: %s", self.tenant, exc)

@@ -38,8 +38,9 @@ class ChildServerError(RuntimeError):
 
 
 class ChildServer:
-    """``python -m gpufair.cli ARGS --port PORT`` as a child process, its output appended to
-    ``log_path``; ``url`` is where it serves on the loopback interface.
+    """``python -m gpufair.cli ARGS --port PORT`` (or ``COMMAND ARGS --port PORT``) as a child
+    process, its output appended to ``log_path``; ``url`` is where it serves on the loopback
+    interface.
 
     ``with ChildServer(...) as child:`` starts it and stops it however the block ends. A child
     can be killed and started again (a restart keeps its port and appends to its log).
@@ -54,12 +55,14 @@ class ChildServer:
         port: int | None = None,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
         self.name = name
         self.port = free_port() if port is None else port
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.log_path = log_path
-        self._argv = [sys.executable, "-m", "gpufair.cli", *args, "--port", str(self.port)]
+        program = [sys.executable, "-m", "gpufair.cli"] if command is None else list(command)
+        self._argv = [*program, *args, "--port", str(self.port)]
         self._env = None if env is None else dict(env)
         self._cwd = cwd
         self._process: subprocess.Popen[bytes] | None = None

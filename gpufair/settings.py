@@ -55,6 +55,12 @@ class DatabaseSettings(_Section):
     url: str = "sqlite:///var/gpufair.db"
     # Log every SQL statement (debugging only).
     echo: bool = False
+    # Requests of one API process that use the database at once (and its pooled connections
+    # for them); further ones wait their turn.
+    pool_size: int = Field(default=16, ge=1, le=32)
+    # Longest a request waits for its turn, a connection or SQLite's write lock; then 503 with
+    # Retry-After.
+    wait_timeout_s: float = Field(default=5.0, gt=0, le=60)
 
 
 class ApiSettings(_Section):
@@ -102,11 +108,17 @@ class ExecutorSettings(_Section):
     heartbeat_s: float = Field(default=5.0, gt=0)
     # Seconds a plan swap may wait for in-flight queries to drain.
     drain_timeout_s: float = Field(default=30.0, gt=0)
+    # MiB of model weights a plan may place on one device (0: the device's free memory less
+    # a 10 % reserve); a plan beyond it is refused and the refusal reported in the heartbeat.
+    memory_limit_mb: float = Field(default=0.0, ge=0)
     # API mode: where the last applied plan (and the artifact cache) survives a restart;
     # unset: ./var/executor/<node>.
     state_dir: Path | None = None
     # A profile file written by `gpufair profile`; its curves are uploaded with every plan.
     profiles_path: Path | None = None
+    # Front processes that accept, admit, read and parse requests for the engine process;
+    # 0: one per 8 cores of the node, at least one.
+    fronts: int = Field(default=0, ge=0, le=64)
 
 
 class Settings(BaseSettings):
@@ -191,6 +203,5 @@ def load_settings(
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise SettingsError(
-            f"{config_file} / {ENV_PREFIX}*: setting {where}={first.get('input')!r}: "
-            f"{first['msg']}"
+            f"{config_file} / {ENV_PREFIX}*: setting {where}={first.get('input')!r}: {first['msg']}"
         ) from exc

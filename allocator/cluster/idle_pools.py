@@ -16,7 +16,6 @@ import math
 from dataclasses import replace
 
 from allocator.certificate import Bundles, Certificate, bundles, certify, constraint_terms
-from allocator.criteria import EF_TYPE
 from allocator.instance import Allocation, Instance
 from allocator.objectives import objective_ratio
 
@@ -43,15 +42,16 @@ def share_idle_pools(
     candidate seat went to another), unweighted EFM, and EFM towards a tenant that held no
     divisible good before. So pool by pool (in the instance's order) ``t ∈ [0, 1]`` is the
     largest step that keeps every criterion margin of the one checker at least
-    ``min(its margin before, 0)`` at the certificate's λ — the margins are affine in ``t`` —
+    ``min(its margin before, 0)`` at the agent's own least λ — the margins are affine in ``t`` —
     and the part ``(1 − t)·L`` stays unassigned, with a note naming the tenant whose criterion
     stops it. No agent whose criterion held stops holding, and the returned certificate is the
     checker's, computed on the returned allocation. Returns (allocation, certificate, the
     shares added: good -> agent -> fraction).
     """
     weight = {a.name: a.weight for a in instance.agents}
-    lam = {a.name: certificate.lambda_ef if a.criterion in EF_TYPE else certificate.lambda_prop
-           for a in instance.agents}
+    # Each agent's margins at its own least λ (1 where it fails even there): an agent that
+    # holds exactly keeps its exact margins, a relaxed one its λ.
+    lam = {name: 1.0 if row.lam is None else row.lam for name, row in certificate.agents.items()}
     efm = [a.name for a in instance.agents if a.criterion == "efm"]
     shares = {d: dict(s) for d, s in allocation.divisible.items()}
     b = bundles(instance, allocation)
@@ -79,8 +79,8 @@ def share_idle_pools(
     if not added and not notes:
         return allocation, certificate, {}
     shared = Allocation(dict(allocation.indivisible), shares)
-    again = certify(instance, shared, lambda_ef=certificate.lambda_ef,
-                    lambda_prop=certificate.lambda_prop, objective=certificate.objective,
+    again = certify(instance, shared, objective=certificate.objective,
+                    lambda_lower_bound=certificate.lambda_lower_bound,
                     solver=certificate.solver, status=certificate.status, gap=certificate.gap,
                     time_s=certificate.time_s, notes=(*certificate.notes, *notes))
     best = certificate.unconstrained_value
@@ -92,7 +92,8 @@ def share_idle_pools(
         again = replace(again, unconstrained_value=best, ratio=objective_ratio(
             again.objective, again.objective_value, best, counted))
     broken = [a for a, row in certificate.agents.items()
-              if row.holds and not again.agents[a].holds]
+              if (row.holds and not again.agents[a].holds)
+              or (row.lam is not None and again.agents[a].lam is None)]
     if broken:
         log.warning("sharing idle pools would break %s's criterion; pools left as divided",
                     broken[0])

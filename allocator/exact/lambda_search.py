@@ -37,6 +37,7 @@ class LambdaSearch:
         deadline: float,
         start: Allocation | None,
         churn: Churn | None,
+        exact: frozenset[str] = frozenset(),
     ) -> None:
         self.instance = instance
         self.objective = objective
@@ -44,6 +45,11 @@ class LambdaSearch:
         self.deadline = deadline
         self.start = start
         self.churn = churn
+        self.exact = exact  # agents never relaxed (the guaranteed ones)
+        # What the search proved about λ* (the least λ_ef at which an allocation meets every
+        # criterion, PROP-type exactly): every λ below this was found infeasible by the MILP.
+        # 1.0 when even λ_ef = 1 is infeasible (then λ_prop is searched).
+        self.lower_bound = 0.0
 
     def solve(
         self, lambda_ef: float, lambda_prop: float, objective: Objective | None
@@ -60,6 +66,7 @@ class LambdaSearch:
             deadline=self.deadline,
             start=self.start,
             churn=self.churn,
+            exact=self.exact,
         )
 
     def feasible(self, lambda_ef: float, lambda_prop: float) -> bool:
@@ -78,6 +85,7 @@ class LambdaSearch:
         if has_ef and self.feasible(1.0, 0.0):
             lam = self._bisect(lambda x: self.feasible(x, 0.0))
             return self.solve(lam, 0.0, self.objective)
+        self.lower_bound = 1.0
         if not self.feasible(1.0, 1.0):
             raise InfeasibleError(
                 "no allocation meets the side constraints even with every criterion relaxed "
@@ -86,8 +94,7 @@ class LambdaSearch:
         mu = self._bisect(lambda x: self.feasible(1.0, x))
         return self.solve(1.0, mu, self.objective)
 
-    @staticmethod
-    def _bisect(feasible: Any) -> float:
+    def _bisect(self, feasible: Any) -> float:
         low, high = 0.0, 1.0
         for _ in range(BISECTION_STEPS):
             mid = (low + high) / 2
@@ -95,4 +102,5 @@ class LambdaSearch:
                 high = mid
             else:
                 low = mid
+        self.lower_bound = max(self.lower_bound, low)
         return high

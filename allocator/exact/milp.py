@@ -447,9 +447,11 @@ def solve_fair(
     start: Allocation | None = None,
     churn: Churn | None = None,
     fair: bool = True,
+    exact: frozenset[str] = frozenset(),
 ) -> MilpResult:
     """Best allocation meeting every agent's (relaxed) criterion, by lazy envy rounds.
 
+    ``exact`` names agents whose criterion is not relaxed whatever λ (the guaranteed ones).
     ``objective=None`` asks only for feasibility. ``fair=False`` drops the criteria (the
     unconstrained optimum used for the welfare ratio). ``deadline`` is a time.monotonic() value
     shared by all rounds.
@@ -466,9 +468,9 @@ def solve_fair(
         if fair:
             for i in data.positive:
                 if data.spec[i].criterion in PROP_TYPE:
-                    model.proportionality(i, lambda_prop)
+                    model.proportionality(i, 0.0 if i in exact else lambda_prop)
             for i, j in sorted(pairs):
-                model.envy(i, j, lambda_ef)
+                model.envy(i, j, 0.0 if i in exact else lambda_ef)
         if churn is not None:
             model.churn(churn)
         if stage_floor is not None:
@@ -481,8 +483,9 @@ def solve_fair(
         allocation = model.allocation(churn.previous if churn else None)
         value = float(pulp.value(model.prob.objective) or 0.0)
         new_pairs = _violated_pairs(
-            instance, allocation, ef_agents, lambda_ef, pairs
-        )
+            instance, allocation, [i for i in ef_agents if i not in exact], lambda_ef, pairs
+        ) | _violated_pairs(instance, allocation, [i for i in ef_agents if i in exact], 0.0,
+                            pairs)
         log.debug("round %d: %s, objective %.6g, %d new envy pairs", rounds, status,
                   value, len(new_pairs))
         if new_pairs:

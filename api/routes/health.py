@@ -1,30 +1,59 @@
-"""``/healthz`` (liveness and schema revision) and ``/metrics`` (Prometheus)."""
+"""``/healthz`` (liveness), ``/readyz`` (readiness: the database answers) and ``/metrics``.
+
+Liveness touches no database: a process whose database is slow or down is still alive, and
+restarting it would not help. Readiness asks the database on one connection, under the same
+gate as every request (:mod:`api.db`) and within :data:`READY_TIMEOUT_S`, so a load balancer
+stops sending requests to a replica whose database does not answer.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
-from api.deps import SessionDep, StateDep
-from migrations import current_revision
+from api.deps import StateDep
+from api.errors import Unavailable
+from migrations import revision_on
 
 router = APIRouter(tags=["health"])
 
+# Longest /readyz waits for the database before it answers 503.
+READY_TIMEOUT_S = 2.0
+
 
 class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
     status: str
     database: str
     schema_revision: str | None
 
 
 @router.get("/healthz")
-def healthz(state: StateDep, session: SessionDep) -> Health:
-    session.execute(text("SELECT 1"))
-    return Health(
-        status="ok", database=state.db.dialect, schema_revision=current_revision(state.db.engine)
-    )
+async def healthz() -> Health:
+    """Liveness: the process answers; no database is asked."""
+    return Health(status="ok")
+
+
+def _probe(connection: Connection) -> str | None:
+    connection.execute(text("SELECT 1"))
+    return revision_on(connection)
+
+
+@router.get("/readyz", responses={503: {"description": "the database did not answer"}})
+async def readyz(state: StateDep) -> Readiness:
+    """Readiness: the database answers one query, on one connection, within a short timeout."""
+    try:
+        revision = await asyncio.wait_for(state.db.read(_probe), READY_TIMEOUT_S)
+    except TimeoutError:
+        raise Unavailable(f"the database did not answer within {READY_TIMEOUT_S:g} s") from None
+    return Readiness(status="ok", database=state.db.dialect, schema_revision=revision)
 
 
 @router.get("/metrics", response_class=Response)

@@ -3,8 +3,8 @@
 The plan route is the node protocol's hot path: one indexed read, an ETag equal to the plan's
 version, ``If-None-Match`` answered with 304, and ``?wait=S`` holding the request until the
 plan changes or S seconds pass (at most ``config.max_long_poll_s``). The wait holds no
-database connection and no worker thread: it awaits the process's plan notifier. The read is
-done on the event loop: it is shorter than a hand-off to a worker thread would be.
+database connection, slot or worker thread: it awaits the process's plan notifier, and each
+read takes a slot of the database gate for its one query (:mod:`api.db`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import JSONResponse
 
 from allocator import NodePlan
-from api.deps import AdminDep, CurrentNode, SessionDep, StateDep
+from api.deps import AdminDep, CurrentNode, PollingNode, SessionDep, StateDep
 from api.models import NodeRow
 from api.schemas import (
     NAME_PATTERN,
@@ -66,9 +66,10 @@ def rotate_token(node: NodeName, _: AdminDep, session: SessionDep) -> NodeCreate
     return _created(*service.rotate_token(session=session, name=node))
 
 
-def _read_plan(state: AppState, node_id: int, node_name: str) -> tuple[int, NodePlan]:
-    with state.db.connection() as connection:
-        return current_plan(session=connection, node_id=node_id, node_name=node_name)
+async def _read_plan(state: AppState, node_id: int, node_name: str) -> tuple[int, NodePlan]:
+    return await state.db.read(
+        lambda connection: current_plan(session=connection, node_id=node_id, node_name=node_name)
+    )
 
 
 @router.get(
@@ -78,7 +79,7 @@ def _read_plan(state: AppState, node_id: int, node_name: str) -> tuple[int, Node
 )
 async def read_plan(
     node: NodeName,
-    me: CurrentNode,
+    me: PollingNode,
     state: StateDep,
     wait: Annotated[float, Query(ge=0, le=3600, description="long-poll seconds")] = 0.0,
     if_none_match: Annotated[str | None, Header()] = None,
@@ -88,11 +89,10 @@ async def read_plan(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(wait, state.config.max_long_poll_s)
     while True:
-        # On the event loop, as the credential check: one indexed read (see api.deps).
-        version, plan = _read_plan(state, me.id, me.name)
+        version, plan = await _read_plan(state, me.id, me.name)
         etag = plan_etag(version)
         if not etag_matches(if_none_match, etag):
-            return JSONResponse(plan.to_dict(), headers={"ETag": etag, "Cache-Control": "no-cache"})
+            return JSONResponse(plan.to_dict(), headers={"ETag": etag})
         remaining = deadline - loop.time()
         if remaining <= 0:
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
@@ -123,7 +123,9 @@ def put_profiles(
 ) -> ProfilesStored:
     """Store measured QPS-vs-streams curves; the next solve values seats and pools by them."""
     return ProfilesStored(
-        stored=service.store_profiles(session=session, node_id=me.id, entries=data.profiles)
+        stored=service.store_profiles(
+            session=session, node_id=me.id, entries=data.profiles, footprints=data.footprints
+        )
     )
 
 

@@ -19,6 +19,10 @@ them — because refusing it would leave every node on an older plan for as long
 tenants' criteria cannot all be met, and would blame the allocator for an answer that is
 correct.
 
+A model's memory is the largest footprint its replicas measured on any node (uploaded with
+the profiles, :mod:`executor.wire.profiles`), else the memory its tenant declared: a tenant's
+figure is a guess, and a replica larger than it would be refused by the node it was placed on.
+
 The estimate for a model nobody has profiled (marked ``measured=False`` in the snapshot, and so
 in the certificate's inputs): one replica with one stream serves ``demand_qps /
 replicas_wanted`` (the tenant sized its request), and s streams serve that times ``s**0.8``
@@ -77,6 +81,7 @@ from api.schemas import (
     TenantShare,
 )
 from api.services.models import upload_reference
+from api.services.nodes import measured_memory
 from api.services.plans import empty_plan
 from api.services.solve_lock import solve_lock
 
@@ -131,12 +136,13 @@ def read_solve_input(*, session: Session, objective: Objective) -> SolveInput:
         profiles[p.model_id][gpu_of_device[p.device_id]] = ThroughputCurve(
             qps=tuple(p.qps), measured=True
         )
+    measured = measured_memory(session=session)
     models = tuple(
         Model(
             model_id=str(m.id),
             tenant=names[m.tenant_id],
             artifact=m.artifact,
-            memory_mb=m.memory_mb,
+            memory_mb=measured.get(m.id, m.memory_mb),
             replicas_wanted=m.replicas_wanted,
             sla_p99_ms=m.sla_p99_ms,
             demand_qps=m.demand_qps,
@@ -215,8 +221,8 @@ def _check(snapshot: allocator.ClusterSnapshot, result: ClusterAllocation) -> No
     certificate = result.certificate
     try:
         allocator.validate_cluster_allocation(snapshot, result)
-        # The checker recomputes verdicts at the λ the certificate states; a λ beyond [0, 1]
-        # would make "holds" mean a criterion weaker than the tenant's "up to one good".
+        # Every λ the certificate states is an agent's least relaxation, within [0, 1]; one
+        # beyond would mean a criterion weaker than the tenant's "up to one good".
         for name, lam in (
             ("lambda", certificate.lambda_ef),
             ("lambda_prop", certificate.lambda_prop),
@@ -276,8 +282,8 @@ def run_solve(
     *, db: Database, options: SolveOptions, objective: Objective
 ) -> AllocationRow:
     """Solve now under ``objective`` and store the result (the body of ``POST /allocations``)."""
-    lease_s = 2 * options.time_limit_s + 60
-    with solve_lock(db, wait_s=lease_s, lease_s=lease_s):
+    # Long enough to wait out another solve (which may run past its limit by its checks).
+    with solve_lock(db, wait_s=2 * options.time_limit_s + 60):
         with db.session(write=False) as session:
             solve_input = read_solve_input(session=session, objective=objective)
         started = time.perf_counter()
@@ -305,8 +311,8 @@ def run_solve(
         # tenants' criteria the cluster cannot meet as configured; the first few names are
         # enough to find them in the certificate.
         log.warning(
-            "allocation %d stored, but no allocation found meets every tenant's criterion; "
-            "%d fail: %s",
+            "allocation %d stored, but no allocation found meets every tenant's criterion "
+            "exactly; %d do not: %s",
             row.version,
             len(failing),
             ", ".join(failing[:8]),
@@ -416,6 +422,8 @@ def diff_allocations(*, session: Session, from_id: int, to_id: int) -> Allocatio
 def tenant_view(*, session: Session, tenant_id: int) -> TenantAllocation:
     """The current allocation as one tenant may see it: its seats, its shares, its own row."""
     row = current_allocation_or_raise(session=session)
+    # By id, which is never reused (migration 0003): a tenant re-created under a deleted
+    # tenant's name is another tenant, and its id was never the deleted one's.
     names = [name for name, tid in row.tenant_ids.items() if tid == tenant_id]
     if not names:
         raise NotFound("the current allocation predates this tenant: no rows for it yet")

@@ -3,25 +3,36 @@
 A node is registered by the admin with its devices (kind, memory, streams, seats) and gets a
 token, shown once. Its daemon then reports heartbeats and profiles: for each model and device,
 the latency-bounded QPS of one replica with 1, 2, ... streams — q_m(g, s) of docs/architecture.md
-§2, which the next solve turns into valuations in place of the estimate. A heartbeat's cumulative
-SLA counts become per-tenant samples of the attainment history (:mod:`api.services.sla`).
+§2, which the next solve turns into valuations in place of the estimate — and the memory one
+replica measured (its footprint), which the next solve uses in place of the declared memory.
+A heartbeat's cumulative SLA counts become per-tenant samples of the attainment history
+(:mod:`api.services.sla`).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from api.auth import NODE_TOKEN_PREFIX, new_token, token_hash
 from api.errors import Conflict, InvalidInput, NotFound
-from api.models import ArtifactRow, DeviceRow, ModelRow, NodeRow, ProfileRow, utcnow
+from api.models import (
+    AllocationRow,
+    ArtifactRow,
+    DeviceRow,
+    FootprintRow,
+    ModelRow,
+    NodeRow,
+    ProfileRow,
+    utcnow,
+)
 from api.schemas import NodeCreate
 from api.services import sla
 from api.services.plans import current_plan
 from executor.wire.heartbeat import Heartbeat
-from executor.wire.profiles import ProfileEntry
+from executor.wire.profiles import FootprintEntry, ProfileEntry
 
 
 def create_node(*, session: Session, data: NodeCreate) -> tuple[NodeRow, str]:
@@ -96,25 +107,40 @@ def record_heartbeat(
     return node, version
 
 
-def store_profiles(*, session: Session, node_id: int, entries: list[ProfileEntry]) -> int:
-    """Upsert the node's measured curves; entries for other models and devices are kept."""
+def store_profiles(
+    *,
+    session: Session,
+    node_id: int,
+    entries: list[ProfileEntry],
+    footprints: list[FootprintEntry] = [],  # noqa: B006 - never mutated
+) -> int:
+    """Upsert the node's measured curves and footprints; entries for other models and devices
+    are kept. Return how many entries were stored."""
     devices = {
         d.device: d.id
         for d in session.scalars(select(DeviceRow).where(DeviceRow.node_id == node_id))
     }
-    wanted = {e.model_id for e in entries}
+    wanted = {e.model_id for e in entries} | {f.model_id for f in footprints}
     known = (
         set(session.scalars(select(ModelRow.id).where(ModelRow.id.in_(wanted))))
         if wanted
         else set()
     )
-    for k, entry in enumerate(entries):
+    listed: list[tuple[str, ProfileEntry | FootprintEntry]] = [
+        *(("profiles", e) for e in entries),
+        *(("footprints", f) for f in footprints),
+    ]
+    counts = {"profiles": 0, "footprints": 0}
+    for name, entry in listed:
+        k = counts[name]
+        counts[name] += 1
         if entry.model_id not in known:
-            raise InvalidInput(f"model {entry.model_id} not found", field=f"profiles[{k}].model_id")
+            raise InvalidInput(f"model {entry.model_id} not found", field=f"{name}[{k}].model_id")
         if entry.device not in devices:
             raise InvalidInput(
-                f"device {entry.device!r} is not on this node", field=f"profiles[{k}].device"
+                f"device {entry.device!r} is not on this node", field=f"{name}[{k}].device"
             )
+    _store_footprints(session=session, devices=devices, footprints=footprints)
     existing = {
         (p.model_id, p.device_id): p
         for p in session.scalars(
@@ -132,16 +158,63 @@ def store_profiles(*, session: Session, node_id: int, entries: list[ProfileEntry
             row.qps = list(entry.qps)
             row.measured_at = utcnow()
     session.flush()
-    return len(entries)
+    return len(entries) + len(footprints)
+
+
+def _store_footprints(
+    *, session: Session, devices: dict[str, int], footprints: list[FootprintEntry]
+) -> None:
+    if not footprints:
+        return
+    existing = {
+        (f.model_id, f.device_id): f
+        for f in session.scalars(
+            select(FootprintRow).where(FootprintRow.device_id.in_(list(devices.values())))
+        )
+    }
+    for entry in footprints:
+        key = (entry.model_id, devices[entry.device])
+        row = existing.get(key)
+        if row is None:
+            row = FootprintRow(model_id=key[0], device_id=key[1], memory_mb=entry.memory_mb)
+            session.add(row)
+            existing[key] = row
+        else:
+            row.memory_mb = entry.memory_mb
+            row.measured_at = utcnow()
+
+
+def measured_memory(*, session: Session) -> dict[int, int]:
+    """Each model's largest measured footprint (MiB) over every device that reported one."""
+    rows = session.execute(
+        select(FootprintRow.model_id, func.max(FootprintRow.memory_mb)).group_by(
+            FootprintRow.model_id
+        )
+    )
+    return {model_id: memory for model_id, memory in rows}
 
 
 def artifact_for_node(
     *, session: Session, node_id: int, node_name: str, model_id: int
 ) -> ArtifactRow:
-    """The uploaded artifact of a model seated in the node's current plan; else not found."""
+    """The uploaded artifact of a model seated in the node's current plan, and still owned by
+    the tenant the plan seats it for; else not found."""
     _, plan = current_plan(session=session, node_id=node_id, node_name=node_name)
-    seated = {seat.replica.model_id for _, seat in plan.replicas() if seat.replica is not None}
-    row = session.get(ArtifactRow, model_id) if str(model_id) in seated else None
+    owners = {
+        seat.replica.model_id: seat.replica.tenant
+        for _, seat in plan.replicas()
+        if seat.replica is not None
+    }
+    missing = NotFound(f"no artifact of model {model_id} for this node")
+    if str(model_id) not in owners:
+        raise missing
+    # The plan names the seat's tenant; the allocation it was cut from, that tenant's id then.
+    tenant_ids = session.scalar(
+        select(AllocationRow.tenant_ids).where(AllocationRow.id == plan.allocation_id)
+    )
+    owner = (tenant_ids or {}).get(owners[str(model_id)])
+    model_owner = session.scalar(select(ModelRow.tenant_id).where(ModelRow.id == model_id))
+    row = session.get(ArtifactRow, model_id) if owner is not None and owner == model_owner else None
     if row is None:
-        raise NotFound(f"no artifact of model {model_id} for this node")
+        raise missing
     return row

@@ -90,7 +90,9 @@ class FusedTables(nn.Module):
         super().__init__()
         # Pooled per-component variance 1/sqrt(dim): uniform(-a, a) has variance a²/3.
         bound = math.sqrt(3.0 / (lookups * math.sqrt(dim)))
-        weight = (torch.rand(count * rows, dim, generator=gen) * 2 - 1) * bound
+        # In place: the tables are most of a model's bytes, and an out-of-place expression
+        # would hold two copies of them at once while loading.
+        weight = torch.rand(count * rows, dim, generator=gen).mul_(2).sub_(1).mul_(bound)
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.register_buffer("offsets", torch.arange(count, dtype=torch.int64) * rows)
         self.dim = dim

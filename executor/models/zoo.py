@@ -36,6 +36,7 @@ __all__ = [
     "ZooError",
     "ZooSpec",
     "build_model",
+    "footprint_bytes",
     "parse_zoo_artifact",
     "zoo_model",
 ]
@@ -83,3 +84,33 @@ def build_model(spec: ZooSpec) -> ZooModel:
 def zoo_model(arch: str, **params: float | int | None) -> ZooModel:
     """Shorthand: ``zoo_model("rmc2", scale=0.04, user_tables=28)``; raises ZooError."""
     return build_model(ZooSpec(arch, **params))  # type: ignore[arg-type]
+
+
+def _bytes_of(model: ZooModel) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def footprint_bytes(spec: ZooSpec) -> int:
+    """Bytes of parameters and buffers a replica of ``spec`` will hold, without building it.
+
+    Every tensor of a zoo model is either independent of the table rows or grows linearly with
+    them (the embedding tables, their offsets), so two builds of one and two rows per table,
+    which take milliseconds, give the size at any scale exactly. The daemon checks a plan
+    against a device's memory with it before loading anything (docs/executor.md, "Memory").
+    Raises ZooError like :func:`build_model`.
+    """
+    spec.check()
+    a = ARCHITECTURES[spec.arch]
+    one, two = (
+        _bytes_of(
+            a.build(
+                rows=rows,
+                user_tables=spec.effective_user_tables,
+                candidate_dense=spec.effective_candidate_dense,
+                gen=torch.Generator().manual_seed(0),
+            )
+        )
+        for rows in (1, 2)
+    )
+    rows = max(1, round(a.rows * spec.scale))
+    return one + (two - one) * (rows - 1)

@@ -16,6 +16,7 @@ from executor.scheduling.errors import (
     ModelFailed,
     ModelUnavailable,
     Overloaded,
+    PlanRefused,
     SchedulingError,
     UnknownModel,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "NodeRuntime",
     "Overloaded",
     "Pending",
+    "PlanRefused",
     "SchedulerConfig",
     "SchedulingError",
     "SessionGroup",

@@ -31,6 +31,11 @@ class Model(Protocol):
     @property
     def schema(self) -> Any: ...
 
+    @property
+    def footprint_bytes(self) -> int:
+        """Device memory the replica took when it loaded, as measured then."""
+        ...
+
     def session(self) -> Session:
         """A new session on this replica, used by one worker thread at a time."""
         ...
@@ -41,6 +46,16 @@ class Backend(Protocol):
         """Load a replica on a device; raise ValueError with a one-line reason when it cannot."""
         ...
 
+    def predict_bytes(self, artifact: str) -> int:
+        """The device memory a replica of ``artifact`` will take, before it is loaded (0 when
+        unknown); raise ValueError for an artifact that cannot be loaded at all."""
+        ...
+
+    def free_bytes(self, device: str) -> int | None:
+        """What ``device`` can still take for replicas now (its free memory less a reserve
+        for activations and workspaces); None when it does not say."""
+        ...
+
 
 class RuntimeBackend:
     """The torch backend: models from :func:`executor.runtime.load_model`.
@@ -48,7 +63,22 @@ class RuntimeBackend:
     torch is imported on first use, so the scheduling package stays importable without it.
     """
 
+    # Of a device's memory, this fraction is kept for what is not weights: batches'
+    # activations, CUDA's context and workspaces, the process's own heap on the CPU.
+    reserve_fraction = 0.1
+
     def load(self, artifact: str, device: str) -> Model:
         from executor import runtime
 
         return runtime.load_model(artifact, device)
+
+    def predict_bytes(self, artifact: str) -> int:
+        from executor import runtime
+
+        return runtime.predict_footprint_bytes(artifact)
+
+    def free_bytes(self, device: str) -> int | None:
+        from executor import runtime
+
+        memory = runtime.device_memory(device)
+        return max(0, memory.free_bytes - int(memory.total_bytes * self.reserve_fraction))

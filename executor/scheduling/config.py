@@ -23,3 +23,6 @@ class SchedulerConfig:
     batching: bool = True  # coalesce small queries; off: one query (piece) per batch
     splitting: bool = True  # cut a large query across idle sessions
     expire_after_sla: float = 2.0  # a query is dropped once it waited this many SLAs
+    # Weights a plan may place on one backend device, in MiB (0: what the device has free,
+    # less the backend's reserve); a plan beyond it is refused (docs/executor.md, "Memory").
+    memory_limit_mb: float = 0.0

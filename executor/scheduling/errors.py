@@ -9,6 +9,10 @@
     ├── DeadlineExceeded    (TimeoutError)  its deadline passed before it was served → 504
     ├── ModelFailed         (RuntimeError)  the model raised while running its batch → 500
     └── GroupClosed         (RuntimeError)  internal: the group drains for a plan swap; retried
+
+    PlanRefused             (ValueError)    a plan's replicas do not fit a device's memory:
+                                            no query's error, so outside the tree; the
+                                            heartbeat reports it
 """
 
 from __future__ import annotations
@@ -44,3 +48,12 @@ class ModelFailed(SchedulingError, RuntimeError):
 
 class GroupClosed(SchedulingError, RuntimeError):
     pass
+
+
+class PlanRefused(ValueError):
+    """A plan version the node will not serve; the message says which device lacks how much."""
+
+    def __init__(self, version: int, reason: str) -> None:
+        super().__init__(f"plan version {version} refused: {reason}")
+        self.version = version
+        self.reason = reason

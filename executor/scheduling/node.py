@@ -11,6 +11,19 @@ draining is routed again to the new deployment.
 
 A replica whose artifact cannot be loaded is left out with its error kept, so the other
 models serve on and requests for the broken one get a clear 503.
+
+Memory (docs/executor.md, "Memory"). Before anything loads, the replicas a plan would load
+are summed per backend device from the backend's prediction of each one's bytes (exact for
+zoo models) and checked against what the device has: its free memory less the backend's
+reserve, plus what the old plan's weights would give back, and at most
+``SchedulerConfig.memory_limit_mb``. A plan that does not fit is refused whole with
+:class:`PlanRefused` — the message names the device, what it needs, what it has and each
+artifact's share — and the old plan serves on; the refusal stays in :attr:`NodeRuntime.refused`
+for the heartbeat until a plan is applied. While loading, each replica's measured footprint is
+checked against the same room (a TorchScript file may hold more than its archive says), and a
+plan that outgrows it is refused too. A plan that fits only once the old plan's weights are
+gone is swapped cold: the old version drains and is released before the new one loads (the
+node answers 503 meanwhile), rather than holding both and growing until the OS kills it.
 """
 
 from __future__ import annotations
@@ -27,9 +40,11 @@ from executor.features import Query
 from executor.scheduling.backend import Backend, Model
 from executor.scheduling.config import SchedulerConfig
 from executor.scheduling.device import DeviceScheduler, Pending, SessionGroup
-from executor.scheduling.errors import GroupClosed, ModelUnavailable, UnknownModel
+from executor.scheduling.errors import GroupClosed, ModelUnavailable, PlanRefused, UnknownModel
 
 log = logging.getLogger(__name__)
+
+MIB = 2**20
 
 
 @dataclass
@@ -53,6 +68,64 @@ class SwapReport:
     reused: int  # replicas that kept the weights of the previous version
     broken: dict[str, str]  # model id -> load error
     drained_clean: bool  # every query admitted by the old version finished
+    cold: bool = False  # the old version was released before this one loaded (memory)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What a plan's replicas need of one backend device, and what the device has."""
+
+    device: str  # the backend device
+    plan_devices: tuple[str, ...]  # the plan's devices placed on it
+    load: dict[str, int]  # artifact -> predicted bytes, for each replica to be loaded
+    kept_bytes: int  # weights of the old plan the new one reuses here
+    held_bytes: int  # weights of the old plan here, all of them
+    free_bytes: int | None  # the backend's free memory (less its reserve); None: unknown
+    limit_bytes: int | None  # SchedulerConfig.memory_limit_mb; None: no limit
+
+    @property
+    def need_bytes(self) -> int:
+        return sum(self.load.values())
+
+    @property
+    def room_bytes(self) -> int | None:
+        """Room for the new loads once the old plan's weights not reused are released."""
+        rooms = []
+        if self.free_bytes is not None:
+            rooms.append(self.free_bytes + self.held_bytes - self.kept_bytes)
+        if self.limit_bytes is not None:
+            rooms.append(self.limit_bytes - self.kept_bytes)
+        return min(rooms) if rooms else None
+
+    @property
+    def warm_room_bytes(self) -> int | None:
+        """Room for the new loads while the old plan's weights are all still held."""
+        rooms = []
+        if self.free_bytes is not None:
+            rooms.append(self.free_bytes)
+        if self.limit_bytes is not None:
+            rooms.append(self.limit_bytes - self.held_bytes)
+        return min(rooms) if rooms else None
+
+    def shortfall(self, need_bytes: int, what: str) -> str:
+        """Why ``need_bytes`` do not fit, in one line."""
+        parts = ", ".join(f"{a} {b / MIB:,.0f} MiB" for a, b in sorted(self.load.items()))
+        room = self.room_bytes or 0
+        limits = []
+        if self.free_bytes is not None:
+            limits.append(f"{self.free_bytes / MIB:,.0f} MiB free after the reserve")
+        if self.limit_bytes is not None:
+            limits.append(f"memory_limit_mb {self.limit_bytes / MIB:,.0f}")
+        if self.held_bytes - self.kept_bytes:
+            limits.append(f"{(self.held_bytes - self.kept_bytes) / MIB:,.0f} MiB released by "
+                          "the old plan")
+        if self.kept_bytes:
+            limits.append(f"{self.kept_bytes / MIB:,.0f} MiB kept by reused replicas")
+        return (
+            f"device {'+'.join(self.plan_devices)} (on {self.device}) {what} "
+            f"{need_bytes / MIB:,.0f} MiB of weights ({parts}) but has room for "
+            f"{room / MIB:,.0f} MiB ({'; '.join(limits)})"
+        )
 
 
 class NodeRuntime:
@@ -70,6 +143,11 @@ class NodeRuntime:
         self._deployment: Deployment | None = None
         self._swap_lock = threading.Lock()
         self._gc_frozen = False
+        self.refused: PlanRefused | None = None  # the newest plan refused since one applied
+
+    @property
+    def config(self) -> SchedulerConfig:
+        return self._config
 
     @property
     def deployment(self) -> Deployment | None:
@@ -80,13 +158,41 @@ class NodeRuntime:
         return self._deployment.plan.version if self._deployment else None
 
     def apply(self, plan: NodePlan) -> SwapReport | None:
-        """Serve a new plan version; None when it is not newer than the current one."""
+        """Serve a new plan version; None when it is not newer than the current one.
+
+        Raises PlanRefused (and keeps it in :attr:`refused`) when its replicas do not fit
+        their devices' memory; the current plan then serves on, unless the swap was cold.
+        """
         with self._swap_lock:
             old = self._deployment
             if old is not None and plan.version <= old.plan.version:
                 log.info("plan version %d ignored: serving %d", plan.version, old.plan.version)
                 return None
-            new, loaded, reused = self._build(plan, old)
+            try:
+                memory = self._memory_plans(plan, old)
+                cold = old is not None and any(
+                    m.warm_room_bytes is not None and m.need_bytes > m.warm_room_bytes
+                    for m in memory.values()
+                )
+                previous = old.models if old is not None else {}
+                if cold and old is not None:
+                    log.warning(
+                        "plan version %d fits only without version %d's weights: swapping "
+                        "cold (the node answers 503 until it has loaded)",
+                        plan.version, old.plan.version,
+                    )  # fmt: skip
+                    kept = {(r.artifact, self._place(d.device)) for d, s in plan.replicas()
+                            if (r := s.replica) is not None}  # fmt: skip
+                    previous = {k: m for k, m in previous.items() if k in kept}
+                    self._deployment = None
+                    self._drain(old)
+                    old = None
+                new, loaded, reused = self._build(plan, previous, memory)
+            except PlanRefused as refusal:
+                log.error("%s", refusal)
+                self.refused = refusal
+                raise
+            self.refused = None
             if not self._gc_frozen and new.models:
                 # What the first plan loads (modules, weights, imports) lives about as long as
                 # the daemon; a full cyclic-GC pass over it stops every session for tens of ms
@@ -105,19 +211,91 @@ class NodeRuntime:
                 loaded,
                 reused,
             )
-            clean = True
-            if old is not None:
-                began = time.monotonic()
-                for device in old.devices:
-                    left = self._config.drain_timeout_s - (time.monotonic() - began)
-                    clean &= device.drain(max(left, 0.0))
-                if not clean:
-                    log.warning("plan version %d: drain timed out", old.plan.version)
-            return SwapReport(plan.version, loaded, reused, dict(new.broken), clean)
+            clean = self._drain(old) if old is not None else True
+            return SwapReport(plan.version, loaded, reused, dict(new.broken), clean, cold)
 
-    def _build(self, plan: NodePlan, old: Deployment | None) -> tuple[Deployment, int, int]:
-        previous = old.models if old else {}
+    def footprints(self) -> dict[tuple[str, str], int]:
+        """Bytes each served replica's weights took when they loaded, by (model id, plan
+        device)."""
+        deployment = self._deployment
+        if deployment is None:
+            return {}
+        return {
+            (g.model_id, d.plan.device): g.model.footprint_bytes
+            for d in deployment.devices
+            for g in d.groups
+        }
+
+    def predicted_footprints(self, plan: NodePlan) -> dict[tuple[str, str], int]:
+        """Bytes the backend predicts for each replica of ``plan``, by (model id, plan device);
+        artifacts it cannot predict are left out."""
+        predicted: dict[tuple[str, str], int] = {}
+        for device_plan, seat in plan.replicas():
+            assert seat.replica is not None
+            try:
+                size = self._backend.predict_bytes(seat.replica.artifact)
+            except ValueError:
+                continue
+            predicted[(seat.replica.model_id, device_plan.device)] = size
+        return predicted
+
+    def _drain(self, old: Deployment) -> bool:
+        """Drain and stop a replaced deployment; True when nothing was cut short."""
+        clean = True
+        began = time.monotonic()
+        for device in old.devices:
+            left = self._config.drain_timeout_s - (time.monotonic() - began)
+            clean &= device.drain(max(left, 0.0))
+        if not clean:
+            log.warning("plan version %d: drain timed out", old.plan.version)
+        return clean
+
+    def _memory_plans(self, plan: NodePlan, old: Deployment | None) -> dict[str, MemoryPlan]:
+        """Per backend device, what the plan loads there and what the device has; raise
+        PlanRefused when the loads cannot fit even once the old plan's weights are gone."""
+        previous = old.models if old is not None else {}
+        load: dict[str, dict[str, int]] = {}
+        kept: dict[str, set[str]] = {}
+        names: dict[str, list[str]] = {}
+        for device_plan, seat in plan.replicas():
+            assert seat.replica is not None
+            artifact, where = seat.replica.artifact, self._place(device_plan.device)
+            if device_plan.device not in names.setdefault(where, []):
+                names[where].append(device_plan.device)
+            if (artifact, where) in previous:
+                kept.setdefault(where, set()).add(artifact)
+                continue
+            try:
+                predicted = self._backend.predict_bytes(artifact)
+            except ValueError:
+                predicted = 0  # it will not load, and its load error says why
+            load.setdefault(where, {})[artifact] = predicted
+        limit = int(self._config.memory_limit_mb * MIB) or None
+        plans: dict[str, MemoryPlan] = {}
+        for where, loads in load.items():
+            memory = MemoryPlan(
+                device=where,
+                plan_devices=tuple(names[where]),
+                load=loads,
+                kept_bytes=sum(previous[(a, where)].footprint_bytes for a in kept.get(where, ())),
+                held_bytes=sum(m.footprint_bytes for (_, w), m in previous.items() if w == where),
+                free_bytes=self._backend.free_bytes(where),
+                limit_bytes=limit,
+            )
+            room = memory.room_bytes
+            if room is not None and memory.need_bytes > room:
+                raise PlanRefused(plan.version, memory.shortfall(memory.need_bytes, "needs"))
+            plans[where] = memory
+        return plans
+
+    def _build(
+        self,
+        plan: NodePlan,
+        previous: dict[tuple[str, str], Model],
+        memory: dict[str, MemoryPlan],
+    ) -> tuple[Deployment, int, int]:
         models: dict[tuple[str, str], Model] = {}
+        measured: dict[str, int] = {}  # backend device -> bytes its new replicas took
         broken: dict[str, str] = {}
         devices: list[DeviceScheduler] = []
         routes: dict[str, list[SessionGroup]] = {}
@@ -142,6 +320,14 @@ class NodeRuntime:
                         log.error("model %s not served: %s", replica.model_id, exc)
                         continue
                     loaded += 1
+                    measured[where] = measured.get(where, 0) + model.footprint_bytes
+                    room = memory[where].room_bytes
+                    if room is not None and measured[where] > room:
+                        # Predicted to fit, measured not to: what loaded is dropped with
+                        # this frame, and the old plan (if any) serves on.
+                        raise PlanRefused(
+                            plan.version, memory[where].shortfall(measured[where], "measured")
+                        )
                 models[key] = model
                 group = SessionGroup(seat=seat, model=model)
                 groups.append(group)

@@ -1,4 +1,5 @@
-"""Contracts between the API and the executor, torch-free so the API can import them.
+"""Contracts between the API and the executor, and the executor's clients, torch-free so the
+API and the clients can import them.
 
 Each module here is the one definition of something both sides must read the same way; the API
 validates with it before storing, the executor checks with it before acting:
@@ -11,7 +12,9 @@ validates with it before storing, the executor checks with it before acting:
 - :mod:`executor.wire.heartbeat`: the heartbeat body, which the daemon builds and the API takes
   as its route's body and reads back from the stored report;
 - :mod:`executor.wire.profiles`: the profile upload, whose curves are the allocator's
-  (:data:`allocator.QpsCurve`).
+  (:data:`allocator.QpsCurve`);
+- :mod:`executor.wire.oip`: the Open Inference Protocol's tensors, JSON and binary, which the
+  daemon reads and its clients (the demo's load generator, Triton's clients) send.
 
 Two seams are defined in the allocator, which produces them and may not import this package:
 the node plan (``allocator.cluster.plan.NodePlan``, parsed by ``NodePlan.from_dict`` in the

@@ -1,8 +1,9 @@
 """The heartbeat: what a daemon reports to the control plane, one model for both sides.
 
 Every ``heartbeat_s`` the daemon posts ``POST /v1/nodes/{node}/heartbeat``: the plan version it
-serves, each replica's counters, the models it could not load (and why), and its cumulative SLA
-counts per (tenant, model). ``executor/plan_client.py`` builds a :class:`Heartbeat` and sends
+serves, each replica's counters and measured memory, the models it could not load (and why), the
+newest plan it refused for want of memory (and why), and its cumulative SLA counts per (tenant,
+model). ``executor/plan_client.py`` builds a :class:`Heartbeat` and sends
 its ``model_dump(mode="json")``; the API takes the same model as the route's body, so a
 heartbeat the daemon could not have built is a 422 naming the field, stores the dump as the
 node's report and reads stored reports back with :func:`parse_heartbeat`. The daemon's SLA
@@ -55,6 +56,18 @@ class ReplicaReport(BaseModel):
     rejected: Annotated[int, Field(ge=0)] = 0
     expired: Annotated[int, Field(ge=0)] = 0
     busy_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    # Device memory the replica's weights took when they loaded (shared by the replicas of
+    # one artifact on one device, each of which reports it).
+    memory_mb: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+
+
+class RefusedPlan(BaseModel):
+    """A plan version newer than the one served that the daemon refused to load."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Annotated[int, Field(ge=0, le=MAX_ID)]
+    reason: Annotated[str, Field(max_length=MAX_REASON_CHARS)]
 
 
 class SlaCount(BaseModel):
@@ -99,6 +112,11 @@ class Heartbeat(BaseModel):
     broken: dict[
         Annotated[str, Field(max_length=32)], Annotated[str, Field(max_length=MAX_REASON_CHARS)]
     ] = Field(default={}, max_length=MAX_ENTRIES, description="model id -> why it is not served")
+    refused: RefusedPlan | None = Field(
+        default=None,
+        description="the newest plan the daemon refused (its replicas exceed a device's "
+        "memory) since it last applied one; it serves plan_version meanwhile",
+    )
     sla: Annotated[
         list[SlaCount],
         Field(max_length=MAX_ENTRIES),

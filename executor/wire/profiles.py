@@ -2,9 +2,12 @@
 
 After each applied plan the daemon sends ``PUT /v1/nodes/{node}/profiles`` with one
 :class:`ProfileEntry` per (model, device) that a curve of its profile file covers
-(``executor.profiles.plan_profiles`` builds them); the API takes :class:`ProfilesPut` as the
-route's body, so an entry the daemon could not have built is a 422 naming the field, and
-stores each entry's curve.
+(``executor.profiles.plan_profiles`` builds them) and one :class:`FootprintEntry` per (model,
+device) whose replica it loaded, with the memory it measured (``executor.profiles.
+plan_footprints``; after a plan refused for memory, the footprints it predicted, exact for zoo
+models). The API takes :class:`ProfilesPut` as the route's body, so an entry the daemon could
+not have built is a 422 naming the field, stores each entry, and solves with the largest
+footprint of a model in place of the memory its tenant declared.
 
 The curve itself is not defined here: ``qps`` is the allocator's :data:`allocator.QpsCurve`,
 the rule of :class:`allocator.ThroughputCurve`, because the allocator consumes the curves (as
@@ -36,12 +39,23 @@ class ProfileEntry(BaseModel):
     qps: QpsCurve
 
 
+class FootprintEntry(BaseModel):
+    """The memory one replica of a model takes on one device of the node."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_id: Annotated[int, Field(ge=1, le=MAX_ID)]
+    device: DeviceName
+    memory_mb: Annotated[int, Field(ge=1, le=MAX_ID)]  # MiB, rounded up
+
+
 class ProfilesPut(BaseModel):
     """The body of ``PUT /v1/nodes/{node}/profiles``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     profiles: Annotated[list[ProfileEntry], Field(max_length=MAX_ENTRIES)]
+    footprints: Annotated[list[FootprintEntry], Field(max_length=MAX_ENTRIES)] = []
 
 
 _PROFILES_PUT: TypeAdapter[ProfilesPut] = TypeAdapter(ProfilesPut)

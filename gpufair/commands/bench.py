@@ -16,7 +16,11 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "bench.allocator",
         "solve time vs tenants × GPUs, welfare, fairness violations of baselines",
     ),
-    "serve": ("bench.serve", "latency-bounded throughput of the executor against baselines"),
+    "serve": (
+        "bench.serve",
+        "latency-bounded throughput of the executor against baselines (--http: over the wire, "
+        "against Ray Serve and a naive FastAPI server)",
+    ),
     "api": ("bench.api", "control-plane API latency and throughput"),
 }
 

@@ -2,8 +2,9 @@
 (docs/architecture.md §3.1).
 
 Reads an instance document, solves it with ``allocator.divide`` and prints the allocation
-with its certificate on stdout — also when not every criterion can be met: the certificate
-then says ``"fair": false`` and which agents fail, and the exit status is still 0. Settings
+with its certificate on stdout — also when not every criterion can be met exactly: the
+certificate then says ``"fair": false``, ``"relaxed": true`` if some criteria hold only relaxed,
+and which agents do not hold, and the exit status is still 0. Settings
 come from ``[allocator]`` of gpufair.settings, overridden by the flags. Any input error ends as
 one line on stderr and exit status 2; a solve that finds no allocation at all (side
 constraints, time limit) as one line and exit status 1 — never a traceback. Imports stay
@@ -26,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpufair divide",
         description="Divide indivisible and divisible goods fairly among agents, each under "
-        "its own criterion, and print the allocation with its certificate as JSON.",
+        "its own criterion, and print the allocation with its certificate as JSON. Every "
+        "criterion the guarantees table covers (docs/fairness.md) holds exactly; the "
+        'certificate says "fair": true only when every criterion does.',
     )
     parser.add_argument("instance",
                         help="instance JSON file (docs/architecture.md §3.1), or - for stdin")

@@ -10,6 +10,17 @@ until the first plan arrives. ``--profiles FILE`` (written by ``gpufair profile`
 file's throughput curves for the models of every applied plan; a bad file ends with one line
 on stderr and exit status 2.
 
+The daemon is one engine process (this one: the devices, the session groups, the fair
+scheduler, the plan client) and ``--fronts`` front processes that accept connections on the
+listening socket, admit, read and parse requests and hand the queries over in shared memory
+(docs/executor.md, "Fronts and the engine"). SIGINT or SIGTERM stops the fronts, then drains
+the engine.
+
+A plan whose replicas do not fit a device's memory (``executor.memory_limit_mb``, else the
+device's free memory less a reserve) is refused before anything loads: standalone, one line
+on stderr and exit status 1; in API mode the last plan serves on and the heartbeat reports
+the refusal.
+
 ``--backend fake`` serves every replica with :class:`executor.fake.FakeBackend` (no torch:
 for trying the HTTP surface and the scheduler, or simulating a GPU as ``gpufair demo`` does);
 ``--fake-row-us`` and ``--fake-batch-us`` set its service time per candidate row and per batch.
@@ -23,21 +34,20 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import uvicorn
-
 from allocator.cluster.plan import NodePlan, PlanError
+from executor.wire.names import InvalidNameError, validate_node_name
+from gpufair.compose import front_count, scheduler_config
+from gpufair.settings import SettingsError, load_settings
 
 if TYPE_CHECKING:
     from executor.plan_client import PlanClient
-from executor.wire.names import InvalidNameError, validate_node_name
-from gpufair.compose import scheduler_config
-from gpufair.settings import SettingsError, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
         "--device",
         choices=("auto", "cpu", "cuda"),
         help="cpu: run every device of the plan on the CPU (default: settings executor.device)",
+    )
+    p.add_argument(
+        "--fronts",
+        type=int,
+        help="front processes that accept, read and parse requests (default: settings "
+        "executor.fronts; 0: one per 8 cores, at least one)",
     )
     p.add_argument("--backend", choices=("torch", "fake"), default="torch")
     p.add_argument("--fake-row-us", type=float, default=20.0,
@@ -120,6 +136,9 @@ def main(argv: list[str]) -> int:
     if not (args.fake_row_us >= 0 and args.fake_batch_us >= 0):
         sys.stderr.write("gpufair executor: --fake-row-us and --fake-batch-us must be >= 0\n")
         return 2
+    if args.fronts is not None and args.fronts < 0:
+        sys.stderr.write(f"gpufair executor: --fronts must be >= 0, got {args.fronts}\n")
+        return 2
     if args.api and not (args.node and args.token):
         sys.stderr.write("gpufair executor: --api needs --node and --token\n")
         return 2
@@ -139,7 +158,10 @@ def main(argv: list[str]) -> int:
         if args.state_dir or args.profiles:
             log.warning("--state-dir and --profiles are for API mode; a plan file uses neither")
 
-    from executor.daemon import create_app
+    from executor.daemon import DEFAULT_MAX_BODY_BYTES
+    from executor.engine.core import EngineCore
+    from executor.engine.server import Fronts
+    from executor.front.process import FrontOptions
     from executor.metrics import ExecutorMetrics
     from executor.plan_client import TOKEN_REJECTED_TRIES, PlanClient
     from executor.profiles import ProfileCurve, ProfileError, read_profiles
@@ -170,7 +192,13 @@ def main(argv: list[str]) -> int:
     metrics = ExecutorMetrics(runtime)
     client: PlanClient | None = None
     if plan is not None:
-        report = runtime.apply(plan)
+        from executor.scheduling import PlanRefused
+
+        try:
+            report = runtime.apply(plan)
+        except PlanRefused as exc:
+            sys.stderr.write(f"gpufair executor: {exc}\n")
+            return 1
         if report is not None and report.broken:
             for model_id, why in report.broken.items():
                 log.error("model %s is not served: %s", model_id, why)
@@ -187,17 +215,29 @@ def main(argv: list[str]) -> int:
         )
         client.resume()  # the saved plan serves at once, whether or not the API answers
         client.start()
-    app = create_app(runtime, metrics=metrics)
     host, port = args.host or cfg.host, args.port or cfg.port
-    log.info("executor listening on http://%s:%d", host, port)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
-    )
+    if args.fronts is not None:
+        cfg = cfg.model_copy(update={"fronts": args.fronts})
+    count = front_count(cfg)
+    options = FrontOptions(DEFAULT_MAX_BODY_BYTES, logging.getLogger().getEffectiveLevel())
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     if client is not None:
-        _stop_when_token_rejected(client, server)
+        _stop_when_token_rejected(client, stop)
     try:
-        server.run()
+        fronts = Fronts(EngineCore(runtime, metrics), host=host, port=port, count=count,
+                        options=options)  # fmt: skip
+    except OSError as exc:
+        sys.stderr.write(f"gpufair executor: cannot listen on {host}:{port}: {exc.strerror}\n")
+        runtime.close()
+        return 2
+    try:
+        fronts.start()
+        log.info("executor listening on http://%s:%d (%d front process(es))", host, port, count)
+        fronts.watch(stop)
     finally:
+        fronts.stop()
         if client is not None:
             client.stop()
         runtime.close()
@@ -210,11 +250,11 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _stop_when_token_rejected(client: PlanClient, server: uvicorn.Server) -> None:
+def _stop_when_token_rejected(client: PlanClient, stop: threading.Event) -> None:
     """Stop serving once the API has rejected the node's token with no plan served."""
 
     def watch() -> None:
         client.token_rejected.wait()
-        server.should_exit = True
+        stop.set()
 
     threading.Thread(target=watch, name="token-watch", daemon=True).start()

@@ -90,5 +90,7 @@ def main(argv: list[str]) -> int:
         port=port,
         log_level=args.log_level,
         access_log=not args.no_access_log,
+        # No "server: uvicorn" banner: what runs behind the API is nobody's business.
+        server_header=False,
     )
     return 0

@@ -97,11 +97,11 @@ def session(db_url: str) -> Iterator[Session]:
     engine.dispose()
 
 
-def make_settings(url: str, **api: Any) -> Settings:
+def make_settings(url: str, database: dict[str, Any] | None = None, **api: Any) -> Settings:
     """Settings of a test app; apps are built from them through gpufair.compose.api_config, the
     very composition `gpufair serve` runs."""
     return Settings(
-        database=DatabaseSettings(url=url),
+        database=DatabaseSettings(url=url, **(database or {})),
         api=ApiSettings(
             admin_token=ADMIN_TOKEN,
             dev_mode=False,

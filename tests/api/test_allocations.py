@@ -30,7 +30,7 @@ def _cluster(api: Api) -> dict[str, str]:
 def test_solve_stores_certified_versioned_plans(api: Api) -> None:
     tokens = _cluster(api)
     first = api.solve()
-    assert first["version"] == 1 and first["certificate"]["holds"] is True
+    assert first["version"] == 1 and first["certificate"]["fair"] is True
     assert set(first["certificate"]["agents"]) == {"ads", "feed"}
     assert first["nodes"] == ["n1", "n2"]
     seats = 0
@@ -127,7 +127,7 @@ def test_profiles_change_the_next_allocation_inputs(api: Api) -> None:
     )
     assert r.status_code == 200
     allocation = api.solve()
-    assert allocation["certificate"]["holds"]
+    assert allocation["certificate"]["fair"]
 
 
 def test_uploaded_model_waits_for_its_artifact(api: Api) -> None:
@@ -176,7 +176,7 @@ def test_unmeetable_criteria_are_stored_with_the_failing_tenants(
     created = r.json()
     certificate = created["certificate"]
     # Nothing is passed off as fair: the top level and the failing tenant's row say so.
-    assert certificate["fair"] is False and certificate["holds"] is False
+    assert certificate["fair"] is False and "holds" not in certificate
     assert certificate["violations"] == 1
     failing = sorted(name for name, row in certificate["agents"].items() if not row["holds"])
     assert len(failing) == 1 and failing[0] in keys
@@ -211,7 +211,8 @@ def _every_row_holds(certificate: allocator.Certificate) -> allocator.Certificat
 
 
 def _relaxed_past_one(certificate: allocator.Certificate) -> allocator.Certificate:
-    return dataclasses.replace(certificate, lambda_prop=2.0)
+    agents = {name: dataclasses.replace(row, lam=2.0) for name, row in certificate.agents.items()}
+    return dataclasses.replace(certificate, agents=agents)
 
 
 @pytest.mark.parametrize("tamper", [_every_row_holds, _relaxed_past_one])
@@ -251,3 +252,32 @@ def test_parallel_solves_are_serialised(live_url: str) -> None:
         responses = list(pool.map(solve, range(3)))
     assert [r.status_code for r in responses] == [201, 201, 201], [r.text for r in responses]
     assert sorted(r.json()["version"] for r in responses) == [1, 2, 3]
+
+
+def test_a_measured_footprint_replaces_the_declared_memory_in_the_next_solve(api: Api) -> None:
+    """Seats of 16000 / 2 MB: a model declared at 500 MB is seated; once a node measures
+    9000 MB for one replica, the next solve no longer seats it; 700 MB seats it again."""
+    _, key = api.tenant("ads")
+    model = api.model(key, "ranker", replicas_wanted=1)
+    _, token = api.node("n1", gpus=1)
+
+    def seated() -> bool:
+        api.solve()
+        plan = api.client.get("/v1/nodes/n1/plan", headers=api.bearer(token)).json()
+        return any(s["replica"] for d in plan["devices"] for s in d["seats"])
+
+    def upload(footprints: list[dict[str, object]]) -> httpx.Response:
+        return api.client.put(
+            "/v1/nodes/n1/profiles",
+            json={"profiles": [], "footprints": footprints},
+            headers=api.bearer(token),
+        )
+
+    assert seated()
+    r = upload([{"model_id": model["id"], "device": "cuda:0", "memory_mb": 9000}])
+    assert r.status_code == 200 and r.json() == {"stored": 1}
+    assert not seated()
+    assert upload([{"model_id": model["id"], "device": "cuda:0", "memory_mb": 700}]).is_success
+    assert seated()
+    r = upload([{"model_id": model["id"] + 100, "device": "cuda:0", "memory_mb": 1}])
+    assert r.status_code == 422 and "footprints[0].model_id" in r.text

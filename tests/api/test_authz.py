@@ -67,6 +67,7 @@ ROUTES: list[tuple[str, str, str, int, Any]] = [
     ("GET", "/v1/sla", "admin", 200, None),
     ("GET", "/v1/sla/me", "tenant", 200, None),
     ("GET", "/healthz", "public", 200, None),
+    ("GET", "/readyz", "public", 200, None),
     ("GET", "/metrics", "public", 200, None),
 ]
 

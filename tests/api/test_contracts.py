@@ -394,7 +394,9 @@ def test_the_openapi_schema_names_the_certificates_fields(client: TestClient) ->
     ]:
         certificate = resolve(response(path, method, status)["properties"]["certificate"])
         fields = set(certificate["properties"])
-        assert {"fair", "holds", "violations", "agents", "lambda", "notes"} <= fields, path
+        assert {"fair", "relaxed", "violations", "agents", "lambda", "lambda_lower_bound",
+                "notes"} <= fields, path
+        assert "holds" not in fields, path
         row = resolve(certificate["properties"]["agents"]["additionalProperties"])
         assert {"holds", "slack", "lambda", "envy"} <= set(row["properties"]), path
     own = response("/v1/allocations/current/me", "get", "200")["properties"]["certificate"]

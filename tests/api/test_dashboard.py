@@ -307,7 +307,7 @@ def test_admin_sees_cluster_certificate_and_history(api: Api) -> None:
     cells = sum(len(d["seats"]) for d in seats["devices"])
     assert len(SEAT_CELL.findall(page)) == cells == 4
     assert page.count("✓ holds") == sum(1 for a in agents.values() if a["holds"]) == 3
-    assert "every criterion holds" in page and 'aria-label="envy matrix"' in page
+    assert "fair: every criterion holds exactly" in page and 'aria-label="envy matrix"' in page
     assert "99.00%" in page  # 990 of 1000 queries answered within the SLA for ads-ranking
     assert "v1" in page and "first allocation" in page
     assert len(SEAT_CELL.findall(api.client.get("/dashboard", headers=api.admin).text)) == 4
@@ -445,7 +445,7 @@ def _dashboard_naming(tenant: str) -> DashboardData:
         tenants=names,
         version=2,
         certificate={
-            "holds": True,
+            "fair": True,
             "agents": {
                 tenant: {**row, "envy": {other: 0.1}},
                 other: {**row, "envy": {tenant: -0.1}},

@@ -46,7 +46,9 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 def test_register_solve_and_pull_the_plan(server: str) -> None:
     admin = httpx.Client(base_url=server, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
-    assert admin.get("/healthz").json()["schema_revision"] is not None
+    ready = admin.get("/readyz")
+    assert ready.json()["schema_revision"] is not None
+    assert "server" not in ready.headers  # no banner naming what serves the API
     tenant = admin.post("/v1/tenants", json={"name": "ads", "criterion": "efm"}).json()
     key = admin.post(f"/v1/tenants/{tenant['id']}/keys").json()["key"]
     tenant_client = httpx.Client(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,7 +93,6 @@ def test_serve_refuses_a_schema_behind(empty_url: str) -> None:
 
 def test_sla_samples_revision_up_and_down_keeps_data(empty_url: str) -> None:
     """0002 adds the SLA samples table and its downgrade removes it, on a database with rows."""
-    assert migrations.head_revision() == "0002"
     migrations.upgrade(empty_url, "0001")
     assert "sla_samples" not in _tables(empty_url)
     engine = sqlalchemy.create_engine(empty_url)
@@ -119,3 +119,70 @@ def test_sla_samples_revision_up_and_down_keeps_data(empty_url: str) -> None:
             assert connection.exec_driver_sql("SELECT name FROM nodes").scalars().all() == ["n1"]
     finally:
         engine.dispose()
+
+
+def test_ids_revision_keeps_data_and_moves_sequences_past_referenced_ids(empty_url: str) -> None:
+    """0003 keeps every row and id; on SQLite the next tenant and model ids lie past every id
+    that a stored allocation or plan names, even of rows deleted before the migration."""
+    migrations.upgrade(empty_url, "0002")
+    seats = [{"replica": {"model_id": "7", "tenant": "gone"}}, {"replica": None}]
+    plan = {"devices": [{"seats": seats}]}
+    engine = sqlalchemy.create_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO tenants (name, weight, criterion, revision, created_at) "
+                "VALUES ('ads', 1.0, 'ef1', 1, '2026-11-23 10:00:00+00:00')"
+            )
+            connection.execute(
+                sqlalchemy.text(
+                    "INSERT INTO allocations (id, version, objective, created_at, solve_seconds, "
+                    "certificate, tenant_ids) VALUES (1, 1, 'utilitarian', "
+                    "'2026-11-23 10:00:00+00:00', 0.1, '{}', :ids)"
+                ),
+                {"ids": json.dumps({"ads": 1, "gone": 4})},
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO nodes (name, token_hash, created_at) "
+                "VALUES ('n1', 'h', '2026-11-23 10:00:00+00:00')"
+            )
+            connection.execute(
+                sqlalchemy.text(
+                    "INSERT INTO node_plans (allocation_id, node_id, version, plan) "
+                    "VALUES (1, 1, 1, :plan)"
+                ),
+                {"plan": json.dumps(plan)},
+            )
+        migrations.upgrade(empty_url)
+        with engine.begin() as connection:
+            assert connection.exec_driver_sql("SELECT id, name FROM tenants").all() == [(1, "ads")]
+            tenant = connection.exec_driver_sql(
+                "INSERT INTO tenants (name, weight, criterion, revision, created_at) "
+                "VALUES ('new', 1.0, 'ef1', 1, '2026-11-23 11:00:00+00:00') RETURNING id"
+            ).scalar_one()
+            model = connection.exec_driver_sql(
+                "INSERT INTO models (tenant_id, name, artifact, memory_mb, replicas_wanted, "
+                "sla_p99_ms, demand_qps, revision, created_at) VALUES (1, 'm', 'zoo:rmc1', 1, "
+                "1, 10.0, 1.0, 1, '2026-11-23 11:00:00+00:00') RETURNING id"
+            ).scalar_one()
+        if empty_url.startswith("sqlite"):
+            assert (tenant, model) == (5, 8)
+        else:
+            assert tenant > 1 and model >= 1  # a PostgreSQL sequence never goes back anyway
+        migrations.downgrade(empty_url, "0002")
+        with engine.connect() as connection:
+            names = connection.exec_driver_sql("SELECT name FROM tenants ORDER BY id").scalars()
+            assert names.all() == ["ads", "new"]
+    finally:
+        engine.dispose()
+
+
+def test_footprints_revision_up_and_down(empty_url: str) -> None:
+    """0004 adds the footprints table (measured replica memory) and its downgrade removes it."""
+    assert migrations.head_revision() == "0004"
+    migrations.upgrade(empty_url, "0003")
+    assert "footprints" not in _tables(empty_url)
+    migrations.upgrade(empty_url)
+    assert "footprints" in _tables(empty_url)
+    migrations.downgrade(empty_url, "0003")
+    assert "footprints" not in _tables(empty_url)

@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from api.app import create_app, pool_limits
 from api.db import Database
 from api.metrics import Metrics
 from api.scheduler import SolveScheduler
@@ -100,7 +100,7 @@ def test_failing_ticks_are_logged_and_the_loop_goes_on(
     config = api_config(make_settings(f"sqlite:///{tmp_path / 'empty.db'}"))
     state = AppState(
         config=config,
-        db=Database(config.database_url),
+        db=Database(config.database_url, pool=pool_limits(config)),
         metrics=Metrics(),
         notifier=PlanNotifier(),
     )

@@ -109,13 +109,14 @@ def test_snapshot_uses_profiles_estimates_and_skips_models_awaiting_upload(
 def _row(value: float, envy: dict[str, float]) -> AgentCertificateDocument:
     return AgentCertificateDocument(
         alpha=0.5, criterion="ef1", weight=1.0, holds=True, slack=0.1, lam=0.0, factor=1.0,
+        guaranteed=False,
         value=value, normalised_value=value / 6, total=6.0, envy=envy,
     )  # fmt: skip
 
 
 def test_own_certificate_row_hides_other_tenants() -> None:
     certificate = CertificateDocument(
-        fair=True, holds=True, violations=0,
+        fair=True, relaxed=False, violations=0, lambda_lower_bound=0.0, guarantee=None,
         agents={
             "ads": _row(3.0, {"feed": -1.0, "search": 0.5}),
             "feed": _row(2.0, {"ads": -2.0, "search": 0.0}),

@@ -34,6 +34,7 @@ from executor.scheduling import (
     UnknownModel,
 )
 from executor.scheduling.backend import RuntimeBackend
+from executor.wire import oip
 from gpufair.commands import executor as executor_command
 from tests.executor.scheduling_helpers import plan, queries, seat
 from tests.servers import BackgroundServer
@@ -72,6 +73,47 @@ def test_json_and_binary_bodies_score_like_a_direct_forward(zoo_server):
         assert binary.status_code == 200, binary.text
         assert binary.headers["content-type"] == "application/x-npy"
         np.testing.assert_allclose(np.load(io.BytesIO(binary.content)), expected, atol=1e-5)
+
+
+def test_open_inference_protocol_bodies_score_like_a_direct_forward(zoo_server):
+    client, runtime = zoo_server
+    schema = runtime.group("rank").model.schema
+    paths = ("/v2/models/rank/infer", "/v2/models/rank/versions/1/infer")
+    for k, query in enumerate(queries(schema, [1, 120, 700], seed=27)):
+        expected = direct(runtime, query)
+        for binary in (True, False):
+            body, header_length = codec.query_to_oip(query, binary=binary)
+            headers = {} if header_length is None else {oip.HEADER_LENGTH: str(header_length)}
+            reply = client.post(paths[k % 2], content=body, headers=headers)
+            assert reply.status_code == 200, reply.text
+            returned = reply.headers.get(oip.HEADER_LENGTH)
+            assert (returned is not None) == binary
+            scores = oip.decode_reply(reply.content, None if returned is None else int(returned))
+            np.testing.assert_allclose(scores["scores"], expected, atol=1e-5)
+    meta = client.get("/v2/models/rank").json()
+    assert (meta["name"], meta["versions"]) == ("rank", ["1"])
+    assert meta["inputs"] == codec.tensor_metadata(schema)[0]
+    assert client.get("/v2/models/rank/ready").status_code == 200
+    assert client.get("/v2/models/nope/ready").status_code == 404
+    assert client.get("/v2/health/ready").status_code == 200
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+
+
+def test_open_inference_protocol_refusals_name_the_problem(zoo_server):
+    client, runtime = zoo_server
+    query = queries(runtime.group("rank").model.schema, [3], seed=28)[0]
+    body, header_length = codec.query_to_oip(query)
+    cases = [
+        ({"Content-Encoding": "gzip", oip.HEADER_LENGTH: str(header_length)}, 415, "encoding"),
+        ({oip.HEADER_LENGTH: "ten"}, 400, oip.HEADER_LENGTH),
+        ({oip.HEADER_LENGTH: str(len(body) + 1)}, 400, "not within the body"),
+        ({oip.HEADER_LENGTH: str(len(body))}, 400, "JSON"),
+        ({}, 400, "JSON"),
+    ]
+    for headers, status, needle in cases:
+        reply = client.post("/v2/models/rank/infer", content=body, headers=headers)
+        assert reply.status_code == status, (needle, reply.text)
+        assert needle.lower() in reply.json()["error"].lower()
 
 
 def test_concurrent_requests_are_batched_and_still_exact(zoo_server):
@@ -201,12 +243,12 @@ def test_the_command_refuses_a_bad_plan_file_in_one_line(tmp_path, capsys):
 
 def test_a_refused_query_is_answered_before_its_body_is_parsed(monkeypatch):
     parsed: list[int] = []
-    for name in ("parse_query_json", "parse_query_npz"):
+    for name in ("parse_query_json", "parse_query_npz", "parse_query_oip"):
         real = getattr(codec, name)
 
-        def counted(schema, body, real=real):
+        def counted(schema, body, *rest, real=real):
             parsed.append(len(body))
-            return real(schema, body)
+            return real(schema, body, *rest)
 
         monkeypatch.setattr(codec, name, counted)
     runtime = NodeRuntime(FakeBackend(row_s=0, batch_s=0.5), SchedulerConfig(max_queue=1))
@@ -218,10 +260,12 @@ def test_a_refused_query_is_answered_before_its_body_is_parsed(monkeypatch):
         assert len(parsed) == 1
         # A flooding tenant's 6 MB bodies, malformed so that parsing them would answer 400.
         flood = b'{"user": [' + b"0, " * 2_000_000 + b"}"
-        for content_type in ("application/json", "application/x-npz"):
-            refused = client.post(
-                "/v1/models/m/infer", content=flood, headers={"Content-Type": content_type}
-            )
+        for path, content_type in [
+            ("/v1/models/m/infer", "application/json"),
+            ("/v1/models/m/infer", "application/x-npz"),
+            ("/v2/models/m/infer", oip.BINARY_CONTENT_TYPE),
+        ]:
+            refused = client.post(path, content=flood, headers={"Content-Type": content_type})
             assert refused.status_code == 429, refused.text
             assert int(refused.headers["Retry-After"]) >= 1
         too_big = client.post(
@@ -237,7 +281,7 @@ def test_a_refused_query_is_answered_before_its_body_is_parsed(monkeypatch):
         assert admitted.status_code == 400 and len(parsed) == 2
         metrics = client.get("/metrics").text
         rejected = 'gpufair_executor_queries_total{model="m",outcome="rejected",tenant="tenant-m"}'
-        assert f"{rejected} 2.0" in metrics
+        assert f"{rejected} 3.0" in metrics
     runtime.close()
 
 

@@ -357,7 +357,7 @@ def test_profiles_are_uploaded_once_for_each_applied_plan(control, runtime, tmp_
     client.poll_once()
     assert client.upload_profiles() == 1
     assert control.profile_puts == [
-        {"profiles": [{"model_id": 7, "device": "cpu:0", "qps": [100.0, 150.0]}]}
+        {"profiles": [{"model_id": 7, "device": "cpu:0", "qps": [100.0, 150.0]}], "footprints": []}
     ]
     assert client.upload_profiles() == 0 and len(control.profile_puts) == 1  # sent once
 
@@ -409,3 +409,45 @@ def test_a_failing_profile_upload_never_holds_plans_back(control, runtime, tmp_p
             time.sleep(0.02)
     finally:
         client.stop()
+
+
+def test_a_plan_beyond_memory_is_refused_reported_and_its_footprints_uploaded(tmp_path):
+    runtime = NodeRuntime(FakeBackend(row_s=0, batch_s=0), SchedulerConfig(memory_limit_mb=100))
+    control = ControlPlane()
+    control.publish(plan([seat(0, "7", artifact="fake:a?memory_mb=40")], version=1).to_dict())
+    client = client_for(runtime, control.url, tmp_path)
+    try:
+        assert client.poll_once()
+        assert client.upload_profiles() == 1
+        assert control.profile_puts[-1] == {
+            "profiles": [], "footprints": [{"model_id": 7, "device": "cpu:0", "memory_mb": 40}]
+        }  # fmt: skip
+        client.heartbeat()
+        assert control.heartbeats[-1]["refused"] is None
+        assert control.heartbeats[-1]["replicas"][0]["memory_mb"] == 40.0
+
+        big = [seat(0, "7", artifact="fake:a?memory_mb=40"),
+               seat(1, "8", artifact="fake:b?memory_mb=70.4")]  # fmt: skip
+        control.publish(plan(big, version=2).to_dict())
+        assert not client.poll_once()  # refused: version 1 serves on
+        assert runtime.plan_version == 1
+        assert not client.poll_once()  # the same plan is not fetched and refused again
+        assert control.requests[-1][2].get("If-None-Match") == '"plan-2"'
+        client.heartbeat()
+        refused = control.heartbeats[-1]["refused"]
+        assert refused is not None
+        assert refused["version"] == 2 and refused["reason"].startswith(
+            "device cpu:0 (on cpu:0) needs 70 MiB of weights (fake:b?memory_mb=70.4 70 MiB) but "
+            "has room for 60 MiB"
+        )
+        assert control.heartbeats[-1]["plan_version"] == 1
+        # What the refused plan would take, so that the next solve places it where it fits.
+        assert client.upload_profiles() == 2
+        assert control.profile_puts[-1]["footprints"] == [
+            {"model_id": 7, "device": "cpu:0", "memory_mb": 40},
+            {"model_id": 8, "device": "cpu:0", "memory_mb": 71},
+        ]
+    finally:
+        client.stop()
+        runtime.close()
+        control.shut_down()

@@ -90,6 +90,19 @@ class ControlPlane:
         # server it gets the plain httpx.Client that TestClient extends, and uses only that.
         return Api(httpx.Client(base_url=self.url, timeout=60))  # type: ignore[arg-type]
 
+    def footprints(self) -> dict[tuple[int, str], int]:
+        """The stored footprints (MiB) by (model id, device), read from the database."""
+        engine = sqlalchemy.create_engine(self.db_url)
+        try:
+            with engine.connect() as connection:
+                rows = connection.exec_driver_sql(
+                    "SELECT f.model_id, d.device, f.memory_mb FROM footprints f "
+                    "JOIN devices d ON d.id = f.device_id"
+                ).all()
+        finally:
+            engine.dispose()
+        return {(int(m), str(d)): int(mb) for m, d, mb in rows}
+
     def profiles(self) -> dict[tuple[int, str], list[float]]:
         """The stored curves by (model id, device), read from the database."""
         engine = sqlalchemy.create_engine(self.db_url)
@@ -143,17 +156,28 @@ class Setup:
 class Daemon(ChildServer):
     """``gpufair executor`` in API mode as a child process, with its log in a file."""
 
-    def __init__(self, tmp_path: Path, control: ControlPlane, token: str, **flags: Path) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        control: ControlPlane,
+        token: str,
+        env: dict[str, str] | None = None,
+        **flags: Path,
+    ) -> None:
         args = [
             "executor", "--api", control.url, "--node", NODE, "--token", token, "--device", "cpu",
         ]  # fmt: skip
         for flag, path in flags.items():
             args += [f"--{flag.replace('_', '-')}", str(path)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFAIR_")}
-        env["GPUFAIR_EXECUTOR_HEARTBEAT_S"] = "0.5"
-        env["PYTHONPATH"] = str(ROOT)
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("GPUFAIR_")}
+        environment["GPUFAIR_EXECUTOR_HEARTBEAT_S"] = "0.5"
+        environment["PYTHONPATH"] = str(ROOT)
         super().__init__(
-            "gpufair executor", args, log_path=tmp_path / "executor.log", env=env, cwd=tmp_path
+            "gpufair executor",
+            args,
+            log_path=tmp_path / "executor.log",
+            env={**environment, **(env or {})},
+            cwd=tmp_path,
         )
 
     def wait_version(
@@ -323,6 +347,53 @@ def test_a_new_plan_wakes_the_daemons_long_poll_and_profiles_follow_every_plan(
     for entry in sla:
         assert entry["tenant"] == tenants[entry["model"]]
         assert entry["received"] == 1 and 0 <= entry["within_sla"] <= 1
+
+
+def test_measured_footprints_reach_the_api_and_the_next_solve_plans_with_them(
+    control: ControlPlane, daemons: list[Daemon], tmp_path: Path
+) -> None:
+    """A model declared at 1 MB holds 9.8 MiB of weights. A 5 MiB memory limit makes the
+    daemon refuse the plan that seats it, say so in its heartbeat and upload the footprint; the
+    next solve, on a device whose seats hold 8 MB each, no longer seats it there."""
+    api = control.admin()
+    _, key = api.tenant("ads")
+    model = api.model(
+        key, "ranker", artifact="zoo:rmc1?scale=0.01&seed=1", memory_mb=1, replicas_wanted=1,
+        sla_p99_ms=50.0, demand_qps=100.0,
+    )["id"]  # fmt: skip
+    devices = [{"device": "cpu:0", "kind": "cpu", "memory_mb": 16, "streams": 4, "seats": 2}]
+    r = api.client.post("/v1/nodes", json={"name": NODE, "devices": devices}, headers=api.admin)
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    assert api.solve()["version"] == 1
+    daemon = Daemon(
+        tmp_path, control, token, env={"GPUFAIR_EXECUTOR_MEMORY_LIMIT_MB": "5"},
+        state_dir=tmp_path / "state",
+    )  # fmt: skip
+    daemons.append(daemon)
+    daemon.start()
+    deadline = time.monotonic() + START_S
+    while True:
+        report = api.client.get(f"/v1/nodes/{NODE}", headers=api.admin).json().get("report")
+        if report and report.get("refused") and control.footprints():
+            break
+        assert time.monotonic() < deadline, daemon.tail()
+        time.sleep(0.2)
+    assert report["plan_version"] is None and report["refused"]["version"] == 1
+    assert report["refused"]["reason"].startswith("device cpu:0 (on cpu:0) needs 10 MiB")
+    assert "memory_limit_mb 5" in report["refused"]["reason"]
+    assert control.footprints() == {(model, "cpu:0"): 10}  # 9.8 MiB, rounded up
+
+    assert api.solve()["version"] == 2
+    plan = api.client.get(f"/v1/nodes/{NODE}/plan", headers=api.bearer(token)).json()
+    assert [s["replica"] for s in plan["devices"][0]["seats"]] == [None, None]
+    daemon.wait_version(2)  # an empty plan fits: served, and the refusal is cleared
+    deadline = time.monotonic() + 10
+    while (api.client.get(f"/v1/nodes/{NODE}", headers=api.admin).json()["report"] or {}).get(
+        "refused"
+    ):
+        assert time.monotonic() < deadline, daemon.tail()
+        time.sleep(0.2)
 
 
 def test_a_bad_profiles_file_stops_the_daemon_in_one_line(tmp_path: Path) -> None:

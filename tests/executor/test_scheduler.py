@@ -242,6 +242,12 @@ class _Loaded:
     def load(self, artifact: str, device: str):
         return self.model
 
+    def predict_bytes(self, artifact: str) -> int:
+        return 0
+
+    def free_bytes(self, device: str) -> None:
+        return None
+
 
 @pytest.mark.parametrize(
     ("dedicated", "pool", "batching", "splitting"),

@@ -155,7 +155,7 @@ def test_prop_tenants_get_their_share_when_they_want_less_than_it(
     result = allocate_cluster(snap, SolveOptions(time_limit_s=20))
     cert = result.certificate
     validate_cluster_allocation(snap, result)
-    assert cert.holds and cert.lambda_prop == 0, seed
+    assert cert.fair, seed
     for t in snap.tenants:
         row = cert.agents[t.name]
         assert row.total > 0, seed
@@ -181,7 +181,7 @@ def test_cluster_plans_are_valid_and_certified(seed: int) -> None:
     snap = snapshot(seed)
     result = allocate_cluster(snap, SolveOptions(time_limit_s=20), None, version=3,
                               allocation_id=7)
-    assert result.certificate.holds, seed
+    assert result.certificate.violations == 0, seed
     assert set(result.plans) == {g.node for g in snap.gpus}
     assert all(p.version == 3 and p.allocation_id == 7 for p in result.plans.values())
     check(snap, result.plans)
@@ -218,5 +218,5 @@ def test_churn_bound(seed: int) -> None:
     before, after = tenants(first.plans), tenants(second.plans)
     moves = sum(1 for seat, tenant in before.items() if after.get(seat) != tenant)
     assert moves <= 1, seed
-    assert second.certificate.holds, seed
+    assert second.certificate.violations == 0, seed
     check(changed, second.plans)

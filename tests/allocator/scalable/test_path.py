@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from allocator import (
     Agent,
+    Allocation,
     Instance,
     SolveOptions,
     certify,
@@ -26,14 +27,14 @@ from allocator import (
     validate_allocation,
 )
 from allocator import division as division_module
-from allocator.certificate import TOLERANCE
+from allocator.certificate import TOLERANCE, bundles, constraint_terms
 from allocator.cluster.instance import pool_name, seat_name
 from allocator.constructive import picking_allocation
 from allocator.criteria import Criterion
-from allocator.division import EXACT_AGENTS, EXACT_TYPES, _rank, _types
+from allocator.division import EXACT_AGENTS, EXACT_TYPES, Division, _rank, _types
 from allocator.errors import SolverError
 from allocator.exact.milp import solve_fair
-from allocator.instance import canonical
+from allocator.instance import canonical, validate_instance
 from allocator.scalable import share_lp
 from allocator.scalable.data import PROP_KIND, Data, allocation_from, seat_owners
 from allocator.scalable.fractional import (
@@ -59,15 +60,32 @@ from bench.instances import (
 from tests.allocator.strategies import instances
 
 
+def _searched(instance: Instance, options: SolveOptions) -> Division:
+    """What ``divide``'s search beyond the guarantees (exact MILP, scalable path, completion)
+    answers alone, certified: the path these tests are about. ``divide`` itself returns it only
+    when it meets every guaranteed criterion (tests/allocator/test_guarantees.py)."""
+    validate_instance(instance)
+    inst = canonical(instance)
+    began = time.monotonic()
+    found, notes = division_module._search(inst, inst.objective, options, began,
+                                           began + options.time_limit_s, None, frozenset())
+    best = division_module._unconstrained(inst, inst.objective, options,
+                                          began + options.time_limit_s, None)
+    certificate = certify(inst, found.allocation, unconstrained_value=best,
+                          lambda_lower_bound=found.lambda_lower_bound, solver=found.solver,
+                          status=found.status, gap=found.gap, notes=notes)
+    return Division(found.allocation, certificate)
+
+
 def assert_honest(instance: Instance, division: object) -> None:
     """Complete, λ in [0, 1], and the checker reproduces every agent's verdict and slack."""
     allocation, cert = division.allocation, division.certificate  # type: ignore[attr-defined]
     validate_allocation(instance, allocation)
     assert 0.0 <= cert.lambda_ef <= 1.0 and 0.0 <= cert.lambda_prop <= 1.0
-    again = certify(instance, allocation, lambda_ef=cert.lambda_ef,
-                    lambda_prop=cert.lambda_prop)
+    again = certify(instance, allocation)
     for name, row in cert.agents.items():
         assert again.agents[name].holds == row.holds, name
+        assert again.agents[name].lam == row.lam, name
         assert again.agents[name].slack == pytest.approx(row.slack, abs=1e-12), name
     assert all(holder is not None for holder in allocation.indivisible.values())
 
@@ -78,11 +96,11 @@ def test_generated_instances_are_divided_fairly(tenants: int, gpus: int, seed: i
     # Measured: on these the scalable path meets every agent's criterion (at some λ ≤ 1; up to
     # 24 agents the exact MILP may then lower λ in the time left).
     instance = headline_instance(tenants, gpus, seed)
-    division = divide(instance, SolveOptions(time_limit_s=10.0))
+    division = _searched(instance, SolveOptions(time_limit_s=10.0))
     assert_honest(instance, division)
     cert = division.certificate
     assert cert.solver in ("highs-lp+fractional", "highs")
-    assert cert.holds, [a.agent for a in cert.agents.values() if not a.holds]
+    assert cert.violations == 0, [a.agent for a in cert.agents.values() if a.lam is None]
     assert cert.ratio is not None and 0.0 < cert.ratio <= 1.0 + 1e-9
 
 
@@ -91,9 +109,9 @@ def test_must_show_64_tenants_64_gpus_all_criteria_hold() -> None:
     # Its speed (about 2 s wall on the shared 2-core VM) is measured by `gpufair bench
     # allocator`'s CLI runs, not here: a loaded CI machine must not fail a correct answer.
     instance = headline_instance(64, 64, 0)
-    division = divide(instance, SolveOptions(time_limit_s=20.0))
+    division = _searched(instance, SolveOptions(time_limit_s=20.0))
     assert_honest(instance, division)
-    assert division.certificate.holds
+    assert division.certificate.violations == 0
     assert division.certificate.lambda_prop == 0.0
 
 
@@ -104,7 +122,7 @@ def test_bench_instances_with_mixed_weights_never_raise(seed: int) -> None:
     instance = cluster_instance(8, 8, seed)
     division = divide(instance, SolveOptions(time_limit_s=4.0))
     assert_honest(instance, division)
-    failing = [a for a in division.certificate.agents.values() if not a.holds]
+    failing = [a for a in division.certificate.agents.values() if a.lam is None]
     assert len(failing) <= len(instance.agents) // 2
 
 
@@ -145,10 +163,11 @@ def test_scalable_path_on_any_instance_is_complete_and_honest(
     outcome = divide_fixed_seats(inst, objective, time.monotonic() + 10.0)  # type: ignore[arg-type]
     validate_allocation(inst, outcome.allocation)
     assert 0.0 <= outcome.lambda_ef <= 1.0 + 1e-7 and 0.0 <= outcome.lambda_prop <= 1.0 + 1e-7
-    cert = certify(inst, outcome.allocation, lambda_ef=min(1.0, outcome.lambda_ef + 1e-7),
-                   lambda_prop=min(1.0, outcome.lambda_prop + 1e-7))
+    cert = certify(inst, outcome.allocation)
     if outcome.violation <= 1e-7:
-        assert cert.holds, cert.to_dict()
+        assert cert.violations == 0, cert.to_dict()
+        assert cert.lambda_ef <= min(1.0, outcome.lambda_ef + 1e-7)
+        assert cert.lambda_prop <= min(1.0, outcome.lambda_prop + 1e-7)
 
 
 def test_side_constraints_are_respected() -> None:
@@ -192,14 +211,20 @@ def test_small_instances_keep_the_exact_milp() -> None:
     instance = headline_instance(EXACT_AGENTS, 2, 0)
     division = divide(instance, SolveOptions(time_limit_s=20.0))
     assert division.certificate.status == "optimal"
-    assert division.certificate.holds
+    assert division.certificate.violations == 0
 
 
-def _violation_at_one(instance: Instance, allocation: object) -> float:
+def _violation_at_one(instance: Instance, allocation: Allocation) -> float:
     """Σ over agents of how far each criterion fails at λ_ef = λ_prop = 1, beyond the checker's
     tolerance (normalised by T_i, as every margin of the checker)."""
-    cert = certify(instance, allocation, lambda_ef=1.0, lambda_prop=1.0)  # type: ignore[arg-type]
-    return sum(max(0.0, -(a.slack or 0.0) - TOLERANCE) for a in cert.agents.values())
+    return sum(max(0.0, -s - TOLERANCE) for s in _slacks_at_one(instance, allocation))
+
+
+def _slacks_at_one(instance: Instance, allocation: Allocation) -> list[float]:
+    """Every agent's smallest margin at λ_ef = λ_prop = 1 (0 with nothing to compare)."""
+    b = bundles(instance, allocation)
+    return [min((a + s for _, a, s in constraint_terms(instance, b, agent.name)), default=0.0)
+            for agent in instance.agents]
 
 
 @settings(max_examples=40)
@@ -266,7 +291,7 @@ def test_a_failing_completion_keeps_the_scalable_answer(
 
     monkeypatch.setattr(division_module, "_exact", broken)
     instance = canonical(cluster_instance(16, 16, 1))
-    division = divide(instance, SolveOptions(time_limit_s=20.0))
+    division = _searched(instance, SolveOptions(time_limit_s=20.0))
     assert_honest(instance, division)
     assert division.certificate.solver == "highs-lp+fractional"
     assert division.certificate.lambda_ef > 0.0
@@ -279,10 +304,10 @@ def test_exact_milp_completes_what_the_scalable_path_left_relaxed() -> None:
     instance = canonical(cluster_instance(16, 16, 1))
     scalable = divide_fixed_seats(instance, "utilitarian", time.monotonic() + 20.0)
     assert scalable.lambda_ef > 0.0
-    division = divide(instance, SolveOptions(time_limit_s=20.0))
+    division = _searched(instance, SolveOptions(time_limit_s=20.0))
     assert_honest(instance, division)
     cert = division.certificate
-    assert cert.holds and cert.lambda_ef == 0.0 and cert.lambda_prop == 0.0
+    assert cert.fair
     assert cert.solver == "highs"
     scalable_value = certify(instance, scalable.allocation, objective="utilitarian")
     assert cert.objective_value >= scalable_value.objective_value - 1e-9
@@ -309,20 +334,20 @@ def test_middling_instances_meet_every_criterion_when_some_allocation_does() -> 
         solve_fair(instance, objective=None, deadline=time.monotonic() + 60.0)
         scalable = divide_fixed_seats(instance, "utilitarian", time.monotonic() + 10.0)
         relaxed_alone += _rank(instance, scalable.allocation, "utilitarian")[:3] != (0, 0, 0)
-        division = divide(instance, SolveOptions(time_limit_s=20.0))
+        division = _searched(instance, SolveOptions(time_limit_s=20.0))
         assert_honest(instance, division)
         cert = division.certificate
-        assert cert.holds and cert.lambda_ef == 0.0 and cert.lambda_prop == 0.0, seed
+        assert cert.fair, seed
     assert relaxed_alone >= 3
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_certificate_says_when_no_allocation_is_fair(seed: int) -> None:
     instance = crowded_instance(seed)
-    division = divide(instance, SolveOptions(time_limit_s=10.0))
+    division = _searched(instance, SolveOptions(time_limit_s=10.0))
     assert_honest(instance, division)
     cert = division.certificate
-    assert not cert.holds and cert.solver == "highs-lp+fractional"
+    assert cert.violations and cert.solver == "highs-lp+fractional"
     proof = [note for note in cert.notes if note.startswith("no allocation meets every")]
     assert len(proof) == 1, cert.notes
     data = Data(canonical(instance))
@@ -332,7 +357,7 @@ def test_certificate_says_when_no_allocation_is_fair(seed: int) -> None:
     assert bound <= _violation_at_one(instance, division.allocation) + 1e-6
 
 
-@pytest.mark.parametrize(("tenants", "gpus", "seed"), [(12, 6, 0), (16, 16, 0), (24, 8, 1),
+@pytest.mark.parametrize(("tenants", "gpus", "seed"), [(12, 6, 0), (16, 16, 0), (24, 8, 2),
                                                      (32, 32, 2)])
 def test_move_bounds_enclose_the_re_solved_violation(tenants: int, gpus: int, seed: int) -> None:
     # The seat search takes a move without a solve when the kept-shares bound is below the
@@ -358,9 +383,8 @@ def test_move_bounds_enclose_the_re_solved_violation(tenants: int, gpus: int, se
     for k in range(len(goods)):
         moved = owner.copy()
         moved[goods[k]] = to[k]
-        kept = sum(max(0.0, -(a.slack or 0.0)) for a in certify(
-            instance, allocation_from(data, moved, point.x), lambda_ef=1.0, lambda_prop=1.0,
-        ).agents.values())
+        kept = sum(max(0.0, -s) for s in _slacks_at_one(
+            instance, allocation_from(data, moved, point.x)))
         assert upper[k] == pytest.approx(kept, abs=1e-6), k
         after = search.solve(moved, None, fresh=True).violation
         assert lower[k] - 1e-6 <= after <= upper[k] + 1e-6, (k, lower[k], after, upper[k])
@@ -377,9 +401,9 @@ def test_reweighting_leaves_fewer_agents_failing(
     instance = cluster_instance(tenants, gpus, seed)
 
     def failing() -> int:
-        division = divide(instance, SolveOptions(time_limit_s=20.0))
+        division = _searched(instance, SolveOptions(time_limit_s=20.0))
         assert_honest(instance, division)
-        return sum(1 for a in division.certificate.agents.values() if not a.holds)
+        return division.certificate.violations
 
     with_reweighting = failing()
     monkeypatch.setattr(share_lp, "CONCENTRATE_ROUNDS", 0)

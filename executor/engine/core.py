@@ -1,0 +1,138 @@
+"""The engine's request surface: admit before the body, queue a parsed query, count outcomes.
+
+:class:`EngineCore` is what every front talks to, in the same process (the daemon's in-process
+app, :func:`executor.daemon.create_app`) or from a front process over a link
+(:mod:`executor.engine.server`). It owns the node's :class:`~executor.scheduling.NodeRuntime`
+(devices, session groups, the fair scheduler) and the metrics, and turns a request into three
+calls, in the order the daemon makes them (docs/executor.md, "Admission control"):
+
+1. :meth:`admit` — on arrival, from the route alone: the replica that will serve the query
+   (routed once), checked for a one-candidate query; an :class:`Admission` that tells the
+   front the model's schema (to parse the body), its tenant and its share (to read the body
+   in its tenant's turn). Raises the scheduling errors (Overloaded: 429 before the body).
+2. :meth:`submit` — the parsed query, on the same replica; a future of its scores.
+3. :meth:`abandon` — a query that ends at the front (a malformed body: counted as invalid).
+
+Every outcome is counted here, once, wherever the front runs.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from executor.engine.answers import answer_of
+from executor.features import Query
+from executor.metrics import ExecutorMetrics
+from executor.models.schema import ModelSchema
+from executor.scheduling import (
+    ModelUnavailable,
+    NodeRuntime,
+    Overloaded,
+    SchedulingError,
+    SessionGroup,
+)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A request let in before its body is read: the replica it goes to and what the front
+    needs to read and parse its body."""
+
+    group: SessionGroup  # the replica that will get the query
+    arrival: float  # time.monotonic() on arrival (one clock for every process of the node)
+    deadline: float  # by when the scheduler answers it at the latest (it drops it then)
+
+    @property
+    def schema(self) -> ModelSchema:
+        schema: ModelSchema = self.group.model.schema
+        return schema
+
+    @property
+    def tenant(self) -> str:
+        return self.group.tenant
+
+    @property
+    def share(self) -> float:
+        """Sessions the replica can count on: its weight in the fronts' read queues."""
+        device = self.group.device
+        return device.sessions_for(self.group) if device else float(self.group.own_sessions)
+
+
+class EngineCore:
+    """The runtime and its metrics behind one request surface (see the module docstring)."""
+
+    def __init__(self, runtime: NodeRuntime, metrics: ExecutorMetrics | None = None) -> None:
+        self.runtime = runtime
+        self.metrics = metrics or ExecutorMetrics(runtime)
+
+    def admit(self, model: str, arrival: float) -> Admission:
+        """Route on arrival and check a one-candidate query; raise UnknownModel,
+        ModelUnavailable or Overloaded (counted as rejected)."""
+        group = self.runtime.route(model)
+        try:
+            self.runtime.check(group, arrival)
+        except Overloaded:
+            self._observe(group, "rejected", None)
+            raise
+        expiry = group.sla_s * self.runtime.config.expire_after_sla
+        return Admission(group, arrival, arrival + expiry)
+
+    def submit(self, admission: Admission, query: Query) -> Future[np.ndarray]:
+        """Queue the query on its admitted replica (a plan swap may hand it on); the future's
+        outcome is counted when it resolves. Raises Overloaded (counted) or GroupClosed."""
+        try:
+            pending = self.runtime.submit_to(admission.group, query, admission.arrival)
+        except SchedulingError as exc:
+            outcome = answer_of(exc)[1]
+            if outcome is not None:
+                self._observe(admission.group, outcome, None)
+            raise
+        group, arrival = pending.group, admission.arrival
+
+        def count(future: Future[np.ndarray]) -> None:
+            error = future.exception()
+            if error is None:
+                self._observe(group, "ok", time.monotonic() - arrival)
+            elif isinstance(error, SchedulingError):
+                outcome = answer_of(error)[1]
+                if outcome is not None:
+                    self._observe(group, outcome, None)
+
+        pending.future.add_done_callback(count)
+        return pending.future
+
+    def abandon(self, admission: Admission, outcome: str | None) -> None:
+        """Count a query that ended at the front (``invalid``: its body was malformed; None:
+        not counted, e.g. a body over the size limit)."""
+        if outcome is not None:
+            self._observe(admission.group, outcome, None)
+
+    def health(self) -> dict[str, Any] | None:
+        """The ``/healthz`` document, or None before the first plan."""
+        deployment = self.runtime.deployment
+        if deployment is None:
+            return None
+        return {
+            "status": "serving",
+            "node": deployment.plan.node,
+            "plan_version": deployment.plan.version,
+            "models": sorted(deployment.routes),
+            "broken": deployment.broken,
+        }
+
+    def model(self, model: str) -> tuple[ModelSchema, str, int]:
+        """A served model's schema, its id and the plan version; raise UnknownModel, ..."""
+        group = self.runtime.group(model)
+        version = self.runtime.plan_version
+        if version is None:
+            raise ModelUnavailable("no plan is loaded on this node yet")
+        return group.model.schema, group.model_id, version
+
+    def _observe(self, group: SessionGroup, outcome: str, latency_s: float | None) -> None:
+        self.metrics.observe(group.tenant, group.model_id, outcome, latency_s, group.sla_s)
+

@@ -1,0 +1,200 @@
+"""The engine's side of the fronts: it starts the front processes and serves their links.
+
+:class:`Fronts` binds the daemon's listening socket once and starts ``count`` front processes
+(``multiprocessing`` spawn: a fresh interpreter that never imports torch) that all accept on
+it, so the kernel spreads connections over them. Each front gets a link (a socket pair) and a
+shared-memory buffer (a ``memfd`` of :data:`BUFFER_BYTES`, sent over the link); one
+:class:`FrontLink` thread per front serves its messages on the
+:class:`~executor.engine.core.EngineCore` (:mod:`executor.engine.link` describes them). A front
+that exits unexpectedly is logged and started again.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import multiprocessing
+import os
+import socket
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from executor.codec import query_from_checked_tensors
+from executor.engine import link
+from executor.engine.core import Admission, EngineCore
+from executor.front.process import FrontOptions, run_front
+from executor.scheduling import SchedulingError
+
+log = logging.getLogger(__name__)
+
+# Each front's shared buffer. Only the pages queries touch are ever allocated; a front refuses
+# a query (429) when its queries in flight fill it.
+BUFFER_BYTES = 256 * 2**20
+
+
+class FrontLink(threading.Thread):
+    """Serves one front's messages on the engine until the front closes its link."""
+
+    def __init__(self, core: EngineCore, sock: socket.socket, buffer: mmap.mmap, name: str):
+        super().__init__(name=f"link-{name}", daemon=True)
+        self._core = core
+        self._sock = sock
+        self._view = memoryview(buffer)
+        self._buffer = buffer
+        self._send_lock = threading.Lock()
+        self._admitted: dict[int, Admission] = {}
+        self._schemas_sent: set[str] = set()  # schema keys this front has been told
+
+    def run(self) -> None:
+        try:
+            while True:
+                header, _ = link.receive(self._sock)
+                self._handle(header)
+        except (link.LinkClosed, OSError):
+            pass
+        except Exception:  # a bug must not pass silently; the front sees the link close
+            log.exception("link to %s failed", self.name)
+        finally:
+            self._admitted.clear()
+            self._sock.close()
+
+    def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        with self._send_lock:
+            try:
+                self._sock.sendall(link.frame(header, payload))
+            except OSError:  # the front is gone: its requests died with it
+                pass
+
+    def _handle(self, header: dict[str, Any]) -> None:
+        op, key = header["op"], int(header.get("id", -1))
+        core = self._core
+        try:
+            if op == "admit":
+                admission = core.admit(header["model"], float(header["arrival"]))
+                self._admitted[key] = admission
+                self._send(self._admission(key, admission))
+            elif op == "submit":
+                admission = self._admitted.pop(key)
+                query = query_from_checked_tensors(link.read_tensors(self._view, header["layout"]))
+                future = core.submit(admission, query)
+                future.add_done_callback(lambda f: self._answer(key, f))
+            elif op == "abandon":
+                admission = self._admitted.pop(key)
+                core.abandon(admission, header.get("outcome"))
+            elif op == "health":
+                self._send({"id": key, "health": core.health()})
+            elif op == "metrics":
+                self._send({"id": key}, core.metrics.render())
+            elif op == "model":
+                schema, model_id, version = core.model(header["model"])
+                self._send(
+                    {"id": key, "schema": schema.to_dict(), "model_id": model_id,
+                     "version": version}
+                )  # fmt: skip
+            else:
+                raise ValueError(f"unknown operation {op!r}")
+        except (SchedulingError, ValueError) as exc:
+            self._send({"id": key, "error": link.error_to_dict(exc)})
+
+    def _admission(self, key: int, admission: Admission) -> dict[str, Any]:
+        group = admission.group
+        schema_key = f"{group.model_id}:{group.seat.replica.artifact if group.seat.replica else ''}"
+        reply: dict[str, Any] = {
+            "id": key,
+            "model_id": group.model_id,
+            "tenant": admission.tenant,
+            "share": admission.share,
+            "deadline": admission.deadline,
+            "schema_key": schema_key,
+        }
+        if schema_key not in self._schemas_sent:
+            self._schemas_sent.add(schema_key)
+            reply["schema"] = admission.schema.to_dict()
+        return reply
+
+    def _answer(self, key: int, future: Future[np.ndarray]) -> None:
+        error = future.exception()
+        if error is None:
+            scores = np.ascontiguousarray(future.result(), dtype="<f4")
+            self._send({"id": key}, scores.tobytes())
+        elif isinstance(error, Exception):
+            self._send({"id": key, "error": link.error_to_dict(error)})
+
+
+@dataclass
+class _Front:
+    process: multiprocessing.process.BaseProcess
+    link: FrontLink
+    buffer: mmap.mmap
+
+
+class Fronts:
+    """The front processes of one daemon, on one listening socket (see the module docstring)."""
+
+    def __init__(
+        self, core: EngineCore, *, host: str, port: int, count: int, options: FrontOptions
+    ) -> None:
+        if count < 1:
+            raise ValueError(f"fronts must be >= 1, got {count}")
+        self._core = core
+        self._count = count
+        self._options = options
+        self._listener = socket.create_server((host, port), backlog=4096)
+        self.port = int(self._listener.getsockname()[1])
+        self._context = multiprocessing.get_context("spawn")
+        self._fronts: list[_Front] = []
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        self._fronts = [self._spawn(index) for index in range(self._count)]
+
+    def _spawn(self, index: int) -> _Front:
+        engine_end, front_end = socket.socketpair()
+        fd = os.memfd_create(f"gpufair-front-{index}")
+        try:
+            os.ftruncate(fd, BUFFER_BYTES)
+            buffer = mmap.mmap(fd, BUFFER_BYTES)
+            process = self._context.Process(
+                target=run_front,
+                args=(index, self._listener, front_end, self._options),
+                name=f"gpufair-front-{index}",
+            )
+            process.start()
+            front_end.close()
+            socket.send_fds(engine_end, [link.frame({"buffer_bytes": BUFFER_BYTES})], [fd])
+        finally:
+            os.close(fd)
+        front_link = FrontLink(self._core, engine_end, buffer, f"front-{index}")
+        front_link.start()
+        log.info("front %d started (pid %s)", index, process.pid)
+        return _Front(process, front_link, buffer)
+
+    def watch(self, stop: threading.Event, every_s: float = 1.0) -> None:
+        """Until ``stop`` is set: start again any front that exited."""
+        while not stop.wait(every_s):
+            for index, front in enumerate(self._fronts):
+                if not front.process.is_alive() and not stop.is_set():
+                    log.error(
+                        "front %d exited with %s; starting it again", index, front.process.exitcode
+                    )
+                    self._fronts[index] = self._spawn(index)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the fronts (SIGTERM: uvicorn ends its requests in progress), then the links."""
+        for front in self._fronts:
+            if front.process.is_alive():
+                front.process.terminate()
+        end = time.monotonic() + timeout_s
+        for front in self._fronts:
+            front.process.join(max(end - time.monotonic(), 0.1))
+            if front.process.is_alive():
+                front.process.kill()
+                front.process.join()
+        for front in self._fronts:
+            front.link.join(timeout=1.0)
+        self._listener.close()

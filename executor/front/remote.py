@@ -1,0 +1,180 @@
+"""The engine in another process, over a link: a front process's :class:`RemoteEngine`.
+
+Requests are multiplexed on the front's one link (:mod:`executor.engine.link`): each call
+sends a message with a fresh id and awaits the reply with that id, which one reader task
+hands out. A query's tensors are written into the front's shared buffer, whose space
+:class:`Arena` gives out and takes back when the query's reply has come (the engine has
+copied them by then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import logging
+import mmap
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from executor import codec
+from executor.engine import link
+from executor.features import Query
+from executor.front.engine import ModelInfo, Ticket
+from executor.front.local import wait_for_scores
+from executor.models.schema import ModelSchema
+from executor.scheduling.errors import ModelUnavailable, Overloaded
+
+log = logging.getLogger(__name__)
+
+
+class Arena:
+    """First-fit allocation of a buffer's bytes, with free neighbours merged."""
+
+    def __init__(self, size: int) -> None:
+        self._free: list[tuple[int, int]] = [(0, size)]  # (offset, size), by offset
+        self._used: dict[int, int] = {}
+
+    def allocate(self, size: int) -> int | None:
+        """The offset of ``size`` free bytes, or None when no free block is that large."""
+        for k, (offset, length) in enumerate(self._free):
+            if length >= size:
+                if length == size:
+                    del self._free[k]
+                else:
+                    self._free[k] = (offset + size, length - size)
+                self._used[offset] = size
+                return offset
+        return None
+
+    def release(self, offset: int) -> None:
+        size = self._used.pop(offset)
+        k = bisect.bisect(self._free, (offset, 0))
+        if k < len(self._free) and offset + size == self._free[k][0]:  # merge the next block
+            size += self._free.pop(k)[1]
+        if k > 0 and self._free[k - 1][0] + self._free[k - 1][1] == offset:  # and the previous
+            offset, previous = self._free.pop(k - 1)
+            size += previous
+            k -= 1
+        self._free.insert(k, (offset, size))
+
+    @property
+    def used(self) -> int:
+        return sum(self._used.values())
+
+
+class RemoteEngine:
+    """:class:`~executor.front.engine.Engine` over a link to the engine process."""
+
+    def __init__(
+        self, sock: socket.socket, buffer: mmap.mmap, on_close: Callable[[], None]
+    ) -> None:
+        self._sock = sock
+        self._view = memoryview(buffer)
+        self._arena = Arena(len(buffer))
+        self._on_close = on_close
+        self._ids = itertools.count()
+        self._waiting: dict[int, asyncio.Future[link.Message]] = {}
+        self._held: dict[int, int] = {}  # request id -> its tensors' offset in the buffer
+        self._schemas: dict[str, ModelSchema] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        reader, self._writer = await asyncio.open_connection(sock=self._sock)
+        self._reader_task = asyncio.create_task(self._read_replies(reader))
+
+    async def stop(self) -> None:
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+        if self._writer is not None:
+            self._writer.close()
+
+    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                header, payload = await link.read(reader)
+                key = int(header.get("id", -1))
+                offset = self._held.pop(key, None)
+                if offset is not None:
+                    self._arena.release(offset)
+                waiting = self._waiting.pop(key, None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result((header, payload))
+        except link.LinkClosed:
+            log.error("the engine closed this front's link; the front stops")
+        finally:
+            error = ModelUnavailable("the engine is not running")
+            for waiting in self._waiting.values():
+                if not waiting.done():
+                    waiting.set_exception(error)
+            self._waiting.clear()
+            self._on_close()
+
+    def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        if self._writer is None or self._writer.is_closing():
+            raise ModelUnavailable("the engine is not running")
+        self._writer.write(link.frame(header, payload))
+
+    def _call(self, header: dict[str, Any]) -> asyncio.Future[link.Message]:
+        """Send a message and return the future of its reply."""
+        key = header.setdefault("id", next(self._ids))
+        future: asyncio.Future[link.Message] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = future
+        self._send(header)
+        return future
+
+    @staticmethod
+    def _raise_error(header: dict[str, Any]) -> None:
+        if "error" in header:
+            raise link.error_from_dict(header["error"])
+
+    async def admit(self, model: str, arrival: float) -> Ticket:
+        header, _ = await self._call({"op": "admit", "model": model, "arrival": arrival})
+        self._raise_error(header)
+        schema_key = header["schema_key"]
+        if "schema" in header:
+            self._schemas[schema_key] = ModelSchema.from_dict(header["schema"])
+        return Ticket(
+            key=header["id"],
+            model_id=header["model_id"],
+            tenant=header["tenant"],
+            schema=self._schemas[schema_key],
+            share=float(header["share"]),
+            deadline=float(header["deadline"]),
+        )
+
+    async def infer(self, ticket: Ticket, query: Query) -> np.ndarray:
+        arrays = codec.query_to_tensors(query)
+        offset = self._arena.allocate(link.tensors_size(arrays))
+        if offset is None:
+            self.abandon(ticket, "rejected")
+            raise Overloaded("this front's shared buffer is full of queries in flight", 1.0)
+        layout = link.write_tensors(self._view, offset, arrays)
+        self._held[ticket.key] = offset  # released when the reply comes, however late
+        reply = self._call({"op": "submit", "id": ticket.key, "layout": layout})
+        header, payload = await wait_for_scores(reply, ticket)
+        self._raise_error(header)
+        return np.frombuffer(payload, dtype="<f4")
+
+    def abandon(self, ticket: Ticket, outcome: str | None) -> None:
+        self._send({"op": "abandon", "id": ticket.key, "outcome": outcome})
+
+    async def health(self) -> dict[str, Any] | None:
+        header, _ = await self._call({"op": "health"})
+        health: dict[str, Any] | None = header["health"]
+        return health
+
+    async def model(self, model: str) -> ModelInfo:
+        header, _ = await self._call({"op": "model", "model": model})
+        self._raise_error(header)
+        return ModelInfo(
+            header["model_id"], ModelSchema.from_dict(header["schema"]), int(header["version"])
+        )
+
+    async def metrics(self) -> bytes:
+        _, payload = await self._call({"op": "metrics"})
+        return payload

@@ -1,0 +1,100 @@
+"""A stuck database never stalls the API: requests that need it get 503 with Retry-After within
+``settings.database.wait_timeout_s``, and liveness, which needs no database, still answers.
+
+The database is made stuck for real, on both backends, by a transaction of the test's own that
+holds what every write to a tenant needs (SQLite's write lock; PostgreSQL's lock on the table),
+against a real uvicorn serving the app with two request slots.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import httpx
+import sqlalchemy
+
+from api.app import create_app
+from gpufair.compose import api_config
+from tests.api.conftest import ADMIN_TOKEN, make_settings
+from tests.servers import BackgroundServer
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+WAIT_S = 0.5
+SLOTS = 2
+WRITERS = 6  # more than the slots: some wait for a slot, some for the lock
+
+
+@contextmanager
+def stuck(db_url: str) -> Iterator[None]:
+    """Hold, until the end of the block, what every write to ``tenants`` must wait for."""
+    if db_url.startswith("sqlite"):
+        writer = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+        return
+    engine = sqlalchemy.create_engine(db_url)
+    with engine.connect() as connection:
+        connection.exec_driver_sql("LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            connection.rollback()
+    engine.dispose()
+
+
+def test_stuck_database_gives_503_with_retry_after_and_liveness_answers(db_url: str) -> None:
+    settings = make_settings(db_url, database={"pool_size": SLOTS, "wait_timeout_s": WAIT_S})
+    with (
+        BackgroundServer(create_app(api_config(settings))) as server,
+        httpx.Client(base_url=server.url, headers=ADMIN, timeout=20) as client,
+    ):
+        tenant = client.post("/v1/tenants", json={"name": "ads"}).json()
+        url = f"/v1/tenants/{tenant['id']}"
+        etag = client.get(url).headers["ETag"]
+
+        def patch(weight: int) -> httpx.Response:
+            with httpx.Client(base_url=server.url, headers=ADMIN, timeout=20) as own:
+                return own.patch(url, json={"weight": weight}, headers={"If-Match": etag})
+
+        with stuck(db_url), ThreadPoolExecutor(WRITERS) as pool:
+            replies = list(pool.map(patch, range(2, WRITERS + 2)))
+            assert client.get("/healthz").status_code == 200
+        assert [r.status_code for r in replies] == [503] * WRITERS, [r.text for r in replies]
+        for reply in replies:
+            assert reply.json()["error"]["code"] == "unavailable"
+            assert int(reply.headers["Retry-After"]) >= 1
+        # Nothing was written, and the database serves again once released.
+        assert client.get(url).json()["revision"] == tenant["revision"]
+        assert client.patch(url, json={"weight": 3}, headers={"If-Match": etag}).status_code == 200
+        assert client.get("/readyz").json()["status"] == "ok"
+
+
+def test_liveness_and_readiness(db_url: str) -> None:
+    settings = make_settings(db_url, database={"pool_size": 1, "wait_timeout_s": WAIT_S})
+    with (
+        BackgroundServer(create_app(api_config(settings))) as server,
+        httpx.Client(base_url=server.url, timeout=20) as client,
+    ):
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz").json()
+        assert ready["status"] == "ok" and ready["schema_revision"] is not None
+    # A database that is gone: the process is alive, not ready.
+    settings = make_settings(
+        "postgresql+psycopg://nobody@127.0.0.1:9/none",
+        database={"pool_size": 1, "wait_timeout_s": WAIT_S},
+    )
+    with (
+        BackgroundServer(create_app(api_config(settings))) as server,
+        httpx.Client(base_url=server.url, timeout=20) as client,
+    ):
+        assert client.get("/healthz").status_code == 200
+        reply = client.get("/readyz")
+        assert reply.status_code == 503 and "Retry-After" in reply.headers
+        assert reply.json()["error"]["code"] == "unavailable"

@@ -1,0 +1,133 @@
+"""The HTTP benchmark: its load client, its accounting of misses, and a quick run end to end.
+
+The load client runs against the echo peer (a real server in a process of its own); the quick
+run starts the real daemon and the naive FastAPI peer and drives them over loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.http import summarize
+from bench.loadclient import LoadClient, Stream, TrialSpec, encode_query, schedule
+from executor import codec
+from executor.fake import FAKE_SCHEMA
+from gpufair.servers import ChildServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_refused_or_failed_query_is_a_miss() -> None:
+    latencies = [0.010] * 97 + [math.nan, math.inf, 0.020]
+    trial = summarize(50.0, latencies, sla_s=0.05, client_cpu=0.1)
+    assert (trial.queries, trial.answered, trial.refused, trial.failed) == (100, 98, 1, 1)
+    assert trial.attainment == pytest.approx(0.98)
+    assert not trial.ok and math.isinf(trial.p99_ms)  # two misses in 100: p99 is a miss
+    assert summarize(50.0, [0.010] * 99 + [math.nan], 0.05, 0.0).ok  # one in 100 is not
+
+
+def test_the_wire_body_is_the_daemons() -> None:
+    query = FAKE_SCHEMA.random_query(np.random.default_rng(3), 17)
+    content_type, body = encode_query(query)
+    assert content_type == "application/x-npz"
+    parsed = codec.parse_query_npz(FAKE_SCHEMA, body)
+    np.testing.assert_array_equal(parsed.candidate_dense, query.candidate_dense)
+    for feature, ids in query.candidate_sparse.items():
+        np.testing.assert_array_equal(parsed.candidate_sparse[feature], ids)
+
+
+def test_two_client_processes_send_one_open_loop_schedule_between_them(tmp_path: Path) -> None:
+    echo = ChildServer(
+        "echo",
+        [],
+        log_path=tmp_path / "echo.log",
+        command=[sys.executable, "-m", "bench.peers.echo"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    with echo, LoadClient(FAKE_SCHEMA, seed=1, processes=2) as client:
+        echo.wait_healthy(30)
+        url = f"{echo.url}/v1/models/m/infer"
+        spec = TrialSpec((Stream(url, 60.0, 0), Stream(url, 20.0, 1)), 1.0, 5, timeout_s=5.0)
+        result = client.run(spec)
+    planned = [len(schedule(s.rate, spec.seconds, spec.seed, s.salt)) for s in spec.streams]
+    assert [len(lat) for lat in result.latencies] == planned == [60, 20]
+    # Every arrival was sent by exactly one of the processes, and answered.
+    assert [sorted(s) for s in result.sent] == [list(range(n)) for n in planned]
+    assert result.statuses == {200: 80}
+    assert all(0 < x < 5.0 for lat in result.latencies for x in lat)
+    assert result.client_cpu_s > 0 and result.wall_s >= 0.9
+
+
+def test_bad_flags_are_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gpufair.cli", "bench", "serve", "--http", "--systems", "triton"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "gpufair bench serve --http: --systems: unknown triton; choose of gpufair, "
+        "gpufair-inprocess, naive, ray"
+    ]
+
+
+def test_the_in_process_ceiling_is_refused_on_cuda() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gpufair.cli", "bench", "serve", "--http", "--device", "cuda",
+         "--systems", "gpufair,gpufair-inprocess"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "gpufair bench serve --http: --systems: gpufair-inprocess runs on the CPU only"
+    )
+
+
+@pytest.mark.slow
+def test_a_quick_run_measures_the_daemon_and_the_naive_server_over_http(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gpufair.cli", "bench", "serve", "--http", "--quick",
+         "--systems", "gpufair,naive", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=400,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((tmp_path / "serve-http-quick.json").read_text())
+    tput = data["throughput"]
+    assert set(tput["throughput_qps"]) == {"gpufair", "naive"}
+    for name, searches in tput["searches"].items():
+        assert len(searches) == 1 and searches[0]["trials"], name
+        assert all(t["client_cpu"] >= 0 for t in searches[0]["trials"])
+    iso = data["isolation"]["runs"]["gpufair"][0]
+    assert iso["calm"]["queries"] > 0 and iso["flood"]["queries"] > iso["calm"]["queries"]
+    assert data["client_check"]["queries"] > 0
+    markdown = (tmp_path / "serve-http-quick.md").read_text()
+    assert "| gpufair |" in markdown and "| naive |" in markdown and "Client check" in markdown
+    assert (tmp_path / "serve-http-quick.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
+    """bench/gpu/run.sh with --device cpu: the same steps as on a GPU machine, only the device
+    differs (and --quick keeps it short)."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu" / "run.sh"), "--device", "cpu", "--quick",
+         "--streams", "2", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=500,
+        env={**os.environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    report = (tmp_path / "serve-gpu.md").read_text()
+    assert "| gpufair-1 |" in report and "| gpufair-2 |" in report and "| naive |" in report
+    assert "## The GPU check" in report and "Device: CPU" in report
+    assert "pytest -m gpu" in report and "skipped" in report  # no CUDA here

@@ -1,0 +1,240 @@
+"""The Open Inference Protocol: its tensors both ways (JSON and binary, zero-copy), the query's
+tensors, and ``tritonclient.http`` — a client no one here wrote — against a real
+``gpufair executor`` process, binary and JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from executor import codec
+from executor.features import Batch, Query
+from executor.runtime import load_model
+from executor.wire import oip
+from gpufair.servers import ChildServer
+from tests.executor.scheduling_helpers import plan, queries, seat
+
+ZOO = "zoo:rmc2?scale=0.001&seed=3&user_tables=28"
+START_S = 120.0  # a daemon's start: torch import and a model load on a busy 2-core machine
+
+
+def random_tensors(seed: int) -> dict[str, np.ndarray]:
+    """One tensor of every datatype, of random shapes (some empty)."""
+    rng = np.random.default_rng(seed)
+    tensors: dict[str, np.ndarray] = {}
+    for k, (name, dtype) in enumerate(oip.DATATYPES.items()):
+        shape = tuple(int(d) for d in rng.integers(0, 4, size=int(rng.integers(0, 4))))
+        values = rng.integers(0, 100, size=shape) if dtype.kind != "f" else rng.random(shape)
+        tensors[f"t{k}-{name}"] = np.asarray(values).astype(dtype)
+    return tensors
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("binary", [True, False])
+def test_tensors_decode_to_what_was_encoded(seed: int, binary: bool) -> None:
+    tensors = random_tensors(seed)
+    body, header_length = oip.encode_request(tensors, binary=binary, request_id=f"q{seed}")
+    assert (header_length is None) == (not binary)
+    request = oip.decode_request(body, header_length)
+    assert request.id == f"q{seed}" and request.binary_output
+    assert list(request.inputs) == list(tensors)
+    for name, array in tensors.items():
+        decoded = request.inputs[name]
+        assert decoded.dtype == array.dtype and decoded.shape == array.shape, name
+        np.testing.assert_array_equal(decoded, array)
+
+
+def test_binary_tensors_are_views_of_the_body() -> None:
+    tensors: dict[str, np.ndarray] = {
+        "a": np.arange(12, dtype=np.int64).reshape(3, 4),
+        "b": np.ones(5, np.float32),
+    }
+    body, header_length = oip.encode_request(tensors)
+    whole = np.frombuffer(body, np.uint8)
+    request = oip.decode_request(body, header_length)
+    for name in tensors:
+        assert np.shares_memory(request.inputs[name], whole), name
+
+
+def test_a_reply_reads_back_binary_and_json() -> None:
+    scores = np.linspace(-1, 1, 7, dtype=np.float32)
+    for binary in (True, False):
+        body, header_length = oip.encode_reply(
+            "m", {"scores": scores}, request_id="7", binary=binary
+        )
+        assert json.loads(body[:header_length])["id"] == "7"
+        np.testing.assert_array_equal(oip.decode_reply(body, header_length)["scores"], scores)
+
+
+def _binary_request(tensors: dict[str, np.ndarray]) -> tuple[dict, bytes]:
+    body, header_length = oip.encode_request(tensors)
+    assert header_length is not None
+    return json.loads(body[:header_length]), body[header_length:]
+
+
+def _reencode(doc: dict, tail: bytes) -> tuple[bytes, int]:
+    header = json.dumps(doc).encode()
+    return header + tail, len(header)
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda doc, tail: (doc, tail[:-1]), "inputs[b]: body ends"),
+        (lambda doc, tail: (doc, tail + b"x"), "1 bytes after the last binary tensor"),
+        (lambda doc, tail: ({**doc, "inputs": {}}, tail), "inputs: expected a list"),
+        (lambda doc, tail: (_with(doc, 0, datatype="BYTES"), tail), "inputs[a].datatype"),
+        (lambda doc, tail: (_with(doc, 0, shape=[3, -4]), tail), "inputs[a].shape"),
+        (lambda doc, tail: (_with(doc, 0, shape=[2, 4]), tail), "inputs[a]: binary_data_size"),
+        (lambda doc, tail: (_with(doc, 1, name="a"), tail), "inputs[a]: given twice"),
+        (lambda doc, tail: ({**doc, "id": 3}, tail), "id: expected a string"),
+    ],
+)
+def test_a_malformed_request_names_the_field(change, needle) -> None:  # noqa: ANN001
+    tensors: dict[str, np.ndarray] = {
+        "a": np.arange(12, dtype=np.int64).reshape(3, 4),
+        "b": np.ones(5, np.float32),
+    }
+    body, header_length = _reencode(*change(*_binary_request(tensors)))
+    with pytest.raises(oip.TensorError) as caught:
+        oip.decode_request(body, header_length)
+    assert needle in str(caught.value)
+
+
+def _with(doc: dict, index: int, **fields: object) -> dict:
+    inputs = [dict(entry) for entry in doc["inputs"]]
+    inputs[index].update(fields)
+    return {**doc, "inputs": inputs}
+
+
+def test_json_tensors_refuse_what_does_not_fit_their_datatype() -> None:
+    cases = [
+        ({"name": "x", "datatype": "INT64", "shape": [2], "data": [1.5, 2]}, "integers"),
+        ({"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2]}, "2 values for"),
+        ({"name": "x", "datatype": "FP32", "shape": [2], "data": ["a", "b"]}, "numbers"),
+        ({"name": "x", "datatype": "FP32", "shape": [2]}, "data: expected a list"),
+    ]
+    for entry, needle in cases:
+        with pytest.raises(oip.TensorError) as caught:
+            oip.decode_request(json.dumps({"inputs": [entry]}).encode(), None)
+        assert needle in str(caught.value), entry
+    with pytest.raises(oip.TensorError, match="not within the body"):
+        oip.decode_request(b"{}", 3)
+
+
+@pytest.fixture(scope="module")
+def zoo_model():
+    return load_model(ZOO)
+
+
+def test_a_query_travels_as_tensors_and_back(zoo_model) -> None:
+    schema = zoo_model.schema
+    for query in queries(schema, [1, 33], seed=40):
+        for binary in (True, False):
+            body, header_length = codec.query_to_oip(query, binary=binary)
+            parsed, request = codec.parse_query_oip(schema, body, header_length)
+            assert request.binary_output == binary
+            _assert_same_query(parsed, query)
+    npz = codec.parse_query_npz(schema, codec.query_to_npz(query))
+    _assert_same_query(npz, query)
+
+
+def test_a_query_with_a_wrong_tensor_is_refused_naming_it(zoo_model) -> None:
+    schema = zoo_model.schema
+    query = queries(schema, [4], seed=41)[0]
+    tensors = codec.query_to_tensors(query)
+    feature = next(iter(query.candidate_sparse))
+    bad_ids = {
+        **tensors,
+        codec.CANDIDATE_SPARSE + feature: tensors[codec.CANDIDATE_SPARSE + feature] + 10**9,
+    }
+    no_user = {k: v for k, v in tensors.items() if k != codec.USER_DENSE}
+    extra = {**tensors, "bogus": np.zeros(1, np.float32)}
+    as_floats = {
+        **tensors,
+        codec.USER_SPARSE + next(iter(query.user_sparse)): np.zeros(
+            len(next(iter(query.user_sparse.values()))), np.float32
+        ),
+    }
+    for arrays, needle in [
+        (bad_ids, feature),
+        (no_user, "user_dense: missing"),
+        (extra, "'bogus'"),
+        (as_floats, "expected integer ids"),
+    ]:
+        body, header_length = oip.encode_request(arrays)
+        with pytest.raises(codec.QueryError) as caught:
+            codec.parse_query_oip(schema, body, header_length)
+        assert needle in str(caught.value)
+
+
+def test_the_metadata_names_every_tensor_a_query_carries(zoo_model) -> None:
+    schema = zoo_model.schema
+    inputs, outputs = codec.tensor_metadata(schema)
+    query = queries(schema, [6], seed=42)[0]
+    tensors = codec.query_to_tensors(query)
+    assert {i["name"] for i in inputs} == set(tensors)
+    for entry in inputs:
+        array = tensors[entry["name"]]
+        assert entry["datatype"] == oip.datatype_of(array)
+        assert [len(array) if d == -1 else d for d in entry["shape"]] == list(array.shape)
+    assert outputs == [{"name": "scores", "datatype": "FP32", "shape": [-1]}]
+
+
+def _assert_same_query(parsed: Query, query: Query) -> None:
+    np.testing.assert_array_equal(parsed.user_dense, query.user_dense)
+    np.testing.assert_array_equal(parsed.candidate_dense, query.candidate_dense)
+    for side_parsed, side in (
+        (parsed.user_sparse, query.user_sparse),
+        (parsed.candidate_sparse, query.candidate_sparse),
+    ):
+        assert side_parsed.keys() == side.keys()
+        for f in side:
+            np.testing.assert_array_equal(side_parsed[f], side[f])
+
+
+# -- tritonclient.http against the daemon as a process -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChildServer]:
+    folder: Path = tmp_path_factory.mktemp("oip")
+    plan_path = folder / "plan.json"
+    node_plan = plan([seat(0, "rank", artifact=ZOO, tenant="ads", sla_ms=5000)])
+    plan_path.write_text(json.dumps(node_plan.to_dict()))
+    args = ["executor", "--plan", str(plan_path), "--device", "cpu", "--host", "127.0.0.1"]
+    with ChildServer("gpufair executor", args, log_path=folder / "daemon.log") as child:
+        child.wait_healthy(START_S)
+        yield child
+
+
+@pytest.mark.slow
+def test_tritonclient_runs_inferences_against_the_daemon(daemon, zoo_model) -> None:
+    httpclient = pytest.importorskip("tritonclient.http")
+    client = httpclient.InferenceServerClient(url=daemon.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("rank") and not client.is_model_ready("absent")
+    metadata = client.get_model_metadata("rank")
+    assert metadata["name"] == "rank"
+    assert metadata["inputs"] == codec.tensor_metadata(zoo_model.schema)[0]
+    session = zoo_model.session()
+    for k, query in enumerate(queries(zoo_model.schema, [1, 50, 300], seed=43)):
+        expected = session.run(Batch.of([query]))
+        for binary in (True, False):
+            inputs = []
+            for name, array in codec.query_to_tensors(query).items():
+                tensor = httpclient.InferInput(name, list(array.shape), oip.datatype_of(array))
+                tensor.set_data_from_numpy(array, binary_data=binary)
+                inputs.append(tensor)
+            outputs = [httpclient.InferRequestedOutput("scores", binary_data=binary)]
+            result = client.infer("rank", inputs, outputs=outputs, request_id=f"q{k}")
+            assert result.get_response()["id"] == f"q{k}"
+            np.testing.assert_allclose(result.as_numpy("scores"), expected, atol=1e-5)
+    with pytest.raises(Exception, match="not served") as caught:  # the protocol's error body
+        client.infer("absent", inputs)
+    assert type(caught.value).__name__ == "InferenceServerException"
+    client.close()
