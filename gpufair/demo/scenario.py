@@ -26,6 +26,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from allocator.criteria import CRITERIA
+from allocator.objectives import OBJECTIVES
 from gpufair.loadgen import QUERY_SIZES
 
 MEAN_CANDIDATES = sum(QUERY_SIZES) / len(QUERY_SIZES)
@@ -135,6 +136,8 @@ class Scenario(_Strict):
             raise ValueError(f"flood_tenant {self.flood_tenant!r} is not a tenant")
         if len({n.name for n in self.nodes}) != len(self.nodes):
             raise ValueError("node names must be unique")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         return self
 
     def tenant(self, name: str) -> Tenant:
