@@ -21,7 +21,7 @@ from api.db import Database, PoolLimits
 from api.errors import SchemaNotReady, install_error_handlers
 from api.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import allocations, dashboard, health, models, nodes, sla, tenants
+from api.routes import allocations, dashboard, docs, health, models, nodes, sla, tenants
 from api.scheduler import SolveScheduler
 from api.services.plans import PlanNotifier
 from api.state import AppState
@@ -58,6 +58,9 @@ def create_app(config: ApiConfig) -> FastAPI:
         "streams. Admin routes take the admin token, tenant routes a tenant API key, node "
         "routes a node token, each as `Authorization: Bearer ...`.",
         lifespan=lifespan,
+        # Served by api.routes.docs from packaged files: FastAPI's own pages load a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.gpufair = AppState(config=config, db=db, metrics=metrics, notifier=PlanNotifier())
     install_error_handlers(app)
@@ -65,6 +68,8 @@ def create_app(config: ApiConfig) -> FastAPI:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(health.router)
     app.include_router(dashboard.router)
+    app.include_router(docs.router)
+    docs.mount_assets(app)
     # Outermost last: count every request, including those refused for their size, and give
     # every response, refusals included, its headers.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)

@@ -12,8 +12,12 @@ fetched from ``GET {api}/v1/nodes/{node}/artifacts/{model_id}`` into ``artifact_
 their SHA-256, so an unchanged file is downloaded once) and served as ``file:<path>``.
 
 The API being down never stops serving: failures are logged, retried with exponential backoff
-(capped), and the last plan keeps running. A plan the API serves that does not parse is logged
-and skipped (its ETag is remembered, so it is not fetched again until it changes).
+(capped), and the last plan keeps running. A token the API rejects (401 or 403) is no outage:
+each rejected pull logs one error saying so and what the daemon serves meanwhile; after
+``TOKEN_REJECTED_TRIES`` in a row with no plan to serve, :attr:`PlanClient.token_rejected` is
+set (``gpufair executor`` then exits non-zero), since nothing would ever be served. A plan
+the API serves that does not parse is logged and skipped (its ETag is remembered, so it is not
+fetched again until it changes).
 
 Restarts. Every plan applied is saved with its ETag in ``state_dir`` (:class:`PlanState`:
 written to a temporary file and renamed over the old one, so a daemon killed mid-write leaves
@@ -68,6 +72,10 @@ from executor.wire.heartbeat import MAX_REASON_CHARS, Heartbeat, RefusedPlan, Re
 from executor.wire.profiles import ProfilesPut
 
 log = logging.getLogger(__name__)
+
+# Rejected plan pulls in a row, with no plan served, after which the daemon gives up.
+TOKEN_REJECTED_TRIES = 3
+REJECTED = (401, 403)
 
 MAX_BACKOFF_S = 30.0
 STATE_FORMAT = 1
@@ -186,6 +194,8 @@ class PlanClient:
         )
         self.etag: str | None = None  # of the last plan document received (applied or not)
         self.heartbeats_sent = 0
+        # Set once the API rejected the token TOKEN_REJECTED_TRIES times with no plan served.
+        self.token_rejected = threading.Event()
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._plan_loop, name="plan-poll", daemon=True),
@@ -369,17 +379,31 @@ class PlanClient:
         )
 
     def _plan_loop(self) -> None:
-        failures = 0
+        failures = rejections = 0
         while not self._stop.is_set():
             try:
                 self._upload_due_profiles()
                 self.poll_once(self._long_poll_s)
-                failures = 0
+                failures = rejections = 0
             except httpx.HTTPError as exc:
                 failures += 1
                 backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** min(failures, 6))
-                log.warning("plan pull failed (%s); serving the last plan, retry in %.1fs", exc,
-                            backoff)
+                version = self._runtime.plan_version
+                serving = "no plan to serve" if version is None else (
+                    f"serving plan version {version}")
+                status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) \
+                    else None
+                if status in REJECTED:
+                    rejections += 1
+                    log.error("token rejected by the API (HTTP %d) for node %r: check --token "
+                              "or GPUFAIR_EXECUTOR_TOKEN; %s; try %d", status, self._node,
+                              serving, rejections)
+                    if version is None and rejections >= TOKEN_REJECTED_TRIES:
+                        self.token_rejected.set()
+                        return
+                else:
+                    log.warning("plan pull failed (%s); %s, retry in %.1fs", exc, serving,
+                                backoff)
                 self._stop.wait(backoff)
 
     def _upload_due_profiles(self) -> None:

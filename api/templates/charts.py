@@ -106,6 +106,8 @@ class DeviceLayout:
 class NodeLayout:
     name: str
     devices: tuple[DeviceLayout, ...]
+    silent_s: float | None = None  # set when the node is stale: seconds without a heartbeat
+    stale: bool = False  # no recent heartbeat: its seats are drawn greyed
 
 
 def pool_bar(device: DeviceView, palette: dict[str, str]) -> PoolBar | None:
@@ -151,7 +153,14 @@ def cluster(data: DashboardData, palette: dict[str, str]) -> tuple[NodeLayout, .
                 pool=pool_bar(device, palette),
             )
         )
-    return tuple(NodeLayout(name, tuple(devices)) for name, devices in nodes.items())
+    status = {n.name: n for n in data.nodes}
+    layouts = []
+    for name, devices in nodes.items():
+        node = status.get(name)
+        stale = node is None or node.stale
+        silent = node.silent_s if node is not None else None
+        layouts.append(NodeLayout(name, tuple(devices), silent, stale))
+    return tuple(layouts)
 
 
 # --- the certificate's envy matrix -------------------------------------------------------------
@@ -288,8 +297,13 @@ class SlaChart:
     series: tuple[SeriesLine, ...]
 
 
-def window_minutes(history: SlaHistory) -> float:
-    return (history.end - history.start).total_seconds() / 60
+def duration(seconds: float) -> str:
+    """A span as a person reads it: "12 s", "29 min", "3.5 h"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def sla_palette(history: SlaHistory, palette: dict[str, str]) -> dict[str, str]:
@@ -325,7 +339,7 @@ def sla_history_chart(history: SlaHistory, palette: dict[str, str]) -> SlaChart 
     if not any(s.received for s in history.tenants):
         return None
     colour = sla_palette(history, palette)
-    minutes = window_minutes(history)
+    window_s = (history.end - history.start).total_seconds()
     # Drawn at the wide section's width, scaled down (by its viewBox) in a narrower window.
     width, height = 1300, 300
     x0, x1, y0, y1 = 64, width - 24, 14, height - 52
@@ -348,7 +362,7 @@ def sla_history_chart(history: SlaHistory, palette: dict[str, str]) -> SlaChart 
     ticks = []
     for j in range(6):
         at = round(x0 + (x1 - x0) * j / 5, 1)
-        label = "now" if j == 5 else f"−{minutes * (5 - j) / 5:g} min"
+        label = "now" if j == 5 else f"−{duration(window_s * (5 - j) / 5)}"
         ticks.append(TimeTick(at, Text(at, y1 + 19, label)))
     target = y(SLA_TARGET)
     series = tuple(
@@ -384,7 +398,7 @@ def sla_history_chart(history: SlaHistory, palette: dict[str, str]) -> SlaChart 
         x_title=Text(
             round((x0 + x1) / 2, 1),
             height - 8,
-            f"time, {history.bucket_s:g} s buckets, up to {history.end:%H:%M:%S} UTC",
+            f"time, {history.bucket_s:.0f} s buckets, up to {history.end:%H:%M:%S} UTC",
         ),
         series=series,
     )
@@ -397,10 +411,9 @@ def sla_history_chart(history: SlaHistory, palette: dict[str, str]) -> SlaChart 
 class CounterRow:
     tenant: str
     y: int  # the bar's top
-    text_y: float  # the baseline of the tenant's name and of its attainment figure
+    text_y: float  # the baseline of the tenant's name and of its count
     segments: tuple[Segment, ...]  # completed, rejected, expired
     received: int
-    attainment: float | None
 
 
 @dataclass(frozen=True)
@@ -409,17 +422,18 @@ class CounterChart:
     height: int
     bar: int  # a bar's height
     name_x: int  # the tenants' names end here, right-aligned
-    figure_x: int  # the attainment figures start here
+    figure_x: int  # the counts start here
     rows: tuple[CounterRow, ...]
 
 
 def counters_chart(data: DashboardData, palette: dict[str, str]) -> CounterChart | None:
-    """Per tenant one bar of its replicas' outcomes, scaled to the bar's length, and the
-    attainment of its SLA counts beside it; None before any daemon reported counters."""
+    """Per tenant one bar of its replicas' outcomes, scaled to the bar's length, and the queries
+    received beside it; None before any daemon reported counters. No attainment here: these
+    counts run since each daemon started, and the page has one attainment, over its window."""
     if not data.counters:
         return None
     width, bar, gap, left = 560, 22, 14, 130
-    plot = width - left - 150  # the rest: the attainment figure and its millions of queries
+    plot = width - left - 150  # the rest: the count of queries received, in millions maybe
     rows = []
     for k, (tenant, counts) in enumerate(data.counters.items()):
         y = 10 + k * (bar + gap)
@@ -441,7 +455,6 @@ def counters_chart(data: DashboardData, palette: dict[str, str]) -> CounterChart
                 text_y=y + bar / 2 + 4,
                 segments=tuple(segments),
                 received=counts.received,
-                attainment=counts.attainment,
             )
         )
     return CounterChart(

@@ -9,11 +9,14 @@ everything a template prints (``autoescape``), so every string that comes from t
 tenant, model and node names, a daemon's error messages — is escaped without a call per value
 that one forgotten call would defeat; nothing here is marked safe.
 
-Sections: the cluster (nodes → devices, each seat a cell in its tenant's colour, the shared
-pool as a bar split by pool share), SLA attainment over time (a line per tenant, in the same
-colours), the current certificate (per tenant α, criterion, holds, slack, λ; the envy matrix as
-a heatmap), SLA counters per tenant, and the allocation history with seat moves against the
-previous version.
+Sections: the tenants (share of the cluster against entitlement, rates and SLA attainment over
+the window, criterion verdict), the cluster (nodes → devices, each seat a cell in its tenant's
+colour, the shared pool as a bar split by pool share; a stale node's seats greyed), SLA
+attainment over time (a line per tenant, in the same colours), the current certificate (per
+tenant α, criterion, holds, slack, λ with a legend; the envy matrix as a heatmap), outcome
+counters per tenant, the allocation history with seat moves against the previous version, and
+the nodes' liveness. The page refreshes itself every ``REFRESH_S`` seconds with a meta refresh,
+and its layout holds from 800 px wide.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from api.services.dashboard import DashboardData
+from api.services.dashboard import STALE_AFTER_S, DashboardData
 from api.templates import charts
+
+# The page reloads itself this often (a meta refresh: no script runs on it).
+REFRESH_S = 10
 
 
 def percent(attainment: float) -> str:
@@ -52,8 +58,17 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    environment.filters.update(percent=percent, number=number, thousands=thousands)
-    environment.globals.update(EMPTY=charts.EMPTY, REJECTED=charts.REJECTED, EXPIRED=charts.EXPIRED)
+    environment.filters.update(
+        percent=percent, number=number, thousands=thousands, duration=charts.duration
+    )
+    environment.globals.update(
+        EMPTY=charts.EMPTY,
+        REJECTED=charts.REJECTED,
+        EXPIRED=charts.EXPIRED,
+        REFRESH_S=REFRESH_S,
+        STALE_AFTER_S=STALE_AFTER_S,
+        SLA_TARGET=charts.SLA_TARGET,
+    )
     return environment
 
 
@@ -77,7 +92,6 @@ def render_dashboard(data: DashboardData) -> str:
         estimated=estimated_valuations(data.certificate),
         envy=charts.envy_heatmap(agents),
         sla_history=charts.sla_history_chart(data.sla_history, palette),
-        window_minutes=charts.window_minutes(data.sla_history),
         counters=charts.counters_chart(data, palette),
     )
 

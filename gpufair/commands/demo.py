@@ -1,12 +1,18 @@
-"""``gpufair demo``: the whole service on this machine, with a live view (README's first command).
+"""``gpufair demo``: the whole service on this machine, its claims measured (README's first
+command).
 
-It starts the control plane on the embedded default (a fresh SQLite under ``var/demo/``) and one
-executor daemon that serves this machine's CPU as a node, both as child processes; registers
-the tenants and models of ``examples/demo.toml`` through the REST API, as their admins would;
-solves an allocation; lets the daemon pull its plan; then drives the docs/architecture.md §5
-workload at every tenant. Halfway through, one tenant floods at several times its rate: the view
-shows the others keep their SLA while the flooder is throttled to its share (429s count as its
-misses). Ctrl-C stops everything; child processes never outlive the command.
+It starts the control plane on the embedded default (a fresh SQLite under ``var/demo/``) and
+one executor daemon per node of the scenario (``examples/demo.toml``: simulated GPUs served by
+the fake backend's service times, and this machine's real CPU served by torch), all as child
+processes. Through the REST API, as their admins would, it registers the tenants, their models
+and the nodes, uploads each model's throughput curve per device (gpufair.demo.scenario) and
+solves an allocation, which it prints with its certificate beside what an equal split of every
+device would have given (gpufair.demo.naive). The daemons pull their plans; the demo then drives
+the docs/architecture.md §5 workload at every tenant, each query sent to a node serving its
+model in proportion to the capacity planned there, with a live table. Halfway through, one
+tenant floods. The summary states each claim with the figure measured for it
+(gpufair.demo.claims) and the exit status says whether all held. Ctrl-C stops everything; child
+processes never outlive the command.
 """
 
 from __future__ import annotations
@@ -17,30 +23,51 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import sys
 import time
-import tomllib
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
+from allocator.certificate import (
+    AgentCertificateDocument,
+    CertificateDocument,
+    parse_certificate,
+)
+from allocator.cluster.plan import NodePlan
 from executor.models.schema import ModelSchema
-from executor.wire.attainment import attainment, is_within_sla
-from gpufair.loadgen import TenantStream
+from gpufair.commands.serve import dashboard_sign_in
+from gpufair.demo.claims import Claim, TenantVerdict, fairness_claim, flood_claims, sla_claim
+from gpufair.demo.naive import SplitRow, naive_rows
+from gpufair.demo.scenario import Scenario, ScenarioError, load_scenario
+from gpufair.demo.view import (
+    LEGEND,
+    certificate_table,
+    claims_view,
+    comparison_table,
+    live_view,
+    phase_table,
+)
+from gpufair.loadgen import StreamProcess, Target
 from gpufair.servers import LOOPBACK, ChildServer, ChildServerError, free_port
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SCENARIO = Path("examples/demo.toml")
 STARTUP_TIMEOUT_S = 120.0
-REQUIRED_ATTAINMENT = 0.99
+WORKDIR = Path("var/demo")
+CLAIM_FAILED = 3  # exit status when the run finished but a claim did not hold
+# The first seconds load models and warm caches on every path; they are shown, not counted.
+WARMUP_S = 5.0
+TICK_S = 0.5  # phases change and the live view refreshes this often
+PLAIN_EVERY_S = 5.0  # --plain prints the table this often
 
 
 class DemoError(RuntimeError):
@@ -51,33 +78,21 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gpufair demo",
         description=(
-            "Run the API (SQLite) and an executor daemon on this machine, register the "
-            "scenario's tenants and models, solve a fair allocation, and drive traffic with a "
-            "flood halfway through. Logs of the child processes go to var/demo/."
+            "Run the API (SQLite) and one executor daemon per node of the scenario on this "
+            "machine, register the scenario's tenants and models, solve a fair allocation and "
+            "compare it with an equal split, then drive traffic with a flood halfway through "
+            "and check the claims of the summary. Logs of the child processes go to var/demo/."
         ),
+        epilog=(f"Exit status: 0 when every claim held, {CLAIM_FAILED} when one failed (the "
+                "summary says which and by how much), 1 when the demo could not run, 130 on "
+                "Ctrl-C."),
     )
     p.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO,
-                   help=f"scenario TOML (default {DEFAULT_SCENARIO})")
+                   help=f"scenario TOML (default {DEFAULT_SCENARIO}; fields: docs/formats.md)")
     p.add_argument("--duration", type=float, help="seconds of traffic (default: the scenario's)")
     p.add_argument("--plain", action="store_true",
-                   help="print a summary every few seconds instead of a live view")
+                   help="print the table every few seconds instead of a live view")
     return p
-
-
-def _load_scenario(path: Path) -> dict[str, Any]:
-    try:
-        scenario = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise DemoError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise DemoError(f"{path}: invalid TOML: {exc}") from exc
-    for key in ("node", "tenants", "flood_tenant"):
-        if key not in scenario:
-            raise DemoError(f"{path}: missing {key!r}")
-    names = {t["name"] for t in scenario["tenants"]}
-    if scenario["flood_tenant"] not in names:
-        raise DemoError(f"{path}: flood_tenant {scenario['flood_tenant']!r} is not a tenant")
-    return scenario
 
 
 def _checked(reply: httpx.Response, what: str) -> Any:
@@ -88,197 +103,281 @@ def _checked(reply: httpx.Response, what: str) -> Any:
 
 @dataclass
 class Registered:
-    node_token: str
+    node_tokens: dict[str, str]  # node name -> its token
     tenant_keys: dict[str, str]  # tenant name -> API key
-    model_ids: dict[str, str]  # model name -> model id as served by the daemon
-    allocation: dict[str, Any]
+    model_ids: dict[str, str]  # tenant name -> its model's id as the daemons serve it
+    certificate: CertificateDocument
+    version: int
+    solve_seconds: float
 
 
-def _register(api_url: str, admin_token: str, scenario: dict[str, Any]) -> Registered:
+def _register(api_url: str, admin_token: str, scenario: Scenario) -> Registered:
     """Set the scenario up through the REST API, exactly as tenants' admins would."""
-    admin = httpx.Client(base_url=f"{api_url}/v1", timeout=60,
-                         headers={"authorization": f"Bearer {admin_token}"})
     keys: dict[str, str] = {}
     models: dict[str, str] = {}
-    with admin:
-        for tenant in scenario["tenants"]:
+    tokens: dict[str, str] = {}
+    with httpx.Client(base_url=f"{api_url}/v1", timeout=60,
+                      headers={"authorization": f"Bearer {admin_token}"}) as admin:
+        for tenant in scenario.tenants:
             created = _checked(admin.post("/tenants", json={
-                "name": tenant["name"], "weight": tenant.get("weight", 1.0),
-                "criterion": tenant.get("criterion", "prop_alpha")}),
-                f"register tenant {tenant['name']}")
-            key = _checked(admin.post(f"/tenants/{created['id']}/keys"),
-                           f"key for {tenant['name']}")["key"]
-            keys[tenant["name"]] = key
-            for model in tenant["models"]:
-                body = {k: model[k] for k in ("name", "artifact", "memory_mb", "replicas_wanted",
-                                              "sla_p99_ms", "demand_qps") if k in model}
-                reply = httpx.post(f"{api_url}/v1/models", json=body, timeout=60,
-                                   headers={"authorization": f"Bearer {key}"})
-                models[model["name"]] = str(_checked(reply, f"model {model['name']}")["id"])
-        node = _checked(admin.post("/nodes", json={
-            "name": scenario["node"]["name"], "devices": scenario["node"]["devices"]}),
-            "register node")
-        allocation = _checked(admin.post("/allocations", json={}), "solve allocation")
-    return Registered(node["token"], keys, models, allocation)
+                "name": tenant.name, "weight": tenant.weight, "criterion": tenant.criterion}),
+                f"register tenant {tenant.name}")
+            keys[tenant.name] = _checked(admin.post(f"/tenants/{created['id']}/keys"),
+                                         f"key for {tenant.name}")["key"]
+            body = tenant.model.model_dump(exclude={"rate_qps"})
+            reply = httpx.post(f"{api_url}/v1/models", json=body, timeout=60,
+                               headers={"authorization": f"Bearer {keys[tenant.name]}"})
+            models[tenant.name] = str(_checked(reply, f"model {tenant.model.name}")["id"])
+        for node in scenario.nodes:
+            devices = [d.model_dump(exclude={"stream_qps"}) for d in node.devices]
+            tokens[node.name] = _checked(
+                admin.post("/nodes", json={"name": node.name, "devices": devices}),
+                f"register node {node.name}")["token"]
+            _upload_curves(api_url, tokens[node.name], scenario, node.name, models)
+        allocation = _checked(admin.post("/allocations", json={"objective": scenario.objective}),
+                              "solve allocation")
+    return Registered(tokens, keys, models, parse_certificate(allocation["certificate"]),
+                      allocation["version"], allocation["solve_seconds"])
 
 
-def _tenant_rows(api_url: str, keys: dict[str, str]) -> dict[str, dict[str, Any]]:
-    rows = {}
-    for tenant, key in keys.items():
-        rows[tenant] = _checked(
-            httpx.get(f"{api_url}/v1/allocations/current/me", timeout=30,
-                      headers={"authorization": f"Bearer {key}"}),
-            f"allocation of {tenant}")
-    return rows
+def _upload_curves(api_url: str, token: str, scenario: Scenario, node: str,
+                   model_ids: dict[str, str]) -> None:
+    """The curves the scenario derives for the node's devices, as its daemon would send them."""
+    entries = []
+    for device in scenario.node(node).devices:
+        entries += [{"model_id": int(model_ids[tenant.name]), "device": device.device,
+                     "qps": scenario.curve(node, device.device)} for tenant in scenario.tenants]
+    _checked(httpx.put(f"{api_url}/v1/nodes/{node}/profiles", json={"profiles": entries},
+                       headers={"authorization": f"Bearer {token}"}, timeout=60),
+             f"curves of node {node}")
 
 
-def _share(row: dict[str, Any]) -> float:
-    return sum(float(s["fraction"]) for s in row.get("shares", []))
+@dataclass(frozen=True)
+class Placement:
+    """Where one tenant's model is served, read from its allocation."""
+
+    streams: dict[str, float]  # node -> streams serving the tenant there
+    capacity_rows_s: dict[str, float]  # node -> candidate rows per second they score at most
+    # What the rest of the shared pools of its devices score: the most idle pool time that
+    # fair queueing, being work conserving, may lend it.
+    borrowable_rows_s: float
+
+    @property
+    def total_rows_s(self) -> float:
+        return sum(self.capacity_rows_s.values())
 
 
-def _view(streams: list[TenantStream], rows: dict[str, dict[str, Any]],
-          entitlement: dict[str, float], elapsed: float, duration: float,
-          flood_at: float) -> Group:
-    now = time.monotonic()
-    table = Table(title="gpufair demo: tenants on node 'local' (last 5 s)", expand=False)
-    for column in ("tenant", "phase", "rate", "answered/s", "429/s", "p99 ms", "SLA ms",
-                   "attainment", "share", "entitled", "criterion", "holds"):
-        table.add_column(column, justify="right" if column not in ("tenant", "phase",
-                                                                    "criterion") else "left")
+def _shared_pools(api_url: str, node_tokens: dict[str, str]) -> dict[tuple[str, str], int]:
+    """(node, device) -> the streams of its shared pool, from the nodes' plans."""
+    pools = {}
+    for node, token in node_tokens.items():
+        plan = NodePlan.from_dict(_checked(
+            httpx.get(f"{api_url}/v1/nodes/{node}/plan", timeout=30,
+                      headers={"authorization": f"Bearer {token}"}), f"plan of node {node}"))
+        pools.update({(node, d.device): d.shared_pool_streams for d in plan.devices})
+    return pools
+
+
+def _placements(api_url: str, scenario: Scenario, keys: dict[str, str],
+                node_tokens: dict[str, str]) -> tuple[dict[str, Placement], dict[str, SplitRow]]:
+    """Each tenant's placement, and its row of the fair allocation for the comparison."""
+    total_streams = sum(d.streams for n in scenario.nodes for d in n.devices)
+    pools = _shared_pools(api_url, node_tokens)
+    placements: dict[str, Placement] = {}
+    fair: dict[str, SplitRow] = {}
+    for tenant in scenario.tenants:
+        mine = _checked(httpx.get(f"{api_url}/v1/allocations/current/me", timeout=30,
+                                  headers={"authorization": f"Bearer {keys[tenant.name]}"}),
+                        f"allocation of {tenant.name}")
+        streams: dict[str, float] = defaultdict(float)
+        capacity: dict[str, float] = defaultdict(float)
+        for share in mine["shares"]:
+            per_stream = scenario.stream_rows_s(share["node"], share["device"])
+            streams[share["node"]] += float(share["streams"])
+            capacity[share["node"]] += float(share["streams"]) * per_stream
+        own_pool: dict[tuple[str, str], float] = defaultdict(float)
+        for seat in mine["seats"]:
+            own_pool[seat["node"], seat["device"]] += float(seat["pool_streams"])
+        borrowable = sum((pools.get(where, 0) - mine_there) * scenario.stream_rows_s(*where)
+                         for where, mine_there in own_pool.items())
+        placements[tenant.name] = Placement(dict(streams), dict(capacity), max(0.0, borrowable))
+        row = AgentCertificateDocument.model_validate(mine["certificate"])
+        fair[tenant.name] = SplitRow(share=sum(streams.values()) / total_streams,
+                                     expected_qps=row.value * tenant.model.demand_qps,
+                                     holds=row.holds)
+    return placements, fair
+
+
+def _verdicts(certificate: CertificateDocument) -> dict[str, TenantVerdict]:
+    return {name: TenantVerdict(holds=row.holds, slack=row.slack)
+            for name, row in certificate.agents.items()}
+
+
+def _streams(scenario: Scenario, registered: Registered, placements: dict[str, Placement],
+             executor_urls: dict[str, str]) -> list[StreamProcess]:
+    streams = []
+    for index, tenant in enumerate(scenario.tenants):
+        model_id = registered.model_ids[tenant.name]
+        targets = []
+        for node, capacity in sorted(placements[tenant.name].capacity_rows_s.items()):
+            if capacity <= 0:
+                continue
+            url = executor_urls[node]
+            schema = ModelSchema.from_dict(_checked(
+                httpx.get(f"{url}/v1/models/{model_id}/schema", timeout=30),
+                f"schema of {tenant.model.name} on node {node}"))
+            targets.append(Target(url=url, schema=schema, weight=capacity))
+        if not targets:
+            raise DemoError(f"tenant {tenant.name} holds no seat: nothing to send its "
+                            "queries to (the scenario has too few seats)")
+        streams.append(StreamProcess(
+            tenant=tenant.name, model=model_id, targets=targets,
+            sla_ms=tenant.model.sla_p99_ms, rate_qps=tenant.model.rate_qps,
+            seed=scenario.seed * 100 + index))
+    return streams
+
+
+def _drive(streams: list[StreamProcess], scenario: Scenario, duration: float,
+           share: dict[str, float], plain: bool,
+           console: Console) -> dict[str, float]:
+    """Send traffic for ``duration`` seconds after a short warm-up, flooding halfway; returns
+    each counted phase's seconds."""
+    flood_at = WARMUP_S + duration / 2
+    duration += WARMUP_S
+    entitled = scenario.entitlement()
+    required = scenario.claims.required_attainment
+    printed_at = 0.0  # --plain: when the table is printed next
+    began = ended = time.monotonic()
+    steady_began: float | None = None
+    flood_began: float | None = None
+    try:
+        for stream in streams:
+            stream.start()
+        for stream in streams:
+            if not stream.wait_ready(STARTUP_TIMEOUT_S):
+                raise DemoError(f"the load process of {stream.tenant} did not start")
+        began = time.monotonic()  # the clock starts once every tenant's client sends
+        live_context = contextlib.nullcontext(None) if plain else Live(
+            console=console, refresh_per_second=2)
+        with live_context as live:
+            while (elapsed := time.monotonic() - began) < duration:
+                if steady_began is None and elapsed >= WARMUP_S:
+                    steady_began = time.monotonic()
+                    for stream in streams:
+                        stream.set_phase("steady", steady_began)
+                if flood_began is None and elapsed >= flood_at:
+                    flood_began = time.monotonic()
+                    for stream in streams:
+                        # Every stream counts the flood period apart, not only the flooder.
+                        stream.set_phase("flood", flood_began)
+                        if stream.tenant == scenario.flood_tenant:
+                            stream.rate_qps *= scenario.flood_factor
+                view = live_view(streams, share, entitled, elapsed, duration, flood_at,
+                                 required, scenario.flood_tenant)
+                if live is not None:
+                    live.update(view)
+                elif elapsed >= printed_at:
+                    console.print(view)
+                    printed_at += PLAIN_EVERY_S
+                time.sleep(TICK_S)
+    finally:
+        # Every stream stops sending at once; then their in-flight queries are awaited,
+        # so stopping takes one request timeout, not one per tenant.
+        ended = time.monotonic()
+        for stream in streams:
+            stream.signal_stop()
+        for stream in streams:
+            stream.stop()
+    steady_began = steady_began or ended
+    return {"steady": (flood_began or ended) - steady_began,
+            "flood": ended - flood_began if flood_began is not None else 0.0}
+
+
+def _claims(scenario: Scenario, streams: list[StreamProcess], phases: dict[str, float],
+            certificate: CertificateDocument, placements: dict[str, Placement]) -> list[Claim]:
+    claims = [fairness_claim(_verdicts(certificate))]
     for stream in streams:
-        window = stream.stats.window(now)
-        span = min(stream.stats.window_s, max(elapsed, 1e-3))
-        ok = [o for o in window if o.status == 200]
-        refused = sum(1 for o in window if o.status == 429)
-        latencies = np.array([o.latency_s for o in window]) if window else np.array([np.inf])
-        p99 = float(np.percentile(latencies, 99)) if window else float("nan")
-        within = sum(is_within_sla(answered=o.status == 200, latency_s=o.latency_s,
-                                   sla_s=stream.sla_s) for o in window)
-        attain = attainment(within_sla=within, received=len(window))
-        cert = rows[stream.tenant].get("certificate", {})
-        p99_cell = "-" if not window else f"{p99 * 1000:.0f}" if np.isfinite(p99) else "∞"
-        attain_cell = Text("-") if attain is None else Text(
-            f"{attain:.1%}", style="green" if attain >= REQUIRED_ATTAINMENT else "red")
-        table.add_row(
-            stream.tenant, stream.phase, f"{stream.rate_qps:.0f}", f"{len(ok) / span:.1f}",
-            f"{refused / span:.1f}", p99_cell, f"{stream.sla_s * 1000:.0f}", attain_cell,
-            f"{_share(rows[stream.tenant]):.2f}", f"{entitlement[stream.tenant]:.2f}",
-            str(cert.get("criterion", "?")), "yes" if cert.get("holds") else "no",
-        )
-    flood = "flooding" if elapsed >= flood_at else f"flood starts at {flood_at:.0f} s"
-    progress = Text(f"{elapsed:5.0f} / {duration:.0f} s   {flood}   Ctrl-C stops")
-    return Group(table, progress)
-
-
-def _summary(streams: list[TenantStream], flood_tenant: str) -> tuple[Table, bool]:
-    table = Table(title="SLA attainment over the whole run")
-    for column in ("tenant", "steady", "during flood", "verdict"):
-        table.add_column(column)
-    passed = True
-    for stream in streams:
-        cells = []
-        for phase in ("steady", "flood"):
-            within, total = stream.stats.by_phase.get(phase, [0, 0])
-            attain = attainment(within_sla=within, received=total)
-            cells.append("-" if attain is None else f"{attain:.2%} of {total}")
-        if stream.tenant == flood_tenant:
-            verdict = "flooder: throttled to its share"
-        else:
-            within, total = stream.stats.by_phase.get("flood", [0, 0])
-            attain = attainment(within_sla=within, received=total)
-            ok = attain is not None and attain >= REQUIRED_ATTAINMENT
-            passed &= ok
-            verdict = f"{'kept' if ok else 'MISSED'} ≥ {REQUIRED_ATTAINMENT:.0%}"
-        table.add_row(stream.tenant, *cells, verdict)
-    return table, passed
+        tenant = scenario.tenant(stream.tenant)
+        if tenant.name == scenario.flood_tenant:
+            continue
+        claims.append(sla_claim(tenant.name, stream.stats.phase("flood"),
+                                tenant.model.sla_p99_ms, scenario.claims.required_attainment))
+    flooder = next(s for s in streams if s.tenant == scenario.flood_tenant)
+    claims += flood_claims(scenario.flood_tenant, flooder.stats.phase("flood"), phases["flood"],
+                           placements[scenario.flood_tenant].total_rows_s,
+                           scenario.claims.throttle_tolerance,
+                           placements[scenario.flood_tenant].borrowable_rows_s)
+    return claims
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    scenario = _load_scenario(args.scenario)
-    duration = float(args.duration or scenario.get("duration_s", 60))
-    workdir = Path("var/demo")
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    executor_port = free_port()  # the executor starts later; its URL is shown from the start
+    try:
+        scenario = load_scenario(args.scenario)
+    except ScenarioError as exc:
+        raise DemoError(str(exc)) from None
+    duration = float(args.duration or scenario.duration_s)
+    shutil.rmtree(WORKDIR, ignore_errors=True)
+    WORKDIR.mkdir(parents=True)
+    # The daemons start later; their URLs are shown from the start.
+    executor_urls = {n.name: f"http://{LOOPBACK}:{free_port()}" for n in scenario.nodes}
     admin_token = secrets.token_urlsafe(24)
     env = {**os.environ,
-           "GPUFAIR_DATABASE_URL": f"sqlite:///{(workdir / 'gpufair.db').resolve()}",
+           "GPUFAIR_DATABASE_URL": f"sqlite:///{(WORKDIR / 'gpufair.db').resolve()}",
            "GPUFAIR_API_ADMIN_TOKEN": admin_token, "GPUFAIR_API_DEV_MODE": "true"}
     with contextlib.ExitStack() as children:
-        api = ChildServer("api", ["serve"], log_path=workdir / "api.log", env=env)
-        api_url, executor_url = api.url, f"http://{LOOPBACK}:{executor_port}"
-        console.print(f"[bold]gpufair demo[/] — API {api_url}, executor {executor_url}, "
-                      f"logs in {workdir}/")
+        api = ChildServer("api", ["serve"], log_path=WORKDIR / "api.log", env=env)
+        # One address a line, never wrapped, so each can be copied (or read by a test).
+        console.print(f"[bold]gpufair demo[/]: logs in {WORKDIR}/")
+        console.print(f"API {api.url}", soft_wrap=True)
+        for name, url in executor_urls.items():
+            console.print(f"executor of node {name} {url}", soft_wrap=True)
+        console.print(f"dashboard {dashboard_sign_in(api.url, admin_token, dev_mode=True)}",
+                      soft_wrap=True)
         children.enter_context(api).wait_healthy(STARTUP_TIMEOUT_S)
-        registered = _register(api_url, admin_token, scenario)
-        status = registered.allocation["certificate"].get("status", "?")
-        console.print(f"allocation v{registered.allocation['version']} solved "
-                      f"({status}) in {registered.allocation['solve_seconds']:.2f} s")
-        executor = ChildServer("executor", [
-            "executor", "--api", api_url, "--node", scenario["node"]["name"],
-            "--token", registered.node_token, "--device", "cpu",
-            "--state-dir", str(workdir / "executor"),
-        ], log_path=workdir / "executor.log", port=executor_port, env=env)
-        children.enter_context(executor).wait_healthy(STARTUP_TIMEOUT_S)
-        rows = _tenant_rows(api_url, registered.tenant_keys)
-        total_weight = sum(t.get("weight", 1.0) for t in scenario["tenants"])
-        entitlement = {t["name"]: t.get("weight", 1.0) / total_weight
-                       for t in scenario["tenants"]}
-        streams = []
-        for index, tenant in enumerate(scenario["tenants"]):
-            for model in tenant["models"]:
-                model_id = registered.model_ids[model["name"]]
-                schema = ModelSchema.from_dict(_checked(
-                    httpx.get(f"{executor_url}/v1/models/{model_id}/schema", timeout=30),
-                    f"schema of {model['name']}"))
-                streams.append(TenantStream(
-                    tenant=tenant["name"], model=model_id, url=executor_url, schema=schema,
-                    sla_ms=model["sla_p99_ms"], rate_qps=model["rate_qps"],
-                    seed=int(scenario.get("seed", 0)) * 100 + index))
-        flood_at = duration / 2
-        began = time.monotonic()
-        for stream in streams:
-            stream.start()
-        try:
-            live_view = contextlib.nullcontext(None) if args.plain else Live(
-                console=console, refresh_per_second=2)
-            with live_view as live:
-                flooded = False
-                while (elapsed := time.monotonic() - began) < duration:
-                    if not flooded and elapsed >= flood_at:
-                        flooded = True
-                        for stream in streams:
-                            stream.phase = "flood"
-                            if stream.tenant == scenario["flood_tenant"]:
-                                stream.rate_qps *= float(scenario.get("flood_factor", 5.0))
-                    view = _view(streams, rows, entitlement, elapsed, duration, flood_at)
-                    if live is None:
-                        console.print(view)
-                        time.sleep(5)
-                    else:
-                        live.update(view)
-                        time.sleep(0.5)
-        finally:
-            # Every stream stops sending at once; then their in-flight queries are awaited,
-            # so stopping takes one request timeout, not one per tenant.
-            for stream in streams:
-                stream.signal_stop()
-            for stream in streams:
-                stream.stop()
-        table, passed = _summary(streams, scenario["flood_tenant"])
-        console.print(table)
-        console.print(
-            "[green]the well-behaved tenants kept their SLA while one flooded[/]" if passed
-            else "[red]a well-behaved tenant missed its SLA during the flood[/] "
-                 "(the machine may be busy; see var/demo/*.log)")
-    return 0
+        registered = _register(api.url, admin_token, scenario)
+        cert = registered.certificate
+        console.print(f"allocation v{registered.version} solved ({cert.status}) in "
+                      f"{registered.solve_seconds:.2f} s")
+        console.print(certificate_table(cert))
+        for node in scenario.nodes:
+            command = ["executor", "--api", api.url, "--node", node.name,
+                       "--token", registered.node_tokens[node.name],
+                       "--state-dir", str(WORKDIR / "executor" / node.name)]
+            command += node.executor_flags()
+            port = int(executor_urls[node.name].rsplit(":", 1)[1])
+            executor = ChildServer(f"executor {node.name}", command, port=port, env=env,
+                                   log_path=WORKDIR / f"executor-{node.name}.log")
+            children.enter_context(executor).wait_healthy(STARTUP_TIMEOUT_S)
+        placements, fair = _placements(api.url, scenario, registered.tenant_keys,
+                                       registered.node_tokens)
+        console.print(comparison_table(scenario, fair, naive_rows(scenario)))
+        console.print(Text(LEGEND, style="dim"))
+        streams = _streams(scenario, registered, placements, executor_urls)
+        share = {t: row.share for t, row in fair.items()}
+        phases = _drive(streams, scenario, duration, share, args.plain, console)
+        console.print(phase_table(streams, phases))
+        claims = _claims(scenario, streams, phases, cert, placements)
+        console.print(claims_view(claims))
+        if all(c.holds for c in claims):
+            console.print("[green]every claim held[/]")
+            return 0
+        console.print(f"[red]{sum(not c.holds for c in claims)} claim(s) failed[/] "
+                      f"(a busy machine can cause it; the daemons' logs are in {WORKDIR}/)")
+        return CLAIM_FAILED
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (kill, a supervisor, a CI timeout) stops the demo as Ctrl-C does: children
+    stopped, nothing left behind."""
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     # One line per request would bury the view; the children's logs are in var/demo/.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    console = Console(width=None if sys.stdout.isatty() else 130)
+    console = Console(width=None if sys.stdout.isatty() else 80)
     try:
         return run(args, console)
     except (DemoError, ChildServerError) as exc:

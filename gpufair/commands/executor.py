@@ -22,8 +22,10 @@ on stderr and exit status 1; in API mode the last plan serves on and the heartbe
 the refusal.
 
 ``--backend fake`` serves every replica with :class:`executor.fake.FakeBackend` (no torch:
-for trying the HTTP surface and the scheduler). ``--device cpu`` maps every device of the
-plan onto the CPU, so a GPU node's plan can be tried on a laptop.
+for trying the HTTP surface and the scheduler, or simulating a GPU as ``gpufair demo`` does);
+``--fake-row-us`` and ``--fake-batch-us`` set its service time per candidate row and per batch.
+``--device cpu`` maps every device of the plan onto the CPU, so a GPU node's plan can be tried
+on a laptop.
 """
 
 from __future__ import annotations
@@ -37,8 +39,12 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from allocator.cluster.plan import NodePlan, PlanError
+
+if TYPE_CHECKING:
+    from executor.plan_client import PlanClient
 from executor.wire.names import InvalidNameError, validate_node_name
 from gpufair.compose import front_count, scheduler_config
 from gpufair.settings import SettingsError, load_settings
@@ -77,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
         "executor.fronts; 0: one per 8 cores, at least one)",
     )
     p.add_argument("--backend", choices=("torch", "fake"), default="torch")
+    p.add_argument("--fake-row-us", type=float, default=20.0,
+                   help="--backend fake: service time per candidate row, µs (default 20)")
+    p.add_argument("--fake-batch-us", type=float, default=200.0,
+                   help="--backend fake: service time per batch, µs (default 200)")
     p.add_argument(
         "--state-dir",
         type=Path,
@@ -126,6 +136,9 @@ def main(argv: list[str]) -> int:
     if args.fronts is not None and args.fronts < 0:
         sys.stderr.write(f"gpufair executor: --fronts must be >= 0, got {args.fronts}\n")
         return 2
+    if not (args.fake_row_us >= 0 and args.fake_batch_us >= 0):
+        sys.stderr.write("gpufair executor: --fake-row-us and --fake-batch-us must be >= 0\n")
+        return 2
     if args.api and not (args.node and args.token):
         sys.stderr.write("gpufair executor: --api needs --node and --token\n")
         return 2
@@ -150,7 +163,7 @@ def main(argv: list[str]) -> int:
     from executor.engine.server import Fronts
     from executor.front.process import FrontOptions
     from executor.metrics import ExecutorMetrics
-    from executor.plan_client import PlanClient
+    from executor.plan_client import TOKEN_REJECTED_TRIES, PlanClient
     from executor.profiles import ProfileCurve, ProfileError, read_profiles
     from executor.scheduling import NodeRuntime
     from executor.scheduling.backend import Backend, RuntimeBackend
@@ -167,7 +180,7 @@ def main(argv: list[str]) -> int:
     if args.backend == "fake":
         from executor.fake import FakeBackend
 
-        backend = FakeBackend()
+        backend = FakeBackend(row_s=args.fake_row_us * 1e-6, batch_s=args.fake_batch_us * 1e-6)
         place = None
     else:
         from executor.runtime import configure_cpu_threads
@@ -210,6 +223,8 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    if client is not None:
+        _stop_when_token_rejected(client, stop)
     try:
         fronts = Fronts(EngineCore(runtime, metrics), host=host, port=port, count=count,
                         options=options)  # fmt: skip
@@ -226,4 +241,20 @@ def main(argv: list[str]) -> int:
         if client is not None:
             client.stop()
         runtime.close()
+    if client is not None and client.token_rejected.is_set():
+        sys.stderr.write(
+            f"gpufair executor: token rejected by the API for node {args.node!r} "
+            f"{TOKEN_REJECTED_TRIES} times and no plan to serve; check --token\n"
+        )
+        return 2
     return 0
+
+
+def _stop_when_token_rejected(client: PlanClient, stop: threading.Event) -> None:
+    """Stop serving once the API has rejected the node's token with no plan served."""
+
+    def watch() -> None:
+        client.token_rejected.wait()
+        stop.set()
+
+    threading.Thread(target=watch, name="token-watch", daemon=True).start()

@@ -23,6 +23,21 @@ log = logging.getLogger(__name__)
 logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
+def dashboard_sign_in(base_url: str, admin_token: str | None, *, dev_mode: bool) -> str:
+    """Where the dashboard is and how to sign in to it, in one line for the console.
+
+    In development mode the dashboard takes the admin token in its URL, so the line is a link
+    that signs in (``admin_token`` None: a placeholder for a token the operator set). Outside
+    it, the token must come as a bearer header, which a browser cannot send by itself.
+    """
+    if not dev_mode:
+        return (f"{base_url}/ (send the admin token as 'Authorization: Bearer …', e.g. from a "
+                "proxy)")
+    if admin_token is None:
+        return f"{base_url}/?token=<GPUFAIR_API_ADMIN_TOKEN>"
+    return f"{base_url}/?token={admin_token}"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpufair serve", description=__doc__.split("\n")[0])
     parser.add_argument("--host", help="address to listen on (default: settings api.host)")
@@ -62,10 +77,17 @@ def main(argv: list[str]) -> int:
         return 1
     if config.dev_mode and development_token:
         log.warning("development mode: the development admin token is accepted")
+    host, port = args.host or config.host, args.port or config.port
+    shown = config.admin_token if development_token else None  # never echo a real secret
+    base_url = f"http://{host}:{port}"
+    sign_in = dashboard_sign_in(base_url, shown, dev_mode=config.dev_mode)
+    # A line each, the address last, so a terminal's link detection takes it whole.
+    print(f"gpufair serve: dashboard {sign_in}", flush=True)
+    print(f"gpufair serve: API docs {base_url}/docs", flush=True)
     uvicorn.run(
         create_app(config),
-        host=args.host or config.host,
-        port=args.port or config.port,
+        host=host,
+        port=port,
         log_level=args.log_level,
         access_log=not args.no_access_log,
         # No "server: uvicorn" banner: what runs behind the API is nobody's business.

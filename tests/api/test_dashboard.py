@@ -10,6 +10,7 @@ receipt times come from a fake clock installed in the app (15 minutes of them in
 from __future__ import annotations
 
 import html
+import json
 import os
 import random
 import re
@@ -189,14 +190,23 @@ def _entities(page: str) -> str:
     return page.replace("&#34;", "&quot;").replace("&#39;", "&#x27;")
 
 
-COUNTER_FIGURE = re.compile(
-    r'class="lbl">([^<]+)</text><text [^>]*class="lbl">([^<]+?) <tspan class="muted">'
-)
+TAG = re.compile(r"<[^>]+>")
 
 
-def _counter_figures(page: str) -> dict[str, str]:
-    """Tenant -> the attainment figure of its row in the SLA counters panel."""
-    return dict(COUNTER_FIGURE.findall(_section(page, "sla")))
+def _tenant_rows(page: str) -> dict[str, list[str]]:
+    """Tenant -> the text of each cell of its row in the tenants panel."""
+    rows = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", _section(page, "tenants"), re.S):
+        cells = [html.unescape(TAG.sub("", cell)).strip()
+                 for cell in re.findall(r"<td>(.*?)</td>", row, re.S)]
+        if cells:
+            rows[cells[0]] = cells
+    return rows
+
+
+def _tenant_figures(page: str) -> dict[str, str]:
+    """Tenant -> the attainment figure of its row in the tenants panel."""
+    return {name: cells[6] for name, cells in _tenant_rows(page).items()}
 
 
 def _legend_figures(page: str) -> dict[str, str]:
@@ -205,9 +215,11 @@ def _legend_figures(page: str) -> dict[str, str]:
     return dict(keys)
 
 
-def test_sla_counters_show_the_figure_of_the_sla_api_for_the_same_queries(api: Api) -> None:
+def test_one_attainment_figure_the_sla_api_s_for_the_same_queries(api: Api) -> None:
     """One page once showed 92.99 % in the chart's legend and 96.6 % in the counters for the
-    same queries: the counters divided completed by completed + rejected + expired."""
+    same queries (the counters divided completed by completed + rejected + expired, since each
+    daemon started). Now the tenants panel and the chart show the one figure, over one window,
+    and the counters show outcome counts only."""
     world = _world(api)
     _, n2 = api.node("n2", gpus=1)
     # ads-ranking on n1: 1,028 queries received, 965 answered within the SLA, 35 answered
@@ -235,9 +247,12 @@ def test_sla_counters_show_the_figure_of_the_sla_api_for_the_same_queries(api: A
     page = api.client.get("/", headers=api.admin).text
     shown = {name: f"{value:.2%}" for name, value in figures.items()}
     assert _legend_figures(page) == shown
-    counters = _counter_figures(page)
-    assert {name: counters[name] for name in shown} == shown, counters
-    assert "of 1,528" in _section(page, "sla")  # the figure's denominator: queries received
+    tenants = _tenant_figures(page)
+    assert {name: tenants[name] for name in shown} == shown, tenants
+    assert tenants["search-ltr"] == "no queries"
+    counters = _section(page, "sla")
+    assert "1,528 <tspan" in counters  # queries received, with no second attainment figure
+    assert "%" not in TAG.sub("", counters.split("<svg", 1)[1].split("</svg>", 1)[0])
 
 
 def test_answers_after_the_sla_are_not_attained_on_the_dashboard(api: Api) -> None:
@@ -250,7 +265,7 @@ def test_answers_after_the_sla_are_not_attained_on_the_dashboard(api: Api) -> No
         sla=[_tally("search-ltr", "1", 40, 0)],
     )
     page = api.client.get("/", headers=api.admin).text
-    assert _counter_figures(page)["search-ltr"] == "0.00%"
+    assert _tenant_figures(page)["search-ltr"] == "0.00%"
     assert _legend_figures(page)["search-ltr"] == "0.00%"
     (series,) = api.client.get("/v1/sla", headers=api.admin).json()["tenants"]
     assert series["attainment"] == 0.0
@@ -261,14 +276,14 @@ def test_sla_history_panel(api: Api) -> None:
     end = datetime.now(UTC).replace(microsecond=0)
     clock = install_clock(api.client.app, end)
     page = api.client.get("/", headers=api.admin).text
-    assert "No SLA samples in the last 15 minutes" in page
+    assert "No SLA samples in the last 15 min" in page
     totals = _post_sla_history(api, world["node"], clock, end)
     page = api.client.get("/", headers=api.admin).text
     assert "No SLA samples" not in page
     _check_sla_panel(page, totals)
     # A quarter of an hour later the window holds nothing: the empty state again.
     clock.advance(901)
-    assert "No SLA samples in the last 15 minutes" in api.client.get("/", headers=api.admin).text
+    assert "No SLA samples in the last 15 min" in api.client.get("/", headers=api.admin).text
 
 
 def test_admin_sees_cluster_certificate_and_history(api: Api) -> None:
@@ -441,7 +456,7 @@ def _dashboard_naming(tenant: str) -> DashboardData:
                 node="n1", device="cuda:0", kind="H100", streams=4, pool_streams=2, seats=seats
             ),
         ),
-        counters={name: TenantCounters(90, 5, 5, received=100, within_sla=90) for name in names},
+        counters={name: TenantCounters(90, 5, 5, received=100) for name in names},
         nodes=(NodeStatus(name="n1", last_heartbeat_at=start, running_version=2, broken={}),),
         history=(
             HistoryEntry(
@@ -516,7 +531,9 @@ def test_a_hostile_tenant_name_is_escaped_everywhere_it_appears() -> None:
 # --- the page in a real browser ----------------------------------------------------------------
 
 
-def _chromium(tmp_path: Path, *args: str, height: int = 1000) -> subprocess.CompletedProcess[bytes]:
+def _chromium(
+    tmp_path: Path, *args: str, height: int = 1000, width: int = 1400
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [
             str(CHROMIUM),
@@ -529,13 +546,36 @@ def _chromium(tmp_path: Path, *args: str, height: int = 1000) -> subprocess.Comp
             "--disable-component-update",
             "--disable-sync",
             f"--user-data-dir={tmp_path / 'chromium-profile'}",
-            f"--window-size=1400,{height}",
+            f"--window-size={width},{height}",
             *args,
         ],
         capture_output=True,
         timeout=60,
         check=False,
     )
+
+
+# Written into the page by a copy of it that may run a script (the served page may not): how
+# far the page is wider than the window, and which sections scroll sideways inside.
+MEASURE = """<script>
+const sections = [...document.querySelectorAll("section")]
+  .filter(s => s.scrollWidth > s.clientWidth + 1).map(s => s.id);
+document.body.dataset.overflow = JSON.stringify({
+  page: Math.max(0, document.documentElement.scrollWidth - window.innerWidth),
+  sections: sections});
+</script>"""
+
+
+def _overflow(tmp_path: Path, page: str, width: int) -> dict[str, Any]:
+    """The page laid out by Chromium in a window ``width`` px wide: its overflow."""
+    copy = tmp_path / f"measure-{width}.html"
+    copy.write_text(page.replace("</body>", MEASURE + "</body>"))
+    dom = _chromium(tmp_path, "--dump-dom", copy.as_uri(), width=width)
+    assert dom.returncode == 0, dom.stderr.decode()[-2000:]
+    found = re.search(r'data-overflow="([^"]*)"', dom.stdout.decode())
+    assert found, "the measuring script did not run"
+    result: dict[str, Any] = json.loads(html.unescape(found.group(1)))
+    return result
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
@@ -589,6 +629,16 @@ class TestInChromium:
             and "ads-ranking" not in anonymous.stdout.decode()
         )
 
+        # The new panels, in the browser's DOM: shares against entitlements, rates and the one
+        # attainment per tenant, a stale node (n2 never reported) greyed, the legend.
+        assert 'id="tenants"' in text and "share / entitled" in text
+        assert 'class="node stale"' in text and "no heartbeat yet" in text
+        assert "<dt>α</dt>" in text and "<dt>slack</dt>" in text
+        assert '<meta http-equiv="refresh"' in text
+        for width in (800, 1400):
+            overflow = _overflow(tmp_path, httpx.get(page, timeout=30).text, width)
+            assert overflow == {"page": 0, "sections": []}, (width, overflow)
+
         shot = tmp_path / "dashboard.png"
         result = _chromium(tmp_path, f"--screenshot={shot}", page, height=SCREENSHOT_HEIGHT)
         assert result.returncode == 0, result.stderr.decode()[-2000:]
@@ -596,3 +646,29 @@ class TestInChromium:
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
         if os.environ.get("GPUFAIR_UPDATE_SCREENSHOT") == "1":
             shutil.copy(shot, DOCS / "dashboard.png")
+
+
+def test_the_window_fits_the_data_and_a_silent_node_goes_stale(api: Api) -> None:
+    world = _world(api)
+    end = datetime.now(UTC).replace(microsecond=0)
+    clock = install_clock(api.client.app, end - timedelta(seconds=120))
+    # Two minutes of traffic: one heartbeat at its start, one at its end.
+    _heartbeat(api, world["node"], [], sla=[_tally("ads-ranking", "1", 100, 100)])
+    clock.now = end
+    _heartbeat(api, world["node"], [], sla=[_tally("ads-ranking", "1", 1300, 1290)])
+    page = api.client.get("/", headers=api.admin).text
+    # The window starts with the data (2 min, not 15), in buckets of one heartbeat.
+    tenants = _section(page, "tenants")
+    assert "over the last 2 min (5 s buckets)" in tenants
+    assert "5 s buckets, up to" in _section(page, "sla-history")
+    # 1,300 queries in the window of 125 s: its rates, and the one attainment.
+    row = _tenant_rows(page)["ads-ranking"]
+    assert row[3] == f"{1300 / 125:.1f}" and row[4] == f"{1290 / 125:.1f}"
+    assert row[6] == f"{1290 / 1300:.2%}"
+    assert row[2].endswith(" / 0.50")  # entitled: weight 2 of 4
+    assert "live" in _section(page, "nodes") and "node stale" not in page
+    # Twenty seconds without a heartbeat (three missed at 5 s): stale, seats greyed.
+    clock.advance(20)
+    page = api.client.get("/", headers=api.admin).text
+    assert 'class="node stale"' in page and "silent for 20 s" in page
+    assert "stale" in _section(page, "nodes")

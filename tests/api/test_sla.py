@@ -31,8 +31,9 @@ from executor.metrics import ExecutorMetrics
 from executor.scheduling import NodeRuntime, SchedulerConfig
 from executor.wire.attainment import attainment
 from executor.wire.heartbeat import MAX_COUNT, Heartbeat, SlaCount
-from gpufair.commands.demo import _summary, _view
 from gpufair.compose import api_config
+from gpufair.demo.claims import sla_claim
+from gpufair.demo.view import live_table, phase_table
 from gpufair.loadgen import Outcome, StreamStats
 from gpufair.settings import Settings
 from tests.api.conftest import Api, install_clock, make_settings
@@ -361,6 +362,7 @@ def test_every_consumer_gives_the_same_attainment_for_the_same_counters(
         metrics.observe("ads", "1", outcome, latency, sla_s)
     assert metrics.attainment() == {("ads", "1"): expected}
     # ...its heartbeat carries them to the API, which serves them at /v1/sla...
+    api.tenant("ads")
     _, token = api.node("n1")
     report = {
         "replicas": [
@@ -377,18 +379,20 @@ def test_every_consumer_gives_the_same_attainment_for_the_same_counters(
     page = api.client.get("/", headers=api.admin).text
     figure = f"{expected:.2%}"
     history = page[page.index('id="sla-history"') : page.index('id="certificate"')]
-    counters = page[page.index('id="sla"') : page.index('id="history"')]
+    tenants = page[page.index('id="tenants"') : page.index('id="cluster"')]
     assert f"ads <b>{figure}</b>" in history
-    assert f'class="lbl">{figure} <tspan' in counters, counters
+    assert f">{figure}</span></td>" in tenants, tenants
     # The demo's client sees the same queries and summarises them alike, live and at the end.
     stats = StreamStats(window_s=60.0)
     for _, latency, status in outcomes:
         stats.record(Outcome(time.monotonic(), latency or 3 * sla_s, status), "steady", sla_s)
     stream = SimpleNamespace(tenant="ads", phase="steady", rate_qps=100.0, sla_s=sla_s, stats=stats)
     console = Console(file=io.StringIO(), width=200, record=True)
-    summary, _ = _summary([cast(Any, stream)], flood_tenant="ads")
-    console.print(summary)
-    console.print(_view([cast(Any, stream)], {"ads": {}}, {"ads": 1.0}, 10.0, 60.0, 30.0))
+    console.print(phase_table([cast(Any, stream)], {"steady": 10.0}))
+    console.print(live_table([cast(Any, stream)], {"ads": 1.0}, {"ads": 1.0}, 10.0, 0.99, "ads"))
     text = console.export_text()
-    assert f"{figure} of {received}" in text
-    assert f" {expected:.1%} " in text.split("last 5 s", 1)[1]
+    assert f" {figure} " in text.split("last 5 s", 1)[0]  # the phase table
+    assert f" {expected:.1%} " in text.split("last 5 s", 1)[1]  # the live table
+    # ...and the claim the demo's summary makes of them.
+    claim = sla_claim("ads", stats.phase("steady"), sla_s * 1000, 0.99)
+    assert claim.figure.startswith(f"{figure} ({within} of {received} within")

@@ -414,3 +414,31 @@ def test_a_bad_profiles_file_stops_the_daemon_in_one_line(tmp_path: Path) -> Non
         f"gpufair executor: bad profiles: {bad}: rmc1.qps: must not decrease as streams are "
         "added: 100.0 with 2 < 200.0 with 1"
     ], done.stderr
+
+
+def test_a_rejected_token_is_said_plainly_and_a_daemon_with_nothing_to_serve_exits(
+    tmp_path: Path, control: ControlPlane
+) -> None:
+    # A node token the API does not know: every plan pull is a 401. With no saved plan the
+    # daemon has nothing to serve, so after a few tries it ends with one line and status 2;
+    # each try's log line says "token rejected", not a generic failure.
+    Setup(control)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFAIR_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "gpufair.cli", "executor", "--api", control.url, "--node", NODE,
+         "--token", "not-the-node-token", "--backend", "fake", "--port", str(free_port()),
+         "--state-dir", str(tmp_path / "state")],
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"gpufair executor: token rejected by the API for node {NODE!r} 3 times and no plan "
+        "to serve; check --token"
+    )
+    rejected = [line for line in done.stderr.splitlines()
+                if "token rejected by the API (HTTP 401)" in line]
+    assert len(rejected) == 3
+    assert all("no plan to serve" in line for line in rejected)
+    assert "plan pull failed" not in done.stderr
