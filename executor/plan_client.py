@@ -29,6 +29,12 @@ followed by ``PUT {api}/v1/nodes/{node}/profiles`` with the curves of the plan's
 file covers, before the next long-poll; a failed transport or a 5xx is retried after the next
 plan pull (never in its way), a refusal (4xx) is logged and not repeated.
 
+SLA tallies. The API accepts a heartbeat's counts only for (tenant, model) pairs that a recent
+plan of this node seats (403 otherwise), and the counts run since the daemon started; so
+before a plan is applied the tallies are narrowed to its pairs and those of the plan it
+replaces (whose draining queries still finish), and a heartbeat refused with 403 narrows them
+to the served plan's pairs alone, so the next one is accepted.
+
 Both bodies are built from the contracts the API validates them with: a heartbeat is an
 :class:`executor.wire.heartbeat.Heartbeat` (besides the replicas' counters it carries
 ``"sla": [{"tenant", "model", "received", "within_sla"}]``, the daemon's cumulative SLA
@@ -56,7 +62,7 @@ from allocator.cluster.plan import NodePlan, PlanError
 from allocator.errors import first_error
 from executor.metrics import ExecutorMetrics
 from executor.profiles import ProfileCurve, plan_profiles
-from executor.scheduling import NodeRuntime
+from executor.scheduling import NodeRuntime, SwapReport
 from executor.wire.heartbeat import MAX_REASON_CHARS, Heartbeat, ReplicaReport
 from executor.wire.profiles import ProfilesPut
 
@@ -136,6 +142,13 @@ class PlanState:
         return plan, etag
 
 
+def _seated(plan: NodePlan | None) -> set[tuple[str, str]]:
+    """The (tenant, model id) pairs a plan seats."""
+    if plan is None:
+        return set()
+    return {(s.replica.tenant, s.replica.model_id) for _, s in plan.replicas() if s.replica}
+
+
 class PlanClient:
     """Two background threads: the plan long-poll (with profile uploads) and the heartbeat."""
 
@@ -166,6 +179,7 @@ class PlanClient:
         self._profiles = profiles or {}
         self._profiles_due: NodePlan | None = None  # applied, its profiles not yet uploaded
         self._metrics = metrics
+        self._serving: NodePlan | None = None  # the plan applied last
         self._node = node
         self._long_poll_s = long_poll_s
         self._heartbeat_s = heartbeat_s
@@ -202,7 +216,7 @@ class PlanClient:
         if saved is None:
             return False
         plan, etag = saved
-        if self._runtime.apply(plan) is None:
+        if self._apply(plan) is None:
             return False
         self.etag = etag
         self._profiles_due = plan
@@ -239,7 +253,7 @@ class PlanClient:
             return False
         resolved = self._fetch_artifacts(plan)  # a failed download leaves the ETag: retried
         self.etag = etag
-        if self._runtime.apply(resolved) is None:
+        if self._apply(resolved) is None:
             return False
         self._profiles_due = resolved
         if self._state is not None:
@@ -249,6 +263,16 @@ class PlanClient:
                 log.error("plan version %d not saved to %s: %s", plan.version,
                           self._state.path, exc)
         return True
+
+    def _apply(self, plan: NodePlan) -> SwapReport | None:
+        """Apply the plan, narrowing the SLA tallies first to its pairs and the replaced
+        plan's, so no query of the new plan goes untallied."""
+        if self._metrics is not None:
+            self._metrics.retain(_seated(plan) | _seated(self._serving))
+        applied = self._runtime.apply(plan)
+        if applied is not None:
+            self._serving = plan
+        return applied
 
     def upload_profiles(self) -> int:
         """Upload the curves covering the last applied plan's models; the entries sent.
@@ -307,6 +331,12 @@ class PlanClient:
         report the heartbeat contract refuses (which is then not sent)."""
         body = self.report().model_dump(mode="json")
         response = self._client.post(f"/v1/nodes/{self._node}/heartbeat", json=body)
+        if response.status_code == 403 and self._metrics is not None:
+            # Counts for pairs the API no longer counts as this node's (the plan they came
+            # from is not recent any more): keep only the served plan's.
+            log.warning("heartbeat refused (%s); SLA tallies narrowed to plan version %s",
+                        response.text[:500], self._runtime.plan_version)
+            self._metrics.retain(_seated(self._serving))
         response.raise_for_status()
         self.heartbeats_sent += 1
 

@@ -5,17 +5,26 @@ token, shown once. Its daemon then reports heartbeats and profiles: for each mod
 the latency-bounded QPS of one replica with 1, 2, ... streams — q_m(g, s) of docs/architecture.md
 §2, which the next solve turns into valuations in place of the estimate. A heartbeat's cumulative
 SLA counts become per-tenant samples of the attainment history (:mod:`api.services.sla`).
+
+A node's token writes only about what the node serves: a heartbeat's SLA counts and a profile
+upload may name only (tenant, model) pairs and models that one of the node's recent plans
+seats on it (:func:`api.services.plans.recent_seats`). Anything else is refused whole with
+403 and logged with the node's name, so one node can neither move another tenant's attainment
+nor learn which model ids exist by uploading profiles for them.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from api.auth import NODE_TOKEN_PREFIX, new_token, token_hash
-from api.errors import Conflict, InvalidInput, NotFound
+from api.errors import Conflict, Forbidden, InvalidInput, NotFound
 from api.models import (
     AllocationRow,
     ArtifactRow,
@@ -27,9 +36,41 @@ from api.models import (
 )
 from api.schemas import NodeCreate
 from api.services import sla
-from api.services.plans import current_plan
+from api.services.plans import Seated, current_plan, recent_seats
 from executor.wire.heartbeat import Heartbeat
 from executor.wire.profiles import ProfileEntry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# How many refused names a 403 and its log line quote (a heartbeat may carry thousands).
+QUOTED = 5
+
+
+def _not_seated(
+    *,
+    session: Session,
+    node_id: int,
+    wanted: set[T],
+    key: Callable[[Seated], T],
+    also_version: int | None = None,
+) -> set[T]:
+    """What of ``wanted`` (each seated pair seen through ``key``) no recent plan of the node
+    seats; the plans are searched newest first and only as far as needed."""
+    outside = set(wanted)
+    if outside:
+        for seated in recent_seats(session=session, node_id=node_id, also_version=also_version):
+            outside -= {key(pair) for pair in seated}
+            if not outside:
+                break
+    return outside
+
+
+def _refuse(node: NodeRow, what: str, outside: list[str]) -> Forbidden:
+    names = ", ".join(outside[:QUOTED]) + (f" and {len(outside) - QUOTED} more"
+                                           if len(outside) > QUOTED else "")
+    log.warning("node %r refused: %s not seated on it by its recent plans: %s",
+                node.name, what, names)
+    return Forbidden(f"this node's recent plans do not seat {what}: {names}")
 
 
 def create_node(*, session: Session, data: NodeCreate) -> tuple[NodeRow, str]:
@@ -87,6 +128,16 @@ def record_heartbeat(
     node = session.get(NodeRow, node_id, with_for_update={"key_share": True})
     if node is None:
         raise NotFound(f"node {node_id} not found")
+    outside = _not_seated(
+        session=session,
+        node_id=node.id,
+        wanted={(count.tenant, count.model) for count in data.sla},
+        key=lambda pair: pair,
+        also_version=data.plan_version,
+    )
+    if outside:
+        raise _refuse(node, "the SLA counts' tenant/model",
+                      [f"{tenant}/{model}" for tenant, model in sorted(outside)])
     sla.record_samples(
         session=session,
         node_id=node.id,
@@ -105,7 +156,21 @@ def record_heartbeat(
 
 
 def store_profiles(*, session: Session, node_id: int, entries: list[ProfileEntry]) -> int:
-    """Upsert the node's measured curves; entries for other models and devices are kept."""
+    """Upsert the node's measured curves; entries for other models and devices are kept.
+
+    Only models seated on this node by one of its recent plans may be profiled: the daemon
+    measures what it was given to serve, and uploads after it applied the plan."""
+    node = session.get(NodeRow, node_id)
+    if node is None:
+        raise NotFound(f"node {node_id} not found")
+    outside = _not_seated(
+        session=session,
+        node_id=node.id,
+        wanted={str(entry.model_id) for entry in entries},
+        key=lambda pair: pair[1],
+    )
+    if outside:
+        raise _refuse(node, "the profiles' models", sorted(outside, key=int))
     devices = {
         d.device: d.id
         for d in session.scalars(select(DeviceRow).where(DeviceRow.node_id == node_id))

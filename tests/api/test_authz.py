@@ -87,9 +87,9 @@ def _world(api: Api) -> dict[str, Any]:
         headers={**api.bearer(key_a), "Content-Type": "application/octet-stream"},
     )
     assert r.status_code == 200
-    api.model(key_b, "b-model", replicas_wanted=1, memory_mb=100)
+    b_model = api.model(key_b, "b-model", replicas_wanted=1, memory_mb=100)
     _, node_token = api.node("n1", gpus=1, seats=2, streams=4)
-    api.node("n2", gpus=1)
+    _, n2_token = api.node("n2", gpus=1)
     api.client.delete(f"/v1/tenants/{c['id']}", headers=api.admin)  # C joins no allocation
     c, _ = api.tenant("c")
     allocation = api.solve()
@@ -100,13 +100,20 @@ def _world(api: Api) -> dict[str, Any]:
     spare_keys = [
         api.client.post(f"/v1/tenants/{a['id']}/keys", headers=api.admin).json() for _ in (0, 1)
     ]
-    # SLA samples of both tenants, so that /v1/sla/me has tenant A's data to leak to B.
-    sla = [
-        {"tenant": a["name"], "model": str(upload["id"]), "received": 50, "within_sla": 49},
-        {"tenant": "b", "model": "2", "received": 20, "within_sla": 20},
-    ]
-    r = api.client.post("/v1/nodes/n1/heartbeat", json={"sla": sla}, headers=api.bearer(node_token))
-    assert r.status_code == 200, r.text
+    # SLA samples of both tenants, so that /v1/sla/me has tenant A's data to leak to B; each
+    # from the node that seats the model (a node may report nothing else).
+    counts = {
+        (a["name"], str(upload["id"])): {"received": 50, "within_sla": 49},
+        ("b", str(b_model["id"])): {"received": 20, "within_sla": 20},
+    }
+    for node, token in (("n1", node_token), ("n2", n2_token)):
+        plan = api.client.get(f"/v1/nodes/{node}/plan", headers=api.bearer(token)).json()
+        pairs = {(s["replica"]["tenant"], s["replica"]["model_id"])
+                 for d in plan["devices"] for s in d["seats"] if s["replica"]}
+        sla = [{"tenant": t, "model": m, **counts[t, m]} for t, m in sorted(pairs & set(counts))]
+        r = api.client.post(f"/v1/nodes/{node}/heartbeat", json={"sla": sla},
+                            headers=api.bearer(token))
+        assert r.status_code == 200, r.text
     everyone = api.client.get("/v1/sla", headers=api.admin).json()
     assert [s["tenant"] for s in everyone["tenants"]] == sorted([a["name"], "b"])
     return {

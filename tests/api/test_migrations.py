@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy
@@ -187,7 +188,7 @@ def _old_row(criterion: str, holds: bool, slack: float, lam: float) -> dict[str,
 
 # A certificate in the old format: the top-level "holds", every EF-type row checked at one
 # applied λ (here 0.5) and PROP-type rows at another (0).
-OLD_CERTIFICATE = {
+OLD_CERTIFICATE: dict[str, Any] = {
     "fair": False, "holds": False, "violations": 1,
     "agents": {
         "exact": _old_row("prop", True, 0.1, 0.0),
