@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -159,3 +159,15 @@ CurrentTenant = Annotated[Principal, Depends(_tenant)]
 CurrentNode = Annotated[Principal, Depends(_node)]
 # The node of a route that holds no transaction (the plan long-poll).
 PollingNode = Annotated[Principal, Depends(_polling_node)]
+
+# ``If-Match`` of a PATCH or DELETE of a tenant or model: required (api.services.revisions
+# answers 428 without it), declared optional so that its absence is that 428, not a 422.
+IfMatch = Annotated[
+    str | None,
+    Header(description="required: the ETag read (a stale one gets 412; none, 428), or * to "
+           "overwrite whatever is there"),
+]
+# ``If-Match`` where it is optional (the artifact upload): checked when sent.
+OptionalIfMatch = Annotated[
+    str | None, Header(description="optional: the ETag read; a stale one gets 412")
+]

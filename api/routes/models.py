@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Response, status
+from fastapi import APIRouter, Body, Response, status
 
-from api.deps import CurrentTenant, SessionDep
+from api.deps import CurrentTenant, IfMatch, OptionalIfMatch, SessionDep
 from api.models import ModelRow
 from api.schemas import ArtifactPublic, ModelCreate, ModelPublic, ModelUpdate, PathId
 from api.services import models as service
 from api.services.revisions import revision_etag
 
 router = APIRouter(prefix="/models", tags=["tenant"])
-IfMatch = Annotated[str | None, Header(description="the ETag read; a stale one gets 412")]
 
 
 def _public(session: SessionDep, model: ModelRow, response: Response) -> ModelPublic:
@@ -75,7 +74,7 @@ def upload_artifact(
     data: Annotated[bytes, Body(media_type="application/octet-stream")],
     tenant: CurrentTenant,
     session: SessionDep,
-    if_match: IfMatch = None,
+    if_match: OptionalIfMatch = None,
 ) -> ArtifactPublic:
     """Upload the model's TorchScript file (``torch.jit.save``); the model's artifact becomes
     ``api:<model>`` and nodes whose plan seats it download it from the API."""

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Response, status
 
-from fastapi import APIRouter, Header, Response, status
-
-from api.deps import AdminDep, CurrentTenant, SessionDep
+from api.deps import AdminDep, CurrentTenant, IfMatch, SessionDep
 from api.models import TenantRow
 from api.schemas import (
     ApiKeyCreated,
@@ -21,7 +19,6 @@ from api.services import tenants as service
 from api.services.revisions import revision_etag
 
 router = APIRouter(prefix="/tenants")
-IfMatch = Annotated[str | None, Header(description="the ETag read; a stale one gets 412")]
 
 
 def _public(tenant: TenantRow, response: Response) -> TenantPublic:

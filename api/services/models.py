@@ -111,7 +111,7 @@ def store_artifact(
 ) -> ArtifactRow:
     """Store an uploaded TorchScript file and point the model at it (``api:<id>``)."""
     model = get_model_or_raise(session=session, tenant_id=tenant_id, model_id=model_id)
-    check_if_match(if_match, model.revision)
+    check_if_match(if_match, model.revision, required=False)
     if not data.startswith(ZIP_MAGIC):
         raise InvalidInput(
             "the artifact is not a TorchScript archive (torch.jit.save writes a zip file)",

@@ -90,7 +90,8 @@ def _world(api: Api) -> dict[str, Any]:
     b_model = api.model(key_b, "b-model", replicas_wanted=1, memory_mb=100)
     _, node_token = api.node("n1", gpus=1, seats=2, streams=4)
     _, n2_token = api.node("n2", gpus=1)
-    api.client.delete(f"/v1/tenants/{c['id']}", headers=api.admin)  # C joins no allocation
+    # C joins no allocation
+    api.client.delete(f"/v1/tenants/{c['id']}", headers={**api.admin, "If-Match": "*"})
     c, _ = api.tenant("c")
     allocation = api.solve()
     seated = api.client.get("/v1/nodes/n1/plan", headers=api.bearer(node_token)).json()
@@ -138,6 +139,8 @@ def _call(
     api: Api, method: str, path: str, token: str | None, body: Any, world: dict[str, Any]
 ) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if method in ("PATCH", "DELETE"):
+        headers["If-Match"] = "*"  # required on tenants and models (428); ignored on keys
     if body == "profiles":
         body = {"profiles": [{"model_id": world["a_upload"], "device": "cuda:0", "qps": [10, 20]}]}
     if body == b"upload":

@@ -32,7 +32,8 @@ def test_crud_with_etags(api: Api) -> None:
     )
     assert r.status_code == 200 and r.json()["demand_qps"] == 900.0
     assert [m["name"] for m in api.client.get("/v1/models", headers=auth).json()] == ["ranker"]
-    assert api.client.delete(url, headers=auth).status_code == 204
+    assert api.client.delete(url, headers={**auth, "If-Match": r.headers["ETag"]}).status_code \
+        == 204
     assert api.client.get(url, headers=auth).status_code == 404
 
 

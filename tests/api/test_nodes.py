@@ -175,7 +175,7 @@ def test_counts_of_a_recent_plan_are_accepted_and_of_an_old_one_refused(api: Api
     """The scope covers the node's RECENT_PLANS newest plans: a daemon still counting a pair
     its previous plans seated is accepted; once they are older, the pair is refused."""
     token, tenant, key, model = _two_tenants_on_two_nodes(api)["n1"]
-    r = api.client.delete(f"/v1/models/{model}", headers=api.bearer(key))
+    r = api.client.delete(f"/v1/models/{model}", headers={**api.bearer(key), "If-Match": "*"})
     assert r.status_code == 204, r.text  # the next plans seat nothing of it on n1
     for version in range(2, RECENT_PLANS + 3):
         assert api.solve()["version"] == version

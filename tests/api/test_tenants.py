@@ -14,11 +14,14 @@ def test_create_list_read_update_delete(api: Api) -> None:
     assert r.headers["ETag"] == f'"r{tenant["revision"]}"'
     assert [t["name"] for t in c.get("/v1/tenants", headers=admin).json()] == ["ads"]
 
-    r = c.patch(f"/v1/tenants/{tenant['id']}", json={"weight": 3}, headers=admin)
+    etag = r.headers["ETag"]
+    r = c.patch(f"/v1/tenants/{tenant['id']}", json={"weight": 3},
+                headers={**admin, "If-Match": etag})
     assert r.status_code == 200 and r.json()["weight"] == 3.0
     assert r.json()["revision"] == tenant["revision"] + 1
 
-    assert c.delete(f"/v1/tenants/{tenant['id']}", headers=admin).status_code == 204
+    r = c.delete(f"/v1/tenants/{tenant['id']}", headers={**admin, "If-Match": r.headers["ETag"]})
+    assert r.status_code == 204
     assert c.get(f"/v1/tenants/{tenant['id']}", headers=admin).status_code == 404
     assert c.get("/v1/tenants", headers=admin).json() == []
 
@@ -42,6 +45,31 @@ def test_stale_if_match_is_412_and_changes_nothing(api: Api) -> None:
     assert api.client.get(url, headers=api.admin).json()["weight"] == 2.0
     gone = api.client.delete(url, headers={**api.admin, "If-Match": etag})
     assert gone.status_code == 412
+
+
+def test_a_change_without_if_match_is_428_and_changes_nothing(api: Api) -> None:
+    """One rule on both backends (this test runs on each): every PATCH and DELETE of a tenant
+    or a model names the revision it read, or ``*`` to overwrite whatever is there."""
+    tenant, key = api.tenant("ads")
+    model = api.model(key, "ranker")
+    for url, headers, change, deletable in [
+        (f"/v1/tenants/{tenant['id']}", api.admin, {"weight": 5}, True),
+        ("/v1/tenants/me", api.bearer(key), {"criterion": "efm"}, False),
+        (f"/v1/models/{model['id']}", api.bearer(key), {"demand_qps": 1}, True),
+    ]:
+        before = api.client.get(url, headers=headers).json()
+        replies = [api.client.patch(url, json=change, headers=headers)]
+        if deletable:
+            replies.append(api.client.delete(url, headers=headers))
+        for r in replies:
+            assert r.status_code == 428, (url, r.text)
+            assert r.json()["error"] == {
+                "code": "etag_required", "field": "If-Match",
+                "message": r.json()["error"]["message"]}
+        assert api.client.get(url, headers=headers).json() == before
+        r = api.client.patch(url, json=change, headers={**headers, "If-Match": "*"})
+        assert r.status_code == 200, r.text
+        assert r.json()["revision"] == before["revision"] + 1
 
 
 def test_bad_fields_are_422_with_the_field_named(api: Api) -> None:
@@ -73,9 +101,10 @@ def test_keys_are_shown_once_stored_hashed_and_revocable(api: Api) -> None:
 
 def test_tenant_changes_its_criterion_but_not_its_weight(api: Api) -> None:
     _, key = api.tenant("ads", weight=2)
-    r = api.client.patch("/v1/tenants/me", json={"criterion": "efm"}, headers=api.bearer(key))
+    auth = {**api.bearer(key), "If-Match": '"r1"'}
+    r = api.client.patch("/v1/tenants/me", json={"criterion": "efm"}, headers=auth)
     assert r.status_code == 200 and r.json()["criterion"] == "efm"
-    r = api.client.patch("/v1/tenants/me", json={"weight": 9}, headers=api.bearer(key))
+    r = api.client.patch("/v1/tenants/me", json={"weight": 9}, headers=auth)
     assert r.status_code == 422 and r.json()["error"]["field"] == "weight"
 
 
@@ -99,5 +128,6 @@ def test_tenant_revokes_only_its_own_keys(api: Api) -> None:
 def test_deleting_a_tenant_deletes_its_models_and_keys(api: Api) -> None:
     tenant, key = api.tenant("ads")
     api.model(key, "ranker")
-    assert api.client.delete(f"/v1/tenants/{tenant['id']}", headers=api.admin).status_code == 204
+    r = api.client.delete(f"/v1/tenants/{tenant['id']}", headers={**api.admin, "If-Match": "*"})
+    assert r.status_code == 204
     assert api.client.get("/v1/models", headers=api.bearer(key)).status_code == 401
