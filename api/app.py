@@ -21,6 +21,7 @@ from api.db import Database, PoolLimits
 from api.errors import SchemaNotReady, install_error_handlers
 from api.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
 from api.metrics import Metrics, MetricsMiddleware
+from api.ratelimit import FailedCredentials
 from api.routes import allocations, dashboard, health, models, nodes, sla, tenants
 from api.scheduler import SolveScheduler
 from api.services.plans import PlanNotifier
@@ -59,7 +60,13 @@ def create_app(config: ApiConfig) -> FastAPI:
         "routes a node token, each as `Authorization: Bearer ...`.",
         lifespan=lifespan,
     )
-    app.state.gpufair = AppState(config=config, db=db, metrics=metrics, notifier=PlanNotifier())
+    app.state.gpufair = AppState(
+        config=config,
+        db=db,
+        metrics=metrics,
+        notifier=PlanNotifier(),
+        failed_credentials=FailedCredentials(config.failed_credentials_per_minute),
+    )
     install_error_handlers(app)
     for router in (tenants.router, models.router, nodes.router, allocations.router, sla.router):
         app.include_router(router, prefix=API_PREFIX)

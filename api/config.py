@@ -29,6 +29,8 @@ class ApiConfig:
     dev_mode: bool  # also: the dashboard takes ?token=, and an empty SQLite is upgraded on start
     max_body_bytes: int  # larger request bodies get 413
     max_long_poll_s: float  # longest ?wait=S a node may ask for
+    # failed credentials one client address may present per minute before it gets 429
+    failed_credentials_per_minute: int
     solve_interval_s: float  # scheduled re-solve period; 0: only on request
     sla_history_s: float  # how long heartbeats' SLA samples are kept
     solve_options: SolveOptions  # how every solve runs; its objective is the snapshot's

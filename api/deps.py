@@ -4,7 +4,8 @@ Every route names what it needs as an ``Annotated`` alias — ``SessionDep`` for
 ``AdminDep``, ``CurrentTenant`` or ``CurrentNode`` for its caller — and gets nothing else.
 The rules, all here:
 
-- no token, or one nobody issued (or revoked): 401;
+- no token, or one nobody issued (or revoked, or expired): 401; an address that presented
+  too many such tokens lately: 429 for any token (:mod:`api.ratelimit`);
 - a valid token of another role: 403 (an admin token on a tenant route, a node token on an
   admin route, ...);
 - a node token on another node's path: 404, as if that node did not exist; tenants are
@@ -22,11 +23,12 @@ of its own and holds none while it waits.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -88,40 +90,60 @@ async def _session(request: Request) -> AsyncIterator[Session]:
 SessionDep = Annotated[Session, Depends(_session, scope="function")]
 
 
-def _token(credentials: Credentials, role: str) -> str:
+def client_address(request: Request) -> str:
+    """The address failed credentials are counted against (api.ratelimit)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _token(request: Request, state: AppState, credentials: Credentials, role: str) -> str:
+    """The bearer token; 401 without one, 429 when its address failed too often lately."""
     if credentials is None or not credentials.credentials:
         raise Unauthorized(f"this route needs a bearer {role} token")
+    state.failed_credentials.check(client_address(request))
     return credentials.credentials
 
 
-def _check_role(principal: Principal | None, role: str) -> Principal:
+def _identify(
+    state: AppState, token: str
+) -> Callable[[Session | Connection], Principal | None]:
+    """Who ``token`` belongs to now, asked on a session or connection (keys may expire)."""
+    now = state.clock()
+    return lambda connection: identify(
+        session=connection, token=token, config=state.config, now=now
+    )
+
+
+def _check_role(
+    request: Request, state: AppState, principal: Principal | None, role: str
+) -> Principal:
     if principal is None:
-        raise Unauthorized("unknown or revoked token")
+        state.failed_credentials.failed(client_address(request))
+        raise Unauthorized("unknown, revoked or expired token")
     if principal.role != role:
         raise Forbidden(f"this route is for the {role}, not a {principal.role}")
     return principal
 
 
 async def _admin(
-    state: StateDep, credentials: Annotated[Credentials, Depends(_admin_scheme)]
+    request: Request, state: StateDep, credentials: Annotated[Credentials, Depends(_admin_scheme)]
 ) -> None:
-    token = _token(credentials, "admin")
+    token = _token(request, state, credentials, "admin")
     if is_admin(token, state.config):
         return
     # Not the admin: whose token it is decides between 401 and 403.
-    principal = await state.db.read(
-        lambda connection: identify(session=connection, token=token, config=state.config)
-    )
-    _check_role(principal, "admin")
+    principal = await state.db.read(_identify(state, token))
+    _check_role(request, state, principal, "admin")
 
 
 def _tenant(
+    request: Request,
     state: StateDep,
     session: SessionDep,
     credentials: Annotated[Credentials, Depends(_tenant_scheme)],
 ) -> Principal:
-    token = _token(credentials, "tenant")
-    return _check_role(identify(session=session, token=token, config=state.config), "tenant")
+    token = _token(request, state, credentials, "tenant")
+    principal = _identify(state, token)(session)
+    return _check_role(request, state, principal, "tenant")
 
 
 def _own_path(request: Request, principal: Principal) -> Principal:
@@ -137,9 +159,9 @@ def _node(
     session: SessionDep,
     credentials: Annotated[Credentials, Depends(_node_scheme)],
 ) -> Principal:
-    token = _token(credentials, "node")
-    principal = identify(session=session, token=token, config=state.config)
-    return _own_path(request, _check_role(principal, "node"))
+    token = _token(request, state, credentials, "node")
+    principal = _identify(state, token)(session)
+    return _own_path(request, _check_role(request, state, principal, "node"))
 
 
 async def _polling_node(
@@ -147,11 +169,9 @@ async def _polling_node(
     state: StateDep,
     credentials: Annotated[Credentials, Depends(_node_scheme)],
 ) -> Principal:
-    token = _token(credentials, "node")
-    principal = await state.db.read(
-        lambda connection: identify(session=connection, token=token, config=state.config)
-    )
-    return _own_path(request, _check_role(principal, "node"))
+    token = _token(request, state, credentials, "node")
+    principal = await state.db.read(_identify(state, token))
+    return _own_path(request, _check_role(request, state, principal, "node"))
 
 
 AdminDep = Annotated[None, Depends(_admin)]

@@ -89,6 +89,8 @@ class ApiKeyRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Refused from this moment on (migration 0005); null: the key does not expire.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     tenant: Mapped[TenantRow] = relationship(back_populates="keys")
 

@@ -103,12 +103,32 @@ class TenantPublic(_Out):
     created_at: datetime
 
 
+# A key's expiry and a rotation's grace are bounded: a year, and a week.
+MAX_KEY_LIFETIME_S = 366 * 86400
+MAX_GRACE_S = 7 * 86400
+
+
+class ApiKeyCreate(_In):
+    expires_in_s: Annotated[int, Field(ge=60, le=MAX_KEY_LIFETIME_S)] | None = Field(
+        default=None,
+        description="the key is refused this many seconds after it is issued; null: never",
+    )
+
+
+class ApiKeyRotate(_In):
+    grace_s: Annotated[int, Field(ge=0, le=MAX_GRACE_S)] = Field(
+        default=0,
+        description="how long the key this request presents keeps working; 0: revoked now",
+    )
+
+
 class ApiKeyPublic(_Out):
     id: int
     tenant_id: int
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None = Field(description="refused from then on; null: never")
 
 
 class ApiKeyCreated(ApiKeyPublic):

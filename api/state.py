@@ -19,6 +19,7 @@ from api.config import ApiConfig
 from api.db import Database
 from api.metrics import Metrics
 from api.models import utcnow
+from api.ratelimit import FailedCredentials
 from api.services.plans import PlanNotifier
 from api.services.sla import PruneSchedule
 
@@ -29,6 +30,7 @@ class AppState:
     db: Database
     metrics: Metrics
     notifier: PlanNotifier
+    failed_credentials: FailedCredentials
     clock: Callable[[], datetime] = utcnow  # aware UTC
     sla_prune: PruneSchedule = field(default_factory=PruneSchedule)
 

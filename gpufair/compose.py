@@ -111,6 +111,7 @@ def api_config(settings: Settings) -> ApiConfig:
         dev_mode=settings.api.dev_mode,
         max_body_bytes=settings.api.max_body_bytes,
         max_long_poll_s=settings.api.max_long_poll_s,
+        failed_credentials_per_minute=settings.api.failed_credentials_per_minute,
         solve_interval_s=settings.api.solve_interval_s,
         sla_history_s=settings.api.sla_history_s,
         solve_options=solve_options(settings.allocator),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from api.deps import AdminDep, CurrentTenant, IfMatch, SessionDep
-from api.models import TenantRow
+from api.deps import AdminDep, CurrentTenant, IfMatch, SessionDep, StateDep
+from api.models import ApiKeyRow, TenantRow
 from api.schemas import (
+    ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyPublic,
+    ApiKeyRotate,
     PathId,
     TenantCreate,
     TenantPublic,
@@ -19,6 +21,12 @@ from api.services import tenants as service
 from api.services.revisions import revision_etag
 
 router = APIRouter(prefix="/tenants")
+
+
+def _key_created(row: ApiKeyRow, key: str) -> ApiKeyCreated:
+    return ApiKeyCreated.model_validate(
+        {**ApiKeyPublic.model_validate(row).model_dump(), "key": key}
+    )
 
 
 def _public(tenant: TenantRow, response: Response) -> TenantPublic:
@@ -50,9 +58,30 @@ def list_my_keys(tenant: CurrentTenant, session: SessionDep) -> list[ApiKeyPubli
     return [ApiKeyPublic.model_validate(k) for k in keys]
 
 
+@router.post("/me/keys/rotate", status_code=status.HTTP_201_CREATED, tags=["tenant"])
+def rotate_my_key(
+    tenant: CurrentTenant, session: SessionDep, state: StateDep, data: ApiKeyRotate | None = None
+) -> ApiKeyCreated:
+    """A new key, shown once; the key this request presents is revoked now, or refused after
+    ``grace_s`` seconds (so clients can move over)."""
+    row, key = service.rotate_key(
+        session=session,
+        tenant_id=tenant.id,
+        key_id=tenant.key_id,
+        grace_s=(data or ApiKeyRotate()).grace_s,
+        now=state.clock(),
+    )
+    return _key_created(row, key)
+
+
 @router.delete("/me/keys/{key_id}", tags=["tenant"])
-def revoke_my_key(key_id: PathId, tenant: CurrentTenant, session: SessionDep) -> ApiKeyPublic:
-    row = service.revoke_key(session=session, tenant_id=tenant.id, key_id=key_id)
+def revoke_my_key(
+    key_id: PathId, tenant: CurrentTenant, session: SessionDep, state: StateDep
+) -> ApiKeyPublic:
+    """Revoke one of your keys; your last usable one cannot be (409): rotate it instead."""
+    row = service.revoke_key(
+        session=session, tenant_id=tenant.id, key_id=key_id, now=state.clock(), keep_one=True
+    )
     return ApiKeyPublic.model_validate(row)
 
 
@@ -97,11 +126,21 @@ def delete_tenant(
 
 
 @router.post("/{tenant}/keys", status_code=status.HTTP_201_CREATED, tags=["admin"])
-def issue_key(tenant: PathId, _: AdminDep, session: SessionDep) -> ApiKeyCreated:
-    row, key = service.issue_key(session=session, tenant_id=tenant)
-    return ApiKeyCreated.model_validate(
-        {**ApiKeyPublic.model_validate(row).model_dump(), "key": key}
+def issue_key(
+    tenant: PathId,
+    _: AdminDep,
+    session: SessionDep,
+    state: StateDep,
+    data: ApiKeyCreate | None = None,
+) -> ApiKeyCreated:
+    """A new API key for the tenant, shown once; ``expires_in_s`` makes it expire."""
+    row, key = service.issue_key(
+        session=session,
+        tenant_id=tenant,
+        now=state.clock(),
+        expires_in_s=(data or ApiKeyCreate()).expires_in_s,
     )
+    return _key_created(row, key)
 
 
 @router.get("/{tenant}/keys", tags=["admin"])
@@ -112,6 +151,9 @@ def list_keys(tenant: PathId, _: AdminDep, session: SessionDep) -> list[ApiKeyPu
 
 
 @router.delete("/{tenant}/keys/{key_id}", tags=["admin"])
-def revoke_key(tenant: PathId, key_id: PathId, _: AdminDep, session: SessionDep) -> ApiKeyPublic:
-    row = service.revoke_key(session=session, tenant_id=tenant, key_id=key_id)
+def revoke_key(
+    tenant: PathId, key_id: PathId, _: AdminDep, session: SessionDep, state: StateDep
+) -> ApiKeyPublic:
+    """Revoke any key of the tenant, its last one too (the admin can issue another)."""
+    row = service.revoke_key(session=session, tenant_id=tenant, key_id=key_id, now=state.clock())
     return ApiKeyPublic.model_validate(row)

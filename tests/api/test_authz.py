@@ -25,6 +25,8 @@ ROUTES: list[tuple[str, str, str, int, Any]] = [
     ("PATCH", "/v1/tenants/me", "tenant", 200, {"criterion": "ef1"}),
     ("GET", "/v1/tenants/me/keys", "tenant", 200, None),
     ("DELETE", "/v1/tenants/me/keys/{a_key_spare}", "tenant", 200, None),
+    # With a grace period: the key presented keeps working for the rest of the matrix.
+    ("POST", "/v1/tenants/me/keys/rotate", "tenant", 201, {"grace_s": 3600}),
     ("POST", "/v1/tenants", "admin", 201, {"name": "fresh"}),
     ("GET", "/v1/tenants", "admin", 200, None),
     ("GET", "/v1/tenants/{a}", "admin", 200, None),

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from tests.api.conftest import Api
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.errors import TooManyRequests
+from api.ratelimit import FailedCredentials
+from gpufair.compose import api_config
+from tests.api.conftest import ADMIN_TOKEN, Api, install_clock, make_settings
+
+T0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
 
 
 def test_create_list_read_update_delete(api: Api) -> None:
@@ -109,7 +121,9 @@ def test_tenant_changes_its_criterion_but_not_its_weight(api: Api) -> None:
 
 
 def test_tenant_revokes_only_its_own_keys(api: Api) -> None:
-    _, key_a = api.tenant("a")
+    tenant_a, key_a = api.tenant("a")
+    # A second key, so that revoking the first one is not revoking its last.
+    assert api.client.post(f"/v1/tenants/{tenant_a['id']}/keys", headers=api.admin).is_success
     tenant_b, key_b = api.tenant("b")
     b_keys = api.client.get("/v1/tenants/me/keys", headers=api.bearer(key_b)).json()
     r = api.client.delete(f"/v1/tenants/me/keys/{b_keys[0]['id']}", headers=api.bearer(key_a))
@@ -131,3 +145,106 @@ def test_deleting_a_tenant_deletes_its_models_and_keys(api: Api) -> None:
     r = api.client.delete(f"/v1/tenants/{tenant['id']}", headers={**api.admin, "If-Match": "*"})
     assert r.status_code == 204
     assert api.client.get("/v1/models", headers=api.bearer(key)).status_code == 401
+
+
+def _keys(api: Api, key: str) -> dict[int, dict[str, Any]]:
+    keys = api.client.get("/v1/tenants/me/keys", headers=api.bearer(key)).json()
+    return {k["id"]: k for k in keys}
+
+
+def test_an_expiring_key_is_refused_once_it_expired(api: Api) -> None:
+    tenant, _ = api.tenant("ads")
+    clock = install_clock(api.client.app, T0)
+    r = api.client.post(
+        f"/v1/tenants/{tenant['id']}/keys", json={"expires_in_s": 60}, headers=api.admin
+    )
+    assert r.status_code == 201 and r.json()["expires_at"] is not None, r.text
+    key = r.json()["key"]
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(key)).status_code == 200
+    clock.advance(61)
+    r = api.client.get("/v1/tenants/me", headers=api.bearer(key))
+    assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+    for bad in (0, 59, 10**9):
+        r = api.client.post(
+            f"/v1/tenants/{tenant['id']}/keys", json={"expires_in_s": bad}, headers=api.admin
+        )
+        assert r.status_code == 422 and r.json()["error"]["field"] == "expires_in_s", r.text
+
+
+def test_a_tenant_rotates_its_key_with_and_without_grace(api: Api) -> None:
+    _, old = api.tenant("ads")
+    clock = install_clock(api.client.app, T0)
+    r = api.client.post("/v1/tenants/me/keys/rotate", json={"grace_s": 120},
+                        headers=api.bearer(old))
+    assert r.status_code == 201, r.text
+    new = r.json()["key"]
+    assert r.headers["Cache-Control"] == "no-store"  # a new secret: never cached
+    old_row = next(k for k in _keys(api, new).values() if old.startswith(k["prefix"]))
+    assert old_row["revoked_at"] is None and old_row["expires_at"] is not None
+    clock.advance(119)
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(old)).status_code == 200
+    clock.advance(2)
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(old)).status_code == 401
+    # Without grace (no body), the key presented is refused at once.
+    r = api.client.post("/v1/tenants/me/keys/rotate", headers=api.bearer(new))
+    assert r.status_code == 201, r.text
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(new)).status_code == 401
+    newest = r.json()["key"]
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(newest)).status_code == 200
+    assert [k["revoked_at"] is None for k in _keys(api, newest).values()] == [True, False, True]
+
+
+def test_a_tenant_cannot_revoke_its_last_usable_key(api: Api) -> None:
+    tenant, key = api.tenant("ads")
+    [only] = _keys(api, key)
+    r = api.client.delete(f"/v1/tenants/me/keys/{only}", headers=api.bearer(key))
+    assert r.status_code == 409 and "last usable key" in r.json()["error"]["message"], r.text
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(key)).status_code == 200
+    # A second key, expired by now, does not count as one to fall back on.
+    clock = install_clock(api.client.app, T0)
+    r = api.client.post(
+        f"/v1/tenants/{tenant['id']}/keys", json={"expires_in_s": 60}, headers=api.admin
+    )
+    clock.advance(61)
+    r = api.client.delete(f"/v1/tenants/me/keys/{only}", headers=api.bearer(key))
+    assert r.status_code == 409, r.text
+    # The admin may revoke it (and issue another).
+    r = api.client.delete(f"/v1/tenants/{tenant['id']}/keys/{only}", headers=api.admin)
+    assert r.status_code == 200 and r.json()["revoked_at"] is not None
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(key)).status_code == 401
+
+
+def test_failed_credentials_are_rate_limited_per_address(db_url: str) -> None:
+    """After 3 unknown tokens within a minute, every request of that address that presents a
+    token gets 429 with Retry-After — the right admin token too — and one without a token is
+    still 401; another address is not affected."""
+    settings = make_settings(db_url, failed_credentials_per_minute=3)
+    with TestClient(create_app(api_config(settings))) as client:
+        for k in range(3):
+            r = client.get("/v1/tenants/me", headers={"Authorization": f"Bearer gft_guess{k}"})
+            assert r.status_code == 401
+        for token in ("gft_guess9", ADMIN_TOKEN):
+            r = client.get("/v1/tenants", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+            assert 1 <= int(r.headers["Retry-After"]) <= 60
+        assert client.get("/v1/tenants").status_code == 401
+    with TestClient(create_app(api_config(settings)), client=("10.0.0.7", 5000)) as other:
+        r = other.get("/v1/tenants", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert r.status_code == 200
+
+
+def test_the_limiter_forgets_after_its_window_and_stays_bounded() -> None:
+    now = [0.0]
+    limiter = FailedCredentials(2, window_s=60, max_addresses=100, clock=lambda: now[0])
+    limiter.failed("a")
+    limiter.failed("a")
+    with pytest.raises(TooManyRequests) as refused:
+        limiter.check("a")
+    assert refused.value.retry_after_s == 60
+    now[0] = 30.0
+    limiter.check("b")  # another address
+    now[0] = 60.5  # both failures are a minute old
+    limiter.check("a")
+    for k in range(10_000):  # a flood from many addresses never grows the table past its bound
+        limiter.failed(f"10.{k}")
+    assert limiter.tracked() == 100
