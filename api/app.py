@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import migrations
+from api.artifact_check import ArtifactSandbox, SandboxLimits
 from api.config import ApiConfig
 from api.db import Database, PoolLimits
 from api.errors import SchemaNotReady, install_error_handlers
@@ -66,6 +67,12 @@ def create_app(config: ApiConfig) -> FastAPI:
         metrics=metrics,
         notifier=PlanNotifier(),
         failed_credentials=FailedCredentials(config.failed_credentials_per_minute),
+        artifacts=ArtifactSandbox(
+            SandboxLimits(
+                memory_mb=config.artifact_check_memory_mb,
+                timeout_s=config.artifact_check_timeout_s,
+            )
+        ),
     )
     install_error_handlers(app)
     for router in (tenants.router, models.router, nodes.router, allocations.router, sla.router):

@@ -28,6 +28,9 @@ class ApiConfig:
     development_admin_token: str
     dev_mode: bool  # also: the dashboard takes ?token=, and an empty SQLite is upgraded on start
     max_body_bytes: int  # larger request bodies get 413
+    # The sandbox an uploaded artifact is loaded in before it is accepted (api.artifact_check).
+    artifact_check_memory_mb: int
+    artifact_check_timeout_s: float
     max_long_poll_s: float  # longest ?wait=S a node may ask for
     # failed credentials one client address may present per minute before it gets 429
     failed_credentials_per_minute: int

@@ -23,7 +23,8 @@ of its own and holds none while it waits.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -64,25 +65,30 @@ def _end(session: Session, *, commit: bool) -> None:
         session.close()
 
 
+@contextmanager
+def commit_errors() -> Iterator[None]:
+    """A concurrent writer's win as 412, a taken name as 409."""
+    try:
+        yield
+    except StaleDataError as exc:
+        raise PreconditionFailed(
+            "the resource was changed by another request; read it again and retry"
+        ) from exc
+    except IntegrityError as exc:
+        raise Conflict("the change conflicts with existing data (a name already taken?)") from exc
+
+
 async def _session(request: Request) -> AsyncIterator[Session]:
     state = state_of(request)
     async with state.db.slot():
         session = state.db.new_session(write=request.method not in ("GET", "HEAD"))
-        try:
+        with commit_errors():
             try:
                 yield session
             except BaseException:
                 await run_in_threadpool(_end, session, commit=False)
                 raise
             await run_in_threadpool(_end, session, commit=True)
-        except StaleDataError as exc:
-            raise PreconditionFailed(
-                "the resource was changed by another request; read it again and retry"
-            ) from exc
-        except IntegrityError as exc:
-            raise Conflict(
-                "the change conflicts with existing data (a name already taken?)"
-            ) from exc
 
 
 # scope="function": the transaction commits before the response is sent, so a failed commit
@@ -164,6 +170,16 @@ def _node(
     return _own_path(request, _check_role(request, state, principal, "node"))
 
 
+async def _tenant_outside_transaction(
+    request: Request,
+    state: StateDep,
+    credentials: Annotated[Credentials, Depends(_tenant_scheme)],
+) -> Principal:
+    token = _token(request, state, credentials, "tenant")
+    principal = await state.db.read(_identify(state, token))
+    return _check_role(request, state, principal, "tenant")
+
+
 async def _polling_node(
     request: Request,
     state: StateDep,
@@ -179,6 +195,9 @@ CurrentTenant = Annotated[Principal, Depends(_tenant)]
 CurrentNode = Annotated[Principal, Depends(_node)]
 # The node of a route that holds no transaction (the plan long-poll).
 PollingNode = Annotated[Principal, Depends(_polling_node)]
+# The tenant of a route that holds no transaction while it works (the artifact upload, whose
+# sandboxed check takes seconds); it opens its own.
+TenantOutsideTransaction = Annotated[Principal, Depends(_tenant_outside_transaction)]
 
 # ``If-Match`` of a PATCH or DELETE of a tenant or model: required (api.services.revisions
 # answers 428 without it), declared optional so that its absence is that 428, not a 422.

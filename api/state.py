@@ -15,6 +15,7 @@ from datetime import datetime
 
 from fastapi import Request
 
+from api.artifact_check import ArtifactSandbox
 from api.config import ApiConfig
 from api.db import Database
 from api.metrics import Metrics
@@ -31,6 +32,7 @@ class AppState:
     metrics: Metrics
     notifier: PlanNotifier
     failed_credentials: FailedCredentials
+    artifacts: ArtifactSandbox
     clock: Callable[[], datetime] = utcnow  # aware UTC
     sla_prune: PruneSchedule = field(default_factory=PruneSchedule)
 

@@ -110,6 +110,8 @@ def api_config(settings: Settings) -> ApiConfig:
         development_admin_token=DEVELOPMENT_ADMIN_TOKEN,
         dev_mode=settings.api.dev_mode,
         max_body_bytes=settings.api.max_body_bytes,
+        artifact_check_memory_mb=settings.api.artifact_check_memory_mb,
+        artifact_check_timeout_s=settings.api.artifact_check_timeout_s,
         max_long_poll_s=settings.api.max_long_poll_s,
         failed_credentials_per_minute=settings.api.failed_credentials_per_minute,
         solve_interval_s=settings.api.solve_interval_s,

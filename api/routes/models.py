@@ -5,8 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Response, status
+from sqlalchemy.orm import Session
 
-from api.deps import CurrentTenant, IfMatch, OptionalIfMatch, SessionDep
+from api.deps import (
+    CurrentTenant,
+    IfMatch,
+    OptionalIfMatch,
+    SessionDep,
+    StateDep,
+    TenantOutsideTransaction,
+    commit_errors,
+)
 from api.models import ModelRow
 from api.schemas import ArtifactPublic, ModelCreate, ModelPublic, ModelUpdate, PathId
 from api.services import models as service
@@ -69,16 +78,32 @@ def delete_model(
 
 
 @router.put("/{model}/artifact")
-def upload_artifact(
+async def upload_artifact(
     model: PathId,
     data: Annotated[bytes, Body(media_type="application/octet-stream")],
-    tenant: CurrentTenant,
-    session: SessionDep,
+    tenant: TenantOutsideTransaction,
+    state: StateDep,
     if_match: OptionalIfMatch = None,
 ) -> ArtifactPublic:
-    """Upload the model's TorchScript file (``torch.jit.save``); the model's artifact becomes
+    """Upload the model's TorchScript file (``gpufair``'s ``save_torchscript``: the module with
+    its schema inside). It is accepted only once it loaded and served a probe in a sandbox
+    (api.artifact_check: 422 with the reason otherwise); then the model's artifact becomes
     ``api:<model>`` and nodes whose plan seats it download it from the API."""
-    row = service.store_artifact(
-        session=session, tenant_id=tenant.id, model_id=model, data=data, if_match=if_match
-    )
-    return ArtifactPublic.model_validate(row)
+
+    def check(session: Session) -> None:
+        service.check_upload(
+            session=session, tenant_id=tenant.id, model_id=model, data=data, if_match=if_match
+        )
+
+    def store(session: Session) -> ArtifactPublic:
+        row = service.store_artifact(
+            session=session, tenant_id=tenant.id, model_id=model, data=data, if_match=if_match
+        )
+        return ArtifactPublic.model_validate(row)
+
+    # The cheap checks first, then the sandbox with no slot or transaction held, then the
+    # store, which checks again: the model may have changed meanwhile.
+    await state.db.run(check)
+    await state.artifacts.check(data)
+    with commit_errors():
+        return await state.db.run(store, write=True)

@@ -106,10 +106,11 @@ def _columns(model: ModelRow) -> dict[str, object]:
     return {c.key: getattr(model, c.key) for c in ModelRow.__table__.columns}
 
 
-def store_artifact(
+def check_upload(
     *, session: Session, tenant_id: int, model_id: int, data: bytes, if_match: str | None
-) -> ArtifactRow:
-    """Store an uploaded TorchScript file and point the model at it (``api:<id>``)."""
+) -> None:
+    """What an upload must pass before its archive is loaded (api.artifact_check): the model is
+    the tenant's, ``If-Match`` (when sent) is current, and the body is a zip archive at all."""
     model = get_model_or_raise(session=session, tenant_id=tenant_id, model_id=model_id)
     check_if_match(if_match, model.revision, required=False)
     if not data.startswith(ZIP_MAGIC):
@@ -117,6 +118,17 @@ def store_artifact(
             "the artifact is not a TorchScript archive (torch.jit.save writes a zip file)",
             field="body",
         )
+
+
+def store_artifact(
+    *, session: Session, tenant_id: int, model_id: int, data: bytes, if_match: str | None
+) -> ArtifactRow:
+    """Store an uploaded TorchScript file, which the sandbox loaded, and point the model at it
+    (``api:<id>``); the checks of :func:`check_upload` are made again in this transaction."""
+    check_upload(
+        session=session, tenant_id=tenant_id, model_id=model_id, data=data, if_match=if_match
+    )
+    model = get_model_or_raise(session=session, tenant_id=tenant_id, model_id=model_id)
     row = session.get(ArtifactRow, model_id)
     if row is None:
         row = ArtifactRow(model_id=model_id)

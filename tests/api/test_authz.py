@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from tests.api.conftest import Api
-from tests.api.test_models import torchscript_like
+from tests.api.test_models import torchscript_archive
 
 SECRET = "zz-secret-of-a"  # appears in tenant A's names; must never reach tenant B
 
@@ -85,7 +85,7 @@ def _world(api: Api) -> dict[str, Any]:
     upload = api.model(key_a, f"upload-{SECRET}", artifact="api", replicas_wanted=1, memory_mb=100)
     r = api.client.put(
         f"/v1/models/{upload['id']}/artifact",
-        content=torchscript_like(),
+        content=torchscript_archive(),
         headers={**api.bearer(key_a), "Content-Type": "application/octet-stream"},
     )
     assert r.status_code == 200
@@ -149,7 +149,7 @@ def _call(
         return api.client.request(
             method,
             path,
-            content=torchscript_like(),
+            content=torchscript_archive(),
             headers={**headers, "Content-Type": "application/octet-stream"},
         )
     return api.client.request(method, path, json=body, headers=headers)
