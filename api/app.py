@@ -22,6 +22,7 @@ from api.db import Database, PoolLimits
 from api.errors import SchemaNotReady, install_error_handlers
 from api.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
 from api.metrics import Metrics, MetricsMiddleware
+from api.openapi import install_openapi
 from api.ratelimit import FailedCredentials
 from api.routes import allocations, dashboard, health, models, nodes, sla, tenants
 from api.scheduler import SolveScheduler
@@ -75,6 +76,7 @@ def create_app(config: ApiConfig) -> FastAPI:
         ),
     )
     install_error_handlers(app)
+    install_openapi(app)
     for router in (tenants.router, models.router, nodes.router, allocations.router, sla.router):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(health.router)

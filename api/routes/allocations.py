@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Query, status
 
 from api.deps import AdminDep, CurrentTenant, SessionDep, StateDep
 from api.models import AllocationRow
+from api.openapi import errors
 from api.schemas import (
     MAX_ID,
     AllocationCreate,
@@ -32,7 +33,10 @@ def _public(session: SessionDep, row: AllocationRow) -> AllocationPublic:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, tags=["admin"])
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, tags=["admin"],
+    responses=errors(409, 500, s409="nothing to allocate: no tenant or no node"),
+)  # fmt: skip
 def create_allocation(
     _: AdminDep,
     state: StateDep,
@@ -63,16 +67,22 @@ def list_allocations(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="versions below this")] = None,
 ) -> list[AllocationSummary]:
+    """Stored allocations, newest first, without their certificates."""
     rows = service.list_allocations(session=session, limit=limit, before=before)
     return [AllocationSummary.model_validate(r) for r in rows]
 
 
-@router.get("/current", tags=["admin"])
+@router.get("/current", tags=["admin"], responses=errors(404, s404="no allocation yet"))
 def read_current(_: AdminDep, session: SessionDep) -> AllocationPublic:
+    """The newest allocation with its certificate and the nodes it has a plan for."""
     return _public(session, service.current_allocation_or_raise(session=session))
 
 
-@router.get("/current/me", tags=["tenant"])
+@router.get(
+    "/current/me",
+    tags=["tenant"],
+    responses=errors(404, s404="no allocation yet, or none since the tenant was created"),
+)
 def read_current_mine(tenant: CurrentTenant, session: SessionDep) -> TenantAllocation:
     """The tenant's seats, stream shares and own certificate row in the current allocation."""
     return service.tenant_view(session=session, tenant_id=tenant.id)
@@ -80,6 +90,7 @@ def read_current_mine(tenant: CurrentTenant, session: SessionDep) -> TenantAlloc
 
 @router.get("/{allocation}", tags=["admin"])
 def read_allocation(allocation: PathId, _: AdminDep, session: SessionDep) -> AllocationPublic:
+    """One stored allocation with its certificate (stored allocations never change)."""
     return _public(
         session, service.get_allocation_or_raise(session=session, allocation_id=allocation)
     )

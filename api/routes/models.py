@@ -17,6 +17,7 @@ from api.deps import (
     commit_errors,
 )
 from api.models import ModelRow
+from api.openapi import errors
 from api.schemas import ArtifactPublic, ModelCreate, ModelPublic, ModelUpdate, PathId
 from api.services import models as service
 from api.services.revisions import revision_etag
@@ -29,7 +30,9 @@ def _public(session: SessionDep, model: ModelRow, response: Response) -> ModelPu
     return service.to_public(model, service.uploaded_ids(session=session, model_ids=[model.id]))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, responses=errors(409, s409="the name is taken")
+)
 def create_model(
     data: ModelCreate, tenant: CurrentTenant, session: SessionDep, response: Response
 ) -> ModelPublic:
@@ -41,6 +44,7 @@ def create_model(
 
 @router.get("")
 def list_models(tenant: CurrentTenant, session: SessionDep) -> list[ModelPublic]:
+    """Your models, by id."""
     models = service.list_models(session=session, tenant_id=tenant.id)
     uploaded = service.uploaded_ids(session=session, model_ids=[m.id for m in models])
     return [service.to_public(m, uploaded) for m in models]
@@ -50,11 +54,12 @@ def list_models(tenant: CurrentTenant, session: SessionDep) -> list[ModelPublic]
 def read_model(
     model: PathId, tenant: CurrentTenant, session: SessionDep, response: Response
 ) -> ModelPublic:
+    """One of your models; its revision is the ETag a PATCH or DELETE sends back."""
     row = service.get_model_or_raise(session=session, tenant_id=tenant.id, model_id=model)
     return _public(session, row, response)
 
 
-@router.patch("/{model}")
+@router.patch("/{model}", responses=errors(409, 412, 428, s409="the new name is taken"))
 def update_model(
     model: PathId,
     data: ModelUpdate,
@@ -63,21 +68,26 @@ def update_model(
     response: Response,
     if_match: IfMatch = None,
 ) -> ModelPublic:
+    """Change a model's SLA, demand, replicas, memory or name; needs If-Match. The next solve
+    uses the new figures."""
     row = service.update_model(
         session=session, tenant_id=tenant.id, model_id=model, data=data, if_match=if_match
     )
     return _public(session, row, response)
 
 
-@router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{model}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(412, 428)
+)
 def delete_model(
     model: PathId, tenant: CurrentTenant, session: SessionDep, if_match: IfMatch = None
 ) -> Response:
+    """Delete a model (and its artifact); the next solve leaves it out. Needs If-Match."""
     service.delete_model(session=session, tenant_id=tenant.id, model_id=model, if_match=if_match)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.put("/{model}/artifact")
+@router.put("/{model}/artifact", responses=errors(412))
 async def upload_artifact(
     model: PathId,
     data: Annotated[bytes, Body(media_type="application/octet-stream")],

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from allocator import NodePlan
 from api.deps import AdminDep, CurrentNode, PollingNode, SessionDep, StateDep
 from api.models import NodeRow
+from api.openapi import errors
 from api.schemas import (
     NAME_PATTERN,
     HeartbeatReply,
@@ -44,7 +45,10 @@ def _created(node: NodeRow, token: str) -> NodeCreated:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, tags=["admin"])
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, tags=["admin"],
+    responses=errors(409, s409="the name is taken"),
+)  # fmt: skip
 def create_node(data: NodeCreate, _: AdminDep, session: SessionDep) -> NodeCreated:
     """Register a node and its devices; the reply carries the node token, shown once."""
     return _created(*service.create_node(session=session, data=data))
@@ -52,11 +56,13 @@ def create_node(data: NodeCreate, _: AdminDep, session: SessionDep) -> NodeCreat
 
 @router.get("", tags=["admin"])
 def list_nodes(_: AdminDep, session: SessionDep) -> list[NodePublic]:
+    """Every node with its devices, last heartbeat and the plan version it serves."""
     return [NodePublic.model_validate(n) for n in service.list_nodes(session=session)]
 
 
 @router.get("/{node}", tags=["admin"])
 def read_node(node: NodeName, _: AdminDep, session: SessionDep) -> NodePublic:
+    """One node with its devices and its last heartbeat's report."""
     return NodePublic.model_validate(service.get_node_or_raise(session=session, name=node))
 
 
@@ -99,7 +105,12 @@ async def read_plan(
         await state.notifier.wait(min(remaining, RECHECK_S))
 
 
-@router.post("/{node}/heartbeat", tags=["node"])
+@router.post(
+    "/{node}/heartbeat",
+    tags=["node"],
+    responses=errors(403, s403="another role's token, or SLA counts for a tenant and model "
+                     "no recent plan of this node seats (`forbidden`)"),
+)
 def heartbeat(
     node: NodeName, data: Heartbeat, me: CurrentNode, session: SessionDep, state: StateDep
 ) -> HeartbeatReply:
@@ -117,7 +128,12 @@ def heartbeat(
     return HeartbeatReply(current_version=version, etag=plan_etag(version))
 
 
-@router.put("/{node}/profiles", tags=["node"])
+@router.put(
+    "/{node}/profiles",
+    tags=["node"],
+    responses=errors(403, s403="another role's token, or a model no recent plan of this node "
+                     "seats (`forbidden`)"),
+)
 def put_profiles(
     node: NodeName, data: ProfilesPut, me: CurrentNode, session: SessionDep
 ) -> ProfilesStored:

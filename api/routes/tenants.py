@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response, status
 
 from api.deps import AdminDep, CurrentTenant, IfMatch, SessionDep, StateDep
 from api.models import ApiKeyRow, TenantRow
+from api.openapi import errors
 from api.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -37,10 +38,11 @@ def _public(tenant: TenantRow, response: Response) -> TenantPublic:
 # Tenant routes first: "/tenants/me" must not be taken for "/tenants/{tenant}".
 @router.get("/me", tags=["tenant"])
 def read_me(tenant: CurrentTenant, session: SessionDep, response: Response) -> TenantPublic:
+    """The tenant whose key this is; its revision is the ETag a PATCH sends back."""
     return _public(service.get_tenant_or_raise(session=session, tenant_id=tenant.id), response)
 
 
-@router.patch("/me", tags=["tenant"])
+@router.patch("/me", tags=["tenant"], responses=errors(412, 428))
 def update_me(
     data: TenantSelfUpdate,
     tenant: CurrentTenant,
@@ -48,12 +50,14 @@ def update_me(
     response: Response,
     if_match: IfMatch = None,
 ) -> TenantPublic:
+    """Change your own fairness criterion (the weight is the admin's); needs If-Match."""
     row = service.update_tenant(session=session, tenant_id=tenant.id, data=data, if_match=if_match)
     return _public(row, response)
 
 
 @router.get("/me/keys", tags=["tenant"])
 def list_my_keys(tenant: CurrentTenant, session: SessionDep) -> list[ApiKeyPublic]:
+    """Your keys (prefix, created, revoked, expires), never the keys themselves."""
     keys = service.list_keys(session=session, tenant_id=tenant.id)
     return [ApiKeyPublic.model_validate(k) for k in keys]
 
@@ -74,7 +78,9 @@ def rotate_my_key(
     return _key_created(row, key)
 
 
-@router.delete("/me/keys/{key_id}", tags=["tenant"])
+@router.delete(
+    "/me/keys/{key_id}", tags=["tenant"], responses=errors(409, s409="your last usable key")
+)
 def revoke_my_key(
     key_id: PathId, tenant: CurrentTenant, session: SessionDep, state: StateDep
 ) -> ApiKeyPublic:
@@ -85,15 +91,21 @@ def revoke_my_key(
     return ApiKeyPublic.model_validate(row)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, tags=["admin"])
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, tags=["admin"],
+    responses=errors(409, s409="the name is taken"),
+)  # fmt: skip
 def create_tenant(
     data: TenantCreate, _: AdminDep, session: SessionDep, response: Response
 ) -> TenantPublic:
+    """Create a tenant with its entitlement weight and fairness criterion; issue it a key next
+    (``POST /v1/tenants/{tenant}/keys``)."""
     return _public(service.create_tenant(session=session, data=data), response)
 
 
 @router.get("", tags=["admin"])
 def list_tenants(_: AdminDep, session: SessionDep) -> list[TenantPublic]:
+    """Every tenant, by id."""
     return [TenantPublic.model_validate(t) for t in service.list_tenants(session=session)]
 
 
@@ -101,10 +113,11 @@ def list_tenants(_: AdminDep, session: SessionDep) -> list[TenantPublic]:
 def read_tenant(
     tenant: PathId, _: AdminDep, session: SessionDep, response: Response
 ) -> TenantPublic:
+    """One tenant; its revision is the ETag a PATCH or DELETE sends back."""
     return _public(service.get_tenant_or_raise(session=session, tenant_id=tenant), response)
 
 
-@router.patch("/{tenant}", tags=["admin"])
+@router.patch("/{tenant}", tags=["admin"], responses=errors(412, 428))
 def update_tenant(
     tenant: PathId,
     data: TenantUpdate,
@@ -113,14 +126,20 @@ def update_tenant(
     response: Response,
     if_match: IfMatch = None,
 ) -> TenantPublic:
+    """Change a tenant's weight or criterion; needs If-Match."""
     row = service.update_tenant(session=session, tenant_id=tenant, data=data, if_match=if_match)
     return _public(row, response)
 
 
-@router.delete("/{tenant}", status_code=status.HTTP_204_NO_CONTENT, tags=["admin"])
+@router.delete(
+    "/{tenant}", status_code=status.HTTP_204_NO_CONTENT, tags=["admin"],
+    responses=errors(412, 428),
+)  # fmt: skip
 def delete_tenant(
     tenant: PathId, _: AdminDep, session: SessionDep, if_match: IfMatch = None
 ) -> Response:
+    """Delete a tenant with its keys and models (stored allocations keep their history);
+    needs If-Match."""
     service.delete_tenant(session=session, tenant_id=tenant, if_match=if_match)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -145,6 +164,7 @@ def issue_key(
 
 @router.get("/{tenant}/keys", tags=["admin"])
 def list_keys(tenant: PathId, _: AdminDep, session: SessionDep) -> list[ApiKeyPublic]:
+    """A tenant's keys (prefix, created, revoked, expires), never the keys themselves."""
     return [
         ApiKeyPublic.model_validate(k) for k in service.list_keys(session=session, tenant_id=tenant)
     ]

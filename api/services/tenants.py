@@ -9,14 +9,14 @@ pass the check.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.auth import TENANT_KEY_PREFIX, key_usable, new_token, token_hash
 from api.errors import Conflict, NotFound
-from api.models import ApiKeyRow, TenantRow
+from api.models import ApiKeyRow, TenantRow, as_utc
 from api.schemas import TenantCreate, TenantSelfUpdate, TenantUpdate
 from api.services.revisions import check_if_match
 
@@ -112,15 +112,11 @@ def rotate_key(
         old.revoked_at = now
     else:
         until = now + timedelta(seconds=grace_s)
-        if old.expires_at is None or _aware(old.expires_at) > until:
+        if old.expires_at is None or as_utc(old.expires_at) > until:
             old.expires_at = until
     session.flush()
     return row, key
 
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands datetimes back without their zone; every stored one is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def list_keys(*, session: Session, tenant_id: int) -> list[ApiKeyRow]:

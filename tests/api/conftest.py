@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 import migrations
 from allocator import DevicePlan, ModelReplica, NodePlan, SeatPlan, parse_certificate
 from api.app import create_app
-from api.models import AllocationRow, Base, NodePlanRow, NodeRow
+from api.models import AllocationRow, Base, DeviceRow, NodePlanRow, NodeRow, ProfileRow
 from gpufair.compose import api_config
 from gpufair.settings import AllocatorSettings, ApiSettings, DatabaseSettings, Settings
 from tests.conftest import POSTGRES_URL
@@ -156,6 +156,27 @@ def seat_on_node(url: str, node: str, pairs: Iterable[tuple[str, str]]) -> None:
                             (DevicePlan("cuda:0", "gpu", len(seats) + 1, 1, seats),))
             session.add(NodePlanRow(allocation_id=allocation.id, node_id=node_id,
                                     version=allocation.version, plan=plan.to_dict()))
+    finally:
+        engine.dispose()
+
+
+def store_profiles(url: str, node: str, curves: dict[tuple[int, str], list[float]]) -> None:
+    """Store measured curves, (model id, device of ``node``) -> QPS with 1, 2, … streams, as a
+    node's upload stores them, for tests of what the allocator makes of curves of models no
+    plan has seated yet (which a node may not upload: api.services.nodes)."""
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with Session(engine) as session, session.begin():
+            rows = session.execute(
+                sqlalchemy.select(DeviceRow.device, DeviceRow.id)
+                .join(NodeRow, NodeRow.id == DeviceRow.node_id)
+                .where(NodeRow.name == node)
+            )
+            devices = {device: device_id for device, device_id in rows}
+            session.add_all(
+                ProfileRow(model_id=model_id, device_id=devices[device], qps=qps)
+                for (model_id, device), qps in curves.items()
+            )
     finally:
         engine.dispose()
 
