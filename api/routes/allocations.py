@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, status
+from fastapi import APIRouter, Body, Query, Request, Response, status
 
+from allocator import Objective
 from api.deps import AdminDep, CurrentTenant, SessionDep, StateDep
 from api.models import AllocationRow
 from api.openapi import errors
+from api.pagination import MAX_LIMIT, NEXT_LINK, next_page
 from api.schemas import (
     MAX_ID,
     AllocationCreate,
@@ -60,15 +62,26 @@ def create_allocation(
         return _public(session, row)
 
 
-@router.get("", tags=["admin"])
+@router.get("", tags=["admin"], responses=NEXT_LINK)
 def list_allocations(
+    request: Request,
+    response: Response,
     _: AdminDep,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="versions below this")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="rows per page")] = 100,
+    before: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="the cursor: versions below this one")
+    ] = None,
+    objective: Annotated[Objective | None, Query(description="only this objective")] = None,
 ) -> list[AllocationSummary]:
-    """Stored allocations, newest first, without their certificates."""
-    rows = service.list_allocations(session=session, limit=limit, before=before)
+    """Stored allocations without their certificates, a page newest first (``limit``,
+    ``before``; ``Link`` to the next), optionally of one objective."""
+    rows = service.list_allocations(
+        session=session, limit=limit + 1, before=before, objective=objective
+    )
+    rows = next_page(
+        request, response, rows, limit=limit, cursor="before", key=lambda r: r.version
+    )
     return [AllocationSummary.model_validate(r) for r in rows]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Response, status
+from fastapi import APIRouter, Body, Query, Request, Response, status
 from sqlalchemy.orm import Session
 
 from api.deps import (
@@ -18,7 +18,15 @@ from api.deps import (
 )
 from api.models import ModelRow
 from api.openapi import errors
-from api.schemas import ArtifactPublic, ModelCreate, ModelPublic, ModelUpdate, PathId
+from api.pagination import NEXT_LINK, Page, next_page
+from api.schemas import (
+    NAME_PATTERN,
+    ArtifactPublic,
+    ModelCreate,
+    ModelPublic,
+    ModelUpdate,
+    PathId,
+)
 from api.services import models as service
 from api.services.revisions import revision_etag
 
@@ -42,10 +50,31 @@ def create_model(
     return _public(session, model, response)
 
 
-@router.get("")
-def list_models(tenant: CurrentTenant, session: SessionDep) -> list[ModelPublic]:
-    """Your models, by id."""
-    models = service.list_models(session=session, tenant_id=tenant.id)
+@router.get("", responses=NEXT_LINK)
+def list_models(
+    request: Request,
+    response: Response,
+    tenant: CurrentTenant,
+    session: SessionDep,
+    page: Page,
+    name: Annotated[str | None, Query(pattern=NAME_PATTERN, description="only this name")] = None,
+    ready: Annotated[
+        bool | None, Query(description="only models that can be seated (true), or the others")
+    ] = None,
+) -> list[ModelPublic]:
+    """Your models, a page by id (``limit``, ``after``; ``Link`` to the next), optionally of
+    one name, ready or not."""
+    models = service.list_models(
+        session=session,
+        tenant_id=tenant.id,
+        limit=page.limit + 1,
+        after=page.after,
+        name=name,
+        ready=ready,
+    )
+    models = next_page(
+        request, response, models, limit=page.limit, cursor="after", key=lambda r: r.id
+    )
     uploaded = service.uploaded_ids(session=session, model_ids=[m.id for m in models])
     return [service.to_public(m, uploaded) for m in models]
 

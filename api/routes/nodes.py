@@ -13,13 +13,14 @@ import asyncio
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from allocator import NodePlan
 from api.deps import AdminDep, CurrentNode, PollingNode, SessionDep, StateDep
 from api.models import NodeRow
 from api.openapi import errors
+from api.pagination import NEXT_LINK, Page, next_page
 from api.schemas import (
     NAME_PATTERN,
     HeartbeatReply,
@@ -54,10 +55,27 @@ def create_node(data: NodeCreate, _: AdminDep, session: SessionDep) -> NodeCreat
     return _created(*service.create_node(session=session, data=data))
 
 
-@router.get("", tags=["admin"])
-def list_nodes(_: AdminDep, session: SessionDep) -> list[NodePublic]:
-    """Every node with its devices, last heartbeat and the plan version it serves."""
-    return [NodePublic.model_validate(n) for n in service.list_nodes(session=session)]
+@router.get("", tags=["admin"], responses=NEXT_LINK)
+def list_nodes(
+    request: Request,
+    response: Response,
+    _: AdminDep,
+    session: SessionDep,
+    page: Page,
+    behind: Annotated[
+        bool | None,
+        Query(description="only nodes not serving their newest plan (true), or the others"),
+    ] = None,
+) -> list[NodePublic]:
+    """Nodes with their devices, last heartbeat and the plan version they serve; a page by id
+    (``limit``, ``after``; ``Link`` to the next)."""
+    rows = service.list_nodes(
+        session=session, limit=page.limit + 1, after=page.after, behind=behind
+    )
+    rows = next_page(
+        request, response, rows, limit=page.limit, cursor="after", key=lambda r: r.id
+    )
+    return [NodePublic.model_validate(n) for n in rows]
 
 
 @router.get("/{node}", tags=["admin"])

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
 
+from fastapi import APIRouter, Query, Request, Response, status
+from sqlalchemy.orm import Session
+
+from allocator import Criterion
 from api.deps import AdminDep, CurrentTenant, IfMatch, SessionDep, StateDep
 from api.models import ApiKeyRow, TenantRow
 from api.openapi import errors
+from api.pagination import NEXT_LINK, Page, PageParams, next_page
 from api.schemas import (
+    NAME_PATTERN,
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyPublic,
@@ -20,8 +26,10 @@ from api.schemas import (
 )
 from api.services import tenants as service
 from api.services.revisions import revision_etag
+from api.state import AppState
 
 router = APIRouter(prefix="/tenants")
+NameFilter = Annotated[str | None, Query(pattern=NAME_PATTERN, description="only this name")]
 
 
 def _key_created(row: ApiKeyRow, key: str) -> ApiKeyCreated:
@@ -55,11 +63,47 @@ def update_me(
     return _public(row, response)
 
 
-@router.get("/me/keys", tags=["tenant"])
-def list_my_keys(tenant: CurrentTenant, session: SessionDep) -> list[ApiKeyPublic]:
-    """Your keys (prefix, created, revoked, expires), never the keys themselves."""
-    keys = service.list_keys(session=session, tenant_id=tenant.id)
+ActiveFilter = Annotated[
+    bool | None, Query(description="only keys usable now (true), or only the others (false)")
+]
+
+
+def _key_page(
+    request: Request,
+    response: Response,
+    session: Session,
+    state: AppState,
+    tenant_id: int,
+    page: PageParams,
+    active: bool | None,
+) -> list[ApiKeyPublic]:
+    keys = service.list_keys(
+        session=session,
+        tenant_id=tenant_id,
+        limit=page.limit + 1,
+        after=page.after,
+        active_at=state.clock(),
+        active=active,
+    )
+    keys = next_page(
+        request, response, keys, limit=page.limit, cursor="after", key=lambda r: r.id
+    )
     return [ApiKeyPublic.model_validate(k) for k in keys]
+
+
+@router.get("/me/keys", tags=["tenant"], responses=NEXT_LINK)
+def list_my_keys(
+    request: Request,
+    response: Response,
+    tenant: CurrentTenant,
+    session: SessionDep,
+    state: StateDep,
+    page: Page,
+    active: ActiveFilter = None,
+) -> list[ApiKeyPublic]:
+    """Your keys (prefix, created, revoked, expires), never the keys themselves; a page by
+    id (``limit``, ``after``; ``Link`` to the next)."""
+    return _key_page(request, response, session, state, tenant.id, page, active)
 
 
 @router.post("/me/keys/rotate", status_code=status.HTTP_201_CREATED, tags=["tenant"])
@@ -103,10 +147,25 @@ def create_tenant(
     return _public(service.create_tenant(session=session, data=data), response)
 
 
-@router.get("", tags=["admin"])
-def list_tenants(_: AdminDep, session: SessionDep) -> list[TenantPublic]:
-    """Every tenant, by id."""
-    return [TenantPublic.model_validate(t) for t in service.list_tenants(session=session)]
+@router.get("", tags=["admin"], responses=NEXT_LINK)
+def list_tenants(
+    request: Request,
+    response: Response,
+    _: AdminDep,
+    session: SessionDep,
+    page: Page,
+    name: NameFilter = None,
+    criterion: Annotated[Criterion | None, Query(description="only this criterion")] = None,
+) -> list[TenantPublic]:
+    """Tenants, a page by id (``limit``, ``after``; ``Link`` to the next), optionally of one
+    name or criterion."""
+    rows = service.list_tenants(
+        session=session, limit=page.limit + 1, after=page.after, name=name, criterion=criterion
+    )
+    rows = next_page(
+        request, response, rows, limit=page.limit, cursor="after", key=lambda r: r.id
+    )
+    return [TenantPublic.model_validate(t) for t in rows]
 
 
 @router.get("/{tenant}", tags=["admin"])
@@ -162,12 +221,20 @@ def issue_key(
     return _key_created(row, key)
 
 
-@router.get("/{tenant}/keys", tags=["admin"])
-def list_keys(tenant: PathId, _: AdminDep, session: SessionDep) -> list[ApiKeyPublic]:
-    """A tenant's keys (prefix, created, revoked, expires), never the keys themselves."""
-    return [
-        ApiKeyPublic.model_validate(k) for k in service.list_keys(session=session, tenant_id=tenant)
-    ]
+@router.get("/{tenant}/keys", tags=["admin"], responses=NEXT_LINK)
+def list_keys(
+    request: Request,
+    response: Response,
+    tenant: PathId,
+    _: AdminDep,
+    session: SessionDep,
+    state: StateDep,
+    page: Page,
+    active: ActiveFilter = None,
+) -> list[ApiKeyPublic]:
+    """A tenant's keys (prefix, created, revoked, expires), never the keys themselves; a page
+    by id (``limit``, ``after``; ``Link`` to the next)."""
+    return _key_page(request, response, session, state, tenant, page, active)
 
 
 @router.delete("/{tenant}/keys/{key_id}", tags=["admin"])

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from api.auth import NODE_TOKEN_PREFIX, new_token, token_hash
@@ -30,6 +30,7 @@ from api.models import (
     ArtifactRow,
     DeviceRow,
     ModelRow,
+    NodePlanRow,
     NodeRow,
     ProfileRow,
     utcnow,
@@ -87,10 +88,31 @@ def create_node(*, session: Session, data: NodeCreate) -> tuple[NodeRow, str]:
     return node, token
 
 
-def list_nodes(*, session: Session) -> list[NodeRow]:
-    return list(
-        session.scalars(select(NodeRow).options(selectinload(NodeRow.devices)).order_by(NodeRow.id))
+def list_nodes(
+    *,
+    session: Session,
+    limit: int | None = None,
+    after: int | None = None,
+    behind: bool | None = None,
+) -> list[NodeRow]:
+    """Nodes by id: ``limit`` of them past id ``after``; with ``behind``, only those whose
+    daemon last said it serves an older plan than its newest (or nothing yet), or only the
+    others."""
+    query = (
+        select(NodeRow).options(selectinload(NodeRow.devices)).order_by(NodeRow.id).limit(limit)
     )
+    if after is not None:
+        query = query.where(NodeRow.id > after)
+    if behind is not None:
+        newest = (
+            select(func.max(NodePlanRow.version))
+            .where(NodePlanRow.node_id == NodeRow.id)
+            .scalar_subquery()
+        )
+        current = func.coalesce(newest, 0)
+        lagging = or_(NodeRow.running_version.is_(None), NodeRow.running_version < current)
+        query = query.where(lagging if behind else ~lagging)
+    return list(session.scalars(query))
 
 
 def get_node_or_raise(*, session: Session, name: str) -> NodeRow:

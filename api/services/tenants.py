@@ -33,8 +33,23 @@ def create_tenant(*, session: Session, data: TenantCreate) -> TenantRow:
     return tenant
 
 
-def list_tenants(*, session: Session) -> list[TenantRow]:
-    return list(session.scalars(select(TenantRow).order_by(TenantRow.id)))
+def list_tenants(
+    *,
+    session: Session,
+    limit: int | None = None,
+    after: int | None = None,
+    name: str | None = None,
+    criterion: str | None = None,
+) -> list[TenantRow]:
+    """Tenants by id: ``limit`` of them past id ``after``, of that name or criterion."""
+    query = select(TenantRow).order_by(TenantRow.id).limit(limit)
+    if after is not None:
+        query = query.where(TenantRow.id > after)
+    if name is not None:
+        query = query.where(TenantRow.name == name)
+    if criterion is not None:
+        query = query.where(TenantRow.criterion == criterion)
+    return list(session.scalars(query))
 
 
 def get_tenant_or_raise(*, session: Session, tenant_id: int) -> TenantRow:
@@ -119,13 +134,30 @@ def rotate_key(
 
 
 
-def list_keys(*, session: Session, tenant_id: int) -> list[ApiKeyRow]:
+def list_keys(
+    *,
+    session: Session,
+    tenant_id: int,
+    limit: int | None = None,
+    after: int | None = None,
+    active_at: datetime | None = None,
+    active: bool | None = None,
+) -> list[ApiKeyRow]:
+    """The tenant's keys by id: ``limit`` of them past id ``after``; with ``active``, only
+    those usable at ``active_at`` (true) or only those not (false)."""
     get_tenant_or_raise(session=session, tenant_id=tenant_id)
-    return list(
-        session.scalars(
-            select(ApiKeyRow).where(ApiKeyRow.tenant_id == tenant_id).order_by(ApiKeyRow.id)
-        )
+    query = (
+        select(ApiKeyRow)
+        .where(ApiKeyRow.tenant_id == tenant_id)
+        .order_by(ApiKeyRow.id)
+        .limit(limit)
     )
+    if after is not None:
+        query = query.where(ApiKeyRow.id > after)
+    if active is not None and active_at is not None:
+        usable = key_usable(active_at)
+        query = query.where(usable if active else ~usable)
+    return list(session.scalars(query))
 
 
 def revoke_key(
