@@ -72,6 +72,37 @@ def key_usable(now: datetime) -> ColumnElement[bool]:
     )
 
 
+# How long a dashboard sign-in lasts.
+DASHBOARD_SESSION_S = 12 * 3600
+
+
+def _session_mac(config: ApiConfig, expires: int) -> str:
+    # Keyed by the admin token: a new admin token ends every session signed with the old one.
+    return hmac.new(
+        config.admin_token.encode(), f"gpufair-dashboard:{expires}".encode(), hashlib.sha256
+    ).hexdigest()
+
+
+def dashboard_session(config: ApiConfig, now: datetime) -> str:
+    """The dashboard's session cookie after a sign-in with the admin token: its expiry and a
+    MAC of it, so the token itself is never stored in the browser or sent again."""
+    expires = int(now.timestamp()) + DASHBOARD_SESSION_S
+    return f"{expires}.{_session_mac(config, expires)}"
+
+
+def is_dashboard_session(value: str, config: ApiConfig, now: datetime) -> bool:
+    """Whether ``value`` is an unexpired session :func:`dashboard_session` made."""
+    expires_text, _, mac = value.partition(".")
+    if not expires_text.isdigit() or len(expires_text) > 12:
+        return False
+    expires = int(expires_text)
+    if expires <= now.timestamp() or not config.admin_token:
+        return False
+    if config.admin_token == config.development_admin_token and not config.dev_mode:
+        return False  # signed with the development token, which is refused here
+    return hmac.compare_digest(mac.encode(), _session_mac(config, expires).encode())
+
+
 def identify(
     *,
     session: Session | Connection,

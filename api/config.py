@@ -26,7 +26,7 @@ class ApiConfig:
     # The token the docs publish for development: honoured only in dev_mode, so a deployment
     # that forgot to set its own admin token is not open to anyone who read the docs.
     development_admin_token: str
-    dev_mode: bool  # also: the dashboard takes ?token=, and an empty SQLite is upgraded on start
+    dev_mode: bool  # also: an empty SQLite is upgraded on start
     max_body_bytes: int  # larger request bodies get 413
     # The sandbox an uploaded artifact is loaded in before it is accepted (api.artifact_check).
     artifact_check_memory_mb: int

@@ -341,25 +341,47 @@ def test_no_data_for_anyone_but_the_admin(api: Api) -> None:
             assert r.headers["content-type"].startswith("text/html")
             for name, _, _ in TENANTS:
                 assert name not in r.text, f"{who} {path} sees {name}"
-    # Outside development mode the token is not taken from the URL, even the right one.
+    # A token in the URL is never taken, even the right one: URLs land in access logs.
     r = api.client.get("/", params={"token": api.admin["Authorization"].removeprefix("Bearer ")})
     assert r.status_code == 401 and "ads-ranking" not in r.text
-    assert "<form" not in r.text  # no login form that could not work
+    assert '<form method="post" action="/sign-in">' in r.text  # the sign-in sends it in a body
 
 
-def test_query_token_works_in_development_mode_only(tmp_path: Path, sqlite_template: Path) -> None:
+def test_sign_in_by_post_gives_a_session_and_never_puts_the_token_in_a_url(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
     shutil.copy(sqlite_template, tmp_path / "db.sqlite")
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    for dev_mode, expected in [(True, 200), (False, 403)]:
-        settings = Settings(database=DatabaseSettings(url=url), api=ApiSettings(dev_mode=dev_mode))
+    for dev_mode, admin_token in [(True, DEVELOPMENT_ADMIN_TOKEN), (False, DEV_MODE_TOKEN)]:
+        settings = Settings(database=DatabaseSettings(url=url),
+                            api=ApiSettings(dev_mode=dev_mode, admin_token=admin_token))
         with TestClient(create_app(api_config(settings))) as client:
+            clock = install_clock(client.app, datetime.now(UTC))
             assert client.get("/").status_code == 401
-            r = client.get("/", headers={"Authorization": f"Bearer {DEVELOPMENT_ADMIN_TOKEN}"})
-            assert r.status_code == expected  # the dev token is refused outside dev mode
-            if dev_mode:
-                assert "<form" in client.get("/").text
-                assert client.get("/", params={"token": DEVELOPMENT_ADMIN_TOKEN}).status_code == 200
-                assert client.get("/", params={"token": "wrong"}).status_code == 401
+            assert client.get("/", params={"token": admin_token}).status_code == 401
+            r = client.post("/sign-in", data={"token": "wrong"})
+            assert r.status_code == 401 and "gpufair_dashboard" not in r.headers.get(
+                "set-cookie", "")
+            r = client.post("/sign-in", data={"token": admin_token}, follow_redirects=False)
+            assert r.status_code == 303 and r.headers["location"] == "/"
+            cookie = r.headers["set-cookie"]
+            assert "HttpOnly" in cookie and "SameSite=lax" in cookie and admin_token not in cookie
+            page = client.get("/")  # the client keeps the cookie, as a browser does
+            assert page.status_code == 200 and "Sign in" not in page.text
+            assert admin_token not in page.text
+            client.cookies.set("gpufair_dashboard", "9999999999.forged")
+            assert client.get("/").status_code == 401
+            client.post("/sign-in", data={"token": admin_token})
+            clock.advance(12 * 3600 + 1)
+            expired = client.get("/")
+            assert expired.status_code == 401 and "expired" in expired.text
+        # The development token is refused outside development mode, by header and sign-in.
+        if not dev_mode:
+            dev = Settings(database=DatabaseSettings(url=url), api=ApiSettings(dev_mode=False))
+            with TestClient(create_app(api_config(dev))) as client:
+                r = client.post("/sign-in", data={"token": DEVELOPMENT_ADMIN_TOKEN})
+                assert r.status_code == 403 and "gpufair_dashboard" not in r.headers.get(
+                    "set-cookie", "")
 
 
 def test_strings_from_daemons_are_escaped(api: Api) -> None:
@@ -549,8 +571,9 @@ def _chromium(tmp_path: Path, *args: str, height: int = 1000) -> subprocess.Comp
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 class TestInChromium:
-    """On SQLite only, in development mode so that the browser can pass ``?token=``; the
-    server is conftest's ``live_url`` (a real uvicorn on 127.0.0.1) over these settings."""
+    """On SQLite only; the browser signs in as a person does, by POSTing the sign-in form
+    (its session cookie stays in the profile for the next runs); the server is conftest's
+    ``live_url`` (a real uvicorn on 127.0.0.1) over these settings."""
 
     @pytest.fixture
     def db_url(self, tmp_path: Path, sqlite_template: Path) -> str:
@@ -583,7 +606,17 @@ class TestInChromium:
             totals = _post_sla_history(api, world["node"], clock, end, replicas=replicas)
             api.node("n2", gpus=1, seats=3, streams=8)
             api.solve()
-        page = f"{url}/?token={token}"
+        page = f"{url}/"
+        # A local page that submits the sign-in form at once (the dashboard runs no scripts).
+        sign_in = tmp_path / "sign-in.html"
+        sign_in.write_text(
+            f'<form method="post" action="{url}/sign-in"><input name="token" value="{token}">'
+            "</form><script>document.forms[0].submit()</script>"
+        )
+        signed = _chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom",
+                           sign_in.as_uri())
+        assert signed.returncode == 0 and "ads-ranking" in signed.stdout.decode(), (
+            signed.stderr.decode()[-2000:])
 
         dom = _chromium(tmp_path, "--dump-dom", page)
         assert dom.returncode == 0, dom.stderr.decode()[-2000:]
@@ -592,7 +625,7 @@ class TestInChromium:
             assert name in text
         assert "holds" in text and 'aria-label="envy matrix"' in text
         _check_sla_panel(text, totals)
-        anonymous = _chromium(tmp_path, "--dump-dom", f"{url}/")
+        anonymous = _chromium(tmp_path / "anonymous", "--dump-dom", f"{url}/")
         assert (
             "Sign in" in anonymous.stdout.decode()
             and "ads-ranking" not in anonymous.stdout.decode()
