@@ -20,6 +20,7 @@ from api.artifact_check import ArtifactSandbox, SandboxLimits
 from api.config import ApiConfig
 from api.db import Database, PoolLimits
 from api.errors import SchemaNotReady, install_error_handlers
+from api.idempotency import install_replay_handler
 from api.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.openapi import install_openapi
@@ -76,6 +77,7 @@ def create_app(config: ApiConfig) -> FastAPI:
         ),
     )
     install_error_handlers(app)
+    install_replay_handler(app)
     install_openapi(app)
     for router in (tenants.router, models.router, nodes.router, allocations.router, sla.router):
         app.include_router(router, prefix=API_PREFIX)

@@ -254,3 +254,22 @@ class SlaSampleRow(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     received: Mapped[int] = mapped_column(BigInteger)
     within_sla: Mapped[int] = mapped_column(BigInteger)
+
+
+class IdempotencyRow(Base):
+    """The outcome of a creating POST sent with ``Idempotency-Key`` (api.idempotency): a retry
+    with the same key gets the same reply instead of creating again. Kept for a day."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("owner", "key"), NEVER_REUSED)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Whose key it is ("admin", "tenant:<id>"): one caller's keys never answer another's.
+    owner: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(255))
+    # sha256 of the method, path and canonical body: a key reused for another request is refused.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    # The reply's body; null when it carried a secret shown once (a key or node token).
+    body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

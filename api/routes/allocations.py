@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Request, Response, status
 
 from allocator import Objective
-from api.deps import AdminDep, CurrentTenant, SessionDep, StateDep
+from api.deps import AdminDep, CurrentTenant, SessionDep, StateDep, commit_errors
+from api.idempotency import IdempotencyKey, fingerprint, remember, replay_if_known
 from api.models import AllocationRow
 from api.openapi import errors
 from api.pagination import MAX_LIMIT, NEXT_LINK, next_page
@@ -40,14 +41,21 @@ def _public(session: SessionDep, row: AllocationRow) -> AllocationPublic:
     responses=errors(409, 500, s409="nothing to allocate: no tenant or no node"),
 )  # fmt: skip
 def create_allocation(
+    request: Request,
     _: AdminDep,
     state: StateDep,
     data: Annotated[AllocationCreate | None, Body()] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> AllocationPublic:
     """Solve now on a snapshot of the database; store the allocation only if its certificate
     passes the allocator's checker (500 otherwise). A certificate that passes is stored and
     returned even when it says some tenants' criteria fail (`fair: false`): then no allocation
-    the allocator found meets them all. One solve runs at a time; others wait their turn."""
+    the allocator found meets them all. One solve runs at a time; others wait their turn. A
+    retry with the same ``Idempotency-Key`` gets the first reply instead of solving again."""
+    print_, now = fingerprint(request, data), state.clock()
+    with state.db.session(write=False) as session:
+        replay_if_known(session=session, owner="admin", key=idempotency_key, print_=print_,
+                        now=now)  # fmt: skip
     config = state.config
     objective = data.objective if data is not None else None
     with state.metrics.solve_seconds.time():
@@ -59,7 +67,11 @@ def create_allocation(
     state.metrics.allocation_version.set(row.version)
     state.notifier.notify()
     with state.db.session(write=False) as session:
-        return _public(session, row)
+        public = _public(session, row)
+    with commit_errors(), state.db.session(write=True) as session:
+        remember(session=session, owner="admin", key=idempotency_key, print_=print_,
+                 status=201, body=public, now=now)  # fmt: skip
+    return public
 
 
 @router.get("", tags=["admin"], responses=NEXT_LINK)

@@ -16,6 +16,7 @@ from api.deps import (
     TenantOutsideTransaction,
     commit_errors,
 )
+from api.idempotency import IdempotencyKey, fingerprint, remember, replay_if_known
 from api.models import ModelRow
 from api.openapi import errors
 from api.pagination import NEXT_LINK, Page, next_page
@@ -42,12 +43,24 @@ def _public(session: SessionDep, model: ModelRow, response: Response) -> ModelPu
     "", status_code=status.HTTP_201_CREATED, responses=errors(409, s409="the name is taken")
 )
 def create_model(
-    data: ModelCreate, tenant: CurrentTenant, session: SessionDep, response: Response
+    request: Request,
+    data: ModelCreate,
+    tenant: CurrentTenant,
+    session: SessionDep,
+    state: StateDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> ModelPublic:
     """Register a model. ``artifact`` is a zoo reference, or ``api`` for a TorchScript file
-    uploaded next with ``PUT /v1/models/{model}/artifact`` (the model waits for it)."""
-    model = service.create_model(session=session, tenant_id=tenant.id, data=data)
-    return _public(session, model, response)
+    uploaded next with ``PUT /v1/models/{model}/artifact`` (the model waits for it). A retry
+    with the same ``Idempotency-Key`` gets the first reply."""
+    owner, print_, now = f"tenant:{tenant.id}", fingerprint(request, data), state.clock()
+    replay_if_known(session=session, owner=owner, key=idempotency_key, print_=print_, now=now)
+    public = _public(session, service.create_model(session=session, tenant_id=tenant.id,
+                                                   data=data), response)
+    remember(session=session, owner=owner, key=idempotency_key, print_=print_, status=201,
+             body=public, now=now)  # fmt: skip
+    return public
 
 
 @router.get("", responses=NEXT_LINK)

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from allocator import NodePlan
 from api.deps import AdminDep, CurrentNode, PollingNode, SessionDep, StateDep
+from api.idempotency import IdempotencyKey, fingerprint, remember, replay_if_known
 from api.models import NodeRow
 from api.openapi import errors
 from api.pagination import NEXT_LINK, Page, next_page
@@ -50,9 +51,22 @@ def _created(node: NodeRow, token: str) -> NodeCreated:
     "", status_code=status.HTTP_201_CREATED, tags=["admin"],
     responses=errors(409, s409="the name is taken"),
 )  # fmt: skip
-def create_node(data: NodeCreate, _: AdminDep, session: SessionDep) -> NodeCreated:
-    """Register a node and its devices; the reply carries the node token, shown once."""
-    return _created(*service.create_node(session=session, data=data))
+def create_node(
+    request: Request,
+    data: NodeCreate,
+    _: AdminDep,
+    session: SessionDep,
+    state: StateDep,
+    idempotency_key: IdempotencyKey = None,
+) -> NodeCreated:
+    """Register a node and its devices; the reply carries the node token, shown once (so a
+    retry with the same ``Idempotency-Key`` is 409, not the token again)."""
+    print_, now = fingerprint(request, data), state.clock()
+    replay_if_known(session=session, owner="admin", key=idempotency_key, print_=print_, now=now)
+    created = _created(*service.create_node(session=session, data=data))
+    remember(session=session, owner="admin", key=idempotency_key, print_=print_, status=201,
+             body=None, now=now)  # fmt: skip
+    return created
 
 
 @router.get("", tags=["admin"], responses=NEXT_LINK)

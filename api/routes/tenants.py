@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from allocator import Criterion
 from api.deps import AdminDep, CurrentTenant, IfMatch, SessionDep, StateDep
+from api.idempotency import IdempotencyKey, fingerprint, remember, replay_if_known
 from api.models import ApiKeyRow, TenantRow
 from api.openapi import errors
 from api.pagination import NEXT_LINK, Page, PageParams, next_page
@@ -108,17 +109,27 @@ def list_my_keys(
 
 @router.post("/me/keys/rotate", status_code=status.HTTP_201_CREATED, tags=["tenant"])
 def rotate_my_key(
-    tenant: CurrentTenant, session: SessionDep, state: StateDep, data: ApiKeyRotate | None = None
+    request: Request,
+    tenant: CurrentTenant,
+    session: SessionDep,
+    state: StateDep,
+    data: ApiKeyRotate | None = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> ApiKeyCreated:
     """A new key, shown once; the key this request presents is revoked now, or refused after
-    ``grace_s`` seconds (so clients can move over)."""
+    ``grace_s`` seconds (so clients can move over). A retry with the same
+    ``Idempotency-Key`` is 409 (the new key is not shown twice)."""
+    owner, print_, now = f"tenant:{tenant.id}", fingerprint(request, data), state.clock()
+    replay_if_known(session=session, owner=owner, key=idempotency_key, print_=print_, now=now)
     row, key = service.rotate_key(
         session=session,
         tenant_id=tenant.id,
         key_id=tenant.key_id,
         grace_s=(data or ApiKeyRotate()).grace_s,
-        now=state.clock(),
+        now=now,
     )
+    remember(session=session, owner=owner, key=idempotency_key, print_=print_, status=201,
+             body=None, now=now)  # fmt: skip
     return _key_created(row, key)
 
 
@@ -140,11 +151,23 @@ def revoke_my_key(
     responses=errors(409, s409="the name is taken"),
 )  # fmt: skip
 def create_tenant(
-    data: TenantCreate, _: AdminDep, session: SessionDep, response: Response
+    request: Request,
+    data: TenantCreate,
+    _: AdminDep,
+    session: SessionDep,
+    state: StateDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> TenantPublic:
     """Create a tenant with its entitlement weight and fairness criterion; issue it a key next
-    (``POST /v1/tenants/{tenant}/keys``)."""
-    return _public(service.create_tenant(session=session, data=data), response)
+    (``POST /v1/tenants/{tenant}/keys``). A retry with the same ``Idempotency-Key`` gets the
+    first reply."""
+    print_, now = fingerprint(request, data), state.clock()
+    replay_if_known(session=session, owner="admin", key=idempotency_key, print_=print_, now=now)
+    public = _public(service.create_tenant(session=session, data=data), response)
+    remember(session=session, owner="admin", key=idempotency_key, print_=print_, status=201,
+             body=public, now=now)  # fmt: skip
+    return public
 
 
 @router.get("", tags=["admin"], responses=NEXT_LINK)
@@ -205,19 +228,26 @@ def delete_tenant(
 
 @router.post("/{tenant}/keys", status_code=status.HTTP_201_CREATED, tags=["admin"])
 def issue_key(
+    request: Request,
     tenant: PathId,
     _: AdminDep,
     session: SessionDep,
     state: StateDep,
     data: ApiKeyCreate | None = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> ApiKeyCreated:
-    """A new API key for the tenant, shown once; ``expires_in_s`` makes it expire."""
+    """A new API key for the tenant, shown once; ``expires_in_s`` makes it expire. A retry
+    with the same ``Idempotency-Key`` is 409 (the key is not shown twice)."""
+    print_, now = fingerprint(request, data), state.clock()
+    replay_if_known(session=session, owner="admin", key=idempotency_key, print_=print_, now=now)
     row, key = service.issue_key(
         session=session,
         tenant_id=tenant,
-        now=state.clock(),
+        now=now,
         expires_in_s=(data or ApiKeyCreate()).expires_in_s,
     )
+    remember(session=session, owner="admin", key=idempotency_key, print_=print_, status=201,
+             body=None, now=now)  # fmt: skip
     return _key_created(row, key)
 
 
