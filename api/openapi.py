@@ -15,12 +15,17 @@ each operation is:
 - the statuses only some operations have (409, 412, 428, 500, ...) are declared on the route
   itself with :func:`errors`.
 
+Each operation also gets an example request and reply, recorded from a real run of the API
+(:data:`EXAMPLES_PATH`, kept current by tests/api/test_openapi_examples.py).
+
 ``tests/api/test_schemathesis.py`` holds the document to the replies: no 5xx beyond those
 documented, and every status, content type and body as documented.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -45,6 +50,9 @@ DESCRIPTIONS = {
     "Retry-After says when to retry (`unavailable`, `solver_failed`)",
 }
 _REF = "#/components/schemas/ErrorBody"
+# Per operation ("GET /v1/tenants/{tenant}"), a request body and the success reply a real run of
+# the API gave (recorded by tests/api/test_openapi_examples.py, which keeps them current).
+EXAMPLES_PATH = Path(__file__).with_name("openapi_examples.json")
 _FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")
 
 
@@ -91,7 +99,22 @@ def _complete(document: dict[str, Any]) -> dict[str, Any]:
                 responses["422"] = _error(422)
     for name in _FASTAPI_VALIDATION:
         schemas.pop(name, None)
+    _add_examples(document)
     return document
+
+
+def _add_examples(document: dict[str, Any]) -> None:
+    examples = json.loads(EXAMPLES_PATH.read_text()) if EXAMPLES_PATH.exists() else {}
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            example = examples.get(f"{method.upper()} {path}", {})
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is not None and "request" in example:
+                body["example"] = example["request"]
+            for status, reply in operation["responses"].items():
+                content = reply.get("content", {}).get("application/json")
+                if status.startswith("2") and content is not None and "reply" in example:
+                    content["example"] = example["reply"]
 
 
 def install_openapi(app: FastAPI) -> None:

@@ -32,7 +32,7 @@ ROUTES: list[tuple[str, str, str, int, Any]] = [
     ("GET", "/v1/tenants/{a}", "admin", 200, None),
     ("PATCH", "/v1/tenants/{a}", "admin", 200, {"weight": 2}),
     ("DELETE", "/v1/tenants/{c}", "admin", 204, None),
-    ("POST", "/v1/tenants/{a}/keys", "admin", 201, None),
+    ("POST", "/v1/tenants/{a}/keys", "admin", 201, {"expires_in_s": 86400}),
     ("GET", "/v1/tenants/{a}/keys", "admin", 200, None),
     ("DELETE", "/v1/tenants/{a}/keys/{a_key_admin}", "admin", 200, None),
     ("POST", "/v1/models", "tenant", 201, {"name": "fresh", **MODEL}),
