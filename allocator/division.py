@@ -12,7 +12,8 @@ order); then
   (allocator.exchange), the shares once more;
 * **the search**, when not every criterion holds exactly (beside a guarantee only up to
   ``GUARANTEED_SEARCH_AGENTS``, or at any size, before the guarantee's improvement, when every
-  agent asks for a PROP-type criterion): the exact MILP with its λ search on small instances
+  agent asks for a PROP-type criterion and the guarantee covers only some of them or its share
+  LP is too large): the exact MILP with its λ search on small instances
   (``EXACT_AGENTS``, ``EXACT_TYPES``), never relaxing a guaranteed agent; else the scalable
   path (allocator.scalable: seats from the fractional relaxation or the picking sequence,
   shares by a lexicographic LP, seat moves, the relaxation bound), and up to
@@ -51,7 +52,7 @@ from allocator.objectives import Objective
 from allocator.options import Churn, SolveOptions
 from allocator.scalable.fractional import PROOF_MARGIN
 from allocator.scalable.path import divide_fixed_seats
-from allocator.welfare import improve_shares
+from allocator.welfare import MAX_SHARES, improve_shares
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,10 @@ def divide(
     search_notes: tuple[str, ...] = ()
     if promised is not None:
         guaranteed, held = promised.agents, promised.held
-    if (promised is not None and len(held) < len(inst.agents)
-            and len(inst.agents) > GUARANTEED_SEARCH_AGENTS and _proportional_only(inst)):
+    if (promised is not None and len(inst.agents) > GUARANTEED_SEARCH_AGENTS
+            and _proportional_only(inst)
+            and (len(held) < len(inst.agents)
+                 or len(inst.agents) * len(inst.divisible) > MAX_SHARES)):
         # The search first, the guarantee's improvement in what time is left: see
         # _proportional_only.
         found, search_notes = _search(inst, objective, options, began, deadline, churn,
@@ -212,13 +215,17 @@ def divide(
 def _proportional_only(inst: Instance) -> bool:
     """Whether every agent asks for a PROP-type criterion (prop, prop1, prop_alpha).
 
-    Beside a guarantee that covers only some agents (weighted prop_alpha or prop1: those of at
-    most the mean weight), the scalable path meets PROP-type criteria where the guarantee's
-    improvement leaves the heavier agents failing, so above GUARANTEED_SEARCH_AGENTS it runs
-    first, with the whole time limit. Measured on the benchmark's cluster_instance(512, 512, 0)
-    with every agent prop_alpha: the guarantee's answer left 93 of the 187 heavier agents
-    failing even at λ = 1, the scalable path's met every criterion; at 64 × 64 both meet every
-    criterion and the guarantee's has more welfare, which the choice keeps."""
+    On such an instance above GUARANTEED_SEARCH_AGENTS the search runs first, with the whole
+    time limit, where the guarantee covers only some agents (weighted prop_alpha or prop1:
+    those of at most the mean weight) or its share LP cannot run (more than MAX_SHARES share
+    variables): the scalable path meets PROP-type criteria where the guarantee's improvement
+    leaves heavier agents failing or has little welfare, and the choice keeps it only if it
+    meets every guaranteed criterion. Measured on the benchmark's cluster_instance(512, 512, 0)
+    with every agent prop_alpha (shared 2-core VM): with its weights the guarantee's answer left
+    93 of the 187 heavier agents failing even at λ = 1, the scalable path's (when it finished
+    in time) met every criterion; with equal weights both meet every criterion, welfare ratio
+    0.46 against 0.64. At 64 × 64 the guarantee's answer has more welfare (its share LP runs),
+    so the search is not run first there."""
     return all(a.criterion in ("prop", "prop1", "prop_alpha") for a in inst.agents)
 
 
