@@ -151,11 +151,16 @@ def divide(
             and _proportional_only(inst)
             and (len(held) < len(inst.agents)
                  or len(inst.agents) * len(inst.divisible) > MAX_SHARES)):
-        # The search first, the guarantee's improvement in what time is left: see
+        # The search first, with the whole time limit from here (the construction took some
+        # of it), then the guarantee's improvement in what time is left: see
         # _proportional_only.
-        found, search_notes = _search(inst, objective, options, began, deadline, churn,
-                                      guaranteed)
-        candidates = [_guaranteed(inst, objective, options, promised, began), found]
+        start = time.monotonic()
+        found, search_notes = _search(inst, objective, options, start,
+                                      start + options.time_limit_s, churn, guaranteed)
+        first = (_Candidate(promised.allocation, promised.construction, "constructive", None)
+                 if certify(inst, found.allocation).fair  # nothing left to improve on
+                 else _guaranteed(inst, objective, options, promised, began))
+        candidates = [first, found]
     elif promised is not None:
         candidates.append(_guaranteed(inst, objective, options, promised, began))
     if len(held) < len(inst.agents) and (promised is None
