@@ -173,8 +173,10 @@ def divide(
         candidates.append(found)
     elif len(inst.agents) <= EXACT_AGENTS and _types(inst) <= EXACT_TYPES:
         # Every criterion holds exactly: the exact MILP finds the best such allocation.
+        # Its own share of the time limit from here: the guarantee's improvement took some.
         try:
-            exact = _exact(inst, objective, options, began + options.time_limit_s * EXACT_SHARE,
+            exact = _exact(inst, objective, options,
+                           time.monotonic() + options.time_limit_s * EXACT_SHARE,
                            churn, start=candidates[0].allocation)
         except InfeasibleError:  # pragma: no cover - the construction is feasible
             exact = None
@@ -314,8 +316,9 @@ def _best(
 ) -> _Candidate:
     """The best candidate among those meeting exactly every guaranteed criterion: fewest
     criteria failing even at λ = 1, then fewest not met exactly, then the least λ_prop and
-    λ_ef, then the most welfare. The guaranteed allocation, if any, is the first candidate and
-    always qualifies, so nothing returned meets fewer guaranteed criteria."""
+    λ_ef, then the most welfare (to 1e-9), then a proven optimum (status "optimal") first.
+    The guaranteed allocation, if any, is the first candidate and always qualifies, so nothing
+    returned meets fewer guaranteed criteria."""
     if len(candidates) == 1:
         return candidates[0]
     ranked = []
@@ -327,7 +330,8 @@ def _best(
             continue
         inexact = sum(1 for a in certificate.agents.values() if not a.holds)
         ranked.append(((certificate.violations, inexact, certificate.lambda_prop,
-                        certificate.lambda_ef, -_value(certificate), k), candidate))
+                        certificate.lambda_ef, -round(_value(certificate), 9),
+                        candidate.status != "optimal", k), candidate))
     return min(ranked, key=lambda pair: pair[0])[1]
 
 
