@@ -10,15 +10,19 @@ is one of its rows. On a plain instance (no side constraints of the cluster laye
   ``ef1`` for an agent of the smallest weight (EFM ⇒ V_i(A_i) ≥ V_i(A_j) − Mx_i(A_j), and
   ``w_i ≤ w_j`` scales the right-hand side down); ``prop1`` for an agent whose weight is at most
   the mean (summing EFM over the other n − 1 bundles gives
-  ``V_i(A_i) + Mx_i(M∖A_i) ≥ T_i/n ≥ (w_i/W)·T_i``).
+  ``V_i(A_i) + Mx_i(M∖A_i) ≥ T_i/n ≥ (w_i/W)·T_i``); and ``prop_alpha`` for an agent whose
+  weight is at most the mean: an agent whose EFM rows hold has
+  ``V_i(A_i) + α_i·Mx_i(M∖A_i) ≥ T_i/n`` (docs/fairness.md, proof 5: counting the bundles with
+  and without divisible goods).
 * **Weighted picking sequence** (:func:`allocator.constructive.picking_allocation`;
   Chakraborty, Igarashi, Suksompong and Zick, TEAC 2021) — ``ef1`` (weighted) for every agent.
 
 An agent that values nothing (``T_i = 0``) meets any criterion. Nothing else is promised:
 ``ef``/``prop`` (exact) can be impossible with one indivisible good; EF^α is impossible for
-n ≥ 3 identical agents once α > 1/(n−1) (Li, Li, Liu and Wu, IJCAI 2024); PROP^α allocations
-exist (same paper) but gpufair has no construction of them proven here; with side constraints
-nothing is promised at all.
+n ≥ 3 identical agents once α > 1/(n−1) (Li, Li, Liu and Wu, IJCAI 2024); PROP^α for an agent
+heavier than the mean weight is not covered (that paper's existence result is for equal weights,
+and gpufair has no weighted construction proven here); with side constraints nothing is promised
+at all.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def _efm_covers(instance: Instance) -> frozenset[str]:
         a.name for a in instance.agents
         if a.criterion == "efm"
         or (a.criterion == "ef1" and a.weight <= lightest)
-        or (a.criterion == "prop1" and a.weight <= mean)
+        or (a.criterion in ("prop1", "prop_alpha") and a.weight <= mean)
     )
 
 

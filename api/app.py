@@ -16,11 +16,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import migrations
+from api.artifact_check import ArtifactSandbox, SandboxLimits
 from api.config import ApiConfig
 from api.db import Database, PoolLimits
 from api.errors import SchemaNotReady, install_error_handlers
+from api.idempotency import install_replay_handler
 from api.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
 from api.metrics import Metrics, MetricsMiddleware
+from api.openapi import install_openapi
+from api.ratelimit import FailedCredentials
 from api.routes import allocations, dashboard, docs, health, models, nodes, sla, tenants
 from api.scheduler import SolveScheduler
 from api.services.plans import PlanNotifier
@@ -62,8 +66,22 @@ def create_app(config: ApiConfig) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    app.state.gpufair = AppState(config=config, db=db, metrics=metrics, notifier=PlanNotifier())
+    app.state.gpufair = AppState(
+        config=config,
+        db=db,
+        metrics=metrics,
+        notifier=PlanNotifier(),
+        failed_credentials=FailedCredentials(config.failed_credentials_per_minute),
+        artifacts=ArtifactSandbox(
+            SandboxLimits(
+                memory_mb=config.artifact_check_memory_mb,
+                timeout_s=config.artifact_check_timeout_s,
+            )
+        ),
+    )
     install_error_handlers(app)
+    install_replay_handler(app)
+    install_openapi(app)
     for router in (tenants.router, models.router, nodes.router, allocations.router, sla.router):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(health.router)

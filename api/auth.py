@@ -16,14 +16,15 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import Connection, select
+from sqlalchemy import ColumnElement, Connection, and_, or_, select
 from sqlalchemy.orm import Session
 
 from api.config import ApiConfig
 from api.errors import Forbidden
-from api.models import ApiKeyRow, NodeRow, TenantRow
+from api.models import ApiKeyRow, NodeRow, TenantRow, utcnow
 
 TENANT_KEY_PREFIX = "gft_"
 NODE_TOKEN_PREFIX = "gfn_"
@@ -36,6 +37,7 @@ class Principal:
     role: Literal["admin", "tenant", "node"]
     id: int = 0  # tenant or node id; 0 for the admin
     name: str = ""  # tenant or node name
+    key_id: int = 0  # the tenant's API key that was presented; 0 for other roles
 
 
 def new_token(prefix: str) -> str:
@@ -61,18 +63,67 @@ def is_admin(token: str, config: ApiConfig) -> bool:
     return True
 
 
-def identify(*, session: Session | Connection, token: str, config: ApiConfig) -> Principal | None:
-    """The principal ``token`` belongs to, or None if it is unknown or revoked."""
+def key_usable(now: datetime) -> ColumnElement[bool]:
+    """The SQL condition of an API key that is accepted at ``now``: neither revoked nor
+    expired."""
+    return and_(
+        ApiKeyRow.revoked_at.is_(None),
+        or_(ApiKeyRow.expires_at.is_(None), ApiKeyRow.expires_at > now),
+    )
+
+
+# How long a dashboard sign-in lasts.
+DASHBOARD_SESSION_S = 12 * 3600
+
+
+def _session_mac(config: ApiConfig, expires: int) -> str:
+    # Keyed by the admin token: a new admin token ends every session signed with the old one.
+    return hmac.new(
+        config.admin_token.encode(), f"gpufair-dashboard:{expires}".encode(), hashlib.sha256
+    ).hexdigest()
+
+
+def dashboard_session(config: ApiConfig, now: datetime) -> str:
+    """The dashboard's session cookie after a sign-in with the admin token: its expiry and a
+    MAC of it, so the token itself is never stored in the browser or sent again."""
+    expires = int(now.timestamp()) + DASHBOARD_SESSION_S
+    return f"{expires}.{_session_mac(config, expires)}"
+
+
+def is_dashboard_session(value: str, config: ApiConfig, now: datetime) -> bool:
+    """Whether ``value`` is an unexpired session :func:`dashboard_session` made."""
+    expires_text, _, mac = value.partition(".")
+    if not expires_text.isdigit() or len(expires_text) > 12:
+        return False
+    expires = int(expires_text)
+    if expires <= now.timestamp() or not config.admin_token:
+        return False
+    if config.admin_token == config.development_admin_token and not config.dev_mode:
+        return False  # signed with the development token, which is refused here
+    return hmac.compare_digest(mac.encode(), _session_mac(config, expires).encode())
+
+
+def identify(
+    *,
+    session: Session | Connection,
+    token: str,
+    config: ApiConfig,
+    now: datetime | None = None,
+) -> Principal | None:
+    """The principal ``token`` belongs to at ``now`` (default: the wall clock), or None if it
+    is unknown, revoked or expired."""
     if is_admin(token, config):
         return Principal(role="admin")
     digest = token_hash(token)
     if token.startswith(TENANT_KEY_PREFIX):
         tenant = session.execute(
-            select(TenantRow.id, TenantRow.name)
+            select(TenantRow.id, TenantRow.name, ApiKeyRow.id.label("key_id"))
             .join(ApiKeyRow, ApiKeyRow.tenant_id == TenantRow.id)
-            .where(ApiKeyRow.token_hash == digest, ApiKeyRow.revoked_at.is_(None))
+            .where(ApiKeyRow.token_hash == digest, key_usable(now or utcnow()))
         ).first()
-        return Principal(role="tenant", id=tenant.id, name=tenant.name) if tenant else None
+        if tenant is None:
+            return None
+        return Principal(role="tenant", id=tenant.id, name=tenant.name, key_id=tenant.key_id)
     if token.startswith(NODE_TOKEN_PREFIX):
         node = session.execute(
             select(NodeRow.id, NodeRow.name).where(NodeRow.token_hash == digest)

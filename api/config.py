@@ -26,9 +26,14 @@ class ApiConfig:
     # The token the docs publish for development: honoured only in dev_mode, so a deployment
     # that forgot to set its own admin token is not open to anyone who read the docs.
     development_admin_token: str
-    dev_mode: bool  # also: the dashboard takes ?token=, and an empty SQLite is upgraded on start
+    dev_mode: bool  # also: an empty SQLite is upgraded on start
     max_body_bytes: int  # larger request bodies get 413
+    # The sandbox an uploaded artifact is loaded in before it is accepted (api.artifact_check).
+    artifact_check_memory_mb: int
+    artifact_check_timeout_s: float
     max_long_poll_s: float  # longest ?wait=S a node may ask for
+    # failed credentials one client address may present per minute before it gets 429
+    failed_credentials_per_minute: int
     solve_interval_s: float  # scheduled re-solve period; 0: only on request
     sla_history_s: float  # how long heartbeats' SLA samples are kept
     solve_options: SolveOptions  # how every solve runs; its objective is the snapshot's

@@ -4,7 +4,8 @@ Every route names what it needs as an ``Annotated`` alias — ``SessionDep`` for
 ``AdminDep``, ``CurrentTenant`` or ``CurrentNode`` for its caller — and gets nothing else.
 The rules, all here:
 
-- no token, or one nobody issued (or revoked): 401;
+- no token, or one nobody issued (or revoked, or expired): 401; an address that presented
+  too many such tokens lately: 429 for any token (:mod:`api.ratelimit`);
 - a valid token of another role: 403 (an admin token on a tenant route, a node token on an
   admin route, ...);
 - a node token on another node's path: 404, as if that node did not exist; tenants are
@@ -22,11 +23,13 @@ of its own and holds none while it waits.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -62,25 +65,30 @@ def _end(session: Session, *, commit: bool) -> None:
         session.close()
 
 
+@contextmanager
+def commit_errors() -> Iterator[None]:
+    """A concurrent writer's win as 412, a taken name as 409."""
+    try:
+        yield
+    except StaleDataError as exc:
+        raise PreconditionFailed(
+            "the resource was changed by another request; read it again and retry"
+        ) from exc
+    except IntegrityError as exc:
+        raise Conflict("the change conflicts with existing data (a name already taken?)") from exc
+
+
 async def _session(request: Request) -> AsyncIterator[Session]:
     state = state_of(request)
     async with state.db.slot():
         session = state.db.new_session(write=request.method not in ("GET", "HEAD"))
-        try:
+        with commit_errors():
             try:
                 yield session
             except BaseException:
                 await run_in_threadpool(_end, session, commit=False)
                 raise
             await run_in_threadpool(_end, session, commit=True)
-        except StaleDataError as exc:
-            raise PreconditionFailed(
-                "the resource was changed by another request; read it again and retry"
-            ) from exc
-        except IntegrityError as exc:
-            raise Conflict(
-                "the change conflicts with existing data (a name already taken?)"
-            ) from exc
 
 
 # scope="function": the transaction commits before the response is sent, so a failed commit
@@ -88,40 +96,60 @@ async def _session(request: Request) -> AsyncIterator[Session]:
 SessionDep = Annotated[Session, Depends(_session, scope="function")]
 
 
-def _token(credentials: Credentials, role: str) -> str:
+def client_address(request: Request) -> str:
+    """The address failed credentials are counted against (api.ratelimit)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _token(request: Request, state: AppState, credentials: Credentials, role: str) -> str:
+    """The bearer token; 401 without one, 429 when its address failed too often lately."""
     if credentials is None or not credentials.credentials:
         raise Unauthorized(f"this route needs a bearer {role} token")
+    state.failed_credentials.check(client_address(request))
     return credentials.credentials
 
 
-def _check_role(principal: Principal | None, role: str) -> Principal:
+def _identify(
+    state: AppState, token: str
+) -> Callable[[Session | Connection], Principal | None]:
+    """Who ``token`` belongs to now, asked on a session or connection (keys may expire)."""
+    now = state.clock()
+    return lambda connection: identify(
+        session=connection, token=token, config=state.config, now=now
+    )
+
+
+def _check_role(
+    request: Request, state: AppState, principal: Principal | None, role: str
+) -> Principal:
     if principal is None:
-        raise Unauthorized("unknown or revoked token")
+        state.failed_credentials.failed(client_address(request))
+        raise Unauthorized("unknown, revoked or expired token")
     if principal.role != role:
         raise Forbidden(f"this route is for the {role}, not a {principal.role}")
     return principal
 
 
 async def _admin(
-    state: StateDep, credentials: Annotated[Credentials, Depends(_admin_scheme)]
+    request: Request, state: StateDep, credentials: Annotated[Credentials, Depends(_admin_scheme)]
 ) -> None:
-    token = _token(credentials, "admin")
+    token = _token(request, state, credentials, "admin")
     if is_admin(token, state.config):
         return
     # Not the admin: whose token it is decides between 401 and 403.
-    principal = await state.db.read(
-        lambda connection: identify(session=connection, token=token, config=state.config)
-    )
-    _check_role(principal, "admin")
+    principal = await state.db.read(_identify(state, token))
+    _check_role(request, state, principal, "admin")
 
 
 def _tenant(
+    request: Request,
     state: StateDep,
     session: SessionDep,
     credentials: Annotated[Credentials, Depends(_tenant_scheme)],
 ) -> Principal:
-    token = _token(credentials, "tenant")
-    return _check_role(identify(session=session, token=token, config=state.config), "tenant")
+    token = _token(request, state, credentials, "tenant")
+    principal = _identify(state, token)(session)
+    return _check_role(request, state, principal, "tenant")
 
 
 def _own_path(request: Request, principal: Principal) -> Principal:
@@ -137,9 +165,19 @@ def _node(
     session: SessionDep,
     credentials: Annotated[Credentials, Depends(_node_scheme)],
 ) -> Principal:
-    token = _token(credentials, "node")
-    principal = identify(session=session, token=token, config=state.config)
-    return _own_path(request, _check_role(principal, "node"))
+    token = _token(request, state, credentials, "node")
+    principal = _identify(state, token)(session)
+    return _own_path(request, _check_role(request, state, principal, "node"))
+
+
+async def _tenant_outside_transaction(
+    request: Request,
+    state: StateDep,
+    credentials: Annotated[Credentials, Depends(_tenant_scheme)],
+) -> Principal:
+    token = _token(request, state, credentials, "tenant")
+    principal = await state.db.read(_identify(state, token))
+    return _check_role(request, state, principal, "tenant")
 
 
 async def _polling_node(
@@ -147,11 +185,9 @@ async def _polling_node(
     state: StateDep,
     credentials: Annotated[Credentials, Depends(_node_scheme)],
 ) -> Principal:
-    token = _token(credentials, "node")
-    principal = await state.db.read(
-        lambda connection: identify(session=connection, token=token, config=state.config)
-    )
-    return _own_path(request, _check_role(principal, "node"))
+    token = _token(request, state, credentials, "node")
+    principal = await state.db.read(_identify(state, token))
+    return _own_path(request, _check_role(request, state, principal, "node"))
 
 
 AdminDep = Annotated[None, Depends(_admin)]
@@ -159,3 +195,18 @@ CurrentTenant = Annotated[Principal, Depends(_tenant)]
 CurrentNode = Annotated[Principal, Depends(_node)]
 # The node of a route that holds no transaction (the plan long-poll).
 PollingNode = Annotated[Principal, Depends(_polling_node)]
+# The tenant of a route that holds no transaction while it works (the artifact upload, whose
+# sandboxed check takes seconds); it opens its own.
+TenantOutsideTransaction = Annotated[Principal, Depends(_tenant_outside_transaction)]
+
+# ``If-Match`` of a PATCH or DELETE of a tenant or model: required (api.services.revisions
+# answers 428 without it), declared optional so that its absence is that 428, not a 422.
+IfMatch = Annotated[
+    str | None,
+    Header(description="required: the ETag read (a stale one gets 412; none, 428), or * to "
+           "overwrite whatever is there"),
+]
+# ``If-Match`` where it is optional (the artifact upload): checked when sent.
+OptionalIfMatch = Annotated[
+    str | None, Header(description="optional: the ETag read; a stale one gets 412")
+]

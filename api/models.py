@@ -46,6 +46,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands stored datetimes back without their zone; every stored one is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
@@ -89,6 +94,8 @@ class ApiKeyRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Refused from this moment on (migration 0005); null: the key does not expire.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     tenant: Mapped[TenantRow] = relationship(back_populates="keys")
 
@@ -260,3 +267,22 @@ class SlaSampleRow(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     received: Mapped[int] = mapped_column(BigInteger)
     within_sla: Mapped[int] = mapped_column(BigInteger)
+
+
+class IdempotencyRow(Base):
+    """The outcome of a creating POST sent with ``Idempotency-Key`` (api.idempotency): a retry
+    with the same key gets the same reply instead of creating again. Kept for a day."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("owner", "key"), NEVER_REUSED)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Whose key it is ("admin", "tenant:<id>"): one caller's keys never answer another's.
+    owner: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(255))
+    # sha256 of the method, path and canonical body: a key reused for another request is refused.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    # The reply's body; null when it carried a secret shown once (a key or node token).
+    body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

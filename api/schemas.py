@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from allocator import AgentCertificateDocument, CertificateDocument, Criterion, Objective
+from api.models import as_utc
 from executor.wire.artifact import PREFIX as ZOO_PREFIX
 from executor.wire.artifact import parse_zoo_artifact
 from executor.wire.heartbeat import Heartbeat
@@ -61,12 +62,37 @@ ArtifactRef = Annotated[
 ]
 
 
+# A point in time as replies state it: ISO 8601 with its UTC offset, on every backend.
+Moment = Annotated[datetime, AfterValidator(as_utc)]
+
+
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="what went wrong, for programs (api.errors)",
+                      examples=["invalid"])
+    message: str = Field(description="what went wrong, for people",
+                         examples=["devices[0].seats: Input should be less than or equal to 64"])
+    field: str | None = Field(
+        default=None,
+        description="the input at fault: a body field, query.x, path.x or a header",
+        examples=["devices[0].seats"],
+    )
+
+
+class ErrorBody(BaseModel):
+    """Every error reply's body (api.errors): one shape for every status."""
+
+    error: ErrorDetail
 
 
 # --- tenants ---------------------------------------------------------------------------------
@@ -100,15 +126,35 @@ class TenantPublic(_Out):
     weight: float
     criterion: str
     revision: int
-    created_at: datetime
+    created_at: Moment
+
+
+# A key's expiry and a rotation's grace are bounded: a year, and a week.
+MAX_KEY_LIFETIME_S = 366 * 86400
+MAX_GRACE_S = 7 * 86400
+
+
+class ApiKeyCreate(_In):
+    expires_in_s: Annotated[int, Field(ge=60, le=MAX_KEY_LIFETIME_S)] | None = Field(
+        default=None,
+        description="the key is refused this many seconds after it is issued; null: never",
+    )
+
+
+class ApiKeyRotate(_In):
+    grace_s: Annotated[int, Field(ge=0, le=MAX_GRACE_S)] = Field(
+        default=0,
+        description="how long the key this request presents keeps working; 0: revoked now",
+    )
 
 
 class ApiKeyPublic(_Out):
     id: int
     tenant_id: int
     prefix: str
-    created_at: datetime
-    revoked_at: datetime | None
+    created_at: Moment
+    revoked_at: Moment | None
+    expires_at: Moment | None = Field(description="refused from then on; null: never")
 
 
 class ApiKeyCreated(ApiKeyPublic):
@@ -149,7 +195,7 @@ class ModelPublic(_Out):
     sla_p99_ms: float
     demand_qps: float
     revision: int
-    created_at: datetime
+    created_at: Moment
     ready: bool = Field(description="false while an api: artifact awaits its upload")
 
 
@@ -157,7 +203,7 @@ class ArtifactPublic(_Out):
     model_id: int
     sha256: str
     size_bytes: int
-    uploaded_at: datetime
+    uploaded_at: Moment
 
 
 # --- nodes -----------------------------------------------------------------------------------
@@ -201,8 +247,8 @@ class NodePublic(_Out):
     id: int
     name: str
     devices: list[DevicePublic]
-    created_at: datetime
-    last_heartbeat_at: datetime | None
+    created_at: Moment
+    last_heartbeat_at: Moment | None
     running_version: int | None = Field(description="plan version in the last heartbeat")
     report: Heartbeat | None = Field(description="the last heartbeat's body")
 
@@ -231,7 +277,7 @@ class AllocationSummary(_Out):
     id: int
     version: int
     objective: str
-    created_at: datetime
+    created_at: Moment
     solve_seconds: float
 
 
@@ -300,7 +346,7 @@ class TenantAllocation(BaseModel):
 
 
 class SlaBucket(BaseModel):
-    start: datetime = Field(description="the bucket covers [start, start + bucket_s)")
+    start: Moment = Field(description="the bucket covers [start, start + bucket_s)")
     received: int = Field(description="queries the tenant's replicas received in the bucket")
     within_sla: int = Field(description="of those, answered within the model's SLA")
     attainment: float | None = Field(
@@ -317,7 +363,7 @@ class SlaSeries(BaseModel):
 
 
 class SlaHistory(BaseModel):
-    start: datetime
-    end: datetime
+    start: Moment
+    end: Moment
     bucket_s: float
     tenants: list[SlaSeries] = Field(description="sorted by tenant name")

@@ -15,10 +15,12 @@ from datetime import datetime
 
 from fastapi import Request
 
+from api.artifact_check import ArtifactSandbox
 from api.config import ApiConfig
 from api.db import Database
 from api.metrics import Metrics
 from api.models import utcnow
+from api.ratelimit import FailedCredentials
 from api.services.plans import PlanNotifier
 from api.services.sla import PruneSchedule
 
@@ -29,6 +31,8 @@ class AppState:
     db: Database
     metrics: Metrics
     notifier: PlanNotifier
+    failed_credentials: FailedCredentials
+    artifacts: ArtifactSandbox
     clock: Callable[[], datetime] = utcnow  # aware UTC
     sla_prune: PruneSchedule = field(default_factory=PruneSchedule)
 

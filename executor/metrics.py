@@ -10,7 +10,10 @@ queries answered within the replica's p99 SLA / queries received, where late ans
 (429), dropped (504) and failed (500) queries are misses and malformed ones (400) are not
 received. The counts behind it, cumulative since the daemon started, go to the control plane
 with every heartbeat (:meth:`ExecutorMetrics.sla_tallies`, rows of the heartbeat's own
-:class:`~executor.wire.heartbeat.SlaCount`), which divides them the same way.
+:class:`~executor.wire.heartbeat.SlaCount`), which divides them the same way. The control
+plane accepts counts only for (tenant, model) pairs that a recent plan of the node seats, so
+in API mode the daemon keeps tallies only for the pairs of the plan it serves and the one it
+drained (:meth:`ExecutorMetrics.retain`); the Prometheus series are not affected.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class ExecutorMetrics:
         )
         self._lock = threading.Lock()
         self._attainment: dict[tuple[str, str], list[int]] = {}  # -> [met, received]
+        # The (tenant, model) pairs tallied for heartbeats; None: every pair (no API to tell).
+        self._tallied: frozenset[tuple[str, str]] | None = None
         self._children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
         self.registry.register(_RuntimeCollector(runtime, self))
 
@@ -85,9 +90,19 @@ class ExecutorMetrics:
         if outcome not in RECEIVED_OUTCOMES:  # a 400: the client's mistake, not a miss
             return
         with self._lock:
+            if self._tallied is not None and (tenant, model) not in self._tallied:
+                return
             tally = self._attainment.setdefault((tenant, model), [0, 0])
             tally[0] += within
             tally[1] += 1
+
+    def retain(self, pairs: set[tuple[str, str]]) -> None:
+        """Tally only these (tenant, model) pairs from now on, and forget the others' counts:
+        the plans that seated them are no longer recent, so the control plane would refuse a
+        heartbeat that still reported them."""
+        with self._lock:
+            self._tallied = frozenset(pairs)
+            self._attainment = {k: v for k, v in self._attainment.items() if k in pairs}
 
     def attainment(self) -> dict[tuple[str, str], float]:
         """Attainment per (tenant, model) that has received a query since the daemon started."""

@@ -40,6 +40,12 @@ same plan is not fetched again, every heartbeat carries the refusal (``"refused"
 "reason"}``) until a plan is applied, and the footprints the runtime predicted for the refused
 plan's replicas are uploaded, so that the next solve places them where they fit.
 
+SLA tallies. The API accepts a heartbeat's counts only for (tenant, model) pairs that a recent
+plan of this node seats (403 otherwise), and the counts run since the daemon started; so
+before a plan is applied the tallies are narrowed to its pairs and those of the plan it
+replaces (whose draining queries still finish), and a heartbeat refused with 403 narrows them
+to the served plan's pairs alone, so the next one is accepted.
+
 Both bodies are built from the contracts the API validates them with: a heartbeat is an
 :class:`executor.wire.heartbeat.Heartbeat` (besides the replicas' counters it carries
 ``"sla": [{"tenant", "model", "received", "within_sla"}]``, the daemon's cumulative SLA
@@ -151,6 +157,13 @@ class PlanState:
         return plan, etag
 
 
+def _seated(plan: NodePlan | None) -> set[tuple[str, str]]:
+    """The (tenant, model id) pairs a plan seats."""
+    if plan is None:
+        return set()
+    return {(s.replica.tenant, s.replica.model_id) for _, s in plan.replicas() if s.replica}
+
+
 class PlanClient:
     """Two background threads: the plan long-poll (with profile uploads) and the heartbeat."""
 
@@ -183,6 +196,7 @@ class PlanClient:
         # device)) are not yet uploaded.
         self._profiles_due: tuple[NodePlan, dict[tuple[str, str], int]] | None = None
         self._metrics = metrics
+        self._serving: NodePlan | None = None  # the plan applied last
         self._node = node
         self._long_poll_s = long_poll_s
         self._heartbeat_s = heartbeat_s
@@ -268,14 +282,19 @@ class PlanClient:
         return True
 
     def _apply(self, plan: NodePlan) -> bool:
-        """Apply a plan; True when it serves now. A refused plan's predicted footprints
-        become due for upload (the runtime keeps the refusal for the heartbeat)."""
+        """Apply a plan; True when it serves now. The SLA tallies are narrowed first to its
+        pairs and the replaced plan's, so no query of the new plan goes untallied. A refused
+        plan's predicted footprints become due for upload (the runtime keeps the refusal for
+        the heartbeat)."""
+        if self._metrics is not None:
+            self._metrics.retain(_seated(plan) | _seated(self._serving))
         try:
             applied = self._runtime.apply(plan) is not None
         except PlanRefused:
             self._profiles_due = (plan, self._runtime.predicted_footprints(plan))
             return False
         if applied:
+            self._serving = plan
             self._profiles_due = (plan, self._runtime.footprints())
         return applied
 
@@ -339,6 +358,12 @@ class PlanClient:
         report the heartbeat contract refuses (which is then not sent)."""
         body = self.report().model_dump(mode="json")
         response = self._client.post(f"/v1/nodes/{self._node}/heartbeat", json=body)
+        if response.status_code == 403 and self._metrics is not None:
+            # Counts for pairs the API no longer counts as this node's (the plan they came
+            # from is not recent any more): keep only the served plan's.
+            log.warning("heartbeat refused (%s); SLA tallies narrowed to plan version %s",
+                        response.text[:500], self._runtime.plan_version)
+            self._metrics.retain(_seated(self._serving))
         response.raise_for_status()
         self.heartbeats_sent += 1
 

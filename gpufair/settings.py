@@ -72,8 +72,15 @@ class ApiSettings(_Section):
     dev_mode: bool = True
     # Requests with a larger body are refused with 413.
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # An uploaded TorchScript artifact is loaded and probed in a child process with this much
+    # address space and this much time before it is accepted; beyond either it is refused.
+    artifact_check_memory_mb: int = Field(default=2048, ge=1024, le=65536)
+    artifact_check_timeout_s: float = Field(default=60.0, ge=5, le=600)
     # Longest long-poll a node may ask for with ?wait=S.
     max_long_poll_s: float = Field(default=30.0, gt=0, le=300)
+    # Unknown, revoked or expired tokens one client address may present per minute; beyond,
+    # every request of it that presents a token gets 429 until a minute has passed.
+    failed_credentials_per_minute: int = Field(default=30, ge=1, le=100_000)
     # Re-solve the allocation on this period (0 = only on request).
     solve_interval_s: float = Field(default=0.0, ge=0)
     # How long the SLA samples that heartbeats carry are kept (the dashboard's attainment

@@ -130,7 +130,9 @@ def test_api_and_executor_shape() -> None:
     assert env["GPUFAIR_API_DEV_MODE"]["value"] == "false"
     for name in ("GPUFAIR_DATABASE_URL", "GPUFAIR_API_ADMIN_TOKEN"):
         assert "secretKeyRef" in env[name]["valueFrom"], name
-    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    # Readiness asks the database (a replica that cannot reach it takes no traffic); liveness
+    # does not (a slow database is no reason to restart a replica).
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     jobs = [d for d in docs.values() if d["kind"] == "Job"]
     assert any(

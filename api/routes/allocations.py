@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, status
+from fastapi import APIRouter, Body, Query, Request, Response, status
 
-from api.deps import AdminDep, CurrentTenant, SessionDep, StateDep
+from allocator import Objective
+from api.deps import AdminDep, CurrentTenant, SessionDep, StateDep, commit_errors
+from api.idempotency import IdempotencyKey, fingerprint, remember, replay_if_known
 from api.models import AllocationRow
+from api.openapi import errors
+from api.pagination import MAX_LIMIT, NEXT_LINK, next_page
 from api.schemas import (
     MAX_ID,
     AllocationCreate,
@@ -32,16 +36,26 @@ def _public(session: SessionDep, row: AllocationRow) -> AllocationPublic:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, tags=["admin"])
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, tags=["admin"],
+    responses=errors(409, 500, s409="nothing to allocate: no tenant or no node"),
+)  # fmt: skip
 def create_allocation(
+    request: Request,
     _: AdminDep,
     state: StateDep,
     data: Annotated[AllocationCreate | None, Body()] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> AllocationPublic:
     """Solve now on a snapshot of the database; store the allocation only if its certificate
     passes the allocator's checker (500 otherwise). A certificate that passes is stored and
     returned even when it says some tenants' criteria fail (`fair: false`): then no allocation
-    the allocator found meets them all. One solve runs at a time; others wait their turn."""
+    the allocator found meets them all. One solve runs at a time; others wait their turn. A
+    retry with the same ``Idempotency-Key`` gets the first reply instead of solving again."""
+    print_, now = fingerprint(request, data), state.clock()
+    with state.db.session(write=False) as session:
+        replay_if_known(session=session, owner="admin", key=idempotency_key, print_=print_,
+                        now=now)  # fmt: skip
     config = state.config
     objective = data.objective if data is not None else None
     with state.metrics.solve_seconds.time():
@@ -53,26 +67,47 @@ def create_allocation(
     state.metrics.allocation_version.set(row.version)
     state.notifier.notify()
     with state.db.session(write=False) as session:
-        return _public(session, row)
+        public = _public(session, row)
+    with commit_errors(), state.db.session(write=True) as session:
+        remember(session=session, owner="admin", key=idempotency_key, print_=print_,
+                 status=201, body=public, now=now)  # fmt: skip
+    return public
 
 
-@router.get("", tags=["admin"])
+@router.get("", tags=["admin"], responses=NEXT_LINK)
 def list_allocations(
+    request: Request,
+    response: Response,
     _: AdminDep,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="versions below this")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="rows per page")] = 100,
+    before: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="the cursor: versions below this one")
+    ] = None,
+    objective: Annotated[Objective | None, Query(description="only this objective")] = None,
 ) -> list[AllocationSummary]:
-    rows = service.list_allocations(session=session, limit=limit, before=before)
+    """Stored allocations without their certificates, a page newest first (``limit``,
+    ``before``; ``Link`` to the next), optionally of one objective."""
+    rows = service.list_allocations(
+        session=session, limit=limit + 1, before=before, objective=objective
+    )
+    rows = next_page(
+        request, response, rows, limit=limit, cursor="before", key=lambda r: r.version
+    )
     return [AllocationSummary.model_validate(r) for r in rows]
 
 
-@router.get("/current", tags=["admin"])
+@router.get("/current", tags=["admin"], responses=errors(404, s404="no allocation yet"))
 def read_current(_: AdminDep, session: SessionDep) -> AllocationPublic:
+    """The newest allocation with its certificate and the nodes it has a plan for."""
     return _public(session, service.current_allocation_or_raise(session=session))
 
 
-@router.get("/current/me", tags=["tenant"])
+@router.get(
+    "/current/me",
+    tags=["tenant"],
+    responses=errors(404, s404="no allocation yet, or none since the tenant was created"),
+)
 def read_current_mine(tenant: CurrentTenant, session: SessionDep) -> TenantAllocation:
     """The tenant's seats, stream shares and own certificate row in the current allocation."""
     return service.tenant_view(session=session, tenant_id=tenant.id)
@@ -80,6 +115,7 @@ def read_current_mine(tenant: CurrentTenant, session: SessionDep) -> TenantAlloc
 
 @router.get("/{allocation}", tags=["admin"])
 def read_allocation(allocation: PathId, _: AdminDep, session: SessionDep) -> AllocationPublic:
+    """One stored allocation with its certificate (stored allocations never change)."""
     return _public(
         session, service.get_allocation_or_raise(session=session, allocation_id=allocation)
     )

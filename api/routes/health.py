@@ -17,6 +17,7 @@ from sqlalchemy import Connection, text
 
 from api.deps import StateDep
 from api.errors import Unavailable
+from api.openapi import errors
 from migrations import revision_on
 
 router = APIRouter(tags=["health"])
@@ -46,7 +47,7 @@ def _probe(connection: Connection) -> str | None:
     return revision_on(connection)
 
 
-@router.get("/readyz", responses={503: {"description": "the database did not answer"}})
+@router.get("/readyz", responses=errors(503, s503="the database did not answer in time"))
 async def readyz(state: StateDep) -> Readiness:
     """Readiness: the database answers one query, on one connection, within a short timeout."""
     try:
@@ -56,6 +57,12 @@ async def readyz(state: StateDep) -> Readiness:
     return Readiness(status="ok", database=state.db.dialect, schema_revision=revision)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"description": "Prometheus text format",
+                     "content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+)
 def metrics(state: StateDep) -> Response:
+    """The API's Prometheus metrics (requests by method, route and status; solves)."""
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

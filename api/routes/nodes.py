@@ -13,12 +13,15 @@ import asyncio
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from allocator import NodePlan
 from api.deps import AdminDep, CurrentNode, PollingNode, SessionDep, StateDep
+from api.idempotency import IdempotencyKey, fingerprint, remember, replay_if_known
 from api.models import NodeRow
+from api.openapi import errors
+from api.pagination import NEXT_LINK, Page, next_page
 from api.schemas import (
     NAME_PATTERN,
     HeartbeatReply,
@@ -44,19 +47,54 @@ def _created(node: NodeRow, token: str) -> NodeCreated:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, tags=["admin"])
-def create_node(data: NodeCreate, _: AdminDep, session: SessionDep) -> NodeCreated:
-    """Register a node and its devices; the reply carries the node token, shown once."""
-    return _created(*service.create_node(session=session, data=data))
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, tags=["admin"],
+    responses=errors(409, s409="the name is taken"),
+)  # fmt: skip
+def create_node(
+    request: Request,
+    data: NodeCreate,
+    _: AdminDep,
+    session: SessionDep,
+    state: StateDep,
+    idempotency_key: IdempotencyKey = None,
+) -> NodeCreated:
+    """Register a node and its devices; the reply carries the node token, shown once (so a
+    retry with the same ``Idempotency-Key`` is 409, not the token again)."""
+    print_, now = fingerprint(request, data), state.clock()
+    replay_if_known(session=session, owner="admin", key=idempotency_key, print_=print_, now=now)
+    created = _created(*service.create_node(session=session, data=data))
+    remember(session=session, owner="admin", key=idempotency_key, print_=print_, status=201,
+             body=None, now=now)  # fmt: skip
+    return created
 
 
-@router.get("", tags=["admin"])
-def list_nodes(_: AdminDep, session: SessionDep) -> list[NodePublic]:
-    return [NodePublic.model_validate(n) for n in service.list_nodes(session=session)]
+@router.get("", tags=["admin"], responses=NEXT_LINK)
+def list_nodes(
+    request: Request,
+    response: Response,
+    _: AdminDep,
+    session: SessionDep,
+    page: Page,
+    behind: Annotated[
+        bool | None,
+        Query(description="only nodes not serving their newest plan (true), or the others"),
+    ] = None,
+) -> list[NodePublic]:
+    """Nodes with their devices, last heartbeat and the plan version they serve; a page by id
+    (``limit``, ``after``; ``Link`` to the next)."""
+    rows = service.list_nodes(
+        session=session, limit=page.limit + 1, after=page.after, behind=behind
+    )
+    rows = next_page(
+        request, response, rows, limit=page.limit, cursor="after", key=lambda r: r.id
+    )
+    return [NodePublic.model_validate(n) for n in rows]
 
 
 @router.get("/{node}", tags=["admin"])
 def read_node(node: NodeName, _: AdminDep, session: SessionDep) -> NodePublic:
+    """One node with its devices and its last heartbeat's report."""
     return NodePublic.model_validate(service.get_node_or_raise(session=session, name=node))
 
 
@@ -99,7 +137,12 @@ async def read_plan(
         await state.notifier.wait(min(remaining, RECHECK_S))
 
 
-@router.post("/{node}/heartbeat", tags=["node"])
+@router.post(
+    "/{node}/heartbeat",
+    tags=["node"],
+    responses=errors(403, s403="another role's token, or SLA counts for a tenant and model "
+                     "no recent plan of this node seats (`forbidden`)"),
+)
 def heartbeat(
     node: NodeName, data: Heartbeat, me: CurrentNode, session: SessionDep, state: StateDep
 ) -> HeartbeatReply:
@@ -117,7 +160,12 @@ def heartbeat(
     return HeartbeatReply(current_version=version, etag=plan_etag(version))
 
 
-@router.put("/{node}/profiles", tags=["node"])
+@router.put(
+    "/{node}/profiles",
+    tags=["node"],
+    responses=errors(403, s403="another role's token, or a model no recent plan of this node "
+                     "seats (`forbidden`)"),
+)
 def put_profiles(
     node: NodeName, data: ProfilesPut, me: CurrentNode, session: SessionDep
 ) -> ProfilesStored:

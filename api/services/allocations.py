@@ -323,10 +323,16 @@ def run_solve(
 # --- reading -----------------------------------------------------------------------------------
 
 
-def list_allocations(*, session: Session, limit: int, before: int | None) -> list[AllocationRow]:
+def list_allocations(
+    *, session: Session, limit: int, before: int | None, objective: Objective | None = None
+) -> list[AllocationRow]:
+    """Allocations newest first: ``limit`` of them below version ``before``, solved under
+    ``objective`` when given."""
     query = select(AllocationRow).order_by(AllocationRow.version.desc()).limit(limit)
     if before is not None:
         query = query.where(AllocationRow.version < before)
+    if objective is not None:
+        query = query.where(AllocationRow.objective == objective)
     return list(session.scalars(query))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
@@ -48,12 +48,32 @@ def create_model(*, session: Session, tenant_id: int, data: ModelCreate) -> Mode
     return model
 
 
-def list_models(*, session: Session, tenant_id: int) -> list[ModelRow]:
-    return list(
-        session.scalars(
-            select(ModelRow).where(ModelRow.tenant_id == tenant_id).order_by(ModelRow.id)
-        )
+def list_models(
+    *,
+    session: Session,
+    tenant_id: int,
+    limit: int | None = None,
+    after: int | None = None,
+    name: str | None = None,
+    ready: bool | None = None,
+) -> list[ModelRow]:
+    """The tenant's models by id: ``limit`` of them past id ``after``, of that name, ready
+    (a zoo model, or an uploaded one whose file is in) or not."""
+    query = (
+        select(ModelRow).where(ModelRow.tenant_id == tenant_id).order_by(ModelRow.id).limit(limit)
     )
+    if after is not None:
+        query = query.where(ModelRow.id > after)
+    if name is not None:
+        query = query.where(ModelRow.name == name)
+    if ready is not None:
+        # An uploaded model's artifact is always ``api:<its id>`` (upload_reference).
+        is_ready = or_(
+            ~ModelRow.artifact.startswith("api:"),
+            ModelRow.id.in_(select(ArtifactRow.model_id)),
+        )
+        query = query.where(is_ready if ready else ~is_ready)
+    return list(session.scalars(query))
 
 
 def get_model_or_raise(*, session: Session, tenant_id: int, model_id: int) -> ModelRow:
@@ -106,17 +126,29 @@ def _columns(model: ModelRow) -> dict[str, object]:
     return {c.key: getattr(model, c.key) for c in ModelRow.__table__.columns}
 
 
-def store_artifact(
+def check_upload(
     *, session: Session, tenant_id: int, model_id: int, data: bytes, if_match: str | None
-) -> ArtifactRow:
-    """Store an uploaded TorchScript file and point the model at it (``api:<id>``)."""
+) -> None:
+    """What an upload must pass before its archive is loaded (api.artifact_check): the model is
+    the tenant's, ``If-Match`` (when sent) is current, and the body is a zip archive at all."""
     model = get_model_or_raise(session=session, tenant_id=tenant_id, model_id=model_id)
-    check_if_match(if_match, model.revision)
+    check_if_match(if_match, model.revision, required=False)
     if not data.startswith(ZIP_MAGIC):
         raise InvalidInput(
             "the artifact is not a TorchScript archive (torch.jit.save writes a zip file)",
             field="body",
         )
+
+
+def store_artifact(
+    *, session: Session, tenant_id: int, model_id: int, data: bytes, if_match: str | None
+) -> ArtifactRow:
+    """Store an uploaded TorchScript file, which the sandbox loaded, and point the model at it
+    (``api:<id>``); the checks of :func:`check_upload` are made again in this transaction."""
+    check_upload(
+        session=session, tenant_id=tenant_id, model_id=model_id, data=data, if_match=if_match
+    )
+    model = get_model_or_raise(session=session, tenant_id=tenant_id, model_id=model_id)
     row = session.get(ArtifactRow, model_id)
     if row is None:
         row = ArtifactRow(model_id=model_id)

@@ -7,32 +7,74 @@ the latency-bounded QPS of one replica with 1, 2, ... streams — q_m(g, s) of d
 replica measured (its footprint), which the next solve uses in place of the declared memory.
 A heartbeat's cumulative SLA counts become per-tenant samples of the attainment history
 (:mod:`api.services.sla`).
+
+A node's token writes only about what the node serves: a heartbeat's SLA counts and a profile
+upload (curves and footprints) may name only (tenant, model) pairs and models that one of the
+node's recent plans seats on it (:func:`api.services.plans.recent_seats`). Anything else is
+refused whole with 403 and logged with the node's name, so one node can neither move another
+tenant's attainment nor learn which model ids exist by uploading profiles for them.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from api.auth import NODE_TOKEN_PREFIX, new_token, token_hash
-from api.errors import Conflict, InvalidInput, NotFound
+from api.errors import Conflict, Forbidden, InvalidInput, NotFound
 from api.models import (
     AllocationRow,
     ArtifactRow,
     DeviceRow,
     FootprintRow,
     ModelRow,
+    NodePlanRow,
     NodeRow,
     ProfileRow,
     utcnow,
 )
 from api.schemas import NodeCreate
 from api.services import sla
-from api.services.plans import current_plan
+from api.services.plans import Seated, current_plan, recent_seats
 from executor.wire.heartbeat import Heartbeat
 from executor.wire.profiles import FootprintEntry, ProfileEntry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# How many refused names a 403 and its log line quote (a heartbeat may carry thousands).
+QUOTED = 5
+
+
+def _not_seated(
+    *,
+    session: Session,
+    node_id: int,
+    wanted: set[T],
+    key: Callable[[Seated], T],
+    also_version: int | None = None,
+) -> set[T]:
+    """What of ``wanted`` (each seated pair seen through ``key``) no recent plan of the node
+    seats; the plans are searched newest first and only as far as needed."""
+    outside = set(wanted)
+    if outside:
+        for seated in recent_seats(session=session, node_id=node_id, also_version=also_version):
+            outside -= {key(pair) for pair in seated}
+            if not outside:
+                break
+    return outside
+
+
+def _refuse(node: NodeRow, what: str, outside: list[str]) -> Forbidden:
+    names = ", ".join(outside[:QUOTED]) + (f" and {len(outside) - QUOTED} more"
+                                           if len(outside) > QUOTED else "")
+    log.warning("node %r refused: %s not seated on it by its recent plans: %s",
+                node.name, what, names)
+    return Forbidden(f"this node's recent plans do not seat {what}: {names}")
 
 
 def create_node(*, session: Session, data: NodeCreate) -> tuple[NodeRow, str]:
@@ -49,10 +91,31 @@ def create_node(*, session: Session, data: NodeCreate) -> tuple[NodeRow, str]:
     return node, token
 
 
-def list_nodes(*, session: Session) -> list[NodeRow]:
-    return list(
-        session.scalars(select(NodeRow).options(selectinload(NodeRow.devices)).order_by(NodeRow.id))
+def list_nodes(
+    *,
+    session: Session,
+    limit: int | None = None,
+    after: int | None = None,
+    behind: bool | None = None,
+) -> list[NodeRow]:
+    """Nodes by id: ``limit`` of them past id ``after``; with ``behind``, only those whose
+    daemon last said it serves an older plan than its newest (or nothing yet), or only the
+    others."""
+    query = (
+        select(NodeRow).options(selectinload(NodeRow.devices)).order_by(NodeRow.id).limit(limit)
     )
+    if after is not None:
+        query = query.where(NodeRow.id > after)
+    if behind is not None:
+        newest = (
+            select(func.max(NodePlanRow.version))
+            .where(NodePlanRow.node_id == NodeRow.id)
+            .scalar_subquery()
+        )
+        current = func.coalesce(newest, 0)
+        lagging = or_(NodeRow.running_version.is_(None), NodeRow.running_version < current)
+        query = query.where(lagging if behind else ~lagging)
+    return list(session.scalars(query))
 
 
 def get_node_or_raise(*, session: Session, name: str) -> NodeRow:
@@ -90,6 +153,16 @@ def record_heartbeat(
     node = session.get(NodeRow, node_id, with_for_update={"key_share": True})
     if node is None:
         raise NotFound(f"node {node_id} not found")
+    outside = _not_seated(
+        session=session,
+        node_id=node.id,
+        wanted={(count.tenant, count.model) for count in data.sla},
+        key=lambda pair: pair,
+        also_version=data.plan_version,
+    )
+    if outside:
+        raise _refuse(node, "the SLA counts' tenant/model",
+                      [f"{tenant}/{model}" for tenant, model in sorted(outside)])
     sla.record_samples(
         session=session,
         node_id=node.id,
@@ -115,7 +188,21 @@ def store_profiles(
     footprints: list[FootprintEntry] = [],  # noqa: B006 - never mutated
 ) -> int:
     """Upsert the node's measured curves and footprints; entries for other models and devices
-    are kept. Return how many entries were stored."""
+    are kept. Return how many entries were stored.
+
+    Only models seated on this node by one of its recent plans may be profiled: the daemon
+    measures what it was given to serve, and uploads after it applied the plan."""
+    node = session.get(NodeRow, node_id)
+    if node is None:
+        raise NotFound(f"node {node_id} not found")
+    outside = _not_seated(
+        session=session,
+        node_id=node.id,
+        wanted={str(e.model_id) for e in entries} | {str(f.model_id) for f in footprints},
+        key=lambda pair: pair[1],
+    )
+    if outside:
+        raise _refuse(node, "the profiles' models", sorted(outside, key=int))
     devices = {
         d.device: d.id
         for d in session.scalars(select(DeviceRow).where(DeviceRow.node_id == node_id))

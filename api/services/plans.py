@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -28,6 +28,10 @@ from api.models import DeviceRow, NodePlanRow
 
 # How often a waiting long-poll looks at the database even if this process stored nothing.
 RECHECK_S = 1.0
+# How many of a node's newest plans may seat what it reports (see :func:`seated_on_node`).
+RECENT_PLANS = 8
+
+Seated = tuple[str, str]  # (tenant, model id) as a plan names them
 
 
 def plan_etag(version: int) -> str:
@@ -84,6 +88,33 @@ def current_plan(
         .order_by(DeviceRow.id)
     ).all()
     return 0, empty_plan(node=node_name, devices=devices)
+
+
+def recent_seats(
+    *, session: Session, node_id: int, also_version: int | None = None
+) -> Iterator[set[Seated]]:
+    """The (tenant, model) pairs each of the node's recent plans seats on it, newest first.
+
+    What a node's token may write about (its heartbeat's SLA counts, its profiles) is what it
+    was given to serve, and a daemon reports on a plan after the API stored a newer one: its
+    counts since start cover the plan it serves and the one it drained (the executor drops
+    older pairs, :meth:`executor.metrics.ExecutorMetrics.retain`), and it uploads a plan's
+    profiles once it applied it. So the search covers the plan of ``also_version`` (the one
+    the daemon says it serves, found only among this node's own) and then the node's
+    ``RECENT_PLANS`` newest plans; a caller stops as soon as it found what it looks for, so
+    a daemon on the newest plan costs one plan parsed.
+    """
+    plans = select(NodePlanRow.plan).where(NodePlanRow.node_id == node_id)
+    queries = [plans.order_by(NodePlanRow.version.desc()).limit(RECENT_PLANS)]
+    if also_version is not None:
+        queries.insert(0, plans.where(NodePlanRow.version == also_version))
+    for query in queries:
+        for document in session.scalars(query):
+            yield {
+                (seat.replica.tenant, seat.replica.model_id)
+                for _, seat in NodePlan.from_dict(document).replicas()
+                if seat.replica is not None
+            }
 
 
 class PlanNotifier:

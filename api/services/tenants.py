@@ -1,13 +1,22 @@
-"""Tenants and their API keys."""
+"""Tenants and their API keys.
+
+Keys: the admin issues them (optionally expiring); a tenant lists its own, rotates the one it
+signs in with (a new key, the old one revoked now or after a grace period, stored as its
+expiry) and revokes its own — but never its last usable one, which would lock it out (409):
+the tenant row is locked while that is decided, so two concurrent revocations cannot both
+pass the check.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.auth import TENANT_KEY_PREFIX, new_token, token_hash
+from api.auth import TENANT_KEY_PREFIX, key_usable, new_token, token_hash
 from api.errors import Conflict, NotFound
-from api.models import ApiKeyRow, TenantRow, utcnow
+from api.models import ApiKeyRow, TenantRow, as_utc
 from api.schemas import TenantCreate, TenantSelfUpdate, TenantUpdate
 from api.services.revisions import check_if_match
 
@@ -24,8 +33,23 @@ def create_tenant(*, session: Session, data: TenantCreate) -> TenantRow:
     return tenant
 
 
-def list_tenants(*, session: Session) -> list[TenantRow]:
-    return list(session.scalars(select(TenantRow).order_by(TenantRow.id)))
+def list_tenants(
+    *,
+    session: Session,
+    limit: int | None = None,
+    after: int | None = None,
+    name: str | None = None,
+    criterion: str | None = None,
+) -> list[TenantRow]:
+    """Tenants by id: ``limit`` of them past id ``after``, of that name or criterion."""
+    query = select(TenantRow).order_by(TenantRow.id).limit(limit)
+    if after is not None:
+        query = query.where(TenantRow.id > after)
+    if name is not None:
+        query = query.where(TenantRow.name == name)
+    if criterion is not None:
+        query = query.where(TenantRow.criterion == criterion)
+    return list(session.scalars(query))
 
 
 def get_tenant_or_raise(*, session: Session, tenant_id: int) -> TenantRow:
@@ -59,31 +83,104 @@ def delete_tenant(*, session: Session, tenant_id: int, if_match: str | None) -> 
     session.flush()
 
 
-def issue_key(*, session: Session, tenant_id: int) -> tuple[ApiKeyRow, str]:
-    """A new API key for the tenant; the key itself is returned once and never stored."""
+def issue_key(
+    *, session: Session, tenant_id: int, now: datetime, expires_in_s: int | None = None
+) -> tuple[ApiKeyRow, str]:
+    """A new API key for the tenant, refused after ``expires_in_s`` when given; the key itself
+    is returned once and never stored."""
     get_tenant_or_raise(session=session, tenant_id=tenant_id)
     key = new_token(TENANT_KEY_PREFIX)
-    row = ApiKeyRow(tenant_id=tenant_id, prefix=key[:KEY_PREFIX_SHOWN], token_hash=token_hash(key))
+    row = ApiKeyRow(
+        tenant_id=tenant_id,
+        prefix=key[:KEY_PREFIX_SHOWN],
+        token_hash=token_hash(key),
+        created_at=now,
+        expires_at=None if expires_in_s is None else now + timedelta(seconds=expires_in_s),
+    )
     session.add(row)
     session.flush()
     return row, key
 
 
-def list_keys(*, session: Session, tenant_id: int) -> list[ApiKeyRow]:
-    get_tenant_or_raise(session=session, tenant_id=tenant_id)
-    return list(
-        session.scalars(
-            select(ApiKeyRow).where(ApiKeyRow.tenant_id == tenant_id).order_by(ApiKeyRow.id)
-        )
-    )
+def _lock_tenant(session: Session, tenant_id: int) -> None:
+    # PostgreSQL: decisions about a tenant's keys are serial (SQLite's writes are anyway).
+    if session.get(TenantRow, tenant_id, with_for_update=True) is None:
+        raise NotFound(f"tenant {tenant_id} not found")
 
 
-def revoke_key(*, session: Session, tenant_id: int, key_id: int) -> ApiKeyRow:
-    """Revoke one of the tenant's keys; a key of another tenant is not found."""
+def _own_key(session: Session, tenant_id: int, key_id: int) -> ApiKeyRow:
     row = session.get(ApiKeyRow, key_id)
     if row is None or row.tenant_id != tenant_id:
         raise NotFound(f"key {key_id} not found")
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        session.flush()
+    return row
+
+
+def rotate_key(
+    *, session: Session, tenant_id: int, key_id: int, grace_s: int, now: datetime
+) -> tuple[ApiKeyRow, str]:
+    """A new key for the tenant, and key ``key_id`` (the one presented) revoked now, or
+    refused after ``grace_s`` seconds (an expiry already sooner is kept)."""
+    _lock_tenant(session, tenant_id)
+    old = _own_key(session, tenant_id, key_id)
+    row, key = issue_key(session=session, tenant_id=tenant_id, now=now)
+    if grace_s == 0:
+        old.revoked_at = now
+    else:
+        until = now + timedelta(seconds=grace_s)
+        if old.expires_at is None or as_utc(old.expires_at) > until:
+            old.expires_at = until
+    session.flush()
+    return row, key
+
+
+
+def list_keys(
+    *,
+    session: Session,
+    tenant_id: int,
+    limit: int | None = None,
+    after: int | None = None,
+    active_at: datetime | None = None,
+    active: bool | None = None,
+) -> list[ApiKeyRow]:
+    """The tenant's keys by id: ``limit`` of them past id ``after``; with ``active``, only
+    those usable at ``active_at`` (true) or only those not (false)."""
+    get_tenant_or_raise(session=session, tenant_id=tenant_id)
+    query = (
+        select(ApiKeyRow)
+        .where(ApiKeyRow.tenant_id == tenant_id)
+        .order_by(ApiKeyRow.id)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(ApiKeyRow.id > after)
+    if active is not None and active_at is not None:
+        usable = key_usable(active_at)
+        query = query.where(usable if active else ~usable)
+    return list(session.scalars(query))
+
+
+def revoke_key(
+    *, session: Session, tenant_id: int, key_id: int, now: datetime, keep_one: bool = False
+) -> ApiKeyRow:
+    """Revoke one of the tenant's keys; a key of another tenant is not found. With
+    ``keep_one`` (a tenant revoking its own), refuse to revoke its last usable key (409)."""
+    if keep_one:
+        _lock_tenant(session, tenant_id)
+    row = _own_key(session, tenant_id, key_id)
+    if row.revoked_at is not None:
+        return row
+    if keep_one:
+        others = session.scalar(
+            select(func.count())
+            .select_from(ApiKeyRow)
+            .where(ApiKeyRow.tenant_id == tenant_id, ApiKeyRow.id != key_id, key_usable(now))
+        )
+        if not others:
+            raise Conflict(
+                f"key {key_id} is your last usable key: rotate it (POST /v1/tenants/me/keys/"
+                "rotate) instead, or ask the admin"
+            )
+    row.revoked_at = now
+    session.flush()
     return row

@@ -331,7 +331,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"API {api.url}", soft_wrap=True)
         for name, url in executor_urls.items():
             console.print(f"executor of node {name} {url}", soft_wrap=True)
-        console.print(f"dashboard {dashboard_sign_in(api.url, admin_token, dev_mode=True)}",
+        console.print(f"dashboard {dashboard_sign_in(api.url, admin_token)}",
                       soft_wrap=True)
         children.enter_context(api).wait_healthy(STARTUP_TIMEOUT_S)
         registered = _register(api.url, admin_token, scenario)

@@ -23,19 +23,16 @@ log = logging.getLogger(__name__)
 logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
-def dashboard_sign_in(base_url: str, admin_token: str | None, *, dev_mode: bool) -> str:
+def dashboard_sign_in(base_url: str, admin_token: str | None) -> str:
     """Where the dashboard is and how to sign in to it, in one line for the console.
 
-    In development mode the dashboard takes the admin token in its URL, so the line is a link
-    that signs in (``admin_token`` None: a placeholder for a token the operator set). Outside
-    it, the token must come as a bearer header, which a browser cannot send by itself.
+    The dashboard's form takes the admin token in a POST body (never in a URL, where it would
+    land in access logs), so the line names the token to type: the development token itself
+    (``admin_token``), or — for a token the operator set, which is never echoed — its setting.
     """
-    if not dev_mode:
-        return (f"{base_url}/ (send the admin token as 'Authorization: Bearer …', e.g. from a "
-                "proxy)")
     if admin_token is None:
-        return f"{base_url}/?token=<GPUFAIR_API_ADMIN_TOKEN>"
-    return f"{base_url}/?token={admin_token}"
+        return f"{base_url}/ (sign in with the admin token, GPUFAIR_API_ADMIN_TOKEN)"
+    return f"{base_url}/ (sign in with the token {admin_token})"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,7 +77,7 @@ def main(argv: list[str]) -> int:
     host, port = args.host or config.host, args.port or config.port
     shown = config.admin_token if development_token else None  # never echo a real secret
     base_url = f"http://{host}:{port}"
-    sign_in = dashboard_sign_in(base_url, shown, dev_mode=config.dev_mode)
+    sign_in = dashboard_sign_in(base_url, shown)
     # A line each, the address last, so a terminal's link detection takes it whole.
     print(f"gpufair serve: dashboard {sign_in}", flush=True)
     print(f"gpufair serve: API docs {base_url}/docs", flush=True)

@@ -59,6 +59,40 @@ def test_equal_weights_efm_ef1_prop1_all_hold_exactly(instance: Instance) -> Non
 
 
 @settings(max_examples=12, deadline=None)
+@given(large_instances(("prop_alpha",), (1.0,)))
+def test_equal_weights_prop_alpha_all_hold_exactly(instance: Instance) -> None:
+    # Row prop_alpha (proof 5): an agent whose EFM rows hold meets PROP^α at share 1/n.
+    _assert_guaranteed_hold(instance, every_agent=True)
+
+
+@settings(max_examples=12, deadline=None)
+@given(large_instances(("prop_alpha", "efm", "ef1", "prop1"), (1.0,)))
+def test_equal_weights_any_mix_with_prop_alpha_all_hold_exactly(instance: Instance) -> None:
+    # The EFM construction meets efm, ef1, prop1 and prop_alpha at once with equal weights.
+    _assert_guaranteed_hold(instance, every_agent=True)
+
+
+@settings(max_examples=12, deadline=None)
+@given(large_instances(("prop_alpha",), (0.5, 1.0, 2.0, 4.0)))
+def test_weighted_prop_alpha_holds_up_to_the_mean_weight(instance: Instance) -> None:
+    # With weights the row covers exactly the agents of at most the mean weight.
+    promised = covered(instance)
+    assert promised is not None and promised[0] == "efm"
+    weights = [a.weight for a in instance.agents]
+    mean = sum(weights) / len(weights)
+    assert {a.name for a in instance.agents if a.weight <= mean} <= promised[1]
+    _assert_guaranteed_hold(instance, every_agent=promised[1] == {a.name for a in instance.agents})
+
+
+@settings(max_examples=30, deadline=None)
+@given(large_instances(("prop_alpha",), (1.0, 2.0, 4.0)))
+def test_efm_construction_is_prop_alpha_up_to_the_mean_weight(instance: Instance) -> None:
+    certificate = certify(instance, efm_allocation(instance))
+    mean = sum(a.weight for a in instance.agents) / len(instance.agents)
+    assert all(certificate.agents[a.name].holds for a in instance.agents if a.weight <= mean)
+
+
+@settings(max_examples=12, deadline=None)
 @given(large_instances(("efm",), (1.0, 2.0, 4.0)))
 def test_efm_holds_exactly_whatever_the_weights(instance: Instance) -> None:
     # EFM is unweighted by definition: the construction meets it beside heavier agents too.
@@ -137,7 +171,8 @@ def test_identical_agents_beyond_the_ef_alpha_threshold_are_relaxed_not_fair() -
 
 
 def test_guaranteed_rows_are_marked_in_the_certificate() -> None:
-    agents = (Agent("a", 1.0, "efm"), Agent("b", 1.0, "prop_alpha"))
+    # b is heavier than the mean weight: no row covers its prop_alpha.
+    agents = (Agent("a", 1.0, "efm"), Agent("b", 3.0, "prop_alpha"))
     instance = Instance(agents, ("g0", "g1"), ("d",), {"a": {"g0": 3.0, "g1": 1.0, "d": 2.0},
                                                        "b": {"g0": 1.0, "g1": 1.0, "d": 5.0}})
     document = divide(instance, OPTIONS).certificate.to_dict()

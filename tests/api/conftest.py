@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 import migrations
+from allocator import DevicePlan, ModelReplica, NodePlan, SeatPlan, parse_certificate
 from api.app import create_app
-from api.models import Base
+from api.models import AllocationRow, Base, DeviceRow, NodePlanRow, NodeRow, ProfileRow
 from gpufair.compose import api_config
 from gpufair.settings import AllocatorSettings, ApiSettings, DatabaseSettings, Settings
 from tests.conftest import POSTGRES_URL
@@ -107,6 +108,9 @@ def make_settings(url: str, database: dict[str, Any] | None = None, **api: Any) 
             dev_mode=False,
             max_body_bytes=api.pop("max_body_bytes", 256 * 1024),
             max_long_poll_s=api.pop("max_long_poll_s", 2.0),
+            # Tests present many bad tokens from one address (the authorisation matrix);
+            # tests of the limit set their own.
+            failed_credentials_per_minute=api.pop("failed_credentials_per_minute", 100_000),
             **api,
         ),
         allocator=AllocatorSettings(time_limit_s=5.0),
@@ -122,6 +126,68 @@ def settings(db_url: str) -> Settings:
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+def seat_on_node(url: str, node: str, pairs: Iterable[tuple[str, str]]) -> None:
+    """Store a plan seating each (tenant, model id) pair on ``node``'s ``cuda:0``, in the newest
+    allocation (one with an empty certificate when there is none yet), for tests whose
+    heartbeats report SLA counts without a solve: a node may report only what one of its
+    recent plans seats (api.services.nodes). The node must have no plan in that allocation."""
+    seats = tuple(
+        SeatPlan(k, ModelReplica(model, tenant, "zoo:rmc1?scale=0.05&seed=1", 20.0), 0, 0.0)
+        for k, (tenant, model) in enumerate(pairs)
+    )
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with Session(engine) as session, session.begin():
+            allocation = session.scalar(
+                sqlalchemy.select(AllocationRow).order_by(AllocationRow.version.desc()).limit(1)
+            )
+            if allocation is None:
+                certificate = parse_certificate(EMPTY_CERTIFICATE).model_dump()
+                allocation = AllocationRow(id=1, version=1, objective="utilitarian",
+                                           solve_seconds=0.0, certificate=certificate,
+                                           tenant_ids={})
+                session.add(allocation)
+                session.flush()
+            node_id = session.scalar(sqlalchemy.select(NodeRow.id).where(NodeRow.name == node))
+            assert node_id is not None, node
+            plan = NodePlan(node, allocation.version, allocation.id,
+                            (DevicePlan("cuda:0", "gpu", len(seats) + 1, 1, seats),))
+            session.add(NodePlanRow(allocation_id=allocation.id, node_id=node_id,
+                                    version=allocation.version, plan=plan.to_dict()))
+    finally:
+        engine.dispose()
+
+
+def store_profiles(url: str, node: str, curves: dict[tuple[int, str], list[float]]) -> None:
+    """Store measured curves, (model id, device of ``node``) -> QPS with 1, 2, … streams, as a
+    node's upload stores them, for tests of what the allocator makes of curves of models no
+    plan has seated yet (which a node may not upload: api.services.nodes)."""
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with Session(engine) as session, session.begin():
+            rows = session.execute(
+                sqlalchemy.select(DeviceRow.device, DeviceRow.id)
+                .join(NodeRow, NodeRow.id == DeviceRow.node_id)
+                .where(NodeRow.name == node)
+            )
+            devices = {device: device_id for device, device_id in rows}
+            session.add_all(
+                ProfileRow(model_id=model_id, device_id=devices[device], qps=qps)
+                for (model_id, device), qps in curves.items()
+            )
+    finally:
+        engine.dispose()
+
+
+# What a certificate of an allocation without agents says.
+EMPTY_CERTIFICATE: dict[str, Any] = {
+    "fair": True, "relaxed": False, "violations": 0, "lambda": 0.0, "lambda_prop": 0.0,
+    "lambda_lower_bound": None, "guarantee": None, "agents": {}, "objective": "utilitarian",
+    "objective_value": None, "unconstrained_value": None, "ratio": None, "solver": "none",
+    "status": "unknown", "gap": None, "time_s": 0.0, "notes": [],
+}
 
 
 class Api:

@@ -13,7 +13,8 @@ import pytest
 
 import allocator
 from allocator import NodePlan
-from tests.api.conftest import ADMIN_TOKEN, Api
+from gpufair.settings import Settings
+from tests.api.conftest import ADMIN_TOKEN, Api, store_profiles
 
 
 def _cluster(api: Api) -> dict[str, str]:
@@ -111,23 +112,25 @@ def test_tenant_view_has_only_its_own_rows(api: Api) -> None:
 
 def test_profiles_change_the_next_allocation_inputs(api: Api) -> None:
     tokens = _cluster(api)
-    models = {}
-    for t in api.client.get("/v1/tenants", headers=api.admin).json():
-        key = api.client.post(f"/v1/tenants/{t['id']}/keys", headers=api.admin).json()["key"]
-        models.update(
-            {m["id"]: m for m in api.client.get("/v1/models", headers=api.bearer(key)).json()}
-        )
+    api.solve()
+    # A node profiles the models its plan seats on it, as the daemon does after applying it.
+    plan = NodePlan.from_dict(
+        api.client.get("/v1/nodes/n1/plan", headers=api.bearer(tokens["n1"])).json()
+    )
+    seated = {int(seat.replica.model_id) for _, seat in plan.replicas() if seat.replica}
     entries = [
         {"model_id": mid, "device": f"cuda:{d}", "qps": [50.0 * (k + 1) for k in range(6)]}
-        for mid in models
+        for mid in sorted(seated)
         for d in (0, 1)
     ]
     r = api.client.put(
         "/v1/nodes/n1/profiles", json={"profiles": entries}, headers=api.bearer(tokens["n1"])
     )
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text
     allocation = api.solve()
     assert allocation["certificate"]["fair"]
+    assert not any("model " + str(mid) + " on n1" in note
+                   for mid in seated for note in allocation["certificate"]["notes"])
 
 
 def test_uploaded_model_waits_for_its_artifact(api: Api) -> None:
@@ -141,7 +144,7 @@ def test_uploaded_model_waits_for_its_artifact(api: Api) -> None:
     assert str(waiting["id"]) not in seated
 
 
-def _contended_seat(api: Api) -> dict[str, str]:
+def _contended_seat(api: Api, url: str) -> dict[str, str]:
     """Two PROP^α tenants (the default criterion), one model each, and one GPU with one seat
     and five pool streams that both models' measured curves turn into demand served; return
     the tenants' API keys.
@@ -157,19 +160,18 @@ def _contended_seat(api: Api) -> dict[str, str]:
         api.model(key, "ranker", replicas_wanted=1, demand_qps=400.0) for key in keys.values()
     ]
     _, token = api.node("n1", gpus=1, seats=1, streams=6)
+    assert token
+    # Measured curves of both models on the one GPU, stored as a node's upload stores them
+    # (a node may upload only for models its plans seat: one of the two here).
     curve = [10.0 * streams for streams in range(1, 7)]
-    profiles = [{"model_id": m["id"], "device": "cuda:0", "qps": curve} for m in models]
-    r = api.client.put(
-        "/v1/nodes/n1/profiles", json={"profiles": profiles}, headers=api.bearer(token)
-    )
-    assert r.status_code == 200, r.text
+    store_profiles(url, "n1", {(m["id"], "cuda:0"): curve for m in models})
     return keys
 
 
 def test_unmeetable_criteria_are_stored_with_the_failing_tenants(
-    api: Api, caplog: pytest.LogCaptureFixture
+    api: Api, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    keys = _contended_seat(api)
+    keys = _contended_seat(api, settings.database.url)
     with caplog.at_level(logging.WARNING, logger="api.services.allocations"):
         r = api.client.post("/v1/allocations", headers=api.admin)
     assert r.status_code == 201, r.text
@@ -218,12 +220,13 @@ def _relaxed_past_one(certificate: allocator.Certificate) -> allocator.Certifica
 @pytest.mark.parametrize("tamper", [_every_row_holds, _relaxed_past_one])
 def test_a_certificate_that_fails_the_checker_is_refused(
     api: Api,
+    settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
     tamper: Callable[[allocator.Certificate], allocator.Certificate],
 ) -> None:
     """A certificate the checker disagrees with — a failing tenant's row says it holds, or a
     λ outside [0, 1] — is an allocator defect: the API answers 500 and stores nothing."""
-    _contended_seat(api)
+    _contended_seat(api, settings.database.url)
     honest = allocator.allocate_cluster
 
     def tampered(*args: Any, **kwargs: Any) -> allocator.ClusterAllocation:
@@ -279,5 +282,7 @@ def test_a_measured_footprint_replaces_the_declared_memory_in_the_next_solve(api
     assert not seated()
     assert upload([{"model_id": model["id"], "device": "cuda:0", "memory_mb": 700}]).is_success
     assert seated()
+    # A model no plan of the node seats (here one that does not exist) is outside the node's
+    # scope, with the same 403 as another node's model: uploads reveal no model ids.
     r = upload([{"model_id": model["id"] + 100, "device": "cuda:0", "memory_mb": 1}])
-    assert r.status_code == 422 and "footprints[0].model_id" in r.text
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", r.text

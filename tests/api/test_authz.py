@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from tests.api.conftest import Api
-from tests.api.test_models import torchscript_like
+from tests.api.test_models import torchscript_archive
 
 SECRET = "zz-secret-of-a"  # appears in tenant A's names; must never reach tenant B
 
@@ -25,12 +25,14 @@ ROUTES: list[tuple[str, str, str, int, Any]] = [
     ("PATCH", "/v1/tenants/me", "tenant", 200, {"criterion": "ef1"}),
     ("GET", "/v1/tenants/me/keys", "tenant", 200, None),
     ("DELETE", "/v1/tenants/me/keys/{a_key_spare}", "tenant", 200, None),
+    # With a grace period: the key presented keeps working for the rest of the matrix.
+    ("POST", "/v1/tenants/me/keys/rotate", "tenant", 201, {"grace_s": 3600}),
     ("POST", "/v1/tenants", "admin", 201, {"name": "fresh"}),
     ("GET", "/v1/tenants", "admin", 200, None),
     ("GET", "/v1/tenants/{a}", "admin", 200, None),
     ("PATCH", "/v1/tenants/{a}", "admin", 200, {"weight": 2}),
     ("DELETE", "/v1/tenants/{c}", "admin", 204, None),
-    ("POST", "/v1/tenants/{a}/keys", "admin", 201, None),
+    ("POST", "/v1/tenants/{a}/keys", "admin", 201, {"expires_in_s": 86400}),
     ("GET", "/v1/tenants/{a}/keys", "admin", 200, None),
     ("DELETE", "/v1/tenants/{a}/keys/{a_key_admin}", "admin", 200, None),
     ("POST", "/v1/models", "tenant", 201, {"name": "fresh", **MODEL}),
@@ -83,14 +85,15 @@ def _world(api: Api) -> dict[str, Any]:
     upload = api.model(key_a, f"upload-{SECRET}", artifact="api", replicas_wanted=1, memory_mb=100)
     r = api.client.put(
         f"/v1/models/{upload['id']}/artifact",
-        content=torchscript_like(),
+        content=torchscript_archive(),
         headers={**api.bearer(key_a), "Content-Type": "application/octet-stream"},
     )
     assert r.status_code == 200
-    api.model(key_b, "b-model", replicas_wanted=1, memory_mb=100)
+    b_model = api.model(key_b, "b-model", replicas_wanted=1, memory_mb=100)
     _, node_token = api.node("n1", gpus=1, seats=2, streams=4)
-    api.node("n2", gpus=1)
-    api.client.delete(f"/v1/tenants/{c['id']}", headers=api.admin)  # C joins no allocation
+    _, n2_token = api.node("n2", gpus=1)
+    # C joins no allocation
+    api.client.delete(f"/v1/tenants/{c['id']}", headers={**api.admin, "If-Match": "*"})
     c, _ = api.tenant("c")
     allocation = api.solve()
     seated = api.client.get("/v1/nodes/n1/plan", headers=api.bearer(node_token)).json()
@@ -100,13 +103,20 @@ def _world(api: Api) -> dict[str, Any]:
     spare_keys = [
         api.client.post(f"/v1/tenants/{a['id']}/keys", headers=api.admin).json() for _ in (0, 1)
     ]
-    # SLA samples of both tenants, so that /v1/sla/me has tenant A's data to leak to B.
-    sla = [
-        {"tenant": a["name"], "model": str(upload["id"]), "received": 50, "within_sla": 49},
-        {"tenant": "b", "model": "2", "received": 20, "within_sla": 20},
-    ]
-    r = api.client.post("/v1/nodes/n1/heartbeat", json={"sla": sla}, headers=api.bearer(node_token))
-    assert r.status_code == 200, r.text
+    # SLA samples of both tenants, so that /v1/sla/me has tenant A's data to leak to B; each
+    # from the node that seats the model (a node may report nothing else).
+    counts = {
+        (a["name"], str(upload["id"])): {"received": 50, "within_sla": 49},
+        ("b", str(b_model["id"])): {"received": 20, "within_sla": 20},
+    }
+    for node, token in (("n1", node_token), ("n2", n2_token)):
+        plan = api.client.get(f"/v1/nodes/{node}/plan", headers=api.bearer(token)).json()
+        pairs = {(s["replica"]["tenant"], s["replica"]["model_id"])
+                 for d in plan["devices"] for s in d["seats"] if s["replica"]}
+        sla = [{"tenant": t, "model": m, **counts[t, m]} for t, m in sorted(pairs & set(counts))]
+        r = api.client.post(f"/v1/nodes/{node}/heartbeat", json={"sla": sla},
+                            headers=api.bearer(token))
+        assert r.status_code == 200, r.text
     everyone = api.client.get("/v1/sla", headers=api.admin).json()
     assert [s["tenant"] for s in everyone["tenants"]] == sorted([a["name"], "b"])
     return {
@@ -131,13 +141,15 @@ def _call(
     api: Api, method: str, path: str, token: str | None, body: Any, world: dict[str, Any]
 ) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if method in ("PATCH", "DELETE"):
+        headers["If-Match"] = "*"  # required on tenants and models (428); ignored on keys
     if body == "profiles":
         body = {"profiles": [{"model_id": world["a_upload"], "device": "cuda:0", "qps": [10, 20]}]}
     if body == b"upload":
         return api.client.request(
             method,
             path,
-            content=torchscript_like(),
+            content=torchscript_archive(),
             headers={**headers, "Content-Type": "application/octet-stream"},
         )
     return api.client.request(method, path, json=body, headers=headers)

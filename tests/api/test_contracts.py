@@ -44,7 +44,7 @@ from executor.wire.heartbeat import MAX_REASON_CHARS, Heartbeat, parse_heartbeat
 from executor.wire.names import MAX_ID
 from executor.wire.profiles import ProfileEntry, ProfilesPut, parse_profiles_put
 from gpufair.settings import Settings
-from tests.api.conftest import Api
+from tests.api.conftest import Api, seat_on_node
 
 # A curve of the architecture the test models use (conftest's Api.model: zoo:rmc1, 20 ms SLA).
 CURVES = {"rmc1": ProfileCurve(qps=(100.0, 150.0, 180.0), kind="gpu", sla_p99_ms=10.0)}
@@ -181,13 +181,14 @@ def _heartbeat(runtime: NodeRuntime) -> Heartbeat:
 
 
 def test_a_heartbeat_round_trips_and_a_load_error_is_clipped_to_the_contract(
-    api: Api, runtime: NodeRuntime
+    api: Api, settings: Settings, runtime: NodeRuntime
 ) -> None:
     heartbeat = _heartbeat(runtime)
     assert len(heartbeat.broken["8"]) == MAX_REASON_CHARS  # clipped, so the API takes it
     body = json.loads(json.dumps(heartbeat.model_dump(mode="json")))
     assert parse_heartbeat(body) == heartbeat
     _, token = api.node("n1")
+    seat_on_node(settings.database.url, "n1", [("ads", "7"), ("feed", "8")])  # as served
     r = api.client.post("/v1/nodes/n1/heartbeat", json=body, headers=api.bearer(token))
     assert r.status_code == 200, r.text
     report = api.client.get("/v1/nodes/n1", headers=api.admin).json()["report"]

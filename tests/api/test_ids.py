@@ -9,14 +9,14 @@ downloaded a new tenant's weights for a deleted model's still-planned seat.
 from __future__ import annotations
 
 from tests.api.conftest import Api
-from tests.api.test_models import torchscript_like
+from tests.api.test_models import torchscript_archive
 
 
 def _upload(api: Api, key: str, model_id: int) -> None:
     etag = api.client.get(f"/v1/models/{model_id}", headers=api.bearer(key)).headers["ETag"]
     r = api.client.put(
         f"/v1/models/{model_id}/artifact",
-        content=torchscript_like(),
+        content=torchscript_archive(),
         headers={
             **api.bearer(key),
             "Content-Type": "application/octet-stream",

@@ -6,19 +6,21 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from fastapi.testclient import TestClient
 
 import migrations
-from api.app import ensure_schema
+from api.app import create_app, ensure_schema
 from api.errors import SchemaNotReady
 from api.models import Base
 from gpufair.compose import api_config
 from gpufair.settings import ApiSettings, DatabaseSettings, Settings
-from tests.api.conftest import pg_url
+from tests.api.conftest import ADMIN_TOKEN, make_settings, pg_url
 from tests.conftest import POSTGRES_URL
 
 
@@ -179,10 +181,81 @@ def test_ids_revision_keeps_data_and_moves_sequences_past_referenced_ids(empty_u
 
 def test_footprints_revision_up_and_down(empty_url: str) -> None:
     """0004 adds the footprints table (measured replica memory) and its downgrade removes it."""
-    assert migrations.head_revision() == "0004"
     migrations.upgrade(empty_url, "0003")
     assert "footprints" not in _tables(empty_url)
     migrations.upgrade(empty_url)
     assert "footprints" in _tables(empty_url)
     migrations.downgrade(empty_url, "0003")
     assert "footprints" not in _tables(empty_url)
+
+
+def _old_row(criterion: str, holds: bool, slack: float, lam: float) -> dict[str, object]:
+    """An agent's row as gpufair wrote it before the strict certificate (issue 12)."""
+    return {"alpha": 0.5, "criterion": criterion, "weight": 1.0, "holds": holds, "slack": slack,
+            "lambda": lam, "factor": 0.5 + lam / 2, "value": 0.4, "normalised_value": 0.4,
+            "total": 1.0, "envy": {}}
+
+
+# A certificate in the old format: the top-level "holds", every EF-type row checked at one
+# applied λ (here 0.5) and PROP-type rows at another (0).
+OLD_CERTIFICATE: dict[str, Any] = {
+    "fair": False, "holds": False, "violations": 1,
+    "agents": {
+        "exact": _old_row("prop", True, 0.1, 0.0),
+        "failed": _old_row("prop1", False, -0.2, 0.0),
+        "relaxed": _old_row("ef1", True, 0.05, 0.5),
+    },
+    "objective": "utilitarian", "objective_value": 1.2, "unconstrained_value": 1.5,
+    "ratio": 0.8, "lambda": 0.5, "lambda_prop": 0.0, "solver": "highs", "status": "optimal",
+    "gap": 0.0, "time_s": 0.3, "notes": ["estimated throughput: model 1 on n1/cuda:0"],
+}
+
+
+def test_certificates_revision_makes_old_allocations_readable(empty_url: str) -> None:
+    """An allocation stored with the old certificate format reads through the API after 0005,
+    each row stating only what its stored figures prove; the downgrade restores the old
+    format."""
+    migrations.upgrade(empty_url, "0004")
+    engine = sqlalchemy.create_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sqlalchemy.text(
+                    "INSERT INTO allocations (id, version, objective, created_at, solve_seconds, "
+                    "certificate, tenant_ids) VALUES (1, 1, 'utilitarian', "
+                    "'2026-11-23 10:00:00+00:00', 0.3, :certificate, '{}')"
+                ),
+                {"certificate": json.dumps(OLD_CERTIFICATE)},
+            )
+        migrations.upgrade(empty_url)
+        migrations.upgrade(empty_url)  # at head: nothing to do, nothing rewritten twice
+        with TestClient(create_app(api_config(make_settings(empty_url)))) as client:
+            r = client.get("/v1/allocations/1", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert r.status_code == 200, r.text
+        certificate = r.json()["certificate"]
+        assert "holds" not in certificate and certificate["guarantee"] is None
+        rows = certificate["agents"]
+        # Checked exactly and held: exact, least λ 0.
+        assert (rows["exact"]["holds"], rows["exact"]["slack"], rows["exact"]["lambda"]) == (
+            True, 0.1, 0.0)
+        # Checked exactly and failed: the exact slack, the least λ unknown (null: pessimistic).
+        assert (rows["failed"]["holds"], rows["failed"]["slack"], rows["failed"]["lambda"]) == (
+            False, -0.2, None)
+        # Checked only at λ = 0.5: exact figures unknown, 0.5 an upper bound on the least λ.
+        assert (rows["relaxed"]["holds"], rows["relaxed"]["slack"], rows["relaxed"]["lambda"]) \
+            == (False, None, 0.5)
+        assert not any(row["guaranteed"] for row in rows.values())
+        assert (certificate["fair"], certificate["relaxed"], certificate["violations"]) == (
+            False, True, 1)
+        assert (certificate["lambda"], certificate["lambda_prop"]) == (0.5, 0.0)
+        assert certificate["notes"][0] == OLD_CERTIFICATE["notes"][0]
+        assert "'failed', 'relaxed'" in certificate["notes"][1]
+        migrations.downgrade(empty_url, "0004")
+        with engine.connect() as connection:
+            stored = connection.exec_driver_sql("SELECT certificate FROM allocations").scalar_one()
+        old = json.loads(stored) if isinstance(stored, str) else stored
+        assert old["holds"] is False and "relaxed" not in old
+        assert old["agents"]["exact"] == OLD_CERTIFICATE["agents"]["exact"]
+        assert old["notes"] == OLD_CERTIFICATE["notes"]
+    finally:
+        engine.dispose()

@@ -2,21 +2,77 @@
 
 from __future__ import annotations
 
-import io
-import zipfile
+import functools
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from torch import Tensor, nn
 
-from executor.models import ZooError, parse_zoo_artifact
+from api.artifact_check import SandboxLimits, check_artifact
+from api.errors import InvalidInput
+from executor.models import ZooError, build_model, parse_zoo_artifact
+from executor.runtime import save_torchscript
 from tests.api.conftest import Api
 
 
-def torchscript_like() -> bytes:
-    """A zip archive, as torch.jit.save writes; the API checks the format, never loads it."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("model/data.pkl", b"weights")
-    return buffer.getvalue()
+class Scores(nn.Module):
+    """A small ranking model with the structured forward the executor serves."""
+
+    def forward(
+        self,
+        user_dense: Tensor,
+        user_sparse: dict[str, Tensor],
+        candidate_dense: Tensor,
+        candidate_sparse: dict[str, Tensor],
+        candidate_user: Tensor,
+    ) -> Tensor:
+        return candidate_dense.sum(1) + user_dense[candidate_user].sum(1)
+
+
+class Hoards(Scores):
+    """Asks for 64 GiB in its forward."""
+
+    def forward(
+        self,
+        user_dense: Tensor,
+        user_sparse: dict[str, Tensor],
+        candidate_dense: Tensor,
+        candidate_sparse: dict[str, Tensor],
+        candidate_user: Tensor,
+    ) -> Tensor:
+        hoard = torch.ones([17179869184])  # 2**34 floats: 64 GiB
+        return candidate_dense.sum(1) + hoard[0]
+
+
+class Spins(Scores):
+    """Never returns (an int64 counter that would take centuries to wrap)."""
+
+    def forward(
+        self,
+        user_dense: Tensor,
+        user_sparse: dict[str, Tensor],
+        candidate_dense: Tensor,
+        candidate_sparse: dict[str, Tensor],
+        candidate_user: Tensor,
+    ) -> Tensor:
+        steps = 0
+        while steps >= 0:
+            steps += 1
+        return candidate_dense.sum(1)
+
+
+@functools.cache
+def torchscript_archive(module: type[nn.Module] = Scores) -> bytes:
+    """``module`` saved as gpufair's TorchScript artifact (``save_torchscript``: the scripted
+    module with the schema of a tiny RMC1 inside), a few KiB."""
+    schema = build_model(parse_zoo_artifact("zoo:rmc1?scale=0.0001")).schema
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.pt"
+        save_torchscript(module(), schema, path)
+        return path.read_bytes()
 
 
 def test_crud_with_etags(api: Api) -> None:
@@ -32,7 +88,8 @@ def test_crud_with_etags(api: Api) -> None:
     )
     assert r.status_code == 200 and r.json()["demand_qps"] == 900.0
     assert [m["name"] for m in api.client.get("/v1/models", headers=auth).json()] == ["ranker"]
-    assert api.client.delete(url, headers=auth).status_code == 204
+    assert api.client.delete(url, headers={**auth, "If-Match": r.headers["ETag"]}).status_code \
+        == 204
     assert api.client.get(url, headers=auth).status_code == 404
 
 
@@ -81,7 +138,7 @@ def test_upload_makes_an_api_model_ready(api: Api) -> None:
         headers={**auth, "Content-Type": "application/octet-stream"},
     )
     assert bad.status_code == 422
-    data = torchscript_like()
+    data = torchscript_archive()
     r = api.client.put(
         f"/v1/models/{model['id']}/artifact",
         content=data,
@@ -161,3 +218,36 @@ def test_the_api_takes_exactly_the_zoo_references_the_executor_loads(
     else:
         assert r.status_code == 422 and r.json()["error"]["field"] == "artifact", r.text
         assert repr(artifact) in r.json()["error"]["message"], r.text  # quotes what is wrong
+
+
+def _upload(api: Api, key: str, model_id: int, data: bytes) -> Any:
+    return api.client.put(
+        f"/v1/models/{model_id}/artifact",
+        content=data,
+        headers={**api.bearer(key), "Content-Type": "application/octet-stream"},
+    )
+
+
+def test_an_upload_is_accepted_only_once_it_loaded_and_served_a_probe(api: Api) -> None:
+    """Zip-shaped junk, and a real TorchScript module whose forward asks for 64 GiB, are 422
+    with the loader's reason (the sandbox's memory limit stops the second); the model stays
+    not ready, and the API keeps serving."""
+    _, key = api.tenant("ads")
+    model = api.model(key, "custom", artifact="api")
+    junk = b"PK\x03\x04" + bytes(200 * 1024)
+    for data, reason in [
+        (junk, "not a TorchScript archive"),
+        (torchscript_archive(Hoards), "probe forward failed"),
+    ]:
+        r = _upload(api, key, model["id"], data)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "body", r.text
+        assert reason in r.json()["error"]["message"], r.text
+    after = api.client.get(f"/v1/models/{model['id']}", headers=api.bearer(key)).json()
+    assert not after["ready"] and after["revision"] == model["revision"]
+    assert _upload(api, key, model["id"], torchscript_archive()).status_code == 200
+
+
+@pytest.mark.slow
+def test_an_artifact_that_never_returns_is_refused_within_the_time_limit() -> None:
+    with pytest.raises(InvalidInput, match="within 15 s|killed by signal"):
+        check_artifact(torchscript_archive(Spins), SandboxLimits(memory_mb=2048, timeout_s=15))

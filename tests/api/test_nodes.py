@@ -7,6 +7,7 @@ import time
 import pytest
 
 from allocator import NodePlan
+from api.services.plans import RECENT_PLANS
 from executor.wire.names import InvalidNameError, validate_node_name
 from tests.api.conftest import Api
 from tests.name_cases import NODE_NAMES
@@ -93,6 +94,7 @@ def test_profiles_upsert_and_name_bad_fields(api: Api) -> None:
     _, key = api.tenant("ads")
     model = api.model(key, "ranker")
     _, token = api.node("n1")
+    api.solve()  # seats the model on n1: only then may n1 profile it
     auth = api.bearer(token)
     entry = {"model_id": model["id"], "device": "cuda:0", "qps": [100, 180, 240]}
     r = api.client.put("/v1/nodes/n1/profiles", json={"profiles": [entry]}, headers=auth)
@@ -102,13 +104,86 @@ def test_profiles_upsert_and_name_bad_fields(api: Api) -> None:
     )
     assert r.status_code == 200
     for bad, field in [
-        ({**entry, "model_id": 999}, "profiles[0].model_id"),
         ({**entry, "device": "cuda:7"}, "profiles[0].device"),
         ({**entry, "qps": [5, 3]}, "profiles[0].qps"),
         ({**entry, "qps": []}, "profiles[0].qps"),
     ]:
         r = api.client.put("/v1/nodes/n1/profiles", json={"profiles": [bad]}, headers=auth)
         assert r.status_code == 422 and r.json()["error"]["field"] == field, r.json()
+
+
+def _sla(tenant: str, model: str, received: int = 10) -> dict[str, object]:
+    return {"tenant": tenant, "model": model, "received": received, "within_sla": received}
+
+
+def _two_tenants_on_two_nodes(api: Api) -> dict[str, tuple[str, str, str, str]]:
+    """Tenants a and b with one single-replica model each, nodes n1 and n2 with one seat each;
+    return node -> (its token, the tenant seated on it, that tenant's key, the model id)."""
+    keys = {}
+    for tenant in ("a", "b"):
+        _, keys[tenant] = api.tenant(tenant)
+        api.model(keys[tenant], "m", replicas_wanted=1)
+    tokens = {name: api.node(name, gpus=1, seats=1, streams=2)[1] for name in ("n1", "n2")}
+    api.solve()
+    seated = {}
+    for name, token in tokens.items():
+        plan = NodePlan.from_dict(
+            api.client.get(f"/v1/nodes/{name}/plan", headers=api.bearer(token)).json()
+        )
+        [(_, seat)] = plan.replicas()
+        assert seat.replica is not None
+        tenant = seat.replica.tenant
+        seated[name] = (token, tenant, keys[tenant], seat.replica.model_id)
+    assert {tenant for _, tenant, _, _ in seated.values()} == {"a", "b"}
+    return seated
+
+
+def test_a_node_token_reports_only_what_its_plans_seat_on_it(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Node-token scope (issue 13): a heartbeat's SLA counts for a tenant seated on another
+    node, and a profile of another node's model or of an id that does not exist, are 403 —
+    the same answer for both ids — logged, and store nothing."""
+    seated = _two_tenants_on_two_nodes(api)
+    token, tenant, _, model = seated["n1"]
+    _, other_tenant, _, other_model = seated["n2"]
+    auth = api.bearer(token)
+    heartbeat = {"plan_version": 1, "replicas": [], "broken": {}}
+    ok = api.client.post(
+        "/v1/nodes/n1/heartbeat", json={**heartbeat, "sla": [_sla(tenant, model)]}, headers=auth
+    )
+    assert ok.status_code == 200, ok.text
+    for counts in ([_sla(other_tenant, other_model)], [_sla(tenant, other_model)],
+                   [_sla(tenant, model, 20), _sla(other_tenant, other_model)]):
+        r = api.client.post(
+            "/v1/nodes/n1/heartbeat", json={**heartbeat, "sla": counts}, headers=auth
+        )
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", r.text
+    assert "node 'n1' refused" in caplog.text
+    series = api.client.get("/v1/sla", headers=api.admin).json()["tenants"]
+    assert {s["tenant"]: s["received"] for s in series} == {tenant: 10}  # nothing else stored
+    refusals = []
+    for model_id in (int(other_model), 999_999):
+        entry = {"model_id": model_id, "device": "cuda:0", "qps": [100, 180]}
+        r = api.client.put("/v1/nodes/n1/profiles", json={"profiles": [entry]}, headers=auth)
+        assert r.status_code == 403, r.text
+        refusals.append(r.json()["error"]["message"].replace(str(model_id), "ID"))
+    assert refusals[0] == refusals[1]  # nothing tells which ids exist
+
+
+def test_counts_of_a_recent_plan_are_accepted_and_of_an_old_one_refused(api: Api) -> None:
+    """The scope covers the node's RECENT_PLANS newest plans: a daemon still counting a pair
+    its previous plans seated is accepted; once they are older, the pair is refused."""
+    token, tenant, key, model = _two_tenants_on_two_nodes(api)["n1"]
+    r = api.client.delete(f"/v1/models/{model}", headers={**api.bearer(key), "If-Match": "*"})
+    assert r.status_code == 204, r.text  # the next plans seat nothing of it on n1
+    for version in range(2, RECENT_PLANS + 3):
+        assert api.solve()["version"] == version
+        body = {"plan_version": version, "replicas": [], "broken": {},
+                "sla": [_sla(tenant, model, 10 * version)]}
+        r = api.client.post("/v1/nodes/n1/heartbeat", json=body, headers=api.bearer(token))
+        # Plan 1 seated the pair: among the node's newest RECENT_PLANS up to version 8.
+        assert r.status_code == (200 if version <= RECENT_PLANS else 403), (version, r.text)
 
 
 def _executor_takes(name: str) -> bool:

@@ -15,8 +15,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.app import create_app, pool_limits
+from api.artifact_check import ArtifactSandbox, SandboxLimits
 from api.db import Database
 from api.metrics import Metrics
+from api.ratelimit import FailedCredentials
 from api.scheduler import SolveScheduler
 from api.services.plans import PlanNotifier
 from api.state import AppState
@@ -103,6 +105,8 @@ def test_failing_ticks_are_logged_and_the_loop_goes_on(
         db=Database(config.database_url, pool=pool_limits(config)),
         metrics=Metrics(),
         notifier=PlanNotifier(),
+        failed_credentials=FailedCredentials(config.failed_credentials_per_minute),
+        artifacts=ArtifactSandbox(SandboxLimits(memory_mb=2048, timeout_s=60)),
     )
 
     async def run_for(seconds: float) -> SolveScheduler:

@@ -1,4 +1,6 @@
-"""Schemathesis against the OpenAPI document: no generated request, valid or not, gets a 5xx.
+"""Schemathesis against the OpenAPI document: no generated request, valid or not, gets a 5xx,
+and every reply is as documented — its status among the operation's, its content type and its
+body matching the schema (the error envelope included, api/openapi.py).
 
 Every operation is fuzzed with the token of the role it belongs to (so requests reach the
 service code rather than stopping at 401) in both of Schemathesis's modes: positive (bodies
@@ -17,8 +19,15 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
 from schemathesis.core.result import Err
 from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from api.app import create_app
 from gpufair.compose import api_config
@@ -28,6 +37,12 @@ from tests.api.conftest import Api
 EXAMPLES = {GenerationMode.POSITIVE: 25, GenerationMode.NEGATIVE: 15}
 # A solve per example is the slow path: fewer of them.
 SLOW_OPERATIONS = {"POST /v1/allocations": 3}
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 
 
 def _world(client: TestClient) -> dict[str, str]:
@@ -46,7 +61,7 @@ def _world(client: TestClient) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_no_server_errors(settings: Settings) -> None:
+def test_no_server_errors_and_every_reply_as_documented(settings: Settings) -> None:
     app = create_app(api_config(settings))
     with TestClient(app) as client:
         tokens = _world(client)
@@ -81,9 +96,11 @@ def test_no_server_errors(settings: Settings) -> None:
                 nonlocal calls
                 calls += 1
                 response = case.call()
-                if response.status_code >= 500:
+                try:
+                    case.validate_response(response, checks=CHECKS)
+                except (AssertionError, FailureGroup) as exc:
                     failures.append(
-                        f"{case.operation.label} -> {response.status_code}: "
+                        f"{case.operation.label} -> {response.status_code}: {exc}\n"
                         f"{case.as_curl_command()}\n{response.text[:300]}"
                     )
 
@@ -94,3 +111,27 @@ def test_no_server_errors(settings: Settings) -> None:
                 assert mode == GenerationMode.NEGATIVE, operation.label
     assert calls > 200
     assert failures == [], "\n\n".join(failures[:10])
+
+
+def test_every_operation_is_described_and_its_errors_are_the_envelope(client: TestClient) -> None:
+    """The document states each operation's purpose and every error status it can answer
+    with the body the API sends (``{"error": …}``), never FastAPI's ``{"detail": …}``."""
+    document = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in str(document)
+    operations = [
+        (f"{method.upper()} {path}", operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    ]
+    assert len(operations) > 30
+    for label, operation in operations:
+        assert operation.get("description"), label
+        responses = operation["responses"]
+        errors = {status: r for status, r in responses.items() if int(status) >= 400}
+        for status, response in errors.items():
+            schema = response["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (label, status)
+        if operation.get("security"):
+            assert {"401", "403", "429", "503"} <= set(responses), label
+        if "{" in label:
+            assert "404" in responses, label

@@ -36,7 +36,7 @@ from gpufair.demo.claims import sla_claim
 from gpufair.demo.view import live_table, phase_table
 from gpufair.loadgen import Outcome, StreamStats
 from gpufair.settings import Settings
-from tests.api.conftest import Api, install_clock, make_settings
+from tests.api.conftest import Api, install_clock, make_settings, seat_on_node
 
 T0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
 
@@ -127,6 +127,8 @@ def test_a_reset_takes_the_new_count_and_quiet_tenants_are_left_out() -> None:
 def test_heartbeats_store_deltas_per_node_and_tenant(api: Api, settings: Settings) -> None:
     _, n1 = api.node("n1")
     _, n2 = api.node("n2")
+    seat_on_node(settings.database.url, "n1", [("ads", "1"), ("ads", "2")])
+    seat_on_node(settings.database.url, "n2", [("ads", "1"), ("feed", "4")])
     clock = install_clock(api.client.app, T0)
     _beat(api, "n1", n1, [_count("ads", "1", 100, 99), _count("ads", "2", 10, 10)])
     _beat(api, "n2", n2, [_count("ads", "1", 40, 40)])  # n2's counts are n2's alone
@@ -179,6 +181,7 @@ def test_old_samples_are_pruned_at_most_once_a_minute(db_url: str) -> None:
 
 def _pruning(api: Api, settings: Settings) -> None:
     _, token = api.node("n1")
+    seat_on_node(settings.database.url, "n1", [("ads", "1")])
     clock = install_clock(api.client.app, T0)
     received = 0
 
@@ -215,8 +218,9 @@ def _series(api: Api, headers: dict[str, str], path: str = "/v1/sla", **params: 
     return r.json()
 
 
-def test_series_divide_per_bucket_and_a_gap_is_a_gap(api: Api) -> None:
+def test_series_divide_per_bucket_and_a_gap_is_a_gap(api: Api, settings: Settings) -> None:
     _, token = api.node("n1")
+    seat_on_node(settings.database.url, "n1", [("ads", "1"), ("feed", "2")])
     clock = install_clock(api.client.app, T0)
     start = T0 - timedelta(seconds=600)  # the window: 10 buckets of 60 s up to T0
     ads = feed = (0, 0)
@@ -287,10 +291,13 @@ def test_samples_fall_in_the_bucket_that_holds_them(session: Session) -> None:
         assert [b.start for b in history.tenants[0].buckets] == starts
 
 
-def test_a_tenant_sees_only_its_own_series_from_its_creation(api: Api) -> None:
+def test_a_tenant_sees_only_its_own_series_from_its_creation(
+    api: Api, settings: Settings
+) -> None:
     _, ads_key = api.tenant("ads")
     _, feed_key = api.tenant("feed")
     _, token = api.node("n1")
+    seat_on_node(settings.database.url, "n1", [("ads", "1"), ("other", "9")])
     now = datetime.now(UTC).replace(microsecond=0)
     clock = install_clock(api.client.app, now - timedelta(seconds=300))
     # Samples stamped before the tenants were created: a predecessor of the same name.
@@ -341,7 +348,8 @@ def test_fake_clock_is_the_one_heartbeats_use(api: Api) -> None:
     ],
 )
 def test_every_consumer_gives_the_same_attainment_for_the_same_counters(
-    api: Api, within: int, late: int, rejected: int, expired: int, failed: int
+    api: Api, settings: Settings, within: int, late: int, rejected: int, expired: int,
+    failed: int,
 ) -> None:
     """The executor's metrics, ``/v1/sla``, both dashboard panels and the demo's views: the
     same queries, one figure, the one definition's (within SLA / received)."""
@@ -364,6 +372,7 @@ def test_every_consumer_gives_the_same_attainment_for_the_same_counters(
     # ...its heartbeat carries them to the API, which serves them at /v1/sla...
     api.tenant("ads")
     _, token = api.node("n1")
+    seat_on_node(settings.database.url, "n1", [("ads", "1")])
     report = {
         "replicas": [
             {"device": "cuda:0", "seat": 0, "model_id": "1", "tenant": "ads",

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from tests.api.conftest import Api
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.errors import TooManyRequests
+from api.ratelimit import FailedCredentials
+from gpufair.compose import api_config
+from tests.api.conftest import ADMIN_TOKEN, Api, install_clock, make_settings
+
+T0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
 
 
 def test_create_list_read_update_delete(api: Api) -> None:
@@ -14,11 +26,14 @@ def test_create_list_read_update_delete(api: Api) -> None:
     assert r.headers["ETag"] == f'"r{tenant["revision"]}"'
     assert [t["name"] for t in c.get("/v1/tenants", headers=admin).json()] == ["ads"]
 
-    r = c.patch(f"/v1/tenants/{tenant['id']}", json={"weight": 3}, headers=admin)
+    etag = r.headers["ETag"]
+    r = c.patch(f"/v1/tenants/{tenant['id']}", json={"weight": 3},
+                headers={**admin, "If-Match": etag})
     assert r.status_code == 200 and r.json()["weight"] == 3.0
     assert r.json()["revision"] == tenant["revision"] + 1
 
-    assert c.delete(f"/v1/tenants/{tenant['id']}", headers=admin).status_code == 204
+    r = c.delete(f"/v1/tenants/{tenant['id']}", headers={**admin, "If-Match": r.headers["ETag"]})
+    assert r.status_code == 204
     assert c.get(f"/v1/tenants/{tenant['id']}", headers=admin).status_code == 404
     assert c.get("/v1/tenants", headers=admin).json() == []
 
@@ -42,6 +57,31 @@ def test_stale_if_match_is_412_and_changes_nothing(api: Api) -> None:
     assert api.client.get(url, headers=api.admin).json()["weight"] == 2.0
     gone = api.client.delete(url, headers={**api.admin, "If-Match": etag})
     assert gone.status_code == 412
+
+
+def test_a_change_without_if_match_is_428_and_changes_nothing(api: Api) -> None:
+    """One rule on both backends (this test runs on each): every PATCH and DELETE of a tenant
+    or a model names the revision it read, or ``*`` to overwrite whatever is there."""
+    tenant, key = api.tenant("ads")
+    model = api.model(key, "ranker")
+    for url, headers, change, deletable in [
+        (f"/v1/tenants/{tenant['id']}", api.admin, {"weight": 5}, True),
+        ("/v1/tenants/me", api.bearer(key), {"criterion": "efm"}, False),
+        (f"/v1/models/{model['id']}", api.bearer(key), {"demand_qps": 1}, True),
+    ]:
+        before = api.client.get(url, headers=headers).json()
+        replies = [api.client.patch(url, json=change, headers=headers)]
+        if deletable:
+            replies.append(api.client.delete(url, headers=headers))
+        for r in replies:
+            assert r.status_code == 428, (url, r.text)
+            assert r.json()["error"] == {
+                "code": "etag_required", "field": "If-Match",
+                "message": r.json()["error"]["message"]}
+        assert api.client.get(url, headers=headers).json() == before
+        r = api.client.patch(url, json=change, headers={**headers, "If-Match": "*"})
+        assert r.status_code == 200, r.text
+        assert r.json()["revision"] == before["revision"] + 1
 
 
 def test_bad_fields_are_422_with_the_field_named(api: Api) -> None:
@@ -73,14 +113,17 @@ def test_keys_are_shown_once_stored_hashed_and_revocable(api: Api) -> None:
 
 def test_tenant_changes_its_criterion_but_not_its_weight(api: Api) -> None:
     _, key = api.tenant("ads", weight=2)
-    r = api.client.patch("/v1/tenants/me", json={"criterion": "efm"}, headers=api.bearer(key))
+    auth = {**api.bearer(key), "If-Match": '"r1"'}
+    r = api.client.patch("/v1/tenants/me", json={"criterion": "efm"}, headers=auth)
     assert r.status_code == 200 and r.json()["criterion"] == "efm"
-    r = api.client.patch("/v1/tenants/me", json={"weight": 9}, headers=api.bearer(key))
+    r = api.client.patch("/v1/tenants/me", json={"weight": 9}, headers=auth)
     assert r.status_code == 422 and r.json()["error"]["field"] == "weight"
 
 
 def test_tenant_revokes_only_its_own_keys(api: Api) -> None:
-    _, key_a = api.tenant("a")
+    tenant_a, key_a = api.tenant("a")
+    # A second key, so that revoking the first one is not revoking its last.
+    assert api.client.post(f"/v1/tenants/{tenant_a['id']}/keys", headers=api.admin).is_success
     tenant_b, key_b = api.tenant("b")
     b_keys = api.client.get("/v1/tenants/me/keys", headers=api.bearer(key_b)).json()
     r = api.client.delete(f"/v1/tenants/me/keys/{b_keys[0]['id']}", headers=api.bearer(key_a))
@@ -99,5 +142,109 @@ def test_tenant_revokes_only_its_own_keys(api: Api) -> None:
 def test_deleting_a_tenant_deletes_its_models_and_keys(api: Api) -> None:
     tenant, key = api.tenant("ads")
     api.model(key, "ranker")
-    assert api.client.delete(f"/v1/tenants/{tenant['id']}", headers=api.admin).status_code == 204
+    r = api.client.delete(f"/v1/tenants/{tenant['id']}", headers={**api.admin, "If-Match": "*"})
+    assert r.status_code == 204
     assert api.client.get("/v1/models", headers=api.bearer(key)).status_code == 401
+
+
+def _keys(api: Api, key: str) -> dict[int, dict[str, Any]]:
+    keys = api.client.get("/v1/tenants/me/keys", headers=api.bearer(key)).json()
+    return {k["id"]: k for k in keys}
+
+
+def test_an_expiring_key_is_refused_once_it_expired(api: Api) -> None:
+    tenant, _ = api.tenant("ads")
+    clock = install_clock(api.client.app, T0)
+    r = api.client.post(
+        f"/v1/tenants/{tenant['id']}/keys", json={"expires_in_s": 60}, headers=api.admin
+    )
+    assert r.status_code == 201 and r.json()["expires_at"] is not None, r.text
+    key = r.json()["key"]
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(key)).status_code == 200
+    clock.advance(61)
+    r = api.client.get("/v1/tenants/me", headers=api.bearer(key))
+    assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+    for bad in (0, 59, 10**9):
+        r = api.client.post(
+            f"/v1/tenants/{tenant['id']}/keys", json={"expires_in_s": bad}, headers=api.admin
+        )
+        assert r.status_code == 422 and r.json()["error"]["field"] == "expires_in_s", r.text
+
+
+def test_a_tenant_rotates_its_key_with_and_without_grace(api: Api) -> None:
+    _, old = api.tenant("ads")
+    clock = install_clock(api.client.app, T0)
+    r = api.client.post("/v1/tenants/me/keys/rotate", json={"grace_s": 120},
+                        headers=api.bearer(old))
+    assert r.status_code == 201, r.text
+    new = r.json()["key"]
+    assert r.headers["Cache-Control"] == "no-store"  # a new secret: never cached
+    old_row = next(k for k in _keys(api, new).values() if old.startswith(k["prefix"]))
+    assert old_row["revoked_at"] is None and old_row["expires_at"] is not None
+    clock.advance(119)
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(old)).status_code == 200
+    clock.advance(2)
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(old)).status_code == 401
+    # Without grace (no body), the key presented is refused at once.
+    r = api.client.post("/v1/tenants/me/keys/rotate", headers=api.bearer(new))
+    assert r.status_code == 201, r.text
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(new)).status_code == 401
+    newest = r.json()["key"]
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(newest)).status_code == 200
+    assert [k["revoked_at"] is None for k in _keys(api, newest).values()] == [True, False, True]
+
+
+def test_a_tenant_cannot_revoke_its_last_usable_key(api: Api) -> None:
+    tenant, key = api.tenant("ads")
+    [only] = _keys(api, key)
+    r = api.client.delete(f"/v1/tenants/me/keys/{only}", headers=api.bearer(key))
+    assert r.status_code == 409 and "last usable key" in r.json()["error"]["message"], r.text
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(key)).status_code == 200
+    # A second key, expired by now, does not count as one to fall back on.
+    clock = install_clock(api.client.app, T0)
+    r = api.client.post(
+        f"/v1/tenants/{tenant['id']}/keys", json={"expires_in_s": 60}, headers=api.admin
+    )
+    clock.advance(61)
+    r = api.client.delete(f"/v1/tenants/me/keys/{only}", headers=api.bearer(key))
+    assert r.status_code == 409, r.text
+    # The admin may revoke it (and issue another).
+    r = api.client.delete(f"/v1/tenants/{tenant['id']}/keys/{only}", headers=api.admin)
+    assert r.status_code == 200 and r.json()["revoked_at"] is not None
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(key)).status_code == 401
+
+
+def test_failed_credentials_are_rate_limited_per_address(db_url: str) -> None:
+    """After 3 unknown tokens within a minute, every request of that address that presents a
+    token gets 429 with Retry-After — the right admin token too — and one without a token is
+    still 401; another address is not affected."""
+    settings = make_settings(db_url, failed_credentials_per_minute=3)
+    with TestClient(create_app(api_config(settings))) as client:
+        for k in range(3):
+            r = client.get("/v1/tenants/me", headers={"Authorization": f"Bearer gft_guess{k}"})
+            assert r.status_code == 401
+        for token in ("gft_guess9", ADMIN_TOKEN):
+            r = client.get("/v1/tenants", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+            assert 1 <= int(r.headers["Retry-After"]) <= 60
+        assert client.get("/v1/tenants").status_code == 401
+    with TestClient(create_app(api_config(settings)), client=("10.0.0.7", 5000)) as other:
+        r = other.get("/v1/tenants", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert r.status_code == 200
+
+
+def test_the_limiter_forgets_after_its_window_and_stays_bounded() -> None:
+    now = [0.0]
+    limiter = FailedCredentials(2, window_s=60, max_addresses=100, clock=lambda: now[0])
+    limiter.failed("a")
+    limiter.failed("a")
+    with pytest.raises(TooManyRequests) as refused:
+        limiter.check("a")
+    assert refused.value.retry_after_s == 60
+    now[0] = 30.0
+    limiter.check("b")  # another address
+    now[0] = 60.5  # both failures are a minute old
+    limiter.check("a")
+    for k in range(10_000):  # a flood from many addresses never grows the table past its bound
+        limiter.failed(f"10.{k}")
+    assert limiter.tracked() == 100

@@ -39,6 +39,7 @@ class ControlPlane:
         self.heartbeats: list[dict[str, Any]] = []
         self.profile_puts: list[dict[str, Any]] = []
         self.profile_status = 200
+        self.heartbeat_status = 200
         self.artifact = b""
         self._changed = threading.Condition()
         control = self
@@ -105,6 +106,9 @@ class ControlPlane:
                     self._reply(404)
                     return
                 control.heartbeats.append(json.loads(self.rfile.read(length)))
+                if control.heartbeat_status != 200:
+                    self._reply(control.heartbeat_status, b'{"error": {"code": "forbidden"}}')
+                    return
                 self._reply(200, b'{"current_version": 1, "etag": "x"}')
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -379,6 +383,7 @@ def test_profiles_are_uploaded_once_for_each_applied_plan(control, runtime, tmp_
 def test_heartbeats_carry_the_sla_tallies(control, runtime, tmp_path):
     metrics = ExecutorMetrics(runtime)
     client = client_for(runtime, control.url, tmp_path, metrics=metrics)
+    control.publish(plan([seat(0, "a"), seat(1, "b")], version=1).to_dict())
     client.poll_once()
     client.heartbeat()
     assert control.heartbeats[-1]["sla"] == []
@@ -451,3 +456,39 @@ def test_a_plan_beyond_memory_is_refused_reported_and_its_footprints_uploaded(tm
         client.stop()
         runtime.close()
         control.shut_down()
+
+
+def _tallied(metrics: ExecutorMetrics) -> set[tuple[str, str]]:
+    return {(t.tenant, t.model) for t in metrics.sla_tallies()}
+
+
+def test_tallies_keep_only_the_pairs_of_the_served_and_the_drained_plan(
+    control, runtime, tmp_path
+):
+    """The API accepts SLA counts only for pairs a recent plan of the node seats: a pair two
+    plans back is dropped (counts and later stragglers), and a heartbeat refused with 403
+    narrows the tallies to the served plan, so the next one is accepted."""
+    metrics = ExecutorMetrics(runtime)
+    client = client_for(runtime, control.url, tmp_path, metrics=metrics)
+
+    def serve(version: int, *models: str) -> None:
+        control.publish(plan([seat(k, m) for k, m in enumerate(models)], version=version)
+                        .to_dict())
+        assert client.poll_once() is True
+        for m in ("a", "b", "c", "d"):
+            metrics.observe(f"tenant-{m}", m, "ok", 0.01, 1.0)
+
+    serve(1, "a", "b")
+    assert _tallied(metrics) == {("tenant-a", "a"), ("tenant-b", "b")}
+    serve(2, "c")  # a and b drain: their counts stay
+    assert _tallied(metrics) == {("tenant-a", "a"), ("tenant-b", "b"), ("tenant-c", "c")}
+    serve(3, "c", "d")  # plan 1 is two plans back
+    assert _tallied(metrics) == {("tenant-c", "c"), ("tenant-d", "d")}
+    assert metrics.sla_tallies()[0].received == 2  # c's counts survive both swaps
+    control.heartbeat_status = 403
+    serve(4, "d")
+    with pytest.raises(httpx.HTTPStatusError):
+        client.heartbeat()
+    assert control.heartbeats[-1]["sla"][0]["tenant"] == "tenant-c"
+    assert _tallied(metrics) == {("tenant-d", "d")}
+    client.stop()

@@ -303,7 +303,9 @@ def test_a_new_plan_wakes_the_daemons_long_poll_and_profiles_follow_every_plan(
 
     # v2 gives the ranker a second replica; the daemon long-polls with v1's ETag.
     r = setup.api.client.patch(
-        f"/v1/models/{ranker}", json={"replicas_wanted": 2}, headers=setup.api.bearer(setup.key)
+        f"/v1/models/{ranker}",
+        json={"replicas_wanted": 2},
+        headers={**setup.api.bearer(setup.key), "If-Match": '"r1"'},
     )
     assert r.status_code == 200, r.text
     time.sleep(0.5)  # the daemon is back in its long-poll after v1's profile upload
