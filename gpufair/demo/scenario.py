@@ -4,8 +4,9 @@ A scenario names the nodes the demo starts (each served by one ``gpufair executo
 for simulated GPUs, whose service times are the fake backend's, ``torch`` for this machine's
 real CPU), their devices, the tenants with one model each, the rate the demo sends each model,
 the flood and the thresholds of the summary's claims. It also says how fast one stream of
-each device serves each model, which the demo uploads as the models' throughput curves
-(docs/architecture.md §3.4), so the allocator plans with what the devices really do:
+each device serves each model, which each node uploads for the models its plan seats, as the
+models' throughput curves (docs/architecture.md §3.4), so the allocator plans with what the
+devices really do:
 
 * on a simulated GPU, one stream serves a query of ``K`` candidates in ``batch_us + row_us·K``
   microseconds (the node's fake backend, executor/fake.py); with the mean ``K`` of the workload
