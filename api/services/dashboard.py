@@ -111,7 +111,8 @@ class TenantView:
     entitled: float  # weight / all tenants' weights
     share: float  # streams serving it / all streams of the current plans
     criterion: str | None  # None: not in the current certificate
-    holds: bool | None  # its criterion, as the current certificate says; None: not in it
+    holds: bool | None  # its criterion holds exactly (λ = 0); None: not in the certificate
+    relaxed_by: float | None  # the λ under which it holds when not exactly; None: fails
     sla_ms: tuple[float, ...]  # its models' SLAs, distinct, ascending
     received: int  # queries in the window
     within_sla: int
@@ -154,23 +155,35 @@ class DashboardData:
     sla_history: SlaHistory  # attainment per tenant and time bucket, gaps where no traffic
     model_names: dict[str, str] = field(default_factory=dict)  # model id -> name
     tenant_views: tuple[TenantView, ...] = ()
-    # Every tenant's criterion holds in the current certificate; None: no certificate.
-    certificate_holds: bool | None = None
+    # The current certificate's verdict (see certificate_verdict); None: no certificate.
+    verdict: Verdict | None = None
 
     @property
     def stale_nodes(self) -> frozenset[str]:
         return frozenset(n.name for n in self.nodes if n.stale)
 
 
-def criteria_hold(certificate: dict[str, Any]) -> bool | None:
-    """Whether every tenant's criterion holds: the one place the page reads a verdict off a
-    stored certificate (through its typed model); None when there is none or it is unreadable."""
+@dataclass(frozen=True)
+class Verdict:
+    """What a certificate says of the allocation as a whole."""
+
+    fair: bool  # every criterion holds exactly as stated (λ = 0)
+    relaxed: int  # tenants whose criterion holds only relaxed (λ > 0)
+    failing: int  # tenants whose criterion fails even at λ = 1
+
+
+def certificate_verdict(certificate: dict[str, Any]) -> Verdict | None:
+    """The verdict of a stored certificate, read through its typed model: the one place the
+    page reads verdicts; None when there is none or it is unreadable."""
     if not certificate:
         return None
     try:
-        return all(row.holds for row in parse_certificate(certificate).agents.values())
+        rows = parse_certificate(certificate).agents.values()
     except ValidationError:
         return None
+    relaxed = sum(1 for r in rows if not r.holds and r.lam is not None)
+    failing = sum(1 for r in rows if not r.holds and r.lam is None)
+    return Verdict(fair=relaxed == failing == 0, relaxed=relaxed, failing=failing)
 
 
 def _devices(plans: dict[str, NodePlan], model_names: dict[str, str]) -> list[DeviceView]:
@@ -240,7 +253,7 @@ def _history(session: Session) -> list[HistoryEntry]:
                 created_at=row.created_at,
                 solve_seconds=row.solve_seconds,
                 status=str(row.certificate.get("status", "")),
-                holds=bool(criteria_hold(row.certificate)),
+                holds=bool((verdict := certificate_verdict(row.certificate)) and verdict.fair),
                 diff=(
                     None
                     if previous is None
@@ -318,6 +331,7 @@ def _tenant_views(
                 share=held.get(tenant.name, 0.0) / total if total else 0.0,
                 criterion=row.criterion if row is not None else None,
                 holds=row.holds if row is not None else None,
+                relaxed_by=row.lam if row is not None else None,
                 sla_ms=tuple(sorted(slas[tenant.id])),
                 received=counts.received if counts is not None else 0,
                 within_sla=counts.within_sla if counts is not None else 0,
@@ -370,5 +384,5 @@ def read_dashboard(*, session: Session, now: datetime) -> DashboardData:
         sla_history=history,
         model_names=model_names,
         tenant_views=_tenant_views(session, certificate, plans, history),
-        certificate_holds=criteria_hold(certificate),
+        verdict=certificate_verdict(certificate),
     )

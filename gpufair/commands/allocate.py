@@ -109,6 +109,11 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _verdict(holds: bool, lam: float | None) -> str:
+    """A criterion's verdict in one word: yes (exactly), relax (only relaxed by its λ), NO."""
+    return "yes" if holds else "relax" if lam is not None else "NO"
+
+
 def _interpolated(qps: tuple[float, ...], streams: float) -> float:
     """q(s) at a fractional number of streams: linear between whole streams, q(0) = 0, flat
     beyond the curve (as the allocator reads curves)."""
@@ -148,7 +153,7 @@ def _print_tenants(snapshot: ClusterSnapshot, result: ClusterAllocation) -> None
         slas = sorted({m.sla_p99_ms for m in own})
         sla = "-" if not slas else "/".join(f"{v:g}" for v in slas)
         row = cert.agents[tenant.name]
-        verdict = "holds" if row.holds else "FAILS"
+        verdict = {"yes": "holds", "relax": "relaxed", "NO": "FAILS"}[_verdict(row.holds, row.lam)]
         if row.slack is not None:
             verdict += f" {row.slack:+.2f}"
         _say(f"{tenant.name:<10} {tenant.criterion:<10} {tenant.weight:>6g} {demand:>7.0f} "
@@ -188,13 +193,13 @@ def _print_certificate(result: ClusterAllocation) -> None:
     for name, a in cert.agents.items():
         slack = f"{a.slack:7.3f}" if a.slack is not None else "      -"
         lam = f"{a.lam:6.3f}" if a.lam is not None else "     -"
-        _say(f"{name:<10} {a.criterion:<11} {a.alpha:6.3f} {lam} "
-             f"{'yes' if a.holds else 'NO':>5} {slack} {a.normalised_value:7.3f}")
+        _say(f"{name:<10} {a.criterion:<11} {a.alpha:6.3f} {lam} {_verdict(a.holds, a.lam):>5} "
+             f"{slack} {a.normalised_value:7.3f}")
     _legend("alpha: the part of its value in whole seats (its criterion is relaxed by up to "
             "alpha of a seat); lambda: the least relaxation under which its criterion holds "
-            "(0: none needed; -: none up to 1); holds: the criterion as stated, unrelaxed; "
-            "slack: the criterion's margin as a fraction of its total value (>= 0: holds); "
-            "value: the fraction of its demand its bundle serves (normalised value).")
+            "(0: exactly; -: not even at 1); holds: yes (exactly), relax (only relaxed) or NO; "
+            "slack: the criterion's exact margin as a fraction of its total value (>= 0: "
+            "holds); value: the fraction of its demand its bundle serves (normalised value).")
     ratio = f"{cert.ratio:.4f}" if cert.ratio is not None else "-"
     _say(f"\nobjective {cert.objective} = {cert.objective_value:.4f} "
          f"(ratio to unconstrained {ratio})")

@@ -5,9 +5,10 @@ It starts the control plane on the embedded default (a fresh SQLite under ``var/
 one executor daemon per node of the scenario (``examples/demo.toml``: simulated GPUs served by
 the fake backend's service times, and this machine's real CPU served by torch), all as child
 processes. Through the REST API, as their admins would, it registers the tenants, their models
-and the nodes, uploads each model's throughput curve per device (gpufair.demo.scenario) and
-solves an allocation, which it prints with its certificate beside what an equal split of every
-device would have given (gpufair.demo.naive). The daemons pull their plans; the demo then drives
+and the nodes, solves, has each node report the throughput curves of the models its plan
+seats (gpufair.demo.scenario) and solves again, and prints the allocation with its certificate
+beside what an equal split of every device would have given (gpufair.demo.naive). The daemons
+pull their plans; the demo then drives
 the docs/architecture.md §5 workload at every tenant, each query sent to a node serving its
 model in proportion to the capacity planned there, with a live table. Halfway through, one
 tenant floods. The summary states each claim with the figure measured for it
@@ -66,6 +67,7 @@ WORKDIR = Path("var/demo")
 CLAIM_FAILED = 3  # exit status when the run finished but a claim did not hold
 # The first seconds load models and warm caches on every path; they are shown, not counted.
 WARMUP_S = 5.0
+MAX_SOLVES = 4  # solves while nodes report new curves (a few suffice: see _register)
 TICK_S = 0.5  # phases change and the live view refreshes this often
 PLAIN_EVERY_S = 5.0  # --plain prints the table this often
 
@@ -109,6 +111,7 @@ class Registered:
     certificate: CertificateDocument
     version: int
     solve_seconds: float
+    measured: set[tuple[str, str]]  # (tenant, node) whose model's curves the node uploaded
 
 
 def _register(api_url: str, admin_token: str, scenario: Scenario) -> Registered:
@@ -133,23 +136,44 @@ def _register(api_url: str, admin_token: str, scenario: Scenario) -> Registered:
             tokens[node.name] = _checked(
                 admin.post("/nodes", json={"name": node.name, "devices": devices}),
                 f"register node {node.name}")["token"]
-            _upload_curves(api_url, tokens[node.name], scenario, node.name, models)
-        allocation = _checked(admin.post("/allocations", json={"objective": scenario.objective}),
-                              "solve allocation")
+        # As daemons do: a node reports the curves of the models its plan seats, and the next
+        # solve values them by those curves instead of the API's estimate (a node may report
+        # only on models it was given). Solve again until no node has a new curve to report.
+        measured: set[tuple[str, str]] = set()
+        for _ in range(MAX_SOLVES):
+            allocation = _checked(
+                admin.post("/allocations", json={"objective": scenario.objective}),
+                "solve allocation")
+            new = _upload_curves(api_url, tokens, scenario, models, measured)
+            if not new:
+                break
+            measured |= new
     return Registered(tokens, keys, models, parse_certificate(allocation["certificate"]),
-                      allocation["version"], allocation["solve_seconds"])
+                      allocation["version"], allocation["solve_seconds"], measured)
 
 
-def _upload_curves(api_url: str, token: str, scenario: Scenario, node: str,
-                   model_ids: dict[str, str]) -> None:
-    """The curves the scenario derives for the node's devices, as its daemon would send them."""
-    entries = []
-    for device in scenario.node(node).devices:
-        entries += [{"model_id": int(model_ids[tenant.name]), "device": device.device,
-                     "qps": scenario.curve(node, device.device)} for tenant in scenario.tenants]
-    _checked(httpx.put(f"{api_url}/v1/nodes/{node}/profiles", json={"profiles": entries},
-                       headers={"authorization": f"Bearer {token}"}, timeout=60),
-             f"curves of node {node}")
+def _upload_curves(api_url: str, tokens: dict[str, str], scenario: Scenario,
+                   model_ids: dict[str, str], done: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Each node uploads the scenario's curves, on every device, of the models its current plan
+    seats and it has not reported yet; returns the (tenant, node) pairs uploaded."""
+    tenant_of = {model_id: tenant for tenant, model_id in model_ids.items()}
+    uploaded = set()
+    for node, token in tokens.items():
+        plan = NodePlan.from_dict(_checked(
+            httpx.get(f"{api_url}/v1/nodes/{node}/plan", timeout=30,
+                      headers={"authorization": f"Bearer {token}"}), f"plan of node {node}"))
+        seated = {tenant_of[seat.replica.model_id] for _, seat in plan.replicas()
+                  if seat.replica is not None} - {t for t, n in done if n == node}
+        entries = [{"model_id": int(model_ids[tenant]), "device": device.device,
+                    "qps": scenario.curve(node, device.device)}
+                   for device in scenario.node(node).devices for tenant in sorted(seated)]
+        if entries:
+            _checked(httpx.put(f"{api_url}/v1/nodes/{node}/profiles",
+                               json={"profiles": entries}, timeout=60,
+                               headers={"authorization": f"Bearer {token}"}),
+                     f"curves of node {node}")
+            uploaded |= {(tenant, node) for tenant in seated}
+    return uploaded
 
 
 @dataclass(frozen=True)
@@ -350,7 +374,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
             children.enter_context(executor).wait_healthy(STARTUP_TIMEOUT_S)
         placements, fair = _placements(api.url, scenario, registered.tenant_keys,
                                        registered.node_tokens)
-        console.print(comparison_table(scenario, fair, naive_rows(scenario)))
+        console.print(comparison_table(scenario, fair,
+                                       naive_rows(scenario, registered.measured)))
         console.print(Text(LEGEND, style="dim"))
         streams = _streams(scenario, registered, placements, executor_urls)
         share = {t: row.share for t, row in fair.items()}

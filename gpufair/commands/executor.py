@@ -42,12 +42,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from allocator.cluster.plan import NodePlan, PlanError
-
-if TYPE_CHECKING:
-    from executor.plan_client import PlanClient
 from executor.wire.names import InvalidNameError, validate_node_name
 from gpufair.compose import front_count, scheduler_config
 from gpufair.settings import SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from executor.plan_client import PlanClient
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,11 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"gpufair executor: {exc}\n")
         return 2
     cfg = settings.executor
-    if args.fronts is not None and args.fronts < 0:
-        sys.stderr.write(f"gpufair executor: --fronts must be >= 0, got {args.fronts}\n")
-        return 2
     if not (args.fake_row_us >= 0 and args.fake_batch_us >= 0):
         sys.stderr.write("gpufair executor: --fake-row-us and --fake-batch-us must be >= 0\n")
+        return 2
+    if args.fronts is not None and args.fronts < 0:
+        sys.stderr.write(f"gpufair executor: --fronts must be >= 0, got {args.fronts}\n")
         return 2
     if args.api and not (args.node and args.token):
         sys.stderr.write("gpufair executor: --api needs --node and --token\n")

@@ -3,7 +3,8 @@
 The summary states every claim with its figure and the demo exits non-zero when one fails, so a
 run on a machine too busy to keep the promise says so instead of printing a success:
 
-1. **The allocation is fair**: the API's certificate says every tenant's own criterion holds.
+1. **The allocation is fair**: the API's certificate says every tenant's own criterion holds
+   exactly as stated (λ = 0; one that holds only relaxed does not count).
 2. **The others kept their SLA**: each tenant but the flooder answered at least
    ``required_attainment`` of the queries it received during the flood within its SLA
    (attainment = within SLA / received, executor/wire/attainment.py: a 429 or an error is a miss).
@@ -52,7 +53,7 @@ def fairness_claim(verdicts: dict[str, TenantVerdict]) -> Claim:
     figure = (f"{len(verdicts) - len(failing)} of {len(verdicts)} criteria hold"
               + (f"; failing: {', '.join(failing)}" if failing else "")
               + (f"; tightest slack {slacks[tightest]:+.3f} ({tightest})" if tightest else ""))
-    return Claim("the allocation is fair: every tenant's own criterion holds", figure,
+    return Claim("the allocation is fair: every tenant's own criterion holds exactly", figure,
                  not failing)
 
 

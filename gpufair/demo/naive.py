@@ -17,6 +17,7 @@ from allocator.certificate import Certificate, certify
 from allocator.cluster.documents import snapshot_from_dict
 from allocator.cluster.instance import ClusterInstance, build_instance, pool_name, seat_name
 from allocator.instance import Allocation
+from api.services.allocations import ESTIMATE_EXPONENT
 from gpufair.demo.scenario import Scenario
 
 
@@ -29,8 +30,12 @@ class SplitRow:
     holds: bool  # its own criterion holds (λ as the certificate reports)
 
 
-def cluster_instance(scenario: Scenario) -> ClusterInstance:
-    """The core instance the API builds for the scenario once the demo's curves are stored."""
+def cluster_instance(
+    scenario: Scenario, measured: set[tuple[str, str]] | None = None
+) -> ClusterInstance:
+    """The core instance the API builds for the scenario once the nodes' curves are stored:
+    those of ``measured`` (tenant, node) pairs (None: every pair), the API's estimate (its
+    ``ESTIMATE_EXPONENT``) for the rest."""
     gpus: list[dict[str, object]] = []
     profiles: dict[str, dict[str, object]] = defaultdict(dict)
     for node in scenario.nodes:
@@ -39,8 +44,10 @@ def cluster_instance(scenario: Scenario) -> ClusterInstance:
                          "memory_mb": device.memory_mb, "seats": device.seats,
                          "streams": device.streams})
             for tenant in scenario.tenants:
-                profiles[tenant.model.name][f"{node.name}/{device.device}"] = {
-                    "qps": scenario.curve(node.name, device.device), "measured": True}
+                if measured is None or (tenant.name, node.name) in measured:
+                    profiles[tenant.model.name][f"{node.name}/{device.device}"] = {
+                        "qps": scenario.curve(node.name, device.device), "measured": True}
+    max_streams = max(d.streams for n in scenario.nodes for d in n.devices)
     document = {
         "objective": scenario.objective,
         "tenants": [{"name": t.name, "weight": t.weight, "criterion": t.criterion}
@@ -49,7 +56,10 @@ def cluster_instance(scenario: Scenario) -> ClusterInstance:
         "models": [{"model_id": t.model.name, "tenant": t.name, "artifact": t.model.artifact,
                     "memory_mb": t.model.memory_mb, "replicas_wanted": t.model.replicas_wanted,
                     "sla_p99_ms": t.model.sla_p99_ms, "demand_qps": t.model.demand_qps,
-                    "profiles": profiles[t.model.name]}
+                    "profiles": profiles[t.model.name],
+                    "estimate": {"qps": [t.model.demand_qps / t.model.replicas_wanted
+                                         * s**ESTIMATE_EXPONENT
+                                         for s in range(1, max_streams + 1)]}}
                    for t in scenario.tenants],
     }
     return build_instance(snapshot_from_dict(document))
@@ -108,8 +118,11 @@ def rows(scenario: Scenario, cluster: ClusterInstance, allocation: Allocation,
     }
 
 
-def naive_rows(scenario: Scenario) -> dict[str, SplitRow]:
-    """The equal split of the scenario's cluster, tenant by tenant."""
-    cluster = cluster_instance(scenario)
+def naive_rows(
+    scenario: Scenario, measured: set[tuple[str, str]] | None = None
+) -> dict[str, SplitRow]:
+    """The equal split of the scenario's cluster, tenant by tenant (``measured``: as for
+    :func:`cluster_instance`)."""
+    cluster = cluster_instance(scenario, measured)
     allocation = equal_split(cluster, scenario)
     return rows(scenario, cluster, allocation, certify(cluster.instance, allocation))

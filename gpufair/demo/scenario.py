@@ -4,8 +4,9 @@ A scenario names the nodes the demo starts (each served by one ``gpufair executo
 for simulated GPUs, whose service times are the fake backend's, ``torch`` for this machine's
 real CPU), their devices, the tenants with one model each, the rate the demo sends each model,
 the flood and the thresholds of the summary's claims. It also says how fast one stream of
-each device serves each model, which the demo uploads as the models' throughput curves
-(docs/architecture.md §3.4), so the allocator plans with what the devices really do:
+each device serves each model, which each node uploads for the models its plan seats, as the
+models' throughput curves (docs/architecture.md §3.4), so the allocator plans with what the
+devices really do:
 
 * on a simulated GPU, one stream serves a query of ``K`` candidates in ``batch_us + row_us·K``
   microseconds (the node's fake backend, executor/fake.py); with the mean ``K`` of the workload
@@ -26,6 +27,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from allocator.criteria import CRITERIA
+from allocator.objectives import OBJECTIVES
 from gpufair.loadgen import QUERY_SIZES
 
 MEAN_CANDIDATES = sum(QUERY_SIZES) / len(QUERY_SIZES)
@@ -135,6 +137,8 @@ class Scenario(_Strict):
             raise ValueError(f"flood_tenant {self.flood_tenant!r} is not a tenant")
         if len({n.name for n in self.nodes}) != len(self.nodes):
             raise ValueError("node names must be unique")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         return self
 
     def tenant(self, name: str) -> Tenant:

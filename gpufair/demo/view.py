@@ -29,10 +29,11 @@ from gpufair.loadgen import StreamStats
 LIVE_WINDOW = "last 5 s"
 LEGEND = (
     "α: the part of a tenant's value in whole seats (1: all; its criterion is relaxed by up to "
-    "α of a seat).\nλ: extra relaxation the solver needed (0: none). slack: the criterion's "
-    "margin, as a fraction of the tenant's total value (≥ 0: holds).\nvalue: the fraction of "
-    "its demand its bundle serves (normalised value). share: fraction of all streams; "
-    "entitled: weight / all weights."
+    "α of a seat).\nλ: the least extra relaxation under which its criterion holds (0: it "
+    "holds exactly; -: not even at 1). slack: the criterion's exact margin, as a fraction of "
+    "the tenant's total value (≥ 0: holds).\nvalue: the fraction of its demand its bundle "
+    "serves (normalised value). share: fraction of all streams; entitled: weight / all "
+    "weights."
 )
 
 
@@ -66,9 +67,11 @@ def certificate_table(certificate: CertificateDocument) -> Table:
         "tenant", "criterion", "weight", "α", "λ", "slack", "value", "holds")
     for name, row in sorted(certificate.agents.items()):
         slack = "-" if row.slack is None else f"{row.slack:+.3f}"
-        table.add_row(name, row.criterion, f"{row.weight:g}", f"{row.alpha:.3f}",
-                      f"{row.lam:.3f}", slack, f"{row.normalised_value:.3f}",
-                      Text("yes", "green") if row.holds else Text("NO", "red"))
+        lam = "-" if row.lam is None else f"{row.lam:.3f}"
+        verdict = (Text("yes", "green") if row.holds else Text("NO", "red") if row.lam is None
+                   else Text("relaxed", "yellow"))
+        table.add_row(name, row.criterion, f"{row.weight:g}", f"{row.alpha:.3f}", lam, slack,
+                      f"{row.normalised_value:.3f}", verdict)
     return table
 
 

@@ -43,6 +43,7 @@ def test_a_simulated_stream_serves_what_the_fake_backend_s_service_time_allows()
         (('criterion = "efm"', 'criterion = "fairest"'), "unknown criterion 'fairest'"),
         (("seats = 3", "seats = 7"), "streams (6) below seats (7)"),
         (("rate_qps = 12", "rate_qps = -1"), "tenants.0.model.rate_qps"),
+        (('objective = "nash"', 'objective = "kindest"'), "objective 'kindest' is not one of"),
     ],
 )
 def test_a_bad_scenario_is_one_line_naming_the_field(
