@@ -1,4 +1,4 @@
-"""Query bodies of the executor's infer routes: the Open Inference Protocol, JSON, ``.npz``.
+"""Query bodies of the executor's infer routes: the Open Inference Protocol, and gpufair's JSON.
 
 A query travels as named tensors (:data:`USER_DENSE` (Du,) float32, :data:`CANDIDATE_DENSE`
 (N, Dc) float32, ``user_sparse/<f>`` (L,) and ``candidate_sparse/<g>`` (N, L) int64 ids):
@@ -7,14 +7,12 @@ A query travels as named tensors (:data:`USER_DENSE` (Du,) float32, :data:`CANDI
   the tensors as the protocol's inputs, JSON or with the binary tensor data extension. Binary
   is the format to send: one small JSON header, then the raw little-endian bytes of each
   tensor, read as zero-copy :func:`numpy.frombuffer` views (docs/executor.md measures it
-  against ``.npz``). The reply's output is ``scores`` (N,) FP32.
+  against the ``.npz`` archives it replaced). The reply's output is ``scores`` (N,) FP32
+  (:func:`scores_to_oip`).
 - gpufair's JSON (``POST /v1/models/{model}/infer``, docs/architecture.md §3.3), a convenience::
 
     {"user": {"dense": [...Du], "sparse": {"f": [ids...L]}},
      "candidates": {"dense": [[...Dc], ...N], "sparse": {"g": [[ids...L], ...N]}}}
-
-- ``.npz`` (``np.savez`` of the same tensors, ``application/x-npz`` on the v1 route): kept for
-  existing clients only; it costs a zip directory and a Python header parse per array.
 
 Every form is validated against the model's :class:`~executor.models.ModelSchema`: every
 feature present with its side, shapes, finite dense values and ids in ``[0, num_ids)`` — an
@@ -26,9 +24,7 @@ daemon answers it with 400.
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,7 +34,6 @@ from executor.features import Query
 from executor.models import ModelSchema
 from executor.wire import oip
 
-NPZ_CONTENT_TYPE = "application/x-npz"
 USER_DENSE = "user_dense"
 CANDIDATE_DENSE = "candidate_dense"
 USER_SPARSE = "user_sparse/"  # + feature name
@@ -72,16 +67,6 @@ def parse_query_json(schema: ModelSchema, body: bytes | str | dict[str, Any]) ->
         _array(cands.get("dense", []), np.float32, "candidates.dense"),
         {f: _array(v, np.int64, f"candidates.sparse.{f}") for f, v in cand_sparse.items()},
     )
-
-
-def parse_query_npz(schema: ModelSchema, body: bytes) -> Query:
-    """Parse and validate a binary (.npz) query body."""
-    try:
-        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise QueryError(f"body: not a valid .npz archive ({exc})") from exc
-    return query_from_tensors(schema, arrays)
 
 
 def parse_query_oip(
@@ -141,6 +126,16 @@ def query_to_oip(query: Query, *, binary: bool = True) -> tuple[bytes, int | Non
     return oip.encode_request(query_to_tensors(query), binary=binary, binary_output=binary)
 
 
+def scores_to_oip(
+    model: str, scores: np.ndarray, request: oip.InferRequest
+) -> tuple[bytes, int | None]:
+    """The Open Inference Protocol reply to ``request`` carrying a query's scores, and its
+    header length (None: a JSON reply, when the request did not ask for binary outputs)."""
+    return oip.encode_reply(
+        model, {SCORES: scores}, request_id=request.id, binary=request.binary_output
+    )
+
+
 def tensor_metadata(schema: ModelSchema) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The inputs and outputs of the model's Open Inference Protocol metadata (-1: N)."""
     inputs = [
@@ -169,13 +164,6 @@ def query_to_json(query: Query) -> dict[str, Any]:
             "sparse": {f: ids.tolist() for f, ids in query.candidate_sparse.items()},
         },
     }
-
-
-def query_to_npz(query: Query) -> bytes:
-    """The .npz body of a query (the format existing clients send with NPZ_CONTENT_TYPE)."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **query_to_tensors(query))  # type: ignore[arg-type]  # numpy stubs mistype **kwds
-    return buffer.getvalue()
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:
