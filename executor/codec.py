@@ -25,6 +25,7 @@ daemon answers it with 400.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -100,16 +101,6 @@ def query_from_tensors(schema: ModelSchema, arrays: Mapping[str, np.ndarray]) ->
         _typed(arrays[CANDIDATE_DENSE], np.float32, CANDIDATE_DENSE),
         cand_sparse,
     )
-
-
-def query_from_checked_tensors(arrays: Mapping[str, np.ndarray]) -> Query:
-    """The query of tensors that :func:`query_from_tensors` has validated already (in a front
-    process: the engine does not validate a query twice)."""
-    user_sparse = {k[len(USER_SPARSE) :]: a for k, a in arrays.items() if k.startswith(USER_SPARSE)}
-    cand_sparse = {
-        k[len(CANDIDATE_SPARSE) :]: a for k, a in arrays.items() if k.startswith(CANDIDATE_SPARSE)
-    }
-    return Query(arrays[USER_DENSE], user_sparse, arrays[CANDIDATE_DENSE], cand_sparse)
 
 
 def query_to_tensors(query: Query) -> dict[str, np.ndarray]:
@@ -209,6 +200,12 @@ def _kind(raw: np.ndarray) -> str:
     )
 
 
+def _all_finite(values: np.ndarray) -> bool:
+    """Whether every float32 value is finite, in one pass: their sum in float64 is finite
+    exactly when they all are (it cannot overflow, and an inf or NaN carries through)."""
+    return values.size == 0 or math.isfinite(float(np.add.reduce(values, None, np.float64)))
+
+
 def _validated(
     schema: ModelSchema,
     user_dense: np.ndarray,
@@ -220,7 +217,7 @@ def _validated(
         raise QueryError(
             f"user.dense: expected {schema.user_dense} values, got shape {user_dense.shape}"
         )
-    if not np.isfinite(user_dense).all():
+    if not _all_finite(user_dense):
         raise QueryError("user.dense: values must be finite")
     if cand_dense.size == 0 and schema.candidate_dense == 0 and cand_sparse:
         # No candidate dense values: the number of candidates comes from the sparse features.
@@ -233,7 +230,7 @@ def _validated(
     n = cand_dense.shape[0]
     if n == 0:
         raise QueryError("candidates: at least one candidate is required")
-    if not np.isfinite(cand_dense).all():
+    if not _all_finite(cand_dense):
         raise QueryError("candidates.dense: values must be finite")
     for side, given, rows in (("user", user_sparse, ()), ("candidate", cand_sparse, (n,))):
         where = "user.sparse" if side == "user" else "candidates.sparse"
@@ -248,6 +245,7 @@ def _validated(
                 raise QueryError(
                     f"{where}.{name}: expected shape {(*rows, feature.lookups)}, got {ids.shape}"
                 )
-            if ids.size and (ids.min() < 0 or ids.max() >= feature.num_ids):
+            # One pass: a negative int64 id is past any bound once read as unsigned.
+            if ids.size and int(ids.view(np.uint64).max()) >= feature.num_ids:
                 raise QueryError(f"{where}.{name}: ids must lie in [0, {feature.num_ids})")
     return Query(user_dense, user_sparse, cand_dense, cand_sparse)

@@ -155,7 +155,8 @@ def create_front_app(
             if cost is not None and cost > max_body_bytes:
                 return _error(413, f"body of {declared} bytes exceeds {max_body_bytes}")
             ticket = await engine.admit(request.path_params["model"], arrival)
-            async with turns.turn(ticket.tenant, ticket.share, cost):
+            # A body whose turn comes after the SLA is refused unread (front/fair.py).
+            async with turns.turn(ticket.tenant, ticket.share, cost, arrival + ticket.sla_s):
                 body = await _read_body(request, max_body_bytes)
                 if body is None:
                     return _error(413, f"body exceeds {max_body_bytes} bytes")

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from executor.codec import query_from_checked_tensors
 from executor.engine import link
 from executor.engine.core import Admission, EngineCore
 from executor.front.process import FrontOptions, run_front
@@ -80,7 +79,9 @@ class FrontLink(threading.Thread):
                 self._send(self._admission(key, admission))
             elif op == "submit":
                 admission = self._admitted.pop(key)
-                query = query_from_checked_tensors(link.read_tensors(self._view, header["layout"]))
+                query = link.read_query(
+                    self._view, int(header["offset"]), admission.schema, int(header["rows"])
+                )
                 future = core.submit(admission, query)
                 future.add_done_callback(lambda f: self._answer(key, f))
             elif op == "abandon":
@@ -110,6 +111,7 @@ class FrontLink(threading.Thread):
             "tenant": admission.tenant,
             "share": admission.share,
             "deadline": admission.deadline,
+            "sla_s": group.sla_s,
             "schema_key": schema_key,
         }
         if schema_key not in self._schemas_sent:

@@ -199,6 +199,27 @@ def test_json_and_binary_bodies_round_trip(schema: ModelSchema) -> None:
     assert parsed.candidate_sparse["item"].dtype == np.int64
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_dense_values_must_be_finite_and_the_largest_finite_ones_pass(
+    schema: ModelSchema, bad: float
+) -> None:
+    query = schema.random_query(np.random.default_rng(3), 5)
+    largest = np.finfo(np.float32).max
+    big = Query(
+        np.full_like(query.user_dense, largest),
+        query.user_sparse,
+        np.full_like(query.candidate_dense, largest),
+        query.candidate_sparse,
+    )
+    assert_same_query(parse_query_oip(schema, *query_to_oip(big))[0], big)  # no overflow
+    for where, message in (("user", "user.dense"), ("candidate", "candidates.dense")):
+        user, candidates = big.user_dense.copy(), big.candidate_dense.copy()
+        (user if where == "user" else candidates).reshape(-1)[-1] = bad
+        broken = Query(user, query.user_sparse, candidates, query.candidate_sparse)
+        with pytest.raises(QueryError, match=f"{message}: values must be finite"):
+            parse_query_oip(schema, *query_to_oip(broken))
+
+
 def _mutated(schema: ModelSchema, change) -> dict:
     body = query_to_json(schema.random_query(np.random.default_rng(1), 3))
     change(body)
