@@ -29,8 +29,8 @@ p99 breaks the SLA (a refused or failed query is a miss), then bisection.
 Isolation: two tenants with equal shares, a share being half of gpufair's HTTP median; the
 flooder sends 5× its share and the calm tenant ``--calm-fraction`` of its share (0.5, as
 ``gpufair bench serve``), for ``--isolation-s`` seconds; the calm tenant's queries within the
-SLA are reported for gpufair (a seat each and equal weights in a pool of one session per core)
-and for Ray Serve (one deployment per tenant, one replica each).
+SLA are reported for gpufair (a seat each and equal weights in a pool of the cores left, one
+session per core in all) and for Ray Serve (one deployment per tenant, one replica each).
 
 Results: ``bench/results/serve-http[-quick].{json,md,png}`` with the command and the machine.
 """
@@ -461,9 +461,14 @@ def isolation(cfg: HttpConfig, client: LoadClient, work: Path, share: float) -> 
     systems: dict[str, Callable[[], ChildServer]] = {}
     if "gpufair" in cfg.systems:
         seats = [daemon_seat(cfg, 0, "flood", 1, 1.0), daemon_seat(cfg, 1, "calm", 1, 1.0)]
-        # As bench serve's: a seat each and a shared pool of one session per core (on a GPU,
-        # of the most streams a seat gets in the throughput runs).
-        pool = cfg.cores if cfg.device == "cpu" else max(cfg.streams)
+        # On the CPU, one session per core in all, as in the throughput runs: a seat each and
+        # a shared pool of the cores left (none on 2 cores). Sessions beyond the cores only
+        # time-slice them, and over HTTP they take the CPU the fronts need: with a pool of one
+        # session per core on top of the seats (4 sessions on 2 cores, in-process bench
+        # serve's plan), a flooder's batches kept every core busy and the front's queue,
+        # every tenant's, grew. On a GPU: a pool of the most streams a seat gets in the
+        # throughput runs.
+        pool = max(0, cfg.cores - len(seats)) if cfg.device == "cpu" else max(cfg.streams)
         plan = daemon_plan(cfg, seats, pool=pool)
         systems["gpufair"] = functools.partial(gpufair_daemon, cfg, plan, work, "gpufair-isolation")
     if "ray" in cfg.systems and ray_available(cfg.ray_python):

@@ -16,6 +16,7 @@ import mmap
 import multiprocessing
 import os
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 # Each front's shared buffer. Only the pages queries touch are ever allocated; a front refuses
 # a query (429) when its queries in flight fill it.
 BUFFER_BYTES = 256 * 2**20
+SWITCH_INTERVAL_S = 0.0005  # how long a thread waiting for the engine's GIL waits at most
 
 
 class FrontLink(threading.Thread):
@@ -153,6 +155,10 @@ class Fronts:
         self._stopping = threading.Event()
 
     def start(self) -> None:
+        # The link threads share the engine's GIL with the session threads, whose forward
+        # passes hold it between torch ops: at the default 5 ms switch interval a front's
+        # admit or submit waited up to 5 ms per hop for the GIL (three hops per query).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._fronts = [self._spawn(index) for index in range(self._count)]
 
     def _spawn(self, index: int) -> _Front:
