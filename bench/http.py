@@ -633,6 +633,11 @@ def markdown(data: dict[str, Any]) -> str:
         lines += ["", "Isolation: not run, as gpufair served no rate within the SLA here."]
     end = ", ".join(f"{x:g}" for x in data.get("load_average_end", []))
     lines += ["", f"Wall time {data['wall_s']:.0f} s; load average at the end {end}."]
+    if data.get("niceness"):
+        lines += [
+            f"Run at niceness {data['niceness']}, which every server, peer and load client "
+            "inherited, so that other jobs on the shared machine took less of its CPU."
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -861,6 +866,8 @@ def main(argv: list[str]) -> int:
         "isolation": iso,
         "wall_s": round(time.monotonic() - began, 1),
         "load_average_end": load_average(),
+        # Every server and load client inherits it (e.g. nice -n -10 on a shared machine).
+        "niceness": os.nice(0),
     }
     paths = write_results(cfg, data)
     sys.stdout.write(markdown(data))
