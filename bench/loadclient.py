@@ -44,11 +44,11 @@ from urllib.parse import urlsplit
 import numpy as np
 import uvloop
 
-from bench.serve import QUERY_SIZES
 from executor.codec import query_to_oip
 from executor.features import Query
 from executor.models.schema import ModelSchema
 from executor.wire import oip
+from gpufair.loadgen import QUERY_SIZES
 
 log = logging.getLogger(__name__)
 
