@@ -5,7 +5,9 @@ workload (RMC2 ``zoo:rmc2?scale=0.01&seed=0&user_tables=28``, the 20 query sizes
 :data:`gpufair.loadgen.QUERY_SIZES`) in each body format the daemon reads and times the
 daemon's own parse of each (:mod:`executor.codec`: decoding *and* validation against the
 schema), in this process, one thread: the Open Inference Protocol's binary tensors (the format
-the load generator sends), its JSON tensors, gpufair's v1 JSON and ``.npz``. Each figure is the
+the load generator sends), its JSON tensors, gpufair's v1 JSON, and ``.npz`` (``np.savez`` of
+the same tensors, the binary format the daemon read before issue 11; no longer served, it is
+parsed here as the daemon parsed it, for the comparison). Each figure is the
 mean over the 20 sizes of the per-query median of ``--repeats`` timed parses; the formats take
 turns, size by size, so that a change in the machine's load falls on all of them. Writes
 ``bench/results/decode.{md,json}``.
@@ -14,6 +16,7 @@ turns, size by size, so that a change in the machine's load falls on all of them
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import shlex
 import statistics
@@ -42,16 +45,24 @@ def formats(query: Query) -> dict[str, tuple[int, Parse]]:
     binary, header_length = codec.query_to_oip(query, binary=True)
     oip_json, _ = codec.query_to_oip(query, binary=False)
     v1_json = json.dumps(codec.query_to_json(query)).encode()
-    npz = codec.query_to_npz(query)
+    archive = io.BytesIO()
+    np.savez(archive, **codec.query_to_tensors(query))  # type: ignore[arg-type]  # numpy stubs mistype **kwds
+    npz = archive.getvalue()
     return {
         "oip-binary": (
             len(binary),
             lambda schema: codec.parse_query_oip(schema, binary, header_length),
         ),
-        "npz": (len(npz), lambda schema: codec.parse_query_npz(schema, npz)),
+        "npz": (len(npz), lambda schema: parse_npz(schema, npz)),
         "oip-json": (len(oip_json), lambda schema: codec.parse_query_oip(schema, oip_json, None)),
         "v1-json": (len(v1_json), lambda schema: codec.parse_query_json(schema, v1_json)),
     }
+
+
+def parse_npz(schema: ModelSchema, body: bytes) -> Query:
+    """An ``.npz`` body's query, as the daemon parsed one before issue 11."""
+    with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+        return codec.query_from_tensors(schema, {key: archive[key] for key in archive.files})
 
 
 def measure(repeats: int, seed: int = 0) -> dict[str, Any]:

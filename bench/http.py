@@ -3,7 +3,8 @@
 What users get is what reaches them over HTTP, so every server here is a process of its own
 and the load comes from another (:mod:`bench.loadclient`: open-loop Poisson arrivals of the
 docs/architecture.md §5 query sizes, latency from each query's scheduled arrival, the
-daemon's ``.npz`` bodies, parsed by the project's own codec on every server). The client's CPU
+daemon's binary Open Inference Protocol bodies to ``/v2/models/{model}/infer``, parsed by the
+project's own codec on every server). The client's CPU
 use is reported beside every figure, and an echo server (no model) is driven at twice the
 best rate found, to show the client and loopback were not the bottleneck.
 
@@ -28,8 +29,8 @@ p99 breaks the SLA (a refused or failed query is a miss), then bisection.
 Isolation: two tenants with equal shares, a share being half of gpufair's HTTP median; the
 flooder sends 5× its share and the calm tenant ``--calm-fraction`` of its share (0.5, as
 ``gpufair bench serve``), for ``--isolation-s`` seconds; the calm tenant's queries within the
-SLA are reported for gpufair (a seat each and equal weights in a pool of one session per core)
-and for Ray Serve (one deployment per tenant, one replica each).
+SLA are reported for gpufair (a seat each and equal weights in a pool of the cores left, one
+session per core in all) and for Ray Serve (one deployment per tenant, one replica each).
 
 Results: ``bench/results/serve-http[-quick].{json,md,png}`` with the command and the machine.
 """
@@ -60,6 +61,7 @@ import numpy as np
 from allocator.cluster.plan import NodePlan, seat_entry
 from bench.loadclient import LoadClient, Stream, TrialResult, TrialSpec
 from bench.machine import describe_machine, load_average, this_machine
+from bench.peers.common import INFER_PATH
 from bench.serve import GROWTH, START_RATE, WARMUP_S
 from gpufair.servers import ChildServer, ChildServerError
 
@@ -90,6 +92,7 @@ class HttpConfig:
     systems: tuple[str, ...]  # which of gpufair, gpufair-inprocess, naive, ray to run
     ray_python: str
     clients: int  # load client processes
+    share_qps: float  # > 0: only the isolation runs, with this share (no search)
     seed: int
     out_dir: Path
     command: str
@@ -401,7 +404,7 @@ def throughput(cfg: HttpConfig, client: LoadClient, work: Path) -> dict[str, Any
                 searches[name].append(inproc(repeat))
                 continue
             with serving(systems[name]) as server:
-                url = f"{server.url}/v1/models/{MODEL}/infer"
+                url = server.url + INFER_PATH.format(model=MODEL)
                 searches[name].append(
                     search(name, over_http(client, url, cfg, repeat), cfg, repeat)
                 )
@@ -438,7 +441,7 @@ def client_check(cfg: HttpConfig, client: LoadClient, work: Path, rate: float) -
         return peer(cfg, "bench.peers.echo", [], work, "echo", sys.executable)
 
     with serving(factory) as server:
-        run = over_http(client, f"{server.url}/v1/models/{MODEL}/infer", cfg, salt=99)
+        run = over_http(client, server.url + INFER_PATH.format(model=MODEL), cfg, salt=99)
         run(START_RATE, WARMUP_S)
         trial = run(rate, cfg.trial_s)
     log.info(
@@ -450,18 +453,22 @@ def client_check(cfg: HttpConfig, client: LoadClient, work: Path, rate: float) -
 # -- isolation --------------------------------------------------------------------------------
 
 
-def isolation(
-    cfg: HttpConfig, client: LoadClient, work: Path, gpufair_qps: float
-) -> dict[str, Any]:
-    share = gpufair_qps / 2
+def isolation(cfg: HttpConfig, client: LoadClient, work: Path, share: float) -> dict[str, Any]:
+    """The calm tenant beside the flooder, each system in turn; ``share`` is a tenant's share
+    in qps (half of gpufair's HTTP median, or ``--share-qps``)."""
     calm_rate, flood_rate = cfg.calm_fraction * share, cfg.flood_factor * share
     sla_s = cfg.sla_ms / 1000
     systems: dict[str, Callable[[], ChildServer]] = {}
     if "gpufair" in cfg.systems:
         seats = [daemon_seat(cfg, 0, "flood", 1, 1.0), daemon_seat(cfg, 1, "calm", 1, 1.0)]
-        # As bench serve's: a seat each and a shared pool of one session per core (on a GPU,
-        # of the most streams a seat gets in the throughput runs).
-        pool = cfg.cores if cfg.device == "cpu" else max(cfg.streams)
+        # On the CPU, one session per core in all, as in the throughput runs: a seat each and
+        # a shared pool of the cores left (none on 2 cores). Sessions beyond the cores only
+        # time-slice them, and over HTTP they take the CPU the fronts need: with a pool of one
+        # session per core on top of the seats (4 sessions on 2 cores, in-process bench
+        # serve's plan), a flooder's batches kept every core busy and the front's queue,
+        # every tenant's, grew. On a GPU: a pool of the most streams a seat gets in the
+        # throughput runs.
+        pool = max(0, cfg.cores - len(seats)) if cfg.device == "cpu" else max(cfg.streams)
         plan = daemon_plan(cfg, seats, pool=pool)
         systems["gpufair"] = functools.partial(gpufair_daemon, cfg, plan, work, "gpufair-isolation")
     if "ray" in cfg.systems and ray_available(cfg.ray_python):
@@ -490,8 +497,12 @@ def isolation(
         for name in turn:
             with serving(systems[name]) as server:
                 streams = (
-                    Stream(f"{server.url}/v1/models/calm/infer", calm_rate, 1 + 10 * repeat),
-                    Stream(f"{server.url}/v1/models/flood/infer", flood_rate, 2 + 10 * repeat),
+                    Stream(
+                        server.url + INFER_PATH.format(model="calm"), calm_rate, 1 + 10 * repeat
+                    ),
+                    Stream(
+                        server.url + INFER_PATH.format(model="flood"), flood_rate, 2 + 10 * repeat
+                    ),
                 )
                 warm = TrialSpec(
                     tuple(Stream(s.url, START_RATE / 2, 0) for s in streams),
@@ -562,25 +573,30 @@ def markdown(data: dict[str, Any]) -> str:
         describe_machine(m),
         "",
         f"Model: RMC2, `{c['artifact']}` on `{c['device']}`; p99 SLA {c['sla_ms']:g} ms; "
-        f"open-loop Poisson load from a client process of its own, `.npz` bodies of "
-        f"{data['mean_body_bytes'] / 1e6:.2f} MB on average; each system searched "
-        f"{c['repeats']} time(s), taking turns in the order {', '.join(t['order'])} rotated "
-        "each repetition; median (range).",
-        "",
-        "| system | latency-bounded throughput (qps) | range | client CPU at most (cores) |",
-        "|---|---|---|---|",
+        "open-loop Poisson load from a client process of its own, binary Open Inference "
+        f"Protocol bodies of {data['mean_body_bytes'] / 1e6:.2f} MB on average, parsed by "
+        "gpufair's codec on every server.",
     ]
-    for name, qps in t["throughput_qps"].items():
-        low, high = t["range_qps"][name]
-        client = (
-            "in-process"
-            if name == "gpufair-inprocess"
-            else (f"{_max_client_cpu(t['searches'][name]):.2f}")
-        )
-        lines.append(f"| {name} | {qps:.1f} | {low:.1f}–{high:.1f} | {client} |")
-    if t["ratios"]:
-        lines += ["", "| ratio of medians | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.2f}× |" for k, v in t["ratios"].items()]
+    if t is not None:
+        lines += [
+            "",
+            f"Each system searched {c['repeats']} time(s), taking turns in the order "
+            f"{', '.join(t['order'])} rotated each repetition; median (range).",
+            "",
+            "| system | latency-bounded throughput (qps) | range | client CPU at most (cores) |",
+            "|---|---|---|---|",
+        ]
+        for name, qps in t["throughput_qps"].items():
+            low, high = t["range_qps"][name]
+            client = (
+                "in-process"
+                if name == "gpufair-inprocess"
+                else (f"{_max_client_cpu(t['searches'][name]):.2f}")
+            )
+            lines.append(f"| {name} | {qps:.1f} | {low:.1f}–{high:.1f} | {client} |")
+        if t["ratios"]:
+            lines += ["", "| ratio of medians | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.2f}× |" for k, v in t["ratios"].items()]
     echo = data.get("client_check")
     if echo:
         lines += [
@@ -593,14 +609,15 @@ def markdown(data: dict[str, Any]) -> str:
     if iso and iso["runs"]:
         lines += [
             "",
-            f"Isolation: two tenants with equal shares ({iso['share_qps']} qps each, half of "
-            f"gpufair's HTTP median); the flooder sends {iso['flood_qps']} qps (5× its share), "
+            f"Isolation: two tenants with equal shares ({iso['share_qps']} qps each, "
+            f"{'given' if c['share_qps'] else 'half of gpufair' + chr(39) + 's HTTP median'}); "
+            f"the flooder sends {iso['flood_qps']} qps (5× its share), "
             f"the calm tenant {iso['calm_qps']} qps, for {c['isolation_s']:g} s; "
             f"{c['isolation_repeats']} run(s) each, median.",
             "",
-            "| system | calm tenant within SLA | calm p50 / p99 (ms) | calm failed "
-            "| flooder within SLA |",
-            "|---|---|---|---|---|",
+            "| system | calm tenant within SLA | calm p50 / p99 (ms) | calm refused / failed "
+            "| flooder within SLA | flooder refused |",
+            "|---|---|---|---|---|---|",
         ]
         for name, runs in iso["runs"].items():
             mid = sorted(runs, key=lambda r: r["calm"]["attainment"])[len(runs) // 2]
@@ -608,23 +625,23 @@ def markdown(data: dict[str, Any]) -> str:
             each = ", ".join(f"{r['calm']['attainment']:.3f}" for r in runs)
             lines.append(
                 f"| {name} | {iso['calm_attainment'][name]:.3f} ({each}) | "
-                f"{_ms(calm['p50_ms'])} / {_ms(calm['p99_ms'])} | {calm['failed']} of "
-                f"{calm['queries']} | {flood['attainment']:.3f} |"
+                f"{_ms(calm['p50_ms'])} / {_ms(calm['p99_ms'])} | {calm['refused']} / "
+                f"{calm['failed']} of {calm['queries']} | {flood['attainment']:.3f} | "
+                f"{flood['refused']} of {flood['queries']} |"
             )
     elif iso is None:
         lines += ["", "Isolation: not run, as gpufair served no rate within the SLA here."]
     end = ", ".join(f"{x:g}" for x in data.get("load_average_end", []))
     lines += ["", f"Wall time {data['wall_s']:.0f} s; load average at the end {end}."]
+    if data.get("niceness"):
+        lines += [
+            f"Run at niceness {data['niceness']}, which every server, peer and load client "
+            "inherited, so that other jobs on the shared machine took less of its CPU."
+        ]
     return "\n".join(lines) + "\n"
 
 
-def plot(data: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.2))
+def throughput_panels(data: dict[str, Any], left: Any, middle: Any) -> None:
     t = data["throughput"]
     names = list(t["throughput_qps"])
     medians = [t["throughput_qps"][n] for n in names]
@@ -653,6 +670,20 @@ def plot(data: dict[str, Any], path: Path) -> None:
     middle.set_ylabel("p99 latency (ms)")
     middle.set_title("search trials")
     middle.legend(fontsize=8)
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = data["throughput"]
+    if t is None:  # the isolation runs only
+        fig, right = plt.subplots(1, 1, figsize=(5, 4.2))
+    else:
+        fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.2))
+        throughput_panels(data, left, middle)
     iso = data.get("isolation") or {}
     attained = iso.get("calm_attainment", {})
     right.bar(list(attained), list(attained.values()), color="tab:blue")
@@ -725,6 +756,13 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="load client processes sharing the schedule (default 1)",
     )
+    p.add_argument(
+        "--share-qps",
+        type=float,
+        default=0.0,
+        help="run only the isolation scenario, with this share per tenant in qps, in place "
+        "of half of gpufair's HTTP median (no throughput search, no client check)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     p.add_argument("--name", help="results go to serve-NAME.* (default http, quick: http-quick)")
@@ -768,10 +806,30 @@ def _config(args: argparse.Namespace, argv: list[str]) -> HttpConfig:
         systems=systems,
         ray_python=args.ray_python,
         clients=args.clients,
+        share_qps=args.share_qps,
         seed=args.seed,
         out_dir=args.out,
         command="gpufair bench serve --http " + shlex.join(argv),
     )
+
+
+def measure(
+    cfg: HttpConfig, client: LoadClient, work: Path
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """The throughput searches, the client check and the isolation runs (only the last with
+    ``--share-qps``)."""
+    if cfg.share_qps:
+        return None, None, isolation(cfg, client, work, cfg.share_qps)
+    tput = throughput(cfg, client, work)
+    http_best = max(
+        (q for n, q in tput["throughput_qps"].items() if n != "gpufair-inprocess"),
+        default=START_RATE,
+    )
+    check = client_check(cfg, client, work, 2 * max(http_best, START_RATE))
+    best = gpufair_name(cfg, max(cfg.streams))
+    # No share to flood without a rate gpufair serves within the SLA.
+    qps = tput["throughput_qps"].get(best, 0)
+    return tput, check, isolation(cfg, client, work, qps / 2) if qps > 0 else None
 
 
 def main(argv: list[str]) -> int:
@@ -794,19 +852,7 @@ def main(argv: list[str]) -> int:
     ):
         work = Path(tmp)
         try:
-            tput = throughput(cfg, client, work)
-            http_best = max(
-                (q for n, q in tput["throughput_qps"].items() if n != "gpufair-inprocess"),
-                default=START_RATE,
-            )
-            check = client_check(cfg, client, work, 2 * max(http_best, START_RATE))
-            best = gpufair_name(cfg, max(cfg.streams))
-            # No share to flood without a rate gpufair serves within the SLA.
-            iso = (
-                isolation(cfg, client, work, tput["throughput_qps"][best])
-                if tput["throughput_qps"].get(best, 0) > 0
-                else None
-            )
+            tput, check, iso = measure(cfg, client, work)
         except ChildServerError as exc:
             sys.stderr.write(f"gpufair bench serve --http: {exc}\n")
             return 1
@@ -820,6 +866,8 @@ def main(argv: list[str]) -> int:
         "isolation": iso,
         "wall_s": round(time.monotonic() - began, 1),
         "load_average_end": load_average(),
+        # Every server and load client inherits it (e.g. nice -n -10 on a shared machine).
+        "niceness": os.nice(0),
     }
     paths = write_results(cfg, data)
     sys.stdout.write(markdown(data))

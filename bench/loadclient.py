@@ -14,8 +14,11 @@ the pool at its bound is counted as a miss rather than queued in the client. The
 measures its own CPU time over each trial (``time.process_time``), which the benchmark reports
 beside every figure to show that the client was not the bottleneck.
 
-What goes on the wire is decided in one place, :func:`encode_query`: today the daemon's
-``.npz`` body (:func:`executor.codec.query_to_npz`); a new body format changes only it.
+What goes on the wire is decided in one place, :func:`encode_query`: the daemon's binary body,
+Open Inference Protocol tensors with the ``Inference-Header-Content-Length`` header
+(:func:`executor.codec.query_to_oip`), which every server of the benchmark parses with the
+daemon's codec; a new body format changes only it. Streams name their server's
+``/v2/models/{model}/infer`` URL.
 
 The benchmark talks to the client through :class:`LoadClient`, which starts the process
 (``python -m bench.loadclient``) and sends it one :class:`TrialSpec` at a time over its
@@ -39,26 +42,28 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import uvloop
 
-from bench.serve import QUERY_SIZES
-from executor.codec import query_to_npz
+from executor.codec import query_to_oip
 from executor.features import Query
 from executor.models.schema import ModelSchema
+from executor.wire import oip
+from gpufair.loadgen import QUERY_SIZES
 
 log = logging.getLogger(__name__)
 
 DISTINCT_QUERIES = 8  # pre-encoded bodies per size: encoding is not what is measured
 MAX_CONNECTIONS = 512  # per trial; beyond, an arrival is a client-side miss
-NPZ_TYPE = "application/x-npz"
-NPY_TYPE = "application/x-npy"
 REFUSED = math.nan  # a 429
 FAILED = math.inf  # any other non-200 reply, a timeout or a client-side miss
 
 
-def encode_query(query: Query) -> tuple[str, bytes]:
-    """The body a server is sent for a query, and its content type (the one adapter between
-    the benchmark and the wire format)."""
-    return NPZ_TYPE, query_to_npz(query)
+def encode_query(query: Query) -> tuple[dict[str, str], bytes]:
+    """The headers and body a server is sent for a query (the one adapter between the
+    benchmark and the wire format)."""
+    body, header_length = query_to_oip(query)
+    headers = {"Content-Type": oip.BINARY_CONTENT_TYPE, oip.HEADER_LENGTH: str(header_length)}
+    return headers, body
 
 
 @dataclass(frozen=True)
@@ -179,7 +184,7 @@ async def _exchange(
 
 
 async def _run_trial(
-    spec: TrialSpec, bodies: dict[tuple[int, int], tuple[str, bytes]]
+    spec: TrialSpec, bodies: dict[tuple[int, int], tuple[dict[str, str], bytes]]
 ) -> TrialResult:
     pools: dict[tuple[str, int], _Pool] = {}
     arrivals: list[tuple[float, int, int, bytes]] = []  # (offset, stream, index, request)
@@ -191,10 +196,10 @@ async def _run_trial(
         planned = schedule(stream.rate, spec.seconds, spec.seed, stream.salt)
         latencies.append([FAILED] * len(planned))
         for index, (offset, size, variant) in enumerate(planned):
-            content_type, body = bodies[(size, variant)]
+            headers, body = bodies[(size, variant)]
+            fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
             head = (
-                f"POST {url.path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                f"Content-Type: {content_type}\r\nAccept: {NPY_TYPE}\r\n"
+                f"POST {url.path} HTTP/1.1\r\nHost: {host}:{port}\r\n{fields}"
                 f"Content-Length: {len(body)}\r\n\r\n"
             ).encode("latin-1")
             arrivals.append((offset, s, index, head + body))
@@ -208,7 +213,8 @@ async def _run_trial(
         for s in spec.streams
     ]
     statuses: dict[int, int] = {}
-    loop = asyncio.get_running_loop()
+    # time.monotonic, not loop.time(): uvloop's loop time is cached per loop iteration, in ms.
+    clock = time.monotonic
     tasks: list[asyncio.Task[None]] = []
 
     async def one(stream: int, index: int, request: bytes, scheduled: float) -> None:
@@ -237,21 +243,20 @@ async def _run_trial(
             pool.drop(conn)
         statuses[status] = statuses.get(status, 0) + 1
         if status == 200:
-            latencies[stream][index] = loop.time() - scheduled
+            latencies[stream][index] = clock() - scheduled
         elif status == 429:
             latencies[stream][index] = REFUSED
 
     cpu0 = time.process_time()
-    begin = loop.time() + (max(spec.start_at - time.time(), 0.0) if spec.start_at else 0.05)
+    begin = clock() + (max(spec.start_at - time.time(), 0.0) if spec.start_at else 0.05)
     for offset, which, index, request in arrivals:
         scheduled = begin + offset
-        delay = scheduled - loop.time()
-        if delay > 0:
+        while (delay := scheduled - clock()) > 0:  # uvloop's timers may fire up to 1 ms early
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(which, index, request, scheduled)))
     if tasks:
         await asyncio.wait(tasks)
-    wall = loop.time() - begin
+    wall = clock() - begin
     cpu = time.process_time() - cpu0
     for pool in pools.values():
         pool.close()
@@ -275,7 +280,9 @@ def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
         spec = pickle.load(inbox)
         if spec is None:
             return
-        _send(outbox, asyncio.run(_run_trial(spec, bodies)))
+        # uvloop, as the daemon's fronts: the client's CPU is taken from the servers it measures.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            _send(outbox, runner.run(_run_trial(spec, bodies)))
 
 
 def _send(outbox: IO[bytes], value: object) -> None:

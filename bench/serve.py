@@ -57,11 +57,11 @@ from executor.features import Batch, Query
 from executor.runtime import configure_cpu_threads
 from executor.scheduling import NodeRuntime, Overloaded, SchedulerConfig, SchedulingError
 from executor.scheduling.backend import Backend, Model, RuntimeBackend
+from gpufair.loadgen import QUERY_SIZES  # the docs/architecture.md §5 quantiles, one definition
 
 log = logging.getLogger(__name__)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-QUERY_SIZES = (100, 100, *[200] * 12, 300, 300, 400, 500, 600, 700)
 DISTINCT_QUERIES = 64  # pre-built queries per size, so generating load costs nothing
 START_RATE = 20.0  # qps where every server's search starts (below any server's capacity)
 GROWTH = 1.5  # rate multiplier while the SLA holds

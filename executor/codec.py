@@ -1,4 +1,4 @@
-"""Query bodies of the executor's infer routes: the Open Inference Protocol, JSON, ``.npz``.
+"""Query bodies of the executor's infer routes: the Open Inference Protocol, and gpufair's JSON.
 
 A query travels as named tensors (:data:`USER_DENSE` (Du,) float32, :data:`CANDIDATE_DENSE`
 (N, Dc) float32, ``user_sparse/<f>`` (L,) and ``candidate_sparse/<g>`` (N, L) int64 ids):
@@ -7,14 +7,12 @@ A query travels as named tensors (:data:`USER_DENSE` (Du,) float32, :data:`CANDI
   the tensors as the protocol's inputs, JSON or with the binary tensor data extension. Binary
   is the format to send: one small JSON header, then the raw little-endian bytes of each
   tensor, read as zero-copy :func:`numpy.frombuffer` views (docs/executor.md measures it
-  against ``.npz``). The reply's output is ``scores`` (N,) FP32.
+  against the ``.npz`` archives it replaced). The reply's output is ``scores`` (N,) FP32
+  (:func:`scores_to_oip`).
 - gpufair's JSON (``POST /v1/models/{model}/infer``, docs/architecture.md §3.3), a convenience::
 
     {"user": {"dense": [...Du], "sparse": {"f": [ids...L]}},
      "candidates": {"dense": [[...Dc], ...N], "sparse": {"g": [[ids...L], ...N]}}}
-
-- ``.npz`` (``np.savez`` of the same tensors, ``application/x-npz`` on the v1 route): kept for
-  existing clients only; it costs a zip directory and a Python header parse per array.
 
 Every form is validated against the model's :class:`~executor.models.ModelSchema`: every
 feature present with its side, shapes, finite dense values and ids in ``[0, num_ids)`` — an
@@ -26,9 +24,8 @@ daemon answers it with 400.
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,7 +35,6 @@ from executor.features import Query
 from executor.models import ModelSchema
 from executor.wire import oip
 
-NPZ_CONTENT_TYPE = "application/x-npz"
 USER_DENSE = "user_dense"
 CANDIDATE_DENSE = "candidate_dense"
 USER_SPARSE = "user_sparse/"  # + feature name
@@ -74,16 +70,6 @@ def parse_query_json(schema: ModelSchema, body: bytes | str | dict[str, Any]) ->
     )
 
 
-def parse_query_npz(schema: ModelSchema, body: bytes) -> Query:
-    """Parse and validate a binary (.npz) query body."""
-    try:
-        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise QueryError(f"body: not a valid .npz archive ({exc})") from exc
-    return query_from_tensors(schema, arrays)
-
-
 def parse_query_oip(
     schema: ModelSchema, body: bytes | memoryview, header_length: int | None
 ) -> tuple[Query, oip.InferRequest]:
@@ -117,16 +103,6 @@ def query_from_tensors(schema: ModelSchema, arrays: Mapping[str, np.ndarray]) ->
     )
 
 
-def query_from_checked_tensors(arrays: Mapping[str, np.ndarray]) -> Query:
-    """The query of tensors that :func:`query_from_tensors` has validated already (in a front
-    process: the engine does not validate a query twice)."""
-    user_sparse = {k[len(USER_SPARSE) :]: a for k, a in arrays.items() if k.startswith(USER_SPARSE)}
-    cand_sparse = {
-        k[len(CANDIDATE_SPARSE) :]: a for k, a in arrays.items() if k.startswith(CANDIDATE_SPARSE)
-    }
-    return Query(arrays[USER_DENSE], user_sparse, arrays[CANDIDATE_DENSE], cand_sparse)
-
-
 def query_to_tensors(query: Query) -> dict[str, np.ndarray]:
     """A query's named tensors (the inverse of :func:`query_from_tensors`)."""
     arrays = {USER_DENSE: query.user_dense, CANDIDATE_DENSE: query.candidate_dense}
@@ -139,6 +115,16 @@ def query_to_oip(query: Query, *, binary: bool = True) -> tuple[bytes, int | Non
     """An Open Inference Protocol request body of a query and its header length (None: JSON),
     asking for binary scores when the body is binary: what a client sends."""
     return oip.encode_request(query_to_tensors(query), binary=binary, binary_output=binary)
+
+
+def scores_to_oip(
+    model: str, scores: np.ndarray, request: oip.InferRequest
+) -> tuple[bytes, int | None]:
+    """The Open Inference Protocol reply to ``request`` carrying a query's scores, and its
+    header length (None: a JSON reply, when the request did not ask for binary outputs)."""
+    return oip.encode_reply(
+        model, {SCORES: scores}, request_id=request.id, binary=request.binary_output
+    )
 
 
 def tensor_metadata(schema: ModelSchema) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -169,13 +155,6 @@ def query_to_json(query: Query) -> dict[str, Any]:
             "sparse": {f: ids.tolist() for f, ids in query.candidate_sparse.items()},
         },
     }
-
-
-def query_to_npz(query: Query) -> bytes:
-    """The .npz body of a query (the format existing clients send with NPZ_CONTENT_TYPE)."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **query_to_tensors(query))  # type: ignore[arg-type]  # numpy stubs mistype **kwds
-    return buffer.getvalue()
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:
@@ -221,6 +200,12 @@ def _kind(raw: np.ndarray) -> str:
     )
 
 
+def _all_finite(values: np.ndarray) -> bool:
+    """Whether every float32 value is finite, in one pass: their sum in float64 is finite
+    exactly when they all are (it cannot overflow, and an inf or NaN carries through)."""
+    return values.size == 0 or math.isfinite(float(np.add.reduce(values, None, np.float64)))
+
+
 def _validated(
     schema: ModelSchema,
     user_dense: np.ndarray,
@@ -232,7 +217,7 @@ def _validated(
         raise QueryError(
             f"user.dense: expected {schema.user_dense} values, got shape {user_dense.shape}"
         )
-    if not np.isfinite(user_dense).all():
+    if not _all_finite(user_dense):
         raise QueryError("user.dense: values must be finite")
     if cand_dense.size == 0 and schema.candidate_dense == 0 and cand_sparse:
         # No candidate dense values: the number of candidates comes from the sparse features.
@@ -245,7 +230,7 @@ def _validated(
     n = cand_dense.shape[0]
     if n == 0:
         raise QueryError("candidates: at least one candidate is required")
-    if not np.isfinite(cand_dense).all():
+    if not _all_finite(cand_dense):
         raise QueryError("candidates.dense: values must be finite")
     for side, given, rows in (("user", user_sparse, ()), ("candidate", cand_sparse, (n,))):
         where = "user.sparse" if side == "user" else "candidates.sparse"
@@ -260,6 +245,7 @@ def _validated(
                 raise QueryError(
                     f"{where}.{name}: expected shape {(*rows, feature.lookups)}, got {ids.shape}"
                 )
-            if ids.size and (ids.min() < 0 or ids.max() >= feature.num_ids):
+            # One pass: a negative int64 id is past any bound once read as unsigned.
+            if ids.size and int(ids.view(np.uint64).max()) >= feature.num_ids:
                 raise QueryError(f"{where}.{name}: ids must lie in [0, {feature.num_ids})")
     return Query(user_dense, user_sparse, cand_dense, cand_sparse)

@@ -9,11 +9,9 @@ Routes (docs/architecture.md §3.3, docs/executor.md "HTTP"):
   ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/{model}`` (metadata:
   the query's tensors) and ``/v2/models/{model}/ready`` complete what Triton and KServe
   clients call.
-- ``POST /v1/models/{model}/infer`` — gpufair's JSON query
+- ``POST /v1/models/{model}/infer`` — gpufair's JSON query, a convenience
   (``{"user": {"dense": [...], "sparse": {...}}, "candidates": {"dense": [[...]], "sparse":
-  {...}}}``), or an ``.npz`` archive of the tensors (``Content-Type: application/x-npz``) for
-  existing clients. The reply is ``{"scores": [...]}`` in candidate order, or the raw
-  float32 ``.npy`` array when the request says ``Accept: application/x-npy``.
+  {...}}}``); the reply is ``{"scores": [...]}`` in candidate order.
 - Both: 400 malformed query (the message names the field), 404 unknown model, 413 body too
   large, 415 other content types or encodings, 429 + ``Retry-After`` when admission control
   refuses it, 503 model not loaded, 504 deadline passed, 500 the model failed; the body of
@@ -48,7 +46,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import io
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -75,8 +72,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ERROR_ANSWERS", "answer_error", "create_app", "create_front_app"]
 
-NPZ_TYPES = ("application/x-npz", "application/octet-stream")
-NPY_TYPE = "application/x-npy"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
@@ -160,7 +155,8 @@ def create_front_app(
             if cost is not None and cost > max_body_bytes:
                 return _error(413, f"body of {declared} bytes exceeds {max_body_bytes}")
             ticket = await engine.admit(request.path_params["model"], arrival)
-            async with turns.turn(ticket.tenant, ticket.share, cost):
+            # A body whose turn comes after the SLA is refused unread (front/fair.py).
+            async with turns.turn(ticket.tenant, ticket.share, cost, arrival + ticket.sla_s):
                 body = await _read_body(request, max_body_bytes)
                 if body is None:
                     return _error(413, f"body exceeds {max_body_bytes} bytes")
@@ -265,24 +261,20 @@ class BodyReader(abc.ABC):
 
 
 class V1Bodies(BodyReader):
-    """gpufair's JSON, and ``.npz`` for existing clients; scores as JSON or ``.npy``."""
+    """gpufair's JSON query; its scores as JSON."""
 
     def refuse(self, request: Request) -> Response | None:
         content_type = _content_type(request)
-        if content_type != "application/json" and content_type not in NPZ_TYPES:
+        if content_type != "application/json":
             return _error(
-                415, f"content type {content_type!r}: use application/json or application/x-npz"
+                415,
+                f"content type {content_type!r}: send application/json here, or binary "
+                "tensors to /v2/models/{model}/infer",
             )
         return None
 
     def parse(self, request: Request, schema: ModelSchema, body: bytes) -> tuple[Query, Reply]:
-        if _content_type(request) == "application/json":
-            query = codec.parse_query_json(schema, body)
-        else:
-            query = codec.parse_query_npz(schema, body)
-        if NPY_TYPE in request.headers.get("accept", ""):
-            return query, _npy_reply
-        return query, _json_scores
+        return codec.parse_query_json(schema, body), _json_scores
 
 
 class OipBodies(BodyReader):
@@ -305,9 +297,7 @@ class OipBodies(BodyReader):
         model = request.path_params["model"]
 
         def reply(scores: np.ndarray) -> Response:
-            content, header_length = oip.encode_reply(
-                model, {codec.SCORES: scores}, request_id=infer.id, binary=infer.binary_output
-            )
+            content, header_length = codec.scores_to_oip(model, scores, infer)
             if header_length is None:
                 return Response(content, media_type="application/json")
             return Response(
@@ -331,8 +321,3 @@ def _content_type(request: Request) -> str:
 def _json_scores(scores: np.ndarray) -> Response:
     return JSONResponse({"scores": scores.tolist()})
 
-
-def _npy_reply(scores: np.ndarray) -> Response:
-    out = io.BytesIO()
-    np.save(out, scores, allow_pickle=False)
-    return Response(out.getvalue(), media_type=NPY_TYPE)

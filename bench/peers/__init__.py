@@ -9,6 +9,7 @@ format as the daemon (``gpufair bench serve --http``, docs/benchmarks.md):
   and the loopback can carry, to show the client is not the bottleneck.
 
 Each is a process of its own (``python -m bench.peers.NAME --port P ...``) that answers
-``GET /healthz`` with 200 once it serves, and ``POST /v1/models/{model}/infer`` with the
-daemon's ``.npz`` body and ``Accept: application/x-npy`` reply.
+``GET /healthz`` with 200 once it serves, and ``POST /v2/models/{model}/infer`` with the
+daemon's request and reply: Open Inference Protocol binary tensors, parsed and answered by the
+daemon's codec (:mod:`bench.peers.common`).
 """

@@ -1,7 +1,8 @@
 """A naive inference server: FastAPI, one forward per query, one query at a time.
 
 ``python -m bench.peers.naive_fastapi --artifact ART --port P [--threads N] [--device cpu]``.
-The baseline a team would write first: each request's body is parsed on the event loop, its
+The baseline a team would write first: each request's body (the daemon's, parsed by its codec:
+:mod:`bench.peers.common`) is parsed on the event loop, its
 forward runs in FastAPI's thread pool under one lock (one query at a time, every core as
 intra-op threads), through the model's plain forward with the user's features copied onto each
 candidate row (:meth:`executor.runtime.Session.run_naive`), and no batching.
@@ -13,11 +14,12 @@ import argparse
 import logging
 import threading
 
+import numpy as np
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from bench.peers.common import NPY_TYPE, npy_reply, parse_body
+from bench.peers.common import INFER_PATH, parse_request, reply
 from executor.features import Batch
 from executor.runtime import configure_cpu_threads, load_model
 
@@ -30,21 +32,23 @@ def create_app(artifact: str, device: str) -> FastAPI:
     lock = threading.Lock()
     app = FastAPI()
 
-    def forward(batch: Batch) -> bytes:
+    def forward(batch: Batch) -> np.ndarray:
         with lock:
-            return npy_reply(session.run_naive(batch))
+            return session.run_naive(batch)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "serving", "artifact": artifact}
 
-    @app.post("/v1/models/{model_id}/infer")
+    @app.post(INFER_PATH.format(model="{model_id}"))
     async def infer(model_id: str, request: Request) -> Response:
         try:
-            query = parse_body(model.schema, await request.body())
+            query, asked = parse_request(model.schema, await request.body(), request.headers)
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from exc
-        return Response(await run_in_threadpool(forward, Batch.of([query])), media_type=NPY_TYPE)
+        scores = await run_in_threadpool(forward, Batch.of([query]))
+        content, headers = reply(model_id, scores, asked)
+        return Response(content, headers=headers)
 
     return app
 

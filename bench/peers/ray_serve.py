@@ -3,10 +3,12 @@
 ``<ray python> -m bench.peers.ray_serve --artifact ART --port P --models m [--replicas 2]``.
 One deployment per model name (``--models calm,flood`` gives each tenant its own, as a Ray
 user would isolate tenants), each with ``--replicas`` replicas of one CPU and one intra-op
-thread, serving ``POST /v1/models/<name>/infer``: the body is parsed by gpufair's codec in the
-replica, queries are batched by ``@serve.batch`` (up to ``--max-batch`` queries, waiting at most
-``--batch-wait-ms``) into one structured forward — the forward gpufair runs — and each gets
-its slice of the scores as ``.npy``. ``GET /healthz`` answers once every deployment is up.
+thread, serving ``POST /v2/models/<name>/infer``: the body (the daemon's, Open Inference
+Protocol binary tensors) is parsed by gpufair's codec in the replica
+(:mod:`bench.peers.common`), queries are batched by ``@serve.batch`` (up to ``--max-batch``
+queries, waiting at most ``--batch-wait-ms``) into one structured forward — the forward
+gpufair runs — and each gets its slice of the scores in the daemon's reply.
+``GET /healthz`` answers once every deployment is up.
 
 Ray's proxy runs in its throughput-optimised mode (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``, set by
 this module before Ray starts). Runs where ``ray[serve]`` is installed (requirements-ray.txt);
@@ -30,12 +32,15 @@ from ray import serve  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse, Response  # noqa: E402
 
+from bench.peers.common import INFER_PATH  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1})
 class Ranker:
-    def __init__(self, artifact: str, max_batch: int, batch_wait_s: float) -> None:
+    def __init__(self, name: str, artifact: str, max_batch: int, batch_wait_s: float) -> None:
+        self.name = name
         from executor.runtime import configure_cpu_threads, load_model
 
         configure_cpu_threads(1)
@@ -53,13 +58,14 @@ class Ranker:
         return list(np.split(scores, np.cumsum(batch.sizes)[:-1]))
 
     async def __call__(self, request: Request) -> Response:
-        from bench.peers.common import NPY_TYPE, npy_reply, parse_body
+        from bench.peers.common import parse_request, reply
 
         try:
-            query = parse_body(self.model.schema, await request.body())
+            query, asked = parse_request(self.model.schema, await request.body(), request.headers)
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        return Response(npy_reply(await self.infer_batch(query)), media_type=NPY_TYPE)
+        content, headers = reply(self.name, await self.infer_batch(query), asked)
+        return Response(content, headers=headers)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -85,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         deployment = Ranker.options(  # type: ignore[attr-defined]
             num_replicas=args.replicas, max_ongoing_requests=256
         )
-        app = deployment.bind(args.artifact, args.max_batch, args.batch_wait_ms / 1000)
-        serve.run(app, name=name, route_prefix=f"/v1/models/{name}/infer")
+        app = deployment.bind(name, args.artifact, args.max_batch, args.batch_wait_ms / 1000)
+        serve.run(app, name=name, route_prefix=INFER_PATH.format(model=name))
     health = Health.bind()  # type: ignore[attr-defined]
     serve.run(health, name="healthz", route_prefix="/healthz")
     log.info("ray serve ready on port %d", args.port)

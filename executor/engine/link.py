@@ -10,17 +10,19 @@ message is a frame::
 The header is a small JSON object (the operation, a request id, a model name, an error); the
 payload carries raw bytes only: a reply's float32 scores, the metrics text. A query's tensors
 never travel on the socket and are never pickled: the front writes them into its buffer
-(:func:`write_tensors`, each tensor's bytes at an aligned offset) and sends their layout
-(name, dtype, shape, offset); the engine reads them back with :func:`numpy.frombuffer` and
-copies them out before it answers, so the front may reuse the space once the reply is in.
+(:func:`write_query`, each tensor's bytes at an aligned offset of the layout both sides derive
+from the model's schema and the number of candidates, :func:`query_layout`) and sends the
+query's offset and rows; the engine reads them back with :func:`numpy.frombuffer`
+(:func:`read_query`) and copies them out before it answers, so the front may reuse the space
+once the reply is in.
 
 Operations, front -> engine (the engine answers each with the same ``id`` unless noted):
 
 - ``admit {model, arrival}``: the engine's :meth:`~executor.engine.core.EngineCore.admit`;
-  the reply carries the admission (model id, tenant, share, deadline, the schema's key, and
+  the reply carries the admission (model id, tenant, share, deadline, SLA, the schema's key, and
   the schema itself the first time a link meets that key) or an error;
-- ``submit {layout}``: the query of an admitted ``id``; the reply, once scored: the scores as
-  payload, or an error;
+- ``submit {offset, rows}``: the query of an admitted ``id``, in the front's buffer at
+  ``offset``; the reply, once scored: the scores as payload, or an error;
 - ``abandon {outcome}``: an admitted ``id`` that ended at the front; no reply;
 - ``health``, ``metrics``, ``model {model}``: the documents of ``/healthz``, ``/metrics`` and
   the model's metadata.
@@ -32,14 +34,19 @@ again at the front as the same class (:func:`error_to_dict` / :func:`error_from_
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import math
 import socket
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from executor.features import Query
+from executor.models.schema import ModelSchema
 from executor.scheduling.errors import (
     DeadlineExceeded,
     GroupClosed,
@@ -67,6 +74,8 @@ ERRORS: dict[str, type[Exception]] = {
 }
 
 Message = tuple[dict[str, Any], bytes]
+_FLOAT = np.dtype("<f4")  # a validated query's dense values
+_IDS = np.dtype("<i8")  # and its sparse ids
 
 
 class LinkClosed(ConnectionError):
@@ -116,34 +125,84 @@ def _exactly(sock: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def tensors_size(arrays: Mapping[str, np.ndarray]) -> int:
-    """Bytes :func:`write_tensors` needs for ``arrays``."""
-    return sum(_aligned(a.nbytes) for a in arrays.values())
+@dataclass(frozen=True)
+class Slot:
+    """Where one of a query's tensors lies in the buffer, from the query's own offset."""
+
+    side: str  # "user_dense", "candidate_dense", "user_sparse" or "candidate_sparse"
+    feature: str  # the sparse feature's name ("" for a dense tensor)
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    at: int  # bytes from the query's offset; a multiple of ALIGN
 
 
-def write_tensors(
-    buffer: memoryview, offset: int, arrays: Mapping[str, np.ndarray]
-) -> list[list[Any]]:
-    """Copy each array into ``buffer`` from ``offset`` on; its layout, for :func:`read_tensors`."""
-    layout: list[list[Any]] = []
-    at = offset
-    for name, array in arrays.items():
-        array = np.ascontiguousarray(array)
-        target = np.frombuffer(buffer, array.dtype, array.size, at).reshape(array.shape)
-        target[...] = array
-        layout.append([name, array.dtype.str, list(array.shape), at])
-        at += _aligned(array.nbytes)
-    return layout
+@functools.lru_cache(maxsize=1024)
+def query_layout(schema: ModelSchema, rows: int) -> tuple[tuple[Slot, ...], int]:
+    """The slots of a validated query of ``rows`` candidates of ``schema`` and the bytes they
+    take: the user's dense values, the candidates', then each sparse feature in the schema's
+    order. Both sides of a link derive it from the schema (the front's copy came from the
+    engine), so a submit message carries only the query's offset and its number of rows."""
+    slots: list[Slot] = []
+    at = 0
+
+    def add(side: str, feature: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
+        nonlocal at
+        slots.append(Slot(side, feature, dtype, shape, at))
+        at += _aligned(math.prod(shape) * dtype.itemsize)
+
+    add("user_dense", "", _FLOAT, (schema.user_dense,))
+    add("candidate_dense", "", _FLOAT, (rows, schema.candidate_dense))
+    for f in schema.sparse:
+        if f.side == "user":
+            add("user_sparse", f.name, _IDS, (f.lookups,))
+        else:
+            add("candidate_sparse", f.name, _IDS, (rows, f.lookups))
+    return tuple(slots), at
 
 
-def read_tensors(buffer: memoryview, layout: list[list[Any]]) -> dict[str, np.ndarray]:
-    """Copies of the tensors :func:`write_tensors` laid out (the front reuses the space)."""
-    arrays: dict[str, np.ndarray] = {}
-    for name, dtype_str, shape, offset in layout:
-        dtype = np.dtype(dtype_str)
-        count = int(np.prod(shape, dtype=np.int64))
-        arrays[name] = np.frombuffer(buffer, dtype, count, offset).reshape(shape).copy()
-    return arrays
+def query_size(schema: ModelSchema, rows: int) -> int:
+    """Bytes :func:`write_query` needs for a query of ``rows`` candidates."""
+    return query_layout(schema, rows)[1]
+
+
+def write_query(buffer: memoryview, offset: int, schema: ModelSchema, query: Query) -> None:
+    """Copy a validated query's tensors into ``buffer`` from ``offset`` on, as
+    :func:`query_layout` lays them out."""
+    slots, _ = query_layout(schema, query.num_candidates)
+    for slot in slots:
+        source = _tensor_of(query, slot)
+        target = np.frombuffer(buffer, slot.dtype, source.size, offset + slot.at)
+        target.reshape(slot.shape)[...] = source
+
+
+def read_query(buffer: memoryview, offset: int, schema: ModelSchema, rows: int) -> Query:
+    """A copy of the query :func:`write_query` put at ``offset`` (the front reuses the space
+    once the query is answered)."""
+    slots, size = query_layout(schema, rows)
+    whole = np.frombuffer(buffer, np.uint8, size, offset).copy()
+    user_sparse: dict[str, np.ndarray] = {}
+    candidate_sparse: dict[str, np.ndarray] = {}
+    dense: dict[str, np.ndarray] = {}
+    for slot in slots:
+        count = math.prod(slot.shape)
+        array = np.frombuffer(whole, slot.dtype, count, slot.at).reshape(slot.shape)
+        if slot.side == "user_sparse":
+            user_sparse[slot.feature] = array
+        elif slot.side == "candidate_sparse":
+            candidate_sparse[slot.feature] = array
+        else:
+            dense[slot.side] = array
+    return Query(dense["user_dense"], user_sparse, dense["candidate_dense"], candidate_sparse)
+
+
+def _tensor_of(query: Query, slot: Slot) -> np.ndarray:
+    if slot.side == "user_dense":
+        return query.user_dense
+    if slot.side == "candidate_dense":
+        return query.candidate_dense
+    if slot.side == "user_sparse":
+        return query.user_sparse[slot.feature]
+    return query.candidate_sparse[slot.feature]
 
 
 def _aligned(size: int) -> int:

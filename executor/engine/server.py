@@ -16,6 +16,7 @@ import mmap
 import multiprocessing
 import os
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -24,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from executor.codec import query_from_checked_tensors
 from executor.engine import link
 from executor.engine.core import Admission, EngineCore
 from executor.front.process import FrontOptions, run_front
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # Each front's shared buffer. Only the pages queries touch are ever allocated; a front refuses
 # a query (429) when its queries in flight fill it.
 BUFFER_BYTES = 256 * 2**20
+SWITCH_INTERVAL_S = 0.0005  # how long a thread waiting for the engine's GIL waits at most
 
 
 class FrontLink(threading.Thread):
@@ -80,7 +81,9 @@ class FrontLink(threading.Thread):
                 self._send(self._admission(key, admission))
             elif op == "submit":
                 admission = self._admitted.pop(key)
-                query = query_from_checked_tensors(link.read_tensors(self._view, header["layout"]))
+                query = link.read_query(
+                    self._view, int(header["offset"]), admission.schema, int(header["rows"])
+                )
                 future = core.submit(admission, query)
                 future.add_done_callback(lambda f: self._answer(key, f))
             elif op == "abandon":
@@ -110,6 +113,7 @@ class FrontLink(threading.Thread):
             "tenant": admission.tenant,
             "share": admission.share,
             "deadline": admission.deadline,
+            "sla_s": group.sla_s,
             "schema_key": schema_key,
         }
         if schema_key not in self._schemas_sent:
@@ -151,6 +155,10 @@ class Fronts:
         self._stopping = threading.Event()
 
     def start(self) -> None:
+        # The link threads share the engine's GIL with the session threads, whose forward
+        # passes hold it between torch ops: at the default 5 ms switch interval a front's
+        # admit or submit waited up to 5 ms per hop for the GIL (three hops per query).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._fronts = [self._spawn(index) for index in range(self._count)]
 
     def _spawn(self, index: int) -> _Front:

@@ -44,6 +44,7 @@ class LocalEngine:
             admission.schema,
             admission.share,
             admission.deadline,
+            admission.group.sla_s,
         )
 
     async def infer(self, ticket: Ticket, query: Query) -> np.ndarray:

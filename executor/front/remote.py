@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from executor import codec
 from executor.engine import link
 from executor.features import Query
 from executor.front.engine import ModelInfo, Ticket
@@ -145,17 +144,19 @@ class RemoteEngine:
             schema=self._schemas[schema_key],
             share=float(header["share"]),
             deadline=float(header["deadline"]),
+            sla_s=float(header["sla_s"]),
         )
 
     async def infer(self, ticket: Ticket, query: Query) -> np.ndarray:
-        arrays = codec.query_to_tensors(query)
-        offset = self._arena.allocate(link.tensors_size(arrays))
+        offset = self._arena.allocate(link.query_size(ticket.schema, query.num_candidates))
         if offset is None:
             self.abandon(ticket, "rejected")
             raise Overloaded("this front's shared buffer is full of queries in flight", 1.0)
-        layout = link.write_tensors(self._view, offset, arrays)
+        link.write_query(self._view, offset, ticket.schema, query)
         self._held[ticket.key] = offset  # released when the reply comes, however late
-        reply = self._call({"op": "submit", "id": ticket.key, "layout": layout})
+        reply = self._call(
+            {"op": "submit", "id": ticket.key, "offset": offset, "rows": query.num_candidates}
+        )
         header, payload = await wait_for_scores(reply, ticket)
         self._raise_error(header)
         return np.frombuffer(payload, dtype="<f4")

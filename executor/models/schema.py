@@ -11,6 +11,7 @@ and ``from_dict`` is its one parser.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -42,7 +43,12 @@ class ModelSchema:
     sparse: tuple[SparseFeature, ...]  # every sparse feature, user and candidate side
 
     def features(self, side: Side) -> tuple[SparseFeature, ...]:
-        return tuple(f for f in self.sparse if f.side == side)
+        return self._by_side[side]
+
+    @functools.cached_property
+    def _by_side(self) -> dict[Side, tuple[SparseFeature, ...]]:
+        # Asked for on every query the codec validates: computed once per schema.
+        return {side: tuple(f for f in self.sparse if f.side == side) for side in SIDES}
 
     def to_dict(self) -> dict[str, Any]:
         return {

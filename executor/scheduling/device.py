@@ -186,6 +186,7 @@ class DeviceScheduler:
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._stopping = False
+        self._draining = False  # drain() waits for in-flight queries to finish
         self._virtual_time = 0.0
         self._idle_pool = 0
         self._pool_weight_total = sum(g.pool_weight for g in groups)
@@ -210,6 +211,7 @@ class DeviceScheduler:
         """Stop admitting, serve what is queued, then stop; True when nothing was cut short."""
         end = time.monotonic() + timeout_s
         with self._cond:
+            self._draining = True
             for g in self.groups:
                 g.closing = True
             self._cond.notify_all()
@@ -499,7 +501,8 @@ class DeviceScheduler:
         pending.pieces_left -= 1
         if pending.pieces_left == 0:
             pending.group.in_flight -= 1
-            self._cond.notify_all()
+            if self._draining:  # only drain() waits for a query to finish; idle sessions
+                self._cond.notify_all()  # wait for new work and are not woken for nothing
             return True
         return False
 

@@ -28,6 +28,7 @@ document raises :class:`TensorError` whose message names the field.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -207,7 +208,7 @@ def _tensors(entries: Any, tail: memoryview, key: str) -> dict[str, np.ndarray]:
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
         ):
             raise TensorError(f"{where}.shape: expected a list of non-negative integers")
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # Python ints: a made-up shape cannot overflow
         size = _binary_size(entry.get("parameters"), where)
         if size is None:
             tensors[name] = _from_data(entry.get("data"), dtype, shape, count, where)

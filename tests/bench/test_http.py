@@ -18,8 +18,9 @@ import pytest
 
 from bench.http import summarize
 from bench.loadclient import LoadClient, Stream, TrialSpec, encode_query, schedule
-from executor import codec
+from bench.peers.common import parse_request
 from executor.fake import FAKE_SCHEMA
+from executor.wire import oip
 from gpufair.servers import ChildServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,11 +35,12 @@ def test_a_refused_or_failed_query_is_a_miss() -> None:
     assert summarize(50.0, [0.010] * 99 + [math.nan], 0.05, 0.0).ok  # one in 100 is not
 
 
-def test_the_wire_body_is_the_daemons() -> None:
+def test_the_wire_body_is_the_daemons_and_every_peer_parses_it_with_the_daemons_codec() -> None:
     query = FAKE_SCHEMA.random_query(np.random.default_rng(3), 17)
-    content_type, body = encode_query(query)
-    assert content_type == "application/x-npz"
-    parsed = codec.parse_query_npz(FAKE_SCHEMA, body)
+    headers, body = encode_query(query)
+    assert headers["Content-Type"] == oip.BINARY_CONTENT_TYPE
+    parsed, asked = parse_request(FAKE_SCHEMA, body, {k.lower(): v for k, v in headers.items()})
+    assert asked.binary_output  # and the reply comes back binary
     np.testing.assert_array_equal(parsed.candidate_dense, query.candidate_dense)
     for feature, ids in query.candidate_sparse.items():
         np.testing.assert_array_equal(parsed.candidate_sparse[feature], ids)
@@ -55,7 +57,7 @@ def test_two_client_processes_send_one_open_loop_schedule_between_them(tmp_path:
     )
     with echo, LoadClient(FAKE_SCHEMA, seed=1, processes=2) as client:
         echo.wait_healthy(30)
-        url = f"{echo.url}/v1/models/m/infer"
+        url = f"{echo.url}/v2/models/m/infer"
         spec = TrialSpec((Stream(url, 60.0, 0), Stream(url, 20.0, 1)), 1.0, 5, timeout_s=5.0)
         result = client.run(spec)
     planned = [len(schedule(s.rate, spec.seconds, spec.seed, s.salt)) for s in spec.streams]

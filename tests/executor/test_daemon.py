@@ -4,7 +4,6 @@ the command's refusal of a bad plan file."""
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 import time
@@ -57,7 +56,7 @@ def direct(runtime: NodeRuntime, query) -> np.ndarray:
     return runtime.group("rank").model.session().run(Batch.of([query]))
 
 
-def test_json_and_binary_bodies_score_like_a_direct_forward(zoo_server):
+def test_json_bodies_score_like_a_direct_forward(zoo_server):
     client, runtime = zoo_server
     schema = runtime.group("rank").model.schema
     for query in queries(schema, [1, 7, 300, 700], seed=21):
@@ -65,14 +64,6 @@ def test_json_and_binary_bodies_score_like_a_direct_forward(zoo_server):
         reply = client.post("/v1/models/rank/infer", json=codec.query_to_json(query))
         assert reply.status_code == 200, reply.text
         np.testing.assert_allclose(reply.json()["scores"], expected, atol=1e-5)
-        binary = client.post(
-            "/v1/models/rank/infer",
-            content=codec.query_to_npz(query),
-            headers={"Content-Type": "application/x-npz", "Accept": "application/x-npy"},
-        )
-        assert binary.status_code == 200, binary.text
-        assert binary.headers["content-type"] == "application/x-npy"
-        np.testing.assert_allclose(np.load(io.BytesIO(binary.content)), expected, atol=1e-5)
 
 
 def test_open_inference_protocol_bodies_score_like_a_direct_forward(zoo_server):
@@ -123,11 +114,14 @@ def test_concurrent_requests_are_batched_and_still_exact(zoo_server):
     replies: dict[int, list[float]] = {}
 
     def ask(k: int) -> None:
-        body = codec.query_to_npz(batch[k])
+        body, header_length = codec.query_to_oip(batch[k])
         r = client.post(
-            "/v1/models/rank/infer", content=body, headers={"Content-Type": "application/x-npz"}
+            "/v2/models/rank/infer",
+            content=body,
+            headers={oip.HEADER_LENGTH: str(header_length)},
         )
-        replies[k] = r.json()["scores"]
+        returned = int(r.headers[oip.HEADER_LENGTH])
+        replies[k] = list(oip.decode_reply(r.content, returned)["scores"])
 
     threads = [threading.Thread(target=ask, args=(k,)) for k in range(len(batch))]
     for t in threads:
@@ -160,7 +154,7 @@ def test_malformed_queries_get_4xx_naming_the_problem(zoo_server):
         (b"{not json", "application/json", 400, "JSON"),
         (json.dumps(bad_id).encode(), "application/json", 400, feature),
         (json.dumps(no_candidates).encode(), "application/json", 400, "candidates"),
-        (b"PK-not-a-zip", "application/x-npz", 400, "npz"),
+        (b"PK-not-a-zip", "application/x-npz", 415, "binary tensors to /v2"),
         (b"hello", "text/plain", 415, "content type"),
     ]
     for body, content_type, status, needle in cases:
@@ -243,7 +237,7 @@ def test_the_command_refuses_a_bad_plan_file_in_one_line(tmp_path, capsys):
 
 def test_a_refused_query_is_answered_before_its_body_is_parsed(monkeypatch):
     parsed: list[int] = []
-    for name in ("parse_query_json", "parse_query_npz", "parse_query_oip"):
+    for name in ("parse_query_json", "parse_query_oip"):
         real = getattr(codec, name)
 
         def counted(schema, body, *rest, real=real):
@@ -262,7 +256,6 @@ def test_a_refused_query_is_answered_before_its_body_is_parsed(monkeypatch):
         flood = b'{"user": [' + b"0, " * 2_000_000 + b"}"
         for path, content_type in [
             ("/v1/models/m/infer", "application/json"),
-            ("/v1/models/m/infer", "application/x-npz"),
             ("/v2/models/m/infer", oip.BINARY_CONTENT_TYPE),
         ]:
             refused = client.post(path, content=flood, headers={"Content-Type": content_type})
@@ -281,7 +274,7 @@ def test_a_refused_query_is_answered_before_its_body_is_parsed(monkeypatch):
         assert admitted.status_code == 400 and len(parsed) == 2
         metrics = client.get("/metrics").text
         rejected = 'gpufair_executor_queries_total{model="m",outcome="rejected",tenant="tenant-m"}'
-        assert f"{rejected} 3.0" in metrics
+        assert f"{rejected} 2.0" in metrics
     runtime.close()
 
 

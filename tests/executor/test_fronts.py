@@ -88,6 +88,49 @@ def test_a_tenant_with_too_many_bodies_waiting_is_refused() -> None:
     asyncio.run(run())
 
 
+def test_a_request_whose_turn_comes_after_its_sla_is_refused_unread() -> None:
+    """When the front falls behind, a body whose turn comes after its arrival plus SLA is not
+    read: the request is refused (429) and its turn goes to the next request that still has
+    time, so shedding falls on the requests that waited longest."""
+
+    async def run() -> None:
+        now = [0.0]
+        reader = FairReader(slots=1, clock=lambda: now[0])
+        hold = asyncio.Event()
+        outcomes: dict[str, str] = {}
+
+        async def first() -> None:
+            async with reader.turn("first", 1.0, 1):
+                await hold.wait()
+
+        async def request(name: str, tenant: str, expires: float) -> None:
+            try:
+                async with reader.turn(tenant, 1.0, 100, expires):
+                    outcomes[name] = f"read at {now[0]:g}"
+            except Overloaded as exc:
+                outcomes[name] = str(exc)
+
+        blocker = asyncio.create_task(first())
+        await asyncio.sleep(0)
+        tasks = [
+            asyncio.create_task(request("late flood", "flood", expires=0.05)),
+            asyncio.create_task(request("calm", "calm", expires=0.15)),
+            asyncio.create_task(request("flood in time", "flood", expires=0.15)),
+        ]
+        await asyncio.sleep(0)
+        now[0] = 0.1  # the first body took 100 ms: one waiting request is past its SLA
+        hold.set()
+        await asyncio.gather(blocker, *tasks)
+        assert outcomes["calm"] == outcomes["flood in time"] == "read at 0.1"
+        assert "came after its SLA" in outcomes["late flood"]
+        assert reader.waiting("flood") == reader.waiting("calm") == 0
+        # The refusal took no slot: the next request is read at once.
+        async with reader.turn("calm", 1.0, 100, expires=0.2):
+            pass
+
+    asyncio.run(run())
+
+
 # -- the shared buffer and the link ------------------------------------------------------------
 
 
@@ -117,17 +160,28 @@ def test_the_arena_never_gives_out_a_byte_twice_and_merges_what_is_returned(seed
     assert arena.used == 0 and arena.allocate(size) == 0  # one free block again
 
 
-def test_tensors_cross_the_buffer_exactly() -> None:
+def test_queries_cross_the_buffer_exactly_side_by_side() -> None:
+    """Two queries written one after the other (each where query_size says the previous one
+    ends) come back exactly, as copies, however many candidates each has."""
     buffer = memoryview(bytearray(1 << 20))
-    query = queries(FAKE_SCHEMA, [37], seed=50)[0]
-    arrays = codec.query_to_tensors(query)
-    layout = link.write_tensors(buffer, 128, arrays)
-    assert all(entry[3] % link.ALIGN == 0 for entry in layout)
-    assert layout[-1][3] + arrays[layout[-1][0]].nbytes <= 128 + link.tensors_size(arrays)
-    back = link.read_tensors(buffer, layout)
-    for name, array in arrays.items():
-        np.testing.assert_array_equal(back[name], array)
-        assert not np.shares_memory(back[name], np.frombuffer(buffer, np.uint8))
+    first, second = queries(FAKE_SCHEMA, [37, 5], seed=50)
+    at = 128
+    after = at + link.query_size(FAKE_SCHEMA, first.num_candidates)
+    link.write_query(buffer, at, FAKE_SCHEMA, first)
+    link.write_query(buffer, after, FAKE_SCHEMA, second)
+    slots, size = link.query_layout(FAKE_SCHEMA, first.num_candidates)
+    assert all(slot.at % link.ALIGN == 0 for slot in slots)
+    ends = [slot.at + int(np.prod(slot.shape)) * slot.dtype.itemsize for slot in slots]
+    assert all(end <= nxt.at for end, nxt in zip(ends, slots[1:], strict=False))
+    assert ends[-1] <= size
+    for offset, query in ((at, first), (after, second)):
+        back = link.read_query(buffer, offset, FAKE_SCHEMA, query.num_candidates)
+        sent, got = codec.query_to_tensors(query), codec.query_to_tensors(back)
+        assert sent.keys() == got.keys()
+        for name, array in sent.items():
+            np.testing.assert_array_equal(got[name], array)
+            assert got[name].dtype == array.dtype
+            assert not np.shares_memory(got[name], np.frombuffer(buffer, np.uint8))
 
 
 def test_errors_and_messages_cross_the_link_as_they_were() -> None:

@@ -139,8 +139,6 @@ def test_a_query_travels_as_tensors_and_back(zoo_model) -> None:
             parsed, request = codec.parse_query_oip(schema, body, header_length)
             assert request.binary_output == binary
             _assert_same_query(parsed, query)
-    npz = codec.parse_query_npz(schema, codec.query_to_npz(query))
-    _assert_same_query(npz, query)
 
 
 def test_a_query_with_a_wrong_tensor_is_refused_naming_it(zoo_model) -> None:

@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from executor.codec import (
     QueryError,
     parse_query_json,
-    parse_query_npz,
+    parse_query_oip,
     query_to_json,
-    query_to_npz,
+    query_to_oip,
 )
 from executor.features import Batch, Query
 from executor.models import ModelSchema, zoo_model
@@ -190,13 +190,34 @@ def assert_same_query(a: Query, b: Query) -> None:
         np.testing.assert_array_equal(a.candidate_sparse[f], b.candidate_sparse[f])
 
 
-def test_json_and_npz_bodies_round_trip(schema: ModelSchema) -> None:
+def test_json_and_binary_bodies_round_trip(schema: ModelSchema) -> None:
     query = schema.random_query(np.random.default_rng(0), 6)
     assert_same_query(parse_query_json(schema, json.dumps(query_to_json(query)).encode()), query)
     assert_same_query(parse_query_json(schema, query_to_json(query)), query)
-    parsed = parse_query_npz(schema, query_to_npz(query))
+    parsed, _ = parse_query_oip(schema, *query_to_oip(query))
     assert_same_query(parsed, query)
     assert parsed.candidate_sparse["item"].dtype == np.int64
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_dense_values_must_be_finite_and_the_largest_finite_ones_pass(
+    schema: ModelSchema, bad: float
+) -> None:
+    query = schema.random_query(np.random.default_rng(3), 5)
+    largest = np.finfo(np.float32).max
+    big = Query(
+        np.full_like(query.user_dense, largest),
+        query.user_sparse,
+        np.full_like(query.candidate_dense, largest),
+        query.candidate_sparse,
+    )
+    assert_same_query(parse_query_oip(schema, *query_to_oip(big))[0], big)  # no overflow
+    for where, message in (("user", "user.dense"), ("candidate", "candidates.dense")):
+        user, candidates = big.user_dense.copy(), big.candidate_dense.copy()
+        (user if where == "user" else candidates).reshape(-1)[-1] = bad
+        broken = Query(user, query.user_sparse, candidates, query.candidate_sparse)
+        with pytest.raises(QueryError, match=f"{message}: values must be finite"):
+            parse_query_oip(schema, *query_to_oip(broken))
 
 
 def _mutated(schema: ModelSchema, change) -> dict:
@@ -240,14 +261,14 @@ def test_bad_json_bodies_name_the_field(schema: ModelSchema, change, message: st
 def test_unparseable_bodies_are_query_errors(schema: ModelSchema) -> None:
     with pytest.raises(QueryError, match="invalid JSON"):
         parse_query_json(schema, b"{nope")
-    with pytest.raises(QueryError, match="not a valid .npz"):
-        parse_query_npz(schema, b"PK garbage")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        parse_query_oip(schema, b"PK garbage", 2)
     query = schema.random_query(np.random.default_rng(2), 2)
     bad = Query(
         query.user_dense, query.user_sparse, query.candidate_dense[:, :1], query.candidate_sparse
     )
     with pytest.raises(QueryError, match="candidate"):
-        parse_query_npz(schema, query_to_npz(bad))
+        parse_query_oip(schema, *query_to_oip(bad))
 
 
 # ---- GPU ---------------------------------------------------------------------------------
