@@ -62,7 +62,7 @@ from allocator.cluster.plan import NodePlan, seat_entry
 from bench.loadclient import LoadClient, Stream, TrialResult, TrialSpec
 from bench.machine import describe_machine, load_average, this_machine
 from bench.peers.common import INFER_PATH
-from bench.serve import GROWTH, START_RATE, WARMUP_S
+from bench.serve import START_RATE, WARMUP_S, highest_rate_within_sla
 from gpufair.servers import ChildServer, ChildServerError
 
 log = logging.getLogger(__name__)
@@ -308,16 +308,7 @@ def search(
         return outcome.ok
 
     run(START_RATE, WARMUP_S)
-    good, bad = 0.0, START_RATE
-    while trial(bad):
-        good, bad = bad, bad * GROWTH
-    for _ in range(cfg.bisections):
-        mid = (good + bad) / 2
-        if trial(mid):
-            good = mid
-        else:
-            bad = mid
-    result.throughput_qps = round(good, 1)
+    result.throughput_qps = round(highest_rate_within_sla(trial, cfg.bisections), 1)
     return result
 
 

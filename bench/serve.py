@@ -68,6 +68,22 @@ GROWTH = 1.5  # rate multiplier while the SLA holds
 WARMUP_S = 1.5  # seconds of arrivals at START_RATE before each search, discarded
 
 
+def highest_rate_within_sla(trial: Callable[[float], bool], bisections: int) -> float:
+    """The latency-bounded throughput search every server gets, in-process or over HTTP: from
+    START_RATE the rate grows ×GROWTH while ``trial(rate)`` holds the SLA, then ``bisections``
+    halvings between the last rate that held and the first that did not; the last that held."""
+    good, bad = 0.0, START_RATE
+    while trial(bad):
+        good, bad = bad, bad * GROWTH
+    for _ in range(bisections):
+        mid = (good + bad) / 2
+        if trial(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     name: str  # results are written to serve-<name>.*
@@ -291,16 +307,7 @@ def search(
     # Warm-up (discarded): first-op costs of every session thread, allocator and caches, and a
     # measured service rate for admission control.
     run(START_RATE, WARMUP_S)
-    good, bad = 0.0, START_RATE
-    while trial(bad):
-        good, bad = bad, bad * GROWTH
-    for _ in range(cfg.bisections):
-        mid = (good + bad) / 2
-        if trial(mid):
-            good = mid
-        else:
-            bad = mid
-    result.throughput_qps = round(good, 1)
+    result.throughput_qps = round(highest_rate_within_sla(trial, cfg.bisections), 1)
     return result
 
 
