@@ -37,6 +37,10 @@ class ProfileEntry(BaseModel):
     model_id: Annotated[int, Field(ge=1, le=MAX_ID)]
     device: DeviceName
     qps: QpsCurve
+    # The p99 bound the curve was measured against: the allocator translates it to the model's
+    # SLA (allocator.cluster.snapshot.within_sla). Omitted by daemons from before the field:
+    # then the curve is taken as measured at the model's own SLA.
+    sla_p99_ms: Annotated[float, Field(gt=0, le=600_000, allow_inf_nan=False)] | None = None
 
 
 class FootprintEntry(BaseModel):
