@@ -2,12 +2,12 @@
 
 After each applied plan the daemon sends ``PUT /v1/nodes/{node}/profiles`` with one
 :class:`ProfileEntry` per (model, device) that a curve of its profile file covers, with the p99
-bound the curve was measured against (``executor.profiles.plan_profiles`` builds them) and
-one :class:`FootprintEntry` per (model, device) whose replica it loaded, with the memory it
-measured (``executor.profiles.plan_footprints``; after a plan refused for memory, the
-footprints it predicted, exact for zoo models). The API takes :class:`ProfilesPut` as the route's body, so an entry the daemon could
-not have built is a 422 naming the field, stores each entry, and solves with the largest
-footprint of a model in place of the memory its tenant declared.
+bound the curve was measured against (``executor.profiles.plan_profiles`` builds them) and one
+:class:`FootprintEntry` per (model, device) whose replica it loaded, with the memory it measured
+(``executor.profiles.plan_footprints``; after a plan refused for memory, the footprints it
+predicted, exact for zoo models). The API takes :class:`ProfilesPut` as the route's body, so an
+entry the daemon could not have built is a 422 naming the field, stores each entry, and solves
+with the largest footprint of a model in place of the memory its tenant declared.
 
 The curve itself is not defined here: ``qps`` is the allocator's :data:`allocator.QpsCurve`,
 the rule of :class:`allocator.ThroughputCurve`, because the allocator consumes the curves (as
