@@ -202,6 +202,9 @@ class Certificate:
     gap: float | None  # relative MIP gap when known
     time_s: float  # wall time of the solve
     notes: tuple[str, ...] = field(default=())  # e.g. estimated throughput curves
+    # tenant -> model -> its part of the tenant's bundle; only the cluster layer has models
+    # (allocator.cluster.allocate.model_shares), a core instance's certificate has none
+    models: dict[str, dict[str, ModelShare]] = field(default_factory=dict)
 
     @property
     def fair(self) -> bool:
@@ -249,6 +252,7 @@ class Certificate:
             gap=self.gap,
             time_s=self.time_s,
             notes=list(self.notes),
+            models=self.models,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -303,6 +307,31 @@ class AgentCertificateDocument(BaseModel):
     )
 
 
+class ModelShare(BaseModel):
+    """One model's part of its tenant's bundle (docs/fairness.md, "Per-model weights"): the
+    tenant is the agent of the division, and these parts add up to its row's value and total."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weight: float = Field(description="ω_m, the model's weight as its tenant set it")
+    entitlement: float = Field(
+        description="ω_m over the weights of its tenant's models: the part of the tenant's "
+        "value the model is weighted with"
+    )
+    seats: int = Field(description="seats the tenant holds for this model (one replica each)")
+    value: float = Field(
+        description="its part of the tenant's value: its seats' values and its part of the "
+        "tenant's pool shares (the pools' optimal stream splits); the models' values add up "
+        "to the tenant's value"
+    )
+    total: float = Field(description="its part of the tenant's total value T_i")
+    share: float = Field(description="value over the tenant's value (0 when that is 0)")
+    served: float = Field(
+        description="the fraction of the model's demand its seats and streams serve within "
+        "its SLA, as valued (value without the weight)"
+    )
+
+
 class CertificateDocument(BaseModel):
     """The certificate of an allocation: every agent's row and the allocation-level figures."""
 
@@ -349,6 +378,12 @@ class CertificateDocument(BaseModel):
     gap: float | None = Field(description="the relative MIP gap, when known")
     time_s: float = Field(description="wall time of the solve")
     notes: list[str] = Field(description="e.g. curves that are estimates")
+    models: dict[str, dict[str, ModelShare]] = Field(
+        default_factory=dict,
+        description="per tenant, per model id: the model's part of the tenant's bundle; empty "
+        "for an instance without models (gpufair divide) and in certificates stored before "
+        "models had weights",
+    )
 
 
 _CERTIFICATE: TypeAdapter[CertificateDocument] = TypeAdapter(CertificateDocument)

@@ -29,6 +29,7 @@ from sqlalchemy import (
     MetaData,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -113,6 +114,8 @@ class ModelRow(Base):
     replicas_wanted: Mapped[int] = mapped_column(Integer)
     sla_p99_ms: Mapped[float] = mapped_column(Float)
     demand_qps: Mapped[float] = mapped_column(Float)
+    # ω_m: how its tenant's value is divided among its models (migration 0008; 1 before).
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default=text("1.0"))
     revision: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -181,6 +184,8 @@ class ProfileRow(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
     qps: Mapped[list[float]] = mapped_column(JSON)
+    # The p99 bound it was measured against (migration 0008); null: the model's own SLA.
+    sla_p99_ms: Mapped[float | None] = mapped_column(Float)
     measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

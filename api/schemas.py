@@ -24,7 +24,13 @@ from pydantic import (
     model_validator,
 )
 
-from allocator import AgentCertificateDocument, CertificateDocument, Criterion, Objective
+from allocator import (
+    AgentCertificateDocument,
+    CertificateDocument,
+    Criterion,
+    ModelShare,
+    Objective,
+)
 from api.models import as_utc
 from executor.wire.artifact import PREFIX as ZOO_PREFIX
 from executor.wire.artifact import parse_zoo_artifact
@@ -164,12 +170,28 @@ class ApiKeyCreated(ApiKeyPublic):
 # --- models ----------------------------------------------------------------------------------
 
 
+# ω_m: the model's part of its tenant's value, relative to the tenant's other models; the tenant
+# may set it, as it divides only the tenant's own entitlement (docs/fairness.md, "Per-model
+# weights").
+ModelWeight = Annotated[
+    float,
+    Field(
+        ge=1e-6,
+        le=1e6,
+        allow_inf_nan=False,
+        description="ω_m: how the tenant's value is divided among its models (relative to its "
+        "other models' weights; 1 each: an equal split)",
+    ),
+]
+
+
 class ModelBase(_In):
     artifact: ArtifactRef
     memory_mb: Annotated[int, Field(ge=1, le=10_000_000)]
     replicas_wanted: Annotated[int, Field(ge=1, le=1024)] = 1
     sla_p99_ms: Annotated[float, Field(gt=0, le=600_000, allow_inf_nan=False)]
     demand_qps: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+    weight: ModelWeight = 1.0
 
 
 class ModelCreate(ModelBase):
@@ -183,6 +205,7 @@ class ModelUpdate(_In):
     replicas_wanted: Annotated[int, Field(ge=1, le=1024)] | None = None
     sla_p99_ms: Annotated[float, Field(gt=0, le=600_000, allow_inf_nan=False)] | None = None
     demand_qps: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None
+    weight: ModelWeight | None = None
 
 
 class ModelPublic(_Out):
@@ -194,6 +217,8 @@ class ModelPublic(_Out):
     replicas_wanted: int
     sla_p99_ms: float
     demand_qps: float
+    weight: float = Field(description="ω_m: its part of the tenant's value, relative to the "
+                          "tenant's other models")
     revision: int
     created_at: Moment
     ready: bool = Field(description="false while an api: artifact awaits its upload")
@@ -339,6 +364,10 @@ class TenantAllocation(BaseModel):
     certificate: AgentCertificateDocument = Field(
         description="the tenant's own certificate row; the other tenants in its envy are "
         '"other-1", "other-2", … (in name order)'
+    )
+    models: dict[str, ModelShare] = Field(
+        description="per model id, its part of the tenant's bundle (docs/fairness.md, "
+        '"Per-model weights"); empty for allocations stored before models had weights'
     )
 
 

@@ -14,9 +14,10 @@ model of that architecture, on every device of that kind, and uploads it as the 
 q_m(g, s) (docs/architecture.md §2) with ``PUT /v1/nodes/{node}/profiles``. The table scale and
 seed of the artifact are not matched: the curve stands for the architecture on this node's hardware.
 
-A curve measured against a looser SLA than a model's would overstate what the model can serve
-within its own bound, so it is not uploaded for that model (logged); one measured against a
-tighter SLA is a lower bound and is.
+Every curve is uploaded with the SLA it was measured against: the allocator values a model at
+the curve translated to the model's own SLA (``allocator.cluster.snapshot.within_sla``: lower
+within a tighter bound; a curve measured within a tighter bound than the model's is a lower bound
+and is kept as it is).
 
 A :class:`ProfileCurve` is the allocator's :class:`~allocator.ThroughputCurve` (the one
 definition of a curve: finite, non-negative, non-decreasing, at most 1024 points) plus where it
@@ -138,11 +139,11 @@ def plan_footprints(footprints: dict[tuple[str, str], int]) -> list[FootprintEnt
 def plan_profiles(curves: dict[str, ProfileCurve], plan: NodePlan) -> list[ProfileEntry]:
     """The ``PUT /v1/nodes/{node}/profiles`` entries for a plan's replicas that a curve covers.
 
-    One entry per (model id, device): a zoo replica's architecture picks the curve, the
-    device's kind must be the curve's, and the model's SLA must not be tighter than the one the
-    curve was measured against. Curves marked unmeasured and model ids that are not the API's
-    integers (a hand-written plan) are skipped, as are entries the upload's contract
-    (:class:`~executor.wire.profiles.ProfileEntry`) refuses, which are logged.
+    One entry per (model id, device), with the SLA the curve was measured against: a zoo
+    replica's architecture picks the curve and the device's kind must be the curve's. Curves
+    marked unmeasured and model ids that are not the API's integers (a hand-written plan) are
+    skipped, as are entries the upload's contract (:class:`~executor.wire.profiles.ProfileEntry`)
+    refuses, which are logged.
     """
     entries: dict[tuple[int, str], ProfileEntry] = {}
     for device, seat in plan.replicas():
@@ -158,15 +159,11 @@ def plan_profiles(curves: dict[str, ProfileCurve], plan: NodePlan) -> list[Profi
             continue
         if _api_model_id(model_id) is None:
             continue
-        if curve.sla_p99_ms > replica.sla_p99_ms:
-            log.warning(
-                "profile of %s not uploaded for model %s: measured within %g ms, its SLA is %g ms",
-                arch, model_id, curve.sla_p99_ms, replica.sla_p99_ms,
-            )  # fmt: skip
-            continue
         key = (int(model_id), device.device)
         try:
-            entries[key] = ProfileEntry(model_id=key[0], device=key[1], qps=curve.qps)
+            entries[key] = ProfileEntry(
+                model_id=key[0], device=key[1], qps=curve.qps, sla_p99_ms=curve.sla_p99_ms
+            )
         except ValidationError as exc:  # an id or device name the API cannot have
             log.warning(
                 "profile of %s not uploaded for model %s on %s: %s",

@@ -15,10 +15,16 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from allocator.certificate import Certificate, certify, validate_allocation
+from allocator.certificate import (
+    AgentCertificate,
+    Certificate,
+    ModelShare,
+    certify,
+    validate_allocation,
+)
 from allocator.cluster.idle_pools import share_idle_pools
 from allocator.cluster.instance import ClusterInstance, build_instance, pool_name, seat_name
 from allocator.cluster.plan import DevicePlan, ModelReplica, NodePlan, SeatPlan
@@ -89,8 +95,52 @@ def allocate_cluster(
     division = divide(built.instance, options, churn=churn, notes=built.notes)
     allocation, certificate, idle = share_idle_pools(
         built.instance, division.allocation, division.certificate)
+    certificate = replace(certificate, models=model_shares(snapshot, built, allocation))
     plans = _plans(snapshot, built, allocation, version, allocation_id)
     return ClusterAllocation(plans, certificate, built.instance, allocation, idle)
+
+
+def model_shares(
+    snapshot: ClusterSnapshot, built: ClusterInstance, allocation: Allocation
+) -> dict[str, dict[str, ModelShare]]:
+    """Tenant -> model -> its part of the tenant's bundle (docs/fairness.md, "Per-model
+    weights"): the seats held for it (each seat is earmarked for one model) and its part of
+    each pool share (the gains of the pool's optimal split over the tenant's replicas there).
+    The parts add up to the tenant's value and total, which validate_cluster_allocation
+    checks."""
+    values = built.instance.values
+    seats: dict[tuple[str, str], int] = defaultdict(int)
+    value: dict[tuple[str, str], float] = defaultdict(float)
+    total: dict[tuple[str, str], float] = defaultdict(float)
+    for (tenant, seat), model_id in built.earmark.items():
+        total[tenant, model_id] += values[tenant].get(seat, 0.0)
+        if allocation.indivisible.get(seat) == tenant:
+            seats[tenant, model_id] += 1
+            value[tenant, model_id] += values[tenant].get(seat, 0.0)
+    for (tenant, pool), gains in built.pool_gains.items():
+        share = allocation.divisible.get(pool, {}).get(tenant, 0.0)
+        for model_id, gain in gains.items():
+            total[tenant, model_id] += gain
+            value[tenant, model_id] += share * gain
+    bundle = {t: sum(v for (owner, _), v in value.items() if owner == t)
+              for t in {m.tenant for m in snapshot.models}}
+    shares: dict[str, dict[str, ModelShare]] = defaultdict(dict)
+    for m in sorted(snapshot.models, key=lambda m: (m.tenant, m.model_id)):
+        if m.model_id not in built.weights:
+            continue  # wants no replicas: no part in the division
+        key = (m.tenant, m.model_id)
+        own_weights = sum(o.weight for o in snapshot.models
+                          if o.tenant == m.tenant and o.model_id in built.weights)
+        shares[m.tenant][m.model_id] = ModelShare(
+            weight=m.weight,
+            entitlement=m.weight / own_weights,
+            seats=seats[key],
+            value=value[key],
+            total=total[key],
+            share=value[key] / bundle[m.tenant] if bundle[m.tenant] > 0 else 0.0,
+            served=value[key] / built.weights[m.model_id],
+        )
+    return dict(shares)
 
 
 def _plans(
@@ -149,6 +199,7 @@ def validate_cluster_allocation(snapshot: ClusterSnapshot, result: ClusterAlloca
                 stated.value, row.value, rel_tol=1e-9, abs_tol=1e-12):
             raise AllocationError(f"the certificate's row for {name!r} is not the checker's "
                                   f"for the allocation the plans are cut from")
+        _check_model_shares(name, row, cert.models.get(name, {}), result.allocation)
     if set(result.plans) != {g.node for g in snapshot.gpus}:
         raise AllocationError("plans: not exactly one plan per node of the snapshot")
     gpus = {(g.node, g.device): g for g in snapshot.gpus}
@@ -162,6 +213,20 @@ def validate_cluster_allocation(snapshot: ClusterSnapshot, result: ClusterAlloca
             if used > device.streams or device.streams != gpu.streams:
                 raise AllocationError(f"plan {node}/{device.device}: streams over-allocated")
             _check_cut(gpu, device, result.allocation)
+
+
+def _check_model_shares(
+    tenant: str, row: AgentCertificate, models: dict[str, ModelShare], allocation: Allocation
+) -> None:
+    """Raise AllocationError unless the tenant's model parts add up to its bundle: their
+    values to its value, their totals to its total, their seats to the seats it holds."""
+    held = sum(1 for holder in allocation.indivisible.values() if holder == tenant)
+    if held != sum(m.seats for m in models.values()) or not all(
+            math.isclose(stated, part, rel_tol=1e-9, abs_tol=1e-9) for stated, part in (
+                (row.value, sum(m.value for m in models.values())),
+                (row.total, sum(m.total for m in models.values())))):
+        raise AllocationError(f"the certificate's model shares of {tenant!r} do not add up to "
+                              f"its bundle")
 
 
 def _check_cut(gpu: Gpu, device: DevicePlan, allocation: Allocation) -> None:

@@ -79,6 +79,7 @@ def _model(doc: Any) -> Model:
         demand_qps=float(doc["demand_qps"]),
         profiles={g: _curve(c, f"{where}.profiles[{g!r}]") for g, c in profiles.items()},
         estimate=_curve(doc.get("estimate", {"qps": [1.0]}), f"{where}.estimate"),
+        weight=float(doc.get("weight", 1.0)),
     )
 
 

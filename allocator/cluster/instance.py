@@ -14,16 +14,20 @@ so ``(w_i/W)·T_i`` is always reachable, and PROP-type criteria mean proportiona
 respect to what the tenant can use.
 
 Candidates are chosen deterministically (docs/fairness.md, "From GPUs to values"): seats the
-tenant held in the previous plans first (so a churn bound can be met), then round robin over
-(tenant, model), each taking the fitting seat claimed by the fewest others, then the most
-valuable, then on the least claimed GPU. While the cluster has room, candidate sets do not
-overlap and every tenant can get everything it can use; once it is oversubscribed, overlaps
-are spread evenly and the core decides fairly who gets the contended seats.
+tenant held in the previous plans first (so a churn bound can be met), then rounds in which
+every tenant takes one turn per model still asking, each taking the fitting seat claimed by the
+fewest others, then the most valuable, then on the least claimed GPU. A tenant's turns, and its
+seats held before, go to its models by D'Hondt on their weights (docs/fairness.md, "Per-model
+weights"). While the cluster has room, candidate sets do not overlap and every tenant can get
+everything it can use; once it is oversubscribed, overlaps are spread evenly and the core
+decides fairly who gets the contended seats.
 
-Values are fractions of demand served, with a model's demand ``D`` split evenly over the
-replicas it wants (``d = D / replicas_wanted``): a candidate seat is worth ``min(q(1), d)/D``
-and a pool the extra demand its streams let the tenant's candidate replicas on that GPU serve.
-A tenant's values therefore never add up to more than the demand of its models. Side
+Values are fractions of demand served within the model's SLA (curves translated by
+``within_sla``), scaled by the model's weight ``ω̂`` (its weight over the mean of its tenant's,
+1 when they are equal), with a model's demand ``D`` split evenly over the replicas it wants
+(``d = D / replicas_wanted``): a candidate seat is worth ``ω̂·min(q(1), d)/D`` and a pool the
+weighted extra demand its streams let the tenant's candidate replicas on that GPU serve. A
+tenant's values therefore never add up to more than its number of models. Side
 constraints the plain core lacks: ``forbidden`` — every non-candidate seat (memory fit and the
 demand caps follow from the candidate sets); ``requires`` — a pool share needs a seat on its
 GPU; every good is ``optional``. Curves not yet profiled are estimates; the certificate's
@@ -32,10 +36,11 @@ notes list them.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from allocator.cluster.snapshot import ClusterSnapshot, Gpu, Model, ThroughputCurve
+from allocator.cluster.snapshot import ClusterSnapshot, Gpu, Model, ThroughputCurve, within_sla
 from allocator.errors import InstanceError
 from allocator.instance import Agent, Instance
 
@@ -47,6 +52,10 @@ class ClusterInstance:
     instance: Instance
     earmark: dict[tuple[str, str], str]  # (tenant, seat good) -> model the seat would hold
     notes: tuple[str, ...]  # estimated curves, models short of seats (for the certificate)
+    weights: dict[str, float]  # model -> ω̂_m, the factor its values are scaled by
+    # (tenant, pool good) -> model -> its part of the tenant's value of the pool (the gains of
+    # the pool's optimal split), so a pool share's value can be attributed to models
+    pool_gains: dict[tuple[str, str], dict[str, float]]
 
 
 def seat_name(gpu_id: str, k: int) -> str:
@@ -83,6 +92,8 @@ def _check(snapshot: ClusterSnapshot) -> None:
         if m.demand_qps <= 0 or m.replicas_wanted < 0:
             raise InstanceError(
                 f"model {m.model_id!r}: demand must be positive and replicas_wanted ≥ 0")
+        if not (m.weight > 0 and math.isfinite(m.weight)):
+            raise InstanceError(f"model {m.model_id!r}: weight must be positive, got {m.weight}")
         if m.memory_mb <= 0 or not m.sla_p99_ms > 0:
             raise InstanceError(
                 f"model {m.model_id!r}: memory_mb and sla_p99_ms must be positive, got "
@@ -99,26 +110,58 @@ def _replica_demand(model: Model) -> float:
     return model.demand_qps / model.replicas_wanted
 
 
-def _seat_value(model: Model, curve: ThroughputCurve) -> float:
-    """v(seat) = min(q(1), d) / D: the demand one replica with its base stream serves."""
-    return min(_qps(curve.qps, 1), _replica_demand(model)) / model.demand_qps
+def model_weights(snapshot: ClusterSnapshot) -> dict[str, float]:
+    """ω̂_m = ω_m / (mean ω over its tenant's models that want replicas): the factor each
+    value of model ``m`` is scaled by. Equal weights give 1 — the values of a snapshot without
+    model weights — and a tenant's ω̂ add up to its number of models, so ``T_i`` stays at most
+    that number (docs/fairness.md, "Per-model weights")."""
+    wanting: dict[str, list[Model]] = defaultdict(list)
+    for m in snapshot.models:
+        if m.replicas_wanted > 0:
+            wanting[m.tenant].append(m)
+    return {m.model_id: m.weight * len(own) / sum(o.weight for o in own)
+            for own in wanting.values() for m in own}
 
 
-def _pool_value(models: list[Model], gpu: Gpu) -> float:
-    """u(pool) = the most extra demand the pool's P streams let these replicas serve.
+def _seat_value(model: Model, curve: ThroughputCurve, scale: float) -> float:
+    """v(seat) = ω̂·min(q(1), d) / D: the demand one replica with its base stream serves,
+    scaled by the model's weight ω̂."""
+    return scale * min(_qps(curve.qps, 1), _replica_demand(model)) / model.demand_qps
+
+
+def _pool_split(models: list[Model], gpu: Gpu, scale: dict[str, float]) -> list[float]:
+    """Each replica's gain in u(pool), the most weighted extra demand the pool's P streams let
+    these replicas serve; u(pool) is their sum.
 
     ``models`` holds one entry per candidate replica of the tenant on ``gpu``; the P streams
     are split between them in whole streams, optimally (a small knapsack: curves need not be
-    concave), each replica's gain capped by its share ``d`` of its model's demand.
+    concave), each replica's gain capped by its share ``d`` of its model's demand and scaled by
+    its model's ω̂. The gains of the optimal split attribute the pool's value to models.
     """
     extra = gpu.streams - gpu.seats
     best = [0.0] * (extra + 1)  # best[p]: the most gain from p streams over replicas so far
+    gains: list[list[float]] = []
+    taken: list[list[int]] = []  # taken[r][p]: streams replica r gets in best[p] so far
     for m in models:
         curve, cap = m.curve(gpu).qps, _replica_demand(m)
         base = min(_qps(curve, 1), cap)
-        gain = [(min(_qps(curve, 1 + p), cap) - base) / m.demand_qps for p in range(extra + 1)]
-        best = [max(best[p - k] + gain[k] for k in range(p + 1)) for p in range(extra + 1)]
-    return best[extra]
+        gain = [scale[m.model_id] * (min(_qps(curve, 1 + p), cap) - base) / m.demand_qps
+                for p in range(extra + 1)]
+        # choice[p]: the streams of p this replica takes (the fewest among the best splits)
+        choice = []
+        for p in range(extra + 1):
+            sums = [best[p - k] + gain[k] for k in range(p + 1)]
+            choice.append(sums.index(max(sums)))
+        best = [best[p - k] + gain[k] for p, k in enumerate(choice)]
+        gains.append(gain)
+        taken.append(choice)
+    split = [0.0] * len(models)
+    left = extra
+    for r in reversed(range(len(models))):
+        k = taken[r][left]
+        split[r] = gains[r][k]
+        left -= k
+    return split
 
 
 def _candidates(
@@ -147,45 +190,73 @@ def _candidates(
         claims[seat] += 1
         gpu_claims[gpu_of[seat].gpu_id] += 1
 
-    by_id = {m.model_id: m for m in models}
+    weights = model_weights(snapshot)
+    turns: dict[str, int] = defaultdict(int)  # model -> seats its tenant's turns gave it
+
+    def dhondt(model: Model) -> tuple[float, tuple[int, ...]]:
+        # D'Hondt (Jefferson): the most weight per turn already taken, ties to the first id.
+        return weights[model.model_id] / (turns[model.model_id] + 1), _neg(model.model_id)
+
+    def dhondt_held(model: Model, held_by: str) -> tuple[float, bool, int, tuple[int, ...]]:
+        # As dhondt, ties to the model that held the seat, then to the most replicas still to
+        # place (as before weights), then to the first id.
+        quotient, name = dhondt(model)
+        return quotient, model.model_id == held_by, need[model.model_id], name
+
     for seat, (tenant, model_id) in sorted(held_before.items()):
         gpu = gpu_of.get(seat)
         if gpu is None or (tenant, seat) in earmark:
             continue
         fitting = [m for m in models if m.tenant == tenant and need[m.model_id] > 0
                    and _fits(m, gpu)]
-        same = by_id.get(model_id)
-        if same is not None and same in fitting:
-            claim(same, seat)
-        elif fitting:
-            claim(max(fitting, key=lambda m: (need[m.model_id], _neg(m.model_id))), seat)
+        if fitting:
+            chosen = max(fitting, key=lambda m: dhondt_held(m, model_id))
+            turns[chosen.model_id] += 1
+            claim(chosen, seat)
     seats_of = {g.gpu_id: [seat_name(g.gpu_id, k) for k in range(g.seats)] for g in gpus}
     # (GPU id, its seats, the seat value to m) for every GPU m fits, most valuable first.
     options = {}
     for m in models:
-        estimate = _seat_value(m, m.estimate)  # computed once: most GPUs are not profiled
+        # computed once: most GPUs are not profiled
+        estimate = _seat_value(m, within_sla(m.estimate, m.sla_p99_ms), weights[m.model_id])
         options[m.model_id] = sorted(
             ((g.gpu_id, seats_of[g.gpu_id],
-              _seat_value(m, m.profiles[g.gpu_id]) if g.gpu_id in m.profiles else estimate)
+              _seat_value(m, m.curve(g), weights[m.model_id]) if g.gpu_id in m.profiles
+              else estimate)
              for g in gpus if _fits(m, g)), key=lambda o: -o[2])
+
+    def claim_best(m: Model) -> None:
+        """Claim the fitting seat m's key ranks first, or stop m asking when none is left."""
+        best: tuple[int, float, int, str, int] | None = None
+        best_seat = ""
+        for gpu_id, seats, value in options[m.model_id]:
+            for k, seat in enumerate(seats):
+                # Cheap pre-test on the first key before building the full one.
+                if (best is not None and claims[seat] > best[0]) or (
+                        (m.tenant, seat) in earmark):
+                    continue
+                key = (claims[seat], -value, gpu_claims[gpu_id], gpu_id, k)
+                if best is None or key < best:
+                    best, best_seat = key, seat
+        if best is None:
+            need[m.model_id] = -need[m.model_id]  # no seat left to it: stop asking
+        else:
+            claim(m, best_seat)
+
     active = [m for m in models if need[m.model_id] > 0]
     while active:
-        for m in active:
-            best: tuple[int, float, int, str, int] | None = None
-            best_seat = ""
-            for gpu_id, seats, value in options[m.model_id]:
-                for k, seat in enumerate(seats):
-                    # Cheap pre-test on the first key before building the full one.
-                    if (best is not None and claims[seat] > best[0]) or (
-                            (m.tenant, seat) in earmark):
-                        continue
-                    key = (claims[seat], -value, gpu_claims[gpu_id], gpu_id, k)
-                    if best is None or key < best:
-                        best, best_seat = key, seat
-            if best is None:
-                need[m.model_id] = -need[m.model_id]  # no seat left to it: stop asking
-            else:
-                claim(m, best_seat)
+        # A round: every tenant takes one turn per model of it still asking, and its models
+        # share those turns by D'Hondt on their weights, counting the seats held before — so
+        # with equal weights and nothing held each model takes one turn, in id order.
+        for tenant in dict.fromkeys(m.tenant for m in active):
+            mine = [m for m in active if m.tenant == tenant]
+            for _ in range(len(mine)):
+                live = [m for m in mine if need[m.model_id] > 0]
+                if not live:
+                    break
+                chosen = max(live, key=dhondt)
+                turns[chosen.model_id] += 1
+                claim_best(chosen)
         active = [m for m in active if need[m.model_id] > 0]
     notes = [f"model {m.model_id}: {m.replicas_wanted + need[m.model_id]} of "
              f"{m.replicas_wanted} wanted replicas fit a seat"
@@ -205,19 +276,26 @@ def build_instance(
     values: dict[str, dict[str, float]] = {t.name: {} for t in snapshot.tenants}
     replicas_on: dict[tuple[str, str], list[Model]] = defaultdict(list)  # (tenant, gpu id)
     estimated: set[str] = set()
+    weights = model_weights(snapshot)
     for (tenant, seat), model_id in earmark.items():
         model, gpu = models[model_id], gpu_of[seat]
-        values[tenant][seat] = _seat_value(model, model.curve(gpu))
+        values[tenant][seat] = _seat_value(model, model.curve(gpu), weights[model_id])
         replicas_on[tenant, gpu.gpu_id].append(model)
         if not model.curve(gpu).measured:
             estimated.add(f"estimated throughput: model {model_id} on {gpu.gpu_id}")
     gpu_by_id = {g.gpu_id: g for g in gpus}
+    pool_gains: dict[tuple[str, str], dict[str, float]] = {}
     for (tenant, gpu_id), replicas in replicas_on.items():
         gpu = gpu_by_id[gpu_id]
         if gpu.streams > gpu.seats:
-            gain = _pool_value(sorted(replicas, key=lambda m: m.model_id), gpu)
-            if gain > 0:
-                values[tenant][pool_name(gpu.gpu_id)] = gain
+            replicas.sort(key=lambda m: m.model_id)
+            split = _pool_split(replicas, gpu, weights)
+            if sum(split) > 0:
+                values[tenant][pool_name(gpu.gpu_id)] = sum(split)
+                by_model: dict[str, float] = defaultdict(float)
+                for m, gain in zip(replicas, split, strict=True):
+                    by_model[m.model_id] += gain
+                pool_gains[tenant, pool_name(gpu.gpu_id)] = dict(by_model)
     indivisible = tuple(gpu_of)
     divisible = tuple(pool_name(g.gpu_id) for g in gpus if g.streams > g.seats)
     instance = Instance(
@@ -233,7 +311,8 @@ def build_instance(
                   for g in gpus if g.streams > g.seats},
         optional=frozenset((*indivisible, *divisible)),
     )
-    return ClusterInstance(instance, earmark, tuple(sorted(estimated)) + tuple(notes))
+    return ClusterInstance(instance, earmark, tuple(sorted(estimated)) + tuple(notes), weights,
+                           pool_gains)
 
 
 def _neg(text: str) -> tuple[int, ...]:

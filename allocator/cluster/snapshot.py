@@ -16,7 +16,9 @@ is the part that consumes curves and may not import the executor.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
@@ -85,6 +87,34 @@ class ThroughputCurve:
     qps: QpsCurve  # qps[s-1] for s streams
     # False while the value is an estimate not yet profiled on a node.
     measured: Annotated[bool, Field(strict=True)] = False
+    # The p99 bound the curve was measured against; None: the model's own SLA (an estimate,
+    # or a curve from before profiles recorded it). See :func:`within_sla`.
+    sla_p99_ms: Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)] | None = None
+
+
+# ln 100: in an M/M/1 queue with service rate μ and arrival rate λ the sojourn time exceeds t
+# with probability e^{-(μ−λ)t}, so its p99 is ln(100)/(μ − λ).
+P99_LOG = math.log(100.0)
+
+
+@lru_cache(maxsize=4096)
+def within_sla(curve: ThroughputCurve, sla_p99_ms: float) -> ThroughputCurve:
+    """The curve a model with p99 bound ``sla_p99_ms`` can count on, from one measured against
+    ``curve.sla_p99_ms`` (docs/fairness.md, "A model's SLA").
+
+    The latency model is an M/M/1 queue per replica: the measured point ``q`` at bound ``L₀``
+    fixes the service rate ``μ = q + ln100/L₀``, and within a tighter bound ``L`` the replica
+    serves ``μ − ln100/L = q − ln100·(1/L − 1/L₀)`` (at least 0), for every number of streams.
+    Within a looser bound the measured curve is kept: it is a lower bound, and the model's
+    extra headroom is not extrapolated (as curves stay flat beyond their last point). A curve
+    without a bound (an estimate) is the model's own.
+    """
+    measured_within = curve.sla_p99_ms
+    if measured_within is None or sla_p99_ms >= measured_within:
+        return curve
+    cut = P99_LOG * 1000.0 * (1.0 / sla_p99_ms - 1.0 / measured_within)  # QPS; bounds are in ms
+    return ThroughputCurve(qps=tuple(max(0.0, q - cut) for q in curve.qps),
+                           measured=curve.measured, sla_p99_ms=sla_p99_ms)
 
 
 _THROUGHPUT_CURVE: TypeAdapter[ThroughputCurve] = TypeAdapter(ThroughputCurve)
@@ -105,7 +135,7 @@ class Tenant:
 
 @dataclass(frozen=True)
 class Model:
-    """A tenant's model with its SLA; every seat it wins holds one replica."""
+    """A tenant's model with its SLA and weight; every seat it wins holds one replica."""
 
     model_id: str  # unique in the cluster
     tenant: str  # owning tenant's name
@@ -117,10 +147,14 @@ class Model:
     # Profiles by GPU id; a GPU missing here uses ``estimate``.
     profiles: dict[str, ThroughputCurve] = field(default_factory=dict)
     estimate: ThroughputCurve = ThroughputCurve(qps=(1.0,), measured=False)
+    # ω_m > 0: how the tenant divides its value among its models (docs/fairness.md,
+    # "Per-model weights"); only the ratios between one tenant's models matter.
+    weight: float = 1.0
 
     def curve(self, gpu: Gpu) -> ThroughputCurve:
-        """The throughput curve on ``gpu``: its profile, else the estimate."""
-        return self.profiles.get(gpu.gpu_id, self.estimate)
+        """The throughput curve on ``gpu`` within the model's SLA: its profile, else the
+        estimate, through :func:`within_sla`."""
+        return within_sla(self.profiles.get(gpu.gpu_id, self.estimate), self.sla_p99_ms)
 
 
 @dataclass(frozen=True)

@@ -110,8 +110,8 @@ def update_model(
     response: Response,
     if_match: IfMatch = None,
 ) -> ModelPublic:
-    """Change a model's SLA, demand, replicas, memory or name; needs If-Match. The next solve
-    uses the new figures."""
+    """Change a model's SLA, demand, replicas, memory, weight or name; needs If-Match. The next
+    solve uses the new figures."""
     row = service.update_model(
         session=session, tenant_id=tenant.id, model_id=model, data=data, if_match=if_match
     )

@@ -134,7 +134,7 @@ def read_solve_input(*, session: Session, objective: Objective) -> SolveInput:
     for p in session.scalars(select(ProfileRow)):
         # A stored profile entry (executor.wire.profiles) as the allocator's curve.
         profiles[p.model_id][gpu_of_device[p.device_id]] = ThroughputCurve(
-            qps=tuple(p.qps), measured=True
+            qps=tuple(p.qps), measured=True, sla_p99_ms=p.sla_p99_ms
         )
     measured = measured_memory(session=session)
     models = tuple(
@@ -148,6 +148,7 @@ def read_solve_input(*, session: Session, objective: Objective) -> SolveInput:
             demand_qps=m.demand_qps,
             profiles=profiles.get(m.id, {}),
             estimate=_estimate(m, max_streams),
+            weight=m.weight,
         )
         for m in session.scalars(select(ModelRow).order_by(ModelRow.id))
         # An upload-backed model joins the allocation once its artifact has been uploaded.
@@ -456,13 +457,15 @@ def tenant_view(*, session: Session, tenant_id: int) -> TenantAllocation:
         for (tenant, node, device), streams in sorted(_tenant_streams(plans).items())
         if tenant == name
     ]
+    certificate = parse_certificate(row.certificate)
     return TenantAllocation(
         allocation_id=row.id,
         version=row.version,
         tenant=name,
         seats=seats,
         shares=shares,
-        certificate=own_certificate_row(parse_certificate(row.certificate), name),
+        certificate=own_certificate_row(certificate, name),
+        models=certificate.models.get(name, {}),
     )
 
 

@@ -238,11 +238,14 @@ def store_profiles(
         key = (entry.model_id, devices[entry.device])
         row = existing.get(key)
         if row is None:
-            row = ProfileRow(model_id=key[0], device_id=key[1], qps=list(entry.qps))
+            row = ProfileRow(
+                model_id=key[0], device_id=key[1], qps=list(entry.qps), sla_p99_ms=entry.sla_p99_ms
+            )
             session.add(row)
             existing[key] = row
         else:
             row.qps = list(entry.qps)
+            row.sla_p99_ms = entry.sla_p99_ms
             row.measured_at = utcnow()
     session.flush()
     return len(entries) + len(footprints)

@@ -1,13 +1,13 @@
 """The profile upload: measured throughput curves a daemon sends, one model for both sides.
 
 After each applied plan the daemon sends ``PUT /v1/nodes/{node}/profiles`` with one
-:class:`ProfileEntry` per (model, device) that a curve of its profile file covers
-(``executor.profiles.plan_profiles`` builds them) and one :class:`FootprintEntry` per (model,
-device) whose replica it loaded, with the memory it measured (``executor.profiles.
-plan_footprints``; after a plan refused for memory, the footprints it predicted, exact for zoo
-models). The API takes :class:`ProfilesPut` as the route's body, so an entry the daemon could
-not have built is a 422 naming the field, stores each entry, and solves with the largest
-footprint of a model in place of the memory its tenant declared.
+:class:`ProfileEntry` per (model, device) that a curve of its profile file covers, with the p99
+bound the curve was measured against (``executor.profiles.plan_profiles`` builds them) and one
+:class:`FootprintEntry` per (model, device) whose replica it loaded, with the memory it measured
+(``executor.profiles.plan_footprints``; after a plan refused for memory, the footprints it
+predicted, exact for zoo models). The API takes :class:`ProfilesPut` as the route's body, so an
+entry the daemon could not have built is a 422 naming the field, stores each entry, and solves
+with the largest footprint of a model in place of the memory its tenant declared.
 
 The curve itself is not defined here: ``qps`` is the allocator's :data:`allocator.QpsCurve`,
 the rule of :class:`allocator.ThroughputCurve`, because the allocator consumes the curves (as
@@ -37,6 +37,10 @@ class ProfileEntry(BaseModel):
     model_id: Annotated[int, Field(ge=1, le=MAX_ID)]
     device: DeviceName
     qps: QpsCurve
+    # The p99 bound the curve was measured against: the allocator translates it to the model's
+    # SLA (allocator.cluster.snapshot.within_sla). Omitted by daemons from before the field:
+    # then the curve is taken as measured at the model's own SLA.
+    sla_p99_ms: Annotated[float, Field(gt=0, le=600_000, allow_inf_nan=False)] | None = None
 
 
 class FootprintEntry(BaseModel):

@@ -3,9 +3,9 @@
 Reads a cluster description (tenants, GPUs, models with throughput curves; see
 examples/cluster.toml and docs/formats.md), runs ``allocator.allocate_cluster`` and prints, for
 people, first whether each tenant gets what it needs (demand against the QPS its plan serves,
-SLA, weight, share of the cluster against its entitlement, its criterion's verdict), then the
-seats of every device and the fairness certificate, each with a legend; or the whole
-allocation as JSON with ``--json``.
+SLA, weight, share of the cluster against its entitlement, its criterion's verdict), then each
+model's part of its tenant's bundle, then the seats of every device and the fairness
+certificate, each with a legend; or the whole allocation as JSON with ``--json``.
 Settings come from ``[allocator]``, overridden by the flags; bad input ends as one line on
 stderr and a non-zero exit. Whatever a solver library prints during the solve goes to stderr
 (gpufair.stdout_guard), so stdout holds the table or the JSON alone.
@@ -104,6 +104,7 @@ def main(argv: list[str]) -> int:
             result_stream.write("\n")
             return 0
     _print_tenants(snapshot, result)
+    _print_models(result)
     _print_seats(result)
     _print_certificate(result)
     return 0
@@ -163,6 +164,21 @@ def _print_tenants(snapshot: ClusterSnapshot, result: ClusterAllocation) -> None
             "curves (at most the demand); share: its streams over all streams; entitl: its "
             "weight over all weights; verdict: its own criterion, with its slack, which "
             "compares values (served fractions of demand), not streams.")
+
+
+def _print_models(result: ClusterAllocation) -> None:
+    """Per model: its part of its tenant's bundle, as the certificate states it."""
+    _say()
+    _say(f"{'tenant':<10} {'model':<14} {'weight':>6} {'entitl':>6} {'seats':>5} "
+         f"{'served':>6} {'share':>5}")
+    for tenant, models in result.certificate.models.items():
+        for model_id, part in models.items():
+            _say(f"{tenant:<10} {model_id:<14} {part.weight:>6g} {part.entitlement:>6.2f} "
+                 f"{part.seats:>5} {part.served:>6.2f} {part.share:>5.2f}")
+    _legend("weight: the model's weight within its tenant; entitl: that weight over its "
+            "tenant's model weights; seats: replicas the tenant holds for it; served: the "
+            "fraction of its demand its seats and streams serve within its SLA, as valued; "
+            "share: its part of the tenant's value (the tenant is the agent of the division).")
 
 
 def _print_seats(result: ClusterAllocation) -> None:

@@ -130,12 +130,15 @@ def test_what_the_daemon_builds_the_api_takes_and_what_the_api_stores_the_daemon
             for d, s in plan.replicas()
         )
 
-        # The profiles: the daemon's entries reach the snapshot as the allocator's curve.
+        # The profiles: the daemon's entries reach the snapshot as the allocator's curve, with
+        # the bound they were measured against.
         devices = sorted({d.device for d, _ in plan.replicas()})
         assert daemon.upload_profiles() == len(devices)
         (snapshot_model,) = _solve_input(settings).snapshot.models
         assert snapshot_model.profiles == {
-            f"n1/{device}": ThroughputCurve(qps=CURVES["rmc1"].qps, measured=True)
+            f"n1/{device}": ThroughputCurve(
+                qps=CURVES["rmc1"].qps, measured=True, sla_p99_ms=CURVES["rmc1"].sla_p99_ms
+            )
             for device in devices
         }
 
@@ -269,7 +272,10 @@ def _upload() -> ProfilesPut:
 
 def test_a_profile_upload_round_trips_and_its_curves_are_the_allocators() -> None:
     upload = _upload()
-    assert upload.profiles == [ProfileEntry(model_id=1, device="cuda:0", qps=(100.0, 150.0, 180.0))]
+    assert upload.profiles == [
+        ProfileEntry(model_id=1, device="cuda:0", qps=(100.0, 150.0, 180.0),
+                     sla_p99_ms=CURVES["rmc1"].sla_p99_ms)
+    ]
     assert parse_profiles_put(json.loads(json.dumps(upload.model_dump(mode="json")))) == upload
     # The profile file's curve is the allocator's curve, and both read back as written.
     curve = CURVES["rmc1"]
@@ -291,6 +297,8 @@ def test_a_profile_upload_round_trips_and_its_curves_are_the_allocators() -> Non
         (("profiles", 0, "model_id"), 0, "profiles[0].model_id"),
         (("profiles", 0, "device"), "GPU0", "profiles[0].device"),
         (("profiles", 0, "measured"), True, "profiles[0].measured"),
+        (("profiles", 0, "sla_p99_ms"), 0, "profiles[0].sla_p99_ms"),
+        (("profiles", 0, "sla_p99_ms"), "fast", "profiles[0].sla_p99_ms"),
     ],
 )
 def test_a_malformed_profile_upload_is_refused_by_both_sides_naming_the_field(

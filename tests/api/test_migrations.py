@@ -259,3 +259,53 @@ def test_certificates_revision_makes_old_allocations_readable(empty_url: str) ->
         assert old["notes"] == OLD_CERTIFICATE["notes"]
     finally:
         engine.dispose()
+
+
+def test_model_weight_revision_gives_existing_models_an_equal_split(empty_url: str) -> None:
+    """0008 keeps every model and profile: existing models get weight 1 (an equal split, how
+    they were valued before) and existing profiles no measured bound (the model's own SLA);
+    the next model id still lies past every id used."""
+    migrations.upgrade(empty_url, "0007")
+    engine = sqlalchemy.create_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO tenants (name, weight, criterion, revision, created_at) "
+                "VALUES ('ads', 1.0, 'ef1', 1, '2026-12-06 10:00:00+00:00')"
+            )
+            for name in ("a", "b"):
+                connection.exec_driver_sql(
+                    "INSERT INTO models (tenant_id, name, artifact, memory_mb, replicas_wanted, "
+                    f"sla_p99_ms, demand_qps, revision, created_at) VALUES (1, '{name}', "
+                    "'zoo:rmc1', 1, 1, 10.0, 1.0, 1, '2026-12-06 10:00:00+00:00')"
+                )
+            connection.exec_driver_sql("DELETE FROM models WHERE name = 'b'")
+            connection.exec_driver_sql(
+                "INSERT INTO nodes (name, token_hash, created_at) "
+                "VALUES ('n1', 'h', '2026-12-06 10:00:00+00:00')"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO devices (node_id, device, kind, memory_mb, streams, seats) "
+                "VALUES (1, 'cuda:0', 'gpu', 1000, 2, 1)"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO profiles (model_id, device_id, qps, measured_at) "
+                "VALUES (1, 1, '[1.0, 2.0]', '2026-12-06 10:00:00+00:00')"
+            )
+        migrations.upgrade(empty_url)
+        with engine.begin() as connection:
+            assert connection.exec_driver_sql("SELECT id, weight FROM models").all() == [(1, 1.0)]
+            assert connection.exec_driver_sql("SELECT sla_p99_ms FROM profiles").all() == [
+                (None,)
+            ]
+            model = connection.exec_driver_sql(
+                "INSERT INTO models (tenant_id, name, artifact, memory_mb, replicas_wanted, "
+                "sla_p99_ms, demand_qps, revision, created_at) VALUES (1, 'c', 'zoo:rmc1', 1, "
+                "1, 10.0, 1.0, 1, '2026-12-06 11:00:00+00:00') RETURNING id"
+            ).scalar_one()
+        assert model == 3  # the deleted model's id 2 is not handed out again
+        migrations.downgrade(empty_url, "0007")
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT id FROM models").scalars().all() == [1, 3]
+    finally:
+        engine.dispose()

@@ -361,7 +361,8 @@ def test_profiles_are_uploaded_once_for_each_applied_plan(control, runtime, tmp_
     client.poll_once()
     assert client.upload_profiles() == 1
     assert control.profile_puts == [
-        {"profiles": [{"model_id": 7, "device": "cpu:0", "qps": [100.0, 150.0]}], "footprints": []}
+        {"profiles": [{"model_id": 7, "device": "cpu:0", "qps": [100.0, 150.0],
+                       "sla_p99_ms": 20.0}], "footprints": []}
     ]
     assert client.upload_profiles() == 0 and len(control.profile_puts) == 1  # sent once
 

@@ -107,7 +107,7 @@ def test_each_zoo_replica_gets_its_architectures_curve_on_devices_of_the_curves_
             _replica("4", "zoo:rmc1?scale=0.01&seed=3"),  # any scale and seed: the arch counts
             _replica("4", "zoo:rmc1?scale=0.01&seed=3"),  # a second replica: one entry
             _replica("5", "zoo:rmc1?scale=0.5", sla_ms=20.0),  # the curve's own bound: kept
-            _replica("6", "zoo:rmc1", sla_ms=10.0),  # tighter than measured: skipped
+            _replica("6", "zoo:rmc1", sla_ms=10.0),  # tighter than measured: the API translates
             _replica("7", "zoo:wnd"),  # a CPU curve on a GPU: skipped
             _replica("8", "zoo:din"),  # not measured: skipped
             _replica("9", "file:/models/9.pt"),  # no architecture: skipped
@@ -117,10 +117,12 @@ def test_each_zoo_replica_gets_its_architectures_curve_on_devices_of_the_curves_
         ("cuda:0", "gpu", [_replica("4", "zoo:rmc1?scale=0.01&seed=3")]),
         ("cpu:0", "cpu", [_replica("7", "zoo:wnd"), _replica("4", "zoo:rmc1")]),
     )  # fmt: skip
+    # Every entry carries the bound its curve was measured against.
     assert plan_profiles(curves, plan) == [
-        ProfileEntry(model_id=4, device="cuda:0", qps=(100.0, 150.0)),
-        ProfileEntry(model_id=4, device="cuda:1", qps=(100.0, 150.0)),
-        ProfileEntry(model_id=5, device="cuda:1", qps=(100.0, 150.0)),
-        ProfileEntry(model_id=7, device="cpu:0", qps=(70.0,)),
+        ProfileEntry(model_id=4, device="cuda:0", qps=(100.0, 150.0), sla_p99_ms=20.0),
+        ProfileEntry(model_id=4, device="cuda:1", qps=(100.0, 150.0), sla_p99_ms=20.0),
+        ProfileEntry(model_id=5, device="cuda:1", qps=(100.0, 150.0), sla_p99_ms=20.0),
+        ProfileEntry(model_id=6, device="cuda:1", qps=(100.0, 150.0), sla_p99_ms=20.0),
+        ProfileEntry(model_id=7, device="cpu:0", qps=(70.0,), sla_p99_ms=20.0),
     ]
     assert plan_profiles({}, plan) == []

@@ -49,3 +49,29 @@ def test_expected_qps_reads_curves_as_the_allocator_does() -> None:
     assert _interpolated(curve, 1.5) == 14.0  # between whole streams, linearly
     assert _interpolated(curve, 0.5) == 5.0  # q(0) = 0
     assert _interpolated(curve, 7) == 24.0  # flat beyond the curve
+
+
+def test_each_models_part_of_its_tenants_bundle_follows_the_tenants() -> None:
+    """The per-model table: one row per model of the cluster file, with its weight; a tenant's
+    models' shares of its value add up to 1 (or all 0) and their seats to the seats the seat
+    table gives the tenant."""
+    out = _allocate(CLUSTER)
+    doc = tomllib.loads(CLUSTER.read_text())
+    lines = out.splitlines()
+    start = next(k for k, line in enumerate(lines) if line.split()[:3] == ["tenant", "model",
+                                                                          "weight"])
+    rows = [line.split() for line in lines[start + 1: start + 1 + len(doc["models"])]]
+    assert {(r[0], r[1]) for r in rows} == {(m["tenant"], m["model_id"]) for m in doc["models"]}
+    seated: dict[str, int] = {}
+    for line in lines[lines.index(next(x for x in lines if x.startswith("node "))) + 1:]:
+        cells = line.split()
+        if len(cells) == 7 and cells[2].isdigit() and cells[3] != "-":
+            seated[cells[3]] = seated.get(cells[3], 0) + 1
+    for tenant in doc["tenants"]:
+        mine = [r for r in rows if r[0] == tenant["name"]]
+        shares = sum(float(r[6]) for r in mine)
+        assert abs(shares - 1.0) <= 0.02 or shares == 0
+        assert sum(int(r[4]) for r in mine) == seated.get(tenant["name"], 0)
+        for r in mine:
+            model = next(m for m in doc["models"] if m["model_id"] == r[1])
+            assert float(r[2]) == model.get("weight", 1.0)
