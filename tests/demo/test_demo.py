@@ -67,9 +67,9 @@ def test_a_claim_that_fails_is_stated_as_failed_and_the_exit_status_says_so(
     # local's SLA cut to 1 ms: no query can meet it, so its claim must fail, with its figure,
     # and the demo must not exit 0.
     text = SCENARIO.read_text()
-    assert text.count("sla_p99_ms = 200") == 1
+    assert text.count("sla_p99_ms = 600") == 1
     scenario = tmp_path / "demo.toml"
-    scenario.write_text(text.replace("sla_p99_ms = 200", "sla_p99_ms = 1"))
+    scenario.write_text(text.replace("sla_p99_ms = 600", "sla_p99_ms = 1"))
     done = _demo("--scenario", str(scenario), "--duration", "6")
     assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-2000:]
     claims = done.stdout.rsplit("claims", 1)[1]
