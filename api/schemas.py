@@ -383,12 +383,45 @@ class SlaBucket(BaseModel):
     )
 
 
+class ModelSla(BaseModel):
+    """One model of a tenant over the live daemons' last minute (their heartbeats' ``served``
+    rows): served rate and p99 latency against the model's SLA."""
+
+    model_id: int
+    model: str | None = Field(description="the model's name; null once it has been deleted")
+    sla_ms: float | None = Field(description="the model's p99 SLA; null once it has been deleted")
+    window_s: float | None = Field(
+        description="the window of these figures: the longest of the live nodes' (each "
+        "daemon reports its last 55-60 s); null: no live node reported a query for the model"
+    )
+    received: int = Field(description="queries the live nodes received in their windows")
+    within_sla: int = Field(description="of those, answered within the SLA")
+    attainment: float | None = Field(
+        description="within_sla / received (at most 1); null: nothing received"
+    )
+    served_qps: float = Field(
+        description="queries answered within the SLA per second: each node's within_sla over "
+        "its window, summed over the nodes"
+    )
+    p99_ms: float | None = Field(
+        description="99th-percentile latency of the answered queries (arrival to scores), at "
+        "most 9 % above the exact figure; with several nodes the highest of theirs (the p99 of "
+        "all of them is no higher); null: nothing answered"
+    )
+    nodes: int = Field(description="live nodes that reported queries for the model")
+
+
 class SlaSeries(BaseModel):
     tenant: str
     received: int = Field(description="over the whole window")
     within_sla: int
     attainment: float | None = Field(description="over the whole window; null: no traffic")
     buckets: list[SlaBucket] = Field(description="oldest first, every bucket of the window")
+    models: list[ModelSla] = Field(
+        default=[],
+        description="per model, over the live daemons' last minute (not the series' window): "
+        "served rate and p99 against the SLA, by model id",
+    )
 
 
 class SlaHistory(BaseModel):

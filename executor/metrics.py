@@ -14,12 +14,24 @@ with every heartbeat (:meth:`ExecutorMetrics.sla_tallies`, rows of the heartbeat
 plane accepts counts only for (tenant, model) pairs that a recent plan of the node seats, so
 in API mode the daemon keeps tallies only for the pairs of the plan it serves and the one it
 drained (:meth:`ExecutorMetrics.retain`); the Prometheus series are not affected.
+
+The heartbeat also carries, per tenant and model, what was served over the last minute
+(:meth:`ExecutorMetrics.served_windows`): the same counts and the p99 latency of the answered
+queries, so the control plane can show served rates and p99s in milliseconds against the SLAs.
+Memory is bounded per (tenant, model): a ring of :data:`WINDOW_SLOTS` slots of :data:`SLOT_S`
+seconds, each a fixed histogram of :data:`P99_EDGES_S` (buckets 2^(1/8), 9 %, wide from 1 ms to
+65 s) and the slot's slowest answer; the window reported is the span those slots cover, 55 to
+60 s once the daemon has run a minute, and stated in each row.
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Iterator
+import time
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -28,18 +40,79 @@ from prometheus_client.registry import Collector
 
 from executor.scheduling import NodeRuntime
 from executor.wire.attainment import RECEIVED_OUTCOMES, attainment, is_within_sla
-from executor.wire.heartbeat import SlaCount
+from executor.wire.heartbeat import ServedWindow, SlaCount
 
 LATENCY_BUCKETS = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
 )  # fmt: skip
 OUTCOMES = ("ok", "rejected", "expired", "failed", "invalid")
 
+# The served window of the heartbeat: a minute in twelve slots of five seconds.
+SLOT_S = 5.0
+WINDOW_SLOTS = 12
+# Upper edges of the p99 histogram's buckets, 1 ms * 2^(k/8) up to 65.5 s; one more bucket
+# holds slower answers. A p99 read from it is its bucket's edge, capped by the slowest answer.
+P99_EDGES_S = tuple(0.001 * 2 ** (k / 8) for k in range(8 * 16 + 1))
+P99_RANK = 0.99
+
+
+class _Slot:
+    """What one (tenant, model) was served in one SLOT_S-second slot."""
+
+    __slots__ = ("index", "received", "within_sla", "answered", "slowest_s", "histogram")
+
+    def __init__(self, index: int) -> None:
+        self.index = index  # the slot's start is index * SLOT_S on the metrics' clock
+        self.received = 0
+        self.within_sla = 0
+        self.answered = 0
+        self.slowest_s = 0.0
+        self.histogram = array("q", bytes(8 * (len(P99_EDGES_S) + 1)))
+
+
+class _ServedRing:
+    """The last WINDOW_SLOTS slots of one (tenant, model); older ones are overwritten."""
+
+    __slots__ = ("slots",)
+
+    def __init__(self) -> None:
+        self.slots: list[_Slot | None] = [None] * WINDOW_SLOTS
+
+    def slot(self, index: int) -> _Slot:
+        slot = self.slots[index % WINDOW_SLOTS]
+        if slot is None or slot.index != index:
+            slot = _Slot(index)
+            self.slots[index % WINDOW_SLOTS] = slot
+        return slot
+
+    def window(self, newest: int) -> list[_Slot]:
+        oldest = newest - WINDOW_SLOTS + 1
+        return [s for s in self.slots if s is not None and oldest <= s.index <= newest]
+
+
+def p99_of(histogram: array[int], slowest_s: float) -> float | None:
+    """The nearest-rank 99th percentile (seconds) of the latencies counted in ``histogram``:
+    the upper edge of the bucket holding the ceil(0.99 n)-th fastest, no more than the slowest
+    answer; None without answers."""
+    answered = sum(histogram)
+    if answered == 0:
+        return None
+    rank = math.ceil(P99_RANK * answered)
+    seen = 0
+    for bucket, count in enumerate(histogram):
+        seen += count
+        if seen >= rank:
+            edge = P99_EDGES_S[bucket] if bucket < len(P99_EDGES_S) else slowest_s
+            return min(edge, slowest_s)
+    raise AssertionError("unreachable: the rank is at most the count")
+
 
 class ExecutorMetrics:
     """The daemon's registry: request metrics plus a collector over the runtime's stats."""
 
-    def __init__(self, runtime: NodeRuntime) -> None:
+    def __init__(
+        self, runtime: NodeRuntime, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.registry = CollectorRegistry()
         self._latency = Histogram(
             "gpufair_executor_latency_seconds",
@@ -62,6 +135,9 @@ class ExecutorMetrics:
         )
         self._lock = threading.Lock()
         self._attainment: dict[tuple[str, str], list[int]] = {}  # -> [met, received]
+        self._served: dict[tuple[str, str], _ServedRing] = {}
+        self._clock = clock
+        self._started = clock()
         # The (tenant, model) pairs tallied for heartbeats; None: every pair (no API to tell).
         self._tallied: frozenset[tuple[str, str]] | None = None
         self._children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
@@ -95,6 +171,16 @@ class ExecutorMetrics:
             tally = self._attainment.setdefault((tenant, model), [0, 0])
             tally[0] += within
             tally[1] += 1
+            ring = self._served.get((tenant, model))
+            if ring is None:
+                ring = self._served[(tenant, model)] = _ServedRing()
+            slot = ring.slot(math.floor(self._clock() / SLOT_S))
+            slot.received += 1
+            slot.within_sla += within
+            if outcome == "ok" and latency_s is not None:
+                slot.answered += 1
+                slot.slowest_s = max(slot.slowest_s, latency_s)
+                slot.histogram[bisect_left(P99_EDGES_S, latency_s)] += 1
 
     def retain(self, pairs: set[tuple[str, str]]) -> None:
         """Tally only these (tenant, model) pairs from now on, and forget the others' counts:
@@ -103,6 +189,7 @@ class ExecutorMetrics:
         with self._lock:
             self._tallied = frozenset(pairs)
             self._attainment = {k: v for k, v in self._attainment.items() if k in pairs}
+            self._served = {k: v for k, v in self._served.items() if k in pairs}
 
     def attainment(self) -> dict[tuple[str, str], float]:
         """Attainment per (tenant, model) that has received a query since the daemon started."""
@@ -125,6 +212,35 @@ class ExecutorMetrics:
             SlaCount(tenant=tenant, model=model, received=total, within_sla=met)
             for (tenant, model), (met, total) in items
         ]
+
+    def served_windows(self) -> list[ServedWindow]:
+        """Per (tenant, model) with a query received in the window, sorted by both: what was
+        served over the last WINDOW_SLOTS slots, up to now (fewer seconds while the daemon is
+        younger than that; the row states its window)."""
+        now = self._clock()
+        newest = math.floor(now / SLOT_S)
+        window_s = now - max((newest - WINDOW_SLOTS + 1) * SLOT_S, self._started)
+        rows = []
+        with self._lock:
+            for (tenant, model), ring in sorted(self._served.items()):
+                slots = ring.window(newest)
+                received = sum(s.received for s in slots)
+                if received == 0 or window_s <= 0:
+                    continue
+                histogram = array("q", map(sum, zip(*(s.histogram for s in slots), strict=True)))
+                p99 = p99_of(histogram, max(s.slowest_s for s in slots))
+                rows.append(
+                    ServedWindow(
+                        tenant=tenant,
+                        model=model,
+                        window_s=window_s,
+                        received=received,
+                        within_sla=sum(s.within_sla for s in slots),
+                        answered=sum(s.answered for s in slots),
+                        p99_ms=None if p99 is None else p99 * 1000.0,
+                    )
+                )
+        return rows
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -49,7 +49,9 @@ to the served plan's pairs alone, so the next one is accepted.
 Both bodies are built from the contracts the API validates them with: a heartbeat is an
 :class:`executor.wire.heartbeat.Heartbeat` (besides the replicas' counters it carries
 ``"sla": [{"tenant", "model", "received", "within_sla"}]``, the daemon's cumulative SLA
-tallies per tenant and model, :meth:`ExecutorMetrics.sla_tallies`), a profile upload an
+tallies per tenant and model, :meth:`ExecutorMetrics.sla_tallies`, and ``"served"``, what each
+was served over the last minute with its p99 latency, :meth:`ExecutorMetrics.served_windows`;
+both narrowed alike), a profile upload an
 :class:`executor.wire.profiles.ProfilesPut`. A heartbeat the contract refuses is logged and
 not sent; a load error longer than the contract takes is clipped.
 """
@@ -401,6 +403,7 @@ class PlanClient:
                 else None
             ),
             sla=self._metrics.sla_tallies() if self._metrics is not None else [],
+            served=self._metrics.served_windows() if self._metrics is not None else [],
         )
 
     def _plan_loop(self) -> None:

@@ -17,9 +17,13 @@ daemon started, are shown as outcome counts only: a replica's "completed" includ
 to two SLAs late, and a figure since the daemon started would be a second attainment over
 another window.
 
+Served rate and p99 latency against the SLA, per tenant and model, come from the live nodes'
+newest heartbeats (their ``served`` rows, the daemons' last minute): :func:`api.services.sla.
+served_models`, the rows ``/v1/sla`` gives too; the window is each daemon's, stated on the page.
+
 A node is *stale* once its last heartbeat is older than :data:`STALE_AFTER_S` (three missed
 heartbeats at the daemon's default 5 s): the page greys its seats, since nothing says they
-still serve.
+still serve, and its served rows are left out.
 """
 
 from __future__ import annotations
@@ -36,14 +40,14 @@ from sqlalchemy.orm import Session
 
 from allocator import NodePlan, parse_certificate
 from api.models import AllocationRow, ModelRow, NodeRow, SlaSampleRow, TenantRow
-from api.schemas import AllocationDiff, SlaHistory
+from api.schemas import AllocationDiff, ModelSla, SlaHistory
 from api.services.allocations import (
     current_allocation,
     diff_allocations,
     list_allocations,
     plans_of_allocation,
 )
-from api.services.sla import sla_history
+from api.services.sla import STALE_AFTER_S, served_models, sla_history
 from executor.wire.attainment import attainment
 from executor.wire.heartbeat import Heartbeat, parse_heartbeat
 
@@ -54,8 +58,6 @@ SLA_WINDOW_S = 900
 SLA_BUCKETS = 30
 MIN_BUCKET_S = 5.0
 MIN_WINDOW_S = 60.0
-HEARTBEAT_S = 5.0  # the daemon's default executor.heartbeat_s
-STALE_AFTER_S = 3 * HEARTBEAT_S
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,8 @@ class DashboardData:
     tenant_views: tuple[TenantView, ...] = ()
     # The current certificate's verdict (see certificate_verdict); None: no certificate.
     verdict: Verdict | None = None
+    # Tenant -> a row per model over the live daemons' last minute (served rate, p99, SLA).
+    served: dict[str, list[ModelSla]] = field(default_factory=dict)
 
     @property
     def stale_nodes(self) -> frozenset[str]:
@@ -385,4 +389,5 @@ def read_dashboard(*, session: Session, now: datetime) -> DashboardData:
         model_names=model_names,
         tenant_views=_tenant_views(session, certificate, plans, history),
         verdict=certificate_verdict(certificate),
+        served=served_models(session=session, now=now),
     )

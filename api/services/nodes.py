@@ -6,13 +6,15 @@ the latency-bounded QPS of one replica with 1, 2, ... streams — q_m(g, s) of d
 §2, which the next solve turns into valuations in place of the estimate — and the memory one
 replica measured (its footprint), which the next solve uses in place of the declared memory.
 A heartbeat's cumulative SLA counts become per-tenant samples of the attainment history
-(:mod:`api.services.sla`).
+(:mod:`api.services.sla`); its served windows (rate and p99 per tenant and model over the
+daemon's last minute) are kept in the node's report and read from there.
 
-A node's token writes only about what the node serves: a heartbeat's SLA counts and a profile
-upload (curves and footprints) may name only (tenant, model) pairs and models that one of the
-node's recent plans seats on it (:func:`api.services.plans.recent_seats`). Anything else is
-refused whole with 403 and logged with the node's name, so one node can neither move another
-tenant's attainment nor learn which model ids exist by uploading profiles for them.
+A node's token writes only about what the node serves: a heartbeat's SLA counts and served
+windows and a profile upload (curves and footprints) may name only (tenant, model) pairs and
+models that one of the node's recent plans seats on it
+(:func:`api.services.plans.recent_seats`). Anything else is refused whole with 403 and logged
+with the node's name, so one node can neither move another tenant's attainment nor learn which
+model ids exist by uploading profiles for them.
 """
 
 from __future__ import annotations
@@ -156,12 +158,13 @@ def record_heartbeat(
     outside = _not_seated(
         session=session,
         node_id=node.id,
-        wanted={(count.tenant, count.model) for count in data.sla},
+        wanted={(row.tenant, row.model) for row in data.sla}
+        | {(row.tenant, row.model) for row in data.served},
         key=lambda pair: pair,
         also_version=data.plan_version,
     )
     if outside:
-        raise _refuse(node, "the SLA counts' tenant/model",
+        raise _refuse(node, "the SLA counts' or served windows' tenant/model",
                       [f"{tenant}/{model}" for tenant, model in sorted(outside)])
     sla.record_samples(
         session=session,

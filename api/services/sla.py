@@ -18,6 +18,14 @@ seconds before it, so bucket edges are accurate to one heartbeat interval. Were 
 count a query as received in one interval and as answered in the next, a bucket's ratio could
 exceed 1; the definition clips it.
 
+Served rate and p99 per model: each heartbeat also carries, per (tenant, model), what the daemon
+served over its last minute (:class:`~executor.wire.heartbeat.ServedWindow`), stored with the
+rest of the heartbeat in ``NodeRow.report``. :func:`served_models` reads them from the live
+nodes' reports (a node silent for :data:`STALE_AFTER_S` says nothing of now), sums the counts,
+adds the served rates (each node's within-SLA answers over its own window) and takes the highest
+p99: the p99 of all the nodes' answers lies between their lowest and highest. Attainment is the
+same :func:`~executor.wire.attainment.attainment` of those counts.
+
 Retention: samples older than ``settings.api.sla_history_s`` are deleted while a heartbeat is
 recorded, in its transaction, at most once a minute per API process (:class:`PruneSchedule`);
 the delete is a range on the indexed ``at`` column.
@@ -45,17 +53,20 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from api.errors import InvalidInput
-from api.models import SlaSampleRow
-from api.schemas import SlaBucket, SlaHistory, SlaSeries
+from api.models import ModelRow, NodeRow, SlaSampleRow, TenantRow
+from api.schemas import ModelSla, SlaBucket, SlaHistory, SlaSeries
 from api.services.tenants import get_tenant_or_raise
 from executor.wire.attainment import attainment
-from executor.wire.heartbeat import SlaCount, parse_heartbeat
+from executor.wire.heartbeat import ServedWindow, SlaCount, parse_heartbeat
 
 PRUNE_INTERVAL_S = 60.0
 DEFAULT_WINDOW_S = 900
 DEFAULT_BUCKETS = 30
 # Bounded: the buckets are bound parameters of the read's SQL.
 MAX_BUCKETS = 240
+HEARTBEAT_S = 5.0  # the daemon's default executor.heartbeat_s
+# A node is stale, and its report no longer says what it serves now, after three missed beats.
+STALE_AFTER_S = 3 * HEARTBEAT_S
 
 
 def previous_counts(report: Mapping[str, Any] | None) -> list[SlaCount]:
@@ -223,13 +234,94 @@ def tenant_sla_history(
     *, session: Session, tenant_id: int, now: datetime, window_s: float, buckets: int
 ) -> SlaHistory:
     """The tenant's own series, from its creation on: a tenant re-created under an old name
-    does not see its predecessor's samples."""
+    does not see its predecessor's samples; with a row per model of the tenant
+    (:func:`served_models`)."""
     tenant = get_tenant_or_raise(session=session, tenant_id=tenant_id)
-    return sla_history(
+    history = sla_history(
         session=session,
         now=now,
         window_s=window_s,
         buckets=buckets,
         tenant=tenant.name,
         since=tenant.created_at,
+    )
+    return with_models(history, served_models(session=session, now=now, tenant_id=tenant_id))
+
+
+def live_reports(*, session: Session, now: datetime) -> list[list[ServedWindow]]:
+    """The ``served`` rows of each node's last heartbeat, for the nodes heard from within
+    STALE_AFTER_S of ``now``."""
+    since = _utc(now) - timedelta(seconds=STALE_AFTER_S)
+    reports = session.scalars(
+        select(NodeRow.report).where(
+            NodeRow.report.is_not(None), NodeRow.last_heartbeat_at >= since
+        )
+    )
+    return [list(parse_heartbeat(report).served) for report in reports]
+
+
+def served_models(
+    *, session: Session, now: datetime, tenant_id: int | None = None
+) -> dict[str, list[ModelSla]]:
+    """Per tenant name, a row per model that a live node reported queries for, by model id;
+    with ``tenant_id``, only that tenant's models, each present even without traffic."""
+    sums: dict[tuple[str, str], list[ServedWindow]] = {}
+    for rows in live_reports(session=session, now=now):
+        for row in rows:
+            sums.setdefault((row.tenant, row.model), []).append(row)
+    query = select(ModelRow.id, ModelRow.name, ModelRow.sla_p99_ms, TenantRow.name).join(
+        TenantRow, TenantRow.id == ModelRow.tenant_id
+    )
+    if tenant_id is not None:
+        query = query.where(ModelRow.tenant_id == tenant_id)
+    known: dict[str, tuple[str | None, float | None, str]] = {
+        str(mid): (name, sla, owner) for mid, name, sla, owner in session.execute(query)
+    }
+    if tenant_id is not None:
+        # The tenant's own models, under its current name: ids are never reused, so a
+        # predecessor's rows under the same name are not its.
+        sums = {key: rows for key, rows in sums.items() if key[1] in known
+                and key[0] == known[key[1]][2]}
+        for model, (_, _, owner) in known.items():
+            sums.setdefault((owner, model), [])
+    out: dict[str, list[ModelSla]] = {}
+    for (tenant, model), rows in sorted(sums.items(), key=lambda kv: (kv[0][0], _id(kv[0][1]))):
+        # No name: the model was deleted since, or the plan named another owner for its id.
+        name, sla_ms, owner = known.get(model, (None, None, tenant))
+        if owner != tenant:
+            name = sla_ms = None
+        received = sum(r.received for r in rows)
+        within = sum(r.within_sla for r in rows)
+        p99s = [r.p99_ms for r in rows if r.p99_ms is not None]
+        out.setdefault(tenant, []).append(
+            ModelSla(
+                model_id=_id(model),
+                model=name,
+                sla_ms=float(sla_ms) if sla_ms is not None else None,
+                window_s=max((r.window_s for r in rows), default=None),
+                received=received,
+                within_sla=within,
+                attainment=attainment(within_sla=within, received=received),
+                served_qps=sum(r.within_sla / r.window_s for r in rows),
+                p99_ms=max(p99s, default=None),
+                nodes=len(rows),
+            )
+        )
+    return out
+
+
+def _id(model: str) -> int:
+    """A plan's model id as a number (plans name models by their decimal id)."""
+    return int(model) if model.isdecimal() else -1
+
+
+def with_models(history: SlaHistory, models: Mapping[str, list[ModelSla]]) -> SlaHistory:
+    """The history with each series' per-model rows."""
+    return history.model_copy(
+        update={
+            "tenants": [
+                series.model_copy(update={"models": models.get(series.tenant, [])})
+                for series in history.tenants
+            ]
+        }
     )

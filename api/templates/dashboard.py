@@ -10,7 +10,8 @@ tenant, model and node names, a daemon's error messages — is escaped without a
 that one forgotten call would defeat; nothing here is marked safe.
 
 Sections: the tenants (share of the cluster against entitlement, rates and SLA attainment over
-the window, criterion verdict), the cluster (nodes → devices, each seat a cell in its tenant's
+the window, criterion verdict), served rate and p99 against the SLA per tenant and model (the
+live daemons' last minute), the cluster (nodes → devices, each seat a cell in its tenant's
 colour, the shared pool as a bar split by pool share; a stale node's seats greyed), SLA
 attainment over time (a line per tenant, in the same colours), the current certificate (per
 tenant α, criterion, holds, slack, λ with a legend; the envy matrix as a heatmap), outcome

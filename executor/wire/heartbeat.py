@@ -2,12 +2,14 @@
 
 Every ``heartbeat_s`` the daemon posts ``POST /v1/nodes/{node}/heartbeat``: the plan version it
 serves, each replica's counters and measured memory, the models it could not load (and why), the
-newest plan it refused for want of memory (and why), and its cumulative SLA counts per (tenant,
-model). ``executor/plan_client.py`` builds a :class:`Heartbeat` and sends
-its ``model_dump(mode="json")``; the API takes the same model as the route's body, so a
-heartbeat the daemon could not have built is a 422 naming the field, stores the dump as the
-node's report and reads stored reports back with :func:`parse_heartbeat`. The daemon's SLA
-tallies (``ExecutorMetrics.sla_tallies``) are :class:`SlaCount` rows themselves.
+newest plan it refused for want of memory (and why), its cumulative SLA counts per (tenant,
+model), and per (tenant, model) what it served over its last minute (:class:`ServedWindow`:
+counts, served rate and p99 latency over a stated window). ``executor/plan_client.py`` builds
+a :class:`Heartbeat` and sends its ``model_dump(mode="json")``; the API takes the same model as
+the route's body, so a heartbeat the daemon could not have built is a 422 naming the field,
+stores the dump as the node's report and reads stored reports back with
+:func:`parse_heartbeat`. The daemon's SLA tallies (``ExecutorMetrics.sla_tallies``) are
+:class:`SlaCount` rows themselves, its served windows :class:`ServedWindow` rows.
 
 Every list and string is bounded, so one report stays a small row; the daemon keeps within the
 bounds (it clips a load error to :data:`MAX_REASON_CHARS`), since a heartbeat the model refuses
@@ -16,7 +18,7 @@ is never sent.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -36,6 +38,8 @@ from executor.wire.names import MAX_ID
 MAX_COUNT = 2**48
 MAX_ENTRIES = 4096  # replicas, broken models and SLA rows, each
 MAX_REASON_CHARS = 2000  # why a model is not served
+# The longest window a daemon may report its served rate and p99 over (the daemon's is a minute).
+MAX_WINDOW_S = 3600.0
 
 
 class ReplicaReport(BaseModel):
@@ -90,7 +94,51 @@ class SlaCount(BaseModel):
         return value
 
 
-def _unique_sla_keys(entries: list[SlaCount]) -> list[SlaCount]:
+class ServedWindow(BaseModel):
+    """What one (tenant, model) was served over the daemon's last ``window_s`` seconds
+    (executor/metrics.py keeps a minute in fixed slots): the queries received, those answered
+    within the SLA and all those answered, and the p99 latency of the answered ones.
+
+    Attainment over the window is ``within_sla / received`` (executor/wire/attainment.py), the
+    served rate ``within_sla / window_s`` (queries answered within the SLA per second, as the
+    dashboard's tenants panel defines it). ``p99_ms`` is the nearest-rank 99th percentile of
+    the answered queries' latencies, arrival to scores, read from a histogram whose buckets are
+    2^(1/8) (9 %) wide, capped by the slowest answer: at most 9 % above the exact figure, never
+    below it; null when nothing was answered."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tenant: Annotated[str, Field(min_length=1, max_length=64)]
+    model: Annotated[str, Field(min_length=1, max_length=64)]
+    window_s: Annotated[float, Field(gt=0, le=MAX_WINDOW_S, allow_inf_nan=False)]
+    received: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+    within_sla: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+    answered: Annotated[int, Field(ge=0, le=MAX_COUNT)]
+    p99_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
+        default=None, validate_default=True
+    )
+
+    @field_validator("within_sla", "answered")
+    @classmethod
+    def _within_received(cls, value: int, info: ValidationInfo) -> int:
+        received = info.data.get("received")
+        if received is not None and value > received:
+            raise ValueError(f"{info.field_name} ({value}) exceeds received ({received})")
+        return value
+
+    @field_validator("p99_ms")
+    @classmethod
+    def _p99_of_answers(cls, value: float | None, info: ValidationInfo) -> float | None:
+        answered = info.data.get("answered")
+        if answered is not None and (value is None) != (answered == 0):
+            raise ValueError("p99_ms is given exactly when some query was answered")
+        return value
+
+
+_Keyed = TypeVar("_Keyed", SlaCount, ServedWindow)
+
+
+def _unique_sla_keys(entries: list[_Keyed]) -> list[_Keyed]:
     seen: set[tuple[str, str]] = set()
     for entry in entries:
         key = (entry.tenant, entry.model)
@@ -125,6 +173,15 @@ class Heartbeat(BaseModel):
         default=[],
         description="per (tenant, model): queries received and answered within the SLA since "
         "the daemon started; a count below the previous heartbeat's means it restarted",
+    )
+    served: Annotated[
+        list[ServedWindow],
+        Field(max_length=MAX_ENTRIES),
+        AfterValidator(_unique_sla_keys),
+    ] = Field(
+        default=[],
+        description="per (tenant, model) with queries in the window: what the daemon served "
+        "over its last window_s seconds (counts, p99 latency)",
     )
 
 

@@ -28,6 +28,7 @@ import signal
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,12 +58,13 @@ from gpufair.demo.view import (
     phase_table,
 )
 from gpufair.loadgen import StreamProcess, Target
-from gpufair.servers import LOOPBACK, ChildServer, ChildServerError, free_port
+from gpufair.servers import ChildServer, ChildServerError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SCENARIO = Path("examples/demo.toml")
 STARTUP_TIMEOUT_S = 120.0
+PORT_TRIES = 3  # ports tried for a daemon whose port another process took first
 WORKDIR = Path("var/demo")
 CLAIM_FAILED = 3  # exit status when the run finished but a claim did not hold
 # The first seconds load models and warm caches on every path; they are shown, not counted.
@@ -95,6 +97,41 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true",
                    help="print the table every few seconds instead of a live view")
     return p
+
+
+def start_executor(
+    children: contextlib.ExitStack,
+    node: str,
+    args: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    command: list[str] | None = None,
+) -> ChildServer:
+    """Start node ``node``'s daemon (``gpufair`` ``args``, or ``command`` ``args``) on a port
+    picked now, and return it once its ``/healthz`` names the node; ``children`` stops it.
+
+    A port is free when picked, but on a shared machine another process may bind it before the
+    daemon does (one demo run out of five once read another program's 404 for its schema): so
+    only a health document that names this node counts, and a daemon that exits meanwhile (it
+    could not bind) is started again on another port, up to PORT_TRIES times."""
+    for attempt in range(1, PORT_TRIES + 1):
+        executor = ChildServer(f"executor {node}", args, env=env, command=command,
+                               log_path=WORKDIR / f"executor-{node}.log")
+        with contextlib.ExitStack() as this_try:
+            this_try.enter_context(executor)
+            try:
+                executor.wait_healthy(
+                    STARTUP_TIMEOUT_S,
+                    ready=lambda health: isinstance(health, dict) and health.get("node") == node)
+            except ChildServerError as exc:
+                if attempt == PORT_TRIES or executor.process.poll() is None:
+                    raise
+                log.warning("executor of node %s did not start on port %d, trying another: %s",
+                            node, executor.port, exc)
+                continue
+            children.enter_context(this_try.pop_all())
+            return executor
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 def _checked(reply: httpx.Response, what: str) -> Any:
@@ -342,8 +379,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
     duration = float(args.duration or scenario.duration_s)
     shutil.rmtree(WORKDIR, ignore_errors=True)
     WORKDIR.mkdir(parents=True)
-    # The daemons start later; their URLs are shown from the start.
-    executor_urls = {n.name: f"http://{LOOPBACK}:{free_port()}" for n in scenario.nodes}
     admin_token = secrets.token_urlsafe(24)
     env = {**os.environ,
            "GPUFAIR_DATABASE_URL": f"sqlite:///{(WORKDIR / 'gpufair.db').resolve()}",
@@ -353,8 +388,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
         # One address a line, never wrapped, so each can be copied (or read by a test).
         console.print(f"[bold]gpufair demo[/]: logs in {WORKDIR}/")
         console.print(f"API {api.url}", soft_wrap=True)
-        for name, url in executor_urls.items():
-            console.print(f"executor of node {name} {url}", soft_wrap=True)
         console.print(f"dashboard {dashboard_sign_in(api.url, admin_token)}",
                       soft_wrap=True)
         children.enter_context(api).wait_healthy(STARTUP_TIMEOUT_S)
@@ -363,15 +396,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"allocation v{registered.version} solved ({cert.status}) in "
                       f"{registered.solve_seconds:.2f} s")
         console.print(certificate_table(cert))
+        executor_urls = {}
         for node in scenario.nodes:
             command = ["executor", "--api", api.url, "--node", node.name,
                        "--token", registered.node_tokens[node.name],
                        "--state-dir", str(WORKDIR / "executor" / node.name)]
             command += node.executor_flags()
-            port = int(executor_urls[node.name].rsplit(":", 1)[1])
-            executor = ChildServer(f"executor {node.name}", command, port=port, env=env,
-                                   log_path=WORKDIR / f"executor-{node.name}.log")
-            children.enter_context(executor).wait_healthy(STARTUP_TIMEOUT_S)
+            executor = start_executor(children, node.name, command, env=env)
+            executor_urls[node.name] = executor.url
+            console.print(f"executor of node {node.name} {executor.url}", soft_wrap=True)
         placements, fair = _placements(api.url, scenario, registered.tenant_keys,
                                        registered.node_tokens)
         console.print(comparison_table(scenario, fair,

@@ -108,7 +108,10 @@ def test_what_the_daemon_builds_the_api_takes_and_what_the_api_stores_the_daemon
     model = str(api.model(key, "ranker")["id"])
     _, token = api.node("n1")
     api.solve()
-    metrics = ExecutorMetrics(runtime)
+    # The metrics' clock stands still, so the served window a report states is the same each
+    # time the daemon builds one.
+    clock = [1000.0]
+    metrics = ExecutorMetrics(runtime, clock=lambda: clock[0])
     daemon = _daemon(
         runtime, _forward(api.client), token, tmp_path, metrics=metrics, profiles=CURVES
     )
@@ -145,10 +148,14 @@ def test_what_the_daemon_builds_the_api_takes_and_what_the_api_stores_the_daemon
         # The heartbeat: the report the API keeps is the daemon's, read back by the same model.
         metrics.observe("ads", model, "ok", 0.001, 0.02)
         metrics.observe("ads", model, "rejected", None, 0.02)
+        clock[0] += 20
         daemon.heartbeat()
         report = api.client.get("/v1/nodes/n1", headers=api.admin).json()["report"]
         assert parse_heartbeat(report) == daemon.report()
         assert report["sla"] == [{"tenant": "ads", "model": model, "received": 2, "within_sla": 1}]
+        assert report["served"] == [{"tenant": "ads", "model": model, "window_s": 20.0,
+                                      "received": 2, "within_sla": 1, "answered": 1,
+                                      "p99_ms": 1.0}]
     finally:
         daemon.stop()
 

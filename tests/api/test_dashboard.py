@@ -81,8 +81,10 @@ def _heartbeat(
     broken: Any = None,
     sla: list[dict[str, Any]] | None = None,
     node: str = "n1",
+    served: list[dict[str, Any]] | None = None,
 ) -> None:
-    body = {"plan_version": 1, "replicas": replicas, "broken": broken or {}, "sla": sla or []}
+    body = {"plan_version": 1, "replicas": replicas, "broken": broken or {}, "sla": sla or [],
+            "served": served or []}
     r = api.client.post(f"/v1/nodes/{node}/heartbeat", json=body, headers=api.bearer(token))
     assert r.status_code == 200, r.text
 
@@ -90,6 +92,21 @@ def _heartbeat(
 def _tally(tenant: str, model: str, received: int, within: int) -> dict[str, Any]:
     """One (tenant, model)'s cumulative SLA counts, as a daemon's heartbeat carries them."""
     return {"tenant": tenant, "model": model, "received": received, "within_sla": within}
+
+
+def _served(
+    tenant: str, received: int, within: int, p99_ms: float | None, window_s: float = 58.0
+) -> dict[str, Any]:
+    """One (tenant, model)'s served window, as a daemon's heartbeat carries it."""
+    return {"tenant": tenant, "model": MODEL_OF[tenant], "window_s": window_s,
+            "received": received, "within_sla": within,
+            "answered": within if p99_ms is not None else 0, "p99_ms": p99_ms}
+
+
+# What the last heartbeat of _post_sla_history says n1 served over its last minute: ads within
+# its SLA (20 ms, _world's models), feed past it, search refused everything.
+SERVED = [_served("ads-ranking", 1200, 1196, 14.2), _served("feed-recs", 600, 450, 37.9),
+          _served("search-ltr", 40, 0, None)]
 
 
 def _replica(tenant: str, seat: int, completed: int, rejected: int, expired: int) -> dict[str, Any]:
@@ -116,8 +133,8 @@ def _post_sla_history(
     counts: ads-ranking and search-ltr near 100 %; feed-recs floods from minute 5 to 10 and
     its own attainment falls (admission control refuses its excess); search-ltr has no traffic
     for two minutes (a gap); the daemon restarts at minute 9 (its counts start again from
-    zero). Every heartbeat also carries ``replicas``, as a daemon's does. Returns the totals
-    (received, within SLA) per tenant."""
+    zero). Every heartbeat also carries ``replicas``, as a daemon's does, and the last one
+    :data:`SERVED`. Returns the totals (received, within SLA) per tenant."""
     rng = random.Random(seed)
     counts: dict[str, list[int]] = {}
     totals = {name: [0, 0] for name, _, _ in TENANTS}
@@ -145,7 +162,7 @@ def _post_sla_history(
             {"tenant": t, "model": MODEL_OF[t], "received": r, "within_sla": w}
             for t, (r, w) in sorted(counts.items())
         ]
-        _heartbeat(api, token, replicas or [], sla=sla)
+        _heartbeat(api, token, replicas or [], sla=sla, served=SERVED if step == 89 else None)
     clock.now = end
     return {name: (r, w) for name, (r, w) in totals.items()}
 
@@ -290,6 +307,45 @@ def test_sla_history_panel(api: Api) -> None:
     # A quarter of an hour later the window holds nothing: the empty state again.
     clock.advance(901)
     assert "No SLA samples in the last 15 min" in api.client.get("/", headers=api.admin).text
+
+
+def _served_rows(page: str) -> dict[str, list[str]]:
+    """Model name -> the text of each cell of its row in the served panel."""
+    rows = {}
+    for row in re.findall(r"<tr data-tenant[^>]*>(.*?)</tr>", _section(page, "served"), re.S):
+        cells = [html.unescape(TAG.sub("", cell)).strip()
+                 for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        rows[cells[2]] = cells
+    return rows
+
+
+def check_served_panel(page: str) -> None:
+    """The served panel shows, per tenant and model, SERVED's rate, p99 against the SLA and
+    attainment over the daemon's window, green within the SLA and red past it."""
+    rows = _served_rows(page)
+    assert list(rows) == ["ads-model", "feed-model", "search-model"]
+    tenant, tenant_qps, _, qps, p99, sla, attained, window = rows["ads-model"]
+    assert (tenant, tenant_qps, qps) == ("ads-ranking", f"{1196 / 58:.1f}", f"{1196 / 58:.1f}")
+    assert (p99, sla, attained, window) == ("14 ms", "20 ms", f"{1196 / 1200:.2%}", "58 s")
+    assert rows["feed-model"][4:7] == ["38 ms", "20 ms", f"{450 / 600:.2%}"]
+    assert rows["search-model"][3:7] == ["0.0", "no answers", "20 ms", "0.00%"]
+    panel = _section(page, "served")
+    assert '<span class="ok">14 ms</span>' in panel and '<span class="bad">38 ms</span>' in panel
+    assert "last minute" in panel and "stale nodes are left out" in panel
+
+
+def test_served_panel_shows_p99_against_sla_and_leaves_stale_nodes_out(api: Api) -> None:
+    world = _world(api)
+    end = datetime.now(UTC).replace(microsecond=0)
+    clock = install_clock(api.client.app, end)
+    _post_sla_history(api, world["node"], clock, end)
+    check_served_panel(api.client.get("/", headers=api.admin).text)
+    # n1 silent for 20 s: its seats greyed, and its last minute no longer says anything of now.
+    clock.advance(15)
+    page = api.client.get("/", headers=api.admin).text
+    assert 'class="node stale"' in page
+    assert _served_rows(page) == {}
+    assert _section(page, "served").count("no queries on a live node in the last minute") == 3
 
 
 def test_admin_sees_cluster_certificate_and_history(api: Api) -> None:
@@ -678,8 +734,13 @@ class TestInChromium:
         assert 'class="node stale"' in text and "no heartbeat yet" in text
         assert "<dt>α</dt>" in text and "<dt>slack</dt>" in text
         assert '<meta http-equiv="refresh"' in text
+        check_served_panel(text)
+        # The signed-in page laid out at both widths: no section scrolls sideways, the served
+        # panel included.
+        admin_page = httpx.get(page, headers=api.admin, timeout=30).text
+        assert 'id="served"' in admin_page and 'id="tenants"' in admin_page
         for width in (800, 1400):
-            overflow = _overflow(tmp_path, httpx.get(page, timeout=30).text, width)
+            overflow = _overflow(tmp_path, admin_page, width)
             assert overflow == {"page": 0, "sections": []}, (width, overflow)
 
         shot = tmp_path / "dashboard.png"

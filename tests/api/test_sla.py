@@ -405,3 +405,92 @@ def test_every_consumer_gives_the_same_attainment_for_the_same_counters(
     # ...and the claim the demo's summary makes of them.
     claim = sla_claim("ads", stats.phase("steady"), sla_s * 1000, 0.99)
     assert claim.figure.startswith(f"{figure} ({within} of {received} within")
+
+
+# --- served rate and p99 per model, from the heartbeats' served windows ------------------------
+
+
+def _served(
+    tenant: str, model: str, received: int, within: int, answered: int, p99_ms: float | None,
+    window_s: float = 60.0,
+) -> dict[str, Any]:
+    return {"tenant": tenant, "model": model, "window_s": window_s, "received": received,
+            "within_sla": within, "answered": answered, "p99_ms": p99_ms}
+
+
+def _beat_served(
+    api: Api, node: str, token: str, served: list[dict[str, Any]],
+    sla: list[dict[str, Any]] | None = None,
+) -> None:
+    r = api.client.post(f"/v1/nodes/{node}/heartbeat", json={"served": served, "sla": sla or []},
+                        headers=api.bearer(token))
+    assert r.status_code == 200, r.text
+
+
+def test_sla_me_reports_per_model_from_live_nodes_only(api: Api, settings: Settings) -> None:
+    _, ads_key = api.tenant("ads")
+    fast = api.model(ads_key, "ads-fast", sla_p99_ms=100.0)
+    slow = api.model(ads_key, "ads-slow", sla_p99_ms=400.0)
+    quiet = api.model(ads_key, "ads-quiet", sla_p99_ms=50.0)
+    fast_id, slow_id = str(fast["id"]), str(slow["id"])
+    _, t1 = api.node("n1")
+    _, t2 = api.node("n2")
+    seat_on_node(settings.database.url, "n1", [("ads", fast_id), ("ads", slow_id)])
+    seat_on_node(settings.database.url, "n2", [("ads", slow_id)])
+    clock = install_clock(api.client.app, T0)
+    _beat_served(api, "n1", t1, [_served("ads", fast_id, 600, 594, 600, 80.0),
+                                 _served("ads", slow_id, 300, 270, 290, 450.0)],
+                 sla=[_count("ads", fast_id, 600, 594)])
+    clock.now = T0 + timedelta(seconds=2)
+    _beat_served(api, "n2", t2, [_served("ads", slow_id, 100, 100, 100, 120.0, window_s=50.0)])
+    mine = _series(api, api.bearer(ads_key), "/v1/sla/me")
+    rows = {row["model"]: row for row in mine["tenants"][0]["models"]}
+    assert list(rows) == ["ads-fast", "ads-slow", "ads-quiet"]  # by model id
+    assert rows["ads-fast"] == {
+        "model_id": fast["id"], "model": "ads-fast", "sla_ms": 100.0, "window_s": 60.0,
+        "received": 600, "within_sla": 594, "attainment": pytest.approx(0.99),
+        "served_qps": pytest.approx(594 / 60), "p99_ms": 80.0, "nodes": 1,
+    }
+    # Two nodes: counts and rates add up (each over its own window), the p99 is the higher.
+    both = rows["ads-slow"]
+    assert (both["received"], both["within_sla"], both["nodes"]) == (400, 370, 2)
+    assert both["attainment"] == pytest.approx(370 / 400)
+    assert both["served_qps"] == pytest.approx(270 / 60 + 100 / 50)
+    assert both["p99_ms"] == 450.0 and both["window_s"] == 60.0 and both["sla_ms"] == 400.0
+    # A model without traffic is listed, with no figure rather than a perfect one.
+    assert rows["ads-quiet"]["model_id"] == quiet["id"]
+    assert (rows["ads-quiet"]["attainment"], rows["ads-quiet"]["p99_ms"]) == (None, None)
+    assert rows["ads-quiet"]["window_s"] is None and rows["ads-quiet"]["served_qps"] == 0
+    # The admin's /v1/sla: the same rows in the tenant's series, the models with traffic.
+    (series,) = _series(api, api.admin)["tenants"]
+    assert series["models"] == [r for r in mine["tenants"][0]["models"] if r["received"]]
+    # n1 silent for 16 s (stale after 15): only n2's report counts.
+    clock.now = T0 + timedelta(seconds=16)
+    rows = {r["model"]: r for r in _series(api, api.bearer(ads_key), "/v1/sla/me")["tenants"][0]
+            ["models"]}
+    assert rows["ads-fast"]["received"] == 0 and rows["ads-fast"]["p99_ms"] is None
+    assert (rows["ads-slow"]["received"], rows["ads-slow"]["p99_ms"]) == (100, 120.0)
+    assert rows["ads-slow"]["window_s"] == 50.0
+
+
+def test_a_node_may_report_served_windows_only_for_what_it_seats(
+    api: Api, settings: Settings
+) -> None:
+    _, token = api.node("n1")
+    seat_on_node(settings.database.url, "n1", [("ads", "1")])
+    r = api.client.post("/v1/nodes/n1/heartbeat", headers=api.bearer(token),
+                        json={"served": [_served("feed", "2", 10, 10, 10, 5.0)]})
+    assert r.status_code == 403 and "feed/2" in r.json()["error"]["message"], r.text
+    for bad, field in [
+        (_served("ads", "1", 10, 11, 10, 5.0), "within_sla"),  # more within than received
+        (_served("ads", "1", 10, 10, 11, 5.0), "answered"),
+        (_served("ads", "1", 10, 10, 10, None), "p99_ms"),  # answers without a p99
+        (_served("ads", "1", 10, 0, 0, 5.0), "p99_ms"),  # a p99 without answers
+        (_served("ads", "1", 10, 10, 10, 5.0, window_s=0), "window_s"),
+    ]:
+        r = api.client.post("/v1/nodes/n1/heartbeat", headers=api.bearer(token),
+                            json={"served": [bad]})
+        assert r.status_code == 422 and field in r.json()["error"]["field"], (bad, r.text)
+    twice = [_served("ads", "1", 10, 10, 10, 5.0)] * 2
+    r = api.client.post("/v1/nodes/n1/heartbeat", headers=api.bearer(token), json={"served": twice})
+    assert r.status_code == 422 and "listed twice" in r.text

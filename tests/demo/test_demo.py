@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import queue
 import re
@@ -14,6 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from gpufair import servers
+from gpufair.commands import demo
+from gpufair.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,9 +73,9 @@ def test_a_claim_that_fails_is_stated_as_failed_and_the_exit_status_says_so(
     # local's SLA cut to 1 ms: no query can meet it, so its claim must fail, with its figure,
     # and the demo must not exit 0.
     text = SCENARIO.read_text()
-    assert text.count("sla_p99_ms = 200") == 1
+    assert text.count("sla_p99_ms = 600") == 1
     scenario = tmp_path / "demo.toml"
-    scenario.write_text(text.replace("sla_p99_ms = 200", "sla_p99_ms = 1"))
+    scenario.write_text(text.replace("sla_p99_ms = 600", "sla_p99_ms = 1"))
     done = _demo("--scenario", str(scenario), "--duration", "6")
     assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-2000:]
     claims = done.stdout.rsplit("claims", 1)[1]
@@ -77,6 +83,59 @@ def test_a_claim_that_fails_is_stated_as_failed_and_the_exit_status_says_so(
     assert "within 1 ms" in failed
     assert "claim(s) failed" in done.stdout
     assert "Traceback" not in done.stderr
+
+
+# A daemon's stand-in: answers /healthz naming its node (argv: NODE --port PORT); exits if it
+# cannot bind, as the daemon does.
+STAND_IN = """
+import http.server, json, sys
+node, port = sys.argv[1], int(sys.argv[3])
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"status": "serving", "node": node}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+"""
+
+
+class _Stranger(http.server.BaseHTTPRequestHandler):
+    """Another program on the port picked for a daemon: its /healthz answers 200 too."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"status": "ok"}')
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_daemon_whose_port_was_taken_starts_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first port picked is held by another server before the daemon can bind it: its
+    # /healthz is not taken for the daemon's, and the daemon starts again on a free port.
+    stranger = http.server.HTTPServer(("127.0.0.1", 0), _Stranger)
+    threading.Thread(target=stranger.serve_forever, daemon=True).start()
+    taken = stranger.server_address[1]
+    ports = iter([taken])
+    monkeypatch.setattr(servers, "free_port", lambda: next(ports, None) or free_port())
+    monkeypatch.setattr(demo, "WORKDIR", tmp_path)
+    try:
+        with contextlib.ExitStack() as children:
+            executor = demo.start_executor(children, "n1", ["n1"],
+                                           command=[sys.executable, "-c", STAND_IN])
+            assert executor.port != taken
+            assert executor.health() == {"status": "serving", "node": "n1"}
+            process = executor.process
+        assert process.poll() is not None  # the stack stopped it
+    finally:
+        stranger.shutdown()
+        stranger.server_close()
 
 
 def test_demo_refuses_a_missing_scenario_with_one_line(tmp_path: Path) -> None:

@@ -3,8 +3,11 @@ definition of SLA attainment they feed."""
 
 from __future__ import annotations
 
+import math
+import random
 import threading
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from executor.fake import FakeBackend
@@ -103,3 +106,72 @@ def test_metrics_and_their_gauge_give_the_definitions_figure() -> None:
     assert metrics.attainment() == {("ads", "7"): expected}
     assert _gauge(metrics, "ads", "7") == expected
     assert _gauge(metrics, "feed", "3") is None  # no figure rather than 0 % or 100 %
+
+
+# --- the served window: rates and p99 over the last minute -------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_served_window_p99_is_within_a_bucket_above_the_exact_figure() -> None:
+    # Seeded latencies, log-uniform from 2 ms to 2 s, 10 % of them refused: the reported p99
+    # is the nearest-rank p99 of the answered queries, at most one bucket (9 %) above it.
+    rng = random.Random(11)
+    clock = _Clock()
+    metrics = ExecutorMetrics(NodeRuntime(FakeBackend(), SchedulerConfig()), clock=clock)
+    latencies = []
+    for _ in range(3000):
+        clock.now += 0.01
+        if rng.random() < 0.1:
+            metrics.observe("ads", "7", "rejected", None, 0.3)
+            continue
+        latency = 0.002 * 1000 ** rng.random()
+        latencies.append(latency)
+        metrics.observe("ads", "7", "ok", latency, 0.3)
+    (row,) = metrics.served_windows()
+    exact = sorted(latencies)[math.ceil(0.99 * len(latencies)) - 1]
+    assert row.p99_ms is not None
+    assert exact * 1000 <= row.p99_ms <= exact * 1000 * 2 ** (1 / 8)
+    assert row.answered == len(latencies)
+    assert row.received == 3000
+    assert row.within_sla == sum(latency <= 0.3 for latency in latencies)
+    assert row.window_s == pytest.approx(30.0)  # the daemon is 30 s old: the window says so
+
+
+def test_served_window_forgets_what_is_older_than_a_minute() -> None:
+    clock = _Clock()
+    metrics = ExecutorMetrics(NodeRuntime(FakeBackend(), SchedulerConfig()), clock=clock)
+    metrics.observe("ads", "7", "ok", 1.5, 0.3)  # one slow answer, then fast ones a minute on
+    clock.now += 30
+    for _ in range(200):
+        metrics.observe("ads", "7", "ok", 0.010, 0.3)
+    (early,) = metrics.served_windows()
+    assert early.received == 201 and early.p99_ms is not None and early.p99_ms > 10
+    clock.now += 35  # the slow answer's slot has left the window; the fast ones have not
+    (row,) = metrics.served_windows()
+    assert row.received == row.answered == row.within_sla == 200
+    assert row.p99_ms is not None and 10.0 <= row.p99_ms <= 10.0 * 2 ** (1 / 8)
+    assert 55.0 <= row.window_s <= 60.0
+    clock.now += 60  # nothing received in the last minute: no row (no traffic, no figure)
+    assert metrics.served_windows() == []
+    # Only refusals: counted, but no p99 without an answer.
+    metrics.observe("ads", "7", "rejected", None, 0.3)
+    (refused,) = metrics.served_windows()
+    assert (refused.received, refused.answered, refused.p99_ms) == (1, 0, None)
+
+
+def test_served_windows_keep_only_the_pairs_retained() -> None:
+    clock = _Clock()
+    metrics = ExecutorMetrics(NodeRuntime(FakeBackend(), SchedulerConfig()), clock=clock)
+    metrics.observe("ads", "7", "ok", 0.01, 0.3)
+    metrics.observe("feed", "3", "ok", 0.01, 0.3)
+    metrics.retain({("feed", "3")})
+    metrics.observe("ads", "7", "ok", 0.01, 0.3)
+    clock.now += 1
+    assert [(r.tenant, r.model) for r in metrics.served_windows()] == [("feed", "3")]
