@@ -13,6 +13,9 @@ calls, in the order the daemon makes them (docs/executor.md, "Admission control"
 2. :meth:`submit` — the parsed query, on the same replica; a future of its scores.
 3. :meth:`abandon` — a query that ends at the front (a malformed body: counted as invalid).
 
+A request a front refuses on its own, before asking (:mod:`executor.front.budget`), is told
+with :meth:`refused` and counted as rejected.
+
 Every outcome is counted here, once, wherever the front runs.
 """
 
@@ -111,6 +114,17 @@ class EngineCore:
         not counted, e.g. a body over the size limit)."""
         if outcome is not None:
             self._observe(admission.group, outcome, None)
+
+    def refused(self, model: str, count: int = 1) -> None:
+        """Count ``count`` requests for ``model`` that a front refused before asking the engine
+        as rejected, on the model's replica (none: not counted, as the model is gone)."""
+        try:
+            group = self.runtime.group(model)
+        except SchedulingError:
+            return
+        self.runtime.count_rejected(group, count)
+        for _ in range(count):
+            self._observe(group, "rejected", None)
 
     def health(self) -> dict[str, Any] | None:
         """The ``/healthz`` document, or None before the first plan."""

@@ -24,6 +24,8 @@ Operations, front -> engine (the engine answers each with the same ``id`` unless
 - ``submit {offset, rows}``: the query of an admitted ``id``, in the front's buffer at
   ``offset``; the reply, once scored: the scores as payload, or an error;
 - ``abandon {outcome}``: an admitted ``id`` that ended at the front; no reply;
+- ``refused {counts}``: requests per model the front refused before asking the engine
+  (:mod:`executor.front.budget`), counted as rejected; no reply;
 - ``health``, ``metrics``, ``model {model}``: the documents of ``/healthz``, ``/metrics`` and
   the model's metadata.
 

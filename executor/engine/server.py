@@ -89,6 +89,9 @@ class FrontLink(threading.Thread):
             elif op == "abandon":
                 admission = self._admitted.pop(key)
                 core.abandon(admission, header.get("outcome"))
+            elif op == "refused":
+                for model, count in header["counts"].items():
+                    core.refused(model, int(count))
             elif op == "health":
                 self._send({"id": key, "health": core.health()})
             elif op == "metrics":

@@ -58,6 +58,10 @@ class Engine(Protocol):
     def abandon(self, ticket: Ticket, outcome: str | None) -> None:
         """End an admitted request at the front; ``outcome`` is counted (None: not)."""
 
+    def refused(self, model: str) -> None:
+        """Count a request for ``model`` the front refused before asking the engine
+        (:mod:`executor.front.budget`) as rejected."""
+
     async def health(self) -> dict[str, Any] | None:
         """The ``/healthz`` document, None before the first plan."""
 

@@ -56,6 +56,9 @@ class LocalEngine:
         if admission is not None:
             self._core.abandon(admission, outcome)
 
+    def refused(self, model: str) -> None:
+        self._core.refused(model)
+
     async def health(self) -> dict[str, Any] | None:
         return self._core.health()
 
