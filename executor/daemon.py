@@ -158,7 +158,7 @@ def create_front_app(
         model = request.path_params["model"]
         ticket: Ticket | None = None  # admitted, and not yet handed to the engine
         counted: str | None = None  # the tenant whose in-flight bound this request counts in
-        body_read = answered = False
+        body_read = answered = False  # answered: with its scores, within its SLA
         try:
             # Whatever can refuse a query without its body is decided before the body is
             # read: the front never reads or parses a body that admission control turns
@@ -193,7 +193,7 @@ def create_front_app(
             query, reply = reader.parse(request, ticket.schema, body)
             handed, ticket = ticket, None  # the engine counts its outcome from here on
             scores = await engine.infer(handed, query)
-            answered = True
+            answered = time.monotonic() - arrival <= handed.sla_s
         except (SchedulingError, ValueError) as exc:
             response, outcome = answer_error(exc)
             if ticket is not None:

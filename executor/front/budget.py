@@ -10,15 +10,18 @@ the calm tenant's bodies waited behind the flooder's slowly arriving ones until 
 passed. (Those queues held a turn while a body's bytes came in: two clients that sent headers
 and stalled their bodies stopped every other tenant's reads at that front.)
 
-So a front bounds, per tenant, the requests it has let in and not yet answered (waiting for a
-turn, being read, queued at the engine) by Little's law: a tenant answered at ``r`` queries per
-second within an SLA of ``s`` seconds has ``r × s`` requests in flight at most, so a front
-lets it have :data:`HEADROOM` times that (``r`` measured at this front over the last
-:data:`WINDOW_S`), and never fewer than :data:`MIN_IN_FLIGHT`, so that a tenant that starts or
-speeds up is let in while its rate is learnt. A request of a tenant at its bound is refused
-(429) on arrival: before the engine is asked, before its body is read. A tenant within its
-share is answered as fast as it sends and stays far below its bound; a flooder's bound follows
-what the engine serves it, and its excess is turned away at the cost of parsing its headers.
+So a front bounds, per tenant, the requests it has let in and not yet answered (being read,
+queued at the engine) by Little's law: a tenant answered within its SLA of ``s`` seconds at
+``r`` queries per second has ``r × s`` such requests in flight at most, so a front lets it have
+:data:`HEADROOM` times that (``r`` measured at this front over the last :data:`WINDOW_S`), and
+never fewer than :data:`MIN_IN_FLIGHT`, so that a tenant that starts or speeds up is let in
+while its rate is learnt. Only answers within the SLA count: a flooder whose answers come late
+has more in flight than it can be served in time, and its bound shrinks to what it is. A
+request of a tenant at its bound is refused (429) on arrival: before the engine is asked,
+before its body is read (the daemon closes such a connection rather than drain the body). A
+tenant within its share is answered as fast as it sends and stays far below its bound; a
+flooder's bound follows what it is served in time, and its excess is turned away at the cost
+of parsing its headers.
 
 A front learns a model's tenant from the engine's admissions (a plan swap that moves a model
 to another tenant is learnt from the next admission); a model not yet admitted at this front is
@@ -36,7 +39,9 @@ from dataclasses import dataclass, field
 from executor.front.engine import Ticket
 from executor.scheduling.errors import Overloaded
 
-HEADROOM = 2.0  # in flight allowed, as a multiple of answers/s × SLA
+# In flight allowed, as a multiple of answers/s × SLA: room for a Poisson burst, and for a
+# tenant whose rate rises faster than a window of answers shows it.
+HEADROOM = 4.0
 MIN_IN_FLIGHT = 8  # in flight allowed whatever the tenant's rate
 WINDOW_S = 1.0  # the answers a tenant's rate is measured over
 RETRY_AFTER_S = 1.0  # what a refused client is told to wait
@@ -118,7 +123,8 @@ class TenantBudgets:
         self._tenants[tenant].in_flight += 1
 
     def leave(self, tenant: str, answered: bool) -> None:
-        """A request counted for ``tenant`` has ended; ``answered``: with its scores."""
+        """A request counted for ``tenant`` has ended; ``answered``: with its scores, within
+        its SLA."""
         state = self._tenants[tenant]
         state.in_flight -= 1
         if answered:
