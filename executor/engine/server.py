@@ -114,7 +114,6 @@ class FrontLink(threading.Thread):
             "id": key,
             "model_id": group.model_id,
             "tenant": admission.tenant,
-            "share": admission.share,
             "deadline": admission.deadline,
             "sla_s": group.sla_s,
             "schema_key": schema_key,

@@ -26,7 +26,6 @@ class Ticket:
     model_id: str
     tenant: str
     schema: ModelSchema  # what the body must carry
-    share: float  # sessions its replica counts on: its tenant's weight in the read queues
     deadline: float  # time.monotonic() by which the engine answers it at the latest
     sla_s: float  # its replica's p99 target: a body read after arrival + sla_s is read too late
 

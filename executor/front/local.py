@@ -42,7 +42,6 @@ class LocalEngine:
             admission.group.model_id,
             admission.tenant,
             admission.schema,
-            admission.share,
             admission.deadline,
             admission.group.sla_s,
         )

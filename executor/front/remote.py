@@ -148,7 +148,6 @@ class RemoteEngine:
             model_id=header["model_id"],
             tenant=header["tenant"],
             schema=self._schemas[schema_key],
-            share=float(header["share"]),
             deadline=float(header["deadline"]),
             sla_s=float(header["sla_s"]),
         )

@@ -32,7 +32,7 @@ from tests.executor.scheduling_helpers import plan, queries, seat
 
 
 def _ticket(tenant: str, sla_s: float) -> Ticket:
-    return Ticket(0, tenant, tenant, FAKE_SCHEMA, 1.0, 0.0, sla_s)
+    return Ticket(0, tenant, tenant, FAKE_SCHEMA, 0.0, sla_s)
 
 
 def test_a_tenant_at_its_bound_is_refused_before_the_engine_is_asked_and_no_other() -> None:
