@@ -56,8 +56,9 @@ def test_the_wire_body_is_the_daemons_and_every_peer_parses_it_with_the_daemons_
         np.testing.assert_array_equal(parsed.candidate_sparse[feature], ids)
 
 
-def test_two_client_processes_send_one_open_loop_schedule_between_them(tmp_path: Path) -> None:
-    echo = ChildServer(
+def _echo(tmp_path: Path) -> ChildServer:
+    """The echo peer (no model), not yet started."""
+    return ChildServer(
         "echo",
         [],
         log_path=tmp_path / "echo.log",
@@ -65,6 +66,10 @@ def test_two_client_processes_send_one_open_loop_schedule_between_them(tmp_path:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
     )
+
+
+def test_two_client_processes_send_one_open_loop_schedule_between_them(tmp_path: Path) -> None:
+    echo = _echo(tmp_path)
     with echo, LoadClient(FAKE_SCHEMA, seed=1, processes=2) as client:
         echo.wait_healthy(30)
         url = f"{echo.url}/v2/models/m/infer"
@@ -82,14 +87,7 @@ def test_two_client_processes_send_one_open_loop_schedule_between_them(tmp_path:
 def test_by_stream_a_client_process_sends_its_tenants_arrivals_only(tmp_path: Path) -> None:
     """The isolation runs' split: each tenant's arrivals come from a client process of its own,
     so that a flooder's writes never delay another tenant's requests inside one client."""
-    echo = ChildServer(
-        "echo",
-        [],
-        log_path=tmp_path / "echo.log",
-        command=[sys.executable, "-m", "bench.peers.echo"],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-    )
+    echo = _echo(tmp_path)
     rng = np.random.default_rng(0)
     bodies = {
         (k, v): encode_query(FAKE_SCHEMA.random_query(rng, k))

@@ -134,16 +134,20 @@ def test_errors_and_messages_cross_the_link_as_they_were() -> None:
 # -- the daemon as processes ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChildServer]:
-    folder: Path = tmp_path_factory.mktemp("fronts")
+def _two_tenants(folder: Path, fronts: int) -> Iterator[ChildServer]:
+    """``gpufair executor`` with ``fronts`` fronts over tenants a and b (fake models)."""
     plan_path = folder / "plan.json"
     node_plan = plan([seat(0, "a", sla_ms=5000), seat(1, "b", sla_ms=5000)], pool=1)
     plan_path.write_text(json.dumps(node_plan.to_dict()))
-    args = ["executor", "--plan", str(plan_path), "--backend", "fake", "--fronts", "2"]
+    args = ["executor", "--plan", str(plan_path), "--backend", "fake", "--fronts", str(fronts)]
     with ChildServer("gpufair executor", args, log_path=folder / "daemon.log") as child:
         child.wait_healthy(120)
         yield child
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChildServer]:
+    yield from _two_tenants(tmp_path_factory.mktemp("fronts"), fronts=2)
 
 
 def _children(pid: int) -> list[int]:
@@ -220,14 +224,7 @@ def test_a_front_that_dies_is_started_again(daemon) -> None:
 @pytest.fixture(scope="module")
 def one_front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChildServer]:
     """A daemon with one front, so that every connection meets the same tenants' bounds."""
-    folder: Path = tmp_path_factory.mktemp("one-front")
-    plan_path = folder / "plan.json"
-    node_plan = plan([seat(0, "a", sla_ms=5000), seat(1, "b", sla_ms=5000)], pool=1)
-    plan_path.write_text(json.dumps(node_plan.to_dict()))
-    args = ["executor", "--plan", str(plan_path), "--backend", "fake", "--fronts", "1"]
-    with ChildServer("gpufair executor", args, log_path=folder / "daemon.log") as child:
-        child.wait_healthy(120)
-        yield child
+    yield from _two_tenants(tmp_path_factory.mktemp("one-front"), fronts=1)
 
 
 def _headers_only(daemon: ChildServer, model: str, body_bytes: int) -> socket.socket:
