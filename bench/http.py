@@ -28,9 +28,12 @@ p99 breaks the SLA (a refused or failed query is a miss), then bisection.
 
 Isolation: two tenants with equal shares, a share being half of gpufair's HTTP median; the
 flooder sends 5× its share and the calm tenant ``--calm-fraction`` of its share (0.5, as
-``gpufair bench serve``), for ``--isolation-s`` seconds; the calm tenant's queries within the
-SLA are reported for gpufair (a seat each and equal weights in a pool of the cores left, one
-session per core in all) and for Ray Serve (one deployment per tenant, one replica each).
+``gpufair bench serve``), for ``--isolation-s`` seconds, each tenant from a load client process
+of its own (two tenants are two clients: in one process the flooder's megabyte writes delayed
+the calm tenant's sending, and that delay was charged to the server); the calm tenant's
+queries within the SLA are reported for gpufair (a seat each and equal weights in a pool of the
+cores left, one session per core in all) and for Ray Serve (one deployment per tenant, one
+replica each).
 
 Results: ``bench/results/serve-http[-quick].{json,md,png}`` with the command and the machine.
 """
@@ -63,6 +66,7 @@ from bench.loadclient import LoadClient, Stream, TrialResult, TrialSpec
 from bench.machine import describe_machine, load_average, this_machine
 from bench.peers.common import INFER_PATH
 from bench.serve import START_RATE, WARMUP_S, highest_rate_within_sla
+from executor.models.schema import ModelSchema
 from gpufair.servers import ChildServer, ChildServerError
 
 log = logging.getLogger(__name__)
@@ -446,7 +450,8 @@ def client_check(cfg: HttpConfig, client: LoadClient, work: Path, rate: float) -
 
 def isolation(cfg: HttpConfig, client: LoadClient, work: Path, share: float) -> dict[str, Any]:
     """The calm tenant beside the flooder, each system in turn; ``share`` is a tenant's share
-    in qps (half of gpufair's HTTP median, or ``--share-qps``)."""
+    in qps (half of gpufair's HTTP median, or ``--share-qps``); ``client`` has a process per
+    tenant."""
     calm_rate, flood_rate = cfg.calm_fraction * share, cfg.flood_factor * share
     sla_s = cfg.sla_ms / 1000
     systems: dict[str, Callable[[], ChildServer]] = {}
@@ -503,7 +508,8 @@ def isolation(cfg: HttpConfig, client: LoadClient, work: Path, share: float) -> 
                 )
                 client.run(warm)
                 time.sleep(0.3)
-                result = client.run(TrialSpec(streams, cfg.isolation_s, cfg.seed, 4 * sla_s + 2))
+                trial = TrialSpec(streams, cfg.isolation_s, cfg.seed, 4 * sla_s + 2, by_stream=True)
+                result = client.run(trial)
             run = isolation_run(result, calm_rate, flood_rate, sla_s)
             out["runs"].setdefault(name, []).append(run)
             log.info(
@@ -603,8 +609,9 @@ def markdown(data: dict[str, Any]) -> str:
             f"Isolation: two tenants with equal shares ({iso['share_qps']} qps each, "
             f"{'given' if c['share_qps'] else 'half of gpufair' + chr(39) + 's HTTP median'}); "
             f"the flooder sends {iso['flood_qps']} qps (5× its share), "
-            f"the calm tenant {iso['calm_qps']} qps, for {c['isolation_s']:g} s; "
-            f"{c['isolation_repeats']} run(s) each, median.",
+            f"the calm tenant {iso['calm_qps']} qps, for {c['isolation_s']:g} s, each tenant "
+            f"from a load client process of its own; {c['isolation_repeats']} run(s) each, "
+            "median.",
             "",
             "| system | calm tenant within SLA | calm p50 / p99 (ms) | calm refused / failed "
             "| flooder within SLA | flooder refused |",
@@ -805,12 +812,17 @@ def _config(args: argparse.Namespace, argv: list[str]) -> HttpConfig:
 
 
 def measure(
-    cfg: HttpConfig, client: LoadClient, work: Path
+    cfg: HttpConfig, client: LoadClient, work: Path, schema: ModelSchema
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any] | None]:
     """The throughput searches, the client check and the isolation runs (only the last with
     ``--share-qps``)."""
+
+    def tenants(share: float) -> dict[str, Any]:
+        with LoadClient(schema, cfg.seed, processes=2) as per_tenant:
+            return isolation(cfg, per_tenant, work, share)
+
     if cfg.share_qps:
-        return None, None, isolation(cfg, client, work, cfg.share_qps)
+        return None, None, tenants(cfg.share_qps)
     tput = throughput(cfg, client, work)
     http_best = max(
         (q for n, q in tput["throughput_qps"].items() if n != "gpufair-inprocess"),
@@ -820,7 +832,7 @@ def measure(
     best = gpufair_name(cfg, max(cfg.streams))
     # No share to flood without a rate gpufair serves within the SLA.
     qps = tput["throughput_qps"].get(best, 0)
-    return tput, check, isolation(cfg, client, work, qps / 2) if qps > 0 else None
+    return tput, check, tenants(qps / 2) if qps > 0 else None
 
 
 def main(argv: list[str]) -> int:
@@ -843,7 +855,7 @@ def main(argv: list[str]) -> int:
     ):
         work = Path(tmp)
         try:
-            tput, check, iso = measure(cfg, client, work)
+            tput, check, iso = measure(cfg, client, work, schema)
         except ChildServerError as exc:
             sys.stderr.write(f"gpufair bench serve --http: {exc}\n")
             return 1

@@ -82,10 +82,14 @@ class TrialSpec:
     seed: int
     timeout_s: float  # a reply later than this after its scheduled arrival is a miss
     # With several client processes, process ``part`` of ``parts`` sends every parts-th arrival
-    # of the one schedule, from the same wall-clock start (``start_at``, time.time(); 0: now).
+    # of the one schedule, from the same wall-clock start (``start_at``, time.time(); 0: now);
+    # ``by_stream``: the arrivals of every parts-th stream instead, so that each tenant of an
+    # isolation trial is a client of its own, as tenants are, and a flooder's sending never
+    # delays another tenant's requests inside the client.
     part: int = 0
     parts: int = 1
     start_at: float = 0.0
+    by_stream: bool = False
 
 
 @dataclass
@@ -195,16 +199,25 @@ async def _run_trial(
         pools.setdefault((host, port), _Pool(host, port))
         planned = schedule(stream.rate, spec.seconds, spec.seed, stream.salt)
         latencies.append([FAILED] * len(planned))
+        # One request's bytes per (size, variant) and stream, shared by its arrivals: a copy per
+        # arrival took gigabytes and seconds to build for a flood of megabyte bodies.
+        requests: dict[tuple[int, int], bytes] = {}
         for index, (offset, size, variant) in enumerate(planned):
-            headers, body = bodies[(size, variant)]
-            fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-            head = (
-                f"POST {url.path} HTTP/1.1\r\nHost: {host}:{port}\r\n{fields}"
-                f"Content-Length: {len(body)}\r\n\r\n"
-            ).encode("latin-1")
-            arrivals.append((offset, s, index, head + body))
+            request = requests.get((size, variant))
+            if request is None:
+                headers, body = bodies[(size, variant)]
+                fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+                head = (
+                    f"POST {url.path} HTTP/1.1\r\nHost: {host}:{port}\r\n{fields}"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode("latin-1")
+                request = requests[(size, variant)] = head + body
+            arrivals.append((offset, s, index, request))
     arrivals.sort(key=lambda a: a[0])
-    arrivals = arrivals[spec.part :: spec.parts]
+    if spec.by_stream:
+        arrivals = [a for a in arrivals if a[1] % spec.parts == spec.part]
+    else:
+        arrivals = arrivals[spec.part :: spec.parts]
     sent: list[list[int]] = [[] for _ in spec.streams]
     for _, which, index, _ in arrivals:
         sent[which].append(index)

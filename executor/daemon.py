@@ -21,22 +21,26 @@ Routes (docs/architecture.md §3.3, docs/executor.md "HTTP"):
 - ``GET /metrics`` — Prometheus text format.
 
 The app is plain Starlette rather than FastAPI: an inference request costs one route match,
-one admission call to the engine, its tenant's turn to read (:mod:`executor.front.fair`), one
-body read, a parse and the query's hand-off, and nothing else runs per request (no dependency
-injection or response-model validation). It runs over an :class:`~executor.front.engine.Engine`:
-in a front process over a link to the engine process (:mod:`executor.front.process`, the
-daemon), or in the engine's own process (:func:`create_app`, for tests and tools).
+its tenant's in-flight bound at the front (:mod:`executor.front.budget`), one admission call to
+the engine, one body read, a parse and the query's hand-off, and nothing else runs per request
+(no dependency injection or response-model validation). It runs over an
+:class:`~executor.front.engine.Engine`: in a front process over a link to the engine process
+(:mod:`executor.front.process`, the daemon), or in the engine's own process
+(:func:`create_app`, for tests and tools).
 
 A request is routed once, on arrival, to the replica that will serve it (the least loaded
 one when a model has several), and admission is checked twice on that replica. Before the
 body is read, from the route and headers alone: a wrong content type, a declared length over
 the limit, an unknown or unloaded model, and a replica that would refuse even a one-candidate
 query now are answered at once, so the front never reads or parses what it turns away
-(parsing a 6 MB JSON query takes a front tens of ms). After parsing, the same replica admits
-the query again with its real number of candidates. Were the replica picked again after the
-body is read, the early check would have judged a replica that may not be the one the query
-is queued on. Only a plan swap moves a request: a replica that drains meanwhile hands it to
-the new plan's replica.
+(parsing a 6 MB JSON query takes a front tens of ms). So is a request whose tenant is at its
+in-flight bound at this front, without asking the engine. A request refused before its body
+is read is answered with ``Connection: close``: the front does not drain a body it refused.
+A body that has come in after the request's SLA is refused unparsed: the front is behind.
+After parsing, the same replica admits the query again with its real number of candidates.
+Were the replica picked again after the body is read, the early check would have judged a
+replica that may not be the one the query is queued on. Only a plan swap moves a request: a
+replica that drains meanwhile hands it to the new plan's replica.
 
 Every error a request can meet is answered from one table,
 :data:`executor.engine.answers.ERROR_ANSWERS`, and counted by the engine.
@@ -60,8 +64,8 @@ from executor import codec
 from executor.engine.answers import ERROR_ANSWERS, answer_of
 from executor.engine.core import EngineCore
 from executor.features import Query
+from executor.front.budget import TenantBudgets
 from executor.front.engine import Engine, Ticket
-from executor.front.fair import FairReader
 from executor.front.local import LocalEngine
 from executor.metrics import ExecutorMetrics
 from executor.models.schema import ModelSchema
@@ -87,6 +91,14 @@ def answer_error(exc: Exception) -> tuple[JSONResponse, str | None]:
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _close_unread(response: Response) -> Response:
+    """``response`` with the connection closed after it: its request's body was not read, and
+    reading it to keep the connection would cost the front what refusing it unread saved (the
+    client pays for its next connection instead)."""
+    response.headers["Connection"] = "close"
+    return response
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
@@ -117,10 +129,10 @@ def create_front_app(
     engine: Engine,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    reader: FairReader | None = None,
+    budgets: TenantBudgets | None = None,
 ) -> Starlette:
     """The daemon's ASGI app over an engine (in this process or over a link)."""
-    turns = reader or FairReader()
+    bounds = budgets or TenantBudgets()
 
     async def healthz(request: Request) -> Response:
         health = await engine.health()
@@ -139,10 +151,14 @@ def create_front_app(
         return JSONResponse(info.schema.to_dict())
 
     async def serve(request: Request, reader: BodyReader) -> Response:
-        """A query from arrival to reply: admit, the checks before the body, the tenant's turn
-        to read and parse it, queue, wait for its scores. ``reader`` knows the body format."""
+        """A query from arrival to reply: the checks before the body (its tenant's bound at this
+        front, the engine's admission), read and parse it, queue, wait for its scores.
+        ``reader`` knows the body format."""
         arrival = time.monotonic()
+        model = request.path_params["model"]
         ticket: Ticket | None = None  # admitted, and not yet handed to the engine
+        counted: str | None = None  # the tenant whose in-flight bound this request counts in
+        body_read = answered = False  # answered: with its scores, within its SLA
         try:
             # Whatever can refuse a query without its body is decided before the body is
             # read: the front never reads or parses a body that admission control turns
@@ -151,27 +167,46 @@ def create_front_app(
             if refusal is not None:
                 return refusal
             declared = request.headers.get("content-length", "")
-            cost = int(declared) if declared.isdigit() else None
-            if cost is not None and cost > max_body_bytes:
+            if declared.isdigit() and int(declared) > max_body_bytes:
                 return _error(413, f"body of {declared} bytes exceeds {max_body_bytes}")
-            ticket = await engine.admit(request.path_params["model"], arrival)
-            # A body whose turn comes after the SLA is refused unread (front/fair.py).
-            async with turns.turn(ticket.tenant, ticket.share, cost, arrival + ticket.sla_s):
-                body = await _read_body(request, max_body_bytes)
-                if body is None:
-                    return _error(413, f"body exceeds {max_body_bytes} bytes")
-                query, reply = reader.parse(request, ticket.schema, body)
+            # A tenant at its in-flight bound at this front is refused before the engine is
+            # asked (front/budget.py); the engine counts the refusal.
+            try:
+                counted = bounds.claim(model)
+            except Overloaded as over:
+                engine.refused(model)
+                return _close_unread(answer_error(over)[0])
+            ticket = await engine.admit(model, arrival)
+            claimed, counted = counted, None
+            counted = bounds.confirm(model, ticket, claimed)
+            # The body is received as it comes, in no queue: waiting for a slow client's bytes
+            # holds up no other request, and the tenant's in-flight bound limits how many of
+            # its bodies the front receives at once.
+            body = await _read_body(request, max_body_bytes)
+            body_read = True
+            if body is None:
+                return _error(413, f"body exceeds {max_body_bytes} bytes")
+            if time.monotonic() > arrival + ticket.sla_s:  # it could only be answered late
+                raise Overloaded(
+                    f"model {model!r}: its body came after its SLA; the front is behind", 1.0
+                )
+            query, reply = reader.parse(request, ticket.schema, body)
             handed, ticket = ticket, None  # the engine counts its outcome from here on
             scores = await engine.infer(handed, query)
+            answered = time.monotonic() - arrival <= handed.sla_s
         except (SchedulingError, ValueError) as exc:
             response, outcome = answer_error(exc)
             if ticket is not None:
                 engine.abandon(ticket, outcome)
                 ticket = None
+            if isinstance(exc, Overloaded) and not body_read:
+                return _close_unread(response)
             return response
         finally:
             if ticket is not None:  # its body was too large, or its client left
                 engine.abandon(ticket, None)
+            if counted is not None:
+                bounds.leave(counted, answered)
         return reply(scores)
 
     async def infer_v1(request: Request) -> Response:

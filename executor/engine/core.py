@@ -8,10 +8,14 @@ calls, in the order the daemon makes them (docs/executor.md, "Admission control"
 
 1. :meth:`admit` — on arrival, from the route alone: the replica that will serve the query
    (routed once), checked for a one-candidate query; an :class:`Admission` that tells the
-   front the model's schema (to parse the body), its tenant and its share (to read the body
-   in its tenant's turn). Raises the scheduling errors (Overloaded: 429 before the body).
+   front the model's schema (to parse the body), its tenant and SLA (to bound the tenant's
+   requests in flight at the front). Raises the scheduling errors (Overloaded: 429 before the
+   body).
 2. :meth:`submit` — the parsed query, on the same replica; a future of its scores.
 3. :meth:`abandon` — a query that ends at the front (a malformed body: counted as invalid).
+
+A request a front refuses on its own, before asking (:mod:`executor.front.budget`), is told
+with :meth:`refused` and counted as rejected.
 
 Every outcome is counted here, once, wherever the front runs.
 """
@@ -55,12 +59,6 @@ class Admission:
     @property
     def tenant(self) -> str:
         return self.group.tenant
-
-    @property
-    def share(self) -> float:
-        """Sessions the replica can count on: its weight in the fronts' read queues."""
-        device = self.group.device
-        return device.sessions_for(self.group) if device else float(self.group.own_sessions)
 
 
 class EngineCore:
@@ -111,6 +109,17 @@ class EngineCore:
         not counted, e.g. a body over the size limit)."""
         if outcome is not None:
             self._observe(admission.group, outcome, None)
+
+    def refused(self, model: str, count: int = 1) -> None:
+        """Count ``count`` requests for ``model`` that a front refused before asking the engine
+        as rejected, on the model's replica (none: not counted, as the model is gone)."""
+        try:
+            group = self.runtime.group(model)
+        except SchedulingError:
+            return
+        self.runtime.count_rejected(group, count)
+        for _ in range(count):
+            self._observe(group, "rejected", None)
 
     def health(self) -> dict[str, Any] | None:
         """The ``/healthz`` document, or None before the first plan."""

@@ -89,6 +89,9 @@ class FrontLink(threading.Thread):
             elif op == "abandon":
                 admission = self._admitted.pop(key)
                 core.abandon(admission, header.get("outcome"))
+            elif op == "refused":
+                for model, count in header["counts"].items():
+                    core.refused(model, int(count))
             elif op == "health":
                 self._send({"id": key, "health": core.health()})
             elif op == "metrics":
@@ -111,7 +114,6 @@ class FrontLink(threading.Thread):
             "id": key,
             "model_id": group.model_id,
             "tenant": admission.tenant,
-            "share": admission.share,
             "deadline": admission.deadline,
             "sla_s": group.sla_s,
             "schema_key": schema_key,

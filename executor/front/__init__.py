@@ -3,6 +3,8 @@
 A front runs the daemon's HTTP app (:mod:`executor.daemon`) over an :class:`Engine`
 (:mod:`executor.front.engine`): in the engine's own process (:class:`LocalEngine`, the
 in-process app of tests and tools) or in a front process of its own (:class:`RemoteEngine`
-over a link, :mod:`executor.front.process`). Bodies are read and parsed in their tenant's turn
-(:mod:`executor.front.fair`), so a flooding tenant's parsing falls on the flooder.
+over a link, :mod:`executor.front.process`). A tenant's requests in flight at a front are
+bounded by the rate it is answered at (:mod:`executor.front.budget`): a flooding tenant's excess
+is refused on its headers, before the engine is asked or its body read, so its cost falls on
+the flooder.
 """

@@ -26,7 +26,6 @@ class Ticket:
     model_id: str
     tenant: str
     schema: ModelSchema  # what the body must carry
-    share: float  # sessions its replica counts on: its tenant's weight in the read queues
     deadline: float  # time.monotonic() by which the engine answers it at the latest
     sla_s: float  # its replica's p99 target: a body read after arrival + sla_s is read too late
 
@@ -57,6 +56,10 @@ class Engine(Protocol):
 
     def abandon(self, ticket: Ticket, outcome: str | None) -> None:
         """End an admitted request at the front; ``outcome`` is counted (None: not)."""
+
+    def refused(self, model: str) -> None:
+        """Count a request for ``model`` the front refused before asking the engine
+        (:mod:`executor.front.budget`) as rejected."""
 
     async def health(self) -> dict[str, Any] | None:
         """The ``/healthz`` document, None before the first plan."""

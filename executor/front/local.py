@@ -42,7 +42,6 @@ class LocalEngine:
             admission.group.model_id,
             admission.tenant,
             admission.schema,
-            admission.share,
             admission.deadline,
             admission.group.sla_s,
         )
@@ -55,6 +54,9 @@ class LocalEngine:
         admission = self._admitted.pop(ticket.key, None)
         if admission is not None:
             self._core.abandon(admission, outcome)
+
+    def refused(self, model: str) -> None:
+        self._core.refused(model)
 
     async def health(self) -> dict[str, Any] | None:
         return self._core.health()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import itertools
 import logging
 import mmap
@@ -28,6 +29,10 @@ from executor.models.schema import ModelSchema
 from executor.scheduling.errors import ModelUnavailable, Overloaded
 
 log = logging.getLogger(__name__)
+
+# Refusals a front made on its own are told to the engine in one message per this interval: a
+# flood is refused hundreds of times a second, and a message each would be the engine's work.
+REFUSALS_EVERY_S = 0.1
 
 
 class Arena:
@@ -81,6 +86,7 @@ class RemoteEngine:
         self._schemas: dict[str, ModelSchema] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        self._refusals: collections.Counter[str] = collections.Counter()  # model -> not yet told
 
     async def start(self) -> None:
         reader, self._writer = await asyncio.open_connection(sock=self._sock)
@@ -142,7 +148,6 @@ class RemoteEngine:
             model_id=header["model_id"],
             tenant=header["tenant"],
             schema=self._schemas[schema_key],
-            share=float(header["share"]),
             deadline=float(header["deadline"]),
             sla_s=float(header["sla_s"]),
         )
@@ -163,6 +168,18 @@ class RemoteEngine:
 
     def abandon(self, ticket: Ticket, outcome: str | None) -> None:
         self._send({"op": "abandon", "id": ticket.key, "outcome": outcome})
+
+    def refused(self, model: str) -> None:
+        if not self._refusals:
+            asyncio.get_running_loop().call_later(REFUSALS_EVERY_S, self._tell_refusals)
+        self._refusals[model] += 1
+
+    def _tell_refusals(self) -> None:
+        counts, self._refusals = dict(self._refusals), collections.Counter()
+        try:
+            self._send({"op": "refused", "counts": counts})
+        except ModelUnavailable:  # the engine is gone, and its counts with it
+            pass
 
     async def health(self) -> dict[str, Any] | None:
         header, _ = await self._call({"op": "health"})

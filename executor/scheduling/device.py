@@ -286,6 +286,11 @@ class DeviceScheduler:
             self._cond.notify_all()
         return pending
 
+    def count_rejected(self, group: SessionGroup, count: int) -> None:
+        """Count ``count`` queries of ``group`` refused before they reached it (by a front)."""
+        with self._cond:
+            group.stats.rejected += count
+
     def check(self, group: SessionGroup, rows: int = 1, arrival: float | None = None) -> None:
         """Raise Overloaded when a query of ``rows`` candidates would be refused now.
 

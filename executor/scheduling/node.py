@@ -358,6 +358,12 @@ class NodeRuntime:
         if device is not None:
             device.check(group, 1, arrival)
 
+    def count_rejected(self, group: SessionGroup, count: int) -> None:
+        """Count ``count`` queries of the replica refused before they reached it."""
+        device = group.device
+        if device is not None:
+            device.count_rejected(group, count)
+
     def submit_to(
         self, group: SessionGroup, query: Query, arrival: float | None = None
     ) -> Pending:

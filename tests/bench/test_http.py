@@ -6,6 +6,7 @@ run starts the real daemon and the naive FastAPI peer and drives them over loopb
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -17,10 +18,19 @@ import numpy as np
 import pytest
 
 from bench.http import summarize
-from bench.loadclient import LoadClient, Stream, TrialSpec, encode_query, schedule
+from bench.loadclient import (
+    DISTINCT_QUERIES,
+    LoadClient,
+    Stream,
+    TrialSpec,
+    _run_trial,
+    encode_query,
+    schedule,
+)
 from bench.peers.common import parse_request
 from executor.fake import FAKE_SCHEMA
 from executor.wire import oip
+from gpufair.loadgen import QUERY_SIZES
 from gpufair.servers import ChildServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,8 +56,9 @@ def test_the_wire_body_is_the_daemons_and_every_peer_parses_it_with_the_daemons_
         np.testing.assert_array_equal(parsed.candidate_sparse[feature], ids)
 
 
-def test_two_client_processes_send_one_open_loop_schedule_between_them(tmp_path: Path) -> None:
-    echo = ChildServer(
+def _echo(tmp_path: Path) -> ChildServer:
+    """The echo peer (no model), not yet started."""
+    return ChildServer(
         "echo",
         [],
         log_path=tmp_path / "echo.log",
@@ -55,6 +66,10 @@ def test_two_client_processes_send_one_open_loop_schedule_between_them(tmp_path:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
     )
+
+
+def test_two_client_processes_send_one_open_loop_schedule_between_them(tmp_path: Path) -> None:
+    echo = _echo(tmp_path)
     with echo, LoadClient(FAKE_SCHEMA, seed=1, processes=2) as client:
         echo.wait_healthy(30)
         url = f"{echo.url}/v2/models/m/infer"
@@ -67,6 +82,27 @@ def test_two_client_processes_send_one_open_loop_schedule_between_them(tmp_path:
     assert result.statuses == {200: 80}
     assert all(0 < x < 5.0 for lat in result.latencies for x in lat)
     assert result.client_cpu_s > 0 and result.wall_s >= 0.9
+
+
+def test_by_stream_a_client_process_sends_its_tenants_arrivals_only(tmp_path: Path) -> None:
+    """The isolation runs' split: each tenant's arrivals come from a client process of its own,
+    so that a flooder's writes never delay another tenant's requests inside one client."""
+    echo = _echo(tmp_path)
+    rng = np.random.default_rng(0)
+    bodies = {
+        (k, v): encode_query(FAKE_SCHEMA.random_query(rng, k))
+        for k in set(QUERY_SIZES)
+        for v in range(DISTINCT_QUERIES)
+    }
+    with echo:
+        echo.wait_healthy(30)
+        url = f"{echo.url}/v2/models/m/infer"
+        streams = (Stream(url, 40.0, 0), Stream(url, 10.0, 1))
+        spec = TrialSpec(streams, 1.0, 5, 5.0, part=1, parts=2, by_stream=True)
+        result = asyncio.run(_run_trial(spec, bodies))
+    planned = len(schedule(10.0, 1.0, 5, 1))
+    assert result.sent == [[], list(range(planned))]  # the second tenant's, all of them
+    assert result.statuses == {200: planned}
 
 
 def test_bad_flags_are_one_line() -> None:

@@ -1,12 +1,13 @@
-"""Fronts and the engine: the fronts' fair read queues, their shared-buffer allocator, the link's
-messages, and ``gpufair executor`` as an engine process with front processes."""
+"""Fronts and the engine: the fronts' in-flight bounds per tenant, their shared-buffer
+allocator, the link's messages, and ``gpufair executor`` as an engine process with front
+processes."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,116 +20,55 @@ import pytest
 from executor import codec
 from executor.engine import link
 from executor.fake import FAKE_SCHEMA
-from executor.front.fair import FairReader
+from executor.front.budget import TenantBudgets
+from executor.front.engine import Ticket
 from executor.front.remote import Arena
 from executor.scheduling import Overloaded
 from executor.wire import oip
 from gpufair.servers import ChildServer
 from tests.executor.scheduling_helpers import plan, queries, seat
 
-# -- the read queues --------------------------------------------------------------------------
+# -- the tenants' in-flight bounds ------------------------------------------------------------
 
 
-async def _grant_order(reader: FairReader, arrivals: list[tuple[str, float, int]]) -> list[str]:
-    """The order in which requests (tenant, share, cost), arriving in this order while one
-    body is being read, get their turn; each holds its turn until the next is decided."""
-    order: list[str] = []
-    hold = asyncio.Event()
-
-    async def first() -> None:
-        async with reader.turn("first", 1.0, 1):
-            await hold.wait()
-
-    async def request(tenant: str, share: float, cost: int) -> None:
-        async with reader.turn(tenant, share, cost):
-            order.append(tenant)
-
-    blocker = asyncio.create_task(first())
-    await asyncio.sleep(0)
-    tasks = []
-    for tenant, share, cost in arrivals:
-        tasks.append(asyncio.create_task(request(tenant, share, cost)))
-        await asyncio.sleep(0)  # queued in arrival order
-    hold.set()
-    await asyncio.gather(blocker, *tasks)
-    return order
+def _ticket(tenant: str, sla_s: float) -> Ticket:
+    return Ticket(0, tenant, tenant, FAKE_SCHEMA, 0.0, sla_s)
 
 
-def test_a_calm_tenants_body_is_read_before_a_flooders_backlog() -> None:
-    arrivals = [("flood", 1.0, 1000)] * 20 + [("calm", 1.0, 1000)]
-    order = asyncio.run(_grant_order(FairReader(slots=1), arrivals))
-    assert order.index("calm") <= 1  # at most the flooder's first body before it
+def test_a_tenant_at_its_bound_is_refused_before_the_engine_is_asked_and_no_other() -> None:
+    budgets = TenantBudgets(min_in_flight=3)
+    assert budgets.claim("flood-model") is None  # not known here yet: the engine decides
+    assert budgets.confirm("flood-model", _ticket("flood", 0.05), None) == "flood"
+    for _ in range(2):  # known now: counted before the engine is asked
+        assert budgets.claim("flood-model") == "flood"
+    with pytest.raises(Overloaded, match="in flight") as refused:
+        budgets.claim("flood-model")
+    assert refused.value.retry_after_s > 0
+    with pytest.raises(Overloaded, match="in flight"):  # one the engine admitted meanwhile
+        budgets.confirm("flood-model", _ticket("flood", 0.05), None)
+    assert budgets.in_flight("flood") == 3
+    # Another tenant's bound is its own; a model moved to it by a plan swap moves its count.
+    assert budgets.confirm("calm-model", _ticket("calm", 0.05), None) == "calm"
+    assert budgets.confirm("moved-model", _ticket("calm", 0.05), "flood") == "calm"
+    assert budgets.in_flight("flood") == 2 and budgets.in_flight("calm") == 2
+    assert budgets.claim("flood-model") == "flood"
 
 
-def test_backlogged_tenants_are_read_in_proportion_to_their_shares() -> None:
-    arrivals = [("a", 2.0, 100)] * 30 + [("b", 1.0, 100)] * 30
-    order = asyncio.run(_grant_order(FairReader(slots=1), arrivals))
-    first_30 = order[:30]
-    assert abs(first_30.count("a") - 20) <= 1 and abs(first_30.count("b") - 10) <= 1
-
-
-def test_a_tenant_with_too_many_bodies_waiting_is_refused() -> None:
-    async def run() -> None:
-        reader = FairReader(slots=1, max_waiting=2)
-        hold = asyncio.Event()
-
-        async def waiting() -> None:
-            async with reader.turn("flood", 1.0, 1):
-                await hold.wait()
-
-        tasks = [asyncio.create_task(waiting()) for _ in range(3)]
-        await asyncio.sleep(0)
-        assert reader.waiting("flood") == 2
-        with pytest.raises(Overloaded, match="wait to be read"):
-            async with reader.turn("flood", 1.0, 1):
-                pass
-        hold.set()
-        await asyncio.gather(*tasks)
-
-    asyncio.run(run())
-
-
-def test_a_request_whose_turn_comes_after_its_sla_is_refused_unread() -> None:
-    """When the front falls behind, a body whose turn comes after its arrival plus SLA is not
-    read: the request is refused (429) and its turn goes to the next request that still has
-    time, so shedding falls on the requests that waited longest."""
-
-    async def run() -> None:
-        now = [0.0]
-        reader = FairReader(slots=1, clock=lambda: now[0])
-        hold = asyncio.Event()
-        outcomes: dict[str, str] = {}
-
-        async def first() -> None:
-            async with reader.turn("first", 1.0, 1):
-                await hold.wait()
-
-        async def request(name: str, tenant: str, expires: float) -> None:
-            try:
-                async with reader.turn(tenant, 1.0, 100, expires):
-                    outcomes[name] = f"read at {now[0]:g}"
-            except Overloaded as exc:
-                outcomes[name] = str(exc)
-
-        blocker = asyncio.create_task(first())
-        await asyncio.sleep(0)
-        tasks = [
-            asyncio.create_task(request("late flood", "flood", expires=0.05)),
-            asyncio.create_task(request("calm", "calm", expires=0.15)),
-            asyncio.create_task(request("flood in time", "flood", expires=0.15)),
-        ]
-        await asyncio.sleep(0)
-        now[0] = 0.1  # the first body took 100 ms: one waiting request is past its SLA
-        hold.set()
-        await asyncio.gather(blocker, *tasks)
-        assert outcomes["calm"] == outcomes["flood in time"] == "read at 0.1"
-        assert "came after its SLA" in outcomes["late flood"]
-        assert reader.waiting("flood") == reader.waiting("calm") == 0
-        # The refusal took no slot: the next request is read at once.
-        async with reader.turn("calm", 1.0, 100, expires=0.2):
-            pass
-
-    asyncio.run(run())
+def test_a_tenants_bound_follows_its_answer_rate_within_its_sla() -> None:
+    """Little's law: answered at r/s within an SLA of s seconds, r × s requests are in flight;
+    the bound is twice that, and answers older than the window no longer count."""
+    now = [0.0]
+    budgets = TenantBudgets(min_in_flight=4, headroom=2.0, window_s=1.0, clock=lambda: now[0])
+    for k in range(200):  # answered at 200/s over the last second
+        now[0] = k / 200
+        budgets.confirm("m", _ticket("busy", 0.1), None)
+        budgets.leave("busy", answered=True)
+    assert budgets.bound("busy") == 40  # 2 × 200/s × 0.1 s
+    now[0] += 2.0  # a quiet spell: its rate is forgotten, the floor stays
+    assert budgets.bound("busy") == 4
+    budgets.confirm("m", _ticket("busy", 0.1), None)
+    budgets.leave("busy", answered=False)  # a refusal or a failure is no answer
+    assert budgets.bound("busy") == 4
 
 
 # -- the shared buffer and the link ------------------------------------------------------------
@@ -194,16 +134,20 @@ def test_errors_and_messages_cross_the_link_as_they_were() -> None:
 # -- the daemon as processes ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChildServer]:
-    folder: Path = tmp_path_factory.mktemp("fronts")
+def _two_tenants(folder: Path, fronts: int) -> Iterator[ChildServer]:
+    """``gpufair executor`` with ``fronts`` fronts over tenants a and b (fake models)."""
     plan_path = folder / "plan.json"
     node_plan = plan([seat(0, "a", sla_ms=5000), seat(1, "b", sla_ms=5000)], pool=1)
     plan_path.write_text(json.dumps(node_plan.to_dict()))
-    args = ["executor", "--plan", str(plan_path), "--backend", "fake", "--fronts", "2"]
+    args = ["executor", "--plan", str(plan_path), "--backend", "fake", "--fronts", str(fronts)]
     with ChildServer("gpufair executor", args, log_path=folder / "daemon.log") as child:
         child.wait_healthy(120)
         yield child
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChildServer]:
+    yield from _two_tenants(tmp_path_factory.mktemp("fronts"), fronts=2)
 
 
 def _children(pid: int) -> list[int]:
@@ -275,3 +219,67 @@ def test_a_front_that_dies_is_started_again(daemon) -> None:
         time.sleep(0.2)
     with httpx.Client(base_url=daemon.url, timeout=30) as client:
         assert all(_infer(client, "a", k).status_code == 200 for k in range(10))
+
+
+@pytest.fixture(scope="module")
+def one_front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChildServer]:
+    """A daemon with one front, so that every connection meets the same tenants' bounds."""
+    yield from _two_tenants(tmp_path_factory.mktemp("one-front"), fronts=1)
+
+
+def _headers_only(daemon: ChildServer, model: str, body_bytes: int) -> socket.socket:
+    """A connection that sent an inference request's headers, declaring a body it never sends."""
+    host, port = daemon.url.removeprefix("http://").split(":")
+    conn = socket.create_connection((host, int(port)), timeout=30)
+    conn.sendall(
+        f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: {oip.BINARY_CONTENT_TYPE}\r\nContent-Length: {body_bytes}\r\n\r\n"
+        .encode()
+    )  # fmt: skip
+    return conn
+
+
+def _reply(conn: socket.socket) -> bytes:
+    """All the server sends until it closes the connection."""
+    received = b""
+    while chunk := conn.recv(65536):
+        received += chunk
+    return received
+
+
+@pytest.mark.slow
+def test_a_tenant_over_its_bound_is_refused_unread_and_others_are_served(one_front) -> None:
+    """Requests whose bodies never come hold tenant a's bound (8 in flight at a front); a's next
+    request is answered 429 with Retry-After before its body is sent, and the connection is
+    closed rather than drained, while tenant b is served."""
+    from executor.front.budget import MIN_IN_FLIGHT
+
+    with httpx.Client(base_url=one_front.url, timeout=30) as client:
+        assert _infer(client, "a", 0).status_code == 200  # the front learns a's tenant
+        before = client.get("/metrics").text
+        stalled = [_headers_only(one_front, "a", 4096) for _ in range(MIN_IN_FLIGHT)]
+        try:
+            while True:  # until a request finds the bound held
+                probe = _headers_only(one_front, "a", 10**6)
+                probe.settimeout(2.0)
+                try:
+                    reply = _reply(probe)
+                except TimeoutError:  # admitted before the others were: it waits for its body
+                    stalled.append(probe)
+                    assert len(stalled) < 2 * MIN_IN_FLIGHT, "the bound was never held"
+                    continue
+                probe.close()
+                break
+            assert reply.startswith(b"HTTP/1.1 429"), reply[:200]
+            head = reply.split(b"\r\n\r\n", 1)[0].lower()
+            assert b"retry-after: 1" in head and b"connection: close" in head
+            assert _infer(client, "b", 1).status_code == 200
+        finally:
+            for conn in stalled:
+                conn.close()
+        line = 'gpufair_executor_queries_total{model="a",outcome="rejected",tenant="tenant-a"}'
+        deadline = time.monotonic() + 30
+        while _value(client.get("/metrics").text, line) == _value(before, line):
+            assert time.monotonic() < deadline, "the front's refusal was not counted"
+            time.sleep(0.1)
+        assert _infer(client, "a", 2).status_code == 200  # its bound is free again

@@ -1,0 +1,131 @@
+"""Front-local admission: a tenant's requests in flight at a front, bounded by what it is served.
+
+The engine's admission control (:mod:`executor.scheduling.admission`) judges a request from
+the engine's queues, one round trip away, and only once the request has arrived there. Under a
+flood that is too late and too dear: issue 11 measured a tenant sending 5× its share over HTTP
+while the engine sat mostly idle: the flooder's hundreds of admitted requests waited at the
+front for their turn to be read (in per-tenant fair read queues, since removed), each holding a
+connection with a megabyte body behind it and each costing an admit message to the engine, and
+the calm tenant's bodies waited behind the flooder's slowly arriving ones until their SLA had
+passed. (Those queues held a turn while a body's bytes came in: two clients that sent headers
+and stalled their bodies stopped every other tenant's reads at that front.)
+
+So a front bounds, per tenant, the requests it has let in and not yet answered (being read,
+queued at the engine) by Little's law: a tenant answered within its SLA of ``s`` seconds at
+``r`` queries per second has ``r × s`` such requests in flight at most, so a front lets it have
+:data:`HEADROOM` times that (``r`` measured at this front over the last :data:`WINDOW_S`), and
+never fewer than :data:`MIN_IN_FLIGHT`, so that a tenant that starts or speeds up is let in
+while its rate is learnt. Only answers within the SLA count: a flooder whose answers come late
+has more in flight than it can be served in time, and its bound shrinks to what it is. A
+request of a tenant at its bound is refused (429) on arrival: before the engine is asked,
+before its body is read (the daemon closes such a connection rather than drain the body). A
+tenant within its share is answered as fast as it sends and stays far below its bound; a
+flooder's bound follows what it is served in time, and its excess is turned away at the cost
+of parsing its headers.
+
+A front learns a model's tenant from the engine's admissions (a plan swap that moves a model
+to another tenant is learnt from the next admission); a model not yet admitted at this front is
+always asked of the engine.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from executor.front.engine import Ticket
+from executor.scheduling.errors import Overloaded
+
+# In flight allowed, as a multiple of answers/s × SLA: room for a Poisson burst, and for a
+# tenant whose rate rises faster than a window of answers shows it.
+HEADROOM = 4.0
+MIN_IN_FLIGHT = 8  # in flight allowed whatever the tenant's rate
+WINDOW_S = 1.0  # the answers a tenant's rate is measured over
+RETRY_AFTER_S = 1.0  # what a refused client is told to wait
+
+
+@dataclass
+class _Tenant:
+    sla_s: float
+    in_flight: int = 0
+    answers: collections.deque[float] = field(default_factory=collections.deque)
+
+
+class TenantBudgets:
+    """The in-flight bound of each tenant at one front (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        headroom: float = HEADROOM,
+        min_in_flight: int = MIN_IN_FLIGHT,
+        window_s: float = WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if min_in_flight < 1:
+            raise ValueError(f"min_in_flight must be >= 1, got {min_in_flight}")
+        self._headroom = headroom
+        self._min = min_in_flight
+        self._window_s = window_s
+        self._clock = clock
+        self._tenant_of: dict[str, str] = {}  # model, as requests name it -> its tenant
+        self._tenants: dict[str, _Tenant] = {}
+
+    def in_flight(self, tenant: str) -> int:
+        state = self._tenants.get(tenant)
+        return state.in_flight if state else 0
+
+    def bound(self, tenant: str) -> int:
+        """The requests ``tenant`` may have in flight at this front now."""
+        state = self._tenants.get(tenant)
+        if state is None:
+            return self._min
+        horizon = self._clock() - self._window_s
+        while state.answers and state.answers[0] < horizon:
+            state.answers.popleft()
+        rate = len(state.answers) / self._window_s
+        return max(self._min, math.ceil(self._headroom * rate * state.sla_s))
+
+    def claim(self, model: str) -> str | None:
+        """Count a request for ``model`` in flight before the engine is asked, and return its
+        tenant; None when the model's tenant is not known at this front yet (nothing counted).
+        Raise Overloaded (nothing counted) when the tenant is at its bound."""
+        tenant = self._tenant_of.get(model)
+        if tenant is None:
+            return None
+        self._count(tenant)
+        return tenant
+
+    def confirm(self, model: str, ticket: Ticket, claimed: str | None) -> str:
+        """The engine admitted a request for ``model``: learn its tenant and count it there if
+        :meth:`claim` did not (or counted another tenant, before a plan swap); return the
+        tenant counted. Raise Overloaded, with nothing left counted, at the tenant's bound."""
+        self._tenant_of[model] = ticket.tenant
+        state = self._tenants.setdefault(ticket.tenant, _Tenant(ticket.sla_s))
+        state.sla_s = ticket.sla_s
+        if claimed != ticket.tenant:
+            if claimed is not None:
+                self.leave(claimed, answered=False)
+            self._count(ticket.tenant)
+        return ticket.tenant
+
+    def _count(self, tenant: str) -> None:
+        bound = self.bound(tenant)
+        if self.in_flight(tenant) >= bound:
+            raise Overloaded(
+                f"tenant {tenant!r}: {bound} requests in flight at this front, the most its "
+                "answer rate within its SLA allows",
+                RETRY_AFTER_S,
+            )
+        self._tenants[tenant].in_flight += 1
+
+    def leave(self, tenant: str, answered: bool) -> None:
+        """A request counted for ``tenant`` has ended; ``answered``: with its scores, within
+        its SLA."""
+        state = self._tenants[tenant]
+        state.in_flight -= 1
+        if answered:
+            state.answers.append(self._clock())
