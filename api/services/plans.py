@@ -167,7 +167,7 @@ class ParsedPlans:
                 select(NodePlanRow.node_id, NodeRow.name)
                 .join(NodeRow, NodeRow.id == NodePlanRow.node_id)
                 .where(NodePlanRow.allocation_id == allocation_id)
-            ).tuples().all()
+            ).all()
         )
         with self._lock:
             found = {
@@ -186,7 +186,7 @@ class ParsedPlans:
                         NodePlanRow.allocation_id == allocation_id,
                         NodePlanRow.node_id.in_(missing),
                     )
-                ).tuples()
+                )
             }
             found.update(loaded)
             with self._lock:
@@ -194,7 +194,7 @@ class ParsedPlans:
                     self._plans[(allocation_id, node_id)] = plan
                 while len(self._plans) > self.capacity:
                     self._plans.popitem(last=False)
-        return {names[node_id]: plan for node_id, plan in found.items()}
+        return {name: found[node_id] for node_id, name in names.items()}
 
 
 class PlanNotifier:
