@@ -9,11 +9,13 @@ against a real uvicorn serving the app with two request slots.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import httpx
+import pytest
 import sqlalchemy
 
 from api.app import create_app
@@ -74,6 +76,38 @@ def test_stuck_database_gives_503_with_retry_after_and_liveness_answers(db_url: 
         assert client.get(url).json()["revision"] == tenant["revision"]
         assert client.patch(url, json={"weight": 3}, headers={"If-Match": etag}).status_code == 200
         assert client.get("/readyz").json()["status"] == "ok"
+
+
+def test_sqlite_writers_waiting_for_the_lock_leave_every_slot_to_readers(db_url: str) -> None:
+    """SQLite takes one writer at a time: writers queued behind its lock wait for their turn
+    without a slot, so reads are still answered while more writers wait than there are slots
+    (PostgreSQL's writers do not queue on one lock, and its table lock here would stop reads)."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("SQLite's single writer")
+    settings = make_settings(db_url, database={"pool_size": SLOTS, "wait_timeout_s": 5.0})
+    with (
+        BackgroundServer(create_app(api_config(settings))) as server,
+        httpx.Client(base_url=server.url, headers=ADMIN, timeout=20) as client,
+    ):
+        tenant = client.post("/v1/tenants", json={"name": "ads"}).json()
+        url = f"/v1/tenants/{tenant['id']}"
+        etag = client.get(url).headers["ETag"]
+
+        def patch(weight: int) -> httpx.Response:
+            with httpx.Client(base_url=server.url, headers=ADMIN, timeout=20) as own:
+                return own.patch(url, json={"weight": weight}, headers={"If-Match": etag})
+
+        with ThreadPoolExecutor(WRITERS) as pool:
+            with stuck(db_url):
+                writes = [pool.submit(patch, weight) for weight in range(2, WRITERS + 2)]
+                time.sleep(WAIT_S)  # every writer has arrived and waits
+                reads = [client.get(url) for _ in range(3)]
+                assert not any(w.done() for w in writes)
+            statuses = sorted(w.result().status_code for w in writes)
+        assert [r.status_code for r in reads] == [200] * 3, [r.text for r in reads]
+        # Once the lock is free the writers go one after another: one wins, the rest hold a
+        # stale ETag.
+        assert statuses == [200] + [412] * (WRITERS - 1)
 
 
 def test_liveness_and_readiness(db_url: str) -> None:
