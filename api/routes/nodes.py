@@ -33,7 +33,7 @@ from api.schemas import (
     ProfilesStored,
 )
 from api.services import nodes as service
-from api.services.plans import RECHECK_S, plan_etag, plan_unless_current
+from api.services.plans import plan_etag, plan_unless_current, recheck_after
 from api.state import AppState
 from executor.wire.heartbeat import Heartbeat
 from executor.wire.profiles import ProfilesPut
@@ -139,7 +139,7 @@ async def read_plan(
         remaining = deadline - loop.time()
         if remaining <= 0:
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-        await state.notifier.wait(min(remaining, RECHECK_S))
+        await state.notifier.wait(min(remaining, recheck_after()))
 
 
 @router.post(

@@ -5,9 +5,10 @@ A node's plan is stored ready-made with each allocation, so serving it is one in
 (all its seats empty), which the executor parses like any other; its ETag changes when a real
 plan arrives, so a daemon that long-polls from the start needs no special case.
 
-Long-polls wait on :class:`PlanNotifier`, not on a database connection: the request re-reads
-its plan only when this process stores an allocation or every ``RECHECK_S`` (for allocations
-stored by another API replica sharing the PostgreSQL database).
+Long-polls wait on :class:`PlanNotifier`, not on a database connection: the request looks at
+its plan's version only when this process stores an allocation or about every ``RECHECK_S``
+(for allocations stored by another API replica sharing the PostgreSQL database), and reads the
+plan itself only when the version moved.
 
 A stored plan is read back through the format's one parser, ``NodePlan.from_dict``, the one the
 daemon parses it with, so the API never serves or reads a document the executor would refuse.
@@ -16,6 +17,7 @@ daemon parses it with, so the API never serves or reads a document the executor 
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -29,6 +31,14 @@ from api.models import DeviceRow, NodePlanRow, NodeRow
 
 # How often a waiting long-poll looks at the database even if this process stored nothing.
 RECHECK_S = 1.0
+
+
+def recheck_after() -> float:
+    """Seconds until a waiting long-poll's next look: ``RECHECK_S`` on average, spread over
+    half to one and a half of it. Long-polls that began together (woken by one allocation)
+    would otherwise all query at once, every second: 100 nodes made a burst of 100 reads each
+    second, a stall for every request that came with it."""
+    return RECHECK_S * random.uniform(0.5, 1.5)
 # How many of a node's newest plans may seat what it reports (see :func:`seated_on_node`).
 RECENT_PLANS = 8
 # Parsed stored plans an API process keeps (:class:`ParsedPlans`): a few allocations of a
