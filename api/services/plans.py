@@ -31,6 +31,8 @@ from api.models import DeviceRow, NodePlanRow, NodeRow
 
 # How often a waiting long-poll looks at the database even if this process stored nothing.
 RECHECK_S = 1.0
+# Over how long the long-polls one stored allocation wakes are spread (PlanNotifier.wait).
+WAKE_SPREAD_S = 1.0
 
 
 def recheck_after() -> float:
@@ -220,9 +222,18 @@ class PlanNotifier:
         self._event: asyncio.Event | None = None
 
     async def wait(self, timeout: float) -> None:
-        """Return after a notification or ``timeout`` seconds, whichever comes first."""
+        """Return after a notification or ``timeout`` seconds, whichever comes first.
+
+        A notification wakes every waiter at once, and each then reads and sends its node's
+        plan: for a hundred nodes, a hundred plan reads queued ahead of every other request.
+        So a woken waiter returns after a further random delay of up to ``WAKE_SPREAD_S``
+        (within ``timeout``): the reads arrive spread over it, and a plan reaches its node at
+        most that much later — nothing beside a solve's seconds or a daemon's model loads.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         with self._lock:
-            self._loop = asyncio.get_running_loop()
+            self._loop = loop
             if self._event is None:
                 self._event = asyncio.Event()
             event = self._event
@@ -230,6 +241,7 @@ class PlanNotifier:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
             return
+        await asyncio.sleep(random.uniform(0, max(0.0, min(WAKE_SPREAD_S, deadline - loop.time()))))
 
     def _wake(self) -> None:
         with self._lock:
