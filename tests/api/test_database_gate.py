@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -51,8 +52,16 @@ def stuck(db_url: str) -> Iterator[None]:
     engine.dispose()
 
 
-def test_stuck_database_gives_503_with_retry_after_and_liveness_answers(db_url: str) -> None:
-    settings = make_settings(db_url, database={"pool_size": SLOTS, "wait_timeout_s": WAIT_S})
+Patch = Callable[[int], httpx.Response]
+
+
+@contextmanager
+def served_tenant(
+    db_url: str, wait_s: float
+) -> Iterator[tuple[httpx.Client, dict[str, Any], str, str, Patch]]:
+    """A served app with SLOTS request slots and one tenant: an admin client, the tenant, its
+    URL and ETag, and a PATCH of its weight with that ETag on a connection of its own."""
+    settings = make_settings(db_url, database={"pool_size": SLOTS, "wait_timeout_s": wait_s})
     with (
         BackgroundServer(create_app(api_config(settings))) as server,
         httpx.Client(base_url=server.url, headers=ADMIN, timeout=20) as client,
@@ -64,6 +73,12 @@ def test_stuck_database_gives_503_with_retry_after_and_liveness_answers(db_url: 
         def patch(weight: int) -> httpx.Response:
             with httpx.Client(base_url=server.url, headers=ADMIN, timeout=20) as own:
                 return own.patch(url, json={"weight": weight}, headers={"If-Match": etag})
+
+        yield client, tenant, url, etag, patch
+
+
+def test_stuck_database_gives_503_with_retry_after_and_liveness_answers(db_url: str) -> None:
+    with served_tenant(db_url, WAIT_S) as (client, tenant, url, etag, patch):
 
         with stuck(db_url), ThreadPoolExecutor(WRITERS) as pool:
             replies = list(pool.map(patch, range(2, WRITERS + 2)))
@@ -84,18 +99,7 @@ def test_sqlite_writers_waiting_for_the_lock_leave_every_slot_to_readers(db_url:
     (PostgreSQL's writers do not queue on one lock, and its table lock here would stop reads)."""
     if not db_url.startswith("sqlite"):
         pytest.skip("SQLite's single writer")
-    settings = make_settings(db_url, database={"pool_size": SLOTS, "wait_timeout_s": 5.0})
-    with (
-        BackgroundServer(create_app(api_config(settings))) as server,
-        httpx.Client(base_url=server.url, headers=ADMIN, timeout=20) as client,
-    ):
-        tenant = client.post("/v1/tenants", json={"name": "ads"}).json()
-        url = f"/v1/tenants/{tenant['id']}"
-        etag = client.get(url).headers["ETag"]
-
-        def patch(weight: int) -> httpx.Response:
-            with httpx.Client(base_url=server.url, headers=ADMIN, timeout=20) as own:
-                return own.patch(url, json={"weight": weight}, headers={"If-Match": etag})
+    with served_tenant(db_url, 5.0) as (client, _, url, _, patch):
 
         with ThreadPoolExecutor(WRITERS) as pool:
             with stuck(db_url):
