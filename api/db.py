@@ -14,7 +14,11 @@ work runs in a worker thread, after it took one of ``pool_size`` slots (:meth:`D
 There are as many slots as pooled connections for requests, so a request holding a slot never
 waits for a connection; one that waits more than ``wait_timeout_s`` for a slot gets 503 with
 ``Retry-After`` (:class:`api.errors.Unavailable`) instead of queueing without bound, and so does
-one whose SQLite write lock or PostgreSQL connection does not come within that time. A few
+one whose SQLite write lock or PostgreSQL connection does not come within that time. On SQLite,
+which takes one writer at a time, a writing request first waits for the writer's turn on the
+event loop, then takes its slot: writers that cannot proceed hold no slot (reads keep every
+one) and no thread, and each is let in the moment the one before it ends, where SQLite's own
+busy handler would have them poll the lock with sleeps of up to 100 ms. A few
 connections beyond the slots (:data:`RESERVED_CONNECTIONS`) serve the solve, its lock and the
 scheduler, which run in threads of their own. Long-polls hold no slot while they wait.
 """
@@ -154,6 +158,7 @@ class Database:
         self.engine = make_engine(url, echo=echo, pool=pool)
         # Made on first use on the serving event loop (a semaphore belongs to one loop).
         self._slots: asyncio.Semaphore | None = None
+        self._writer: asyncio.Semaphore | None = None
         self._slots_loop: asyncio.AbstractEventLoop | None = None
         self.dialect = self.engine.dialect.name
         self._read = sessionmaker(self.engine, expire_on_commit=False)
@@ -164,27 +169,36 @@ class Database:
         )
         self._write = sessionmaker(writer, expire_on_commit=False)
 
-    def _semaphore(self) -> asyncio.Semaphore:
+    def _semaphores(self) -> tuple[asyncio.Semaphore, asyncio.Semaphore | None]:
         loop = asyncio.get_running_loop()
         if self._slots is None or self._slots_loop is not loop:
             self._slots, self._slots_loop = asyncio.Semaphore(self.pool.size), loop
-        return self._slots
+            self._writer = asyncio.Semaphore(1) if self.dialect == "sqlite" else None
+        return self._slots, self._writer
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the request slots; Unavailable (503) after ``wait_timeout_s``."""
-        slots = self._semaphore()
+    async def slot(self, *, write: bool = False) -> AsyncIterator[None]:
+        """Hold one of the request slots, and for a SQLite write also the writer's turn;
+        Unavailable (503) when they do not come within ``wait_timeout_s`` in all."""
+        slots, writer = self._semaphores()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.pool.wait_timeout_s
+        gates = [writer, slots] if write and writer is not None else [slots]
+        taken: list[asyncio.Semaphore] = []
         try:
-            await asyncio.wait_for(slots.acquire(), self.pool.wait_timeout_s)
-        except TimeoutError:
-            raise Unavailable(
-                f"the database is busy: no connection free within "
-                f"{self.pool.wait_timeout_s:g} s; retry shortly"
-            ) from None
-        try:
+            for gate in gates:
+                try:
+                    await asyncio.wait_for(gate.acquire(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise Unavailable(
+                        f"the database is busy: no connection free within "
+                        f"{self.pool.wait_timeout_s:g} s; retry shortly"
+                    ) from None
+                taken.append(gate)
             yield
         finally:
-            slots.release()
+            for gate in reversed(taken):
+                gate.release()
 
     def new_session(self, *, write: bool) -> Session:
         """A session that opens its transaction (and takes a connection) on first use."""
@@ -193,7 +207,7 @@ class Database:
     async def run(self, work: Callable[[Session], T], *, write: bool = False) -> T:
         """``work(session)`` in a worker thread under a slot, in one transaction that commits
         when it returns and rolls back if it raises."""
-        async with self.slot():
+        async with self.slot(write=write):
             return await run_in_threadpool(self._run_in_session, work, write)
 
     def _run_in_session(self, work: Callable[[Session], T], write: bool) -> T:

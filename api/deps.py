@@ -80,8 +80,9 @@ def commit_errors() -> Iterator[None]:
 
 async def _session(request: Request) -> AsyncIterator[Session]:
     state = state_of(request)
-    async with state.db.slot():
-        session = state.db.new_session(write=request.method not in ("GET", "HEAD"))
+    write = request.method not in ("GET", "HEAD")
+    async with state.db.slot(write=write):
+        session = state.db.new_session(write=write)
         with commit_errors():
             try:
                 yield session

@@ -1,5 +1,5 @@
-"""What one app instance holds: its configuration, database, metrics, plan notifier, clock and
-the schedule of SLA-sample pruning.
+"""What one app instance holds: its configuration, database, metrics, plan notifier, clock, the
+schedule of SLA-sample pruning, and the stored plans it has parsed.
 
 Built by the app factory and hung on ``app.state.gpufair``; nothing of it exists at import time,
 so tests build as many apps as they like, each with a configuration and a database of its own.
@@ -21,7 +21,7 @@ from api.db import Database
 from api.metrics import Metrics
 from api.models import utcnow
 from api.ratelimit import FailedCredentials
-from api.services.plans import PlanNotifier
+from api.services.plans import ParsedPlans, PlanNotifier
 from api.services.sla import PruneSchedule
 
 
@@ -35,6 +35,7 @@ class AppState:
     artifacts: ArtifactSandbox
     clock: Callable[[], datetime] = utcnow  # aware UTC
     sla_prune: PruneSchedule = field(default_factory=PruneSchedule)
+    parsed_plans: ParsedPlans = field(default_factory=ParsedPlans)
 
 
 def state_of(request: Request) -> AppState:

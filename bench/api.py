@@ -3,13 +3,18 @@
 Three measurements against a real ``gpufair serve`` in a subprocess on loopback:
 
 - **Mixed load** — ``--clients`` (400) client connections and ``--pollers`` (100) nodes, each
-  holding a plan long-poll (``?wait=20`` with ``If-None-Match``) the whole time. The clients
-  send, open-loop at ``--mixed-rate``, tenants' reads (models, themselves, their allocation),
-  node plan reads, ``PATCH``es of models with ``If-Match`` (a stale one gets 412) and
-  heartbeats; half-way an admin solve stores a new allocation, which must wake every held
-  long-poll with its new plan. Then a burst: one request on every client connection at once,
-  with the long-polls still held, so ``clients + pollers`` requests are in flight together.
-  Reported: latency per kind (reads: p50/p99/max), statuses, 5xx (there must be none).
+  holding a plan long-poll (``?wait=20`` with ``If-None-Match``) the whole time: 500
+  concurrent connections, all open before the first measured request. The clients send,
+  open-loop at ``--mixed-rate`` on their keep-alive connections (first in, first out),
+  tenants' reads (models, themselves, their allocation), node plan reads, ``PATCH``es of
+  models with ``If-Match`` (a stale one gets 412) and heartbeats; half-way an admin solve,
+  sent beside the schedule, stores a new allocation, which must wake every held long-poll
+  with its new plan. Then a burst: one request on every client connection at the same
+  instant, with the long-polls still held, so ``clients + pollers`` requests are in flight
+  together. Reported: latency per kind (reads: p50/p99/max), statuses, 5xx (there must be
+  none), the most client requests in flight at once, and the CPU the server and this client
+  used per request — which bounds the burst: it cannot drain faster than ``clients`` times
+  the server's CPU per request on one core (the GIL).
 
 - **Plan reads** — ``GET /v1/nodes/{node}/plan``, the request every node daemon repeats.
   Open-loop: requests are scheduled with exponential gaps at the target rate (seeded), sent
@@ -41,7 +46,7 @@ from typing import Any
 
 import httpx
 
-from bench.machine import describe_machine, this_machine
+from bench.machine import describe_machine, load_average, process_cpu_seconds, this_machine
 from gpufair.servers import ChildServer
 
 ADMIN_TOKEN = "bench-admin-token-7f3a9c"
@@ -269,6 +274,9 @@ MIXED_KINDS = (
     ("POST heartbeat", 8),
 )
 LONG_POLL_S = 20
+# Between the long-polls' and clients' arrival and the first measured request: the server
+# answers the pollers' first plan reads and takes the connections first.
+SETTLE_S = 1.0
 
 
 @dataclass
@@ -365,10 +373,38 @@ async def _poll(
         connection.close()
 
 
+class _CpuClock:
+    """CPU seconds the server and this load client used over a phase: what a request costs, and
+    whether the client, on the same cores, took a share that matters."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.started = self._now()
+
+    def _now(self) -> tuple[float, float]:
+        return process_cpu_seconds(self.server_pid) or 0.0, time.process_time()
+
+    def restart(self) -> None:
+        self.started = self._now()
+
+    def lap(self, requests: int, wall_s: float) -> dict[str, float]:
+        """Since the start or the last lap: everything the server did (a solve, long-polls'
+        rechecks) over the ``requests`` sent."""
+        (server, client), (server0, client0) = self._now(), self.started
+        self.started = self._now()
+        return {
+            "server_cpu_s": server - server0,
+            "client_cpu_s": client - client0,
+            "server_cpu_per_request_ms": 1000 * (server - server0) / max(requests, 1),
+            "server_cores_busy": (server - server0) / wall_s,
+        }
+
+
 async def _mixed_load(
     url: str,
     world: _MixedWorld,
     *,
+    server_pid: int,
     clients: int,
     pollers: int,
     rate: float,
@@ -386,48 +422,79 @@ async def _mixed_load(
         asyncio.create_task(_poll(host, port, node, world.tokens[node], stop, seen))
         for node in sorted(world.tokens)[:pollers]
     ]
-    # Opened as the open loop needs them (at most one per request in flight), and reused first
-    # in, first out; the burst opens its own.
+    # One keep-alive connection per client, all open for the whole run beside the long-polls,
+    # reused first in, first out; a request finding every client busy opens one more (counted).
     idle: deque[_Connection] = deque()
     tally = _Tally()
+    clients_seen: dict[str, int] = {"in_flight": 0, "max_in_flight": 0, "extra": 0, "reopened": 0}
+
+    async def connection_for_request() -> _Connection:
+        if not idle:
+            clients_seen["extra"] += 1
+            return await _Connection.open(host, port)
+        connection = idle.popleft()
+        if connection.reader.at_eof():
+            # The server closed it after its keep-alive timeout: the client dials again.
+            clients_seen["reopened"] += 1
+            connection.close()
+            return await _Connection.open(host, port)
+        return connection
 
     async def one(kind: str, scheduled: float, into: _Tally) -> None:
-        connection = idle.popleft() if idle else await _Connection.open(host, port)
+        clients_seen["in_flight"] += 1
+        in_flight = clients_seen["in_flight"]
+        clients_seen["max_in_flight"] = max(clients_seen["max_in_flight"], in_flight)
+        connection: _Connection | None = None
         try:
+            connection = await connection_for_request()
             status = await _one_mixed(connection, world, kind, rng)
         except (OSError, asyncio.IncompleteReadError, ValueError):
             into.errors += 1
-            connection.close()
+            if connection is not None:
+                connection.close()
             return
+        finally:
+            clients_seen["in_flight"] -= 1
         into.add(kind, status, time.perf_counter() - scheduled)
         idle.append(connection)
 
-    # Let every long-poll take its first plan and settle into its wait.
+    # Let every long-poll take its first plan and settle into its wait, and open the clients.
     while seen["held"] < len(polls):
         await asyncio.sleep(0.05)
+    idle.extend(await asyncio.gather(*(_Connection.open(host, port) for _ in range(clients))))
+    await asyncio.sleep(SETTLE_S)
     admin = await _Connection.open(host, port)
-    solve_at = duration_s / 2
-    solve_reply: _Reply | None = None
+
+    async def solve() -> _Reply:
+        # A new allocation half-way: every held long-poll must wake with its new plan. Sent
+        # beside the schedule, not in it: the clients' requests go on while it runs.
+        seen["woken"].clear()
+        reply = await admin.request(
+            "POST", "/v1/allocations", {"Authorization": f"Bearer {ADMIN_TOKEN}"}, b"{}"
+        )
+        seen["held_at_solve"] = seen["held"]
+        return reply
+
+    solving: asyncio.Task[_Reply] | None = None
     tasks: list[asyncio.Task[None]] = []
+    cpu = _CpuClock(server_pid)
     start = time.perf_counter() + 0.05
     at = start
     while at < start + duration_s:
         delay = at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        if solve_reply is None and at - start >= solve_at:
-            # A new allocation half-way: every held long-poll must wake with its new plan.
-            seen["woken"].clear()
-            solve_reply = await admin.request(
-                "POST", "/v1/allocations", {"Authorization": f"Bearer {ADMIN_TOKEN}"}, b"{}"
-            )
-            seen["held_at_solve"] = seen["held"]
+        if solving is None and at - start >= duration_s / 2:
+            solving = asyncio.create_task(solve())
         kind = rng.choices(kinds, weights)[0]
         tasks.append(asyncio.create_task(one(kind, at, tally)))
         at += rng.expovariate(rate)
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
+    solve_reply = await solving if solving is not None else None
     woken = len(seen["woken"])
+    open_loop_cpu = cpu.lap(len(tasks), elapsed)
+    open_loop_clients = dict(clients_seen)
     # The burst: one request on every client connection at once, with the long-polls held.
     burst = _Tally()
     # Fresh connections, one per client: ones idle past the server's keep-alive timeout would
@@ -437,7 +504,9 @@ async def _mixed_load(
     idle.extend(await asyncio.gather(*(_Connection.open(host, port) for _ in range(clients))))
     held_in_burst = seen["held"]
     now = time.perf_counter()
+    cpu.restart()
     await asyncio.gather(*(one(rng.choices(kinds, weights)[0], now, burst) for _ in range(clients)))
+    burst_cpu = cpu.lap(clients, time.perf_counter() - now)
     stop.set()
     for task in polls:
         task.cancel()
@@ -451,8 +520,18 @@ async def _mixed_load(
             "target_rate": rate,
             "sent": len(tasks),
             "achieved_rate": len(tasks) / elapsed,
+            "client_connections": clients,
+            "max_in_flight": open_loop_clients["max_in_flight"],
+            "extra_connections": open_loop_clients["extra"],
+            "reopened_connections": open_loop_clients["reopened"],
+            **open_loop_cpu,
         },
-        "burst": {**burst.summary(), "requests": clients, "long_polls_held": held_in_burst},
+        "burst": {
+            **burst.summary(),
+            "requests": clients,
+            "long_polls_held": held_in_burst,
+            **burst_cpu,
+        },
         "long_polls": {
             "nodes": len(polls),
             "max_held_at_once": seen["max_held"],
@@ -501,10 +580,12 @@ def _bench_mixed(args: argparse.Namespace, command: str, workdir: Path) -> dict[
             client.post(
                 "/v1/allocations", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
             ).raise_for_status()
+        machine = this_machine()
         load = asyncio.run(
             _mixed_load(
                 server.url,
                 world,
+                server_pid=server.process.pid,
                 clients=args.clients,
                 pollers=args.pollers,
                 rate=args.mixed_rate,
@@ -512,10 +593,14 @@ def _bench_mixed(args: argparse.Namespace, command: str, workdir: Path) -> dict[
                 seed=args.seed,
             )
         )
+    machine["load_average_end"] = load_average()
     result = {
-        "title": f"Mixed load: {args.clients} clients and {args.pollers} held plan long-polls",
+        "title": (
+            f"Mixed load: {args.clients + args.pollers} concurrent connections, "
+            f"{args.clients} clients and {args.pollers} held plan long-polls"
+        ),
         "command": command,
-        "machine": this_machine(),
+        "machine": machine,
         "database": database,
         "tenants": args.mixed_tenants,
         "mix": dict(MIXED_KINDS),
@@ -535,10 +620,29 @@ def _mixed_table(result: dict[str, Any]) -> list[tuple[str, str]]:
             else "-"
         )
 
+    def cpu(phase: dict[str, Any]) -> str:
+        return (
+            f"server {phase['server_cpu_per_request_ms']:.2f} ms per request "
+            f"({phase['server_cores_busy']:.2f} cores busy), load client "
+            f"{phase['client_cpu_s']:.1f} s of {phase['server_cpu_s']:.1f} s server CPU"
+        )
+
     loop, burst, polls = result["open_loop"], result["burst"], result["long_polls"]
     table = [
+        (
+            "open loop: connections open at once",
+            f"{loop['client_connections'] + polls['nodes']} ({loop['client_connections']} clients "
+            f"+ {polls['nodes']} nodes holding a long-poll); "
+            f"{loop['extra_connections']} extra, {loop['reopened_connections']} re-dialled "
+            "after the server's keep-alive timeout",
+        ),
         ("open loop: rate", f"{loop['achieved_rate']:.0f} req/s of {loop['target_rate']:.0f}"),
+        (
+            "open loop: most client requests in flight at once",
+            f"{loop['max_in_flight']} (+ the held long-polls)",
+        ),
         ("open loop: reads", ms(loop["reads"])),
+        ("open loop: CPU", cpu(loop)),
         ("open loop: 5xx", str(loop["server_errors"])),
         ("open loop: connection errors", str(loop["connection_errors"])),
     ]
@@ -552,6 +656,7 @@ def _mixed_table(result: dict[str, Any]) -> list[tuple[str, str]]:
             f"{burst['requests']} + {burst['long_polls_held']} held long-polls",
         ),
         ("burst: reads", ms(burst["reads"])),
+        ("burst: CPU", cpu(burst)),
         ("burst: 5xx", str(burst["server_errors"])),
         ("burst: connection errors", str(burst["connection_errors"])),
         ("long-polls: nodes", str(polls["nodes"])),

@@ -33,6 +33,16 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in load]
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) the process ``pid`` has used so far, or None off Linux."""
+    try:
+        # The fields after the command name, which is in parentheses and may hold spaces.
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def this_machine(packages: Sequence[str] = ()) -> dict[str, Any]:
     """This machine, with the installed versions of ``packages`` (a missing one is left out)
     and the load average now as ``load_average_start``."""

@@ -108,9 +108,11 @@ def read_current(_: AdminDep, session: SessionDep) -> AllocationPublic:
     tags=["tenant"],
     responses=errors(404, s404="no allocation yet, or none since the tenant was created"),
 )
-def read_current_mine(tenant: CurrentTenant, session: SessionDep) -> TenantAllocation:
+def read_current_mine(
+    tenant: CurrentTenant, session: SessionDep, state: StateDep
+) -> TenantAllocation:
     """The tenant's seats, stream shares and own certificate row in the current allocation."""
-    return service.tenant_view(session=session, tenant_id=tenant.id)
+    return service.tenant_view(session=session, tenant_id=tenant.id, parsed=state.parsed_plans)
 
 
 @router.get("/{allocation}", tags=["admin"])

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from allocator import NodePlan
+from api.auth import Principal
 from api.deps import AdminDep, CurrentNode, PollingNode, SessionDep, StateDep
 from api.idempotency import IdempotencyKey, fingerprint, remember, replay_if_known
 from api.models import NodeRow
@@ -32,7 +33,7 @@ from api.schemas import (
     ProfilesStored,
 )
 from api.services import nodes as service
-from api.services.plans import RECHECK_S, current_plan, etag_matches, plan_etag
+from api.services.plans import plan_etag, plan_unless_current, recheck_after
 from api.state import AppState
 from executor.wire.heartbeat import Heartbeat
 from executor.wire.profiles import ProfilesPut
@@ -104,9 +105,13 @@ def rotate_token(node: NodeName, _: AdminDep, session: SessionDep) -> NodeCreate
     return _created(*service.rotate_token(session=session, name=node))
 
 
-async def _read_plan(state: AppState, node_id: int, node_name: str) -> tuple[int, NodePlan]:
+async def _read_plan(
+    state: AppState, node: Principal, if_none_match: str | None
+) -> tuple[int, NodePlan | None]:
     return await state.db.read(
-        lambda connection: current_plan(session=connection, node_id=node_id, node_name=node_name)
+        lambda connection: plan_unless_current(
+            session=connection, node_id=node.id, node_name=node.name, if_none_match=if_none_match
+        )
     )
 
 
@@ -127,14 +132,14 @@ async def read_plan(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(wait, state.config.max_long_poll_s)
     while True:
-        version, plan = await _read_plan(state, me.id, me.name)
+        version, plan = await _read_plan(state, me, if_none_match)
         etag = plan_etag(version)
-        if not etag_matches(if_none_match, etag):
+        if plan is not None:
             return JSONResponse(plan.to_dict(), headers={"ETag": etag})
         remaining = deadline - loop.time()
         if remaining <= 0:
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-        await state.notifier.wait(min(remaining, RECHECK_S))
+        await state.notifier.wait(min(remaining, recheck_after()))
 
 
 @router.post(

@@ -82,7 +82,7 @@ from api.schemas import (
 )
 from api.services.models import upload_reference
 from api.services.nodes import measured_memory
-from api.services.plans import empty_plan
+from api.services.plans import ParsedPlans, empty_plan
 from api.services.solve_lock import solve_lock
 
 log = logging.getLogger(__name__)
@@ -174,14 +174,14 @@ def read_solve_input(*, session: Session, objective: Objective) -> SolveInput:
     )
 
 
-def plans_of_allocation(*, session: Session, allocation_id: int) -> dict[str, NodePlan]:
-    """Node name -> the stored plan of one allocation (the diff and dashboard read it)."""
-    rows = session.execute(
-        select(NodeRow.name, NodePlanRow.plan)
-        .join(NodeRow, NodeRow.id == NodePlanRow.node_id)
-        .where(NodePlanRow.allocation_id == allocation_id)
+def plans_of_allocation(
+    *, session: Session, allocation_id: int, parsed: ParsedPlans | None = None
+) -> dict[str, NodePlan]:
+    """Node name -> the stored plan of one allocation; ``parsed`` keeps the parses for the next
+    call (the tenant view's hot path), without it every plan is parsed afresh."""
+    return (parsed or ParsedPlans(capacity=0)).of_allocation(
+        session=session, allocation_id=allocation_id
     )
-    return {name: NodePlan.from_dict(plan) for name, plan in rows}
 
 
 def solve(
@@ -426,8 +426,9 @@ def diff_allocations(*, session: Session, from_id: int, to_id: int) -> Allocatio
     return AllocationDiff(from_id=from_id, to_id=to_id, seat_moves=moves, share_changes=changes)
 
 
-def tenant_view(*, session: Session, tenant_id: int) -> TenantAllocation:
-    """The current allocation as one tenant may see it: its seats, its shares, its own row."""
+def tenant_view(*, session: Session, tenant_id: int, parsed: ParsedPlans) -> TenantAllocation:
+    """The current allocation as one tenant may see it: its seats, its shares, its own row;
+    ``parsed`` keeps the allocation's parsed plans for the next request."""
     row = current_allocation_or_raise(session=session)
     # By id, which is never reused (migration 0003): a tenant re-created under a deleted
     # tenant's name is another tenant, and its id was never the deleted one's.
@@ -435,7 +436,7 @@ def tenant_view(*, session: Session, tenant_id: int) -> TenantAllocation:
     if not names:
         raise NotFound("the current allocation predates this tenant: no rows for it yet")
     name = names[0]
-    plans = plans_of_allocation(session=session, allocation_id=row.id)
+    plans = plans_of_allocation(session=session, allocation_id=row.id, parsed=parsed)
     seats = [
         TenantSeat(
             node=node,

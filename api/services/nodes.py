@@ -42,7 +42,7 @@ from api.models import (
 )
 from api.schemas import NodeCreate
 from api.services import sla
-from api.services.plans import Seated, current_plan, recent_seats
+from api.services.plans import Seated, current_plan, current_version, recent_seats
 from executor.wire.heartbeat import Heartbeat
 from executor.wire.profiles import FootprintEntry, ProfileEntry
 
@@ -179,8 +179,7 @@ def record_heartbeat(
     node.running_version = data.plan_version
     node.report = data.model_dump(mode="json")
     session.flush()
-    version, _ = current_plan(session=session, node_id=node.id, node_name=node.name)
-    return node, version
+    return node, current_version(session=session, node_id=node.id)
 
 
 def store_profiles(

@@ -5,9 +5,10 @@ A node's plan is stored ready-made with each allocation, so serving it is one in
 (all its seats empty), which the executor parses like any other; its ETag changes when a real
 plan arrives, so a daemon that long-polls from the start needs no special case.
 
-Long-polls wait on :class:`PlanNotifier`, not on a database connection: the request re-reads
-its plan only when this process stores an allocation or every ``RECHECK_S`` (for allocations
-stored by another API replica sharing the PostgreSQL database).
+Long-polls wait on :class:`PlanNotifier`, not on a database connection: the request looks at
+its plan's version only when this process stores an allocation or about every ``RECHECK_S``
+(for allocations stored by another API replica sharing the PostgreSQL database), and reads the
+plan itself only when the version moved.
 
 A stored plan is read back through the format's one parser, ``NodePlan.from_dict``, the one the
 daemon parses it with, so the API never serves or reads a document the executor would refuse.
@@ -16,20 +17,35 @@ daemon parses it with, so the API never serves or reads a document the executor 
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from allocator.cluster.plan import DevicePlan, NodePlan, SeatPlan
-from api.models import DeviceRow, NodePlanRow
+from api.models import DeviceRow, NodePlanRow, NodeRow
 
 # How often a waiting long-poll looks at the database even if this process stored nothing.
 RECHECK_S = 1.0
+# Over how long the long-polls one stored allocation wakes are spread (PlanNotifier.wait).
+WAKE_SPREAD_S = 1.0
+
+
+def recheck_after() -> float:
+    """Seconds until a waiting long-poll's next look: ``RECHECK_S`` on average, spread over
+    half to one and a half of it. Long-polls that began together (woken by one allocation)
+    would otherwise all query at once, every second: 100 nodes made a burst of 100 reads each
+    second, a stall for every request that came with it."""
+    return RECHECK_S * random.uniform(0.5, 1.5)
 # How many of a node's newest plans may seat what it reports (see :func:`seated_on_node`).
 RECENT_PLANS = 8
+# Parsed stored plans an API process keeps (:class:`ParsedPlans`): a few allocations of a
+# thousand-node cluster.
+PARSED_PLANS_KEPT = 4096
 
 Seated = tuple[str, str]  # (tenant, model id) as a plan names them
 
@@ -90,6 +106,28 @@ def current_plan(
     return 0, empty_plan(node=node_name, devices=devices)
 
 
+def current_version(*, session: Session | Connection, node_id: int) -> int:
+    """The version of the node's newest plan, 0 before any: one index-only lookup, for the
+    revalidations (304) and heartbeats that need no plan document."""
+    newest = session.scalar(
+        select(func.max(NodePlanRow.version)).where(NodePlanRow.node_id == node_id)
+    )
+    return newest or 0
+
+
+def plan_unless_current(
+    *, session: Session | Connection, node_id: int, node_name: str, if_none_match: str | None
+) -> tuple[int, NodePlan | None]:
+    """The node's newest version and its plan, or None for the plan when ``If-None-Match``
+    already names that version: a held long-poll's recheck reads one integer, and parses a
+    document only when it has one to send."""
+    if if_none_match:
+        version = current_version(session=session, node_id=node_id)
+        if etag_matches(if_none_match, plan_etag(version)):
+            return version, None
+    return current_plan(session=session, node_id=node_id, node_name=node_name)
+
+
 def recent_seats(
     *, session: Session, node_id: int, also_version: int | None = None
 ) -> Iterator[set[Seated]]:
@@ -117,6 +155,60 @@ def recent_seats(
             }
 
 
+class ParsedPlans:
+    """Stored plans parsed once, by their row's key (allocation id, node id).
+
+    A stored plan never changes (an allocation is immutable; the next solve writes new rows),
+    so its parse stays right for as long as its row exists. Which rows an allocation has, and
+    its nodes' names, are read from the database on every call, so a row that is gone is never
+    answered from here; only the documents of rows not kept yet are loaded and parsed. The
+    tenant's allocation view reads every plan of the current allocation on each request, and
+    parsing them all each time was most of its cost. At most ``capacity`` plans are kept, the
+    least recently used dropped first. Thread-safe: reads run in worker threads.
+    """
+
+    def __init__(self, capacity: int = PARSED_PLANS_KEPT) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._plans: OrderedDict[tuple[int, int], NodePlan] = OrderedDict()
+
+    def of_allocation(self, *, session: Session, allocation_id: int) -> dict[str, NodePlan]:
+        """Node name -> the stored plan of one allocation."""
+        names = dict(
+            session.execute(
+                select(NodePlanRow.node_id, NodeRow.name)
+                .join(NodeRow, NodeRow.id == NodePlanRow.node_id)
+                .where(NodePlanRow.allocation_id == allocation_id)
+            ).all()
+        )
+        with self._lock:
+            found = {
+                node_id: self._plans[(allocation_id, node_id)]
+                for node_id in names
+                if (allocation_id, node_id) in self._plans
+            }
+            for node_id in found:
+                self._plans.move_to_end((allocation_id, node_id))
+        missing = [node_id for node_id in names if node_id not in found]
+        if missing:
+            loaded = {
+                node_id: NodePlan.from_dict(document)
+                for node_id, document in session.execute(
+                    select(NodePlanRow.node_id, NodePlanRow.plan).where(
+                        NodePlanRow.allocation_id == allocation_id,
+                        NodePlanRow.node_id.in_(missing),
+                    )
+                )
+            }
+            found.update(loaded)
+            with self._lock:
+                for node_id, plan in loaded.items():
+                    self._plans[(allocation_id, node_id)] = plan
+                while len(self._plans) > self.capacity:
+                    self._plans.popitem(last=False)
+        return {name: found[node_id] for node_id, name in names.items()}
+
+
 class PlanNotifier:
     """Wakes this process's waiting long-polls when it stores a new allocation.
 
@@ -130,9 +222,18 @@ class PlanNotifier:
         self._event: asyncio.Event | None = None
 
     async def wait(self, timeout: float) -> None:
-        """Return after a notification or ``timeout`` seconds, whichever comes first."""
+        """Return after a notification or ``timeout`` seconds, whichever comes first.
+
+        A notification wakes every waiter at once, and each then reads and sends its node's
+        plan: for a hundred nodes, a hundred plan reads queued ahead of every other request.
+        So a woken waiter returns after a further random delay of up to ``WAKE_SPREAD_S``
+        (within ``timeout``): the reads arrive spread over it, and a plan reaches its node at
+        most that much later — nothing beside a solve's seconds or a daemon's model loads.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         with self._lock:
-            self._loop = asyncio.get_running_loop()
+            self._loop = loop
             if self._event is None:
                 self._event = asyncio.Event()
             event = self._event
@@ -140,6 +241,7 @@ class PlanNotifier:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
             return
+        await asyncio.sleep(random.uniform(0, max(0.0, min(WAKE_SPREAD_S, deadline - loop.time()))))
 
     def _wake(self) -> None:
         with self._lock:

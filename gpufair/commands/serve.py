@@ -9,6 +9,7 @@ refused, so a deployment cannot start open to anyone who read the docs.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 
@@ -33,6 +34,18 @@ def dashboard_sign_in(base_url: str, admin_token: str | None) -> str:
     if admin_token is None:
         return f"{base_url}/ (sign in with the admin token, GPUFAIR_API_ADMIN_TOKEN)"
     return f"{base_url}/ (sign in with the token {admin_token})"
+
+
+def freeze_startup_objects() -> None:
+    """Take everything the server built before serving out of the garbage collector's sight.
+
+    The modules, the app and its routes are some hundred thousand objects that live as long as
+    the process; every full collection walked them all, a pause of 50-150 ms on a loaded
+    2-core machine that stalled every request in flight (the mixed-load benchmark's p99).
+    Frozen, they are never traversed again; what requests allocate is collected as before.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,8 +94,10 @@ def main(argv: list[str]) -> int:
     # A line each, the address last, so a terminal's link detection takes it whole.
     print(f"gpufair serve: dashboard {sign_in}", flush=True)
     print(f"gpufair serve: API docs {base_url}/docs", flush=True)
+    app = create_app(config)
+    freeze_startup_objects()
     uvicorn.run(
-        create_app(config),
+        app,
         host=host,
         port=port,
         log_level=args.log_level,

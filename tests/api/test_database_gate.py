@@ -9,11 +9,14 @@ against a real uvicorn serving the app with two request slots.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy
 
 from api.app import create_app
@@ -49,8 +52,16 @@ def stuck(db_url: str) -> Iterator[None]:
     engine.dispose()
 
 
-def test_stuck_database_gives_503_with_retry_after_and_liveness_answers(db_url: str) -> None:
-    settings = make_settings(db_url, database={"pool_size": SLOTS, "wait_timeout_s": WAIT_S})
+Patch = Callable[[int], httpx.Response]
+
+
+@contextmanager
+def served_tenant(
+    db_url: str, wait_s: float
+) -> Iterator[tuple[httpx.Client, dict[str, Any], str, str, Patch]]:
+    """A served app with SLOTS request slots and one tenant: an admin client, the tenant, its
+    URL and ETag, and a PATCH of its weight with that ETag on a connection of its own."""
+    settings = make_settings(db_url, database={"pool_size": SLOTS, "wait_timeout_s": wait_s})
     with (
         BackgroundServer(create_app(api_config(settings))) as server,
         httpx.Client(base_url=server.url, headers=ADMIN, timeout=20) as client,
@@ -63,6 +74,12 @@ def test_stuck_database_gives_503_with_retry_after_and_liveness_answers(db_url: 
             with httpx.Client(base_url=server.url, headers=ADMIN, timeout=20) as own:
                 return own.patch(url, json={"weight": weight}, headers={"If-Match": etag})
 
+        yield client, tenant, url, etag, patch
+
+
+def test_stuck_database_gives_503_with_retry_after_and_liveness_answers(db_url: str) -> None:
+    with served_tenant(db_url, WAIT_S) as (client, tenant, url, etag, patch):
+
         with stuck(db_url), ThreadPoolExecutor(WRITERS) as pool:
             replies = list(pool.map(patch, range(2, WRITERS + 2)))
             assert client.get("/healthz").status_code == 200
@@ -74,6 +91,27 @@ def test_stuck_database_gives_503_with_retry_after_and_liveness_answers(db_url: 
         assert client.get(url).json()["revision"] == tenant["revision"]
         assert client.patch(url, json={"weight": 3}, headers={"If-Match": etag}).status_code == 200
         assert client.get("/readyz").json()["status"] == "ok"
+
+
+def test_sqlite_writers_waiting_for_the_lock_leave_every_slot_to_readers(db_url: str) -> None:
+    """SQLite takes one writer at a time: writers queued behind its lock wait for their turn
+    without a slot, so reads are still answered while more writers wait than there are slots
+    (PostgreSQL's writers do not queue on one lock, and its table lock here would stop reads)."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("SQLite's single writer")
+    with served_tenant(db_url, 5.0) as (client, _, url, _, patch):
+
+        with ThreadPoolExecutor(WRITERS) as pool:
+            with stuck(db_url):
+                writes = [pool.submit(patch, weight) for weight in range(2, WRITERS + 2)]
+                time.sleep(WAIT_S)  # every writer has arrived and waits
+                reads = [client.get(url) for _ in range(3)]
+                assert not any(w.done() for w in writes)
+            statuses = sorted(w.result().status_code for w in writes)
+        assert [r.status_code for r in reads] == [200] * 3, [r.text for r in reads]
+        # Once the lock is free the writers go one after another: one wins, the rest hold a
+        # stale ETag.
+        assert statuses == [200] + [412] * (WRITERS - 1)
 
 
 def test_liveness_and_readiness(db_url: str) -> None:

@@ -9,13 +9,23 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.orm import Session
 
-from allocator import AgentCertificateDocument, CertificateDocument
+from allocator import AgentCertificateDocument, CertificateDocument, NodePlan
 from api.errors import Conflict, NotFound, PreconditionFailed
-from api.models import ArtifactRow, DeviceRow, ModelRow, NodeRow, ProfileRow, TenantRow
+from api.models import (
+    AllocationRow,
+    ArtifactRow,
+    DeviceRow,
+    ModelRow,
+    NodePlanRow,
+    NodeRow,
+    ProfileRow,
+    TenantRow,
+)
 from api.schemas import ModelCreate, TenantCreate, TenantUpdate
 from api.services import models as model_service
 from api.services import tenants as tenant_service
-from api.services.allocations import own_certificate_row, read_solve_input
+from api.services.allocations import own_certificate_row, plans_of_allocation, read_solve_input
+from api.services.plans import ParsedPlans, empty_plan
 
 
 def _node(session: Session, name: str, devices: list[tuple[str, int]]) -> NodeRow:
@@ -129,3 +139,49 @@ def test_own_certificate_row_hides_other_tenants() -> None:
     row = own_certificate_row(certificate, "feed")
     assert row.value == 2.0 and row.envy == {"other-1": -2.0, "other-2": 0.0}
     assert "ads" not in str(row.model_dump()) and "search" not in str(row.model_dump())
+
+
+def _stored_allocation(session: Session, nodes: list[NodeRow], version: int) -> AllocationRow:
+    allocation = AllocationRow(
+        version=version, objective="welfare", solve_seconds=0.1, certificate={}, tenant_ids={}
+    )
+    session.add(allocation)
+    session.flush()
+    for node in nodes:
+        plan = empty_plan(node=node.name, devices=node.devices)
+        session.add(
+            NodePlanRow(
+                allocation_id=allocation.id,
+                node_id=node.id,
+                version=version,
+                plan={**plan.to_dict(), "version": version, "allocation_id": allocation.id},
+            )
+        )
+    session.flush()
+    return allocation
+
+
+def test_parsed_plans_parse_each_stored_plan_once_and_answer_only_for_rows_that_exist(
+    session: Session,
+) -> None:
+    nodes = [_node(session, f"n{k}", [("cuda:0", 4), ("cuda:1", 8)]) for k in range(3)]
+    first = _stored_allocation(session, nodes, version=1)
+    second = _stored_allocation(session, nodes[:2], version=2)
+    parsed = ParsedPlans(capacity=4)
+
+    fresh = plans_of_allocation(session=session, allocation_id=first.id)
+    kept = parsed.of_allocation(session=session, allocation_id=first.id)
+    assert kept == fresh and set(kept) == {"n0", "n1", "n2"}
+    assert all(isinstance(plan, NodePlan) and plan.version == 1 for plan in kept.values())
+    # Read again: the very same parsed objects, not a new parse.
+    again = parsed.of_allocation(session=session, allocation_id=first.id)
+    assert all(again[name] is kept[name] for name in kept)
+    # Another allocation's plans are its own, and over capacity the oldest parses go, not the
+    # answers: each allocation still reads whole and right.
+    newer = parsed.of_allocation(session=session, allocation_id=second.id)
+    assert set(newer) == {"n0", "n1"} and {p.version for p in newer.values()} == {2}
+    assert parsed.of_allocation(session=session, allocation_id=first.id) == fresh
+    # A row that is gone is not answered from what was kept.
+    session.delete(session.get(NodePlanRow, (first.id, nodes[2].id)))
+    session.flush()
+    assert set(parsed.of_allocation(session=session, allocation_id=first.id)) == {"n0", "n1"}
