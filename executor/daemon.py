@@ -12,7 +12,9 @@ Routes (docs/architecture.md §3.3, docs/executor.md "HTTP"):
 - ``POST /v1/models/{model}/infer`` — gpufair's JSON query, a convenience
   (``{"user": {"dense": [...], "sparse": {...}}, "candidates": {"dense": [[...]], "sparse":
   {...}}}``); the reply is ``{"scores": [...]}`` in candidate order.
-- Both: 400 malformed query (the message names the field), 404 unknown model, 413 body too
+- Both: 401 no credential (``Authorization: Bearer <key>``), 403 a credential that is no key
+  of the model's tenant (:mod:`executor.credentials`; both before the body is read), 400
+  malformed query (the message names the field), 404 unknown model, 413 body too
   large, 415 other content types or encodings, 429 + ``Retry-After`` when admission control
   refuses it, 503 model not loaded, 504 deadline passed, 500 the model failed; the body of
   every error is ``{"error": message}``, as the protocol has it.
@@ -57,6 +59,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from executor import codec
+from executor.credentials import presented_digest
 from executor.engine.answers import ERROR_ANSWERS, answer_of
 from executor.engine.core import EngineCore
 from executor.features import Query
@@ -66,6 +69,7 @@ from executor.front.local import LocalEngine
 from executor.metrics import ExecutorMetrics
 from executor.models.schema import ModelSchema
 from executor.scheduling import NodeRuntime, Overloaded, SchedulingError
+from executor.scheduling.errors import Unauthenticated
 from executor.wire import oip
 
 log = logging.getLogger(__name__)
@@ -82,6 +86,8 @@ def answer_error(exc: Exception) -> tuple[JSONResponse, str | None]:
     headers = None
     if isinstance(exc, Overloaded):  # when the client may expect room again
         headers = {"Retry-After": str(int(exc.retry_after_s))}
+    elif isinstance(exc, Unauthenticated):
+        headers = {"WWW-Authenticate": "Bearer"}
     return _error(status, str(exc), headers), outcome
 
 
@@ -154,7 +160,9 @@ def create_front_app(
             cost = int(declared) if declared.isdigit() else None
             if cost is not None and cost > max_body_bytes:
                 return _error(413, f"body of {declared} bytes exceeds {max_body_bytes}")
-            ticket = await engine.admit(request.path_params["model"], arrival)
+            # The tenant's key is checked on admission, before the body (executor.credentials).
+            credential = presented_digest(request.headers.get("authorization"))
+            ticket = await engine.admit(request.path_params["model"], arrival, credential)
             # A body whose turn comes after the SLA is refused unread (front/fair.py).
             async with turns.turn(ticket.tenant, ticket.share, cost, arrival + ticket.sla_s):
                 body = await _read_body(request, max_body_bytes)

@@ -52,8 +52,10 @@ from executor.scheduling.errors import (
     GroupClosed,
     ModelFailed,
     ModelUnavailable,
+    NotPermitted,
     Overloaded,
     SchedulingError,
+    Unauthenticated,
     UnknownModel,
 )
 
@@ -68,6 +70,8 @@ ERRORS: dict[str, type[Exception]] = {
         DeadlineExceeded,
         ModelFailed,
         GroupClosed,
+        Unauthenticated,
+        NotPermitted,
         SchedulingError,
         ValueError,
     )

@@ -131,8 +131,10 @@ class RemoteEngine:
         if "error" in header:
             raise link.error_from_dict(header["error"])
 
-    async def admit(self, model: str, arrival: float) -> Ticket:
-        header, _ = await self._call({"op": "admit", "model": model, "arrival": arrival})
+    async def admit(self, model: str, arrival: float, credential: str | None = None) -> Ticket:
+        header, _ = await self._call(
+            {"op": "admit", "model": model, "arrival": arrival, "credential": credential}
+        )
         self._raise_error(header)
         schema_key = header["schema_key"]
         if "schema" in header:
