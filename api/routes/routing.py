@@ -15,7 +15,8 @@ from fastapi import APIRouter, Header, Query, Response
 
 from api.deps import AdminDep, StateDep
 from api.longpoll import long_poll
-from api.services.dataplane import RoutingTable, content_etag, routing_table
+from api.services.dataplane import content_etag, routing_table
+from executor.wire.routes import RoutingTable
 
 router = APIRouter(prefix="/routes")
 

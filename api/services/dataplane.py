@@ -12,10 +12,10 @@ salted hashes of the tenant's usable keys (tenant API keys and inference-only ke
 salt is derived from the node's token hash, so it differs between nodes and changes when the
 node's token is rotated.
 
-Routes (:class:`RoutingTable`): for every model the newest allocation seats, its tenant and
-its replicas: node, the URL the node's daemon advertised in its last heartbeat, device, seat,
-dedicated streams and pool weight. Replicas of a node that never sent a URL are left out (a
-router could not reach them).
+Routes (:class:`executor.wire.routes.RoutingTable`): for every model the newest allocation
+seats, its tenant and its replicas: node, the URL the node's daemon advertised in its last
+heartbeat, device, seat, dedicated streams and pool weight. Replicas of a node that never sent
+a URL are left out (a router could not reach them).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from sqlalchemy import Connection, func, or_, select
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,7 @@ from allocator.cluster.plan import NodePlan
 from api.auth import key_usable
 from api.models import AllocationRow, ApiKeyRow, NodePlanRow, NodeRow
 from executor.wire.credentials import CredentialDocument, salted
+from executor.wire.routes import ModelRoutes, RouteReplica, RoutingTable
 
 
 def content_etag(kind: str, document: BaseModel) -> str:
@@ -83,27 +84,6 @@ def credential_document(
         for tenant_id, digest in keys:
             tenants[tenant_ids[tenant_id]].append(salted(salt, digest))
     return CredentialDocument(node=node.name, salt=salt, tenants=tenants)
-
-
-class RouteReplica(BaseModel):
-    node: str
-    url: str = Field(description="the node's daemon, as it advertised itself")
-    device: str
-    seat: int
-    dedicated_streams: int
-    pool_weight: float
-
-
-class ModelRoutes(BaseModel):
-    tenant: str
-    replicas: list[RouteReplica]
-
-
-class RoutingTable(BaseModel):
-    """``GET /v1/routes``: every seated model's replicas, for routers and clients."""
-
-    version: int = Field(description="the allocation version the replicas come from; 0: none")
-    models: dict[str, ModelRoutes] = Field(description="model id -> its tenant and replicas")
 
 
 def routing_table(*, session: Session | Connection) -> RoutingTable:

@@ -338,7 +338,7 @@ def test_a_new_plan_wakes_the_daemons_long_poll_and_profiles_follow_every_plan(
         (ranker, "cpu:0"): PROFILES["rmc1"]["qps"],
         (wnd, "cpu:0"): PROFILES["wnd"]["qps"],
     }
-    daemon.infer(wnd, seed=4, key=setup.key)
+    daemon.infer(wnd, seed=4, key=key)
 
     # Heartbeats carry the daemon's cumulative SLA tallies; the API keeps the last one.
     tenants = {str(ranker): "ads", str(wnd): "feed"}
