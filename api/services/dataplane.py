@@ -86,8 +86,9 @@ def credential_document(
     return CredentialDocument(node=node.name, salt=salt, tenants=tenants)
 
 
-def routing_table(*, session: Session | Connection) -> RoutingTable:
-    """The routing table of the newest allocation (see the module docstring)."""
+def routing_table(*, session: Session | Connection, tenant: str | None = None) -> RoutingTable:
+    """The routing table of the newest allocation (see the module docstring); with
+    ``tenant``, of that tenant's models only."""
     version = session.scalar(select(func.max(AllocationRow.version)))
     if version is None:
         return RoutingTable(version=0, models={})
@@ -104,7 +105,7 @@ def routing_table(*, session: Session | Connection) -> RoutingTable:
             continue
         for device, seat in NodePlan.from_dict(plan).replicas():
             replica = seat.replica
-            if replica is None:
+            if replica is None or (tenant is not None and replica.tenant != tenant):
                 continue
             entry = models.setdefault(
                 replica.model_id, ModelRoutes(tenant=replica.tenant, replicas=[])

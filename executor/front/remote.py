@@ -81,6 +81,7 @@ class RemoteEngine:
         self._schemas: dict[str, ModelSchema] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        self._closed = False  # the link is gone: every call fails at once (503)
 
     async def start(self) -> None:
         reader, self._writer = await asyncio.open_connection(sock=self._sock)
@@ -106,6 +107,7 @@ class RemoteEngine:
         except link.LinkClosed:
             log.error("the engine closed this front's link; the front stops")
         finally:
+            self._closed = True
             error = ModelUnavailable("the engine is not running")
             for waiting in self._waiting.values():
                 if not waiting.done():
@@ -114,7 +116,7 @@ class RemoteEngine:
             self._on_close()
 
     def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        if self._writer is None or self._writer.is_closing():
+        if self._closed or self._writer is None or self._writer.is_closing():
             raise ModelUnavailable("the engine is not running")
         self._writer.write(link.frame(header, payload))
 

@@ -60,6 +60,7 @@ ROUTES: list[tuple[str, str, str, int, Any]] = [
     ("GET", "/v1/nodes/n1/plan", "node", 200, None),
     ("GET", "/v1/nodes/n1/credentials", "node", 200, None),
     ("GET", "/v1/routes", "admin", 200, None),
+    ("GET", "/v1/routes/me", "tenant", 200, None),
     ("POST", "/v1/nodes/n1/heartbeat", "node", 200, {"plan_version": 1}),
     ("PUT", "/v1/nodes/n1/profiles", "node", 200, "profiles"),
     ("GET", "/v1/nodes/n1/artifacts/{a_upload}", "node", 200, None),

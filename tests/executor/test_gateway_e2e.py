@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from executor.fake import FAKE_SCHEMA
+from executor.wire.routes import ModelRoutes
+from gpufair.client import Client, QueryFailed
 from gpufair.servers import ChildServer
 from tests.api.conftest import ADMIN_TOKEN
 from tests.executor.cluster import START_S, Cluster, infer, migrated, oip_request, start_cluster
@@ -167,3 +170,27 @@ def test_a_daemon_killed_under_load_loses_no_query_and_the_gateway_moves_at_once
     # The surviving replica answered everything sent after the kill too.
     total = sum(s.status == 200 for s in sent)
     assert total >= 0.99 * len(sent), [s.error for s in sent if s.status != 200][:5]
+
+
+def test_the_python_client_routes_a_tenants_queries_straight_to_the_daemons(
+    cluster: Cluster,
+) -> None:
+    model = cluster.models["ads"]
+    query = FAKE_SCHEMA.random_query(np.random.default_rng(3), 12)
+    with Client(cluster.control.url, api_key=cluster.keys["ads"]) as client:
+        deadline = time.monotonic() + START_S
+        while len(client.routes.table.models.get(model, ModelRoutes(tenant="", replicas=[]))
+                  .replicas) < 2:  # fmt: skip
+            assert time.monotonic() < deadline, client.routes.table
+            time.sleep(0.1)
+        # Its table lists its own models only.
+        assert set(client.routes.table.models) == {model}
+        scores = client.infer(model, query)
+        assert scores.shape == (12,) and np.isfinite(scores).all()
+        with pytest.raises(QueryFailed) as refused:
+            client.infer(cluster.models["news"], query)
+        assert refused.value.status == 404
+        # A replica's daemon killed: the next queries go to the other one, none fails.
+        cluster.daemons[sorted(cluster.serving[model])[0]].kill()
+        for _ in range(20):
+            assert client.infer(model, query) == pytest.approx(scores)
