@@ -10,6 +10,7 @@ Clients send the queries they would send a daemon, with their tenant's key.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -49,6 +50,9 @@ def main(argv: list[str]) -> int:
         sys.stderr.write("gpufair gateway: --timeout-s and --routes-wait-s must be positive\n")
         return 2
     from gpufair.gateway import create_gateway_app
+
+    # A line per proxied query would cost the gateway more than the query's forwarding.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     app = create_gateway_app(
         args.api, args.token, timeout_s=args.timeout_s, routes_wait_s=args.routes_wait_s
