@@ -32,6 +32,7 @@ import logging
 import os
 import secrets
 import shlex
+import shutil
 import statistics
 import sys
 import threading
@@ -161,7 +162,8 @@ class Cluster:
 
 @contextmanager
 def cluster(work: Path, cfg: Config, tenants: dict[str, int], nodes: int) -> Iterator[Cluster]:
-    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # a fresh database, state and logs every run
+    work.mkdir(parents=True)
     with ExitStack() as stack:
         running = Cluster(work, cfg, stack)
         running.start(tenants, nodes)
