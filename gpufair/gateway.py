@@ -1,9 +1,9 @@
 """``gpufair gateway``: one address for every tenant's queries, in front of every node's daemon.
 
-A thin reverse proxy (Starlette on uvicorn with httptools and uvloop, upstream calls with
-httpx). It follows the API's routing table (``GET /v1/routes``, long-polled with its ETag, with
-the admin token) and sends each query to the least-loaded live replica of its model
-(:mod:`gpufair.routing`):
+A thin reverse proxy (Starlette on uvicorn with httptools and uvloop; to the daemons,
+kept-alive HTTP/1.1 connections written and read as bytes, :mod:`gpufair.upstream`). It follows the
+API's routing table (``GET /v1/routes``, long-polled with its ETag, with the admin token) and
+sends each query to the least-loaded live replica of its model (:mod:`gpufair.routing`):
 
 - the request body is streamed through as it arrives, never parsed; the bytes already sent are
   kept until the answer comes, so a query can be sent again;
@@ -38,15 +38,12 @@ from starlette.routing import Route
 
 from executor.wire.routes import RoutingTable
 from gpufair.routing import ROUTES_WAIT_S, Pick, Routes
+from gpufair.upstream import Answer, Gone, Upstream
 
 log = logging.getLogger(__name__)
 
-# Request headers that belong to one connection, not to the query (RFC 9110 §7.6.1), and the
-# Host, which names the gateway.
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-     "transfer-encoding", "upgrade", "host"}
-)  # fmt: skip
+# Answer headers the gateway's own server writes (the connection's are dropped upstream).
+SERVERS_OWN = frozenset({b"date", b"server"})
 MAX_BACKOFF_S = 10.0
 
 
@@ -69,10 +66,11 @@ class ReplayableBody:
             self._complete = True
 
 
-def _relay(response: httpx.Response) -> Response:
+def _relay(answer: Answer) -> Response:
     """The daemon's answer as it is, less the headers of its connection."""
-    headers = {k: v for k, v in response.headers.items() if k not in HOP_BY_HOP}
-    return Response(response.content, status_code=response.status_code, headers=headers)
+    response = Response(answer.content, status_code=answer.status)
+    response.raw_headers += [(k, v) for k, v in answer.headers if k not in SERVERS_OWN]
+    return response
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -115,24 +113,22 @@ def create_gateway_app(
     """The gateway's ASGI app: routes from the API at ``api_url`` (read with the admin
     ``token``), queries to the daemons, each answered within ``timeout_s``."""
     table = routes or Routes()
-    clients: dict[str, httpx.AsyncClient] = {}
+    upstream = Upstream(connect_timeout_s=min(timeout_s, 2.0))
 
-    async def send(request: Request, pick: Pick, body: ReplayableBody | None) -> httpx.Response:
-        upstream = clients["daemons"]
-        headers = [(k, v) for k, v in request.headers.items() if k not in HOP_BY_HOP]
-        outgoing = upstream.build_request(
-            request.method,
-            pick.url + request.url.path,
-            params=request.url.query or None,
-            headers=headers,
-            content=body.stream() if body is not None else None,
-        )
-        response = await upstream.send(outgoing, stream=True)
-        try:
-            await response.aread()  # an answer is a few kB of scores: read, never parsed
-        finally:
-            await response.aclose()
-        return response
+    async def send(request: Request, pick: Pick, body: ReplayableBody | None) -> Answer:
+        query = request.scope.get("query_string", b"")
+        target = request.scope["raw_path"].decode("latin-1")
+        if query:
+            target += "?" + query.decode("latin-1")
+        declared = request.headers.get("content-length", "")
+        return await asyncio.wait_for(
+            upstream.exchange(
+                pick.url, request.method, target, request.headers.raw,
+                body.stream if body is not None else None,
+                int(declared) if declared.isdigit() else None,
+            ),
+            timeout_s,
+        )  # fmt: skip
 
     async def proxy(request: Request) -> Response:
         model = request.path_params["model"]
@@ -146,7 +142,7 @@ def create_gateway_app(
         body = ReplayableBody(request) if request.method == "POST" else None
         tried: set[str] = set()
         failure = ""
-        refused: httpx.Response | None = None  # a 503, answered as it is if no retry can be
+        refused: Answer | None = None  # a 503, answered as it is if no retry can be
         for attempt in range(2):
             pick = table.pick(model, frozenset(tried))
             if pick is None:
@@ -154,16 +150,16 @@ def create_gateway_app(
             tried.add(pick.url)
             try:
                 response = await send(request, pick, body)
-            except httpx.TimeoutException:
+            except TimeoutError:
                 return _error(504, f"node {pick.node} did not answer in {timeout_s:g} s")
-            except httpx.TransportError as exc:
+            except Gone as exc:
                 table.failed(pick.url)
-                failure = f"node {pick.node}: {exc.__class__.__name__}: {exc}"
+                failure = f"node {pick.node}: {exc}"
                 log.warning("%s; marked dead for a while, query sent elsewhere", failure)
                 continue
             finally:
                 table.done(pick)
-            if response.status_code == 503 and attempt == 0:
+            if response.status == 503 and attempt == 0:
                 refused = response
                 continue
             return _relay(response)
@@ -184,17 +180,11 @@ def create_gateway_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=512)
-        timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 2.0))
-        async with (
-            httpx.AsyncClient(limits=limits, timeout=timeout) as daemons,
-            httpx.AsyncClient(
-                base_url=api_url.rstrip("/"),
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=httpx.Timeout(10.0, read=routes_wait_s + 10.0),
-            ) as api,
-        ):
-            clients["daemons"] = daemons
+        async with httpx.AsyncClient(
+            base_url=api_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(10.0, read=routes_wait_s + 10.0),
+        ) as api:
             follower = asyncio.create_task(follow_routes(api, table, wait_s=routes_wait_s))
             try:
                 yield
@@ -202,6 +192,7 @@ def create_gateway_app(
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await follower
+                upstream.close()
 
     methods = ["GET", "POST"]
     return Starlette(
