@@ -131,7 +131,10 @@ def create_front_app(
     async def healthz(request: Request) -> Response:
         health = await engine.health()
         if health is None:
-            return JSONResponse({"status": "waiting for a plan"}, status_code=503)
+            return JSONResponse(
+                {"status": "waiting for a plan (and in API mode its credentials)"},
+                status_code=503,
+            )
         return JSONResponse(health)
 
     async def metrics_route(request: Request) -> Response:

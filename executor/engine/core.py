@@ -125,9 +125,10 @@ class EngineCore:
             self._observe(admission.group, outcome, None)
 
     def health(self) -> dict[str, Any] | None:
-        """The ``/healthz`` document, or None before the first plan."""
+        """The ``/healthz`` document, or None before the first plan, and in API mode before the
+        first credentials too (the node could answer no query: it is not ready)."""
         deployment = self.runtime.deployment
-        if deployment is None:
+        if deployment is None or (self.credentials.enforce and self.credentials.document is None):
             return None
         return {
             "status": "serving",
