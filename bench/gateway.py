@@ -144,8 +144,10 @@ class Cluster:
         for daemon in self.daemons.values():
             daemon.wait_healthy(START_S, lambda health: health["plan_version"] == 1)
         # --token=VALUE: a random token may begin with "-".
-        self.gateway = self._child("gateway", ["gateway", "--api", self.api.url,
-                                               f"--token={self.token}", "--host", "127.0.0.1"])  # fmt: skip
+        self.gateway = self._child(
+            "gateway",
+            ["gateway", "--api", self.api.url, f"--token={self.token}", "--host", "127.0.0.1"],
+        )
         replicas = sum(len(nodes) for nodes in self.serving.values())
 
         def complete(_: object) -> bool:
