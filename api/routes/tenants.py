@@ -161,7 +161,11 @@ def revoke_my_key(
     return ApiKeyPublic.model_validate(row)
 
 
-@router.post("/me/keys", status_code=status.HTTP_201_CREATED, tags=["tenant"])
+@router.post(
+    "/me/keys", status_code=status.HTTP_201_CREATED, tags=["tenant"],
+    responses=errors(409, s409="a retry with the same Idempotency-Key: the key is not shown "
+                     "twice"),
+)  # fmt: skip
 def create_inference_key(
     request: Request,
     tenant: CurrentTenant,
