@@ -25,7 +25,17 @@ from api.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.openapi import install_openapi
 from api.ratelimit import FailedCredentials
-from api.routes import allocations, dashboard, docs, health, models, nodes, sla, tenants
+from api.routes import (
+    allocations,
+    dashboard,
+    docs,
+    health,
+    models,
+    nodes,
+    routing,
+    sla,
+    tenants,
+)
 from api.scheduler import SolveScheduler
 from api.services.plans import PlanNotifier
 from api.state import AppState
@@ -82,7 +92,9 @@ def create_app(config: ApiConfig) -> FastAPI:
     install_error_handlers(app)
     install_replay_handler(app)
     install_openapi(app)
-    for router in (tenants.router, models.router, nodes.router, allocations.router, sla.router):
+    routers = (tenants.router, models.router, nodes.router, allocations.router, sla.router,
+               routing.router)  # fmt: skip
+    for router in routers:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(health.router)
     app.include_router(dashboard.router)

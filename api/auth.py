@@ -1,5 +1,10 @@
 """Credentials: admin token, tenant API keys and node tokens, and who a bearer token is.
 
+A tenant holds two kinds of key: API keys (``gft_``), which the control plane and the data
+plane accept, and inference-only keys (``gfi_``), which only the data plane accepts (the
+daemons check both against the credential document they long-poll,
+:mod:`api.services.dataplane`): a key handed to a serving client cannot manage the tenant.
+
 Tenant keys and node tokens are 256-bit random strings shown once when issued; only their
 sha256 is stored, which is enough for a secret of that entropy (no salt or slow hash needed:
 nothing can be guessed from the hash). The admin token comes from the API's configuration;
@@ -28,6 +33,7 @@ from api.models import ApiKeyRow, NodeRow, TenantRow, utcnow
 
 TENANT_KEY_PREFIX = "gft_"
 NODE_TOKEN_PREFIX = "gfn_"
+INFERENCE_KEY_PREFIX = "gfi_"
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,12 @@ class ApiKeyRow(Base):
 
     tenant: Mapped[TenantRow] = relationship(back_populates="keys")
 
+    @property
+    def scope(self) -> str:
+        """The key's kind, told by its prefix: "inference" for an inference-only key
+        (api.auth.INFERENCE_KEY_PREFIX), else "tenant"."""
+        return "inference" if self.prefix.startswith("gfi_") else "tenant"
+
 
 class ModelRow(Base):
     __tablename__ = "models"

@@ -140,10 +140,20 @@ MAX_KEY_LIFETIME_S = 366 * 86400
 MAX_GRACE_S = 7 * 86400
 
 
-class ApiKeyCreate(_In):
+KeyScope = Literal["tenant", "inference"]
+
+
+class InferenceKeyCreate(_In):
     expires_in_s: Annotated[int, Field(ge=60, le=MAX_KEY_LIFETIME_S)] | None = Field(
         default=None,
         description="the key is refused this many seconds after it is issued; null: never",
+    )
+
+
+class ApiKeyCreate(InferenceKeyCreate):
+    scope: KeyScope = Field(
+        default="tenant",
+        description="tenant: an API key (control plane and queries); inference: queries only",
     )
 
 
@@ -158,6 +168,9 @@ class ApiKeyPublic(_Out):
     id: int
     tenant_id: int
     prefix: str
+    scope: KeyScope = Field(
+        description="tenant: an API key (control plane and queries); inference: queries only"
+    )
     created_at: Moment
     revoked_at: Moment | None
     expires_at: Moment | None = Field(description="refused from then on; null: never")

@@ -73,6 +73,8 @@ class Stream:
     url: str  # http://host:port/path of the inference endpoint
     rate: float  # queries per second
     salt: int  # with the trial's seed, the stream's schedule
+    # Sent with each of its queries, e.g. the tenant's key: (("Authorization", "Bearer k"),).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class TrialResult:
     wall_s: float
     statuses: dict[int, int] = field(default_factory=dict)  # HTTP status -> count
     sent: list[list[int]] = field(default_factory=list)  # per stream, the indices this part sent
+    began_at: float = 0.0  # time.time() of the schedule's offset 0
 
     @property
     def client_cpu(self) -> float:
@@ -206,7 +209,9 @@ async def _run_trial(
             request = requests.get((size, variant))
             if request is None:
                 headers, body = bodies[(size, variant)]
-                fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+                fields = "".join(
+                    f"{name}: {value}\r\n" for name, value in (*headers.items(), *stream.headers)
+                )
                 head = (
                     f"POST {url.path} HTTP/1.1\r\nHost: {host}:{port}\r\n{fields}"
                     f"Content-Length: {len(body)}\r\n\r\n"
@@ -262,6 +267,7 @@ async def _run_trial(
 
     cpu0 = time.process_time()
     begin = clock() + (max(spec.start_at - time.time(), 0.0) if spec.start_at else 0.05)
+    began_at = time.time() + (begin - clock())
     for offset, which, index, request in arrivals:
         scheduled = begin + offset
         while (delay := scheduled - clock()) > 0:  # uvloop's timers may fire up to 1 ms early
@@ -273,7 +279,7 @@ async def _run_trial(
     cpu = time.process_time() - cpu0
     for pool in pools.values():
         pool.close()
-    return TrialResult(latencies, cpu, wall, statuses, sent)
+    return TrialResult(latencies, cpu, wall, statuses, sent, began_at)
 
 
 def _serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
@@ -361,6 +367,7 @@ class LoadClient:
             wall_s=max(r.wall_s for r in results),
             statuses=statuses,
             sent=[sorted(i for r in results for i in r.sent[s]) for s in range(len(spec.streams))],
+            began_at=min(r.began_at for r in results),
         )
 
     def close(self) -> None:

@@ -12,7 +12,9 @@ Routes (docs/architecture.md §3.3, docs/executor.md "HTTP"):
 - ``POST /v1/models/{model}/infer`` — gpufair's JSON query, a convenience
   (``{"user": {"dense": [...], "sparse": {...}}, "candidates": {"dense": [[...]], "sparse":
   {...}}}``); the reply is ``{"scores": [...]}`` in candidate order.
-- Both: 400 malformed query (the message names the field), 404 unknown model, 413 body too
+- Both: 401 no credential (``Authorization: Bearer <key>``), 403 a credential that is no key
+  of the model's tenant (:mod:`executor.credentials`; both before the body is read), 400
+  malformed query (the message names the field), 404 unknown model, 413 body too
   large, 415 other content types or encodings, 429 + ``Retry-After`` when admission control
   refuses it, 503 model not loaded, 504 deadline passed, 500 the model failed; the body of
   every error is ``{"error": message}``, as the protocol has it.
@@ -61,6 +63,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from executor import codec
+from executor.credentials import presented_digest
 from executor.engine.answers import ERROR_ANSWERS, answer_of
 from executor.engine.core import EngineCore
 from executor.features import Query
@@ -70,6 +73,7 @@ from executor.front.local import LocalEngine
 from executor.metrics import ExecutorMetrics
 from executor.models.schema import ModelSchema
 from executor.scheduling import NodeRuntime, Overloaded, SchedulingError
+from executor.scheduling.errors import Unauthenticated
 from executor.wire import oip
 
 log = logging.getLogger(__name__)
@@ -86,6 +90,8 @@ def answer_error(exc: Exception) -> tuple[JSONResponse, str | None]:
     headers = None
     if isinstance(exc, Overloaded):  # when the client may expect room again
         headers = {"Retry-After": str(int(exc.retry_after_s))}
+    elif isinstance(exc, Unauthenticated):
+        headers = {"WWW-Authenticate": "Bearer"}
     return _error(status, str(exc), headers), outcome
 
 
@@ -137,7 +143,10 @@ def create_front_app(
     async def healthz(request: Request) -> Response:
         health = await engine.health()
         if health is None:
-            return JSONResponse({"status": "waiting for a plan"}, status_code=503)
+            return JSONResponse(
+                {"status": "waiting for a plan (and in API mode its credentials)"},
+                status_code=503,
+            )
         return JSONResponse(health)
 
     async def metrics_route(request: Request) -> Response:
@@ -169,16 +178,19 @@ def create_front_app(
             declared = request.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > max_body_bytes:
                 return _error(413, f"body of {declared} bytes exceeds {max_body_bytes}")
-            # A tenant at its in-flight bound at this front is refused before the engine is
-            # asked (front/budget.py); the engine counts the refusal.
+            # The tenant's key is checked on admission, before the body
+            # (executor.credentials); a request counts in a tenant's in-flight bound at this
+            # front before the engine is asked only when its key is one the engine accepted
+            # for that tenant, so another tenant's key cannot spend the bound (front/budget.py).
+            credential = presented_digest(request.headers.get("authorization"))
             try:
-                counted = bounds.claim(model)
+                counted = bounds.claim(model, credential)
             except Overloaded as over:
                 engine.refused(model)
                 return _close_unread(answer_error(over)[0])
-            ticket = await engine.admit(model, arrival)
+            ticket = await engine.admit(model, arrival, credential)
             claimed, counted = counted, None
-            counted = bounds.confirm(model, ticket, claimed)
+            counted = bounds.confirm(model, ticket, claimed, credential)
             # The body is received as it comes, in no queue: waiting for a slow client's bytes
             # holds up no other request, and the tenant's in-flight bound limits how many of
             # its bodies the front receives at once.

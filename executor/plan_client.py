@@ -46,6 +46,15 @@ before a plan is applied the tallies are narrowed to its pairs and those of the 
 replaces (whose draining queries still finish), and a heartbeat refused with 403 narrows them
 to the served plan's pairs alone, so the next one is accepted.
 
+Credentials. A third thread long-polls ``GET {api}/v1/nodes/{node}/credentials?wait=S`` the
+same way (:mod:`executor.wire.credentials`: the salted hashes of the keys of the tenants the
+node's plans seat) and hands each new document to the engine's
+:class:`~executor.credentials.Credentials`, which checks every query against it. Its own
+thread and a short wait (``CREDENTIALS_WAIT_S``) bound how long a revoked key keeps working: the
+API answers the long-poll as soon as the document changes (it rechecks every second). Each
+document is saved beside the plan (``credentials.json``, written the same atomic way), so a
+daemon restarted while the API is down checks queries at once against the last keys it knew.
+
 Both bodies are built from the contracts the API validates them with: a heartbeat is an
 :class:`executor.wire.heartbeat.Heartbeat` (besides the replicas' counters it carries
 ``"sla": [{"tenant", "model", "received", "within_sla"}]``, the daemon's cumulative SLA
@@ -73,9 +82,11 @@ from pydantic import ValidationError
 
 from allocator.cluster.plan import NodePlan, PlanError
 from allocator.errors import first_error
+from executor.credentials import Credentials
 from executor.metrics import ExecutorMetrics
 from executor.profiles import ProfileCurve, plan_footprints, plan_profiles
 from executor.scheduling import NodeRuntime, PlanRefused
+from executor.wire.credentials import CredentialDocument
 from executor.wire.heartbeat import MAX_REASON_CHARS, Heartbeat, RefusedPlan, ReplicaReport
 from executor.wire.profiles import ProfilesPut
 
@@ -87,6 +98,31 @@ REJECTED = (401, 403)
 
 MAX_BACKOFF_S = 30.0
 STATE_FORMAT = 1
+# The credential long-poll's wait: short, so that a lost connection is noticed soon too.
+CREDENTIALS_WAIT_S = 10.0
+
+
+def write_atomically(directory: Path, path: Path, document: object) -> None:
+    """Replace ``path`` with ``document`` as JSON (temporary file, fsync, rename), so a process
+    killed mid-write leaves the previous file whole; raise OSError."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(document, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable where supported
+        handle = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
 
 
 class PlanState:
@@ -95,6 +131,7 @@ class PlanState:
     def __init__(self, directory: Path, *, api_url: str, node: str) -> None:
         self.directory = directory
         self.path = directory / "plan.json"
+        self.credentials_path = directory / "credentials.json"
         self._api_url = api_url.rstrip("/")
         self._node = node
 
@@ -107,28 +144,37 @@ class PlanState:
             "etag": etag,
             "plan": plan.to_dict(),
         }
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=".plan-", suffix=".tmp", dir=self.directory)
+        write_atomically(self.directory, self.path, document)
+
+    def save_credentials(self, document: CredentialDocument, etag: str | None) -> None:
+        """Replace the saved credential document atomically; raise OSError."""
+        write_atomically(
+            self.directory,
+            self.credentials_path,
+            {"api": self._api_url, "etag": etag, "credentials": document.model_dump(mode="json")},
+        )
+
+    def load_credentials(self) -> tuple[CredentialDocument, str | None] | None:
+        """The saved credential document and its ETag; None (logged) when there is none or it
+        cannot be used."""
         try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(document, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
-        with contextlib.suppress(OSError):  # make the rename itself durable where supported
-            directory = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            saved = json.loads(self.credentials_path.read_text())
+            if not isinstance(saved, dict) or saved.get("api") != self._api_url:
+                raise ValueError(f"not a credential document of {self._api_url}")
+            document = CredentialDocument.model_validate(saved.get("credentials"))
+            if document.node != self._node:
+                raise ValueError(f"node {document.node!r}'s credentials, not {self._node!r}'s")
+            etag = saved.get("etag")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:  # ValidationError and JSONDecodeError included
+            log.error("saved credentials %s ignored: %s", self.credentials_path, exc)
+            return None
+        return document, etag if isinstance(etag, str) else None
 
     def load(self) -> tuple[NodePlan, str | None] | None:
         """The saved plan and ETag; None (logged) when there is none or it cannot be used."""
-        for stale in self.directory.glob(".plan-*.tmp"):  # left by a daemon killed mid-write
+        for stale in self.directory.glob(".*-*.tmp"):  # left by a daemon killed mid-write
             with contextlib.suppress(OSError):
                 stale.unlink()
         try:
@@ -167,7 +213,8 @@ def _seated(plan: NodePlan | None) -> set[tuple[str, str]]:
 
 
 class PlanClient:
-    """Two background threads: the plan long-poll (with profile uploads) and the heartbeat."""
+    """Three background threads: the plan long-poll (with profile uploads), the credential
+    long-poll (with ``credentials``) and the heartbeat."""
 
     def __init__(
         self,
@@ -182,6 +229,8 @@ class PlanClient:
         state_dir: Path | None = None,
         profiles: dict[str, ProfileCurve] | None = None,
         metrics: ExecutorMetrics | None = None,
+        credentials: Credentials | None = None,
+        advertise_url: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._runtime = runtime
@@ -198,6 +247,9 @@ class PlanClient:
         # device)) are not yet uploaded.
         self._profiles_due: tuple[NodePlan, dict[tuple[str, str], int]] | None = None
         self._metrics = metrics
+        self._credentials = credentials
+        self._advertise_url = advertise_url
+        self.credentials_etag: str | None = None  # of the last credential document received
         self._serving: NodePlan | None = None  # the plan applied last
         self._node = node
         self._long_poll_s = long_poll_s
@@ -217,6 +269,10 @@ class PlanClient:
             threading.Thread(target=self._plan_loop, name="plan-poll", daemon=True),
             threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
         ]
+        if credentials is not None:
+            self._threads.append(
+                threading.Thread(target=self._credentials_loop, name="credentials", daemon=True)
+            )
 
     def start(self) -> None:
         for t in self._threads:
@@ -230,9 +286,15 @@ class PlanClient:
         self._client.close()
 
     def resume(self) -> bool:
-        """Serve the plan saved by the last run, before the API is asked; True if one was."""
+        """Serve the plan saved by the last run, and check queries against its saved
+        credentials, before the API is asked; True if a plan was resumed."""
         if self._state is None:
             return False
+        if self._credentials is not None:
+            credentials = self._state.load_credentials()
+            if credentials is not None:
+                self._credentials.update(credentials[0])
+                self.credentials_etag = credentials[1]
         saved = self._state.load()
         if saved is None:
             return False
@@ -281,6 +343,34 @@ class PlanClient:
             except OSError as exc:  # serving matters more than surviving the next restart
                 log.error("plan version %d not saved to %s: %s", plan.version,
                           self._state.path, exc)
+        return True
+
+    def poll_credentials(self, wait_s: float = 0.0) -> bool:
+        """One credential request; True when a new document was handed to the engine. Raises
+        httpx errors, and ValueError for a document that does not parse (its ETag is kept, so
+        the same document is not fetched again)."""
+        if self._credentials is None:
+            return False
+        headers = {"If-None-Match": self.credentials_etag} if self.credentials_etag else {}
+        params = {"wait": f"{wait_s:g}"} if wait_s > 0 else {}
+        response = self._client.get(
+            f"/v1/nodes/{self._node}/credentials", headers=headers, params=params
+        )
+        if response.status_code == 304:
+            return False
+        response.raise_for_status()
+        self.credentials_etag = response.headers.get("ETag")
+        document = CredentialDocument.model_validate_json(response.content)
+        if document.node != self._node:
+            raise ValueError(f"credentials of node {document.node!r}, this is {self._node!r}")
+        self._credentials.update(document)
+        log.info("credentials: %d key(s) of %d tenant(s)",
+                 sum(map(len, document.tenants.values())), len(document.tenants))  # fmt: skip
+        if self._state is not None:
+            try:
+                self._state.save_credentials(document, self.credentials_etag)
+            except OSError as exc:
+                log.error("credentials not saved to %s: %s", self._state.credentials_path, exc)
         return True
 
     def _apply(self, plan: NodePlan) -> bool:
@@ -395,6 +485,7 @@ class PlanClient:
         refusal = self._runtime.refused
         return Heartbeat(
             plan_version=self._runtime.plan_version,
+            url=self._advertise_url,
             replicas=replicas,
             broken={model: why[:MAX_REASON_CHARS] for model, why in broken.items()},
             refused=(
@@ -432,6 +523,19 @@ class PlanClient:
                 else:
                     log.warning("plan pull failed (%s); %s, retry in %.1fs", exc, serving,
                                 backoff)
+                self._stop.wait(backoff)
+
+    def _credentials_loop(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self.poll_credentials(min(self._long_poll_s, CREDENTIALS_WAIT_S))
+                failures = 0
+            except (httpx.HTTPError, ValueError) as exc:
+                failures += 1
+                backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** min(failures, 6))
+                log.warning("credentials pull failed (%s); the last ones are checked, retry "
+                            "in %.1fs", exc, backoff)  # fmt: skip
                 self._stop.wait(backoff)
 
     def _upload_due_profiles(self) -> None:

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "run the tenant admin REST API (control plane)"),
     "db": ("db", "manage the database schema (Alembic): upgrade, downgrade, current"),
     "executor": ("executor", "run the serving daemon of one node from a plan file or the API"),
+    "gateway": ("gateway", "route every tenant's queries to the nodes' daemons from one address"),
     "profile": ("profile", "measure latency-bounded QPS against streams for the model zoo"),
     "divide": ("divide", "solve a fair division instance (JSON in, JSON out)"),
     "allocate": ("allocate", "allocate a cluster (GPUs, tenants, models) and print the plan"),

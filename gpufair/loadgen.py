@@ -8,6 +8,7 @@ from the 20 quantiles of docs/architecture.md §5). A model served by several no
 sent to one of them, drawn in proportion to the capacity its plan gives the model there (the
 client-side balancing a platform's router would do). Latency is measured from the *scheduled*
 arrival, so a client that falls behind cannot hide queueing; a 429 or any error counts as a miss.
+Each query carries the tenant's key (``Authorization: Bearer``), as the daemons require.
 Requests are sent by a bounded thread pool per stream; when it is full the arrival is counted as a
 miss rather than queued without bound in the client.
 
@@ -152,6 +153,7 @@ class TenantStream:
         sla_ms: float,
         rate_qps: float,
         seed: int,
+        key: str | None = None,
         max_in_flight: int = 64,
         sink: Callable[[Outcome], None],
     ) -> None:
@@ -171,7 +173,11 @@ class TenantStream:
             {k: [query_to_oip(q) for q in self._queries(t.schema, k)] for k in set(QUERY_SIZES)}
             for t in targets
         ]
-        self._client = httpx.Client(timeout=max(5.0, 10 * self.sla_s))
+        # The tenant's key: the daemons answer a query only with a key of its model's tenant.
+        self._client = httpx.Client(
+            timeout=max(5.0, 10 * self.sla_s),
+            headers={"Authorization": f"Bearer {key}"} if key else None,
+        )
         self._pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix=f"load-{tenant}")
         self._slots = threading.Semaphore(max_in_flight)
         self._stop = threading.Event()
@@ -272,7 +278,7 @@ class StreamProcess:
     """
 
     def __init__(self, *, tenant: str, model: str, targets: list[Target], sla_ms: float,
-                 rate_qps: float, seed: int) -> None:
+                 rate_qps: float, seed: int, key: str | None = None) -> None:
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
         self.tenant = tenant
         self.sla_s = sla_ms / 1000
@@ -283,7 +289,7 @@ class StreamProcess:
         self._stop = context.Event()
         self._out: Any = context.Queue()
         spec = {"tenant": tenant, "model": model, "targets": targets, "sla_ms": sla_ms,
-                "rate_qps": rate_qps, "seed": seed}
+                "rate_qps": rate_qps, "seed": seed, "key": key}
         self._process = context.Process(
             target=_stream_in_child, args=(spec, self._rate, self._stop, self._out),
             name=f"load-{tenant}", daemon=True)

@@ -38,8 +38,9 @@ ENV_PREFIX = "GPUFAIR_"
 DEFAULT_CONFIG_FILE = Path("config.toml")
 DEVELOPMENT_ADMIN_TOKEN = "dev-admin-token"
 # GPUFAIR_* variables that are not settings: the config file's name, and secrets that are passed
-# to one command only (a node's token is per node, so it is no setting of the shared tree).
-NOT_SETTINGS = frozenset({"GPUFAIR_CONFIG", "GPUFAIR_EXECUTOR_TOKEN"})
+# to one command only (a node's token is per node, so it is no setting of the shared tree; the
+# gateway's token is the admin token, which only `gpufair gateway` reads under this name).
+NOT_SETTINGS = frozenset({"GPUFAIR_CONFIG", "GPUFAIR_EXECUTOR_TOKEN", "GPUFAIR_GATEWAY_TOKEN"})
 
 
 class SettingsError(ValueError):

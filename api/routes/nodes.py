@@ -2,24 +2,20 @@
 
 The plan route is the node protocol's hot path: one indexed read, an ETag equal to the plan's
 version, ``If-None-Match`` answered with 304, and ``?wait=S`` holding the request until the
-plan changes or S seconds pass (at most ``config.max_long_poll_s``). The wait holds no
-database connection, slot or worker thread: it awaits the process's plan notifier, and each
-read takes a slot of the database gate for its one query (:mod:`api.db`).
+plan changes or S seconds pass (:mod:`api.longpoll`). The node's data-plane credentials
+(:mod:`api.services.dataplane`) are long-polled the same way.
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
-from fastapi.responses import JSONResponse
 
-from allocator import NodePlan
-from api.auth import Principal
 from api.deps import AdminDep, CurrentNode, PollingNode, SessionDep, StateDep
 from api.idempotency import IdempotencyKey, fingerprint, remember, replay_if_known
+from api.longpoll import long_poll
 from api.models import NodeRow
 from api.openapi import errors
 from api.pagination import NEXT_LINK, Page, next_page
@@ -33,8 +29,9 @@ from api.schemas import (
     ProfilesStored,
 )
 from api.services import nodes as service
-from api.services.plans import plan_etag, plan_unless_current, recheck_after
-from api.state import AppState
+from api.services.dataplane import content_etag, credential_document
+from api.services.plans import plan_etag, plan_unless_current
+from executor.wire.credentials import CredentialDocument
 from executor.wire.heartbeat import Heartbeat
 from executor.wire.profiles import ProfilesPut
 
@@ -105,14 +102,7 @@ def rotate_token(node: NodeName, _: AdminDep, session: SessionDep) -> NodeCreate
     return _created(*service.rotate_token(session=session, name=node))
 
 
-async def _read_plan(
-    state: AppState, node: Principal, if_none_match: str | None
-) -> tuple[int, NodePlan | None]:
-    return await state.db.read(
-        lambda connection: plan_unless_current(
-            session=connection, node_id=node.id, node_name=node.name, if_none_match=if_none_match
-        )
-    )
+LongPollWait = Annotated[float, Query(ge=0, le=3600, description="long-poll seconds")]
 
 
 @router.get(
@@ -124,22 +114,48 @@ async def read_plan(
     node: NodeName,
     me: PollingNode,
     state: StateDep,
-    wait: Annotated[float, Query(ge=0, le=3600, description="long-poll seconds")] = 0.0,
+    wait: LongPollWait = 0.0,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The node's newest plan; with ``If-None-Match`` of the current ETag, 304, after waiting
     up to ``wait`` seconds for a newer one."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + min(wait, state.config.max_long_poll_s)
-    while True:
-        version, plan = await _read_plan(state, me, if_none_match)
-        etag = plan_etag(version)
-        if plan is not None:
-            return JSONResponse(plan.to_dict(), headers={"ETag": etag})
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-        await state.notifier.wait(min(remaining, recheck_after()))
+
+    async def read() -> tuple[str, Any]:
+        version, plan = await state.db.read(
+            lambda connection: plan_unless_current(
+                session=connection, node_id=me.id, node_name=me.name, if_none_match=if_none_match
+            )
+        )
+        return plan_etag(version), None if plan is None else plan.to_dict()
+
+    return await long_poll(state, read=read, wait=wait, if_none_match=if_none_match)
+
+
+@router.get(
+    "/{node}/credentials",
+    tags=["node"],
+    responses={200: {"model": CredentialDocument}, 304: {}},
+)
+async def read_credentials(
+    node: NodeName,
+    me: PollingNode,
+    state: StateDep,
+    wait: LongPollWait = 0.0,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The data plane's credentials of this node (executor.wire.credentials): the salted
+    hashes of the usable keys of each tenant its plans seat. Long-polled like the plan; a key
+    issued, revoked or expired changes it at the latest at the wait's next recheck (1 s)."""
+
+    async def read() -> tuple[str, Any]:
+        document = await state.db.read(
+            lambda connection: credential_document(
+                session=connection, node_id=me.id, now=state.clock()
+            )
+        )
+        return content_etag("credentials", document), document.model_dump(mode="json")
+
+    return await long_poll(state, read=read, wait=wait, if_none_match=if_none_match)
 
 
 @router.post(

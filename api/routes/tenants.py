@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Query, Request, Response, status
 from sqlalchemy.orm import Session
 
 from allocator import Criterion
@@ -19,6 +19,7 @@ from api.schemas import (
     ApiKeyCreated,
     ApiKeyPublic,
     ApiKeyRotate,
+    InferenceKeyCreate,
     PathId,
     TenantCreate,
     TenantPublic,
@@ -37,6 +38,12 @@ def _key_created(row: ApiKeyRow, key: str) -> ApiKeyCreated:
     return ApiKeyCreated.model_validate(
         {**ApiKeyPublic.model_validate(row).model_dump(), "key": key}
     )
+
+
+def _keys_changed(background: BackgroundTasks, state: AppState) -> None:
+    """Wake the credential long-polls once the response is sent, which is after the change
+    committed (api.deps), so the daemons learn of it at once rather than at the recheck."""
+    background.add_task(state.notifier.notify)
 
 
 def _public(tenant: TenantRow, response: Response) -> TenantPublic:
@@ -113,6 +120,7 @@ def rotate_my_key(
     tenant: CurrentTenant,
     session: SessionDep,
     state: StateDep,
+    background: BackgroundTasks,
     data: ApiKeyRotate | None = None,
     idempotency_key: IdempotencyKey = None,
 ) -> ApiKeyCreated:
@@ -128,6 +136,7 @@ def rotate_my_key(
         grace_s=(data or ApiKeyRotate()).grace_s,
         now=now,
     )
+    _keys_changed(background, state)
     remember(session=session, owner=owner, key=idempotency_key, print_=print_, status=201,
              body=None, now=now)  # fmt: skip
     return _key_created(row, key)
@@ -137,13 +146,51 @@ def rotate_my_key(
     "/me/keys/{key_id}", tags=["tenant"], responses=errors(409, s409="your last usable key")
 )
 def revoke_my_key(
-    key_id: PathId, tenant: CurrentTenant, session: SessionDep, state: StateDep
+    key_id: PathId,
+    tenant: CurrentTenant,
+    session: SessionDep,
+    state: StateDep,
+    background: BackgroundTasks,
 ) -> ApiKeyPublic:
-    """Revoke one of your keys; your last usable one cannot be (409): rotate it instead."""
+    """Revoke one of your keys; your last usable API key cannot be (409): rotate it instead.
+    The daemons refuse a revoked key within about a second (their credential long-poll)."""
     row = service.revoke_key(
         session=session, tenant_id=tenant.id, key_id=key_id, now=state.clock(), keep_one=True
     )
+    _keys_changed(background, state)
     return ApiKeyPublic.model_validate(row)
+
+
+@router.post(
+    "/me/keys", status_code=status.HTTP_201_CREATED, tags=["tenant"],
+    responses=errors(409, s409="a retry with the same Idempotency-Key: the key is not shown "
+                     "twice"),
+)  # fmt: skip
+def create_inference_key(
+    request: Request,
+    tenant: CurrentTenant,
+    session: SessionDep,
+    state: StateDep,
+    background: BackgroundTasks,
+    data: InferenceKeyCreate | None = None,
+    idempotency_key: IdempotencyKey = None,
+) -> ApiKeyCreated:
+    """A new inference-only key (``gfi_``), shown once: the daemons and the gateway accept it
+    for your models' queries, the control plane refuses it. Hand it to serving clients rather
+    than your API key. A retry with the same ``Idempotency-Key`` is 409."""
+    owner, print_, now = f"tenant:{tenant.id}", fingerprint(request, data), state.clock()
+    replay_if_known(session=session, owner=owner, key=idempotency_key, print_=print_, now=now)
+    row, key = service.issue_key(
+        session=session,
+        tenant_id=tenant.id,
+        now=now,
+        expires_in_s=(data or InferenceKeyCreate()).expires_in_s,
+        scope="inference",
+    )
+    remember(session=session, owner=owner, key=idempotency_key, print_=print_, status=201,
+             body=None, now=now)  # fmt: skip
+    _keys_changed(background, state)
+    return _key_created(row, key)
 
 
 @router.post(
@@ -218,11 +265,17 @@ def update_tenant(
     responses=errors(412, 428),
 )  # fmt: skip
 def delete_tenant(
-    tenant: PathId, _: AdminDep, session: SessionDep, if_match: IfMatch = None
+    tenant: PathId,
+    _: AdminDep,
+    session: SessionDep,
+    state: StateDep,
+    background: BackgroundTasks,
+    if_match: IfMatch = None,
 ) -> Response:
     """Delete a tenant with its keys and models (stored allocations keep their history);
     needs If-Match."""
     service.delete_tenant(session=session, tenant_id=tenant, if_match=if_match)
+    _keys_changed(background, state)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -233,19 +286,21 @@ def issue_key(
     _: AdminDep,
     session: SessionDep,
     state: StateDep,
+    background: BackgroundTasks,
     data: ApiKeyCreate | None = None,
     idempotency_key: IdempotencyKey = None,
 ) -> ApiKeyCreated:
-    """A new API key for the tenant, shown once; ``expires_in_s`` makes it expire. A retry
-    with the same ``Idempotency-Key`` is 409 (the key is not shown twice)."""
+    """A new key for the tenant, shown once: an API key, or with ``scope: inference`` an
+    inference-only key; ``expires_in_s`` makes it expire. A retry with the same
+    ``Idempotency-Key`` is 409 (the key is not shown twice)."""
     print_, now = fingerprint(request, data), state.clock()
     replay_if_known(session=session, owner="admin", key=idempotency_key, print_=print_, now=now)
+    data = data or ApiKeyCreate()
     row, key = service.issue_key(
-        session=session,
-        tenant_id=tenant,
-        now=now,
-        expires_in_s=(data or ApiKeyCreate()).expires_in_s,
-    )
+        session=session, tenant_id=tenant, now=now, expires_in_s=data.expires_in_s,
+        scope=data.scope,
+    )  # fmt: skip
+    _keys_changed(background, state)
     remember(session=session, owner="admin", key=idempotency_key, print_=print_, status=201,
              body=None, now=now)  # fmt: skip
     return _key_created(row, key)
@@ -269,8 +324,14 @@ def list_keys(
 
 @router.delete("/{tenant}/keys/{key_id}", tags=["admin"])
 def revoke_key(
-    tenant: PathId, key_id: PathId, _: AdminDep, session: SessionDep, state: StateDep
+    tenant: PathId,
+    key_id: PathId,
+    _: AdminDep,
+    session: SessionDep,
+    state: StateDep,
+    background: BackgroundTasks,
 ) -> ApiKeyPublic:
     """Revoke any key of the tenant, its last one too (the admin can issue another)."""
     row = service.revoke_key(session=session, tenant_id=tenant, key_id=key_id, now=state.clock())
+    _keys_changed(background, state)
     return ApiKeyPublic.model_validate(row)

@@ -14,10 +14,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.auth import TENANT_KEY_PREFIX, key_usable, new_token, token_hash
+from api.auth import INFERENCE_KEY_PREFIX, TENANT_KEY_PREFIX, key_usable, new_token, token_hash
 from api.errors import Conflict, NotFound
 from api.models import ApiKeyRow, TenantRow, as_utc
-from api.schemas import TenantCreate, TenantSelfUpdate, TenantUpdate
+from api.schemas import KeyScope, TenantCreate, TenantSelfUpdate, TenantUpdate
 from api.services.revisions import check_if_match
 
 # Characters of a key shown in listings: the "gft_" prefix and a few random ones.
@@ -84,12 +84,18 @@ def delete_tenant(*, session: Session, tenant_id: int, if_match: str | None) -> 
 
 
 def issue_key(
-    *, session: Session, tenant_id: int, now: datetime, expires_in_s: int | None = None
+    *,
+    session: Session,
+    tenant_id: int,
+    now: datetime,
+    expires_in_s: int | None = None,
+    scope: KeyScope = "tenant",
 ) -> tuple[ApiKeyRow, str]:
-    """A new API key for the tenant, refused after ``expires_in_s`` when given; the key itself
-    is returned once and never stored."""
+    """A new key for the tenant (an API key, or with ``scope="inference"`` an inference-only
+    key), refused after ``expires_in_s`` when given; the key itself is returned once and never
+    stored."""
     get_tenant_or_raise(session=session, tenant_id=tenant_id)
-    key = new_token(TENANT_KEY_PREFIX)
+    key = new_token(INFERENCE_KEY_PREFIX if scope == "inference" else TENANT_KEY_PREFIX)
     row = ApiKeyRow(
         tenant_id=tenant_id,
         prefix=key[:KEY_PREFIX_SHOWN],
@@ -170,11 +176,16 @@ def revoke_key(
     row = _own_key(session, tenant_id, key_id)
     if row.revoked_at is not None:
         return row
-    if keep_one:
+    if keep_one and row.scope == "tenant":
         others = session.scalar(
             select(func.count())
             .select_from(ApiKeyRow)
-            .where(ApiKeyRow.tenant_id == tenant_id, ApiKeyRow.id != key_id, key_usable(now))
+            .where(
+                ApiKeyRow.tenant_id == tenant_id,
+                ApiKeyRow.id != key_id,
+                ApiKeyRow.prefix.startswith(TENANT_KEY_PREFIX),
+                key_usable(now),
+            )
         )
         if not others:
             raise Conflict(

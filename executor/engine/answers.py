@@ -14,13 +14,18 @@ from executor.scheduling.errors import (
     GroupClosed,
     ModelFailed,
     ModelUnavailable,
+    NotPermitted,
     Overloaded,
+    Unauthenticated,
     UnknownModel,
 )
 
 # error class -> (HTTP status, outcome in the metrics; None: not counted, as the request found
 # no replica that could judge it)
 ERROR_ANSWERS: dict[type[Exception], tuple[int, str | None]] = {
+    # Not the model's tenant's queries, so not counted against it (executor.credentials).
+    Unauthenticated: (401, None),
+    NotPermitted: (403, None),
     UnknownModel: (404, None),
     ModelUnavailable: (503, None),
     # A replica drained for a plan swap hands its queries to the new plan: what reaches the

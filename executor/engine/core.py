@@ -6,9 +6,10 @@ app, :func:`executor.daemon.create_app`) or from a front process over a link
 (devices, session groups, the fair scheduler) and the metrics, and turns a request into three
 calls, in the order the daemon makes them (docs/executor.md, "Admission control"):
 
-1. :meth:`admit` — on arrival, from the route alone: the replica that will serve the query
-   (routed once), checked for a one-candidate query; an :class:`Admission` that tells the
-   front the model's schema (to parse the body), its tenant and SLA (to bound the tenant's
+1. :meth:`admit` — on arrival, from the route and the credential alone: the query's key checked
+   against the model's tenant (:mod:`executor.credentials`), then the replica that will serve
+   the query (routed once), checked for a one-candidate query; an :class:`Admission` that tells
+   the front the model's schema (to parse the body), its tenant and SLA (to bound the tenant's
    requests in flight at the front). Raises the scheduling errors (Overloaded: 429 before the
    body).
 2. :meth:`submit` — the parsed query, on the same replica; a future of its scores.
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from executor.credentials import OPEN, Credentials
 from executor.engine.answers import answer_of
 from executor.features import Query
 from executor.metrics import ExecutorMetrics
@@ -64,14 +66,24 @@ class Admission:
 class EngineCore:
     """The runtime and its metrics behind one request surface (see the module docstring)."""
 
-    def __init__(self, runtime: NodeRuntime, metrics: ExecutorMetrics | None = None) -> None:
+    def __init__(
+        self,
+        runtime: NodeRuntime,
+        metrics: ExecutorMetrics | None = None,
+        credentials: Credentials = OPEN,
+    ) -> None:
         self.runtime = runtime
         self.metrics = metrics or ExecutorMetrics(runtime)
+        self.credentials = credentials
 
-    def admit(self, model: str, arrival: float) -> Admission:
-        """Route on arrival and check a one-candidate query; raise UnknownModel,
-        ModelUnavailable or Overloaded (counted as rejected)."""
+    def admit(self, model: str, arrival: float, credential: str | None = None) -> Admission:
+        """Check the credential (sha256 of the key presented, or None), route on arrival and
+        check a one-candidate query; raise Unauthenticated or NotPermitted (not counted),
+        UnknownModel, ModelUnavailable or Overloaded (counted as rejected)."""
+        if credential is None:
+            self.credentials.check("", None)  # 401 before the model is even looked up
         group = self.runtime.route(model)
+        self.credentials.check(group.tenant, credential)
         try:
             self.runtime.check(group, arrival)
         except Overloaded:
@@ -122,9 +134,10 @@ class EngineCore:
             self._observe(group, "rejected", None)
 
     def health(self) -> dict[str, Any] | None:
-        """The ``/healthz`` document, or None before the first plan."""
+        """The ``/healthz`` document, or None before the first plan, and in API mode before the
+        first credentials too (the node could answer no query: it is not ready)."""
         deployment = self.runtime.deployment
-        if deployment is None:
+        if deployment is None or (self.credentials.enforce and self.credentials.document is None):
             return None
         return {
             "status": "serving",

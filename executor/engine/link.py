@@ -54,8 +54,10 @@ from executor.scheduling.errors import (
     GroupClosed,
     ModelFailed,
     ModelUnavailable,
+    NotPermitted,
     Overloaded,
     SchedulingError,
+    Unauthenticated,
     UnknownModel,
 )
 
@@ -70,6 +72,8 @@ ERRORS: dict[str, type[Exception]] = {
         DeadlineExceeded,
         ModelFailed,
         GroupClosed,
+        Unauthenticated,
+        NotPermitted,
         SchedulingError,
         ValueError,
     )

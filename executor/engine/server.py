@@ -76,7 +76,9 @@ class FrontLink(threading.Thread):
         core = self._core
         try:
             if op == "admit":
-                admission = core.admit(header["model"], float(header["arrival"]))
+                admission = core.admit(
+                    header["model"], float(header["arrival"]), header.get("credential")
+                )
                 self._admitted[key] = admission
                 self._send(self._admission(key, admission))
             elif op == "submit":

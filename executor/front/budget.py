@@ -25,7 +25,11 @@ of parsing its headers.
 
 A front learns a model's tenant from the engine's admissions (a plan swap that moves a model
 to another tenant is learnt from the next admission); a model not yet admitted at this front is
-always asked of the engine.
+always asked of the engine. It learns the same way which credentials (the digest of the key a
+request presents, :mod:`executor.credentials`) the engine accepted for which tenant, and counts
+a request before the engine is asked only when its credential is one accepted for the model's
+tenant: a request naming another tenant's model with its own (or no, or a made-up) key is
+counted nowhere until the engine has checked the key, so it cannot fill that tenant's bound.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from executor.scheduling.errors import Overloaded
 HEADROOM = 4.0
 MIN_IN_FLIGHT = 8  # in flight allowed whatever the tenant's rate
 WINDOW_S = 1.0  # the answers a tenant's rate is measured over
+CREDENTIALS_KEPT = 4096  # accepted credentials a front remembers (forgotten all at once beyond)
 RETRY_AFTER_S = 1.0  # what a refused client is told to wait
 
 
@@ -72,6 +77,8 @@ class TenantBudgets:
         self._window_s = window_s
         self._clock = clock
         self._tenant_of: dict[str, str] = {}  # model, as requests name it -> its tenant
+        # credential digest (None: none presented) -> the tenant the engine accepted it for
+        self._accepted: dict[str | None, str] = {}
         self._tenants: dict[str, _Tenant] = {}
 
     def in_flight(self, tenant: str) -> int:
@@ -89,21 +96,28 @@ class TenantBudgets:
         rate = len(state.answers) / self._window_s
         return max(self._min, math.ceil(self._headroom * rate * state.sla_s))
 
-    def claim(self, model: str) -> str | None:
-        """Count a request for ``model`` in flight before the engine is asked, and return its
-        tenant; None when the model's tenant is not known at this front yet (nothing counted).
+    def claim(self, model: str, credential: str | None) -> str | None:
+        """Count a request for ``model`` presenting ``credential`` in flight before the engine
+        is asked, and return its tenant; None (nothing counted) when the model's tenant is not
+        known at this front yet or the engine has not accepted ``credential`` for it here.
         Raise Overloaded (nothing counted) when the tenant is at its bound."""
         tenant = self._tenant_of.get(model)
-        if tenant is None:
+        if tenant is None or self._accepted.get(credential) != tenant:
             return None
         self._count(tenant)
         return tenant
 
-    def confirm(self, model: str, ticket: Ticket, claimed: str | None) -> str:
-        """The engine admitted a request for ``model``: learn its tenant and count it there if
-        :meth:`claim` did not (or counted another tenant, before a plan swap); return the
-        tenant counted. Raise Overloaded, with nothing left counted, at the tenant's bound."""
+    def confirm(
+        self, model: str, ticket: Ticket, claimed: str | None, credential: str | None
+    ) -> str:
+        """The engine admitted a request for ``model`` presenting ``credential``: learn its
+        tenant and that the credential is accepted for it, and count it there if :meth:`claim`
+        did not (or counted another tenant, before a plan swap); return the tenant counted.
+        Raise Overloaded, with nothing left counted, at the tenant's bound."""
         self._tenant_of[model] = ticket.tenant
+        if len(self._accepted) >= CREDENTIALS_KEPT and credential not in self._accepted:
+            self._accepted.clear()
+        self._accepted[credential] = ticket.tenant
         state = self._tenants.setdefault(ticket.tenant, _Tenant(ticket.sla_s))
         state.sla_s = ticket.sla_s
         if claimed != ticket.tenant:

@@ -48,8 +48,10 @@ class Engine(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def admit(self, model: str, arrival: float) -> Ticket:
-        """Route on arrival and check admission for a one-candidate query."""
+    async def admit(self, model: str, arrival: float, credential: str | None = None) -> Ticket:
+        """Check the credential (the sha256 of the key presented, or None: see
+        :mod:`executor.credentials`), route on arrival and check admission for a
+        one-candidate query."""
 
     async def infer(self, ticket: Ticket, query: Query) -> np.ndarray:
         """Queue the parsed query on its admitted replica; its (N,) float32 scores."""

@@ -33,8 +33,8 @@ class LocalEngine:
     async def stop(self) -> None:
         return None
 
-    async def admit(self, model: str, arrival: float) -> Ticket:
-        admission = self._core.admit(model, arrival)
+    async def admit(self, model: str, arrival: float, credential: str | None = None) -> Ticket:
+        admission = self._core.admit(model, arrival, credential)
         key = next(self._keys)
         self._admitted[key] = admission
         return Ticket(

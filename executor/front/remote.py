@@ -87,6 +87,7 @@ class RemoteEngine:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._refusals: collections.Counter[str] = collections.Counter()  # model -> not yet told
+        self._closed = False  # the link is gone: every call fails at once (503)
 
     async def start(self) -> None:
         reader, self._writer = await asyncio.open_connection(sock=self._sock)
@@ -112,6 +113,7 @@ class RemoteEngine:
         except link.LinkClosed:
             log.error("the engine closed this front's link; the front stops")
         finally:
+            self._closed = True
             error = ModelUnavailable("the engine is not running")
             for waiting in self._waiting.values():
                 if not waiting.done():
@@ -120,7 +122,7 @@ class RemoteEngine:
             self._on_close()
 
     def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        if self._writer is None or self._writer.is_closing():
+        if self._closed or self._writer is None or self._writer.is_closing():
             raise ModelUnavailable("the engine is not running")
         self._writer.write(link.frame(header, payload))
 
@@ -137,8 +139,10 @@ class RemoteEngine:
         if "error" in header:
             raise link.error_from_dict(header["error"])
 
-    async def admit(self, model: str, arrival: float) -> Ticket:
-        header, _ = await self._call({"op": "admit", "model": model, "arrival": arrival})
+    async def admit(self, model: str, arrival: float, credential: str | None = None) -> Ticket:
+        header, _ = await self._call(
+            {"op": "admit", "model": model, "arrival": arrival, "credential": credential}
+        )
         self._raise_error(header)
         schema_key = header["schema_key"]
         if "schema" in header:

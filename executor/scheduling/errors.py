@@ -8,7 +8,10 @@
     ├── Overloaded          (RuntimeError)  admission refused it; has retry_after_s → 429
     ├── DeadlineExceeded    (TimeoutError)  its deadline passed before it was served → 504
     ├── ModelFailed         (RuntimeError)  the model raised while running its batch → 500
-    └── GroupClosed         (RuntimeError)  internal: the group drains for a plan swap; retried
+    ├── GroupClosed         (RuntimeError)  internal: the group drains for a plan swap; retried
+    ├── Unauthenticated     (PermissionError) no credential, or none is known yet          → 401
+    └── NotPermitted        (PermissionError) a credential that is no key of the model's
+                                            tenant (executor.credentials)                → 403
 
     PlanRefused             (ValueError)    a plan's replicas do not fit a device's memory:
                                             no query's error, so outside the tree; the
@@ -47,6 +50,14 @@ class ModelFailed(SchedulingError, RuntimeError):
 
 
 class GroupClosed(SchedulingError, RuntimeError):
+    pass
+
+
+class Unauthenticated(SchedulingError, PermissionError):
+    pass
+
+
+class NotPermitted(SchedulingError, PermissionError):
     pass
 
 

@@ -13,6 +13,10 @@ validates with it before storing, the executor checks with it before acting:
   as its route's body and reads back from the stored report;
 - :mod:`executor.wire.profiles`: the profile upload, whose curves are the allocator's
   (:data:`allocator.QpsCurve`);
+- :mod:`executor.wire.credentials`: the credential document a daemon checks queries' keys
+  against (salted hashes of the keys of the tenants its plans seat);
+- :mod:`executor.wire.routes`: the routing table of every model's replicas, for routers and
+  clients;
 - :mod:`executor.wire.oip`: the Open Inference Protocol's tensors, JSON and binary, which the
   daemon reads and its clients (the demo's load generator, Triton's clients) send.
 

@@ -1,15 +1,16 @@
 """The heartbeat: what a daemon reports to the control plane, one model for both sides.
 
 Every ``heartbeat_s`` the daemon posts ``POST /v1/nodes/{node}/heartbeat``: the plan version it
-serves, each replica's counters and measured memory, the models it could not load (and why), the
-newest plan it refused for want of memory (and why), its cumulative SLA counts per (tenant,
-model), and per (tenant, model) what it served over its last minute (:class:`ServedWindow`:
-counts, served rate and p99 latency over a stated window). ``executor/plan_client.py`` builds
-a :class:`Heartbeat` and sends its ``model_dump(mode="json")``; the API takes the same model as
-the route's body, so a heartbeat the daemon could not have built is a 422 naming the field,
-stores the dump as the node's report and reads stored reports back with
-:func:`parse_heartbeat`. The daemon's SLA tallies (``ExecutorMetrics.sla_tallies``) are
-:class:`SlaCount` rows themselves, its served windows :class:`ServedWindow` rows.
+serves, the URL it is reached at, each replica's counters and measured memory, the models it
+could not load (and why), the newest plan it refused for want of memory (and why), its
+cumulative SLA counts per (tenant, model), and per (tenant, model) what it served over its last
+minute (:class:`ServedWindow`: counts, served rate and p99 latency over a stated window).
+``executor/plan_client.py`` builds a :class:`Heartbeat` and sends its
+``model_dump(mode="json")``; the API takes the same model as the route's body, so a heartbeat
+the daemon could not have built is a 422 naming the field, stores the dump as the node's report
+and reads stored reports back with :func:`parse_heartbeat`. The daemon's SLA tallies
+(``ExecutorMetrics.sla_tallies``) are :class:`SlaCount` rows themselves, its served windows
+:class:`ServedWindow` rows.
 
 Every list and string is bounded, so one report stays a small row; the daemon keeps within the
 bounds (it clips a load error to :data:`MAX_REASON_CHARS`), since a heartbeat the model refuses
@@ -155,6 +156,11 @@ class Heartbeat(BaseModel):
 
     plan_version: Annotated[int, Field(ge=0, le=MAX_ID)] | None = Field(
         default=None, description="the plan version the daemon serves"
+    )
+    url: Annotated[str, Field(max_length=256, pattern=r"^https?://[^\s/]+$")] | None = Field(
+        default=None,
+        description="where routers and clients reach this daemon (its --advertise-url); the "
+        "routing table (GET /v1/routes) lists its replicas under it",
     )
     replicas: Annotated[list[ReplicaReport], Field(max_length=MAX_ENTRIES)] = []
     broken: dict[

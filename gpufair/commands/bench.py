@@ -22,6 +22,11 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "against Ray Serve and a naive FastAPI server)",
     ),
     "api": ("bench.api", "control-plane API latency and throughput"),
+    "gateway": (
+        "bench.gateway",
+        "gpufair gateway against direct calls (added latency, throughput), isolation through "
+        "it with credentials, failover when a daemon dies",
+    ),
 }
 
 USAGE = "usage: gpufair bench {" + ",".join(BENCHMARKS) + "} [ARGS...]"

@@ -294,7 +294,7 @@ def _streams(scenario: Scenario, registered: Registered, placements: dict[str, P
         streams.append(StreamProcess(
             tenant=tenant.name, model=model_id, targets=targets,
             sla_ms=tenant.model.sla_p99_ms, rate_qps=tenant.model.rate_qps,
-            seed=scenario.seed * 100 + index))
+            seed=scenario.seed * 100 + index, key=registered.tenant_keys[tenant.name]))
     return streams
 
 

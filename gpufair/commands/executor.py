@@ -24,6 +24,14 @@ the refusal.
 ``--backend fake`` serves every replica with :class:`executor.fake.FakeBackend` (no torch:
 for trying the HTTP surface and the scheduler, or simulating a GPU as ``gpufair demo`` does);
 ``--fake-row-us`` and ``--fake-batch-us`` set its service time per candidate row and per batch.
+Data-plane credentials (:mod:`executor.credentials`): in API mode every query must carry a key
+of its model's tenant (``Authorization: Bearer <key>``), checked against the credential
+document the daemon long-polls beside its plan (401 without one, 403 for another tenant's or a
+revoked key); the heartbeat advertises ``--advertise-url`` (default ``http://HOST:PORT``, the
+machine's name for a wildcard host) for the routing table (``GET /v1/routes``) that
+``gpufair gateway`` and :mod:`gpufair.client` route by. Standalone, with no API to learn keys
+from, the daemon answers every query and logs a warning saying so.
+
 ``--device cpu`` maps every device of the plan onto the CPU, so a GPU node's plan can be tried
 on a laptop.
 """
@@ -35,6 +43,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -71,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", help="address to listen on (default: settings executor.host)")
     p.add_argument("--port", type=int, help="port to listen on (default: settings executor.port)")
+    p.add_argument(
+        "--advertise-url",
+        help="API mode: the URL routers and clients reach this daemon at, sent with every "
+        "heartbeat (default: http://HOST:PORT, the machine's name for a wildcard HOST)",
+    )
     p.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -158,6 +172,7 @@ def main(argv: list[str]) -> int:
         if args.state_dir or args.profiles:
             log.warning("--state-dir and --profiles are for API mode; a plan file uses neither")
 
+    from executor.credentials import OPEN, Credentials
     from executor.daemon import DEFAULT_MAX_BODY_BYTES
     from executor.engine.core import EngineCore
     from executor.engine.server import Fronts
@@ -191,7 +206,11 @@ def main(argv: list[str]) -> int:
     runtime = NodeRuntime(backend, scheduler_config(cfg), place)
     metrics = ExecutorMetrics(runtime)
     client: PlanClient | None = None
+    host, port = args.host or cfg.host, args.port or cfg.port
+    credentials = OPEN
     if plan is not None:
+        log.warning("standalone mode: no control plane to learn tenants' keys from, so every "
+                    "query is answered, whatever credential it carries")  # fmt: skip
         from executor.scheduling import PlanRefused
 
         try:
@@ -203,6 +222,7 @@ def main(argv: list[str]) -> int:
             for model_id, why in report.broken.items():
                 log.error("model %s is not served: %s", model_id, why)
     else:
+        credentials = Credentials()
         client = PlanClient(
             runtime,
             api_url=args.api,
@@ -212,10 +232,11 @@ def main(argv: list[str]) -> int:
             state_dir=args.state_dir or cfg.state_dir or DEFAULT_STATE_ROOT / args.node,
             profiles=profiles,
             metrics=metrics,
+            credentials=credentials,
+            advertise_url=args.advertise_url or _advertised(host, port),
         )
         client.resume()  # the saved plan serves at once, whether or not the API answers
         client.start()
-    host, port = args.host or cfg.host, args.port or cfg.port
     if args.fronts is not None:
         cfg = cfg.model_copy(update={"fronts": args.fronts})
     count = front_count(cfg)
@@ -226,8 +247,8 @@ def main(argv: list[str]) -> int:
     if client is not None:
         _stop_when_token_rejected(client, stop)
     try:
-        fronts = Fronts(EngineCore(runtime, metrics), host=host, port=port, count=count,
-                        options=options)  # fmt: skip
+        core = EngineCore(runtime, metrics, credentials)
+        fronts = Fronts(core, host=host, port=port, count=count, options=options)
     except OSError as exc:
         sys.stderr.write(f"gpufair executor: cannot listen on {host}:{port}: {exc.strerror}\n")
         runtime.close()
@@ -248,6 +269,13 @@ def main(argv: list[str]) -> int:
         )
         return 2
     return 0
+
+
+def _advertised(host: str, port: int) -> str:
+    """The URL a daemon listening on ``host``:``port`` is reached at by default."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _stop_when_token_rejected(client: PlanClient, stop: threading.Event) -> None:

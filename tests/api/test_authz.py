@@ -27,6 +27,7 @@ ROUTES: list[tuple[str, str, str, int, Any]] = [
     ("DELETE", "/v1/tenants/me/keys/{a_key_spare}", "tenant", 200, None),
     # With a grace period: the key presented keeps working for the rest of the matrix.
     ("POST", "/v1/tenants/me/keys/rotate", "tenant", 201, {"grace_s": 3600}),
+    ("POST", "/v1/tenants/me/keys", "tenant", 201, {"expires_in_s": 3600}),
     ("POST", "/v1/tenants", "admin", 201, {"name": "fresh"}),
     ("GET", "/v1/tenants", "admin", 200, None),
     ("GET", "/v1/tenants/{a}", "admin", 200, None),
@@ -57,6 +58,9 @@ ROUTES: list[tuple[str, str, str, int, Any]] = [
     ("GET", "/v1/nodes/n1", "admin", 200, None),
     ("POST", "/v1/nodes/n2/token", "admin", 200, None),
     ("GET", "/v1/nodes/n1/plan", "node", 200, None),
+    ("GET", "/v1/nodes/n1/credentials", "node", 200, None),
+    ("GET", "/v1/routes", "admin", 200, None),
+    ("GET", "/v1/routes/me", "tenant", 200, None),
     ("POST", "/v1/nodes/n1/heartbeat", "node", 200, {"plan_version": 1}),
     ("PUT", "/v1/nodes/n1/profiles", "node", 200, "profiles"),
     ("GET", "/v1/nodes/n1/artifacts/{a_upload}", "node", 200, None),

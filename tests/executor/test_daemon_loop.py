@@ -191,13 +191,17 @@ class Daemon(ChildServer):
             pytest.fail(f"{exc}\n{self.tail()}")
         return time.monotonic() - began
 
-    def infer(self, model_id: int, seed: int) -> list[float]:
+    def infer(self, model_id: int, seed: int, key: str) -> list[float]:
+        """Scores of a random query for the model, sent with the tenant's ``key``."""
         schema = ModelSchema.from_dict(
             httpx.get(f"{self.url}/v1/models/{model_id}/schema", timeout=10).json()
         )
         query = schema.random_query(np.random.default_rng(seed), 20)
         r = httpx.post(
-            f"{self.url}/v1/models/{model_id}/infer", json=codec.query_to_json(query), timeout=30
+            f"{self.url}/v1/models/{model_id}/infer",
+            json=codec.query_to_json(query),
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
         )
         assert r.status_code == 200, (r.text, self.tail())
         scores = r.json()["scores"]
@@ -224,7 +228,7 @@ def test_a_daemon_killed_while_the_api_is_down_serves_its_last_plan_at_restart(
     daemon.start()
     daemon.wait_version(1)
     model = setup.model["id"]
-    before = daemon.infer(model, seed=1)
+    before = daemon.infer(model, seed=1, key=setup.key)
     assert (tmp_path / "state" / "plan.json").is_file()
 
     daemon.kill()
@@ -233,7 +237,7 @@ def test_a_daemon_killed_while_the_api_is_down_serves_its_last_plan_at_restart(
     daemon.wait_version(1)  # no API to ask: the saved plan
     health = daemon.health()
     assert health is not None and health["models"] == [str(model)]
-    assert daemon.infer(model, seed=1) == pytest.approx(before, abs=1e-6)
+    assert daemon.infer(model, seed=1, key=setup.key) == pytest.approx(before, abs=1e-6)
     assert "plan pull failed" in daemon.log_path.read_text()
 
 
@@ -249,7 +253,7 @@ def test_a_corrupt_state_file_is_ignored_and_the_plan_is_pulled(
     daemons.append(daemon)
     daemon.start()
     daemon.wait_version(1)
-    daemon.infer(setup.model["id"], seed=2)
+    daemon.infer(setup.model["id"], seed=2, key=setup.key)
     assert "saved plan" in daemon.log_path.read_text() and "ignored" in daemon.log_path.read_text()
     assert json.loads((state / "plan.json").read_text())["plan"]["version"] == 1
 
@@ -268,7 +272,7 @@ def test_a_running_daemon_outlives_the_api_and_follows_it_when_it_returns(
     until = time.monotonic() + 3.0  # several failed pulls and heartbeats
     served = 0
     while time.monotonic() < until:
-        daemon.infer(model, seed=served)
+        daemon.infer(model, seed=served, key=setup.key)
         served += 1
         time.sleep(0.2)
     health = daemon.health()
@@ -278,7 +282,7 @@ def test_a_running_daemon_outlives_the_api_and_follows_it_when_it_returns(
     setup.api = control.admin()
     assert setup.api.solve()["version"] == 2
     daemon.wait_version(2, timeout_s=40.0)  # within the pull's backoff (capped at 30 s)
-    daemon.infer(model, seed=99)
+    daemon.infer(model, seed=99, key=setup.key)
 
 
 def test_a_new_plan_wakes_the_daemons_long_poll_and_profiles_follow_every_plan(
@@ -316,7 +320,7 @@ def test_a_new_plan_wakes_the_daemons_long_poll_and_profiles_follow_every_plan(
     # The long-poll was woken by the new plan, not ended by its 30 s timeout; how fast a plan
     # propagates is a matter of the machine, not of this test.
     assert took < LONG_POLL_S / 2, f"plan v2 reached the daemon {took:.2f} s after the solve"
-    daemon.infer(ranker, seed=3)
+    daemon.infer(ranker, seed=3, key=setup.key)
 
     # v3 adds another tenant's WnD model: its curve is uploaded once the plan is applied.
     _, key = setup.api.tenant("feed")
@@ -334,7 +338,7 @@ def test_a_new_plan_wakes_the_daemons_long_poll_and_profiles_follow_every_plan(
         (ranker, "cpu:0"): PROFILES["rmc1"]["qps"],
         (wnd, "cpu:0"): PROFILES["wnd"]["qps"],
     }
-    daemon.infer(wnd, seed=4)
+    daemon.infer(wnd, seed=4, key=key)
 
     # Heartbeats carry the daemon's cumulative SLA tallies; the API keeps the last one.
     tenants = {str(ranker): "ads", str(wnd): "feed"}

@@ -37,21 +37,36 @@ def _ticket(tenant: str, sla_s: float) -> Ticket:
 
 def test_a_tenant_at_its_bound_is_refused_before_the_engine_is_asked_and_no_other() -> None:
     budgets = TenantBudgets(min_in_flight=3)
-    assert budgets.claim("flood-model") is None  # not known here yet: the engine decides
-    assert budgets.confirm("flood-model", _ticket("flood", 0.05), None) == "flood"
+    assert budgets.claim("flood-model", "k1") is None  # not known here yet: the engine decides
+    assert budgets.confirm("flood-model", _ticket("flood", 0.05), None, "k1") == "flood"
     for _ in range(2):  # known now: counted before the engine is asked
-        assert budgets.claim("flood-model") == "flood"
+        assert budgets.claim("flood-model", "k1") == "flood"
     with pytest.raises(Overloaded, match="in flight") as refused:
-        budgets.claim("flood-model")
+        budgets.claim("flood-model", "k1")
     assert refused.value.retry_after_s > 0
     with pytest.raises(Overloaded, match="in flight"):  # one the engine admitted meanwhile
-        budgets.confirm("flood-model", _ticket("flood", 0.05), None)
+        budgets.confirm("flood-model", _ticket("flood", 0.05), None, "k1")
     assert budgets.in_flight("flood") == 3
     # Another tenant's bound is its own; a model moved to it by a plan swap moves its count.
-    assert budgets.confirm("calm-model", _ticket("calm", 0.05), None) == "calm"
-    assert budgets.confirm("moved-model", _ticket("calm", 0.05), "flood") == "calm"
+    assert budgets.confirm("calm-model", _ticket("calm", 0.05), None, "k2") == "calm"
+    assert budgets.confirm("moved-model", _ticket("calm", 0.05), "flood", "k2") == "calm"
     assert budgets.in_flight("flood") == 2 and budgets.in_flight("calm") == 2
-    assert budgets.claim("flood-model") == "flood"
+    assert budgets.claim("flood-model", "k1") == "flood"
+
+
+def test_a_key_the_engine_did_not_accept_for_a_models_tenant_counts_nowhere_before_it() -> None:
+    """A flooder naming the calm tenant's model with its own, no or a made-up key is not
+    counted in the calm tenant's bound before the engine checked the key (and refused it), so
+    however many such requests arrive, the calm tenant's own requests still get in."""
+    budgets = TenantBudgets(min_in_flight=2)
+    budgets.confirm("calm-model", _ticket("calm", 0.05), None, "calm-key")
+    budgets.leave("calm", answered=True)
+    budgets.confirm("flood-model", _ticket("flood", 0.05), None, "flood-key")
+    budgets.leave("flood", answered=True)
+    for presented in ["flood-key", None, "made-up"] * 10:
+        assert budgets.claim("calm-model", presented) is None
+    assert budgets.in_flight("calm") == 0
+    assert budgets.claim("calm-model", "calm-key") == "calm"
 
 
 def test_a_tenants_bound_follows_its_answer_rate_within_its_sla() -> None:
@@ -61,12 +76,12 @@ def test_a_tenants_bound_follows_its_answer_rate_within_its_sla() -> None:
     budgets = TenantBudgets(min_in_flight=4, headroom=2.0, window_s=1.0, clock=lambda: now[0])
     for k in range(200):  # answered at 200/s over the last second
         now[0] = k / 200
-        budgets.confirm("m", _ticket("busy", 0.1), None)
+        budgets.confirm("m", _ticket("busy", 0.1), None, "key")
         budgets.leave("busy", answered=True)
     assert budgets.bound("busy") == 40  # 2 × 200/s × 0.1 s
     now[0] += 2.0  # a quiet spell: its rate is forgotten, the floor stays
     assert budgets.bound("busy") == 4
-    budgets.confirm("m", _ticket("busy", 0.1), None)
+    budgets.confirm("m", _ticket("busy", 0.1), None, "key")
     budgets.leave("busy", answered=False)  # a refusal or a failure is no answer
     assert budgets.bound("busy") == 4
 

@@ -1,0 +1,396 @@
+"""``gpufair bench gateway``: what ``gpufair gateway`` costs, and what it keeps, over the wire.
+
+Everything is a process of its own, as deployed: the API (``gpufair serve``, SQLite), daemons in
+API mode (``gpufair executor --backend fake``: each query sleeps the fake backend's service
+time, so the machine's CPU goes to HTTP, which is what a router adds), ``gpufair gateway``, and
+the open-loop load client of ``gpufair bench serve --http`` (:mod:`bench.loadclient`: Poisson
+arrivals of the docs/architecture.md §5 query sizes, binary Open Inference Protocol bodies,
+latency from each query's scheduled arrival), every query carrying its tenant's key.
+
+1. Cost (one node, tenants ``calm`` and ``flood``, a seat each): the same offered load
+   (``--rate``) sent straight to the daemon and through the gateway, in turns rotated every
+   repetition; p50 and p99 of each, and the added p50. Then the latency-bounded throughput of
+   each (:func:`bench.serve.highest_rate_within_sla`: p99 within ``--sla-ms``), and the ratio.
+2. Isolation through the gateway, with credentials: ``calm`` sends half its share, ``flood``
+   five times its share to its own model and, with its own key, its share again naming
+   ``calm``'s model (to spend the calm tenant's share); a share is half the direct throughput
+   found in 1. Reported: the calm tenant's queries answered within the SLA, and what the
+   flooder's queries for the calm model were answered (403).
+3. Failover (two nodes, one model with a replica on each): ``--failover-rate`` through the
+   gateway; one daemon killed with SIGKILL after ``--kill-at-s``. Reported: when the gateway
+   first held the daemon dead (its ``/healthz``), every query's fate, and the share answered
+   among those scheduled after that moment.
+
+Results: ``bench/results/gateway[-quick].{json,md}`` with the command, the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from allocator.cluster.plan import NodePlan
+from bench.http import summarize
+from bench.loadclient import FAILED, LoadClient, Stream, TrialSpec, schedule
+from bench.machine import describe_machine, load_average, this_machine
+from bench.serve import START_RATE, WARMUP_S, highest_rate_within_sla
+from executor.fake import FAKE_SCHEMA
+from gpufair.servers import ChildServer
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "bench" / "results"
+START_S = 120.0
+ARTIFACT = "zoo:rmc1?scale=0.0005&seed=1"  # any artifact: the fake backend serves it
+INFER = "/v2/models/{model}/infer"
+
+
+@dataclass(frozen=True)
+class Config:
+    trial_s: float
+    repeats: int
+    rate: float
+    sla_ms: float
+    bisections: int
+    isolation_s: float
+    failover_rate: float
+    failover_s: float
+    kill_at_s: float
+    row_us: float
+    batch_us: float
+    seed: int
+    out: Path
+    command: str
+
+
+class Cluster:
+    """The API, ``nodes`` fake daemons and the gateway, registered through the REST API."""
+
+    def __init__(self, work: Path, cfg: Config, stack: ExitStack) -> None:
+        self.work, self.cfg, self._stack = work, cfg, stack
+        self.token = secrets.token_urlsafe(24)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFAIR_")}
+        self.env.update({
+            "GPUFAIR_DATABASE_URL": f"sqlite:///{work / 'gpufair.db'}",
+            "GPUFAIR_API_ADMIN_TOKEN": self.token, "GPUFAIR_API_DEV_MODE": "true",
+            "GPUFAIR_EXECUTOR_HEARTBEAT_S": "0.5", "PYTHONPATH": str(ROOT),
+        })  # fmt: skip
+        self.api = self._child("api", ["serve", "--no-access-log"])
+        self.api.wait_healthy(START_S)
+        self.http = httpx.Client(base_url=self.api.url, timeout=60,
+                                 headers={"Authorization": f"Bearer {self.token}"})  # fmt: skip
+        self.keys: dict[str, str] = {}
+        self.models: dict[str, str] = {}
+        self.daemons: dict[str, ChildServer] = {}
+        self.serving: dict[str, list[str]] = {}  # model -> nodes
+
+    def _child(self, name: str, args: list[str]) -> ChildServer:
+        child = ChildServer(name, args, log_path=self.work / f"{name}.log", env=self.env)
+        self._stack.enter_context(child)
+        return child
+
+    def _ok(self, response: httpx.Response) -> Any:
+        if response.status_code >= 300:
+            raise RuntimeError(f"{response.request.url}: {response.status_code} {response.text}")
+        return response.json()
+
+    def start(self, tenants: dict[str, int], nodes: int) -> None:
+        for tenant, replicas in tenants.items():
+            created = self._ok(self.http.post("/v1/tenants", json={"name": tenant}))
+            self.keys[tenant] = self._ok(self.http.post(f"/v1/tenants/{created['id']}/keys"))["key"]
+            body = {"name": f"{tenant}-m", "artifact": ARTIFACT, "memory_mb": 100,
+                    "replicas_wanted": replicas, "sla_p99_ms": self.cfg.sla_ms,
+                    "demand_qps": 100.0}  # fmt: skip
+            model = self._ok(self.http.post(
+                "/v1/models", json=body, headers={"Authorization": f"Bearer {self.keys[tenant]}"}
+            ))  # fmt: skip
+            self.models[tenant] = str(model["id"])
+        tokens = {}
+        for k in range(nodes):
+            devices = [{"device": "cuda:0", "kind": "gpu", "memory_mb": 16000, "streams": 4,
+                        "seats": 2}]  # fmt: skip
+            node = self._ok(self.http.post("/v1/nodes", json={"name": f"node-{k}",
+                                                              "devices": devices}))  # fmt: skip
+            tokens[node["name"]] = node["token"]
+        self._ok(self.http.post("/v1/allocations", json={}))
+        for name, token in tokens.items():
+            plan = NodePlan.from_dict(self._ok(self.http.get(
+                f"/v1/nodes/{name}/plan", headers={"Authorization": f"Bearer {token}"})))
+            for _, seat in plan.replicas():
+                assert seat.replica is not None
+                self.serving.setdefault(seat.replica.model_id, []).append(name)
+            self.daemons[name] = self._child(name, [
+                "executor", "--api", self.api.url, "--node", name, "--token", token,
+                "--backend", "fake", "--fake-row-us", f"{self.cfg.row_us:g}",
+                "--fake-batch-us", f"{self.cfg.batch_us:g}", "--host", "127.0.0.1",
+                "--state-dir", str(self.work / "state" / name)])  # fmt: skip
+        for daemon in self.daemons.values():
+            daemon.wait_healthy(START_S, lambda health: health["plan_version"] == 1)
+        # --token=VALUE: a random token may begin with "-".
+        self.gateway = self._child(
+            "gateway",
+            ["gateway", "--api", self.api.url, f"--token={self.token}", "--host", "127.0.0.1"],
+        )
+        replicas = sum(len(nodes) for nodes in self.serving.values())
+
+        def complete(_: object) -> bool:
+            table = self._ok(self.http.get("/v1/routes"))
+            return sum(len(m["replicas"]) for m in table["models"].values()) == replicas
+
+        self.gateway.wait_healthy(START_S, complete, every_s=0.2)
+        time.sleep(1.0)  # the gateway's long-poll has the complete table by now
+
+    def stream(self, base: str, tenant: str, model_of: str, rate: float, salt: int) -> Stream:
+        """``tenant``'s queries, with its key, for the model of ``model_of``."""
+        auth = (("Authorization", f"Bearer {self.keys[tenant]}"),)
+        return Stream(base + INFER.format(model=self.models[model_of]), rate, salt, auth)
+
+
+@contextmanager
+def cluster(work: Path, cfg: Config, tenants: dict[str, int], nodes: int) -> Iterator[Cluster]:
+    shutil.rmtree(work, ignore_errors=True)  # a fresh database, state and logs every run
+    work.mkdir(parents=True)
+    with ExitStack() as stack:
+        running = Cluster(work, cfg, stack)
+        running.start(tenants, nodes)
+        yield running
+
+
+def _trial(client: LoadClient, cfg: Config, streams: tuple[Stream, ...], seconds: float,
+           salt: int = 0) -> Any:  # fmt: skip
+    sla_s = cfg.sla_ms / 1000
+    result = client.run(TrialSpec(streams, seconds, cfg.seed + salt, timeout_s=4 * sla_s + 2))
+    time.sleep(0.3)  # the queues empty between trials
+    return result
+
+
+def cost(cfg: Config, client: LoadClient, c: Cluster) -> dict[str, Any]:
+    """The same load straight to the daemon and through the gateway, in rotated turns."""
+    node = c.serving[c.models["calm"]][0]
+    bases = {"direct": c.daemons[node].url, "gateway": c.gateway.url}
+    sla_s = cfg.sla_ms / 1000
+    warm = tuple(c.stream(b, "calm", "calm", START_RATE, 0) for b in bases.values())
+    _trial(client, cfg, warm, WARMUP_S)
+    fixed: dict[str, list[dict[str, Any]]] = {name: [] for name in bases}
+    order = list(bases)
+    for repeat in range(cfg.repeats):
+        for name in order[repeat % 2 :] + order[: repeat % 2]:
+            stream = c.stream(bases[name], "calm", "calm", cfg.rate, 1 + repeat)
+            result = _trial(client, cfg, (stream,), cfg.trial_s, salt=repeat)
+            fixed[name].append(asdict(summarize(cfg.rate, result.latencies[0], sla_s,
+                                                result.client_cpu)))  # fmt: skip
+            log.info("%s at %.0f qps: p50 %.2f ms p99 %.2f ms", name, cfg.rate,
+                     fixed[name][-1]["p50_ms"], fixed[name][-1]["p99_ms"])  # fmt: skip
+    p50 = {n: statistics.median(t["p50_ms"] for t in fixed[n]) for n in bases}
+    throughput: dict[str, list[float]] = {name: [] for name in bases}
+    for repeat in range(cfg.repeats):
+        for name in order[repeat % 2 :] + order[: repeat % 2]:
+
+            def holds(rate: float, base: str = bases[name], r: int = repeat) -> bool:
+                result = _trial(client, cfg, (c.stream(base, "calm", "calm", rate, 7 + r),),
+                                cfg.trial_s, salt=r)  # fmt: skip
+                trial = summarize(rate, result.latencies[0], sla_s, result.client_cpu)
+                log.info("%s search: %.1f qps -> p99 %.1f ms", base, rate, trial.p99_ms)
+                return trial.ok
+
+            throughput[name].append(round(highest_rate_within_sla(holds, cfg.bisections), 1))
+    best = {n: statistics.median(v) for n, v in throughput.items()}
+    return {
+        "rate_qps": cfg.rate,
+        "fixed_load": fixed,
+        "p50_ms": p50,
+        "added_p50_ms": p50["gateway"] - p50["direct"],
+        "throughput_qps": throughput,
+        "throughput_median_qps": best,
+        "throughput_ratio": best["gateway"] / best["direct"] if best["direct"] else None,
+    }
+
+
+def isolation(cfg: Config, client: LoadClient, c: Cluster, share: float) -> dict[str, Any]:
+    """Calm at half its share; the flooder at 5× its share on its model and at its share
+    naming the calm model, all through the gateway with each tenant's own key."""
+    sla_s = cfg.sla_ms / 1000
+    base = c.gateway.url
+    streams = (
+        c.stream(base, "calm", "calm", 0.5 * share, 11),
+        c.stream(base, "flood", "flood", 5 * share, 12),
+        c.stream(base, "flood", "calm", share, 13),
+    )
+    result = _trial(client, cfg, streams, cfg.isolation_s)
+    calm = summarize(0.5 * share, result.latencies[0], sla_s, result.client_cpu)
+    flood = summarize(5 * share, result.latencies[1], sla_s, result.client_cpu)
+    stolen = result.latencies[2]
+    return {
+        "share_qps": round(share, 1),
+        "calm": asdict(calm),
+        "flood": asdict(flood),
+        "flood_naming_calm": {"sent": len(stolen),
+                              "answered_200": sum(x != FAILED and x == x for x in stolen)},
+        "statuses": result.statuses,
+    }  # fmt: skip
+
+
+def failover(cfg: Config, client: LoadClient, c: Cluster) -> dict[str, Any]:
+    """``--failover-rate`` through the gateway; one of the model's two daemons SIGKILLed."""
+    model = c.models["ha"]
+    victim = c.daemons[c.serving[model][0]]
+    stream = c.stream(c.gateway.url, "ha", "ha", cfg.failover_rate, 21)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        outcome["result"] = _trial(client, cfg, (stream,), cfg.failover_s)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    time.sleep(0.1 + cfg.kill_at_s)
+    victim.kill()
+    killed = time.time()
+    seen = None
+    with httpx.Client(timeout=5) as http:
+        while time.time() < killed + 10 and seen is None:
+            if victim.url in http.get(f"{c.gateway.url}/healthz").json()["dead"]:
+                seen = time.time()
+            else:
+                time.sleep(0.002)
+    runner.join()
+    result = outcome["result"]
+    offsets = [t for t, _, _ in schedule(stream.rate, cfg.failover_s, cfg.seed, stream.salt)]
+    latencies = result.latencies[0]
+    scheduled = [result.began_at + t for t in offsets]
+    after = [x for s, x in zip(scheduled, latencies, strict=True) if seen is not None and s >= seen]
+    answered_after = sum(x == x and x != FAILED for x in after)
+    return {
+        "rate_qps": cfg.failover_rate,
+        "queries": len(latencies),
+        "answered": sum(x == x and x != FAILED for x in latencies),
+        "statuses": result.statuses,
+        "kill_at_s": round(killed - result.began_at, 3),
+        "seen_dead_after_kill_s": None if seen is None else round(seen - killed, 3),
+        "after_seen": len(after),
+        "answered_after_seen": answered_after,
+        "answered_after_seen_fraction": answered_after / len(after) if after else None,
+    }
+
+
+def markdown(data: dict[str, Any]) -> str:
+    c, i, f = data["cost"], data["isolation"], data["failover"]
+    lines = [
+        "# gpufair gateway: cost, isolation and failover over the wire",
+        "",
+        f"Command: `{data['command']}`  ",
+        f"{data['machine_text']} 1-minute load average {data['load_average'][0]:.2f} at the "
+        f"start, {data['load_average_end'][0]:.2f} at the end.  ",
+        "Daemons: `gpufair executor --backend fake` (API mode, credentials checked), the "
+        "gateway and the API each a process; load from `bench.loadclient` in its own process, "
+        "every query with its tenant's key.",
+        "",
+        f"## Cost at the same offered load ({c['rate_qps']:g} qps, medians of "
+        f"{len(c['fixed_load']['direct'])} trials)",
+        "",
+        "| path | p50 ms | p99 ms (trials) | latency-bounded throughput qps (trials) |",
+        "|---|---|---|---|",
+    ]
+    for name in ("direct", "gateway"):
+        p99s = ", ".join(f"{t['p99_ms']:.2f}" for t in c["fixed_load"][name])
+        qps = ", ".join(f"{q:g}" for q in c["throughput_qps"][name])
+        lines.append(f"| {name} | {c['p50_ms'][name]:.2f} | {p99s} | "
+                     f"{c['throughput_median_qps'][name]:g} ({qps}) |")  # fmt: skip
+    ratio = c["throughput_ratio"]
+    lines += [
+        "",
+        f"Added p50: **{c['added_p50_ms']:.2f} ms** (goal ≤ 1 ms). Throughput through the "
+        f"gateway: **{ratio:.0%}** of direct (goal ≥ 90 %). The search grows the rate ×1.5 "
+        "from 20 qps while p99 holds the SLA, then bisects between the last rate that held and "
+        "the first that did not (`--bisections`), so two paths within one grid step read the "
+        "same." if ratio is not None else "",
+        "",
+        f"## Isolation through the gateway (share {i['share_qps']:g} qps)",
+        "",
+        f"Calm tenant at half its share: **{i['calm']['attainment']:.2%}** within the SLA "
+        f"({i['calm']['queries']} queries, p99 {i['calm']['p99_ms']:.1f} ms). Flooder at 5× "
+        f"its share: {i['flood']['answered']} of {i['flood']['queries']} answered, "
+        f"{i['flood']['refused']} refused (429). Flooder naming the calm tenant's model with "
+        f"its own key: {i['flood_naming_calm']['answered_200']} of "
+        f"{i['flood_naming_calm']['sent']} answered (the rest 403). Statuses: {i['statuses']}.",
+        "",
+        f"## Failover: one of two daemons SIGKILLed at {f['rate_qps']:g} qps",
+        "",
+        f"Killed {f['kill_at_s']:.2f} s into the run; the gateway held it dead "
+        f"**{f['seen_dead_after_kill_s']} s** after the kill (goal ≤ 1 s). All queries: "
+        f"{f['answered']} of {f['queries']} answered, statuses {f['statuses']} (0: no HTTP "
+        f"answer). Scheduled after the death was seen: {f['answered_after_seen']} of "
+        f"{f['after_seen']} answered.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpufair bench gateway", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="short trials, one repetition")
+    p.add_argument("--trial-s", type=float, default=5.0, help="seconds of arrivals per trial")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rate", type=float, default=100.0, help="the cost trials' offered qps")
+    p.add_argument("--sla-ms", type=float, default=100.0,
+                   help="the models' p99 SLA: the throughput bound and the isolation target")
+    p.add_argument("--bisections", type=int, default=3)
+    p.add_argument("--isolation-s", type=float, default=20.0)
+    p.add_argument("--failover-rate", type=float, default=100.0)
+    p.add_argument("--failover-s", type=float, default=10.0)
+    p.add_argument("--kill-at-s", type=float, default=4.0)
+    p.add_argument("--row-us", type=float, default=20.0, help="fake service time per row, µs")
+    p.add_argument("--batch-us", type=float, default=500.0, help="fake time per batch, µs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", type=Path, default=ROOT / "var" / "bench-gateway")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    quick = args.quick
+    cfg = Config(
+        trial_s=4.0 if quick else args.trial_s, repeats=1 if quick else args.repeats,
+        rate=args.rate, sla_ms=args.sla_ms, bisections=1 if quick else args.bisections,
+        isolation_s=8.0 if quick else args.isolation_s, failover_rate=args.failover_rate,
+        failover_s=args.failover_s, kill_at_s=args.kill_at_s, row_us=args.row_us,
+        batch_us=args.batch_us, seed=args.seed,
+        out=RESULTS_DIR / ("gateway-quick" if quick else "gateway"),
+        command=shlex.join(["gpufair", "bench", "gateway", *argv]),
+    )  # fmt: skip
+    started_load = load_average()
+    data: dict[str, Any] = {"command": cfg.command, "load_average": started_load,
+                            "config": {k: str(v) for k, v in asdict(cfg).items()}}  # fmt: skip
+    machine = this_machine(["httpx", "uvicorn", "starlette"])
+    data["machine"], data["machine_text"] = machine, describe_machine(machine)
+    with LoadClient(FAKE_SCHEMA, seed=cfg.seed) as client:
+        with cluster(args.work / "one-node", cfg, {"calm": 1, "flood": 1}, nodes=1) as c:
+            data["cost"] = cost(cfg, client, c)
+            share = data["cost"]["throughput_median_qps"]["direct"] / 2
+            data["isolation"] = isolation(cfg, client, c, share)
+        with cluster(args.work / "two-nodes", cfg, {"ha": 2}, nodes=2) as c:
+            data["failover"] = failover(cfg, client, c)
+    data["load_average_end"] = load_average()
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    cfg.out.with_suffix(".json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    cfg.out.with_suffix(".md").write_text(markdown(data))
+    sys.stdout.write(markdown(data))
+    return 0
