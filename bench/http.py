@@ -61,7 +61,8 @@ from typing import Any
 
 import numpy as np
 
-from allocator.cluster.plan import NodePlan, seat_entry
+from allocator.cluster.plan import NodePlan
+from bench import serve as inproc
 from bench.loadclient import LoadClient, Stream, TrialResult, TrialSpec
 from bench.machine import describe_machine, load_average, this_machine
 from bench.peers.common import INFER_PATH
@@ -178,20 +179,6 @@ def daemon_plan(cfg: HttpConfig, seats: list[dict[str, Any]], pool: int) -> Node
     )
 
 
-def daemon_seat(
-    cfg: HttpConfig, index: int, model_id: str, sessions: int, weight: float
-) -> dict[str, Any]:
-    return seat_entry(
-        index,
-        model_id=model_id,
-        tenant=model_id,
-        artifact=cfg.artifact,
-        sla_p99_ms=cfg.sla_ms,
-        dedicated_streams=sessions - 1,
-        pool_weight=weight,
-    )
-
-
 def gpufair_daemon(cfg: HttpConfig, plan: NodePlan, work: Path, name: str) -> ChildServer:
     """``gpufair executor --plan`` with the settings ``gpufair bench serve`` found best."""
     path = work / f"{name}-plan.json"
@@ -252,7 +239,7 @@ def http_systems(cfg: HttpConfig, work: Path) -> dict[str, Callable[[], ChildSer
     if "gpufair" in cfg.systems:
         for sessions in cfg.streams:
             name = gpufair_name(cfg, sessions)
-            plan = daemon_plan(cfg, [daemon_seat(cfg, 0, MODEL, sessions, 0.0)], pool=0)
+            plan = daemon_plan(cfg, [inproc.seat(0, MODEL, cfg, sessions - 1, 0.0)], pool=0)
             systems[name] = functools.partial(gpufair_daemon, cfg, plan, work, name)
     if "naive" in cfg.systems:
         naive = ["--artifact", cfg.artifact, "--threads", str(cfg.cores), "--device", cfg.device]
@@ -332,7 +319,6 @@ def over_http(
 
 def in_process(cfg: HttpConfig) -> Callable[[int], HttpSearch]:
     """The gpufair scheduler driven in this process (bench.serve), for the same search."""
-    from bench import serve as inproc
     from executor.runtime import configure_cpu_threads
     from executor.scheduling import NodeRuntime, SchedulerConfig
     from executor.scheduling.backend import RuntimeBackend
@@ -456,7 +442,7 @@ def isolation(cfg: HttpConfig, client: LoadClient, work: Path, share: float) -> 
     sla_s = cfg.sla_ms / 1000
     systems: dict[str, Callable[[], ChildServer]] = {}
     if "gpufair" in cfg.systems:
-        seats = [daemon_seat(cfg, 0, "flood", 1, 1.0), daemon_seat(cfg, 1, "calm", 1, 1.0)]
+        seats = [inproc.seat(0, "flood", cfg, 0, 1.0), inproc.seat(1, "calm", cfg, 0, 1.0)]
         # On the CPU, one session per core in all, as in the throughput runs: a seat each and
         # a shared pool of the cores left (none on 2 cores). Sessions beyond the cores only
         # time-slice them, and over HTTP they take the CPU the fronts need: with a pool of one

@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -184,10 +184,21 @@ def node_plan(seats: list[dict[str, Any]], pool: int = 0) -> NodePlan:
     return NodePlan.single_cpu_device(seats, node="bench", pool=pool)
 
 
+class BenchModel(Protocol):
+    """What a benchmark's settings say of the model it serves (ServeConfig, HttpConfig)."""
+
+    @property
+    def artifact(self) -> str: ...
+
+    @property
+    def sla_ms(self) -> float: ...
+
+
 def seat(
-    index: int, model_id: str, cfg: ServeConfig, dedicated: int, weight: float
+    index: int, model_id: str, cfg: BenchModel, dedicated: int, weight: float
 ) -> dict[str, Any]:
-    """A seat of the benchmark's model, for a tenant named like the model."""
+    """A seat of the benchmark's model, for a tenant named like the model: the one seat shape
+    of the in-process and the HTTP benchmarks."""
     return seat_entry(
         index,
         model_id=model_id,
