@@ -18,7 +18,10 @@ one whose SQLite write lock or PostgreSQL connection does not come within that t
 which takes one writer at a time, a writing request first waits for the writer's turn on the
 event loop, then takes its slot: writers that cannot proceed hold no slot (reads keep every
 one) and no thread, and each is let in the moment the one before it ends, where SQLite's own
-busy handler would have them poll the lock with sleeps of up to 100 ms. A few
+busy handler would have them poll the lock with sleeps of up to 100 ms. The writes that run in
+threads of their own (the solve's lease and its stored allocation, an idempotent reply's record:
+:meth:`Database.session`) take the same turn through the serving loop, so no request's write
+ever meets one of them in that busy handler either. A few
 connections beyond the slots (:data:`RESERVED_CONNECTIONS`) serve the solve, its lock and the
 scheduler, which run in threads of their own. Long-polls hold no slot while they wait.
 """
@@ -26,6 +29,7 @@ scheduler, which run in threads of their own. Long-polls hold no slot while they
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -176,6 +180,12 @@ class Database:
             self._writer = asyncio.Semaphore(1) if self.dialect == "sqlite" else None
         return self._slots, self._writer
 
+    def _busy(self) -> Unavailable:
+        return Unavailable(
+            f"the database is busy: no connection free within "
+            f"{self.pool.wait_timeout_s:g} s; retry shortly"
+        )
+
     @asynccontextmanager
     async def slot(self, *, write: bool = False) -> AsyncIterator[None]:
         """Hold one of the request slots, and for a SQLite write also the writer's turn;
@@ -190,10 +200,7 @@ class Database:
                 try:
                     await asyncio.wait_for(gate.acquire(), max(0.0, deadline - loop.time()))
                 except TimeoutError:
-                    raise Unavailable(
-                        f"the database is busy: no connection free within "
-                        f"{self.pool.wait_timeout_s:g} s; retry shortly"
-                    ) from None
+                    raise self._busy() from None
                 taken.append(gate)
             yield
         finally:
@@ -211,7 +218,8 @@ class Database:
             return await run_in_threadpool(self._run_in_session, work, write)
 
     def _run_in_session(self, work: Callable[[Session], T], write: bool) -> T:
-        with self.session(write=write) as session:
+        # The slot taken by run() already holds the writer's turn.
+        with self._transaction(write=write) as session:
             return work(session)
 
     async def read(self, work: Callable[[Connection], T]) -> T:
@@ -227,10 +235,48 @@ class Database:
 
     @contextmanager
     def session(self, *, write: bool) -> Iterator[Session]:
-        """A session whose transaction commits on success and rolls back on any error."""
+        """A session whose transaction commits on success and rolls back on any error, for work
+        in a thread of its own (blocking); a SQLite write first waits for the writer's turn."""
+        if not write:
+            with self._transaction(write=False) as session:
+                yield session
+            return
+        with self._writer_turn(), self._transaction(write=True) as session:
+            yield session
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Session]:
         factory = self._write if write else self._read
         with factory() as session, session.begin():
             yield session
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """From a thread other than the serving loop's: the SQLite writer's turn that requests
+        take in :meth:`slot`, taken through that loop; Unavailable (503) when it does not come
+        within ``wait_timeout_s``. Nothing to take on PostgreSQL, or where no loop serves (a
+        command-line tool, a test's set-up)."""
+        loop, writer = self._slots_loop, self._writer
+        if writer is None or loop is None or not loop.is_running() or _runs_on(loop):
+            yield
+            return
+        wait_s = self.pool.wait_timeout_s
+        turn = asyncio.run_coroutine_threadsafe(asyncio.wait_for(writer.acquire(), wait_s), loop)
+        try:
+            # A little past the loop's own timeout, in case the loop stops while this waits.
+            turn.result(timeout=wait_s + 1.0)
+        except (TimeoutError, concurrent.futures.CancelledError):
+            if not turn.cancel() and not turn.cancelled() and turn.exception() is None:
+                # The turn came just as this gave up on it: give it back.
+                loop.call_soon_threadsafe(writer.release)
+            raise self._busy() from None
+        try:
+            yield
+        finally:
+            try:
+                loop.call_soon_threadsafe(writer.release)
+            except RuntimeError:
+                log.debug("the serving loop closed before a writer's turn was given back")
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -240,3 +286,10 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _runs_on(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

@@ -63,6 +63,7 @@ class SolveScheduler:
                 db=self.state.db,
                 options=config.solve_options,
                 objective=config.default_objective,
+                parsed=self.state.parsed_plans,
             )
         # Remember the snapshot read before the solve: a change that raced the solve makes the
         # next tick differ from it and solve again, never the other way round.

@@ -63,6 +63,7 @@ def create_allocation(
             db=state.db,
             options=config.solve_options,
             objective=objective or config.default_objective,
+            parsed=state.parsed_plans,
         )
     state.metrics.allocation_version.set(row.version)
     state.notifier.notify()

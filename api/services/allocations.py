@@ -40,6 +40,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
@@ -243,7 +244,9 @@ def store_allocation(
     certificate: CertificateDocument,
     plans: dict[str, NodePlan],
     solve_seconds: float,
-) -> AllocationRow:
+) -> tuple[AllocationRow, dict[int, dict[str, Any]]]:
+    """The allocation and every node's plan of it (node id -> the stored document), in the
+    caller's transaction."""
     row = AllocationRow(
         id=solve_input.version,
         version=solve_input.version,
@@ -254,19 +257,21 @@ def store_allocation(
     )
     session.add(row)
     session.flush()
+    stored: dict[int, dict[str, Any]] = {}
     for name, node_id in solve_input.node_ids.items():
         # Every node gets a plan of the new version, an empty one if it was given nothing, so
         # its ETag moves with every allocation and no node runs a plan from an older one.
         plan = plans.get(name) or _unseated(
             session=session, node_id=node_id, name=name, version=row.version
         )
+        stored[node_id] = plan.to_dict()
         session.add(
             NodePlanRow(
-                allocation_id=row.id, node_id=node_id, version=row.version, plan=plan.to_dict()
+                allocation_id=row.id, node_id=node_id, version=row.version, plan=stored[node_id]
             )
         )
     session.flush()
-    return row
+    return row, stored
 
 
 def _unseated(*, session: Session, node_id: int, name: str, version: int) -> NodePlan:
@@ -280,9 +285,10 @@ def _unseated(*, session: Session, node_id: int, name: str, version: int) -> Nod
 
 
 def run_solve(
-    *, db: Database, options: SolveOptions, objective: Objective
+    *, db: Database, options: SolveOptions, objective: Objective, parsed: ParsedPlans
 ) -> AllocationRow:
-    """Solve now under ``objective`` and store the result (the body of ``POST /allocations``)."""
+    """Solve now under ``objective`` and store the result (the body of ``POST /allocations``);
+    its plans, once committed, are kept in ``parsed`` for the tenants' reads that follow."""
     # Long enough to wait out another solve (which may run past its limit by its checks).
     with solve_lock(db, wait_s=2 * options.time_limit_s + 60):
         with db.session(write=False) as session:
@@ -291,13 +297,19 @@ def run_solve(
         certificate, plans = solve(solve_input, options)
         elapsed = time.perf_counter() - started
         with db.session(write=True) as session:
-            row = store_allocation(
+            row, stored = store_allocation(
                 session=session,
                 solve_input=solve_input,
                 certificate=certificate,
                 plans=plans,
                 solve_seconds=elapsed,
             )
+        # Parsed back from the stored documents, as a reader would: after the commit, outside
+        # SQLite's write lock, and once rather than by each of the first readers at once.
+        parsed.keep(
+            allocation_id=row.id,
+            plans={node_id: NodePlan.from_dict(document) for node_id, document in stored.items()},
+        )
     log.info(
         "allocation %d stored: %d tenants, %d models, %d devices, solved in %.2f s",
         row.version,

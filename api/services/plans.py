@@ -172,6 +172,19 @@ class ParsedPlans:
         self._lock = threading.Lock()
         self._plans: OrderedDict[tuple[int, int], NodePlan] = OrderedDict()
 
+    def keep(self, *, allocation_id: int, plans: dict[int, NodePlan]) -> None:
+        """Keep the plans (node id -> plan) the caller just stored and committed for
+        ``allocation_id``: the solve has them parsed already, and otherwise the first tenants'
+        reads after it would each parse all of them at once."""
+        with self._lock:
+            for node_id, plan in plans.items():
+                self._plans[(allocation_id, node_id)] = plan
+            self._trim()
+
+    def _trim(self) -> None:
+        while len(self._plans) > self.capacity:
+            self._plans.popitem(last=False)
+
     def of_allocation(self, *, session: Session, allocation_id: int) -> dict[str, NodePlan]:
         """Node name -> the stored plan of one allocation."""
         names = dict(
@@ -204,8 +217,7 @@ class ParsedPlans:
             with self._lock:
                 for node_id, plan in loaded.items():
                     self._plans[(allocation_id, node_id)] = plan
-                while len(self._plans) > self.capacity:
-                    self._plans.popitem(last=False)
+                self._trim()
         return {name: found[node_id] for node_id, name in names.items()}
 
 

@@ -8,6 +8,7 @@ against a real uvicorn serving the app with two request slots.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ import pytest
 import sqlalchemy
 
 from api.app import create_app
+from api.db import Database, PoolLimits
+from api.errors import Unavailable
 from gpufair.compose import api_config
 from tests.api.conftest import ADMIN_TOKEN, make_settings
 from tests.servers import BackgroundServer
@@ -136,3 +139,36 @@ def test_liveness_and_readiness(db_url: str) -> None:
         reply = client.get("/readyz")
         assert reply.status_code == 503 and "Retry-After" in reply.headers
         assert reply.json()["error"]["code"] == "unavailable"
+
+
+def test_a_sqlite_write_from_a_thread_of_its_own_waits_for_the_writers_turn(db_url: str) -> None:
+    """The solve's writes run in threads of their own, not under a request's slot: on SQLite
+    they take the same writer's turn as requests, so they never meet a request's write in
+    SQLite's busy handler; they wait while a request holds it, go as soon as it is given back,
+    and get 503 (Unavailable) when it does not come within the wait timeout."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("SQLite's single writer")
+    db = Database(db_url, pool=PoolLimits(size=SLOTS, wait_timeout_s=WAIT_S))
+    order: list[str] = []
+
+    def thread_write() -> None:
+        with db.session(write=True) as session:
+            session.execute(sqlalchemy.text("SELECT 1"))
+            order.append("thread wrote")
+
+    async def main() -> None:
+        async with db.slot(write=True):
+            waiting = asyncio.create_task(asyncio.to_thread(thread_write))
+            await asyncio.sleep(WAIT_S / 2)
+            order.append("request gave its turn back")
+        await waiting
+        # Held past the wait timeout: the thread's write is refused, not queued for ever.
+        async with db.slot(write=True):
+            with pytest.raises(Unavailable):
+                await asyncio.to_thread(thread_write)
+
+    try:
+        asyncio.run(main())
+    finally:
+        db.dispose()
+    assert order == ["request gave its turn back", "thread wrote"]

@@ -15,10 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from allocator import SolveOptions
+import pytest
+
+from allocator import NodePlan, SolveOptions
 from api.app import pool_limits
 from api.db import Database
-from api.services.allocations import run_solve
+from api.services.allocations import plans_of_allocation, run_solve
+from api.services.plans import ParsedPlans
 from gpufair.compose import api_config, solve_options
 from gpufair.settings import AllocatorSettings
 from tests.api.conftest import Api, make_settings
@@ -30,6 +33,7 @@ import sys, time
 import allocator
 from api.db import Database, PoolLimits
 from api.services.allocations import run_solve
+from api.services.plans import ParsedPlans
 from gpufair.compose import solve_options
 from gpufair.settings import AllocatorSettings
 
@@ -42,6 +46,7 @@ run_solve(
     db=Database(sys.argv[1], pool=PoolLimits(size=2, wait_timeout_s=5.0)),
     options=solve_options(AllocatorSettings()),
     objective="utilitarian",
+    parsed=ParsedPlans(),
 )
 """
 
@@ -68,7 +73,40 @@ def test_a_solve_killed_mid_way_leaves_no_lock_behind(api: Api, db_url: str) -> 
     # holder's whole solve budget (2 x 8 + 60 s): only a takeover lets this solve run.
     options: SolveOptions = solve_options(AllocatorSettings(time_limit_s=0.5))
     try:
-        row = run_solve(db=db, options=options, objective="utilitarian")
+        row = run_solve(
+            db=db, options=options, objective="utilitarian", parsed=ParsedPlans()
+        )
     finally:
         db.dispose()
     assert row.version == 1
+
+
+def test_a_solve_keeps_its_committed_plans_parsed_as_a_reader_would_parse_them(
+    api: Api, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tenants' reads after a solve find its plans parsed already (rather than each of
+    the first readers parsing all of them at once), and what was kept is what a parse of the
+    stored rows gives."""
+    _, key = api.tenant("ads")
+    api.model(key, "ranker", replicas_wanted=2)
+    api.node("n1", gpus=2)
+    api.node("n2", gpus=1)
+    config = api_config(make_settings(db_url))
+    db = Database(db_url, pool=pool_limits(config))
+    parsed = ParsedPlans()
+    options: SolveOptions = solve_options(AllocatorSettings(time_limit_s=5.0))
+    try:
+        row = run_solve(db=db, options=options, objective="utilitarian", parsed=parsed)
+        with db.session(write=False) as session:
+            fresh = plans_of_allocation(session=session, allocation_id=row.id)
+            # No plan is parsed to answer: every one comes from what the solve kept.
+            with monkeypatch.context() as patched:
+                patched.setattr(NodePlan, "from_dict", _no_parse)
+                kept = parsed.of_allocation(session=session, allocation_id=row.id)
+    finally:
+        db.dispose()
+    assert set(fresh) == {"n1", "n2"} and kept == fresh
+
+
+def _no_parse(document: object) -> NodePlan:
+    raise AssertionError("a plan was parsed where the solve's parse was kept")
