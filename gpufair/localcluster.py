@@ -35,6 +35,16 @@ NODE_DEVICES = ({"device": "cuda:0", "kind": "gpu", "memory_mb": 16000, "streams
                  "seats": 2},)  # fmt: skip
 
 
+def fake_daemon_args(api_url: str, node: str, token: str, state_dir: Path, *,
+                     row_us: float, batch_us: float) -> list[str]:
+    """``gpufair`` arguments of node ``node``'s daemon: API mode, the fake backend, loopback
+    (:class:`gpufair.servers.ChildServer` adds the port)."""
+    # --token=VALUE: a random token may begin with "-".
+    return ["executor", "--api", api_url, "--node", node, f"--token={token}",
+            "--backend", "fake", "--fake-row-us", f"{row_us:g}", "--fake-batch-us",
+            f"{batch_us:g}", "--host", "127.0.0.1", "--state-dir", str(state_dir)]  # fmt: skip
+
+
 class ClusterError(RuntimeError):
     """A step of the cluster's set-up failed; the message says which and what the API said."""
 
@@ -113,11 +123,9 @@ class LocalCluster:
             for _, seat in plan.replicas():
                 assert seat.replica is not None
                 self.serving.setdefault(seat.replica.model_id, []).append(name)
-            self.daemons[name] = self._child(name, [
-                "executor", "--api", self.api.url, "--node", name, "--token", token,
-                "--backend", "fake", "--fake-row-us", f"{self.row_us:g}",
-                "--fake-batch-us", f"{self.batch_us:g}", "--host", "127.0.0.1",
-                "--state-dir", str(self.work / "state" / name)])  # fmt: skip
+            self.daemons[name] = self._child(name, fake_daemon_args(
+                self.api.url, name, token, self.work / "state" / name,
+                row_us=self.row_us, batch_us=self.batch_us))  # fmt: skip
         for daemon in self.daemons.values():
             daemon.wait_healthy(START_S, lambda health: health["plan_version"] == 1)
         # --token=VALUE: a random token may begin with "-".

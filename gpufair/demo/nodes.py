@@ -24,8 +24,8 @@ from rich.table import Table
 
 from executor.fake import FAKE_SCHEMA
 from gpufair.demo.claims import Claim, failover_claims, sla_claim
-from gpufair.localcluster import LocalCluster, ModelWanted
 from gpufair.loadgen import PhaseCounts, StreamProcess, Target
+from gpufair.localcluster import LocalCluster, ModelWanted
 from gpufair.servers import ChildServer
 
 log = logging.getLogger(__name__)
