@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ class ModelWanted:
     replicas: int
     sla_ms: float
     demand_qps: float = 100.0
+    memory_mb: int = 100
 
 
 class LocalCluster:
@@ -94,8 +96,10 @@ class LocalCluster:
             raise ClusterError(f"{what}: HTTP {response.status_code}: {response.text[:300]}")
         return response.json()
 
-    def start(self, tenants: dict[str, ModelWanted], nodes: int) -> None:
-        """Register the tenants, their models and ``nodes`` nodes, solve one allocation, start
+    def start(self, tenants: dict[str, ModelWanted], nodes: int,
+              devices: Sequence[Mapping[str, object]] = NODE_DEVICES) -> None:
+        """Register the tenants, their models and ``nodes`` nodes (each with ``devices``, as
+        ``POST /v1/nodes`` takes them), solve one allocation, start
         a daemon per node and the gateway; returns once every daemon serves the allocation and
         the gateway's routing table lists every replica."""
         for tenant, wanted in tenants.items():
@@ -103,7 +107,7 @@ class LocalCluster:
                                f"register tenant {tenant}")  # fmt: skip
             self.keys[tenant] = self._ok(self.http.post(f"/v1/tenants/{created['id']}/keys"),
                                          f"key of {tenant}")["key"]  # fmt: skip
-            body = {"name": f"{tenant}-m", "artifact": ARTIFACT, "memory_mb": 100,
+            body = {"name": f"{tenant}-m", "artifact": ARTIFACT, "memory_mb": wanted.memory_mb,
                     "replicas_wanted": wanted.replicas, "sla_p99_ms": wanted.sla_ms,
                     "demand_qps": wanted.demand_qps}  # fmt: skip
             model = self._ok(self.http.post(
@@ -113,7 +117,7 @@ class LocalCluster:
         tokens = {}
         for k in range(nodes):
             node = self._ok(self.http.post("/v1/nodes", json={
-                "name": f"node-{k}", "devices": list(NODE_DEVICES)}), f"register node-{k}")
+                "name": f"node-{k}", "devices": list(devices)}), f"register node-{k}")
             tokens[node["name"]] = node["token"]
         self._ok(self.http.post("/v1/allocations", json={}), "solve allocation")
         for name, token in tokens.items():
