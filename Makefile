@@ -25,7 +25,7 @@ UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --no-emit-find-lin
 LOCKED_NAMES = $(shell sed -n 's/^\([A-Za-z0-9._-]*\)==.*/\1/p' $(LOCK))
 NOT_IN_TORCH_LOCK = -c $(LOCK) $(foreach name,$(LOCKED_NAMES),--no-emit-package $(name))
 
-.PHONY: demo test test-fast lint lock lock-torch bench-allocator bench-serve gpu-wheels clean
+.PHONY: demo demo-nodes test test-fast lint lock lock-torch bench-allocator bench-serve gpu-wheels clean
 
 $(STAMP): $(LOCK) $(TORCH_LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ $(STAMP): $(LOCK) $(TORCH_LOCK) pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/gpufair demo
+
+demo-nodes: $(STAMP)
+	$(BIN)/gpufair demo --nodes 3
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

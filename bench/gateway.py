@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import secrets
 import shlex
 import shutil
 import statistics
@@ -43,23 +41,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from allocator.cluster.plan import NodePlan
 from bench.http import summarize
 from bench.loadclient import FAILED, LoadClient, Stream, TrialSpec, schedule
 from bench.machine import describe_machine, load_average, this_machine
 from bench.serve import START_RATE, WARMUP_S, highest_rate_within_sla
 from executor.fake import FAKE_SCHEMA
-from gpufair.servers import ChildServer
+from gpufair.localcluster import INFER, LocalCluster, ModelWanted
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
-START_S = 120.0
-ARTIFACT = "zoo:rmc1?scale=0.0005&seed=1"  # any artifact: the fake backend serves it
-INFER = "/v2/models/{model}/infer"
 
 
 @dataclass(frozen=True)
@@ -80,96 +72,22 @@ class Config:
     command: str
 
 
-class Cluster:
-    """The API, ``nodes`` fake daemons and the gateway, registered through the REST API."""
-
-    def __init__(self, work: Path, cfg: Config, stack: ExitStack) -> None:
-        self.work, self.cfg, self._stack = work, cfg, stack
-        self.token = secrets.token_urlsafe(24)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GPUFAIR_")}
-        self.env.update({
-            "GPUFAIR_DATABASE_URL": f"sqlite:///{work / 'gpufair.db'}",
-            "GPUFAIR_API_ADMIN_TOKEN": self.token, "GPUFAIR_API_DEV_MODE": "true",
-            "GPUFAIR_EXECUTOR_HEARTBEAT_S": "0.5", "PYTHONPATH": str(ROOT),
-        })  # fmt: skip
-        self.api = self._child("api", ["serve", "--no-access-log"])
-        self.api.wait_healthy(START_S)
-        self.http = httpx.Client(base_url=self.api.url, timeout=60,
-                                 headers={"Authorization": f"Bearer {self.token}"})  # fmt: skip
-        self.keys: dict[str, str] = {}
-        self.models: dict[str, str] = {}
-        self.daemons: dict[str, ChildServer] = {}
-        self.serving: dict[str, list[str]] = {}  # model -> nodes
-
-    def _child(self, name: str, args: list[str]) -> ChildServer:
-        child = ChildServer(name, args, log_path=self.work / f"{name}.log", env=self.env)
-        self._stack.enter_context(child)
-        return child
-
-    def _ok(self, response: httpx.Response) -> Any:
-        if response.status_code >= 300:
-            raise RuntimeError(f"{response.request.url}: {response.status_code} {response.text}")
-        return response.json()
-
-    def start(self, tenants: dict[str, int], nodes: int) -> None:
-        for tenant, replicas in tenants.items():
-            created = self._ok(self.http.post("/v1/tenants", json={"name": tenant}))
-            self.keys[tenant] = self._ok(self.http.post(f"/v1/tenants/{created['id']}/keys"))["key"]
-            body = {"name": f"{tenant}-m", "artifact": ARTIFACT, "memory_mb": 100,
-                    "replicas_wanted": replicas, "sla_p99_ms": self.cfg.sla_ms,
-                    "demand_qps": 100.0}  # fmt: skip
-            model = self._ok(self.http.post(
-                "/v1/models", json=body, headers={"Authorization": f"Bearer {self.keys[tenant]}"}
-            ))  # fmt: skip
-            self.models[tenant] = str(model["id"])
-        tokens = {}
-        for k in range(nodes):
-            devices = [{"device": "cuda:0", "kind": "gpu", "memory_mb": 16000, "streams": 4,
-                        "seats": 2}]  # fmt: skip
-            node = self._ok(self.http.post("/v1/nodes", json={"name": f"node-{k}",
-                                                              "devices": devices}))  # fmt: skip
-            tokens[node["name"]] = node["token"]
-        self._ok(self.http.post("/v1/allocations", json={}))
-        for name, token in tokens.items():
-            plan = NodePlan.from_dict(self._ok(self.http.get(
-                f"/v1/nodes/{name}/plan", headers={"Authorization": f"Bearer {token}"})))
-            for _, seat in plan.replicas():
-                assert seat.replica is not None
-                self.serving.setdefault(seat.replica.model_id, []).append(name)
-            self.daemons[name] = self._child(name, [
-                "executor", "--api", self.api.url, "--node", name, "--token", token,
-                "--backend", "fake", "--fake-row-us", f"{self.cfg.row_us:g}",
-                "--fake-batch-us", f"{self.cfg.batch_us:g}", "--host", "127.0.0.1",
-                "--state-dir", str(self.work / "state" / name)])  # fmt: skip
-        for daemon in self.daemons.values():
-            daemon.wait_healthy(START_S, lambda health: health["plan_version"] == 1)
-        # --token=VALUE: a random token may begin with "-".
-        self.gateway = self._child(
-            "gateway",
-            ["gateway", "--api", self.api.url, f"--token={self.token}", "--host", "127.0.0.1"],
-        )
-        replicas = sum(len(nodes) for nodes in self.serving.values())
-
-        def complete(_: object) -> bool:
-            table = self._ok(self.http.get("/v1/routes"))
-            return sum(len(m["replicas"]) for m in table["models"].values()) == replicas
-
-        self.gateway.wait_healthy(START_S, complete, every_s=0.2)
-        time.sleep(1.0)  # the gateway's long-poll has the complete table by now
-
-    def stream(self, base: str, tenant: str, model_of: str, rate: float, salt: int) -> Stream:
-        """``tenant``'s queries, with its key, for the model of ``model_of``."""
-        auth = (("Authorization", f"Bearer {self.keys[tenant]}"),)
-        return Stream(base + INFER.format(model=self.models[model_of]), rate, salt, auth)
+def tenant_stream(c: LocalCluster, base: str, tenant: str, model_of: str, rate: float,
+                  salt: int) -> Stream:
+    """``tenant``'s queries, with its key, for the model of ``model_of``."""
+    auth = (("Authorization", f"Bearer {c.keys[tenant]}"),)
+    return Stream(base + INFER.format(model=c.models[model_of]), rate, salt, auth)
 
 
 @contextmanager
-def cluster(work: Path, cfg: Config, tenants: dict[str, int], nodes: int) -> Iterator[Cluster]:
+def cluster(work: Path, cfg: Config, tenants: dict[str, int],
+            nodes: int) -> Iterator[LocalCluster]:  # fmt: skip
+    """The API, ``nodes`` fake daemons and the gateway (:mod:`gpufair.localcluster`)."""
     shutil.rmtree(work, ignore_errors=True)  # a fresh database, state and logs every run
     work.mkdir(parents=True)
     with ExitStack() as stack:
-        running = Cluster(work, cfg, stack)
-        running.start(tenants, nodes)
+        running = LocalCluster(work, stack, row_us=cfg.row_us, batch_us=cfg.batch_us)
+        running.start({t: ModelWanted(r, cfg.sla_ms) for t, r in tenants.items()}, nodes)
         yield running
 
 
@@ -181,18 +99,18 @@ def _trial(client: LoadClient, cfg: Config, streams: tuple[Stream, ...], seconds
     return result
 
 
-def cost(cfg: Config, client: LoadClient, c: Cluster) -> dict[str, Any]:
+def cost(cfg: Config, client: LoadClient, c: LocalCluster) -> dict[str, Any]:
     """The same load straight to the daemon and through the gateway, in rotated turns."""
     node = c.serving[c.models["calm"]][0]
-    bases = {"direct": c.daemons[node].url, "gateway": c.gateway.url}
+    bases = {"direct": c.daemons[node].url, "gateway": c.gateway_url()}
     sla_s = cfg.sla_ms / 1000
-    warm = tuple(c.stream(b, "calm", "calm", START_RATE, 0) for b in bases.values())
+    warm = tuple(tenant_stream(c, b, "calm", "calm", START_RATE, 0) for b in bases.values())
     _trial(client, cfg, warm, WARMUP_S)
     fixed: dict[str, list[dict[str, Any]]] = {name: [] for name in bases}
     order = list(bases)
     for repeat in range(cfg.repeats):
         for name in order[repeat % 2 :] + order[: repeat % 2]:
-            stream = c.stream(bases[name], "calm", "calm", cfg.rate, 1 + repeat)
+            stream = tenant_stream(c, bases[name], "calm", "calm", cfg.rate, 1 + repeat)
             result = _trial(client, cfg, (stream,), cfg.trial_s, salt=repeat)
             fixed[name].append(asdict(summarize(cfg.rate, result.latencies[0], sla_s,
                                                 result.client_cpu)))  # fmt: skip
@@ -204,7 +122,7 @@ def cost(cfg: Config, client: LoadClient, c: Cluster) -> dict[str, Any]:
         for name in order[repeat % 2 :] + order[: repeat % 2]:
 
             def holds(rate: float, base: str = bases[name], r: int = repeat) -> bool:
-                result = _trial(client, cfg, (c.stream(base, "calm", "calm", rate, 7 + r),),
+                result = _trial(client, cfg, (tenant_stream(c, base, "calm", "calm", rate, 7 + r),),
                                 cfg.trial_s, salt=r)  # fmt: skip
                 trial = summarize(rate, result.latencies[0], sla_s, result.client_cpu)
                 log.info("%s search: %.1f qps -> p99 %.1f ms", base, rate, trial.p99_ms)
@@ -223,15 +141,15 @@ def cost(cfg: Config, client: LoadClient, c: Cluster) -> dict[str, Any]:
     }
 
 
-def isolation(cfg: Config, client: LoadClient, c: Cluster, share: float) -> dict[str, Any]:
+def isolation(cfg: Config, client: LoadClient, c: LocalCluster, share: float) -> dict[str, Any]:
     """Calm at half its share; the flooder at 5× its share on its model and at its share
     naming the calm model, all through the gateway with each tenant's own key."""
     sla_s = cfg.sla_ms / 1000
-    base = c.gateway.url
+    base = c.gateway_url()
     streams = (
-        c.stream(base, "calm", "calm", 0.5 * share, 11),
-        c.stream(base, "flood", "flood", 5 * share, 12),
-        c.stream(base, "flood", "calm", share, 13),
+        tenant_stream(c, base, "calm", "calm", 0.5 * share, 11),
+        tenant_stream(c, base, "flood", "flood", 5 * share, 12),
+        tenant_stream(c, base, "flood", "calm", share, 13),
     )
     result = _trial(client, cfg, streams, cfg.isolation_s)
     calm = summarize(0.5 * share, result.latencies[0], sla_s, result.client_cpu)
@@ -247,11 +165,11 @@ def isolation(cfg: Config, client: LoadClient, c: Cluster, share: float) -> dict
     }  # fmt: skip
 
 
-def failover(cfg: Config, client: LoadClient, c: Cluster) -> dict[str, Any]:
+def failover(cfg: Config, client: LoadClient, c: LocalCluster) -> dict[str, Any]:
     """``--failover-rate`` through the gateway; one of the model's two daemons SIGKILLed."""
     model = c.models["ha"]
     victim = c.daemons[c.serving[model][0]]
-    stream = c.stream(c.gateway.url, "ha", "ha", cfg.failover_rate, 21)
+    stream = tenant_stream(c, c.gateway_url(), "ha", "ha", cfg.failover_rate, 21)
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -263,12 +181,11 @@ def failover(cfg: Config, client: LoadClient, c: Cluster) -> dict[str, Any]:
     victim.kill()
     killed = time.time()
     seen = None
-    with httpx.Client(timeout=5) as http:
-        while time.time() < killed + 10 and seen is None:
-            if victim.url in http.get(f"{c.gateway.url}/healthz").json()["dead"]:
-                seen = time.time()
-            else:
-                time.sleep(0.002)
+    while time.time() < killed + 10 and seen is None:
+        if c.dead_seen(victim):
+            seen = time.time()
+        else:
+            time.sleep(0.002)
     runner.join()
     result = outcome["result"]
     offsets = [t for t, _, _ in schedule(stream.rate, cfg.failover_s, cfg.seed, stream.salt)]

@@ -70,6 +70,7 @@ class PhaseCounts:
     within_sla: int = 0  # answered 200 within the SLA
     answered: int = 0  # answered 200, late or not
     refused: int = 0  # 429: admission control said no
+    lost: int = 0  # no HTTP answer at all: a transport failure, a timeout or the client's full pool
     received_rows: int = 0  # candidate rows of the queries received
     answered_rows: int = 0  # candidate rows of the queries answered 200
     latencies_s: list[float] = field(default_factory=list)  # of the queries answered 200
@@ -107,6 +108,7 @@ class StreamStats:
             counts.within_sla += int(within)
             counts.answered += int(outcome.status == 200)
             counts.refused += int(outcome.status == 429)
+            counts.lost += int(outcome.status == 0)
             counts.received_rows += outcome.candidates
             counts.first_scheduled = min(counts.first_scheduled, outcome.scheduled)
             if outcome.status == 200:

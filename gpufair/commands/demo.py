@@ -48,6 +48,9 @@ from executor.models.schema import ModelSchema
 from gpufair.commands.serve import dashboard_sign_in
 from gpufair.demo.claims import Claim, TenantVerdict, fairness_claim, flood_claims, sla_claim
 from gpufair.demo.naive import SplitRow, naive_rows
+from gpufair.demo.nodes import DURATION_S as NODES_DURATION_S
+from gpufair.demo.nodes import WORKDIR as NODES_WORKDIR
+from gpufair.demo.nodes import NodesDemoError, run_nodes
 from gpufair.demo.scenario import Scenario, ScenarioError, load_scenario
 from gpufair.demo.view import (
     LEGEND,
@@ -58,6 +61,7 @@ from gpufair.demo.view import (
     phase_table,
 )
 from gpufair.loadgen import StreamProcess, Target
+from gpufair.localcluster import ClusterError
 from gpufair.servers import ChildServer, ChildServerError
 
 log = logging.getLogger(__name__)
@@ -94,9 +98,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO,
                    help=f"scenario TOML (default {DEFAULT_SCENARIO}; fields: docs/formats.md)")
     p.add_argument("--duration", type=float, help="seconds of traffic (default: the scenario's)")
+    p.add_argument("--nodes", type=_node_count, metavar="N",
+                   help="instead of the scenario: run N ≥ 2 executor daemons on loopback ports "
+                        "as N nodes (simulated GPUs) behind `gpufair gateway`, send three "
+                        "tenants' queries through the gateway with their keys, kill (SIGKILL) "
+                        "one of the two nodes serving the replicated model halfway, and check "
+                        "that none of its queries was lost, that it was answered once the "
+                        "gateway saw the death and that the others kept their SLA (default "
+                        f"--duration {NODES_DURATION_S:g}; logs in {NODES_WORKDIR}/). The "
+                        "replicated model must be seated on two nodes: on 3 or more it is; on "
+                        "2 the allocation seats it once and the demo stops, saying so")
     p.add_argument("--plain", action="store_true",
                    help="print the table every few seconds instead of a live view")
     return p
+
+
+def _node_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of nodes, at least 2")
+    return count
 
 
 def start_executor(
@@ -371,7 +395,22 @@ def _claims(scenario: Scenario, streams: list[StreamProcess], phases: dict[str, 
     return claims
 
 
+def _verdict(claims: list[Claim], console: Console, workdir: Path) -> int:
+    """The summary's last line and the exit status: 0 when every claim held."""
+    console.print(claims_view(claims))
+    if all(c.holds for c in claims):
+        console.print("[green]every claim held[/]")
+        return 0
+    console.print(f"[red]{sum(not c.holds for c in claims)} claim(s) failed[/] "
+                  f"(a busy machine can cause it; the daemons' logs are in {workdir}/)")
+    return CLAIM_FAILED
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
+    if args.nodes is not None:
+        if args.scenario != DEFAULT_SCENARIO:
+            raise DemoError("--scenario does not apply with --nodes (its cluster is built in)")
+        return _verdict(run_nodes(args.nodes, args.duration, console), console, NODES_WORKDIR)
     try:
         scenario = load_scenario(args.scenario)
     except ScenarioError as exc:
@@ -414,14 +453,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         share = {t: row.share for t, row in fair.items()}
         phases = _drive(streams, scenario, duration, share, args.plain, console)
         console.print(phase_table(streams, phases))
-        claims = _claims(scenario, streams, phases, cert, placements)
-        console.print(claims_view(claims))
-        if all(c.holds for c in claims):
-            console.print("[green]every claim held[/]")
-            return 0
-        console.print(f"[red]{sum(not c.holds for c in claims)} claim(s) failed[/] "
-                      f"(a busy machine can cause it; the daemons' logs are in {WORKDIR}/)")
-        return CLAIM_FAILED
+        return _verdict(_claims(scenario, streams, phases, cert, placements), console, WORKDIR)
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
@@ -438,7 +470,7 @@ def main(argv: list[str]) -> int:
     console = Console(width=None if sys.stdout.isatty() else 80)
     try:
         return run(args, console)
-    except (DemoError, ChildServerError) as exc:
+    except (DemoError, NodesDemoError, ClusterError, ChildServerError) as exc:
         print(f"gpufair demo: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -57,11 +57,12 @@ def fairness_claim(verdicts: dict[str, TenantVerdict]) -> Claim:
                  not failing)
 
 
-def sla_claim(tenant: str, flood: PhaseCounts, sla_ms: float, required: float) -> Claim:
+def sla_claim(tenant: str, flood: PhaseCounts, sla_ms: float, required: float,
+              during: str = "during the flood") -> Claim:
     attained = attainment(within_sla=flood.within_sla, received=flood.received)
     figure = ("no query received" if attained is None else
               f"{attained:.2%} ({flood.within_sla} of {flood.received} within {sla_ms:.0f} ms)")
-    return Claim(f"{tenant} kept its SLA during the flood (attainment ≥ {required:.0%})",
+    return Claim(f"{tenant} kept its SLA {during} (attainment ≥ {required:.0%})",
                  figure, attained is not None and attained >= required)
 
 
@@ -91,3 +92,27 @@ def flood_claims(tenant: str, flood: PhaseCounts, flood_s: float, share_rows_s: 
         f"{refused:.0%} of its queries refused with 429",
         served <= (1 + tolerance) * bound)
     return [beyond, throttled]
+
+
+def failover_claims(model: str, whole: PhaseCounts, after_seen: PhaseCounts,
+                    seen_after_kill_s: float | None, required: float) -> list[Claim]:
+    """``gpufair demo --nodes``: one daemon of ``model``'s two was killed (SIGKILL). ``whole``
+    counts every query of the model, ``after_seen`` those scheduled once the gateway held the
+    daemon dead; ``seen_after_kill_s`` is when it did (None: never, within the demo's wait).
+
+    A query the gateway could not place is refused with an HTTP error that says why (503, 502);
+    a lost one got no HTTP answer at all, which a client cannot tell from a slow one."""
+    seen = Claim("the gateway saw the daemon's death",
+                 "never, within the wait" if seen_after_kill_s is None
+                 else f"{seen_after_kill_s * 1000:.0f} ms after the SIGKILL",
+                 seen_after_kill_s is not None)
+    errors = whole.received - whole.answered - whole.lost
+    lost = Claim(f"no query of {model} was lost",
+                 f"{whole.received} sent: {whole.answered} answered, {errors} refused with an "
+                 f"HTTP error, {whole.lost} lost", whole.received > 0 and whole.lost == 0)
+    share = after_seen.answered / after_seen.received if after_seen.received else None
+    answered = Claim(f"{model} was answered once the death was seen (≥ {required:.0%})",
+                     "no query sent after it" if share is None else
+                     f"{share:.2%} ({after_seen.answered} of {after_seen.received})",
+                     share is not None and share >= required)
+    return [seen, lost, answered]

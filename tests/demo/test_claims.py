@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from gpufair.demo.claims import TenantVerdict, fairness_claim, flood_claims, sla_claim
+from gpufair.demo.claims import (
+    TenantVerdict,
+    failover_claims,
+    fairness_claim,
+    flood_claims,
+    sla_claim,
+)
 from gpufair.loadgen import PhaseCounts
 
 
@@ -67,3 +73,26 @@ def test_idle_pool_time_the_flooder_may_borrow_raises_its_bound_and_no_more() ->
     assert not flood_claims("search", greedy, 10.0, 3000.0, 0.10, 3000.0)[1].holds
     calm = PhaseCounts(received=200, answered=200, received_rows=50_000, answered_rows=50_000)
     assert not flood_claims("search", calm, 10.0, 3000.0, 0.10, 3000.0)[0].holds
+
+
+def test_failover_holds_only_when_nothing_is_lost_and_answers_resume() -> None:
+    # 200 queries: 196 answered, 4 refused with a 502/503 (an error a client can act on), none
+    # lost; after the death was seen 100 of 100 answered: every claim holds.
+    whole = PhaseCounts(received=200, answered=196, refused=0, lost=0)
+    after = PhaseCounts(received=100, answered=100)
+    seen, lost, answered = failover_claims("ha-m", whole, after, 0.154, 0.99)
+    assert seen.holds and lost.holds and answered.holds
+    assert seen.figure == "154 ms after the SIGKILL"
+    assert lost.figure == "200 sent: 196 answered, 4 refused with an HTTP error, 0 lost"
+    assert answered.figure == "100.00% (100 of 100)"
+    # One query with no HTTP answer at all fails the no-loss claim.
+    one_lost = PhaseCounts(received=200, answered=196, lost=1)
+    assert not failover_claims("ha-m", one_lost, after, 0.154, 0.99)[1].holds
+    # 98 of 100 answered after the death was seen is below 99 %.
+    short = PhaseCounts(received=100, answered=98)
+    assert not failover_claims("ha-m", whole, short, 0.154, 0.99)[2].holds
+    # A death never seen fails, and so does the answered share with nothing sent after it.
+    never = failover_claims("ha-m", whole, PhaseCounts(), None, 0.99)
+    assert not never[0].holds and not never[2].holds
+    # Nothing sent at all is no evidence of no loss.
+    assert not failover_claims("ha-m", PhaseCounts(), after, 0.1, 0.99)[1].holds

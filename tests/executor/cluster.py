@@ -24,12 +24,12 @@ from allocator import NodePlan
 from executor.codec import query_to_oip
 from executor.fake import FAKE_SCHEMA
 from executor.wire import oip
+from gpufair.localcluster import ARTIFACT, NODE_DEVICES, fake_daemon_args
 from gpufair.servers import ChildServer
 from tests.api.conftest import Api
 from tests.executor.test_daemon_loop import ROOT, ControlPlane
 
 START_S = 60.0  # a fake daemon's start on a busy 2-core machine
-ARTIFACT = "zoo:rmc1?scale=0.0005&seed=1"  # any artifact: the fake backend serves it
 
 
 def migrated(directory: Path) -> Path:
@@ -55,10 +55,8 @@ class FakeDaemon(ChildServer):
         environment = {k: v for k, v in os.environ.items() if not k.startswith("GPUFAIR_")}
         environment["GPUFAIR_EXECUTOR_HEARTBEAT_S"] = "0.5"
         environment["PYTHONPATH"] = str(ROOT)
-        args = ["executor", "--api", api_url, "--node", node, "--token", token,
-                "--backend", "fake", "--fake-row-us", "20", "--fake-batch-us", "500",
-                "--fronts", "1", "--host", "127.0.0.1",
-                "--state-dir", str(workdir / "state" / node)]  # fmt: skip
+        args = [*fake_daemon_args(api_url, node, token, workdir / "state" / node,
+                                  row_us=20, batch_us=500), "--fronts", "1"]
         super().__init__(
             f"executor {node}", args, log_path=workdir / f"executor-{node}.log", env=environment
         )
@@ -106,9 +104,7 @@ def start_cluster(
     tokens = {}
     for k in range(nodes):
         name = f"node-{k}"
-        devices = [{"device": "cuda:0", "kind": "gpu", "memory_mb": 16000, "streams": 4,
-                    "seats": 2}]  # fmt: skip
-        r = api.client.post("/v1/nodes", json={"name": name, "devices": devices},
+        r = api.client.post("/v1/nodes", json={"name": name, "devices": list(NODE_DEVICES)},
                             headers=api.admin)  # fmt: skip
         assert r.status_code == 201, r.text
         tokens[name] = r.json()["token"]
