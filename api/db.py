@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -57,6 +58,9 @@ TOOL_BUSY_TIMEOUT_S = 30.0
 # Connections beyond the request slots: a solve's read and write sessions, PostgreSQL's
 # advisory-lock connection, and the scheduler's snapshot read.
 RESERVED_CONNECTIONS = 4
+# PostgreSQL: a pooled connection idle longer than this is pinged before use (_ping_when_idle).
+PING_AFTER_IDLE_S = 10.0
+_LAST_USED = "gpufair_last_used"
 
 
 @dataclass(frozen=True)
@@ -137,10 +141,41 @@ def _create_engine(parsed: URL, echo: bool, pool: PoolLimits | None) -> Engine:
     if pool is not None:
         # A server that does not answer within the wait must not hold a slot for minutes.
         sized["connect_args"] = {"connect_timeout": max(1, round(pool.wait_timeout_s))}
-    engine = create_engine(parsed, echo=echo, pool_pre_ping=True, **sized)
+    engine = create_engine(parsed, echo=echo, **sized)
+    _ping_when_idle(engine)
     if pool is not None:
         _prepare_postgres(engine, pool.wait_timeout_s)
     return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled PostgreSQL connection before use only when it sat idle for more than
+    :data:`PING_AFTER_IDLE_S`; a dead one is replaced before any request sees it.
+
+    ``pool_pre_ping`` would ping on every checkout: a round trip and its driver work before
+    each request's own queries, a sixth of a request's CPU under load (the mixed benchmark's
+    tail on PostgreSQL was that extra work queued behind a solve's wake-ups). A connection in
+    steady use needs no ping: if the server restarted under it, the request that meets the
+    broken connection gets 503 with ``Retry-After`` (:mod:`api.errors`) and SQLAlchemy then
+    replaces every connection the pool held from before, so one failed request per restart
+    is the cost, where an idle pool (the case a restart usually meets) still costs none.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_: Any, record: Any) -> None:
+        record.info[_LAST_USED] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _: Any) -> None:
+        last_used = record.info.get(_LAST_USED)
+        if last_used is None or time.monotonic() - last_used <= PING_AFTER_IDLE_S:
+            return
+        try:
+            dbapi_connection.execute("SELECT 1")
+            dbapi_connection.rollback()
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # The pool drops this connection and checks out another (a new one if need be).
+            raise DisconnectionError(f"an idle pooled connection was dead: {exc}") from exc
 
 
 def _prepare_postgres(engine: Engine, lock_timeout_s: float) -> None:

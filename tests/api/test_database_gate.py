@@ -20,6 +20,7 @@ import httpx
 import pytest
 import sqlalchemy
 
+import api.db
 from api.app import create_app
 from api.db import Database, PoolLimits
 from api.errors import Unavailable
@@ -172,3 +173,29 @@ def test_a_sqlite_write_from_a_thread_of_its_own_waits_for_the_writers_turn(db_u
     finally:
         db.dispose()
     assert order == ["request gave its turn back", "thread wrote"]
+
+
+def test_a_postgres_connection_that_died_while_idle_is_replaced_before_use(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pooled connections are not pinged on every checkout, but one idle longer than
+    PING_AFTER_IDLE_S is: if its server session ended meanwhile (a restart, an idle timeout),
+    the pool opens another and the caller never sees the dead one."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's pooled connections")
+    monkeypatch.setattr(api.db, "PING_AFTER_IDLE_S", 0.0)
+    db = Database(db_url, pool=PoolLimits(size=1, wait_timeout_s=WAIT_S))
+    killer = sqlalchemy.create_engine(db_url)
+    try:
+        with db.connection() as connection:
+            first = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with killer.connect() as connection:
+            # Waits (up to 5 s) until the session is gone.
+            assert connection.exec_driver_sql(
+                f"SELECT pg_terminate_backend({first}, 5000)"
+            ).scalar()
+        with db.connection() as connection:
+            assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() != first
+    finally:
+        killer.dispose()
+        db.dispose()
