@@ -104,7 +104,7 @@ class HttpConfig:
 
     @property
     def artifact(self) -> str:
-        return f"zoo:rmc2?scale={self.scale:g}&seed=0&user_tables={self.user_tables}"
+        return inproc.rmc2_artifact(self.scale, self.user_tables)
 
     @property
     def plan_device(self) -> str:

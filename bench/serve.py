@@ -84,6 +84,11 @@ def highest_rate_within_sla(trial: Callable[[float], bool], bisections: int) -> 
     return good
 
 
+def rmc2_artifact(scale: float, user_tables: int) -> str:
+    """The zoo reference of the benchmarks' RMC2 model (the in-process and the HTTP runs)."""
+    return f"zoo:rmc2?scale={scale:g}&seed=0&user_tables={user_tables}"
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     name: str  # results are written to serve-<name>.*
@@ -103,7 +108,7 @@ class ServeConfig:
 
     @property
     def artifact(self) -> str:
-        return f"zoo:rmc2?scale={self.scale:g}&seed=0&user_tables={self.user_tables}"
+        return rmc2_artifact(self.scale, self.user_tables)
 
 
 @dataclass
