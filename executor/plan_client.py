@@ -54,6 +54,9 @@ thread and a short wait (``CREDENTIALS_WAIT_S``) bound how long a revoked key ke
 API answers the long-poll as soon as the document changes (it rechecks every second). Each
 document is saved beside the plan (``credentials.json``, written the same atomic way), so a
 daemon restarted while the API is down checks queries at once against the last keys it knew.
+A plan that seats a tenant the document lacks makes the plan thread fetch the document before
+applying it, so a newly seated tenant's first queries are not refused while the long-poll
+catches up.
 
 Both bodies are built from the contracts the API validates them with: a heartbeat is an
 :class:`executor.wire.heartbeat.Heartbeat` (besides the replicas' counters it carries
@@ -250,6 +253,7 @@ class PlanClient:
         self._credentials = credentials
         self._advertise_url = advertise_url
         self.credentials_etag: str | None = None  # of the last credential document received
+        self._credentials_lock = threading.Lock()
         self._serving: NodePlan | None = None  # the plan applied last
         self._node = node
         self._long_poll_s = long_poll_s
@@ -335,6 +339,7 @@ class PlanClient:
             return False
         resolved = self._fetch_artifacts(plan)  # a failed download leaves the ETag: retried
         self.etag = etag
+        self._cover_credentials(resolved)
         if not self._apply(resolved):
             return False
         if self._state is not None:
@@ -359,11 +364,12 @@ class PlanClient:
         if response.status_code == 304:
             return False
         response.raise_for_status()
-        self.credentials_etag = response.headers.get("ETag")
-        document = CredentialDocument.model_validate_json(response.content)
-        if document.node != self._node:
-            raise ValueError(f"credentials of node {document.node!r}, this is {self._node!r}")
-        self._credentials.update(document)
+        with self._credentials_lock:  # the plan thread may fetch too: keep ETag and table paired
+            self.credentials_etag = response.headers.get("ETag")
+            document = CredentialDocument.model_validate_json(response.content)
+            if document.node != self._node:
+                raise ValueError(f"credentials of node {document.node!r}, this is {self._node!r}")
+            self._credentials.update(document)
         log.info("credentials: %d key(s) of %d tenant(s)",
                  sum(map(len, document.tenants.values())), len(document.tenants))  # fmt: skip
         if self._state is not None:
@@ -372,6 +378,25 @@ class PlanClient:
             except OSError as exc:
                 log.error("credentials not saved to %s: %s", self._state.credentials_path, exc)
         return True
+
+    def _cover_credentials(self, plan: NodePlan) -> None:
+        """Fetch the credential document now if it lacks a tenant ``plan`` seats.
+
+        The API lists a tenant's keys as soon as a stored plan seats it, but the credential
+        long-poll may learn of it up to a recheck later; a plan applied before that would
+        refuse the new tenant's first queries with 403. A failed fetch is logged and the plan
+        applied anyway: the long-poll thread keeps trying."""
+        if self._credentials is None:
+            return
+        document = self._credentials.document
+        known = set(document.tenants) if document is not None else set()
+        if {tenant for tenant, _ in _seated(plan)} <= known:
+            return
+        try:
+            self.poll_credentials()
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("credentials for plan version %d not fetched before it is applied "
+                        "(%s); the long-poll brings them", plan.version, exc)  # fmt: skip
 
     def _apply(self, plan: NodePlan) -> bool:
         """Apply a plan; True when it serves now. The SLA tallies are narrowed first to its

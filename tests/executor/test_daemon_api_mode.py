@@ -20,14 +20,18 @@ import numpy as np
 import pytest
 
 from allocator.cluster.plan import NodePlan
+from executor.credentials import Credentials
 from executor.fake import FAKE_SCHEMA, FakeBackend
 from executor.metrics import ExecutorMetrics
 from executor.plan_client import PlanClient, PlanState
 from executor.profiles import ProfileCurve
 from executor.scheduling import NodeRuntime, SchedulerConfig
+from executor.scheduling.errors import NotPermitted
+from executor.wire.credentials import key_digest, salted
 from tests.executor.scheduling_helpers import plan, queries, seat
 
 TOKEN = "node-secret"
+SALT = "5a" * 32
 
 
 class ControlPlane:
@@ -41,6 +45,7 @@ class ControlPlane:
         self.profile_status = 200
         self.heartbeat_status = 200
         self.artifact = b""
+        self.credentials: dict[str, Any] = {"node": "node-a", "salt": SALT, "tenants": {}}
         self._changed = threading.Condition()
         control = self
 
@@ -69,6 +74,10 @@ class ControlPlane:
                 url = urlsplit(self.path)
                 if url.path == "/v1/nodes/node-a/artifacts/7":
                     self._reply(200, control.artifact)
+                    return
+                if url.path == "/v1/nodes/node-a/credentials":  # no long-poll: tests call once
+                    body = json.dumps(control.credentials).encode()
+                    self._reply(200, body, {"ETag": f'"c-{hash(body)}"'})
                     return
                 if url.path != "/v1/nodes/node-a/plan":
                     self._reply(404)
@@ -493,3 +502,33 @@ def test_tallies_keep_only_the_pairs_of_the_served_and_the_drained_plan(
     assert control.heartbeats[-1]["sla"][0]["tenant"] == "tenant-c"
     assert _tallied(metrics) == {("tenant-d", "d")}
     client.stop()
+
+
+def test_a_plan_seating_a_tenant_the_credentials_lack_fetches_them_before_it_serves(
+    control, runtime, tmp_path
+):
+    """The credential long-poll learns of a newly seated tenant up to a recheck late; the plan
+    thread fetches the document itself first, so the new tenant's first query is not a 403."""
+    keys = {"tenant-a": key_digest("key-of-a"), "tenant-b": key_digest("key-of-b")}
+    credentials = Credentials()
+    client = client_for(runtime, control.url, tmp_path, credentials=credentials)
+    control.credentials["tenants"] = {"tenant-a": [salted(SALT, keys["tenant-a"])]}
+    assert client.poll_once()  # v1 seats a: the document lacks it, so it is fetched first
+    credentials.check("tenant-a", keys["tenant-a"])
+
+    def credential_reads() -> int:
+        return sum(path.startswith("/v1/nodes/node-a/credentials") for _, path, _ in
+                   control.requests)  # fmt: skip
+
+    assert credential_reads() == 1
+    control.credentials["tenants"] = {t: [salted(SALT, d)] for t, d in keys.items()}
+    control.publish(plan([seat(0, "a"), seat(1, "b")], version=2).to_dict())
+    with pytest.raises(NotPermitted):  # the table has not been fetched yet
+        credentials.check("tenant-b", keys["tenant-b"])
+    assert client.poll_once()
+    assert runtime.plan_version == 2
+    credentials.check("tenant-b", keys["tenant-b"])  # served and accepted from the first query
+    assert credential_reads() == 2
+    control.publish(plan([seat(0, "b")], version=3).to_dict())
+    assert client.poll_once()
+    assert credential_reads() == 2  # every seated tenant known: no extra read
