@@ -16,7 +16,8 @@ respect to what the tenant can use.
 Candidates are chosen deterministically (docs/fairness.md, "From GPUs to values"): seats the
 tenant held in the previous plans first (so a churn bound can be met), then rounds in which
 every tenant takes one turn per model still asking, each taking the fitting seat claimed by the
-fewest others, then the most valuable, then on the least claimed GPU. A tenant's turns, and its
+fewest others, then the most valuable, then on a GPU fewest models fit (best fit), then on the
+least claimed node and GPU. A tenant's turns, and its
 seats held before, go to its models by D'Hondt on their weights (docs/fairness.md, "Per-model
 weights"). While the cluster has room, candidate sets do not overlap and every tenant can get
 everything it can use; once it is oversubscribed, overlaps are spread evenly and the core
@@ -171,9 +172,10 @@ def _candidates(
 
     Seats the model (else another model of the tenant) held before come first; then, round
     robin over (tenant, model), the fitting seat fewest others claim, then the most valuable,
-    then on the GPU with the fewest claims, then by name — so candidate sets overlap only once
-    every fitting seat is claimed, and evenly then. Returns the earmarks and notes on models
-    left short of seats.
+    then the one on a GPU fewest models fit, then on the node and then the GPU with the fewest
+    claims (spreading replicas over failure domains), then by name — so candidate sets overlap
+    only once every fitting seat is claimed, and evenly then. Returns the earmarks and notes on
+    models left short of seats.
     """
     gpus = sorted(snapshot.gpus, key=lambda g: g.gpu_id)
     gpu_of = {seat_name(g.gpu_id, k): g for g in gpus for k in range(g.seats)}
@@ -183,12 +185,14 @@ def _candidates(
     earmark: dict[tuple[str, str], str] = {}
     claims: dict[str, int] = defaultdict(int)  # seat -> tenants claiming it
     gpu_claims: dict[str, int] = defaultdict(int)  # gpu id -> claims on its seats
+    node_claims: dict[str, int] = defaultdict(int)  # node -> claims on its GPUs' seats
 
     def claim(model: Model, seat: str) -> None:
         earmark[model.tenant, seat] = model.model_id
         need[model.model_id] -= 1
         claims[seat] += 1
         gpu_claims[gpu_of[seat].gpu_id] += 1
+        node_claims[gpu_of[seat].node] += 1
 
     weights = model_weights(snapshot)
     turns: dict[str, int] = defaultdict(int)  # model -> seats its tenant's turns gave it
@@ -214,8 +218,13 @@ def _candidates(
             turns[chosen.model_id] += 1
             claim(chosen, seat)
     seats_of = {g.gpu_id: [seat_name(g.gpu_id, k) for k in range(g.seats)] for g in gpus}
+    # How many models a GPU's seats fit: among equally valuable seats a model takes the one
+    # fewest others could use, so a small model does not take the large seat a model that fits
+    # only large seats needs (best fit).
+    fits_count = {g.gpu_id: sum(_fits(m, g) for m in models) for g in gpus}
     # (GPU id, its seats, the seat value to m) for every GPU m fits, most valuable first.
     options = {}
+    node_of = {g.gpu_id: g.node for g in gpus}
     for m in models:
         # computed once: most GPUs are not profiled
         estimate = _seat_value(m, within_sla(m.estimate, m.sla_p99_ms), weights[m.model_id])
@@ -227,7 +236,7 @@ def _candidates(
 
     def claim_best(m: Model) -> None:
         """Claim the fitting seat m's key ranks first, or stop m asking when none is left."""
-        best: tuple[int, float, int, str, int] | None = None
+        best: tuple[int, float, int, int, int, str, int] | None = None
         best_seat = ""
         for gpu_id, seats, value in options[m.model_id]:
             for k, seat in enumerate(seats):
@@ -235,7 +244,8 @@ def _candidates(
                 if (best is not None and claims[seat] > best[0]) or (
                         (m.tenant, seat) in earmark):
                     continue
-                key = (claims[seat], -value, gpu_claims[gpu_id], gpu_id, k)
+                key = (claims[seat], -value, fits_count[gpu_id], node_claims[node_of[gpu_id]],
+                       gpu_claims[gpu_id], gpu_id, k)
                 if best is None or key < best:
                     best, best_seat = key, seat
         if best is None:

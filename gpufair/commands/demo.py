@@ -106,8 +106,8 @@ def _parser() -> argparse.ArgumentParser:
                         "that none of its queries was lost, that it was answered once the "
                         "gateway saw the death and that the others kept their SLA (default "
                         f"--duration {NODES_DURATION_S:g}; logs in {NODES_WORKDIR}/). The "
-                        "replicated model must be seated on two nodes: on 3 or more it is; on "
-                        "2 the allocation seats it once and the demo stops, saying so")
+                        "replicated model fits only each node's one large seat, so its two "
+                        "replicas are on two nodes; the demo stops, saying so, if they were not")
     p.add_argument("--plain", action="store_true",
                    help="print the table every few seconds instead of a live view")
     return p

@@ -40,9 +40,8 @@ REQUIRED = 0.99  # answered share after the death was seen; the others' SLA atta
 HA = "ha"
 # Each node: one large seat (cuda:0) and two small ones (cuda:1, 2000 MB a seat). ha's model
 # fits only a large seat, one a node, so two replicas of it are always on two nodes; the
-# others' models fit anywhere. Whether ha gets its two is the allocation's choice: on 3 nodes
-# it does; on 2 the allocator seats calm in node-0's large seat and ha once, and the demo
-# stops with an error that says so.
+# others' models fit anywhere, and the allocator's best fit leaves the large seats to ha (on 2
+# nodes too). Whether ha gets its two is still the allocation's choice: the demo checks it.
 NODE_DEVICES = ({"device": "cuda:0", "kind": "gpu", "memory_mb": 16000, "streams": 2, "seats": 1},
                 {"device": "cuda:1", "kind": "gpu", "memory_mb": 4000, "streams": 3, "seats": 2})
 # The fake backend serves a query of the mean 270 candidates in 6 ms, so these rates load

@@ -143,6 +143,27 @@ def test_candidates_do_not_overlap_while_there_is_room_and_ignore_input_order() 
     assert again.instance.forbidden == built.instance.forbidden
 
 
+def test_a_small_model_leaves_the_large_seats_to_a_model_that_fits_only_those() -> None:
+    """Best fit: two nodes, each one large seat and two small ones. ``big`` wants two replicas
+    that fit only a large seat; ``a`` and ``b`` (named to pick first) want one each and fit
+    anywhere. There is room for everything, so no candidates overlap and ``big`` is seated on
+    both nodes — with the first-named seat taken instead, ``a`` claimed a large seat and
+    ``big`` got one replica."""
+    gpus = tuple(g for n in ("n0", "n1") for g in (Gpu(n, "cuda:0", "gpu", 16000, 1, 2),
+                                                    Gpu(n, "cuda:1", "gpu", 4000, 2, 3)))
+    tenants = (Tenant("a"), Tenant("b"), Tenant("big"))
+    models = (Model("1", "a", "file:a.pt", 500, 1, 500.0, 8.0),
+              Model("2", "b", "file:b.pt", 500, 1, 500.0, 8.0),
+              Model("3", "big", "file:big.pt", 8000, 2, 500.0, 20.0))
+    snap = ClusterSnapshot(tenants, models, gpus)
+    seats = [s for (_, s) in build_instance(snap).earmark]
+    assert len(seats) == len(set(seats)) == 4
+    result = allocate_cluster(snap, SolveOptions(time_limit_s=10))
+    nodes = {node for node, plan in result.plans.items()
+             for _, seat in plan.replicas() if seat.replica and seat.replica.model_id == "3"}
+    assert nodes == {"n0", "n1"}
+
+
 @pytest.mark.parametrize(("criteria", "seed"), [(("prop_alpha",), 0), (("prop_alpha",), 1),
                                                 (("prop1", "prop_alpha", "ef1"), 2)])
 def test_prop_tenants_get_their_share_when_they_want_less_than_it(

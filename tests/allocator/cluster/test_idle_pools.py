@@ -131,9 +131,8 @@ def test_roomy_cluster_with_estimates_assigns_every_seated_pool(seed: int) -> No
 
 
 def test_example_cluster_puts_every_seated_pool_to_work() -> None:
-    """examples/cluster.toml: feed alone on node-a/cuda:1 needs no more than its base
-    streams, yet gets the GPU's two pool streams (one dedicated to each of its replicas);
-    every seated pool is divided completely and the certificate still holds."""
+    """examples/cluster.toml: every seated pool is divided completely and the certificate
+    still holds."""
     snap = snapshot_from_dict(tomllib.loads(EXAMPLE.read_text()))
     result = allocate_cluster(snap, SolveOptions(time_limit_s=20))
     validate_cluster_allocation(snap, result)
@@ -142,8 +141,25 @@ def test_example_cluster_puts_every_seated_pool_to_work() -> None:
         if seated(result.allocation, gpu) and gpu.streams > gpu.seats:
             total = sum(result.allocation.divisible[pool_name(gpu.gpu_id)].values())
             assert total == pytest.approx(1.0), gpu.gpu_id
-    assert result.idle_shares[pool_name("node-a/cuda:1")] == pytest.approx({"feed": 1.0})
-    device = next(d for d in result.plans["node-a"].devices if d.device == "cuda:1")
+
+
+def test_a_tenant_alone_on_a_gpu_gets_the_pool_it_has_no_value_for() -> None:
+    """feed's model fits only the large GPU and serves its demand with its base streams (a flat
+    curve), so the fair division leaves that GPU's two pool streams to nobody; sharing gives
+    them to feed, one dedicated to each of its replicas, and the certificate still holds."""
+    gpus = (Gpu("n0", "cuda:0", "gpu", 16000, 2, 4), Gpu("n0", "cuda:1", "gpu", 4000, 2, 2))
+    flat = ThroughputCurve((500.0, 500.0, 500.0, 500.0), measured=True)
+    rising = ThroughputCurve((100.0, 200.0), measured=True)
+    models = (Model("feed-m", "feed", "file:f.pt", 8000, 2, 100.0, 1000.0,
+                    {g.gpu_id: flat for g in gpus}),
+              Model("ads-m", "ads", "file:a.pt", 1000, 2, 100.0, 400.0,
+                    {g.gpu_id: rising for g in gpus}))
+    snap = ClusterSnapshot((Tenant("ads"), Tenant("feed")), models, gpus)
+    result = allocate_cluster(snap, SolveOptions(time_limit_s=20))
+    validate_cluster_allocation(snap, result)
+    assert result.certificate.violations == 0
+    assert result.idle_shares[pool_name("n0/cuda:0")] == pytest.approx({"feed": 1.0})
+    device = next(d for d in result.plans["n0"].devices if d.device == "cuda:0")
     assert [(s.replica and s.replica.tenant, s.dedicated_streams) for s in device.seats] == [
         ("feed", 1), ("feed", 1)]
     assert device.shared_pool_streams == 0
