@@ -30,6 +30,10 @@ request presents, :mod:`executor.credentials`) the engine accepted for which ten
 a request before the engine is asked only when its credential is one accepted for the model's
 tenant: a request naming another tenant's model with its own (or no, or a made-up) key is
 counted nowhere until the engine has checked the key, so it cannot fill that tenant's bound.
+Such a counted request is the one the front lets in without asking the engine before its body
+(:meth:`executor.front.engine.Engine.presume`); a credential the engine refuses for one of
+them (revoked since) is forgotten (:meth:`TenantBudgets.forget`), so its next request is asked
+of the engine before its body is read.
 """
 
 from __future__ import annotations
@@ -125,6 +129,11 @@ class TenantBudgets:
                 self.leave(claimed, answered=False)
             self._count(ticket.tenant)
         return ticket.tenant
+
+    def forget(self, credential: str | None) -> None:
+        """The engine refused ``credential`` (revoked, or no longer its tenant's after a plan
+        swap): its next requests are counted only once the engine has accepted it again."""
+        self._accepted.pop(credential, None)
 
     def _count(self, tenant: str) -> None:
         bound = self.bound(tenant)

@@ -26,3 +26,8 @@ class SchedulerConfig:
     # Weights a plan may place on one backend device, in MiB (0: what the device has free,
     # less the backend's reserve); a plan beyond it is refused (docs/executor.md, "Memory").
     memory_limit_mb: float = 0.0
+    # How many nice steps below its process a session thread runs (Linux; 0: the same). The
+    # daemon with front processes sets it (executor.engine.server.SESSION_NICE), so that the
+    # CPU a forward pass wants goes first to the fronts' accepting and parsing and to the
+    # engine's link threads, which every tenant's query waits on.
+    session_nice: int = 0

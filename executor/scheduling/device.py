@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -348,6 +349,8 @@ class DeviceScheduler:
     # -- the session workers -----------------------------------------------------------------
 
     def _work(self, own: SessionGroup | None) -> None:
+        if self._config.session_nice:
+            lower_this_thread(self._config.session_nice)
         sessions: dict[int, Session] = {}  # group id -> this worker's session on its replica
         while not self._stopping:
             dropped: list[Piece] = []
@@ -540,3 +543,20 @@ class DeviceScheduler:
             stats.expired += 1
         else:
             stats.failed += 1
+
+
+def lower_this_thread(steps: int) -> None:
+    """Run the calling thread ``steps`` nice steps below its current priority (at most 19).
+
+    On Linux a thread is a task with a nice value of its own (``setpriority`` on its native
+    id); elsewhere, or where the kernel refuses, it runs as it was, and the log says so.
+    """
+    if not hasattr(os, "setpriority"):
+        log.warning("thread priorities are not supported here; sessions run at the process's")
+        return
+    task = threading.get_native_id()
+    try:
+        lowered = min(19, os.getpriority(os.PRIO_PROCESS, task) + steps)
+        os.setpriority(os.PRIO_PROCESS, task, lowered)
+    except OSError as exc:
+        log.warning("session thread %d kept its priority: %s", task, exc)

@@ -7,6 +7,7 @@ time, since a loaded CI machine may stretch any of them."""
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 import weakref
@@ -278,5 +279,23 @@ def test_every_path_scores_like_a_plain_forward_on_the_real_zoo(
         # One batch per piece of at most 256 rows, unless batching merged or splitting cut.
         unbatched = sum(-(-k // 256) for k in sizes)
         assert (stats.batches != unbatched) == (batching or splitting)
+    finally:
+        runtime.close()
+
+
+@pytest.mark.parametrize("steps", [0, 3])
+def test_session_threads_run_session_nice_steps_below_their_process(steps: int) -> None:
+    """Each worker thread lowers only its own priority: the thread that applied the plan, and
+    so the fronts' link threads beside it in a daemon, keep theirs."""
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    runtime = NodeRuntime(FakeBackend(), SchedulerConfig(session_nice=steps))
+    runtime.apply(plan([seat(0, "a"), seat(1, "b")], pool=1))
+    try:
+        assert runtime.submit("a", queries(FAKE_SCHEMA, [4], seed=3)[0]).future.result(10).shape
+        sessions = [t for t in threading.enumerate() if t.name.startswith("session-")]
+        assert len(sessions) == 3
+        niceness = {os.getpriority(os.PRIO_PROCESS, t.native_id or 0) for t in sessions}
+        assert niceness == {base + steps}
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
     finally:
         runtime.close()
