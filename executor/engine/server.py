@@ -43,6 +43,10 @@ SWITCH_INTERVAL_S = 0.0005  # how long a thread waiting for the engine's GIL wai
 # of about 1.25 in CPU share between runnable threads; 5 gives the fronts about 3 times a
 # session's, and sessions still take all the CPU the fronts leave idle.
 SESSION_NICE = 5
+# Further nice steps for a session's batch whose group has more queued behind it
+# (SchedulerConfig.backlog_nice): a tenant sending beyond what its sessions serve runs its
+# forwards below those of a tenant within its share, which get a core first.
+BACKLOG_NICE = 5
 
 
 class FrontLink(threading.Thread):

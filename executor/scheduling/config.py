@@ -31,3 +31,7 @@ class SchedulerConfig:
     # CPU a forward pass wants goes first to the fronts' accepting and parsing and to the
     # engine's link threads, which every tenant's query waits on.
     session_nice: int = 0
+    # Further nice steps for a batch whose group has more queued behind it (0: none): a tenant
+    # sending more than its sessions serve runs its forwards below those of tenants within
+    # their share, which get a core first when both want one.
+    backlog_nice: int = 0

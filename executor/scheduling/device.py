@@ -158,6 +158,7 @@ class Job:
     group: SessionGroup
     pieces: list[Piece]
     pooled: bool  # run by a shared pool session (counts toward the pool's shares)
+    backlog: bool = False  # the group had more queued when this batch was taken
 
     @property
     def rows(self) -> int:
@@ -349,14 +350,18 @@ class DeviceScheduler:
     # -- the session workers -----------------------------------------------------------------
 
     def _work(self, own: SessionGroup | None) -> None:
-        if self._config.session_nice:
-            lower_this_thread(self._config.session_nice)
+        niceness = ThreadNiceness()
+        niceness.lower(self._config.session_nice)
         sessions: dict[int, Session] = {}  # group id -> this worker's session on its replica
         while not self._stopping:
             dropped: list[Piece] = []
             job = self._next_job(own, dropped)
             self.expire(dropped)
             if job is not None:
+                # A group with work queued behind this batch is sent more than its sessions
+                # serve: its forwards yield the CPU to those of groups within their share.
+                behind = self._config.backlog_nice if job.backlog else 0
+                niceness.lower(self._config.session_nice + behind)
                 self._run(job, sessions)
 
     def _next_job(self, own: SessionGroup | None, dropped: list[Piece]) -> Job | None:
@@ -461,7 +466,7 @@ class DeviceScheduler:
             self._virtual_time, group.finish_tag = rules.charge_pool(
                 self._virtual_time, group.finish_tag, rows, group.pool_weight
             )
-        return Job(group, taken, pooled)
+        return Job(group, taken, pooled, backlog=bool(group.queue))
     def _run(self, job: Job, sessions: dict[int, Session]) -> None:
         group = job.group
         batch = Batch.of([p.query() for p in job.pieces])
@@ -545,18 +550,29 @@ class DeviceScheduler:
             stats.failed += 1
 
 
-def lower_this_thread(steps: int) -> None:
-    """Run the calling thread ``steps`` nice steps below its current priority (at most 19).
+
+class ThreadNiceness:
+    """The nice value of the thread that made it, changed only when asked for another.
 
     On Linux a thread is a task with a nice value of its own (``setpriority`` on its native
-    id); elsewhere, or where the kernel refuses, it runs as it was, and the log says so.
+    id); elsewhere, or where the kernel refuses, the thread runs as it was and the log says so
+    once.
     """
-    if not hasattr(os, "setpriority"):
-        log.warning("thread priorities are not supported here; sessions run at the process's")
-        return
-    task = threading.get_native_id()
-    try:
-        lowered = min(19, os.getpriority(os.PRIO_PROCESS, task) + steps)
-        os.setpriority(os.PRIO_PROCESS, task, lowered)
-    except OSError as exc:
-        log.warning("session thread %d kept its priority: %s", task, exc)
+
+    def __init__(self) -> None:
+        self._task = threading.get_native_id()
+        self._supported = hasattr(os, "setpriority")
+        self._base = os.getpriority(os.PRIO_PROCESS, self._task) if self._supported else 0
+        self._steps = 0
+
+    def lower(self, steps: int) -> None:
+        """Run ``steps`` nice steps below the thread's priority at its making (at most 19)."""
+        if steps == self._steps or not self._supported:
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, self._task, min(19, self._base + steps))
+        except OSError as exc:
+            log.warning("thread %d kept its priority: %s", self._task, exc)
+            self._supported = False
+            return
+        self._steps = steps

@@ -11,11 +11,12 @@ import os
 import threading
 import time
 import weakref
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
-from executor.fake import FAKE_SCHEMA, FakeBackend, fake_scores
+from executor.fake import FAKE_SCHEMA, FakeBackend, FakeModel, fake_scores
 from executor.features import Batch
 from executor.scheduling import (
     ModelFailed,
@@ -298,4 +299,52 @@ def test_session_threads_run_session_nice_steps_below_their_process(steps: int) 
         assert niceness == {base + steps}
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
     finally:
+        runtime.close()
+
+
+@dataclass
+class _NicenessModel(FakeModel):
+    """A fake model that waits for its gate, then notes the niceness its batch ran at."""
+
+    gate: threading.Event = field(default_factory=threading.Event)
+    seen: list[int] = field(default_factory=list)
+
+    def run(self, batch: Batch) -> np.ndarray:
+        self.gate.wait(10.0)
+        self.seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return super().run(batch)
+
+
+class _NicenessBackend(FakeBackend):
+    def __init__(self) -> None:
+        super().__init__(row_s=0.0, batch_s=0.0)
+        self.model = _NicenessModel(schema=FAKE_SCHEMA, row_s=0.0, batch_s=0.0)
+
+    def load(self, artifact: str, device: str) -> _NicenessModel:
+        return self.model
+
+
+def test_a_batch_with_its_groups_work_queued_behind_it_runs_backlog_nice_steps_lower() -> None:
+    """A group sent more than its session serves runs below one within its share: a batch
+    taken with more of its group's queries queued runs session_nice + backlog_nice steps below
+    the process, the last one of the backlog session_nice steps again."""
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    backend = _NicenessBackend()
+    config = SchedulerConfig(session_nice=1, backlog_nice=2, batching=False, admission=False)
+    runtime = NodeRuntime(backend, config)
+    runtime.apply(plan([seat(0, "a")]))
+    try:
+        first, second, third = queries(FAKE_SCHEMA, [4, 4, 4], seed=5)
+        pending = [runtime.submit("a", first)]
+        deadline = time.monotonic() + 10
+        while runtime.group("a").queue:  # until the session has taken the first alone
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        pending += [runtime.submit("a", q) for q in (second, third)]
+        backend.model.gate.set()
+        for p in pending:
+            p.future.result(10)
+        assert backend.model.seen == [base + 1, base + 3, base + 1]
+    finally:
+        backend.model.gate.set()
         runtime.close()
