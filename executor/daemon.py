@@ -37,13 +37,15 @@ body is read, from the route and headers alone: a wrong content type, a declared
 the limit, an unknown or unloaded model, and a replica that would refuse even a one-candidate
 query now are answered at once, so the front never reads or parses what it turns away
 (parsing a 6 MB JSON query takes a front tens of ms). So is a request whose tenant is at its
-in-flight bound at this front, without asking the engine. A request of a tenant under its
-bound, with a key the engine accepted for that tenant here, is let in on the terms of the
-model's last admission at this front (:meth:`~executor.front.engine.Engine.presume`) and
-admitted by the engine with its query, in one message: one engine hop instead of two. The
-engine may refuse it then, after its body was read; any refusal makes the model's next
-request ask the engine before its body again. A request refused before its body
-is read is answered with ``Connection: close``: the front does not drain a body it refused.
+in-flight bound at this front, without asking the engine. A request of a tenant with room
+under its bound (at most half of it in flight: :meth:`TenantBudgets.roomy
+<executor.front.budget.TenantBudgets.roomy>`), with a key the engine accepted for that tenant
+here, is let in on the terms of the model's last admission at this front
+(:meth:`~executor.front.engine.Engine.presume`) and admitted by the engine with its query, in
+one message: one engine hop instead of two. The engine may refuse it then, after its body was
+read; any refusal makes the model's next request ask the engine before its body again. A
+request refused before its body is read is answered with ``Connection: close``: the front
+does not drain a body it refused.
 A body that has come in after the request's SLA is refused unparsed: the front is behind.
 After parsing, the same replica admits the query again with its real number of candidates.
 Were the replica picked again after the body is read, the early check would have judged a
@@ -196,10 +198,12 @@ def create_front_app(
             except Overloaded as over:
                 engine.refused(model)
                 return _close_unread(answer_error(over)[0])
-            # A tenant under its bound, with a key the engine accepted for it here, is let in
-            # on the terms of the model's last admission at this front: the engine admits it
-            # with its query, one hop instead of two (it may still refuse it then).
-            if counted is not None:
+            # A tenant with room under its bound, with a key the engine accepted for it here,
+            # is let in on the terms of the model's last admission at this front: the engine
+            # admits it with its query, one hop instead of two (it may still refuse it then).
+            # One nearer its bound (a flooder) is checked by the engine before its body is
+            # read, so that the front does not read bodies the engine would refuse.
+            if counted is not None and bounds.roomy(counted):
                 ticket = engine.presume(model, arrival, credential)
                 presumed = ticket is not None
             if ticket is None:

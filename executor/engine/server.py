@@ -36,16 +36,13 @@ log = logging.getLogger(__name__)
 # a query (429) when its queries in flight fill it.
 BUFFER_BYTES = 256 * 2**20
 SWITCH_INTERVAL_S = 0.0005  # how long a thread waiting for the engine's GIL waits at most
-# How many nice steps below the engine's other threads and the fronts its session threads run
-# (SchedulerConfig.session_nice): on a CPU that forward passes keep busy, a front accepting and
-# parsing a request, or a link thread handing a query over, would otherwise wait for a core
-# behind a flooder's forwards, and every tenant's query waits on them. A nice step is a factor
-# of about 1.25 in CPU share between runnable threads; 5 gives the fronts about 3 times a
-# session's, and sessions still take all the CPU the fronts leave idle.
-SESSION_NICE = 5
-# Further nice steps for a session's batch whose group has more queued behind it
-# (SchedulerConfig.backlog_nice): a tenant sending beyond what its sessions serve runs its
-# forwards below those of a tenant within its share, which get a core first.
+# Nice steps below the engine's other threads and the fronts for a session's batch whose group
+# has more queued behind it (SchedulerConfig.backlog_nice): a tenant sending beyond what its
+# sessions serve runs its forwards below those of a tenant within its share and below the
+# fronts' accepting and parsing, which every tenant's query waits on. A nice step is a factor
+# of about 1.25 in CPU share between runnable threads (5: about 3×); the sessions still take
+# all the CPU the others leave idle. (Every session 5 steps lower, whatever its backlog, was
+# measured worse: docs/benchmarks.md, "Serving over HTTP".)
 BACKLOG_NICE = 5
 
 

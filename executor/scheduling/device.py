@@ -351,7 +351,6 @@ class DeviceScheduler:
 
     def _work(self, own: SessionGroup | None) -> None:
         niceness = ThreadNiceness()
-        niceness.lower(self._config.session_nice)
         sessions: dict[int, Session] = {}  # group id -> this worker's session on its replica
         while not self._stopping:
             dropped: list[Piece] = []
@@ -360,8 +359,7 @@ class DeviceScheduler:
             if job is not None:
                 # A group with work queued behind this batch is sent more than its sessions
                 # serve: its forwards yield the CPU to those of groups within their share.
-                behind = self._config.backlog_nice if job.backlog else 0
-                niceness.lower(self._config.session_nice + behind)
+                niceness.lower(self._config.backlog_nice if job.backlog else 0)
                 self._run(job, sessions)
 
     def _next_job(self, own: SessionGroup | None, dropped: list[Piece]) -> Job | None:

@@ -284,24 +284,6 @@ def test_every_path_scores_like_a_plain_forward_on_the_real_zoo(
         runtime.close()
 
 
-@pytest.mark.parametrize("steps", [0, 3])
-def test_session_threads_run_session_nice_steps_below_their_process(steps: int) -> None:
-    """Each worker thread lowers only its own priority: the thread that applied the plan, and
-    so the fronts' link threads beside it in a daemon, keep theirs."""
-    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    runtime = NodeRuntime(FakeBackend(), SchedulerConfig(session_nice=steps))
-    runtime.apply(plan([seat(0, "a"), seat(1, "b")], pool=1))
-    try:
-        assert runtime.submit("a", queries(FAKE_SCHEMA, [4], seed=3)[0]).future.result(10).shape
-        sessions = [t for t in threading.enumerate() if t.name.startswith("session-")]
-        assert len(sessions) == 3
-        niceness = {os.getpriority(os.PRIO_PROCESS, t.native_id or 0) for t in sessions}
-        assert niceness == {base + steps}
-        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
-    finally:
-        runtime.close()
-
-
 @dataclass
 class _NicenessModel(FakeModel):
     """A fake model that waits for its gate, then notes the niceness its batch ran at."""
@@ -326,11 +308,12 @@ class _NicenessBackend(FakeBackend):
 
 def test_a_batch_with_its_groups_work_queued_behind_it_runs_backlog_nice_steps_lower() -> None:
     """A group sent more than its session serves runs below one within its share: a batch
-    taken with more of its group's queries queued runs session_nice + backlog_nice steps below
-    the process, the last one of the backlog session_nice steps again."""
+    taken with more of its group's queries queued runs backlog_nice steps below the process,
+    the last one of the backlog at the process's priority again, and the thread that applied
+    the plan (in a daemon, beside the fronts' link threads) keeps its own."""
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     backend = _NicenessBackend()
-    config = SchedulerConfig(session_nice=1, backlog_nice=2, batching=False, admission=False)
+    config = SchedulerConfig(backlog_nice=2, batching=False, admission=False)
     runtime = NodeRuntime(backend, config)
     runtime.apply(plan([seat(0, "a")]))
     try:
@@ -344,7 +327,8 @@ def test_a_batch_with_its_groups_work_queued_behind_it_runs_backlog_nice_steps_l
         backend.model.gate.set()
         for p in pending:
             p.future.result(10)
-        assert backend.model.seen == [base + 1, base + 3, base + 1]
+        assert backend.model.seen == [base, base + 2, base]
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
     finally:
         backend.model.gate.set()
         runtime.close()
