@@ -6,9 +6,12 @@ engine's) and sends the digest with its admission call; the engine checks it her
 node's :class:`~executor.wire.credentials.CredentialDocument` (the salted hashes of the keys of
 the tenants seated on the node, long-polled from the API by :mod:`executor.plan_client`), with
 no call to the API per query. The check runs in :meth:`executor.engine.core.EngineCore.admit`
-before admission control, so a refused query is never read, queued or counted against the
-model's tenant, and a query that passes is admitted and fairly queued as the tenant whose key
-it carried — which is the model's tenant, the one every share on the node is accounted to.
+before admission control, so a refused query is never queued or counted against the model's
+tenant, nor read (but for the query of a key the engine accepted at that front before, which
+the front let in on its own and the engine checks with the query: a key revoked since costs
+one read body per front and model), and a query that passes is admitted and fairly queued as
+the tenant whose key it carried — which is the model's tenant, the one every share on the
+node is accounted to.
 
 - no credential: :class:`Unauthenticated` (401);
 - a credential that is no usable key of the model's tenant (another tenant's, revoked,

@@ -23,9 +23,10 @@ Routes (docs/architecture.md §3.3, docs/executor.md "HTTP"):
 - ``GET /metrics`` — Prometheus text format.
 
 The app is plain Starlette rather than FastAPI: an inference request costs one route match,
-its tenant's in-flight bound at the front (:mod:`executor.front.budget`), one admission call to
-the engine, one body read, a parse and the query's hand-off, and nothing else runs per request
-(no dependency injection or response-model validation). It runs over an
+its tenant's in-flight bound at the front (:mod:`executor.front.budget`), one body read, a
+parse and one message to the engine (two, with the admission call before the body, for a
+model's first request at a front or after a refusal of one of its queries), and nothing else
+runs per request (no dependency injection or response-model validation). It runs over an
 :class:`~executor.front.engine.Engine`: in a front process over a link to the engine process
 (:mod:`executor.front.process`, the daemon), or in the engine's own process
 (:func:`create_app`, for tests and tools).
@@ -36,8 +37,15 @@ body is read, from the route and headers alone: a wrong content type, a declared
 the limit, an unknown or unloaded model, and a replica that would refuse even a one-candidate
 query now are answered at once, so the front never reads or parses what it turns away
 (parsing a 6 MB JSON query takes a front tens of ms). So is a request whose tenant is at its
-in-flight bound at this front, without asking the engine. A request refused before its body
-is read is answered with ``Connection: close``: the front does not drain a body it refused.
+in-flight bound at this front, without asking the engine. A request of a tenant with room
+under its bound (at most half of it in flight: :meth:`TenantBudgets.roomy
+<executor.front.budget.TenantBudgets.roomy>`), with a key the engine accepted for that tenant
+here, is let in on the terms of the model's last admission at this front
+(:meth:`~executor.front.engine.Engine.presume`) and admitted by the engine with its query, in
+one message: one engine hop instead of two. The engine may refuse it then, after its body was
+read; any refusal makes the model's next request ask the engine before its body again. A
+request refused before its body is read is answered with ``Connection: close``: the front
+does not drain a body it refused.
 A body that has come in after the request's SLA is refused unparsed: the front is behind.
 After parsing, the same replica admits the query again with its real number of candidates.
 Were the replica picked again after the body is read, the early check would have judged a
@@ -73,7 +81,7 @@ from executor.front.local import LocalEngine
 from executor.metrics import ExecutorMetrics
 from executor.models.schema import ModelSchema
 from executor.scheduling import NodeRuntime, Overloaded, SchedulingError
-from executor.scheduling.errors import Unauthenticated
+from executor.scheduling.errors import NotPermitted, Unauthenticated
 from executor.wire import oip
 
 log = logging.getLogger(__name__)
@@ -165,8 +173,10 @@ def create_front_app(
         ``reader`` knows the body format."""
         arrival = time.monotonic()
         model = request.path_params["model"]
-        ticket: Ticket | None = None  # admitted, and not yet handed to the engine
+        ticket: Ticket | None = None  # let in, and not yet handed to the engine
+        presumed = False  # let in by this front on its own (Engine.presume)
         counted: str | None = None  # the tenant whose in-flight bound this request counts in
+        credential: str | None = None  # the sha256 of the key it presents
         body_read = answered = False  # answered: with its scores, within its SLA
         try:
             # Whatever can refuse a query without its body is decided before the body is
@@ -188,9 +198,18 @@ def create_front_app(
             except Overloaded as over:
                 engine.refused(model)
                 return _close_unread(answer_error(over)[0])
-            ticket = await engine.admit(model, arrival, credential)
-            claimed, counted = counted, None
-            counted = bounds.confirm(model, ticket, claimed, credential)
+            # A tenant with room under its bound, with a key the engine accepted for it here,
+            # is let in on the terms of the model's last admission at this front: the engine
+            # admits it with its query, one hop instead of two (it may still refuse it then).
+            # One nearer its bound (a flooder) is checked by the engine before its body is
+            # read, so that the front does not read bodies the engine would refuse.
+            if counted is not None and bounds.roomy(counted):
+                ticket = engine.presume(model, arrival, credential)
+                presumed = ticket is not None
+            if ticket is None:
+                ticket = await engine.admit(model, arrival, credential)
+                claimed, counted = counted, None
+                counted = bounds.confirm(model, ticket, claimed, credential)
             # The body is received as it comes, in no queue: waiting for a slow client's bytes
             # holds up no other request, and the tenant's in-flight bound limits how many of
             # its bodies the front receives at once.
@@ -207,6 +226,8 @@ def create_front_app(
             scores = await engine.infer(handed, query)
             answered = time.monotonic() - arrival <= handed.sla_s
         except (SchedulingError, ValueError) as exc:
+            if presumed and isinstance(exc, (Unauthenticated, NotPermitted)):
+                bounds.forget(credential)  # revoked, or its model moved: ask before the next body
             response, outcome = answer_error(exc)
             if ticket is not None:
                 engine.abandon(ticket, outcome)

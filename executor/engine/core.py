@@ -15,6 +15,12 @@ calls, in the order the daemon makes them (docs/executor.md, "Admission control"
 2. :meth:`submit` — the parsed query, on the same replica; a future of its scores.
 3. :meth:`abandon` — a query that ends at the front (a malformed body: counted as invalid).
 
+A front lets in a request of a tenant under its in-flight bound at the front on its own, on
+the terms of the model's last admission there (:meth:`executor.front.engine.Engine.presume`):
+then 1 and 2 are one call when the query comes, :meth:`admit` given the schema the front parsed
+the body with (another one, after a plan swap, is refused as unavailable), and a query of such
+a request that ends at the front is counted with :meth:`ended`.
+
 A request a front refuses on its own, before asking (:mod:`executor.front.budget`), is told
 with :meth:`refused` and counted as rejected.
 
@@ -62,6 +68,12 @@ class Admission:
     def tenant(self) -> str:
         return self.group.tenant
 
+    @property
+    def schema_key(self) -> str:
+        """The model's id and artifact: what a front's cached schema of it is valid for."""
+        replica = self.group.seat.replica
+        return f"{self.group.model_id}:{replica.artifact if replica else ''}"
+
 
 class EngineCore:
     """The runtime and its metrics behind one request surface (see the module docstring)."""
@@ -76,14 +88,27 @@ class EngineCore:
         self.metrics = metrics or ExecutorMetrics(runtime)
         self.credentials = credentials
 
-    def admit(self, model: str, arrival: float, credential: str | None = None) -> Admission:
+    def admit(
+        self,
+        model: str,
+        arrival: float,
+        credential: str | None = None,
+        schema_key: str | None = None,
+    ) -> Admission:
         """Check the credential (sha256 of the key presented, or None), route on arrival and
         check a one-candidate query; raise Unauthenticated or NotPermitted (not counted),
-        UnknownModel, ModelUnavailable or Overloaded (counted as rejected)."""
+        UnknownModel, ModelUnavailable or Overloaded (counted as rejected). ``schema_key``: the
+        schema a front parsed the query with (a presumed request): ModelUnavailable (not
+        counted) when the replica's is another."""
         if credential is None:
             self.credentials.check("", None)  # 401 before the model is even looked up
         group = self.runtime.route(model)
         self.credentials.check(group.tenant, credential)
+        if schema_key is not None and Admission(group, arrival, arrival).schema_key != schema_key:
+            raise ModelUnavailable(
+                f"model {model!r} is served with another schema since this front last asked; "
+                "send the query again"
+            )
         try:
             self.runtime.check(group, arrival)
         except Overloaded:
@@ -121,6 +146,15 @@ class EngineCore:
         not counted, e.g. a body over the size limit)."""
         if outcome is not None:
             self._observe(admission.group, outcome, None)
+
+    def ended(self, model: str, outcome: str) -> None:
+        """Count a presumed request (one the engine never admitted) that ended at the front as
+        ``outcome``, on the model's replica (none: not counted, as the model is gone)."""
+        try:
+            group = self.runtime.group(model)
+        except SchedulingError:
+            return
+        self._observe(group, outcome, None)
 
     def refused(self, model: str, count: int = 1) -> None:
         """Count ``count`` requests for ``model`` that a front refused before asking the engine

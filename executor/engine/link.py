@@ -18,12 +18,19 @@ once the reply is in.
 
 Operations, front -> engine (the engine answers each with the same ``id`` unless noted):
 
-- ``admit {model, arrival}``: the engine's :meth:`~executor.engine.core.EngineCore.admit`;
-  the reply carries the admission (model id, tenant, deadline, SLA, the schema's key, and
-  the schema itself the first time a link meets that key) or an error;
+- ``admit {model, arrival, credential}``: the engine's
+  :meth:`~executor.engine.core.EngineCore.admit`; the reply carries the admission (model id,
+  tenant, deadline, SLA, the schema's key, and the schema itself the first time a link meets
+  that key) or an error;
 - ``submit {offset, rows}``: the query of an admitted ``id``, in the front's buffer at
   ``offset``; the reply, once scored: the scores as payload, or an error;
+- ``query {model, arrival, credential, schema_key, offset, rows}``: ``admit`` and ``submit``
+  in one message, for a request the front let in on its own (a tenant under its in-flight
+  bound at the front, :meth:`executor.front.engine.Engine.presume`); answered as ``submit``,
+  or with the error admission raised;
 - ``abandon {outcome}``: an admitted ``id`` that ended at the front; no reply;
+- ``ended {model, outcome}``: a presumed request that ended at the front, counted as
+  ``outcome``; no reply;
 - ``refused {counts}``: requests per model the front refused before asking the engine
   (:mod:`executor.front.budget`), counted as rejected; no reply;
 - ``health``, ``metrics``, ``model {model}``: the documents of ``/healthz``, ``/metrics`` and

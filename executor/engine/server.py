@@ -36,6 +36,14 @@ log = logging.getLogger(__name__)
 # a query (429) when its queries in flight fill it.
 BUFFER_BYTES = 256 * 2**20
 SWITCH_INTERVAL_S = 0.0005  # how long a thread waiting for the engine's GIL waits at most
+# Nice steps below the engine's other threads and the fronts for a session's batch whose group
+# has more queued behind it (SchedulerConfig.backlog_nice): a tenant sending beyond what its
+# sessions serve runs its forwards below those of a tenant within its share and below the
+# fronts' accepting and parsing, which every tenant's query waits on. A nice step is a factor
+# of about 1.25 in CPU share between runnable threads (5: about 3×); the sessions still take
+# all the CPU the others leave idle. (Every session 5 steps lower, whatever its backlog, was
+# measured worse: docs/benchmarks.md, "Serving over HTTP".)
+BACKLOG_NICE = 5
 
 
 class FrontLink(threading.Thread):
@@ -81,8 +89,16 @@ class FrontLink(threading.Thread):
                 )
                 self._admitted[key] = admission
                 self._send(self._admission(key, admission))
-            elif op == "submit":
-                admission = self._admitted.pop(key)
+            elif op in ("submit", "query"):
+                if op == "submit":
+                    admission = self._admitted.pop(key)
+                else:  # a presumed request: admitted now, on the schema its body was parsed with
+                    admission = core.admit(
+                        header["model"],
+                        float(header["arrival"]),
+                        header.get("credential"),
+                        header["schema_key"],
+                    )
                 query = link.read_query(
                     self._view, int(header["offset"]), admission.schema, int(header["rows"])
                 )
@@ -91,6 +107,8 @@ class FrontLink(threading.Thread):
             elif op == "abandon":
                 admission = self._admitted.pop(key)
                 core.abandon(admission, header.get("outcome"))
+            elif op == "ended":
+                core.ended(header["model"], header["outcome"])
             elif op == "refused":
                 for model, count in header["counts"].items():
                     core.refused(model, int(count))
@@ -111,7 +129,7 @@ class FrontLink(threading.Thread):
 
     def _admission(self, key: int, admission: Admission) -> dict[str, Any]:
         group = admission.group
-        schema_key = f"{group.model_id}:{group.seat.replica.artifact if group.seat.replica else ''}"
+        schema_key = admission.schema_key
         reply: dict[str, Any] = {
             "id": key,
             "model_id": group.model_id,

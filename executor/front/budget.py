@@ -30,6 +30,11 @@ request presents, :mod:`executor.credentials`) the engine accepted for which ten
 a request before the engine is asked only when its credential is one accepted for the model's
 tenant: a request naming another tenant's model with its own (or no, or a made-up) key is
 counted nowhere until the engine has checked the key, so it cannot fill that tenant's bound.
+Such a counted request of a tenant with room under its bound (:meth:`TenantBudgets.roomy`) is
+one the front lets in without asking the engine before its body
+(:meth:`executor.front.engine.Engine.presume`); a credential the engine refuses for one of
+them (revoked since) is forgotten (:meth:`TenantBudgets.forget`), so its next request is asked
+of the engine before its body is read.
 """
 
 from __future__ import annotations
@@ -125,6 +130,18 @@ class TenantBudgets:
                 self.leave(claimed, answered=False)
             self._count(ticket.tenant)
         return ticket.tenant
+
+    def roomy(self, tenant: str) -> bool:
+        """Whether ``tenant`` has at most half its bound in flight here (answered within its
+        SLA it has a quarter: ``r × s`` of ``4 × r × s``). One beyond it is sent more than it is
+        answered in time, and its requests are better judged by the engine before their bodies
+        are read (:meth:`executor.front.engine.Engine.presume`)."""
+        return 2 * self.in_flight(tenant) <= self.bound(tenant)
+
+    def forget(self, credential: str | None) -> None:
+        """The engine refused ``credential`` (revoked, or no longer its tenant's after a plan
+        swap): its next requests are counted only once the engine has accepted it again."""
+        self._accepted.pop(credential, None)
 
     def _count(self, tenant: str) -> None:
         bound = self.bound(tenant)

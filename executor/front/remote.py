@@ -23,10 +23,10 @@ import numpy as np
 
 from executor.engine import link
 from executor.features import Query
-from executor.front.engine import ModelInfo, Ticket
-from executor.front.local import wait_for_scores
+from executor.front.engine import ModelInfo, Terms, Ticket
+from executor.front.local import forget_terms_after, wait_for_scores
 from executor.models.schema import ModelSchema
-from executor.scheduling.errors import ModelUnavailable, Overloaded
+from executor.scheduling.errors import ModelUnavailable, Overloaded, SchedulingError
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class RemoteEngine:
         self._waiting: dict[int, asyncio.Future[link.Message]] = {}
         self._held: dict[int, int] = {}  # request id -> its tensors' offset in the buffer
         self._schemas: dict[str, ModelSchema] = {}
+        self._terms: dict[str, Terms] = {}  # model, as requests name it -> its last admission's
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._refusals: collections.Counter[str] = collections.Counter()  # model -> not yet told
@@ -147,14 +148,23 @@ class RemoteEngine:
         schema_key = header["schema_key"]
         if "schema" in header:
             self._schemas[schema_key] = ModelSchema.from_dict(header["schema"])
-        return Ticket(
-            key=header["id"],
+        terms = Terms(
             model_id=header["model_id"],
             tenant=header["tenant"],
             schema=self._schemas[schema_key],
-            deadline=float(header["deadline"]),
+            schema_key=schema_key,
             sla_s=float(header["sla_s"]),
+            expiry_s=float(header["deadline"]) - arrival,
         )
+        self._terms[model] = terms
+        return Ticket(
+            header["id"], terms.model_id, terms.tenant, terms.schema, arrival + terms.expiry_s,
+            terms.sla_s,
+        )  # fmt: skip
+
+    def presume(self, model: str, arrival: float, credential: str | None) -> Ticket | None:
+        terms = self._terms.get(model)
+        return None if terms is None else terms.ticket(next(self._ids), model, arrival, credential)
 
     async def infer(self, ticket: Ticket, query: Query) -> np.ndarray:
         offset = self._arena.allocate(link.query_size(ticket.schema, query.num_candidates))
@@ -163,15 +173,32 @@ class RemoteEngine:
             raise Overloaded("this front's shared buffer is full of queries in flight", 1.0)
         link.write_query(self._view, offset, ticket.schema, query)
         self._held[ticket.key] = offset  # released when the reply comes, however late
-        reply = self._call(
-            {"op": "submit", "id": ticket.key, "offset": offset, "rows": query.num_candidates}
-        )
-        header, payload = await wait_for_scores(reply, ticket)
-        self._raise_error(header)
+        message: dict[str, Any] = {
+            "op": "submit", "id": ticket.key, "offset": offset, "rows": query.num_candidates
+        }  # fmt: skip
+        presumed = ticket.presumed
+        if presumed is not None:  # admitted by the engine with its query, in this one message
+            message.update(
+                op="query",
+                model=presumed.model,
+                arrival=presumed.arrival,
+                credential=presumed.credential,
+                schema_key=presumed.schema_key,
+            )
+        try:
+            header, payload = await wait_for_scores(self._call(message), ticket)
+            self._raise_error(header)
+        except SchedulingError as exc:
+            if presumed is not None and forget_terms_after(exc):
+                self._terms.pop(presumed.model, None)
+            raise
         return np.frombuffer(payload, dtype="<f4")
 
     def abandon(self, ticket: Ticket, outcome: str | None) -> None:
-        self._send({"op": "abandon", "id": ticket.key, "outcome": outcome})
+        if ticket.presumed is None:
+            self._send({"op": "abandon", "id": ticket.key, "outcome": outcome})
+        elif outcome is not None:  # the engine never heard of it: only its outcome to count
+            self._send({"op": "ended", "model": ticket.presumed.model, "outcome": outcome})
 
     def refused(self, model: str) -> None:
         if not self._refusals:

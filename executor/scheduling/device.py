@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -157,6 +158,7 @@ class Job:
     group: SessionGroup
     pieces: list[Piece]
     pooled: bool  # run by a shared pool session (counts toward the pool's shares)
+    backlog: bool = False  # the group had more queued when this batch was taken
 
     @property
     def rows(self) -> int:
@@ -348,12 +350,16 @@ class DeviceScheduler:
     # -- the session workers -----------------------------------------------------------------
 
     def _work(self, own: SessionGroup | None) -> None:
+        niceness = ThreadNiceness()
         sessions: dict[int, Session] = {}  # group id -> this worker's session on its replica
         while not self._stopping:
             dropped: list[Piece] = []
             job = self._next_job(own, dropped)
             self.expire(dropped)
             if job is not None:
+                # A group with work queued behind this batch is sent more than its sessions
+                # serve: its forwards yield the CPU to those of groups within their share.
+                niceness.lower(self._config.backlog_nice if job.backlog else 0)
                 self._run(job, sessions)
 
     def _next_job(self, own: SessionGroup | None, dropped: list[Piece]) -> Job | None:
@@ -458,7 +464,7 @@ class DeviceScheduler:
             self._virtual_time, group.finish_tag = rules.charge_pool(
                 self._virtual_time, group.finish_tag, rows, group.pool_weight
             )
-        return Job(group, taken, pooled)
+        return Job(group, taken, pooled, backlog=bool(group.queue))
     def _run(self, job: Job, sessions: dict[int, Session]) -> None:
         group = job.group
         batch = Batch.of([p.query() for p in job.pieces])
@@ -540,3 +546,31 @@ class DeviceScheduler:
             stats.expired += 1
         else:
             stats.failed += 1
+
+
+
+class ThreadNiceness:
+    """The nice value of the thread that made it, changed only when asked for another.
+
+    On Linux a thread is a task with a nice value of its own (``setpriority`` on its native
+    id); elsewhere, or where the kernel refuses, the thread runs as it was and the log says so
+    once.
+    """
+
+    def __init__(self) -> None:
+        self._task = threading.get_native_id()
+        self._supported = hasattr(os, "setpriority")
+        self._base = os.getpriority(os.PRIO_PROCESS, self._task) if self._supported else 0
+        self._steps = 0
+
+    def lower(self, steps: int) -> None:
+        """Run ``steps`` nice steps below the thread's priority at its making (at most 19)."""
+        if steps == self._steps or not self._supported:
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, self._task, min(19, self._base + steps))
+        except OSError as exc:
+            log.warning("thread %d kept its priority: %s", self._task, exc)
+            self._supported = False
+            return
+        self._steps = steps

@@ -236,6 +236,10 @@ def test_the_command_refuses_a_bad_plan_file_in_one_line(tmp_path, capsys):
 
 
 def test_a_refused_query_is_answered_before_its_body_is_parsed(monkeypatch):
+    """A tenant under its in-flight bound is let in at the front and its query admitted by the
+    engine when it comes (one hop): a query that finds the replica full is refused after its
+    body was read. From that refusal on, the model's requests are checked before their bodies
+    are read: a flood of 6 MB bodies is refused unparsed until a request is admitted again."""
     parsed: list[int] = []
     for name in ("parse_query_json", "parse_query_oip"):
         real = getattr(codec, name)
@@ -252,6 +256,8 @@ def test_a_refused_query_is_answered_before_its_body_is_parsed(monkeypatch):
         body = codec.query_to_json(queries(FAKE_SCHEMA, [3], seed=26)[0])
         slow, first = _occupy(client, runtime, body)
         assert len(parsed) == 1
+        presumed = client.post("/v1/models/m/infer", json=body)
+        assert presumed.status_code == 429 and len(parsed) == 2  # read, then refused
         # A flooding tenant's 6 MB bodies, malformed so that parsing them would answer 400.
         flood = b'{"user": [' + b"0, " * 2_000_000 + b"}"
         for path, content_type in [
@@ -265,16 +271,16 @@ def test_a_refused_query_is_answered_before_its_body_is_parsed(monkeypatch):
             "/v1/models/m/infer", content=flood * 2, headers={"Content-Type": "application/json"}
         )
         assert too_big.status_code == 413 and "exceeds" in too_big.json()["error"]
-        assert len(parsed) == 1  # none of them was parsed
+        assert len(parsed) == 2  # none of them was parsed
         slow.join()
         assert first[0].status_code == 200
         admitted = client.post(  # with room again the same body is parsed, and refused as such
             "/v1/models/m/infer", content=flood, headers={"Content-Type": "application/json"}
         )
-        assert admitted.status_code == 400 and len(parsed) == 2
+        assert admitted.status_code == 400 and len(parsed) == 3
         metrics = client.get("/metrics").text
         rejected = 'gpufair_executor_queries_total{model="m",outcome="rejected",tenant="tenant-m"}'
-        assert f"{rejected} 2.0" in metrics
+        assert f"{rejected} 3.0" in metrics
     runtime.close()
 
 

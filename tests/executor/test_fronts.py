@@ -4,7 +4,9 @@ processes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import mmap
 import os
 import signal
 import socket
@@ -12,21 +14,30 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
 from executor import codec
+from executor.credentials import Credentials
+from executor.daemon import create_front_app
 from executor.engine import link
-from executor.fake import FAKE_SCHEMA
+from executor.engine.core import EngineCore
+from executor.engine.server import FrontLink
+from executor.fake import FAKE_SCHEMA, FakeBackend
 from executor.front.budget import TenantBudgets
 from executor.front.engine import Ticket
-from executor.front.remote import Arena
-from executor.scheduling import Overloaded
+from executor.front.local import LocalEngine
+from executor.front.remote import Arena, RemoteEngine
+from executor.scheduling import ModelUnavailable, NodeRuntime, Overloaded, SchedulerConfig
+from executor.scheduling.errors import NotPermitted
 from executor.wire import oip
+from executor.wire.credentials import CredentialDocument, key_digest, salted
 from gpufair.servers import ChildServer
 from tests.executor.scheduling_helpers import plan, queries, seat
+from tests.servers import BackgroundServer
 
 # -- the tenants' in-flight bounds ------------------------------------------------------------
 
@@ -67,6 +78,21 @@ def test_a_key_the_engine_did_not_accept_for_a_models_tenant_counts_nowhere_befo
         assert budgets.claim("calm-model", presented) is None
     assert budgets.in_flight("calm") == 0
     assert budgets.claim("calm-model", "calm-key") == "calm"
+
+
+def test_a_tenant_past_half_its_bound_has_no_room_to_be_let_in_unasked() -> None:
+    """Answered within its SLA a tenant has a quarter of its bound in flight; past half of it
+    the front asks the engine before reading its bodies (no room), below it the front may let
+    its requests in on its own."""
+    budgets = TenantBudgets(min_in_flight=4)
+    budgets.confirm("m", _ticket("t", 0.05), None, "k")
+    assert budgets.roomy("t")  # 1 of 4
+    budgets.claim("m", "k")
+    assert budgets.roomy("t")  # 2 of 4
+    budgets.claim("m", "k")
+    assert not budgets.roomy("t")  # 3 of 4
+    budgets.leave("t", answered=True)
+    assert budgets.roomy("t")
 
 
 def test_a_tenants_bound_follows_its_answer_rate_within_its_sla() -> None:
@@ -146,6 +172,114 @@ def test_errors_and_messages_cross_the_link_as_they_were() -> None:
     assert header == {"id": 4, "op": "x"} and payload == b"\x00\x01"
 
 
+# -- a tenant under its bound: one engine hop per query ----------------------------------------
+
+SALT = "5a" * 32
+
+
+def _document(keys: dict[str, str]) -> CredentialDocument:
+    """The credentials of ``keys`` (tenant -> its one key)."""
+    tenants = {t: [salted(SALT, key_digest(k))] for t, k in keys.items()}
+    return CredentialDocument(node="node-a", salt=SALT, tenants=tenants)
+
+
+@pytest.fixture
+def engine_core() -> Iterator[EngineCore]:
+    """An engine over tenants a and b (fake models), each with one key."""
+    runtime = NodeRuntime(FakeBackend(), SchedulerConfig())
+    runtime.apply(plan([seat(0, "a"), seat(1, "b")], pool=1))
+    credentials = Credentials()
+    credentials.update(_document({"tenant-a": "key-a", "tenant-b": "key-b"}))
+    yield EngineCore(runtime, credentials=credentials)
+    runtime.close()
+
+
+class _CountingLink(FrontLink):
+    """A front's link whose engine side records each message's operation."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.ops: list[str] = []
+
+    def _handle(self, header: dict[str, Any]) -> None:
+        self.ops.append(header["op"])
+        super()._handle(header)
+
+
+def test_a_presumed_query_crosses_the_link_in_one_message_and_is_checked_there(
+    engine_core: EngineCore,
+) -> None:
+    """After its model's first admission at a front, a request is let in by the front and sent
+    with its query in one message, which the engine admits as it would have admitted the
+    request (the key checked), and scores like an admitted one; a refusal that says the terms
+    may have changed (a revoked key) sends the model's next request to the engine first."""
+    engine_end, front_end = socket.socketpair()
+    buffer = mmap.mmap(-1, 1 << 22)
+    counting = _CountingLink(engine_core, engine_end, buffer, "front-0")
+    counting.start()
+    first, second, third = queries(FAKE_SCHEMA, [9, 30, 4], seed=7)
+    key_a = key_digest("key-a")
+
+    async def run() -> None:
+        remote = RemoteEngine(front_end, buffer, on_close=lambda: None)
+        await remote.start()
+        assert remote.presume("a", time.monotonic(), key_a) is None  # never admitted here
+        admitted = await remote.admit("a", time.monotonic(), key_a)
+        await remote.infer(admitted, first)
+        assert counting.ops == ["admit", "submit"]
+        presumed = remote.presume("a", time.monotonic(), key_a)
+        assert presumed is not None and presumed.presumed is not None
+        assert (presumed.tenant, presumed.sla_s) == (admitted.tenant, admitted.sla_s)
+        scores = await remote.infer(presumed, second)
+        assert counting.ops == ["admit", "submit", "query"]
+        direct = engine_core.runtime.submit("a", second).future.result(5)
+        np.testing.assert_array_equal(scores, direct)
+        wrong = remote.presume("a", time.monotonic(), key_digest("key-b"))
+        assert wrong is not None
+        with pytest.raises(NotPermitted):  # b's key on a's model: refused by the engine
+            await remote.infer(wrong, third)
+        assert remote.presume("a", time.monotonic(), key_a) is None  # asked first again
+        await remote.stop()
+
+    asyncio.run(run())
+    counting.join(timeout=5)
+
+
+def test_the_engine_refuses_a_presumed_query_parsed_with_another_schema(engine_core) -> None:
+    """A plan swap that serves a model with another artifact changes its schema: a query a
+    front parsed on the old terms is refused (503), never scored with the wrong layout."""
+    admission = engine_core.admit("a", time.monotonic(), key_digest("key-a"))
+    assert engine_core.admit("a", time.monotonic(), key_digest("key-a"), admission.schema_key)
+    with pytest.raises(ModelUnavailable, match="another schema"):
+        engine_core.admit("a", time.monotonic(), key_digest("key-a"), "a:fake:old")
+
+
+def test_over_http_a_tenant_under_its_bound_is_admitted_once_per_model_and_front(
+    engine_core: EngineCore,
+) -> None:
+    """The daemon's app asks the engine to admit a tenant's first request for a model, then
+    lets its requests in on those terms (one engine call each, not two); a revoked key is
+    refused by the engine, and from then on before its body is read."""
+
+    class Counting(LocalEngine):
+        admits = 0
+
+        async def admit(self, model: str, arrival: float, credential: str | None = None) -> Ticket:
+            Counting.admits += 1
+            return await super().admit(model, arrival, credential)
+
+    app = create_front_app(Counting(engine_core))
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        client.headers["Authorization"] = "Bearer key-a"
+        assert [_infer(client, "a", k).status_code for k in range(6)] == [200] * 6
+        assert Counting.admits == 1
+        engine_core.credentials.update(_document({"tenant-b": "key-b"}))  # a's key revoked
+        assert _infer(client, "a", 6).status_code == 403  # presumed: the engine refused it
+        assert Counting.admits == 1
+        assert _infer(client, "a", 7).status_code == 403
+        assert Counting.admits == 2  # asked before the body this time
+
+
 # -- the daemon as processes ---------------------------------------------------------------------
 
 
@@ -212,6 +346,20 @@ def test_queries_through_every_front_are_served_and_counted_once(daemon) -> None
         line = f"gpufair_executor_queries_total{{{labels}}}"
         counted = _value(metrics, line) - _value(before, line)
         assert counted == 20, model
+
+
+@pytest.mark.slow
+def test_the_engines_threads_run_at_its_priority_or_backlog_nice_steps_below(daemon) -> None:
+    """Only a session's batch with its group's work queued behind it runs lower (BACKLOG_NICE
+    steps): the fronts and the engine's other threads keep the process's priority."""
+    from executor.engine.server import BACKLOG_NICE
+
+    pid = daemon.process.pid
+    main = os.getpriority(os.PRIO_PROCESS, pid)
+    tasks = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    assert all(os.getpriority(os.PRIO_PROCESS, t) in (main, main + BACKLOG_NICE) for t in tasks)
+    for front in _fronts(daemon):
+        assert os.getpriority(os.PRIO_PROCESS, front) == main
 
 
 def _value(metrics: str, prefix: str) -> float:

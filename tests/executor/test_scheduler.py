@@ -7,14 +7,16 @@ time, since a loaded CI machine may stretch any of them."""
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 import weakref
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
-from executor.fake import FAKE_SCHEMA, FakeBackend, fake_scores
+from executor.fake import FAKE_SCHEMA, FakeBackend, FakeModel, fake_scores
 from executor.features import Batch
 from executor.scheduling import (
     ModelFailed,
@@ -279,4 +281,54 @@ def test_every_path_scores_like_a_plain_forward_on_the_real_zoo(
         unbatched = sum(-(-k // 256) for k in sizes)
         assert (stats.batches != unbatched) == (batching or splitting)
     finally:
+        runtime.close()
+
+
+@dataclass
+class _NicenessModel(FakeModel):
+    """A fake model that waits for its gate, then notes the niceness its batch ran at."""
+
+    gate: threading.Event = field(default_factory=threading.Event)
+    seen: list[int] = field(default_factory=list)
+
+    def run(self, batch: Batch) -> np.ndarray:
+        self.gate.wait(10.0)
+        self.seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return super().run(batch)
+
+
+class _NicenessBackend(FakeBackend):
+    def __init__(self) -> None:
+        super().__init__(row_s=0.0, batch_s=0.0)
+        self.model = _NicenessModel(schema=FAKE_SCHEMA, row_s=0.0, batch_s=0.0)
+
+    def load(self, artifact: str, device: str) -> _NicenessModel:
+        return self.model
+
+
+def test_a_batch_with_its_groups_work_queued_behind_it_runs_backlog_nice_steps_lower() -> None:
+    """A group sent more than its session serves runs below one within its share: a batch
+    taken with more of its group's queries queued runs backlog_nice steps below the process,
+    the last one of the backlog at the process's priority again, and the thread that applied
+    the plan (in a daemon, beside the fronts' link threads) keeps its own."""
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    backend = _NicenessBackend()
+    config = SchedulerConfig(backlog_nice=2, batching=False, admission=False)
+    runtime = NodeRuntime(backend, config)
+    runtime.apply(plan([seat(0, "a")]))
+    try:
+        first, second, third = queries(FAKE_SCHEMA, [4, 4, 4], seed=5)
+        pending = [runtime.submit("a", first)]
+        deadline = time.monotonic() + 10
+        while runtime.group("a").queue:  # until the session has taken the first alone
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        pending += [runtime.submit("a", q) for q in (second, third)]
+        backend.model.gate.set()
+        for p in pending:
+            p.future.result(10)
+        assert backend.model.seen == [base, base + 2, base]
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+    finally:
+        backend.model.gate.set()
         runtime.close()
