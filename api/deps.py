@@ -17,14 +17,19 @@ database gets one transaction (``SessionDep``) under one of the gate's slots: it
 are checked in it, the route's work runs in it (in a worker thread: routes that take a session
 are plain functions), and it commits when the route returns and rolls back on any error; a
 concurrent writer's win surfaces as 412, a taken name as 409, a busy database as 503. The admin
-token needs no database at all. The plan long-poll (``PollingNode``) checks its token in a slot
-of its own and holds none while it waits.
+token needs no database at all. The credentials long-poll (``PollingNode``) checks its token in
+a slot of its own and holds none while it waits; the plan long-poll (``UnidentifiedNode``)
+checks it in its first read's slot and worker-thread call, with the same answers. Either checks
+the token once, when the request arrives: a token revoked while its long-poll is held is
+refused from the daemon's next request on, so a held long-poll may still send the plan a solve
+stores during its wait (at most ``config.max_long_poll_s`` after the revocation).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -191,11 +196,49 @@ async def _polling_node(
     return _own_path(request, _check_role(request, state, principal, "node"))
 
 
+@dataclass(frozen=True)
+class NodeCaller:
+    """A node route's bearer token, not identified yet: the route identifies it in the same
+    worker-thread call as its first read (:meth:`identify`, then :meth:`authorise` on the
+    loop), one hop to a worker thread and one slot instead of two of each. The plan long-poll
+    takes it: after a solve, each of a hundred nodes polls again at once, and each hop is a
+    turn for the GIL and the event loop."""
+
+    request: Request
+    state: AppState
+    token: str
+
+    def identify(self, connection: Session | Connection) -> Principal | None:
+        """Who the token belongs to now (blocking: in the route's worker-thread call)."""
+        return _identify(self.state, self.token)(connection)
+
+    def may_read(self, principal: Principal) -> bool:
+        """Whether :meth:`authorise` will accept ``principal``: the route reads for it only
+        then, in the same call."""
+        return principal.role == "node" and principal.name == self.request.path_params.get("node")
+
+    def authorise(self, principal: Principal | None) -> Principal:
+        """The node, or the same 401, 403 or 404 as :data:`CurrentNode` (on the event loop)."""
+        return _own_path(
+            self.request, _check_role(self.request, self.state, principal, "node")
+        )
+
+
+async def _node_caller(
+    request: Request,
+    state: StateDep,
+    credentials: Annotated[Credentials, Depends(_node_scheme)],
+) -> NodeCaller:
+    return NodeCaller(request, state, _token(request, state, credentials, "node"))
+
+
 AdminDep = Annotated[None, Depends(_admin)]
 CurrentTenant = Annotated[Principal, Depends(_tenant)]
 CurrentNode = Annotated[Principal, Depends(_node)]
 # The node of a route that holds no transaction (the plan long-poll).
 PollingNode = Annotated[Principal, Depends(_polling_node)]
+# The node of a route that identifies it in its own first read (the plan long-poll).
+UnidentifiedNode = Annotated[NodeCaller, Depends(_node_caller)]
 # The tenant of a route that holds no transaction while it works (the artifact upload, whose
 # sandboxed check takes seconds); it opens its own.
 TenantOutsideTransaction = Annotated[Principal, Depends(_tenant_outside_transaction)]

@@ -64,6 +64,7 @@ def create_allocation(
             options=config.solve_options,
             objective=objective or config.default_objective,
             parsed=state.parsed_plans,
+            rendered=state.rendered_plans,
         )
     state.metrics.allocation_version.set(row.version)
     state.notifier.notify()

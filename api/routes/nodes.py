@@ -12,8 +12,17 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from sqlalchemy import Connection
 
-from api.deps import AdminDep, CurrentNode, PollingNode, SessionDep, StateDep
+from api.auth import Principal
+from api.deps import (
+    AdminDep,
+    CurrentNode,
+    PollingNode,
+    SessionDep,
+    StateDep,
+    UnidentifiedNode,
+)
 from api.idempotency import IdempotencyKey, fingerprint, remember, replay_if_known
 from api.longpoll import long_poll
 from api.models import NodeRow
@@ -30,7 +39,7 @@ from api.schemas import (
 )
 from api.services import nodes as service
 from api.services.dataplane import content_etag, credential_document
-from api.services.plans import plan_etag, plan_unless_current
+from api.services.plans import plan_body_unless_current, plan_etag
 from executor.wire.credentials import CredentialDocument
 from executor.wire.heartbeat import Heartbeat
 from executor.wire.profiles import ProfilesPut
@@ -112,7 +121,7 @@ LongPollWait = Annotated[float, Query(ge=0, le=3600, description="long-poll seco
 )
 async def read_plan(
     node: NodeName,
-    me: PollingNode,
+    caller: UnidentifiedNode,
     state: StateDep,
     wait: LongPollWait = 0.0,
     if_none_match: Annotated[str | None, Header()] = None,
@@ -120,13 +129,33 @@ async def read_plan(
     """The node's newest plan; with ``If-None-Match`` of the current ETag, 304, after waiting
     up to ``wait`` seconds for a newer one."""
 
-    async def read() -> tuple[str, Any]:
-        version, plan = await state.db.read(
-            lambda connection: plan_unless_current(
-                session=connection, node_id=me.id, node_name=me.name, if_none_match=if_none_match
-            )
+    def first_read(connection: Connection) -> tuple[Principal | None, tuple[int, bytes | None]]:
+        # The token identified and, if it may, the plan read, in one worker-thread call.
+        principal = caller.identify(connection)
+        if principal is None or not caller.may_read(principal):
+            return principal, (0, None)
+        return principal, read_body(connection, principal)
+
+    def read_body(connection: Connection, me: Principal) -> tuple[int, bytes | None]:
+        return plan_body_unless_current(
+            session=connection,
+            node_id=me.id,
+            node_name=me.name,
+            if_none_match=if_none_match,
+            rendered=state.rendered_plans,
         )
-        return plan_etag(version), None if plan is None else plan.to_dict()
+
+    principal, first = await state.db.read(first_read)
+    me = caller.authorise(principal)
+    pending: tuple[int, bytes | None] | None = first
+
+    async def read() -> tuple[str, bytes | None]:
+        nonlocal pending
+        if pending is None:
+            version, body = await state.db.read(lambda connection: read_body(connection, me))
+        else:
+            (version, body), pending = pending, None
+        return plan_etag(version), body
 
     return await long_poll(state, read=read, wait=wait, if_none_match=if_none_match)
 
