@@ -14,8 +14,9 @@ The rules, all here:
 
 No database call runs on the event loop (see :mod:`api.db`). Each request that needs the
 database gets one transaction (``SessionDep``) under one of the gate's slots: its credentials
-are checked in it, the route's work runs in it (in a worker thread: routes that take a session
-are plain functions), and it commits when the route returns and rolls back on any error; a
+are checked in it (one worker-thread call), the route's work runs in it (a plain function,
+marked :func:`in_one_worker_call`, run with its reply's validation and its commit in a second
+call), and it commits when the route returns and rolls back on any error; a
 concurrent writer's win surfaces as 412, a taken name as 409, a busy database as 503. The admin
 token needs no database at all. The credentials long-poll (``PollingNode``) checks its token in
 a slot of its own and holds none while it waits; the plan long-poll (``UnidentifiedNode``)
@@ -27,13 +28,15 @@ stores during its wait (at most ``config.max_long_poll_s`` after the revocation)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ParamSpec, TypeVar, get_type_hints
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import TypeAdapter
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -94,12 +97,53 @@ async def _session(request: Request) -> AsyncIterator[Session]:
             except BaseException:
                 await run_in_threadpool(_end, session, commit=False)
                 raise
-            await run_in_threadpool(_end, session, commit=True)
+            if session.in_transaction():
+                await run_in_threadpool(_end, session, commit=True)
+            else:
+                # Committed in the route's own worker call (in_one_worker_call): the session
+                # holds no connection, so closing it is bookkeeping, not a database call.
+                session.close()
 
 
 # scope="function": the transaction commits before the response is sent, so a failed commit
 # becomes an error response rather than a 200 for a change that was never stored.
 SessionDep = Annotated[Session, Depends(_session, scope="function")]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def in_one_worker_call(endpoint: Callable[P, T]) -> Callable[P, Awaitable[T]]:
+    """A route that takes ``SessionDep``, run with its reply's validation and its commit in one
+    worker-thread call.
+
+    FastAPI runs a plain route function in a worker thread, then validates what it returned
+    in another (a plain route's reply may read the database), and the session's commit takes
+    a third: three hops between the event loop and the thread pool, each a wait for the GIL
+    when the server is busy. The wrapper is a coroutine to FastAPI (which then validates the
+    already validated reply on the loop, a check of instances), and does all three in one
+    call; the session dependency then finds the transaction over and closes it without a
+    hop. A route that raises commits nothing: the dependency rolls back, as before.
+    """
+    returned = get_type_hints(endpoint).get("return")
+    replies_itself = isinstance(returned, type) and issubclass(returned, Response)
+    reply = None if returned is None or replies_itself else TypeAdapter(returned)
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        result = endpoint(*args, **kwargs)
+        if reply is not None:
+            result = reply.validate_python(result, from_attributes=True)
+        session = kwargs.get("session")
+        if isinstance(session, Session):
+            with commit_errors():
+                session.commit()
+        return result
+
+    @functools.wraps(endpoint)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await run_in_threadpool(call, *args, **kwargs)
+
+    return run
 
 
 def client_address(request: Request) -> str:

@@ -22,6 +22,7 @@ from api.deps import (
     SessionDep,
     StateDep,
     UnidentifiedNode,
+    in_one_worker_call,
 )
 from api.idempotency import IdempotencyKey, fingerprint, remember, replay_if_known
 from api.longpoll import long_poll
@@ -58,6 +59,7 @@ def _created(node: NodeRow, token: str) -> NodeCreated:
     "", status_code=status.HTTP_201_CREATED, tags=["admin"],
     responses=errors(409, s409="the name is taken"),
 )  # fmt: skip
+@in_one_worker_call
 def create_node(
     request: Request,
     data: NodeCreate,
@@ -77,6 +79,7 @@ def create_node(
 
 
 @router.get("", tags=["admin"], responses=NEXT_LINK)
+@in_one_worker_call
 def list_nodes(
     request: Request,
     response: Response,
@@ -100,12 +103,14 @@ def list_nodes(
 
 
 @router.get("/{node}", tags=["admin"])
+@in_one_worker_call
 def read_node(node: NodeName, _: AdminDep, session: SessionDep) -> NodePublic:
     """One node with its devices and its last heartbeat's report."""
     return NodePublic.model_validate(service.get_node_or_raise(session=session, name=node))
 
 
 @router.post("/{node}/token", tags=["admin"])
+@in_one_worker_call
 def rotate_token(node: NodeName, _: AdminDep, session: SessionDep) -> NodeCreated:
     """Issue a new token for the node; the old one is refused from now on."""
     return _created(*service.rotate_token(session=session, name=node))
@@ -193,6 +198,7 @@ async def read_credentials(
     responses=errors(403, s403="another role's token, or SLA counts for a tenant and model "
                      "no recent plan of this node seats (`forbidden`)"),
 )
+@in_one_worker_call
 def heartbeat(
     node: NodeName, data: Heartbeat, me: CurrentNode, session: SessionDep, state: StateDep
 ) -> HeartbeatReply:
@@ -216,6 +222,7 @@ def heartbeat(
     responses=errors(403, s403="another role's token, or a model no recent plan of this node "
                      "seats (`forbidden`)"),
 )
+@in_one_worker_call
 def put_profiles(
     node: NodeName, data: ProfilesPut, me: CurrentNode, session: SessionDep
 ) -> ProfilesStored:
@@ -233,6 +240,7 @@ def put_profiles(
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
+@in_one_worker_call
 def download_artifact(
     node: NodeName, model: PathId, me: CurrentNode, session: SessionDep
 ) -> Response:
