@@ -14,7 +14,11 @@ Three measurements against a real ``gpufair serve`` in a subprocess on loopback:
   together. Reported: latency per kind (reads: p50/p99/max), statuses, 5xx (there must be
   none), the most client requests in flight at once, and the CPU the server and this client
   used per request — which bounds the burst: it cannot drain faster than ``clients`` times
-  the server's CPU per request on one core (the GIL).
+  the server's CPU per request on one core (the GIL). Every open-loop request's timeline
+  (scheduled, written, response head, end) is in the JSON file; the report gives the reads'
+  latencies by window around the solve (before it, while it solves, the 2 s after it stored,
+  later) and the slowest reads, each split into its wait in this client, its wait for the
+  response's head and the body's transfer: where the tail is.
 
 - **Plan reads** — ``GET /v1/nodes/{node}/plan``, the request every node daemon repeats.
   Open-loop: requests are scheduled with exponential gaps at the target rate (seeded), sent
@@ -24,7 +28,8 @@ Three measurements against a real ``gpufair serve`` in a subprocess on loopback:
 - **Solve** — ``POST /v1/allocations`` for T tenants × G GPUs (64 × 64 by default): the
   wall time of the request, snapshot, solve, certificate check and store included.
 
-Results go to ``bench/results/api-mixed-<database>.{json,md}``, ``api-plan.{json,md}`` and
+Results go to ``bench/results/api-mixed-<database>.{json,md}`` (and the open loop's requests
+to ``api-mixed-<database>-timeline.csv``), ``api-plan.{json,md}`` and
 ``api-solve.{json,md}``, each with the command that produced it and the machine it ran on.
 """
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import os
 import random
@@ -677,7 +683,21 @@ def _bench_mixed(args: argparse.Namespace, command: str, workdir: Path) -> dict[
     }
     table = _mixed_table(result)
     _write(f"api-mixed-{database}", result, table, args.out)
+    write_timeline(result, args.out / f"api-mixed-{database}-timeline.csv")
     return result
+
+
+TIMELINE_COLUMNS = ("kind", "status", "scheduled_s", "sent_s", "head_s", "end_s")
+
+
+def write_timeline(result: dict[str, Any], path: Path) -> None:
+    """The open loop's requests, one a line (seconds from its start), beside the results: the
+    JSON file keeps the timeline's summary only (thousands of rows would swamp it)."""
+    requests = result["open_loop"]["timeline"]["requests"]
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(TIMELINE_COLUMNS)
+        writer.writerows([row[column] for column in TIMELINE_COLUMNS] for row in requests)
 
 
 def _mixed_table(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -739,6 +759,15 @@ def _mixed_table(result: dict[str, Any]) -> list[tuple[str, str]]:
     return table
 
 
+def _without_requests(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` without the open loop's per-request rows (:func:`write_timeline`)."""
+    timeline = result.get("open_loop", {}).get("timeline")
+    if timeline is None:
+        return result
+    summary = {key: value for key, value in timeline.items() if key != "requests"}
+    return {**result, "open_loop": {**result["open_loop"], "timeline": summary}}
+
+
 def _timeline_rows(timeline: dict[str, Any], ms: Any) -> list[tuple[str, str]]:
     """The timeline's report: the solve and its wake-ups, reads by window, the slowest reads
     with where their time went (queued in this client before being written, then waiting
@@ -778,7 +807,7 @@ def _timeline_rows(timeline: dict[str, Any], ms: Any) -> list[tuple[str, str]]:
 
 def _write(name: str, result: dict[str, Any], table: list[tuple[str, str]], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(_without_requests(result), indent=2) + "\n")
     lines = [
         f"# {result['title']}",
         "",
