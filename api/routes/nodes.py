@@ -40,7 +40,7 @@ from api.schemas import (
 )
 from api.services import nodes as service
 from api.services.dataplane import content_etag, credential_document
-from api.services.plans import plan_body_unless_current, plan_etag
+from api.services.plans import plan_body_unless_current, plan_etag, plan_version_named
 from executor.wire.credentials import CredentialDocument
 from executor.wire.heartbeat import Heartbeat
 from executor.wire.profiles import ProfilesPut
@@ -153,13 +153,20 @@ async def read_plan(
     principal, first = await state.db.read(first_read)
     me = caller.authorise(principal)
     pending: tuple[int, bytes | None] | None = first
+    held = plan_version_named(if_none_match)
 
     async def read() -> tuple[str, bytes | None]:
         nonlocal pending
-        if pending is None:
-            version, body = await state.db.read(lambda connection: read_body(connection, me))
-        else:
+        if pending is not None:
             (version, body), pending = pending, None
+            return plan_etag(version), body
+        # Held and woken (or rechecking): a plan this process committed since, newer than the
+        # daemon's, is sent as kept; a solve's wake-up then reads nothing for its 100 nodes.
+        if held is not None:
+            kept = state.rendered_plans.newer_than(node_id=me.id, version=held)
+            if kept is not None:
+                return plan_etag(kept[0]), kept[1]
+        version, body = await state.db.read(lambda connection: read_body(connection, me))
         return plan_etag(version), body
 
     return await long_poll(state, read=read, wait=wait, if_none_match=if_none_match)

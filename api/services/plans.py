@@ -58,6 +58,18 @@ def plan_etag(version: int) -> str:
     return f'"plan-{version}"'
 
 
+def plan_version_named(header: str | None) -> int | None:
+    """The version ``If-None-Match`` names when it is one plan ETag (``"plan-N"``, weak or
+    not), else None."""
+    if not header or "," in header:
+        return None
+    tag = header.strip().removeprefix("W/")
+    if not (tag.startswith('"plan-') and tag.endswith('"')):
+        return None
+    number = tag[len('"plan-') : -1]
+    return int(number) if number.isdigit() else None
+
+
 def etag_matches(header: str | None, etag: str) -> bool:
     """RFC 9110 weak comparison of ``If-None-Match`` against ``etag``."""
     if not header:
@@ -252,9 +264,13 @@ class RenderedPlans:
     """Each node's newest plan seen by this process, as the bytes the plan route sends, by
     (node id, version).
 
-    A cache, never the source of truth: the caller reads the node's newest version from the
-    database first and asks for that version only, so a plan another API process stored is
-    never answered with an older one kept here (it is a miss, read and kept in turn). A
+    A cache, never the source of truth: every request reads the node's newest version from
+    the database first and asks for that version only, so a plan another API process stored
+    is never answered with an older one kept here (it is a miss, read and kept in turn). Only
+    a long-poll already held, woken by this process's solve, is answered from here without a
+    read (:meth:`newer_than`): what is kept was committed, and is newer than the plan the
+    daemon has; should another process have stored a newer one still, the daemon's next
+    request reads its version. A
     stored plan never changes and its version — the allocation's id — is never reused, so a
     rendering is right for as long as that version is the node's newest. Version 0 (the empty
     plan before any allocation, built from the node's devices rather than stored) is not kept.
@@ -274,6 +290,17 @@ class RenderedPlans:
                 return None
             self._bodies.move_to_end(node_id)
             return kept[1]
+
+    def newer_than(self, *, node_id: int, version: int) -> tuple[int, bytes] | None:
+        """The node's kept plan (version, body) if it is newer than ``version``: a plan this
+        process saw committed, so one a long-poll held with ``version`` may be sent without
+        asking the database (see :func:`api.routes.nodes.read_plan`)."""
+        with self._lock:
+            kept = self._bodies.get(node_id)
+            if kept is None or kept[0] <= version:
+                return None
+            self._bodies.move_to_end(node_id)
+            return kept
 
     def keep(self, *, node_id: int, version: int, body: bytes) -> None:
         """Keep ``body`` as the node's plan of ``version``, unless a newer one is kept."""

@@ -8,14 +8,17 @@ from typing import Any
 
 import pytest
 import sqlalchemy
+from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 import api.services.plans as plans_service
 from allocator import DevicePlan, ModelReplica, NodePlan, SeatPlan, parse_certificate
+from api.app import create_app
 from api.models import AllocationRow, NodePlanRow, NodeRow
-from api.services.plans import RECENT_PLANS, RenderedPlans
+from api.services.plans import RECENT_PLANS, RenderedPlans, plan_version_named
 from executor.wire.names import InvalidNameError, validate_node_name
-from tests.api.conftest import EMPTY_CERTIFICATE, Api
+from gpufair.compose import api_config
+from tests.api.conftest import EMPTY_CERTIFICATE, Api, make_settings
 from tests.name_cases import NODE_NAMES
 
 
@@ -177,6 +180,46 @@ def test_a_plan_another_process_stored_is_sent_not_the_one_kept(api: Api, db_url
     assert NodePlan.from_dict(woken.json()) == newer
     again = api.client.get("/v1/nodes/n1/plan", headers=api.bearer(token))
     assert again.headers["ETag"] == '"plan-2"' and NodePlan.from_dict(again.json()) == newer
+
+
+def test_a_held_long_poll_woken_by_a_solve_here_sends_its_plan_without_a_read(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-poll held with plan 1 and woken by this process's solve of plan 2 sends plan 2 as
+    the solve rendered it, without asking the database: the 100 long-polls a solve wakes add
+    no query. (Rechecks are turned off here, so the only look after the first read is the
+    wake-up's.)"""
+    monkeypatch.setattr(plans_service, "RECHECK_S", 1000.0)
+    monkeypatch.setattr(plans_service, "WAKE_SPREAD_S", 0.0)
+    settings = make_settings(db_url, max_long_poll_s=20.0)
+    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
+        api = Api(client)
+        token = _solved_node(api)
+        held: dict[str, Any] = {}
+
+        def long_poll() -> None:
+            held["reply"] = client.get(
+                "/v1/nodes/n1/plan?wait=20",
+                headers={**api.bearer(token), "If-None-Match": '"plan-1"'},
+            )
+
+        poller = threading.Thread(target=long_poll)
+        poller.start()
+        time.sleep(0.5)  # its first read done, it waits for the notifier
+        with monkeypatch.context() as patched:
+            patched.setattr(plans_service, "current_version", _no_plan_read)
+            patched.setattr(plans_service, "current_plan", _no_plan_read)
+            assert api.solve()["version"] == 2
+            poller.join(timeout=30)
+    woken = held["reply"]
+    assert woken.status_code == 200 and woken.headers["ETag"] == '"plan-2"', woken.text
+    assert NodePlan.from_dict(woken.json()).version == 2
+
+
+def test_if_none_match_names_a_plan_version_only_when_it_is_one_plan_etag() -> None:
+    assert plan_version_named('"plan-7"') == 7 and plan_version_named('W/"plan-7"') == 7
+    for header in (None, "", "*", '"plan-7", "plan-8"', '"credentials-ab"', '"plan-x"'):
+        assert plan_version_named(header) is None
 
 
 def test_rendered_plans_answer_only_the_version_asked_and_never_go_back() -> None:
