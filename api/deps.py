@@ -14,21 +14,29 @@ The rules, all here:
 
 No database call runs on the event loop (see :mod:`api.db`). Each request that needs the
 database gets one transaction (``SessionDep``) under one of the gate's slots: its credentials
-are checked in it, the route's work runs in it (in a worker thread: routes that take a session
-are plain functions), and it commits when the route returns and rolls back on any error; a
+are checked in it (one worker-thread call), the route's work runs in it (a plain function,
+marked :func:`in_one_worker_call`, run with its reply's validation and its commit in a second
+call), and it commits when the route returns and rolls back on any error; a
 concurrent writer's win surfaces as 412, a taken name as 409, a busy database as 503. The admin
-token needs no database at all. The plan long-poll (``PollingNode``) checks its token in a slot
-of its own and holds none while it waits.
+token needs no database at all. The credentials long-poll (``PollingNode``) checks its token in
+a slot of its own and holds none while it waits; the plan long-poll (``UnidentifiedNode``)
+checks it in its first read's slot and worker-thread call, with the same answers. Either checks
+the token once, when the request arrives: a token revoked while its long-poll is held is
+refused from the daemon's next request on, so a held long-poll may still send the plan a solve
+stores during its wait (at most ``config.max_long_poll_s`` after the revocation).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, ParamSpec, TypeVar, get_type_hints
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import TypeAdapter
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -89,12 +97,53 @@ async def _session(request: Request) -> AsyncIterator[Session]:
             except BaseException:
                 await run_in_threadpool(_end, session, commit=False)
                 raise
-            await run_in_threadpool(_end, session, commit=True)
+            if session.in_transaction():
+                await run_in_threadpool(_end, session, commit=True)
+            else:
+                # Committed in the route's own worker call (in_one_worker_call): the session
+                # holds no connection, so closing it is bookkeeping, not a database call.
+                session.close()
 
 
 # scope="function": the transaction commits before the response is sent, so a failed commit
 # becomes an error response rather than a 200 for a change that was never stored.
 SessionDep = Annotated[Session, Depends(_session, scope="function")]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def in_one_worker_call(endpoint: Callable[P, T]) -> Callable[P, Awaitable[T]]:
+    """A route that takes ``SessionDep``, run with its reply's validation and its commit in one
+    worker-thread call.
+
+    FastAPI runs a plain route function in a worker thread, then validates what it returned
+    in another (a plain route's reply may read the database), and the session's commit takes
+    a third: three hops between the event loop and the thread pool, each a wait for the GIL
+    when the server is busy. The wrapper is a coroutine to FastAPI (which then validates the
+    already validated reply on the loop, a check of instances), and does all three in one
+    call; the session dependency then finds the transaction over and closes it without a
+    hop. A route that raises commits nothing: the dependency rolls back, as before.
+    """
+    returned = get_type_hints(endpoint).get("return")
+    replies_itself = isinstance(returned, type) and issubclass(returned, Response)
+    reply = None if returned is None or replies_itself else TypeAdapter(returned)
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        result = endpoint(*args, **kwargs)
+        if reply is not None:
+            result = reply.validate_python(result, from_attributes=True)
+        session = kwargs.get("session")
+        if isinstance(session, Session):
+            with commit_errors():
+                session.commit()
+        return result
+
+    @functools.wraps(endpoint)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await run_in_threadpool(call, *args, **kwargs)
+
+    return run
 
 
 def client_address(request: Request) -> str:
@@ -191,11 +240,49 @@ async def _polling_node(
     return _own_path(request, _check_role(request, state, principal, "node"))
 
 
+@dataclass(frozen=True)
+class NodeCaller:
+    """A node route's bearer token, not identified yet: the route identifies it in the same
+    worker-thread call as its first read (:meth:`identify`, then :meth:`authorise` on the
+    loop), one hop to a worker thread and one slot instead of two of each. The plan long-poll
+    takes it: after a solve, each of a hundred nodes polls again at once, and each hop is a
+    turn for the GIL and the event loop."""
+
+    request: Request
+    state: AppState
+    token: str
+
+    def identify(self, connection: Session | Connection) -> Principal | None:
+        """Who the token belongs to now (blocking: in the route's worker-thread call)."""
+        return _identify(self.state, self.token)(connection)
+
+    def may_read(self, principal: Principal) -> bool:
+        """Whether :meth:`authorise` will accept ``principal``: the route reads for it only
+        then, in the same call."""
+        return principal.role == "node" and principal.name == self.request.path_params.get("node")
+
+    def authorise(self, principal: Principal | None) -> Principal:
+        """The node, or the same 401, 403 or 404 as :data:`CurrentNode` (on the event loop)."""
+        return _own_path(
+            self.request, _check_role(self.request, self.state, principal, "node")
+        )
+
+
+async def _node_caller(
+    request: Request,
+    state: StateDep,
+    credentials: Annotated[Credentials, Depends(_node_scheme)],
+) -> NodeCaller:
+    return NodeCaller(request, state, _token(request, state, credentials, "node"))
+
+
 AdminDep = Annotated[None, Depends(_admin)]
 CurrentTenant = Annotated[Principal, Depends(_tenant)]
 CurrentNode = Annotated[Principal, Depends(_node)]
 # The node of a route that holds no transaction (the plan long-poll).
 PollingNode = Annotated[Principal, Depends(_polling_node)]
+# The node of a route that identifies it in its own first read (the plan long-poll).
+UnidentifiedNode = Annotated[NodeCaller, Depends(_node_caller)]
 # The tenant of a route that holds no transaction while it works (the artifact upload, whose
 # sandboxed check takes seconds); it opens its own.
 TenantOutsideTransaction = Annotated[Principal, Depends(_tenant_outside_transaction)]

@@ -22,7 +22,8 @@ from fastapi.responses import JSONResponse
 from api.services.plans import etag_matches, recheck_after
 from api.state import AppState
 
-# One read: the document's ETag and its JSON body, or None for the body where the reader saw
+# One read: the document's ETag and its JSON body — a value to encode, or bytes already
+# encoded (a plan's rendering kept by the process) — or None for the body where the reader saw
 # that the caller's If-None-Match already names that ETag (a plan's recheck reads its version
 # only and builds no document it would not send).
 Read = Callable[[], Awaitable[tuple[str, Any | None]]]
@@ -37,6 +38,8 @@ async def long_poll(
     while True:
         etag, body = await read()
         if body is not None and not etag_matches(if_none_match, etag):
+            if isinstance(body, bytes):
+                return Response(body, media_type="application/json", headers={"ETag": etag})
             return JSONResponse(body, headers={"ETag": etag})
         remaining = deadline - loop.time()
         if remaining <= 0:

@@ -64,6 +64,7 @@ class SolveScheduler:
                 options=config.solve_options,
                 objective=config.default_objective,
                 parsed=self.state.parsed_plans,
+                rendered=self.state.rendered_plans,
             )
         # Remember the snapshot read before the solve: a change that raced the solve makes the
         # next tick differ from it and solve again, never the other way round.

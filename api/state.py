@@ -1,5 +1,5 @@
 """What one app instance holds: its configuration, database, metrics, plan notifier, clock, the
-schedule of SLA-sample pruning, and the stored plans it has parsed.
+schedule of SLA-sample pruning, and the stored plans it has parsed and rendered.
 
 Built by the app factory and hung on ``app.state.gpufair``; nothing of it exists at import time,
 so tests build as many apps as they like, each with a configuration and a database of its own.
@@ -21,7 +21,7 @@ from api.db import Database
 from api.metrics import Metrics
 from api.models import utcnow
 from api.ratelimit import FailedCredentials
-from api.services.plans import ParsedPlans, PlanNotifier
+from api.services.plans import ParsedPlans, PlanNotifier, RenderedPlans
 from api.services.sla import PruneSchedule
 
 
@@ -36,6 +36,7 @@ class AppState:
     clock: Callable[[], datetime] = utcnow  # aware UTC
     sla_prune: PruneSchedule = field(default_factory=PruneSchedule)
     parsed_plans: ParsedPlans = field(default_factory=ParsedPlans)
+    rendered_plans: RenderedPlans = field(default_factory=RenderedPlans)
 
 
 def state_of(request: Request) -> AppState:

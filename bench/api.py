@@ -14,7 +14,11 @@ Three measurements against a real ``gpufair serve`` in a subprocess on loopback:
   together. Reported: latency per kind (reads: p50/p99/max), statuses, 5xx (there must be
   none), the most client requests in flight at once, and the CPU the server and this client
   used per request — which bounds the burst: it cannot drain faster than ``clients`` times
-  the server's CPU per request on one core (the GIL).
+  the server's CPU per request on one core (the GIL). Every open-loop request's timeline
+  (scheduled, written, response head, end) is in the JSON file; the report gives the reads'
+  latencies by window around the solve (before it, while it solves, the 2 s after it stored,
+  later) and the slowest reads, each split into its wait in this client, its wait for the
+  response's head and the body's transfer: where the tail is.
 
 - **Plan reads** — ``GET /v1/nodes/{node}/plan``, the request every node daemon repeats.
   Open-loop: requests are scheduled with exponential gaps at the target rate (seeded), sent
@@ -24,7 +28,8 @@ Three measurements against a real ``gpufair serve`` in a subprocess on loopback:
 - **Solve** — ``POST /v1/allocations`` for T tenants × G GPUs (64 × 64 by default): the
   wall time of the request, snapshot, solve, certificate check and store included.
 
-Results go to ``bench/results/api-mixed-<database>.{json,md}``, ``api-plan.{json,md}`` and
+Results go to ``bench/results/api-mixed-<database>.{json,md}`` (and the open loop's requests
+to ``api-mixed-<database>-timeline.csv``), ``api-plan.{json,md}`` and
 ``api-solve.{json,md}``, each with the command that produced it and the machine it ran on.
 """
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import os
 import random
@@ -150,6 +156,8 @@ class _Reply:
     status: int
     etag: str
     body: bytes
+    sent_at: float  # perf_counter when the request was written
+    head_at: float  # perf_counter when the response's status line and headers had arrived
 
 
 class _Connection:
@@ -178,7 +186,9 @@ class _Connection:
         if body or method in ("POST", "PUT", "PATCH"):
             lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        sent_at = time.perf_counter()
         head = await self.reader.readuntil(b"\r\n\r\n")
+        head_at = time.perf_counter()
         status = int(head[9:12])
         length = 0
         etag = ""
@@ -190,7 +200,7 @@ class _Connection:
             elif name == b"etag":
                 etag = value.strip().decode()
         content = await self.reader.readexactly(length) if length else b""
-        return _Reply(status, etag, content)
+        return _Reply(status, etag, content, sent_at, head_at)
 
     def close(self) -> None:
         self.writer.close()
@@ -294,11 +304,14 @@ class _Tally:
         self.latencies: dict[str, list[float]] = {}
         self.statuses: dict[str, dict[int, int]] = {}
         self.errors = 0
+        # One row per request: kind, status, and its scheduled, sent, head and end times.
+        self.timeline: list[tuple[str, int, float, float, float, float]] = []
 
-    def add(self, kind: str, status: int, latency_s: float) -> None:
-        self.latencies.setdefault(kind, []).append(latency_s)
+    def add(self, kind: str, reply: _Reply, scheduled: float, end: float) -> None:
+        self.latencies.setdefault(kind, []).append(end - scheduled)
         counts = self.statuses.setdefault(kind, {})
-        counts[status] = counts.get(status, 0) + 1
+        counts[reply.status] = counts.get(reply.status, 0) + 1
+        self.timeline.append((kind, reply.status, scheduled, reply.sent_at, reply.head_at, end))
 
     def server_errors(self) -> int:
         return sum(n for counts in self.statuses.values() for s, n in counts.items() if s >= 500)
@@ -318,15 +331,15 @@ class _Tally:
 
 async def _one_mixed(
     connection: _Connection, world: _MixedWorld, kind: str, rng: random.Random
-) -> int:
+) -> _Reply:
     nodes = sorted(world.tokens)
     if kind == "GET plan" or kind == "POST heartbeat":
         node = rng.choice(nodes)
         auth = {"Authorization": f"Bearer {world.tokens[node]}"}
         if kind == "GET plan":
-            return (await connection.request("GET", f"/v1/nodes/{node}/plan", auth)).status
+            return await connection.request("GET", f"/v1/nodes/{node}/plan", auth)
         body = json.dumps({"plan_version": 1}).encode()
-        return (await connection.request("POST", f"/v1/nodes/{node}/heartbeat", auth, body)).status
+        return await connection.request("POST", f"/v1/nodes/{node}/heartbeat", auth, body)
     if kind == "PATCH model":
         key, model = rng.choice(world.models)
         auth = {"Authorization": f"Bearer {key}"}
@@ -335,14 +348,14 @@ async def _one_mixed(
         reply = await connection.request("PATCH", f"/v1/models/{model}", headers, body)
         if reply.etag:
             world.etags[model] = reply.etag
-        return reply.status
+        return reply
     auth = {"Authorization": f"Bearer {rng.choice(world.keys)}"}
     path = {
         "GET models": "/v1/models",
         "GET tenant": "/v1/tenants/me",
         "GET allocation": "/v1/allocations/current/me",
     }[kind]
-    return (await connection.request("GET", path, auth)).status
+    return await connection.request("GET", path, auth)
 
 
 async def _poll(
@@ -368,6 +381,7 @@ async def _poll(
             if reply.status == 200:
                 if etag:
                     seen["woken"].add(node)
+                    seen["woken_at"].append(time.perf_counter())
                 etag = reply.etag
     finally:
         connection.close()
@@ -417,7 +431,9 @@ async def _mixed_load(
     kinds = [kind for kind, _ in MIXED_KINDS]
     weights = [weight for _, weight in MIXED_KINDS]
     stop = asyncio.Event()
-    seen: dict[str, Any] = {"held": 0, "max_held": 0, "statuses": {}, "woken": set()}
+    seen: dict[str, Any] = {
+        "held": 0, "max_held": 0, "statuses": {}, "woken": set(), "woken_at": []
+    }
     polls = [
         asyncio.create_task(_poll(host, port, node, world.tokens[node], stop, seen))
         for node in sorted(world.tokens)[:pollers]
@@ -447,7 +463,7 @@ async def _mixed_load(
         connection: _Connection | None = None
         try:
             connection = await connection_for_request()
-            status = await _one_mixed(connection, world, kind, rng)
+            reply = await _one_mixed(connection, world, kind, rng)
         except (OSError, asyncio.IncompleteReadError, ValueError):
             into.errors += 1
             if connection is not None:
@@ -455,7 +471,7 @@ async def _mixed_load(
             return
         finally:
             clients_seen["in_flight"] -= 1
-        into.add(kind, status, time.perf_counter() - scheduled)
+        into.add(kind, reply, scheduled, time.perf_counter())
         idle.append(connection)
 
     # Let every long-poll take its first plan and settle into its wait, and open the clients.
@@ -469,10 +485,12 @@ async def _mixed_load(
         # A new allocation half-way: every held long-poll must wake with its new plan. Sent
         # beside the schedule, not in it: the clients' requests go on while it runs.
         seen["woken"].clear()
+        seen["woken_at"].clear()
         reply = await admin.request(
             "POST", "/v1/allocations", {"Authorization": f"Bearer {ADMIN_TOKEN}"}, b"{}"
         )
         seen["held_at_solve"] = seen["held"]
+        seen["solve_stored_at"] = time.perf_counter()
         return reply
 
     solving: asyncio.Task[_Reply] | None = None
@@ -514,9 +532,13 @@ async def _mixed_load(
     admin.close()
     for connection in idle:
         connection.close()
+    solve_times = (
+        (solve_reply.sent_at, seen["solve_stored_at"]) if solve_reply is not None else None
+    )
     return {
         "open_loop": {
             **tally.summary(),
+            "timeline": _timeline(tally, start, solve_times, seen["woken_at"]),
             "target_rate": rate,
             "sent": len(tasks),
             "achieved_rate": len(tasks) / elapsed,
@@ -541,6 +563,59 @@ async def _mixed_load(
         },
         "solve_status": solve_reply.status if solve_reply is not None else None,
     }
+
+
+# Where the open loop's requests fall, for the report of where its tail is: by when each was
+# scheduled, relative to the half-way solve's request and reply (the reply is when the held
+# long-polls are woken).
+AFTER_SOLVE_WINDOW_S = 2.0
+SLOWEST_SHOWN = 8
+
+
+def _timeline(
+    tally: _Tally,
+    start: float,
+    solve: tuple[float, float] | None,
+    woken_at: list[float],
+) -> dict[str, Any]:
+    """Every request's times (seconds from the open loop's start: scheduled, written, response
+    head, end) and the solve's and wake-ups' times, with the reads' latencies by window."""
+    rows: list[dict[str, Any]] = [
+        {
+            "kind": kind,
+            "status": status,
+            "scheduled_s": round(scheduled - start, 4),
+            "sent_s": round(sent - start, 4),
+            "head_s": round(head - start, 4),
+            "end_s": round(end - start, 4),
+        }
+        for kind, status, scheduled, sent, head, end in sorted(tally.timeline, key=lambda r: r[2])
+    ]
+    result: dict[str, Any] = {"requests": rows}
+    if solve is None:
+        return result
+    sent, stored = (t - start for t in solve)
+    result["solve_sent_s"], result["solve_stored_s"] = round(sent, 4), round(stored, 4)
+    woken = sorted(t - start for t in woken_at)
+    if woken:
+        result["woken_s"] = {"first": round(woken[0], 4), "last": round(woken[-1], 4)}
+    windows = (
+        ("before the solve", float("-inf"), sent),
+        ("while it solves", sent, stored),
+        (f"first {AFTER_SOLVE_WINDOW_S:g} s after it stored", stored,
+         stored + AFTER_SOLVE_WINDOW_S),
+        ("later", stored + AFTER_SOLVE_WINDOW_S, float("inf")),
+    )  # fmt: skip
+    reads = [r for r in rows if r["kind"].startswith("GET")]
+    result["reads_by_window"] = {
+        label: _percentiles([r["end_s"] - r["scheduled_s"] for r in within])
+        for label, low, high in windows
+        if (within := [r for r in reads if low <= r["scheduled_s"] < high])
+    }
+    result["slowest_reads"] = sorted(
+        reads, key=lambda r: r["scheduled_s"] - r["end_s"]
+    )[:SLOWEST_SHOWN]
+    return result
 
 
 def _mixed_world(client: httpx.Client, args: argparse.Namespace) -> _MixedWorld:
@@ -608,7 +683,21 @@ def _bench_mixed(args: argparse.Namespace, command: str, workdir: Path) -> dict[
     }
     table = _mixed_table(result)
     _write(f"api-mixed-{database}", result, table, args.out)
+    write_timeline(result, args.out / f"api-mixed-{database}-timeline.csv")
     return result
+
+
+TIMELINE_COLUMNS = ("kind", "status", "scheduled_s", "sent_s", "head_s", "end_s")
+
+
+def write_timeline(result: dict[str, Any], path: Path) -> None:
+    """The open loop's requests, one a line (seconds from its start), beside the results: the
+    JSON file keeps the timeline's summary only (thousands of rows would swamp it)."""
+    requests = result["open_loop"]["timeline"]["requests"]
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(TIMELINE_COLUMNS)
+        writer.writerows([row[column] for column in TIMELINE_COLUMNS] for row in requests)
 
 
 def _mixed_table(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -650,6 +739,7 @@ def _mixed_table(result: dict[str, Any]) -> list[tuple[str, str]]:
         (f"open loop: {kind}", f"{ms(values)}, statuses {values['statuses']}")
         for kind, values in loop["kinds"].items()
     ]
+    table += _timeline_rows(loop["timeline"], ms)
     table += [
         (
             "burst: requests at once",
@@ -669,9 +759,55 @@ def _mixed_table(result: dict[str, Any]) -> list[tuple[str, str]]:
     return table
 
 
+def _without_requests(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` without the open loop's per-request rows (:func:`write_timeline`)."""
+    timeline = result.get("open_loop", {}).get("timeline")
+    if timeline is None:
+        return result
+    summary = {key: value for key, value in timeline.items() if key != "requests"}
+    return {**result, "open_loop": {**result["open_loop"], "timeline": summary}}
+
+
+def _timeline_rows(timeline: dict[str, Any], ms: Any) -> list[tuple[str, str]]:
+    """The timeline's report: the solve and its wake-ups, reads by window, the slowest reads
+    with where their time went (queued in this client before being written, then waiting
+    for the response's head, then its body). The whole timeline is in the JSON file."""
+    if "solve_sent_s" not in timeline:
+        return []
+    rows = [
+        (
+            "timeline: solve (s from the open loop's start)",
+            f"sent {timeline['solve_sent_s']:.2f}, stored {timeline['solve_stored_s']:.2f}"
+            + (
+                f"; long-polls woken {timeline['woken_s']['first']:.2f}–"
+                f"{timeline['woken_s']['last']:.2f}"
+                if "woken_s" in timeline
+                else ""
+            ),
+        )
+    ]
+    rows += [
+        (f"timeline: reads scheduled {label}", ms(values))
+        for label, values in timeline["reads_by_window"].items()
+    ]
+    stored = timeline["solve_stored_s"]
+    rows += [
+        (
+            f"timeline: slowest read {n}",
+            f"{r['kind']} scheduled {r['scheduled_s'] - stored:+.2f} s from the solve's "
+            f"reply: {1000 * (r['end_s'] - r['scheduled_s']):.0f} ms = "
+            f"{1000 * (r['sent_s'] - r['scheduled_s']):.0f} before it was written + "
+            f"{1000 * (r['head_s'] - r['sent_s']):.0f} to the response's head + "
+            f"{1000 * (r['end_s'] - r['head_s']):.0f} to its end",
+        )
+        for n, r in enumerate(timeline["slowest_reads"], start=1)
+    ]
+    return rows
+
+
 def _write(name: str, result: dict[str, Any], table: list[tuple[str, str]], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(_without_requests(result), indent=2) + "\n")
     lines = [
         f"# {result['title']}",
         "",

@@ -7,7 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Request, Response, status
 
 from allocator import Objective
-from api.deps import AdminDep, CurrentTenant, SessionDep, StateDep, commit_errors
+from api.deps import (
+    AdminDep,
+    CurrentTenant,
+    SessionDep,
+    StateDep,
+    commit_errors,
+    in_one_worker_call,
+)
 from api.idempotency import IdempotencyKey, fingerprint, remember, replay_if_known
 from api.models import AllocationRow
 from api.openapi import errors
@@ -64,6 +71,7 @@ def create_allocation(
             options=config.solve_options,
             objective=objective or config.default_objective,
             parsed=state.parsed_plans,
+            rendered=state.rendered_plans,
         )
     state.metrics.allocation_version.set(row.version)
     state.notifier.notify()
@@ -76,6 +84,7 @@ def create_allocation(
 
 
 @router.get("", tags=["admin"], responses=NEXT_LINK)
+@in_one_worker_call
 def list_allocations(
     request: Request,
     response: Response,
@@ -99,6 +108,7 @@ def list_allocations(
 
 
 @router.get("/current", tags=["admin"], responses=errors(404, s404="no allocation yet"))
+@in_one_worker_call
 def read_current(_: AdminDep, session: SessionDep) -> AllocationPublic:
     """The newest allocation with its certificate and the nodes it has a plan for."""
     return _public(session, service.current_allocation_or_raise(session=session))
@@ -109,6 +119,7 @@ def read_current(_: AdminDep, session: SessionDep) -> AllocationPublic:
     tags=["tenant"],
     responses=errors(404, s404="no allocation yet, or none since the tenant was created"),
 )
+@in_one_worker_call
 def read_current_mine(
     tenant: CurrentTenant, session: SessionDep, state: StateDep
 ) -> TenantAllocation:
@@ -117,6 +128,7 @@ def read_current_mine(
 
 
 @router.get("/{allocation}", tags=["admin"])
+@in_one_worker_call
 def read_allocation(allocation: PathId, _: AdminDep, session: SessionDep) -> AllocationPublic:
     """One stored allocation with its certificate (stored allocations never change)."""
     return _public(
@@ -125,6 +137,7 @@ def read_allocation(allocation: PathId, _: AdminDep, session: SessionDep) -> All
 
 
 @router.get("/{allocation}/diff/{other}", tags=["admin"])
+@in_one_worker_call
 def diff_allocations(
     allocation: PathId, other: PathId, _: AdminDep, session: SessionDep
 ) -> AllocationDiff:

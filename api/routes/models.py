@@ -15,6 +15,7 @@ from api.deps import (
     StateDep,
     TenantOutsideTransaction,
     commit_errors,
+    in_one_worker_call,
 )
 from api.idempotency import IdempotencyKey, fingerprint, remember, replay_if_known
 from api.models import ModelRow
@@ -42,6 +43,7 @@ def _public(session: SessionDep, model: ModelRow, response: Response) -> ModelPu
 @router.post(
     "", status_code=status.HTTP_201_CREATED, responses=errors(409, s409="the name is taken")
 )
+@in_one_worker_call
 def create_model(
     request: Request,
     data: ModelCreate,
@@ -64,6 +66,7 @@ def create_model(
 
 
 @router.get("", responses=NEXT_LINK)
+@in_one_worker_call
 def list_models(
     request: Request,
     response: Response,
@@ -93,6 +96,7 @@ def list_models(
 
 
 @router.get("/{model}")
+@in_one_worker_call
 def read_model(
     model: PathId, tenant: CurrentTenant, session: SessionDep, response: Response
 ) -> ModelPublic:
@@ -102,6 +106,7 @@ def read_model(
 
 
 @router.patch("/{model}", responses=errors(409, 412, 428, s409="the new name is taken"))
+@in_one_worker_call
 def update_model(
     model: PathId,
     data: ModelUpdate,
@@ -121,6 +126,7 @@ def update_model(
 @router.delete(
     "/{model}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(412, 428)
 )
+@in_one_worker_call
 def delete_model(
     model: PathId, tenant: CurrentTenant, session: SessionDep, if_match: IfMatch = None
 ) -> Response:

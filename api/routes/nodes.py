@@ -12,8 +12,18 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from sqlalchemy import Connection
 
-from api.deps import AdminDep, CurrentNode, PollingNode, SessionDep, StateDep
+from api.auth import Principal
+from api.deps import (
+    AdminDep,
+    CurrentNode,
+    PollingNode,
+    SessionDep,
+    StateDep,
+    UnidentifiedNode,
+    in_one_worker_call,
+)
 from api.idempotency import IdempotencyKey, fingerprint, remember, replay_if_known
 from api.longpoll import long_poll
 from api.models import NodeRow
@@ -30,7 +40,7 @@ from api.schemas import (
 )
 from api.services import nodes as service
 from api.services.dataplane import content_etag, credential_document
-from api.services.plans import plan_etag, plan_unless_current
+from api.services.plans import plan_body_unless_current, plan_etag, plan_version_named
 from executor.wire.credentials import CredentialDocument
 from executor.wire.heartbeat import Heartbeat
 from executor.wire.profiles import ProfilesPut
@@ -49,6 +59,7 @@ def _created(node: NodeRow, token: str) -> NodeCreated:
     "", status_code=status.HTTP_201_CREATED, tags=["admin"],
     responses=errors(409, s409="the name is taken"),
 )  # fmt: skip
+@in_one_worker_call
 def create_node(
     request: Request,
     data: NodeCreate,
@@ -68,6 +79,7 @@ def create_node(
 
 
 @router.get("", tags=["admin"], responses=NEXT_LINK)
+@in_one_worker_call
 def list_nodes(
     request: Request,
     response: Response,
@@ -91,12 +103,14 @@ def list_nodes(
 
 
 @router.get("/{node}", tags=["admin"])
+@in_one_worker_call
 def read_node(node: NodeName, _: AdminDep, session: SessionDep) -> NodePublic:
     """One node with its devices and its last heartbeat's report."""
     return NodePublic.model_validate(service.get_node_or_raise(session=session, name=node))
 
 
 @router.post("/{node}/token", tags=["admin"])
+@in_one_worker_call
 def rotate_token(node: NodeName, _: AdminDep, session: SessionDep) -> NodeCreated:
     """Issue a new token for the node; the old one is refused from now on."""
     return _created(*service.rotate_token(session=session, name=node))
@@ -112,7 +126,7 @@ LongPollWait = Annotated[float, Query(ge=0, le=3600, description="long-poll seco
 )
 async def read_plan(
     node: NodeName,
-    me: PollingNode,
+    caller: UnidentifiedNode,
     state: StateDep,
     wait: LongPollWait = 0.0,
     if_none_match: Annotated[str | None, Header()] = None,
@@ -120,13 +134,40 @@ async def read_plan(
     """The node's newest plan; with ``If-None-Match`` of the current ETag, 304, after waiting
     up to ``wait`` seconds for a newer one."""
 
-    async def read() -> tuple[str, Any]:
-        version, plan = await state.db.read(
-            lambda connection: plan_unless_current(
-                session=connection, node_id=me.id, node_name=me.name, if_none_match=if_none_match
-            )
+    def first_read(connection: Connection) -> tuple[Principal | None, tuple[int, bytes | None]]:
+        # The token identified and, if it may, the plan read, in one worker-thread call.
+        principal = caller.identify(connection)
+        if principal is None or not caller.may_read(principal):
+            return principal, (0, None)
+        return principal, read_body(connection, principal)
+
+    def read_body(connection: Connection, me: Principal) -> tuple[int, bytes | None]:
+        return plan_body_unless_current(
+            session=connection,
+            node_id=me.id,
+            node_name=me.name,
+            if_none_match=if_none_match,
+            rendered=state.rendered_plans,
         )
-        return plan_etag(version), None if plan is None else plan.to_dict()
+
+    principal, first = await state.db.read(first_read)
+    me = caller.authorise(principal)
+    pending: tuple[int, bytes | None] | None = first
+    held = plan_version_named(if_none_match)
+
+    async def read() -> tuple[str, bytes | None]:
+        nonlocal pending
+        if pending is not None:
+            (version, body), pending = pending, None
+            return plan_etag(version), body
+        # Held and woken (or rechecking): a plan this process committed since, newer than the
+        # daemon's, is sent as kept; a solve's wake-up then reads nothing for its 100 nodes.
+        if held is not None:
+            kept = state.rendered_plans.newer_than(node_id=me.id, version=held)
+            if kept is not None:
+                return plan_etag(kept[0]), kept[1]
+        version, body = await state.db.read(lambda connection: read_body(connection, me))
+        return plan_etag(version), body
 
     return await long_poll(state, read=read, wait=wait, if_none_match=if_none_match)
 
@@ -164,6 +205,7 @@ async def read_credentials(
     responses=errors(403, s403="another role's token, or SLA counts for a tenant and model "
                      "no recent plan of this node seats (`forbidden`)"),
 )
+@in_one_worker_call
 def heartbeat(
     node: NodeName, data: Heartbeat, me: CurrentNode, session: SessionDep, state: StateDep
 ) -> HeartbeatReply:
@@ -187,6 +229,7 @@ def heartbeat(
     responses=errors(403, s403="another role's token, or a model no recent plan of this node "
                      "seats (`forbidden`)"),
 )
+@in_one_worker_call
 def put_profiles(
     node: NodeName, data: ProfilesPut, me: CurrentNode, session: SessionDep
 ) -> ProfilesStored:
@@ -204,6 +247,7 @@ def put_profiles(
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
+@in_one_worker_call
 def download_artifact(
     node: NodeName, model: PathId, me: CurrentNode, session: SessionDep
 ) -> Response:

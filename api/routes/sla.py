@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import AdminDep, CurrentTenant, SessionDep, StateDep
+from api.deps import AdminDep, CurrentTenant, SessionDep, StateDep, in_one_worker_call
 from api.schemas import SlaHistory
 from api.services import sla as service
 
@@ -30,6 +30,7 @@ Buckets = Annotated[int, Query(ge=1, le=service.MAX_BUCKETS, description="equal 
 
 
 @router.get("", tags=["admin"])
+@in_one_worker_call
 def read_sla(
     _: AdminDep,
     state: StateDep,
@@ -45,6 +46,7 @@ def read_sla(
 
 
 @router.get("/me", tags=["tenant"])
+@in_one_worker_call
 def read_my_sla(
     tenant: CurrentTenant,
     state: StateDep,

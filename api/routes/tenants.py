@@ -8,7 +8,7 @@ from fastapi import APIRouter, BackgroundTasks, Query, Request, Response, status
 from sqlalchemy.orm import Session
 
 from allocator import Criterion
-from api.deps import AdminDep, CurrentTenant, IfMatch, SessionDep, StateDep
+from api.deps import AdminDep, CurrentTenant, IfMatch, SessionDep, StateDep, in_one_worker_call
 from api.idempotency import IdempotencyKey, fingerprint, remember, replay_if_known
 from api.models import ApiKeyRow, TenantRow
 from api.openapi import errors
@@ -53,12 +53,14 @@ def _public(tenant: TenantRow, response: Response) -> TenantPublic:
 
 # Tenant routes first: "/tenants/me" must not be taken for "/tenants/{tenant}".
 @router.get("/me", tags=["tenant"])
+@in_one_worker_call
 def read_me(tenant: CurrentTenant, session: SessionDep, response: Response) -> TenantPublic:
     """The tenant whose key this is; its revision is the ETag a PATCH sends back."""
     return _public(service.get_tenant_or_raise(session=session, tenant_id=tenant.id), response)
 
 
 @router.patch("/me", tags=["tenant"], responses=errors(412, 428))
+@in_one_worker_call
 def update_me(
     data: TenantSelfUpdate,
     tenant: CurrentTenant,
@@ -100,6 +102,7 @@ def _key_page(
 
 
 @router.get("/me/keys", tags=["tenant"], responses=NEXT_LINK)
+@in_one_worker_call
 def list_my_keys(
     request: Request,
     response: Response,
@@ -115,6 +118,7 @@ def list_my_keys(
 
 
 @router.post("/me/keys/rotate", status_code=status.HTTP_201_CREATED, tags=["tenant"])
+@in_one_worker_call
 def rotate_my_key(
     request: Request,
     tenant: CurrentTenant,
@@ -145,6 +149,7 @@ def rotate_my_key(
 @router.delete(
     "/me/keys/{key_id}", tags=["tenant"], responses=errors(409, s409="your last usable key")
 )
+@in_one_worker_call
 def revoke_my_key(
     key_id: PathId,
     tenant: CurrentTenant,
@@ -166,6 +171,7 @@ def revoke_my_key(
     responses=errors(409, s409="a retry with the same Idempotency-Key: the key is not shown "
                      "twice"),
 )  # fmt: skip
+@in_one_worker_call
 def create_inference_key(
     request: Request,
     tenant: CurrentTenant,
@@ -197,6 +203,7 @@ def create_inference_key(
     "", status_code=status.HTTP_201_CREATED, tags=["admin"],
     responses=errors(409, s409="the name is taken"),
 )  # fmt: skip
+@in_one_worker_call
 def create_tenant(
     request: Request,
     data: TenantCreate,
@@ -218,6 +225,7 @@ def create_tenant(
 
 
 @router.get("", tags=["admin"], responses=NEXT_LINK)
+@in_one_worker_call
 def list_tenants(
     request: Request,
     response: Response,
@@ -239,6 +247,7 @@ def list_tenants(
 
 
 @router.get("/{tenant}", tags=["admin"])
+@in_one_worker_call
 def read_tenant(
     tenant: PathId, _: AdminDep, session: SessionDep, response: Response
 ) -> TenantPublic:
@@ -247,6 +256,7 @@ def read_tenant(
 
 
 @router.patch("/{tenant}", tags=["admin"], responses=errors(412, 428))
+@in_one_worker_call
 def update_tenant(
     tenant: PathId,
     data: TenantUpdate,
@@ -264,6 +274,7 @@ def update_tenant(
     "/{tenant}", status_code=status.HTTP_204_NO_CONTENT, tags=["admin"],
     responses=errors(412, 428),
 )  # fmt: skip
+@in_one_worker_call
 def delete_tenant(
     tenant: PathId,
     _: AdminDep,
@@ -280,6 +291,7 @@ def delete_tenant(
 
 
 @router.post("/{tenant}/keys", status_code=status.HTTP_201_CREATED, tags=["admin"])
+@in_one_worker_call
 def issue_key(
     request: Request,
     tenant: PathId,
@@ -307,6 +319,7 @@ def issue_key(
 
 
 @router.get("/{tenant}/keys", tags=["admin"], responses=NEXT_LINK)
+@in_one_worker_call
 def list_keys(
     request: Request,
     response: Response,
@@ -323,6 +336,7 @@ def list_keys(
 
 
 @router.delete("/{tenant}/keys/{key_id}", tags=["admin"])
+@in_one_worker_call
 def revoke_key(
     tenant: PathId,
     key_id: PathId,

@@ -83,7 +83,7 @@ from api.schemas import (
 )
 from api.services.models import upload_reference
 from api.services.nodes import measured_memory
-from api.services.plans import ParsedPlans, empty_plan
+from api.services.plans import ParsedPlans, RenderedPlans, empty_plan, render_plan
 from api.services.solve_lock import solve_lock
 
 log = logging.getLogger(__name__)
@@ -285,10 +285,16 @@ def _unseated(*, session: Session, node_id: int, name: str, version: int) -> Nod
 
 
 def run_solve(
-    *, db: Database, options: SolveOptions, objective: Objective, parsed: ParsedPlans
+    *,
+    db: Database,
+    options: SolveOptions,
+    objective: Objective,
+    parsed: ParsedPlans,
+    rendered: RenderedPlans | None = None,
 ) -> AllocationRow:
     """Solve now under ``objective`` and store the result (the body of ``POST /allocations``);
-    its plans, once committed, are kept in ``parsed`` for the tenants' reads that follow."""
+    its plans, once committed, are kept in ``parsed`` for the tenants' reads that follow, and
+    rendered into ``rendered`` for the nodes' long-polls the new allocation wakes."""
     # Long enough to wait out another solve (which may run past its limit by its checks).
     with solve_lock(db, wait_s=2 * options.time_limit_s + 60):
         with db.session(write=False) as session:
@@ -306,10 +312,11 @@ def run_solve(
             )
         # Parsed back from the stored documents, as a reader would: after the commit, outside
         # SQLite's write lock, and once rather than by each of the first readers at once.
-        parsed.keep(
-            allocation_id=row.id,
-            plans={node_id: NodePlan.from_dict(document) for node_id, document in stored.items()},
-        )
+        kept = {node_id: NodePlan.from_dict(document) for node_id, document in stored.items()}
+        parsed.keep(allocation_id=row.id, plans=kept)
+        if rendered is not None:
+            for node_id, plan in kept.items():
+                rendered.keep(node_id=node_id, version=row.version, body=render_plan(plan))
     log.info(
         "allocation %d stored: %d tenants, %d models, %d devices, solved in %.2f s",
         row.version,

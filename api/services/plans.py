@@ -7,8 +7,11 @@ plan arrives, so a daemon that long-polls from the start needs no special case.
 
 Long-polls wait on :class:`PlanNotifier`, not on a database connection: the request looks at
 its plan's version only when this process stores an allocation or about every ``RECHECK_S``
-(for allocations stored by another API replica sharing the PostgreSQL database), and reads the
-plan itself only when the version moved.
+(for allocations stored by another API replica sharing the PostgreSQL database), and sends a
+plan only when the version moved — the JSON body this process rendered when it stored (or last
+sent) that version (:class:`RenderedPlans`), so the 100 long-polls a solve wakes read one
+integer each rather than a plan to parse and encode; a version this process has not seen is
+read from ``node_plans`` and rendered once.
 
 A stored plan is read back through the format's one parser, ``NodePlan.from_dict``, the one the
 daemon parses it with, so the API never serves or reads a document the executor would refuse.
@@ -17,6 +20,7 @@ daemon parses it with, so the API never serves or reads a document the executor 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
 from collections import OrderedDict
@@ -52,6 +56,18 @@ Seated = tuple[str, str]  # (tenant, model id) as a plan names them
 
 def plan_etag(version: int) -> str:
     return f'"plan-{version}"'
+
+
+def plan_version_named(header: str | None) -> int | None:
+    """The version ``If-None-Match`` names when it is one plan ETag (``"plan-N"``, weak or
+    not), else None."""
+    if not header or "," in header:
+        return None
+    tag = header.strip().removeprefix("W/")
+    if not (tag.startswith('"plan-') and tag.endswith('"')):
+        return None
+    number = tag[len('"plan-') : -1]
+    return int(number) if number.isdigit() else None
 
 
 def etag_matches(header: str | None, etag: str) -> bool:
@@ -115,17 +131,40 @@ def current_version(*, session: Session | Connection, node_id: int) -> int:
     return newest or 0
 
 
-def plan_unless_current(
-    *, session: Session | Connection, node_id: int, node_name: str, if_none_match: str | None
-) -> tuple[int, NodePlan | None]:
-    """The node's newest version and its plan, or None for the plan when ``If-None-Match``
-    already names that version: a held long-poll's recheck reads one integer, and parses a
-    document only when it has one to send."""
-    if if_none_match:
-        version = current_version(session=session, node_id=node_id)
-        if etag_matches(if_none_match, plan_etag(version)):
-            return version, None
-    return current_plan(session=session, node_id=node_id, node_name=node_name)
+def render_plan(plan: NodePlan) -> bytes:
+    """The plan's JSON body as the plan route sends it (the encoding of Starlette's
+    ``JSONResponse``), rendered once per stored plan and kept (:class:`RenderedPlans`)."""
+    return json.dumps(
+        plan.to_dict(), ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
+
+
+def plan_body_unless_current(
+    *,
+    session: Session | Connection,
+    node_id: int,
+    node_name: str,
+    if_none_match: str | None,
+    rendered: RenderedPlans,
+) -> tuple[int, bytes | None]:
+    """The node's newest version and its plan's JSON body, or None for the body when
+    ``If-None-Match`` already names that version.
+
+    The version is read from the database every time (one index-only lookup), and the body
+    comes from ``rendered`` when this process kept that version's rendering: a long-poll woken
+    by a solve then sends its new plan without reading, parsing or encoding it. Only on a miss
+    (another process stored the plan, or it was dropped) is the plan read and rendered, and
+    kept for the next caller."""
+    version = current_version(session=session, node_id=node_id)
+    if if_none_match and etag_matches(if_none_match, plan_etag(version)):
+        return version, None
+    body = rendered.get(node_id=node_id, version=version)
+    if body is not None:
+        return version, body
+    version, plan = current_plan(session=session, node_id=node_id, node_name=node_name)
+    body = render_plan(plan)
+    rendered.keep(node_id=node_id, version=version, body=body)
+    return version, body
 
 
 def recent_seats(
@@ -219,6 +258,62 @@ class ParsedPlans:
                     self._plans[(allocation_id, node_id)] = plan
                 self._trim()
         return {name: found[node_id] for node_id, name in names.items()}
+
+
+class RenderedPlans:
+    """Each node's newest plan seen by this process, as the bytes the plan route sends, by
+    (node id, version).
+
+    A cache, never the source of truth: every request reads the node's newest version from
+    the database first and asks for that version only, so a plan another API process stored
+    is never answered with an older one kept here (it is a miss, read and kept in turn). Only
+    a long-poll already held, woken by this process's solve, is answered from here without a
+    read (:meth:`newer_than`): what is kept was committed, and is newer than the plan the
+    daemon has; should another process have stored a newer one still, the daemon's next
+    request reads its version. A
+    stored plan never changes and its version — the allocation's id — is never reused, so a
+    rendering is right for as long as that version is the node's newest. Version 0 (the empty
+    plan before any allocation, built from the node's devices rather than stored) is not kept.
+    At most ``capacity`` nodes are kept, the least recently used dropped first. Thread-safe:
+    reads run in worker threads, the solve stores from its own.
+    """
+
+    def __init__(self, capacity: int = PARSED_PLANS_KEPT) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._bodies: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
+
+    def get(self, *, node_id: int, version: int) -> bytes | None:
+        with self._lock:
+            kept = self._bodies.get(node_id)
+            if kept is None or kept[0] != version:
+                return None
+            self._bodies.move_to_end(node_id)
+            return kept[1]
+
+    def newer_than(self, *, node_id: int, version: int) -> tuple[int, bytes] | None:
+        """The node's kept plan (version, body) if it is newer than ``version``: a plan this
+        process saw committed, so one a long-poll held with ``version`` may be sent without
+        asking the database (see :func:`api.routes.nodes.read_plan`)."""
+        with self._lock:
+            kept = self._bodies.get(node_id)
+            if kept is None or kept[0] <= version:
+                return None
+            self._bodies.move_to_end(node_id)
+            return kept
+
+    def keep(self, *, node_id: int, version: int, body: bytes) -> None:
+        """Keep ``body`` as the node's plan of ``version``, unless a newer one is kept."""
+        if version <= 0 or self.capacity <= 0:
+            return
+        with self._lock:
+            kept = self._bodies.get(node_id)
+            if kept is not None and kept[0] > version:
+                return
+            self._bodies[node_id] = (version, body)
+            self._bodies.move_to_end(node_id)
+            while len(self._bodies) > self.capacity:
+                self._bodies.popitem(last=False)
 
 
 class PlanNotifier:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Any
 
 import pytest
+import sqlalchemy
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
-from allocator import NodePlan
-from api.services.plans import RECENT_PLANS
+import api.services.plans as plans_service
+from allocator import DevicePlan, ModelReplica, NodePlan, SeatPlan, parse_certificate
+from api.app import create_app
+from api.models import AllocationRow, NodePlanRow, NodeRow
+from api.services.plans import RECENT_PLANS, RenderedPlans, plan_version_named
 from executor.wire.names import InvalidNameError, validate_node_name
-from tests.api.conftest import Api
+from gpufair.compose import api_config
+from tests.api.conftest import EMPTY_CERTIFICATE, Api, make_settings
 from tests.name_cases import NODE_NAMES
 
 
@@ -72,6 +81,163 @@ def test_long_poll_is_bounded_by_settings(api: Api) -> None:
         "/v1/nodes/n1/plan?wait=600", headers={**api.bearer(token), "If-None-Match": '"plan-0"'}
     )
     assert r.status_code == 304 and time.monotonic() - started < 60  # the cap, not wait=600
+
+
+def _solved_node(api: Api) -> str:
+    """A node ``n1`` seated by a solve; its token."""
+    _, key = api.tenant("ads")
+    api.model(key, "ranker", replicas_wanted=1)
+    _, token = api.node("n1", gpus=1)
+    assert api.solve()["version"] == 1
+    return token
+
+
+def _no_plan_read(**_: Any) -> Any:
+    raise AssertionError("the plan was read from the database")
+
+
+def test_a_solved_plan_is_sent_from_its_rendering_without_reading_it(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a solve, a node's plan (what a woken long-poll sends) comes from the rendering the
+    solve kept — no plan read, parse or encoding — and is the document a read of the stored
+    row gives."""
+    token = _solved_node(api)
+    with monkeypatch.context() as patched:
+        patched.setattr(plans_service, "current_plan", _no_plan_read)
+        kept = api.client.get(
+            "/v1/nodes/n1/plan", headers={**api.bearer(token), "If-None-Match": '"plan-0"'}
+        )
+    assert kept.status_code == 200 and kept.headers["ETag"] == '"plan-1"'
+    assert kept.headers["content-type"] == "application/json"
+    stored = NodePlan.from_dict(kept.json())
+    assert stored.version == 1 and stored.replicas()
+    # The same bytes as a plan read from the database and rendered afresh.
+    fresh = api.client.app.state.gpufair  # type: ignore[attr-defined]
+    fresh.rendered_plans = RenderedPlans()
+    read = api.client.get("/v1/nodes/n1/plan", headers=api.bearer(token))
+    assert read.status_code == 200 and read.content == kept.content
+
+
+def test_a_replaced_token_is_refused_though_its_plan_is_kept_rendered(api: Api) -> None:
+    """The rendering is a cache of the plan, not of who may read it: every request still
+    identifies its token in the database, so a rotated token gets 401 at once."""
+    old = _solved_node(api)
+    before = api.client.get("/v1/nodes/n1/plan", headers=api.bearer(old))
+    assert before.status_code == 200
+    new = api.client.post("/v1/nodes/n1/token", headers=api.admin).json()["token"]
+    for wait in ("", "?wait=1"):
+        r = api.client.get(
+            f"/v1/nodes/n1/plan{wait}", headers={**api.bearer(old), "If-None-Match": '"plan-0"'}
+        )
+        assert r.status_code == 401 and "plan" not in r.text, r.text
+    after = api.client.get("/v1/nodes/n1/plan", headers=api.bearer(new))
+    assert after.status_code == 200 and after.content == before.content
+
+
+def _store_newer_plan_elsewhere(url: str, node: str, version: int) -> NodePlan:
+    """What another API process sharing the database does when it stores an allocation: a
+    plan of ``version`` for ``node`` (one model seated), written on a connection of its own."""
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with Session(engine) as session, session.begin():
+            certificate = parse_certificate(EMPTY_CERTIFICATE).model_dump()
+            session.add(AllocationRow(id=version, version=version, objective="utilitarian",
+                                      solve_seconds=0.0, certificate=certificate,
+                                      tenant_ids={}))  # fmt: skip
+            session.flush()
+            node_id = session.scalar(sqlalchemy.select(NodeRow.id).where(NodeRow.name == node))
+            replica = ModelReplica("77", "elsewhere", "zoo:rmc1?scale=0.05&seed=7", 20.0)
+            plan = NodePlan(node, version, version,
+                            (DevicePlan("cuda:0", "gpu", 8, 2, (SeatPlan(0, replica, 2, 1.0),)),))
+            session.add(NodePlanRow(allocation_id=version, node_id=node_id, version=version,
+                                    plan=plan.to_dict()))  # fmt: skip
+    finally:
+        engine.dispose()
+    return plan
+
+
+def test_a_plan_another_process_stored_is_sent_not_the_one_kept(api: Api, db_url: str) -> None:
+    """The kept rendering is looked up by the version the database says is newest: a plan a
+    second API process stored is sent as soon as this one sees its version — to a held
+    long-poll at its next recheck and to any new request — never the older rendering."""
+    token = _solved_node(api)
+    assert api.client.get("/v1/nodes/n1/plan", headers=api.bearer(token)).status_code == 200
+    held: dict[str, Any] = {}
+
+    def long_poll() -> None:
+        held["reply"] = api.client.get(
+            "/v1/nodes/n1/plan?wait=2", headers={**api.bearer(token), "If-None-Match": '"plan-1"'}
+        )
+
+    poller = threading.Thread(target=long_poll)
+    poller.start()
+    time.sleep(0.2)  # the long-poll is held: plan 1 is still the newest
+    newer = _store_newer_plan_elsewhere(db_url, "n1", version=2)
+    poller.join(timeout=30)
+    woken = held["reply"]
+    assert woken.status_code == 200 and woken.headers["ETag"] == '"plan-2"'
+    assert NodePlan.from_dict(woken.json()) == newer
+    again = api.client.get("/v1/nodes/n1/plan", headers=api.bearer(token))
+    assert again.headers["ETag"] == '"plan-2"' and NodePlan.from_dict(again.json()) == newer
+
+
+def test_a_held_long_poll_woken_by_a_solve_here_sends_its_plan_without_a_read(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-poll held with plan 1 and woken by this process's solve of plan 2 sends plan 2 as
+    the solve rendered it, without asking the database: the 100 long-polls a solve wakes add
+    no query. (Rechecks are turned off here, so the only look after the first read is the
+    wake-up's.)"""
+    monkeypatch.setattr(plans_service, "RECHECK_S", 1000.0)
+    monkeypatch.setattr(plans_service, "WAKE_SPREAD_S", 0.0)
+    settings = make_settings(db_url, max_long_poll_s=20.0)
+    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
+        api = Api(client)
+        token = _solved_node(api)
+        held: dict[str, Any] = {}
+
+        def long_poll() -> None:
+            held["reply"] = client.get(
+                "/v1/nodes/n1/plan?wait=20",
+                headers={**api.bearer(token), "If-None-Match": '"plan-1"'},
+            )
+
+        poller = threading.Thread(target=long_poll)
+        poller.start()
+        time.sleep(0.5)  # its first read done, it waits for the notifier
+        with monkeypatch.context() as patched:
+            patched.setattr(plans_service, "current_version", _no_plan_read)
+            patched.setattr(plans_service, "current_plan", _no_plan_read)
+            assert api.solve()["version"] == 2
+            poller.join(timeout=30)
+    woken = held["reply"]
+    assert woken.status_code == 200 and woken.headers["ETag"] == '"plan-2"', woken.text
+    assert NodePlan.from_dict(woken.json()).version == 2
+
+
+def test_if_none_match_names_a_plan_version_only_when_it_is_one_plan_etag() -> None:
+    assert plan_version_named('"plan-7"') == 7 and plan_version_named('W/"plan-7"') == 7
+    for header in (None, "", "*", '"plan-7", "plan-8"', '"credentials-ab"', '"plan-x"'):
+        assert plan_version_named(header) is None
+
+
+def test_rendered_plans_answer_only_the_version_asked_and_never_go_back() -> None:
+    rendered = RenderedPlans(capacity=2)
+    rendered.keep(node_id=1, version=3, body=b"three")
+    assert rendered.get(node_id=1, version=3) == b"three"
+    assert rendered.get(node_id=1, version=4) is None  # a newer version is a miss
+    rendered.keep(node_id=1, version=2, body=b"two")  # a slower reader's older plan
+    assert rendered.get(node_id=1, version=3) == b"three"
+    assert rendered.get(node_id=1, version=2) is None
+    rendered.keep(node_id=9, version=0, body=b"empty")  # version 0 is built, not stored
+    assert rendered.get(node_id=9, version=0) is None
+    rendered.keep(node_id=2, version=3, body=b"n2")
+    rendered.get(node_id=1, version=3)
+    rendered.keep(node_id=3, version=3, body=b"n3")  # over capacity: node 2, least recent, goes
+    assert rendered.get(node_id=2, version=3) is None
+    assert rendered.get(node_id=1, version=3) == b"three"
+    assert rendered.get(node_id=3, version=3) == b"n3"
 
 
 def test_heartbeat_records_the_report(api: Api) -> None:
