@@ -18,7 +18,9 @@ Routes (docs/architecture.md §3.3, docs/executor.md "HTTP"):
   large, 415 other content types or encodings, 429 + ``Retry-After`` when admission control
   refuses it, 503 model not loaded, 504 deadline passed, 500 the model failed; the body of
   every error is ``{"error": message}``, as the protocol has it.
-- ``GET /v1/models/{model}/schema`` — the model's feature schema.
+- ``GET /v1/models/{model}/schema`` — the model's feature schema. It, the protocol's model
+  metadata and model readiness need a key of the model's tenant too (401, 403, as a query): a
+  model's features are its tenant's business.
 - ``GET /healthz`` — plan version and models served (503 until a plan is loaded).
 - ``GET /metrics`` — Prometheus text format.
 
@@ -103,6 +105,11 @@ def answer_error(exc: Exception) -> tuple[JSONResponse, str | None]:
     return _error(status, str(exc), headers), outcome
 
 
+def _credential_of(request: Request) -> str | None:
+    """The sha256 of the bearer key ``request`` presents (executor.credentials), or None."""
+    return presented_digest(request.headers.get("authorization"))
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -162,7 +169,7 @@ def create_front_app(
 
     async def schema(request: Request) -> Response:
         try:
-            info = await engine.model(request.path_params["model"])
+            info = await engine.model(request.path_params["model"], _credential_of(request))
         except SchedulingError as exc:
             return answer_error(exc)[0]
         return JSONResponse(info.schema.to_dict())
@@ -192,7 +199,7 @@ def create_front_app(
             # (executor.credentials); a request counts in a tenant's in-flight bound at this
             # front before the engine is asked only when its key is one the engine accepted
             # for that tenant, so another tenant's key cannot spend the bound (front/budget.py).
-            credential = presented_digest(request.headers.get("authorization"))
+            credential = _credential_of(request)
             try:
                 counted = bounds.claim(model, credential)
             except Overloaded as over:
@@ -262,7 +269,7 @@ def create_front_app(
 
     async def model_metadata(request: Request) -> Response:
         try:
-            info = await engine.model(request.path_params["model"])
+            info = await engine.model(request.path_params["model"], _credential_of(request))
         except SchedulingError as exc:
             return answer_error(exc)[0]
         inputs, outputs = codec.tensor_metadata(info.schema)
@@ -278,7 +285,7 @@ def create_front_app(
 
     async def model_ready(request: Request) -> Response:
         try:
-            info = await engine.model(request.path_params["model"])
+            info = await engine.model(request.path_params["model"], _credential_of(request))
         except SchedulingError as exc:
             return answer_error(exc)[0]
         return JSONResponse({"name": info.model_id, "ready": True})

@@ -181,9 +181,14 @@ class EngineCore:
             "broken": deployment.broken,
         }
 
-    def model(self, model: str) -> tuple[ModelSchema, str, int]:
-        """A served model's schema, its id and the plan version; raise UnknownModel, ..."""
+    def model(self, model: str, credential: str | None = None) -> tuple[ModelSchema, str, int]:
+        """A served model's schema, its id and the plan version, for a key of its tenant only
+        (as a query: a model's features are its tenant's business); raise Unauthenticated,
+        NotPermitted, UnknownModel, ..."""
+        if credential is None:
+            self.credentials.check("", None)  # 401 before the model is even looked up
         group = self.runtime.group(model)
+        self.credentials.check(group.tenant, credential)
         version = self.runtime.plan_version
         if version is None:
             raise ModelUnavailable("no plan is loaded on this node yet")

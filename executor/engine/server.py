@@ -117,7 +117,7 @@ class FrontLink(threading.Thread):
             elif op == "metrics":
                 self._send({"id": key}, core.metrics.render())
             elif op == "model":
-                schema, model_id, version = core.model(header["model"])
+                schema, model_id, version = core.model(header["model"], header.get("credential"))
                 self._send(
                     {"id": key, "schema": schema.to_dict(), "model_id": model_id,
                      "version": version}

@@ -112,7 +112,9 @@ class Engine(Protocol):
     async def health(self) -> dict[str, Any] | None:
         """The ``/healthz`` document, None before the first plan."""
 
-    async def model(self, model: str) -> ModelInfo: ...
+    async def model(self, model: str, credential: str | None) -> ModelInfo:
+        """The model's schema and version, for ``credential`` (the sha256 of the key presented)
+        of its tenant: the engine checks it as it checks a query's."""
 
     async def metrics(self) -> bytes:
         """The Prometheus text of the engine's metrics."""

@@ -86,8 +86,8 @@ class LocalEngine:
     async def health(self) -> dict[str, Any] | None:
         return self._core.health()
 
-    async def model(self, model: str) -> ModelInfo:
-        schema, model_id, version = self._core.model(model)
+    async def model(self, model: str, credential: str | None) -> ModelInfo:
+        schema, model_id, version = self._core.model(model, credential)
         return ModelInfo(model_id, schema, version)
 
     async def metrics(self) -> bytes:

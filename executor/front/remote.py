@@ -217,8 +217,8 @@ class RemoteEngine:
         health: dict[str, Any] | None = header["health"]
         return health
 
-    async def model(self, model: str) -> ModelInfo:
-        header, _ = await self._call({"op": "model", "model": model})
+    async def model(self, model: str, credential: str | None) -> ModelInfo:
+        header, _ = await self._call({"op": "model", "model": model, "credential": credential})
         self._raise_error(header)
         return ModelInfo(
             header["model_id"], ModelSchema.from_dict(header["schema"]), int(header["version"])

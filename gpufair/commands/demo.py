@@ -309,7 +309,8 @@ def _streams(scenario: Scenario, registered: Registered, placements: dict[str, P
                 continue
             url = executor_urls[node]
             schema = ModelSchema.from_dict(_checked(
-                httpx.get(f"{url}/v1/models/{model_id}/schema", timeout=30),
+                httpx.get(f"{url}/v1/models/{model_id}/schema", timeout=30, headers={
+                    "authorization": f"Bearer {registered.tenant_keys[tenant.name]}"}),
                 f"schema of {tenant.model.name} on node {node}"))
             targets.append(Target(url=url, schema=schema, weight=capacity))
         if not targets:

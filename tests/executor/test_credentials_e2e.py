@@ -55,6 +55,16 @@ def test_a_tenants_key_queries_its_own_models_and_no_other_tenants_on_any_daemon
             r = cluster.api.client.post(f"{url}/v1/models/{model}/infer", json={},
                                         headers=other_key)  # fmt: skip
             assert r.status_code == 403
+            # So are the model's schema, its Open Inference Protocol metadata and readiness:
+            # a model's features are its tenant's business.
+            own_key = cluster.api.bearer(cluster.keys[tenant])
+            for path in (f"/v1/models/{model}/schema", f"/v2/models/{model}",
+                         f"/v2/models/{model}/ready"):
+                assert cluster.api.client.get(f"{url}{path}", headers=own_key).status_code == 200
+                assert cluster.api.client.get(f"{url}{path}", headers=other_key).status_code == 403
+                anonymous = cluster.api.client.get(f"{url}{path}")
+                assert anonymous.status_code == 401, path
+                assert anonymous.headers["WWW-Authenticate"] == "Bearer"
 
 
 def test_an_inference_key_works_on_the_data_plane_and_a_revoked_key_stops_within_2_s(

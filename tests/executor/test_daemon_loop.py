@@ -194,7 +194,8 @@ class Daemon(ChildServer):
     def infer(self, model_id: int, seed: int, key: str) -> list[float]:
         """Scores of a random query for the model, sent with the tenant's ``key``."""
         schema = ModelSchema.from_dict(
-            httpx.get(f"{self.url}/v1/models/{model_id}/schema", timeout=10).json()
+            httpx.get(f"{self.url}/v1/models/{model_id}/schema", timeout=10,
+                      headers={"Authorization": f"Bearer {key}"}).json()
         )
         query = schema.random_query(np.random.default_rng(seed), 20)
         r = httpx.post(

@@ -97,9 +97,11 @@ def test_through_the_gateway_a_tenant_reaches_its_models_and_no_other_tenants(
         missing = infer(gateway.url, model, None)
         assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
     assert infer(gateway.url, "999999", cluster.keys["ads"]).status_code == 404
-    # The model's schema comes through too.
-    r = httpx.get(f"{gateway.url}/v1/models/{cluster.models['ads']}/schema", timeout=10)
+    # The model's schema comes through too, for a key of its tenant only.
+    schema = f"{gateway.url}/v1/models/{cluster.models['ads']}/schema"
+    r = httpx.get(schema, timeout=10, headers={"Authorization": f"Bearer {cluster.keys['ads']}"})
     assert r.status_code == 200 and r.json() == FAKE_SCHEMA.to_dict()
+    assert httpx.get(schema, timeout=10).status_code == 401
 
 
 @dataclass
