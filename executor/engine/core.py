@@ -30,6 +30,7 @@ Every outcome is counted here, once, wherever the front runs.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -100,10 +101,7 @@ class EngineCore:
         UnknownModel, ModelUnavailable or Overloaded (counted as rejected). ``schema_key``: the
         schema a front parsed the query with (a presumed request): ModelUnavailable (not
         counted) when the replica's is another."""
-        if credential is None:
-            self.credentials.check("", None)  # 401 before the model is even looked up
-        group = self.runtime.route(model)
-        self.credentials.check(group.tenant, credential)
+        group = self._keyed(self.runtime.route, model, credential)
         if schema_key is not None and Admission(group, arrival, arrival).schema_key != schema_key:
             raise ModelUnavailable(
                 f"model {model!r} is served with another schema since this front last asked; "
@@ -181,14 +179,23 @@ class EngineCore:
             "broken": deployment.broken,
         }
 
+    def _keyed(
+        self, lookup: Callable[[str], SessionGroup], model: str, credential: str | None
+    ) -> SessionGroup:
+        """``lookup(model)`` for a key of the model's tenant: 401 without a key before the
+        model is even looked up (so a caller without one learns nothing of it), 403 for a key
+        of anyone else."""
+        if credential is None:
+            self.credentials.check("", None)
+        group = lookup(model)
+        self.credentials.check(group.tenant, credential)
+        return group
+
     def model(self, model: str, credential: str | None = None) -> tuple[ModelSchema, str, int]:
         """A served model's schema, its id and the plan version, for a key of its tenant only
         (as a query: a model's features are its tenant's business); raise Unauthenticated,
         NotPermitted, UnknownModel, ..."""
-        if credential is None:
-            self.credentials.check("", None)  # 401 before the model is even looked up
-        group = self.runtime.group(model)
-        self.credentials.check(group.tenant, credential)
+        group = self._keyed(self.runtime.group, model, credential)
         version = self.runtime.plan_version
         if version is None:
             raise ModelUnavailable("no plan is loaded on this node yet")
