@@ -1,6 +1,10 @@
 """Prometheus metrics of one app instance (``GET /metrics``) and the middleware that counts.
 
 Each app gets its own registry, so tests can build many apps without clashing collectors.
+Under ``gpufair serve --workers N`` the port is served by N processes and a scrape reaches one
+of them, so the processes keep their values in prometheus_client's multiprocess files
+(``PROMETHEUS_MULTIPROC_DIR``, a fresh directory ``gpufair serve`` makes for the run) and
+``/metrics`` answers the sum over all of them (the allocation version: their maximum).
 Every label has a bounded set of values, whatever callers send: requests are labelled by the
 route's handler name (``read_plan``, or ``unmatched`` for any path no route takes), never by raw
 path, which would give one series per node or model, and by method only among the methods
@@ -9,11 +13,16 @@ HTTP defines (``other`` for any made-up one).
 
 from __future__ import annotations
 
+import os
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# Where prometheus_client keeps each process's values when several processes serve one port;
+# read by prometheus_client itself when it is imported, so it is set before the processes start.
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -47,7 +56,18 @@ class Metrics:
             "gpufair_allocation_version",
             "Version of the newest allocation this instance stored",
             registry=self.registry,
+            multiprocess_mode="max",
         )
+
+    def exposition(self) -> bytes:
+        """The text ``GET /metrics`` sends: this app's registry, or, where the values live in
+        multiprocess files, every process's values combined."""
+        directory = os.environ.get(MULTIPROCESS_DIR_ENV)
+        if not directory:
+            return generate_latest(self.registry)
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined, path=directory)
+        return generate_latest(combined)
 
 
 class MetricsMiddleware:

@@ -1,6 +1,8 @@
 """``gpufair bench api``: the control plane's latency where it matters (docs/architecture.md §5).
 
-Three measurements against a real ``gpufair serve`` in a subprocess on loopback:
+Three measurements against a real ``gpufair serve`` in a subprocess on loopback, served by
+``--workers`` processes (default: one per core of this machine, the deployment
+docs/operations.md advises; the CPU figures are the server's processes together):
 
 - **Mixed load** — ``--clients`` (400) client connections and ``--pollers`` (100) nodes, each
   holding a plan long-poll (``?wait=20`` with ``If-None-Match``) the whole time: 500
@@ -14,8 +16,9 @@ Three measurements against a real ``gpufair serve`` in a subprocess on loopback:
   together. Reported: latency per kind (reads: p50/p99/max), statuses, 5xx (there must be
   none), the most client requests in flight at once, and the CPU the server and this client
   used per request — which bounds the burst: it cannot drain faster than ``clients`` times
-  the server's CPU per request on one core (the GIL). Every open-loop request's timeline
-  (scheduled, written, response head, end) is in the JSON file; the report gives the reads'
+  the server's CPU per request, spread over at most one core per server process (the GIL).
+  Every open-loop request's timeline (scheduled, written, response head, end) is in the JSON
+  file; the report gives the reads'
   latencies by window around the solve (before it, while it solves, the 2 s after it stored,
   later) and the slowest reads, each split into its wait in this client, its wait for the
   response's head and the body's transfer: where the tail is.
@@ -52,7 +55,7 @@ from typing import Any
 
 import httpx
 
-from bench.machine import describe_machine, load_average, process_cpu_seconds, this_machine
+from bench.machine import describe_machine, load_average, process_tree_cpu_seconds, this_machine
 from gpufair.servers import ChildServer
 
 ADMIN_TOKEN = "bench-admin-token-7f3a9c"
@@ -61,8 +64,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 STARTUP_TIMEOUT_S = 60.0
 
 
-def _serve(database_url: str, workdir: Path, name: str) -> ChildServer:
-    """``gpufair serve`` in a child process on a database of its own (not started yet)."""
+def _serve(database_url: str, workdir: Path, name: str, workers: int) -> ChildServer:
+    """``gpufair serve --workers`` in a child process on a database of its own (not started
+    yet)."""
     env = {
         **os.environ,
         "GPUFAIR_DATABASE_URL": database_url,
@@ -73,7 +77,7 @@ def _serve(database_url: str, workdir: Path, name: str) -> ChildServer:
     env.pop("GPUFAIR_CONFIG", None)
     return ChildServer(
         f"gpufair serve ({name})",
-        ["serve", "--no-access-log", "--log-level", "warning"],
+        ["serve", "--no-access-log", "--log-level", "warning", "--workers", str(workers)],
         log_path=workdir / f"serve-{name}.log",
         env=env,
         cwd=workdir,
@@ -396,7 +400,7 @@ class _CpuClock:
         self.started = self._now()
 
     def _now(self) -> tuple[float, float]:
-        return process_cpu_seconds(self.server_pid) or 0.0, time.process_time()
+        return process_tree_cpu_seconds(self.server_pid) or 0.0, time.process_time()
 
     def restart(self) -> None:
         self.started = self._now()
@@ -648,7 +652,7 @@ def _bench_mixed(args: argparse.Namespace, command: str, workdir: Path) -> dict[
 
         migrations.upgrade(url)
     database = url.split(":")[0].split("+")[0]
-    with _serve(url, workdir, "mixed") as server:
+    with _serve(url, workdir, "mixed", args.workers) as server:
         server.wait_healthy(STARTUP_TIMEOUT_S)
         with httpx.Client(base_url=server.url, timeout=120) as client:
             world = _mixed_world(client, args)
@@ -677,6 +681,7 @@ def _bench_mixed(args: argparse.Namespace, command: str, workdir: Path) -> dict[
         "command": command,
         "machine": machine,
         "database": database,
+        "workers": args.workers,
         "tenants": args.mixed_tenants,
         "mix": dict(MIXED_KINDS),
         **load,
@@ -815,7 +820,7 @@ def _write(name: str, result: dict[str, Any], table: list[tuple[str, str]], out:
         "",
         describe_machine(result["machine"]),
         "",
-        f"Database: {result['database']}.",
+        f"Database: {result['database']}; `gpufair serve --workers {result['workers']}`.",
         "",
         "| measure | value |",
         "|---|---|",
@@ -843,6 +848,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-mixed", action="store_true")
     p.add_argument("--database-url", help="an empty database (default: SQLite in a temp dir)")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="API processes (gpufair serve --workers; default: this machine's cores, one per "
+        "core as docs/operations.md advises)",
+    )
+    p.add_argument(
         "--criteria",
         default="prop_alpha,ef1,efm,prop1",
         help="fairness criteria of the solve benchmark's tenants, assigned round robin",
@@ -858,7 +870,7 @@ def _bench_plan(args: argparse.Namespace, command: str, workdir: Path) -> dict[s
         import migrations
 
         migrations.upgrade(url)
-    with _serve(url, workdir, "plan") as server:
+    with _serve(url, workdir, "plan", args.workers) as server:
         server.wait_healthy(STARTUP_TIMEOUT_S)
         with httpx.Client(base_url=server.url, timeout=120) as client:
             # The plan read does not depend on the criteria; EF1 is one the allocator always
@@ -898,6 +910,7 @@ def _bench_plan(args: argparse.Namespace, command: str, workdir: Path) -> dict[s
         "command": command,
         "machine": this_machine(),
         "database": url.split(":")[0],
+        "workers": args.workers,
         "nodes": args.nodes,
         "tenants": args.tenants,
         "phases": phases,
@@ -914,7 +927,7 @@ def _bench_plan(args: argparse.Namespace, command: str, workdir: Path) -> dict[s
 
 def _bench_solve(args: argparse.Namespace, command: str, workdir: Path) -> dict[str, Any]:
     url = f"sqlite:///{workdir / 'solve.db'}" if not args.database_url else args.database_url
-    with _serve(url, workdir, "solve") as server:
+    with _serve(url, workdir, "solve", args.workers) as server:
         server.wait_healthy(STARTUP_TIMEOUT_S)
         with httpx.Client(base_url=server.url, timeout=600) as client:
             _populate(
@@ -935,6 +948,7 @@ def _bench_solve(args: argparse.Namespace, command: str, workdir: Path) -> dict[
         "command": command,
         "machine": this_machine(),
         "database": url.split(":")[0],
+        "workers": args.workers,
         "status": r.status_code,
         "wall_s": wall,
         "solve_s": body.get("solve_seconds"),
@@ -948,7 +962,7 @@ def _bench_solve(args: argparse.Namespace, command: str, workdir: Path) -> dict[
     table = [
         (k, f"{v:.3f}" if isinstance(v, float) else str(v))
         for k, v in result.items()
-        if k not in ("title", "command", "machine", "database")
+        if k not in ("title", "command", "machine", "database", "workers")
     ]
     _write("api-solve", result, table, args.out)
     return result

@@ -43,6 +43,29 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds the process ``pid`` and its live descendants have used so far (a server
+    that serves from worker processes), or None off Linux."""
+    own = process_cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(process_tree_cpu_seconds(child) or 0.0 for child in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+    children: list[int] = []
+    for task in tasks:
+        try:
+            children += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children
+
+
 def this_machine(packages: Sequence[str] = ()) -> dict[str, Any]:
     """This machine, with the installed versions of ``packages`` (a missing one is left out)
     and the load average now as ``load_average_start``."""

@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "run a benchmark: allocator, serve or api"),
 }
 
+# Every command's log lines, and those of the processes `gpufair serve --workers` starts.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # The exit status of a command killed by SIGPIPE, as a shell reports it.
 BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE
 
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     module = importlib.import_module(f"gpufair.commands.{COMMANDS[name][0]}")

@@ -67,6 +67,9 @@ class DatabaseSettings(_Section):
 class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    # API processes serving the port (`gpufair serve --workers`): one Python process spends a
+    # core at most, so a busy control plane on PostgreSQL wants one per core.
+    workers: int = Field(default=1, ge=1, le=64)
     # Bearer token for admin routes. The development default is refused unless dev_mode is on.
     admin_token: str = DEVELOPMENT_ADMIN_TOKEN
     # Development mode accepts the default admin token and upgrades an empty SQLite on start.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from sqlalchemy import Connection, text
 
@@ -65,4 +65,4 @@ async def readyz(state: StateDep) -> Readiness:
 )
 def metrics(state: StateDep) -> Response:
     """The API's Prometheus metrics (requests by method, route and status; solves)."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

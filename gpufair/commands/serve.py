@@ -4,6 +4,15 @@ Before serving, the schema must be at the code's head revision: an empty SQLite 
 upgraded on first start in development mode; anything else behind makes the command stop with
 one line naming ``gpufair db upgrade``. Outside development mode the development admin token is
 refused, so a deployment cannot start open to anyone who read the docs.
+
+With ``--workers N`` (settings ``api.workers``) N processes serve the one port, each an app of
+its own over the shared database: one Python process spends at most a core (the GIL), so a
+control plane on PostgreSQL serves about N times the requests on N cores. What the processes
+share lives in the database (allocations, the solve lock, idempotency keys); what each keeps
+for itself is a cache or a counter: its rendered plans (checked against the stored version on
+every request), its failed-credential counts (the limit applies per process), and its metrics,
+which ``/metrics`` combines over all of them (:mod:`api.metrics`). A plan one process stores
+wakes the long-polls the others hold within a second (:mod:`api.services.plans`).
 """
 
 from __future__ import annotations
@@ -11,15 +20,27 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
+import shutil
 import sys
+import tempfile
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.errors import SchemaNotReady
+from api.metrics import MULTIPROCESS_DIR_ENV
+from gpufair.cli import LOG_FORMAT
 from gpufair.compose import api_config
 from gpufair.settings import SettingsError, load_settings
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from api.config import ApiConfig
+
 log = logging.getLogger(__name__)
+MAX_WORKERS = 64
 # Alembic announces each of its plugins at INFO; only its migration steps are worth a line.
 logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
@@ -74,16 +95,27 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     parser.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="API processes serving the port (default: settings api.workers, 1); one per core "
+        "for a busy control plane on PostgreSQL",
+    )
     return parser
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = api_config(load_settings())
+        settings = load_settings()
     except SettingsError as exc:
         sys.stderr.write(f"gpufair serve: {exc}\n")
         return 1
+    config = api_config(settings)
+    workers = settings.api.workers if args.workers is None else args.workers
+    if not 1 <= workers <= MAX_WORKERS:
+        sys.stderr.write(f"gpufair serve: --workers must be 1 to {MAX_WORKERS}, got {workers}\n")
+        return 2
     development_token = config.admin_token == config.development_admin_token
     if development_token and not config.dev_mode:
         sys.stderr.write(
@@ -93,7 +125,7 @@ def main(argv: list[str]) -> int:
         return 1
     import uvicorn
 
-    from api.app import create_app, ensure_schema
+    from api.app import ensure_schema
 
     try:
         ensure_schema(config)
@@ -112,16 +144,71 @@ def main(argv: list[str]) -> int:
     # A line each, the address last, so a terminal's link detection takes it whole.
     print(f"gpufair serve: dashboard {sign_in}", flush=True)
     print(f"gpufair serve: API docs {base_url}/docs", flush=True)
+    served: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": args.log_level,
+        "access_log": not args.no_access_log,
+        # No "server: uvicorn" banner: what runs behind the API is nobody's business.
+        "server_header": False,
+    }
+    if workers > 1:
+        _serve_in_processes(workers, served)
+        return 0
+    uvicorn.run(serving_app(config), **served)
+    return 0
+
+
+def serving_app(config: ApiConfig) -> FastAPI:
+    """The app one serving process runs, its start-up objects frozen and its GIL turns short."""
+    from api.app import create_app
+
     app = create_app(config)
     freeze_startup_objects()
     shorten_gil_turns()
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=args.log_level,
-        access_log=not args.no_access_log,
-        # No "server: uvicorn" banner: what runs behind the API is nobody's business.
-        server_header=False,
-    )
-    return 0
+    return app
+
+
+def worker_app() -> FastAPI:
+    """The app factory each of ``--workers`` processes calls: the settings read again from the
+    same environment and configuration file as the parent, which checked them and the schema."""
+    return serving_app(api_config(load_settings()))
+
+
+def _serve_in_processes(workers: int, served: dict[str, Any]) -> None:
+    """Serve the port from ``workers`` processes, their metrics in a fresh directory they
+    share (removed when they stop), their log lines formatted like this process's."""
+    import uvicorn
+
+    metrics_dir = tempfile.mkdtemp(prefix="gpufair-metrics-")
+    os.environ[MULTIPROCESS_DIR_ENV] = metrics_dir
+    log.info("serving with %d processes", workers)
+    try:
+        uvicorn.run(
+            f"{__name__}:worker_app",
+            factory=True,
+            workers=workers,
+            log_config=_worker_logging(),
+            **served,
+        )
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _worker_logging() -> dict[str, Any]:
+    """The logging this process was given (gpufair.cli), as the configuration uvicorn applies
+    in each worker process, which starts with none."""
+    root = logging.getLogger()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"gpufair": {"format": LOG_FORMAT}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "gpufair",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"level": logging.getLevelName(root.level), "handlers": ["stderr"]},
+    }
