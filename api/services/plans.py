@@ -342,6 +342,7 @@ class PlanNotifier:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
         self._generation = 0
+        self._stored_here = 0
 
     @property
     def generation(self) -> int:
@@ -383,11 +384,25 @@ class PlanNotifier:
         if event is not None:
             event.set()
 
-    def notify(self) -> None:
+    @property
+    def stored_here(self) -> int:
+        """The newest allocation this process stored and woke its long-polls for (0: none)."""
         with self._lock:
+            return self._stored_here
+
+    def notify(self, *, allocation_id: int | None = None) -> None:
+        """Wake every waiter, from any thread; ``allocation_id`` names the allocation this
+        process just stored and committed, so that its :class:`StoredPlanWatcher`, seeing it,
+        does not wake them a second time for it."""
+        with self._lock:
+            if allocation_id is not None:
+                self._stored_here = max(self._stored_here, allocation_id)
             loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self.wake)
+            if loop is None or loop.is_closed():
+                # No waiter to wake; a read under way on a loop still to come sees it.
+                self._generation += 1
+                return
+        loop.call_soon_threadsafe(self.wake)
 
 
 def newest_allocation_id(connection: Connection) -> int:
@@ -411,7 +426,9 @@ class StoredPlanWatcher:
     long-poll runs no background query; :meth:`stop` cancels it at shutdown. Its last stamp is
     kept across such runs: a look that finds it unchanged proves nothing was stored since the
     previous look, before the reads of the waiters present — and the first look of the app,
-    having nothing to compare with, wakes them. A failed look is logged and tried again a
+    having nothing to compare with, wakes them. A new stamp that is the allocation this process
+    stored itself wakes nobody: its solve woke them already (:meth:`PlanNotifier.notify`). A
+    failed look is logged and tried again a
     period later; the waiters still end at their deadline (read once more, then 304). One
     event loop per app, as for the notifier.
     """
@@ -451,7 +468,11 @@ class StoredPlanWatcher:
                     continue
                 if stamp != self._stamp:
                     self._stamp = stamp
-                    self._notifier.wake()
+                    # This process's own newest allocation woke the long-polls when it stored
+                    # it (newer_than sends its plan without a read); another wake-up would
+                    # have each of them read its version once more, a second after a solve.
+                    if stamp != self._notifier.stored_here:
+                        self._notifier.wake()
         finally:
             # Nothing awaited since the last count of waiters: a waiter that came after it
             # sees no task and starts one.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -334,6 +335,39 @@ def test_a_failed_look_for_stored_plans_is_logged_and_tried_again(
     assert "could not look for stored plans" in caplog.text
 
 
+def test_the_watcher_does_not_wake_the_long_polls_again_for_a_solve_here(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher's look that finds this process's own new allocation wakes nobody: its solve
+    woke the held long-polls already, and a second wake-up would have each of the re-held ones
+    read its version again a second after every solve."""
+    monkeypatch.setattr(plans_service, "WAKE_SPREAD_S", 0.0)
+    versions_read: list[int] = []
+    current_version = plans_service.current_version
+
+    def counted(**arguments: Any) -> int:
+        versions_read.append(arguments["node_id"])
+        return current_version(**arguments)
+
+    monkeypatch.setattr(plans_service, "current_version", counted)
+    settings = make_settings(db_url, max_long_poll_s=20.0)
+    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
+        api = Api(client)
+        token = _solved_node(api)
+        pollers, replies = _hold_plan_long_polls(client, {"n1": token}, wait=20.0, etag='"plan-1"')
+        time.sleep(1.5)  # held, and the watcher has looked once
+        assert api.solve()["version"] == 2
+        pollers[0].join(timeout=30)
+        assert replies[0].headers["ETag"] == '"plan-2"'
+        held_since = len(versions_read)
+        pollers, replies = _hold_plan_long_polls(client, {"n1": token}, wait=4.0, etag='"plan-2"')
+        time.sleep(3.0)  # the watcher looks and sees allocation 2; the deadline is not yet
+        read_while_held = len(versions_read) - held_since
+        pollers[0].join(timeout=30)
+    assert replies[0].status_code == 304
+    assert read_while_held == 1, f"{read_while_held} reads: the first, and wake-ups' after it"
+
+
 def test_the_watcher_ends_with_the_last_held_plan_long_poll(db_url: str) -> None:
     """Once no plan long-poll waits, the app sends the database nothing: the watcher of stored
     plans runs only while one does."""
@@ -359,17 +393,24 @@ def test_a_wake_up_during_a_read_ends_the_wait_that_follows_at_once(
     it would otherwise wait until the next wake-up or its deadline — a plan long-poll has no
     recheck of its own to catch it."""
     monkeypatch.setattr(plans_service, "WAKE_SPREAD_S", 0.0)
-    notifier = plans_service.PlanNotifier()
 
-    async def waited() -> float:
+    async def waited(wake: Callable[[plans_service.PlanNotifier], Awaitable[None]]) -> float:
+        notifier = plans_service.PlanNotifier()
         loop = asyncio.get_running_loop()
         since = notifier.generation
-        notifier.wake()  # while "reading"
+        await wake(notifier)  # while "reading"
         started = loop.time()
         await notifier.wait(10.0, since=since)
         return loop.time() - started
 
-    assert asyncio.run(waited()) < 1.0
+    async def on_the_loop(notifier: plans_service.PlanNotifier) -> None:
+        notifier.wake()
+
+    async def from_a_solve_before_anything_waited(notifier: plans_service.PlanNotifier) -> None:
+        await asyncio.to_thread(notifier.notify, allocation_id=1)
+
+    assert asyncio.run(waited(on_the_loop)) < 1.0
+    assert asyncio.run(waited(from_a_solve_before_anything_waited)) < 1.0
 
 
 def test_if_none_match_names_a_plan_version_only_when_it_is_one_plan_etag() -> None:
