@@ -63,6 +63,7 @@ def create_app(config: ApiConfig) -> FastAPI:
         yield
         if scheduler is not None:
             await scheduler.stop()
+        await app.state.gpufair.plan_watcher.stop()
         db.dispose()
 
     app = FastAPI(

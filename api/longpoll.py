@@ -5,9 +5,16 @@ and the routing table.
 seconds (at most ``config.max_long_poll_s``) for a different document, and 200 with the
 document as soon as it differs. The wait holds no database connection, slot or worker thread:
 it awaits the process's notifier (:class:`api.services.plans.PlanNotifier`, woken when this
-process stores an allocation or changes a key) or about ``RECHECK_S`` (spread, so that waits
-begun together do not recheck together), whichever comes first, and each read takes a slot of
-the database gate for its queries (:mod:`api.db`).
+process stores an allocation or changes a key, and when its
+:class:`~api.services.plans.StoredPlanWatcher` sees plans another process stored), and each
+read takes a slot of the database gate for its queries (:mod:`api.db`).
+
+Two kinds of wait. A plan changes only when an allocation is stored, which the watcher notices
+for all plan long-polls with one query a period, so a plan long-poll waits for a wake-up only,
+until its deadline. The credential document and the routing table also change with time (a
+key expires) and with writes the watcher does not look for, so their long-polls recheck on
+their own about every ``RECHECK_S`` (spread, so that waits begun together do not recheck
+together).
 """
 
 from __future__ import annotations
@@ -30,12 +37,18 @@ Read = Callable[[], Awaitable[tuple[str, Any | None]]]
 
 
 async def long_poll(
-    state: AppState, *, read: Read, wait: float, if_none_match: str | None
+    state: AppState, *, read: Read, wait: float, if_none_match: str | None, rechecks: bool
 ) -> Response:
-    """The document ``read`` returns, or 304 once ``wait`` passed with it unchanged."""
+    """The document ``read`` returns, or 304 once ``wait`` passed with it unchanged.
+
+    With ``rechecks`` the waiter reads again about every ``RECHECK_S`` even if nothing woke
+    it; without, only when woken (a plan long-poll: the app's stored-plan watcher runs while it
+    waits) and once more at its deadline."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(wait, state.config.max_long_poll_s)
     while True:
+        # Noted before the read: a wake-up during it may announce what it missed.
+        since = state.notifier.generation
         etag, body = await read()
         if body is not None and not etag_matches(if_none_match, etag):
             if isinstance(body, bytes):
@@ -44,4 +57,8 @@ async def long_poll(
         remaining = deadline - loop.time()
         if remaining <= 0:
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-        await state.notifier.wait(min(remaining, recheck_after()))
+        if rechecks:
+            await state.notifier.wait(min(remaining, recheck_after()), since=since)
+        else:
+            with state.plan_watcher.waiting():
+                await state.notifier.wait(remaining, since=since)

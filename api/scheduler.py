@@ -70,7 +70,7 @@ class SolveScheduler:
         # next tick differ from it and solve again, never the other way round.
         self._last_solved = snapshot
         self.state.metrics.allocation_version.set(row.version)
-        self.state.notifier.notify()
+        self.state.notifier.notify(allocation_id=row.id)
         log.info("scheduled solve stored allocation %d", row.version)
         return row
 

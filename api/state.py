@@ -1,5 +1,6 @@
-"""What one app instance holds: its configuration, database, metrics, plan notifier, clock, the
-schedule of SLA-sample pruning, and the stored plans it has parsed and rendered.
+"""What one app instance holds: its configuration, database, metrics, plan notifier and the
+watcher of stored plans that wakes it, clock, the schedule of SLA-sample pruning, and the
+stored plans it has parsed and rendered.
 
 Built by the app factory and hung on ``app.state.gpufair``; nothing of it exists at import time,
 so tests build as many apps as they like, each with a configuration and a database of its own.
@@ -21,7 +22,7 @@ from api.db import Database
 from api.metrics import Metrics
 from api.models import utcnow
 from api.ratelimit import FailedCredentials
-from api.services.plans import ParsedPlans, PlanNotifier, RenderedPlans
+from api.services.plans import ParsedPlans, PlanNotifier, RenderedPlans, StoredPlanWatcher
 from api.services.sla import PruneSchedule
 
 
@@ -37,6 +38,10 @@ class AppState:
     sla_prune: PruneSchedule = field(default_factory=PruneSchedule)
     parsed_plans: ParsedPlans = field(default_factory=ParsedPlans)
     rendered_plans: RenderedPlans = field(default_factory=RenderedPlans)
+    plan_watcher: StoredPlanWatcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.plan_watcher = StoredPlanWatcher(db=self.db, notifier=self.notifier)
 
 
 def state_of(request: Request) -> AppState:

@@ -74,7 +74,7 @@ def create_allocation(
             rendered=state.rendered_plans,
         )
     state.metrics.allocation_version.set(row.version)
-    state.notifier.notify()
+    state.notifier.notify(allocation_id=row.id)
     with state.db.session(write=False) as session:
         public = _public(session, row)
     with commit_errors(), state.db.session(write=True) as session:

@@ -9,6 +9,7 @@ plan changes or S seconds pass (:mod:`api.longpoll`). The node's data-plane cred
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
@@ -132,7 +133,9 @@ async def read_plan(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The node's newest plan; with ``If-None-Match`` of the current ETag, 304, after waiting
-    up to ``wait`` seconds for a newer one."""
+    up to ``wait`` seconds for a newer one. A held request looks again only when woken: at once
+    by this process's solve, within about ``RECHECK_S`` by the app's watcher of plans stored
+    by any process (:class:`api.services.plans.StoredPlanWatcher`), and at its deadline."""
 
     def first_read(connection: Connection) -> tuple[Principal | None, tuple[int, bytes | None]]:
         # The token identified and, if it may, the plan read, in one worker-thread call.
@@ -150,26 +153,29 @@ async def read_plan(
             rendered=state.rendered_plans,
         )
 
-    principal, first = await state.db.read(first_read)
-    me = caller.authorise(principal)
-    pending: tuple[int, bytes | None] | None = first
+    me: Principal | None = None
     held = plan_version_named(if_none_match)
 
     async def read() -> tuple[str, bytes | None]:
-        nonlocal pending
-        if pending is not None:
-            (version, body), pending = pending, None
+        nonlocal me
+        if me is None:
+            # The first read, inside the long-poll so that a wake-up during it is not lost;
+            # a token refused here raises before anything is sent.
+            principal, (version, body) = await state.db.read(first_read)
+            me = caller.authorise(principal)
             return plan_etag(version), body
-        # Held and woken (or rechecking): a plan this process committed since, newer than the
-        # daemon's, is sent as kept; a solve's wake-up then reads nothing for its 100 nodes.
+        # Held and woken: a plan this process committed since, newer than the daemon's, is
+        # sent as kept; a solve's wake-up then reads nothing for its 100 nodes.
         if held is not None:
             kept = state.rendered_plans.newer_than(node_id=me.id, version=held)
             if kept is not None:
                 return plan_etag(kept[0]), kept[1]
-        version, body = await state.db.read(lambda connection: read_body(connection, me))
+        version, body = await state.db.read(partial(read_body, me=me))
         return plan_etag(version), body
 
-    return await long_poll(state, read=read, wait=wait, if_none_match=if_none_match)
+    return await long_poll(
+        state, read=read, wait=wait, if_none_match=if_none_match, rechecks=False
+    )
 
 
 @router.get(
@@ -186,7 +192,8 @@ async def read_credentials(
 ) -> Response:
     """The data plane's credentials of this node (executor.wire.credentials): the salted
     hashes of the usable keys of each tenant its plans seat. Long-polled like the plan; a key
-    issued, revoked or expired changes it at the latest at the wait's next recheck (1 s)."""
+    issued, revoked or expired changes it at the latest at the wait's next recheck (about
+    ``RECHECK_S``: an expiry wakes nothing, so this long-poll looks again on its own)."""
 
     async def read() -> tuple[str, Any]:
         document = await state.db.read(
@@ -196,7 +203,7 @@ async def read_credentials(
         )
         return content_etag("credentials", document), document.model_dump(mode="json")
 
-    return await long_poll(state, read=read, wait=wait, if_none_match=if_none_match)
+    return await long_poll(state, read=read, wait=wait, if_none_match=if_none_match, rechecks=True)
 
 
 @router.post(

@@ -36,7 +36,7 @@ async def _long_poll_routes(
         )
         return content_etag("routes", table), table.model_dump(mode="json")
 
-    return await long_poll(state, read=read, wait=wait, if_none_match=if_none_match)
+    return await long_poll(state, read=read, wait=wait, if_none_match=if_none_match, rechecks=True)
 
 
 @router.get("", tags=["admin"], responses={200: {"model": RoutingTable}, 304: {}})

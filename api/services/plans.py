@@ -5,13 +5,14 @@ A node's plan is stored ready-made with each allocation, so serving it is one in
 (all its seats empty), which the executor parses like any other; its ETag changes when a real
 plan arrives, so a daemon that long-polls from the start needs no special case.
 
-Long-polls wait on :class:`PlanNotifier`, not on a database connection: the request looks at
-its plan's version only when this process stores an allocation or about every ``RECHECK_S``
-(for allocations stored by another API replica sharing the PostgreSQL database), and sends a
-plan only when the version moved — the JSON body this process rendered when it stored (or last
-sent) that version (:class:`RenderedPlans`), so the 100 long-polls a solve wakes read one
-integer each rather than a plan to parse and encode; a version this process has not seen is
-read from ``node_plans`` and rendered once.
+Long-polls wait on :class:`PlanNotifier`, not on a database connection: a held plan long-poll
+looks at its plan's version only when woken — at once when this process stores an allocation,
+and within about ``RECHECK_S`` when any process does (another API replica sharing the
+PostgreSQL database, or ``gpufair solve``), which :class:`StoredPlanWatcher` notices for all of
+them with one query a period. It sends a plan only when the version moved — the JSON body this
+process rendered when it stored (or last sent) that version (:class:`RenderedPlans`), so the
+100 long-polls a solve wakes read one integer each rather than a plan to parse and encode; a
+version this process has not seen is read from ``node_plans`` and rendered once.
 
 A stored plan is read back through the format's one parser, ``NodePlan.from_dict``, the one the
 daemon parses it with, so the API never serves or reads a document the executor would refuse.
@@ -21,29 +22,37 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from allocator.cluster.plan import DevicePlan, NodePlan, SeatPlan
-from api.models import DeviceRow, NodePlanRow, NodeRow
+from api.db import Database
+from api.models import AllocationRow, DeviceRow, NodePlanRow, NodeRow
 
-# How often a waiting long-poll looks at the database even if this process stored nothing.
+log = logging.getLogger(__name__)
+
+# How often the database is looked at for what another process changed while long-polls wait:
+# by each credential and routing long-poll (recheck_after), and by the one StoredPlanWatcher
+# of all plan long-polls.
 RECHECK_S = 1.0
 # Over how long the long-polls one stored allocation wakes are spread (PlanNotifier.wait).
 WAKE_SPREAD_S = 1.0
 
 
 def recheck_after() -> float:
-    """Seconds until a waiting long-poll's next look: ``RECHECK_S`` on average, spread over
-    half to one and a half of it. Long-polls that began together (woken by one allocation)
-    would otherwise all query at once, every second: 100 nodes made a burst of 100 reads each
-    second, a stall for every request that came with it."""
+    """Seconds until a waiting long-poll that rechecks on its own (credentials, routing) looks
+    again: ``RECHECK_S`` on average, spread over half to one and a half of it. Long-polls that
+    began together (woken by one allocation) would otherwise all query at once, every second:
+    100 nodes made a burst of 100 reads each second, a stall for every request that came with
+    it."""
     return RECHECK_S * random.uniform(0.5, 1.5)
 # How many of a node's newest plans may seat what it reports (see :func:`seated_on_node`).
 RECENT_PLANS = 8
@@ -317,19 +326,33 @@ class RenderedPlans:
 
 
 class PlanNotifier:
-    """Wakes this process's waiting long-polls when it stores a new allocation.
+    """Wakes this process's waiting long-polls when it stores a new allocation or changes a
+    key, and when its :class:`StoredPlanWatcher` sees that another process stored one.
 
     ``notify`` is called from the worker thread that ran the solve; waiters live on the event
-    loop, so the wake-up crosses threads with ``call_soon_threadsafe``.
+    loop, so the wake-up crosses threads with ``call_soon_threadsafe``. Every wake-up counts a
+    generation: a long-poll notes it before it reads (:attr:`generation`) and passes it to
+    :meth:`wait`, so a wake-up that came while its read was under way — the read may have
+    missed what it announces — ends the wait at once rather than being lost; a plan long-poll
+    has no recheck of its own to catch it later.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
+        self._generation = 0
+        self._stored_here = 0
 
-    async def wait(self, timeout: float) -> None:
-        """Return after a notification or ``timeout`` seconds, whichever comes first.
+    @property
+    def generation(self) -> int:
+        """How many wake-ups there were: note it before a read, pass it to :meth:`wait`."""
+        with self._lock:
+            return self._generation
+
+    async def wait(self, timeout: float, *, since: int) -> None:
+        """Return after a wake-up later than generation ``since``, or ``timeout`` seconds,
+        whichever comes first.
 
         A notification wakes every waiter at once, and each then reads and sends its node's
         plan: for a hundred nodes, a hundred plan reads queued ahead of every other request.
@@ -341,23 +364,127 @@ class PlanNotifier:
         deadline = loop.time() + timeout
         with self._lock:
             self._loop = loop
-            if self._event is None:
-                self._event = asyncio.Event()
-            event = self._event
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            return
+            event = None
+            if self._generation == since:
+                if self._event is None:
+                    self._event = asyncio.Event()
+                event = self._event
+        if event is not None:
+            try:
+                await asyncio.wait_for(event.wait(), timeout)
+            except TimeoutError:
+                return
         await asyncio.sleep(random.uniform(0, max(0.0, min(WAKE_SPREAD_S, deadline - loop.time()))))
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Wake every waiter; called on the event loop (from another thread: :meth:`notify`)."""
         with self._lock:
             event, self._event = self._event, None
+            self._generation += 1
         if event is not None:
             event.set()
 
-    def notify(self) -> None:
+    @property
+    def stored_here(self) -> int:
+        """The newest allocation this process stored and woke its long-polls for (0: none)."""
         with self._lock:
+            return self._stored_here
+
+    def notify(self, *, allocation_id: int | None = None) -> None:
+        """Wake every waiter, from any thread; ``allocation_id`` names the allocation this
+        process just stored and committed, so that its :class:`StoredPlanWatcher`, seeing it,
+        does not wake them a second time for it."""
+        with self._lock:
+            if allocation_id is not None:
+                self._stored_here = max(self._stored_here, allocation_id)
             loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._wake)
+            if loop is None or loop.is_closed():
+                # No waiter to wake; a read under way on a loop still to come sees it.
+                self._generation += 1
+                return
+        loop.call_soon_threadsafe(self.wake)
+
+
+def newest_allocation_id(connection: Connection) -> int:
+    """The id of the newest stored allocation, 0 before any: the stamp that moves whenever any
+    process stores plans. An allocation and all its plans are committed together and never
+    change or go, and ids only grow, so a new stamp means new plans. One lookup at the end of
+    the primary key (``node_plans`` has no index led by ``version``: its maximum would scan
+    every stored plan)."""
+    return connection.scalar(select(func.max(AllocationRow.id))) or 0
+
+
+class StoredPlanWatcher:
+    """One task that notices plans stored by any process, for every plan long-poll of the app.
+
+    Held plan long-polls do not look at the database on their own while they wait: with 100 of
+    them, a look each per ``RECHECK_S`` was a tenth of a core spent finding nothing. Instead,
+    while at least one waits (:meth:`waiting`), this task reads :func:`newest_allocation_id`
+    every ``RECHECK_S`` through the request gate, and when it moved since its last look it
+    wakes them all (:class:`PlanNotifier`); each then reads its node's version once. It starts
+    with the first waiter and ends when a period passes with none, so an app that holds no
+    long-poll runs no background query; :meth:`stop` cancels it at shutdown. Its last stamp is
+    kept across such runs: a look that finds it unchanged proves nothing was stored since the
+    previous look, before the reads of the waiters present — and the first look of the app,
+    having nothing to compare with, wakes them. A new stamp that is the allocation this process
+    stored itself wakes nobody: its solve woke them already (:meth:`PlanNotifier.notify`). A
+    failed look is logged and tried again a
+    period later; the waiters still end at their deadline (read once more, then 304). One
+    event loop per app, as for the notifier.
+    """
+
+    def __init__(self, *, db: Database, notifier: PlanNotifier) -> None:
+        self._db = db
+        self._notifier = notifier
+        self._waiters = 0
+        self._stamp: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Count the caller, a plan long-poll about to wait, as waiting while inside; start the
+        task if none runs. Called on the event loop."""
+        self._waiters += 1
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._watch(), name="stored-plan watcher"
+            )
+        try:
+            yield
+        finally:
+            self._waiters -= 1
+
+    async def _watch(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(RECHECK_S)
+                if self._waiters == 0:
+                    return
+                try:
+                    stamp = await self._db.read(newest_allocation_id)
+                except Exception:
+                    log.warning("could not look for stored plans; trying again in %g s",
+                                RECHECK_S, exc_info=True)  # fmt: skip
+                    continue
+                if stamp != self._stamp:
+                    self._stamp = stamp
+                    # This process's own newest allocation woke the long-polls when it stored
+                    # it (newer_than sends its plan without a read); another wake-up would
+                    # have each of them read its version once more, a second after a solve.
+                    if stamp != self._notifier.stored_here:
+                        self._notifier.wake()
+        finally:
+            # Nothing awaited since the last count of waiters: a waiter that came after it
+            # sees no task and starts one.
+            self._task = None
+
+    async def stop(self) -> None:
+        """Cancel the task, if one runs (the app's shutdown)."""
+        task = self._task
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -160,7 +162,8 @@ def _store_newer_plan_elsewhere(url: str, node: str, version: int) -> NodePlan:
 def test_a_plan_another_process_stored_is_sent_not_the_one_kept(api: Api, db_url: str) -> None:
     """The kept rendering is looked up by the version the database says is newest: a plan a
     second API process stored is sent as soon as this one sees its version — to a held
-    long-poll at its next recheck and to any new request — never the older rendering."""
+    long-poll once the app's watcher of stored plans wakes it, and to any new request — never
+    the older rendering."""
     token = _solved_node(api)
     assert api.client.get("/v1/nodes/n1/plan", headers=api.bearer(token)).status_code == 200
     held: dict[str, Any] = {}
@@ -187,8 +190,8 @@ def test_a_held_long_poll_woken_by_a_solve_here_sends_its_plan_without_a_read(
 ) -> None:
     """A long-poll held with plan 1 and woken by this process's solve of plan 2 sends plan 2 as
     the solve rendered it, without asking the database: the 100 long-polls a solve wakes add
-    no query. (Rechecks are turned off here, so the only look after the first read is the
-    wake-up's.)"""
+    no query. (The watcher of stored plans looks only every 1000 s here, so the only look after
+    the first read is the solve's wake-up's.)"""
     monkeypatch.setattr(plans_service, "RECHECK_S", 1000.0)
     monkeypatch.setattr(plans_service, "WAKE_SPREAD_S", 0.0)
     settings = make_settings(db_url, max_long_poll_s=20.0)
@@ -214,6 +217,200 @@ def test_a_held_long_poll_woken_by_a_solve_here_sends_its_plan_without_a_read(
     woken = held["reply"]
     assert woken.status_code == 200 and woken.headers["ETag"] == '"plan-2"', woken.text
     assert NodePlan.from_dict(woken.json()).version == 2
+
+
+class _Statements:
+    """Counts the statements an app's engine sends to the database, from any thread."""
+
+    def __init__(self, client: TestClient) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        engine = client.app.state.gpufair.db.engine  # type: ignore[attr-defined]
+        sqlalchemy.event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, *_: Any) -> None:
+        with self._lock:
+            self.count += 1
+
+    def during(self, seconds: float) -> int:
+        before = self.count
+        time.sleep(seconds)
+        return self.count - before
+
+
+def _hold_plan_long_polls(
+    client: TestClient, tokens: dict[str, str], *, wait: float, etag: str
+) -> tuple[list[threading.Thread], list[Any]]:
+    """One plan long-poll per node (name -> token), each in a thread of its own; the threads
+    and the list their replies land in."""
+    replies: list[Any] = []
+
+    def long_poll(node: str, token: str) -> None:
+        replies.append(
+            client.get(
+                f"/v1/nodes/{node}/plan?wait={wait}",
+                headers={"Authorization": f"Bearer {token}", "If-None-Match": etag},
+            )
+        )
+
+    pollers = [threading.Thread(target=long_poll, args=item) for item in tokens.items()]
+    for poller in pollers:
+        poller.start()
+    return pollers, replies
+
+
+def test_held_plan_long_polls_share_one_look_at_the_database(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty plan long-polls held on one app while nothing is stored cost the database one
+    look per ``RECHECK_S`` in all (the app's watcher of stored plans), not one each: they used
+    to recheck their plan's version every second each, twenty queries a second."""
+    monkeypatch.setattr(plans_service, "WAKE_SPREAD_S", 0.0)
+    settings = make_settings(db_url, max_long_poll_s=6.0)
+    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
+        api = Api(client)
+        tokens = {f"n{k}": api.node(f"n{k}", gpus=1)[1] for k in range(20)}
+        statements = _Statements(client)
+        pollers, replies = _hold_plan_long_polls(client, tokens, wait=6.0, etag='"plan-0"')
+        # Their first reads done, and the watcher's first look, which wakes them all once (it
+        # has no earlier look to compare with).
+        time.sleep(2.5)
+        held = statements.during(2.5)
+        for poller in pollers:
+            poller.join(timeout=30)
+    assert [r.status_code for r in replies] == [304] * 20
+    # About three looks, of one statement each (two on SQLite: its BEGIN is one).
+    assert held <= 10, f"{held} statements in 2.5 s while 20 long-polls were held"
+
+
+def test_a_plan_stored_by_another_process_wakes_a_held_long_poll_within_a_period(
+    db_url: str,
+) -> None:
+    """A plan stored on another connection (another replica, ``gpufair solve``: this app's
+    notifier is not called) reaches a long-poll held here within about ``RECHECK_S`` and the
+    wake spread, with the new plan — long before the long-poll's deadline."""
+    settings = make_settings(db_url, max_long_poll_s=20.0)
+    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
+        api = Api(client)
+        token = _solved_node(api)
+        pollers, replies = _hold_plan_long_polls(client, {"n1": token}, wait=20.0, etag='"plan-1"')
+        time.sleep(1.5)  # held, and the watcher has looked once
+        stored_at = time.monotonic()
+        newer = _store_newer_plan_elsewhere(db_url, "n1", version=2)
+        pollers[0].join(timeout=30)
+        took = time.monotonic() - stored_at
+    woken = replies[0]
+    assert woken.status_code == 200 and woken.headers["ETag"] == '"plan-2"', woken.text
+    assert NodePlan.from_dict(woken.json()) == newer
+    assert took < plans_service.RECHECK_S + plans_service.WAKE_SPREAD_S + 1.0, took
+
+
+def test_a_failed_look_for_stored_plans_is_logged_and_tried_again(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watcher outlives a failed look (the database briefly unreachable): it logs it and
+    looks again a period later, and a plan stored elsewhere still wakes the held long-poll."""
+    monkeypatch.setattr(plans_service, "WAKE_SPREAD_S", 0.0)
+    newest = plans_service.newest_allocation_id
+    looks: list[float] = []
+
+    def failing_first(connection: Any) -> int:
+        looks.append(time.monotonic())
+        if len(looks) == 1:
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+        return newest(connection)
+
+    monkeypatch.setattr(plans_service, "newest_allocation_id", failing_first)
+    settings = make_settings(db_url, max_long_poll_s=20.0)
+    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
+        api = Api(client)
+        token = _solved_node(api)
+        pollers, replies = _hold_plan_long_polls(client, {"n1": token}, wait=20.0, etag='"plan-1"')
+        time.sleep(0.3)
+        newer = _store_newer_plan_elsewhere(db_url, "n1", version=2)
+        pollers[0].join(timeout=30)
+    woken = replies[0]
+    assert woken.status_code == 200 and NodePlan.from_dict(woken.json()) == newer
+    assert len(looks) == 2 and looks[1] - looks[0] < 2 * plans_service.RECHECK_S
+    assert "could not look for stored plans" in caplog.text
+
+
+def test_the_watcher_does_not_wake_the_long_polls_again_for_a_solve_here(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher's look that finds this process's own new allocation wakes nobody: its solve
+    woke the held long-polls already, and a second wake-up would have each of the re-held ones
+    read its version again a second after every solve."""
+    monkeypatch.setattr(plans_service, "WAKE_SPREAD_S", 0.0)
+    versions_read: list[int] = []
+    current_version = plans_service.current_version
+
+    def counted(**arguments: Any) -> int:
+        versions_read.append(arguments["node_id"])
+        return current_version(**arguments)
+
+    monkeypatch.setattr(plans_service, "current_version", counted)
+    settings = make_settings(db_url, max_long_poll_s=20.0)
+    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
+        api = Api(client)
+        token = _solved_node(api)
+        pollers, replies = _hold_plan_long_polls(client, {"n1": token}, wait=20.0, etag='"plan-1"')
+        time.sleep(1.5)  # held, and the watcher has looked once
+        assert api.solve()["version"] == 2
+        pollers[0].join(timeout=30)
+        assert replies[0].headers["ETag"] == '"plan-2"'
+        held_since = len(versions_read)
+        pollers, replies = _hold_plan_long_polls(client, {"n1": token}, wait=4.0, etag='"plan-2"')
+        time.sleep(3.0)  # the watcher looks and sees allocation 2; the deadline is not yet
+        read_while_held = len(versions_read) - held_since
+        pollers[0].join(timeout=30)
+    assert replies[0].status_code == 304
+    assert read_while_held == 1, f"{read_while_held} reads: the first, and wake-ups' after it"
+
+
+def test_the_watcher_ends_with_the_last_held_plan_long_poll(db_url: str) -> None:
+    """Once no plan long-poll waits, the app sends the database nothing: the watcher of stored
+    plans runs only while one does."""
+    settings = make_settings(db_url, max_long_poll_s=1.5)
+    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
+        api = Api(client)
+        tokens = {f"n{k}": api.node(f"n{k}", gpus=1)[1] for k in range(3)}
+        statements = _Statements(client)
+        pollers, replies = _hold_plan_long_polls(client, tokens, wait=1.5, etag='"plan-0"')
+        for poller in pollers:
+            poller.join(timeout=30)
+        during_long_polls = statements.count
+        after = statements.during(2.5)
+    assert [r.status_code for r in replies] == [304] * 3
+    assert during_long_polls > 0 and after == 0, after
+
+
+def test_a_wake_up_during_a_read_ends_the_wait_that_follows_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long-poll notes the notifier's generation before it reads: a wake-up that came while
+    its read was under way (which the read may have missed) ends its next wait at once, where
+    it would otherwise wait until the next wake-up or its deadline — a plan long-poll has no
+    recheck of its own to catch it."""
+    monkeypatch.setattr(plans_service, "WAKE_SPREAD_S", 0.0)
+
+    async def waited(wake: Callable[[plans_service.PlanNotifier], Awaitable[None]]) -> float:
+        notifier = plans_service.PlanNotifier()
+        loop = asyncio.get_running_loop()
+        since = notifier.generation
+        await wake(notifier)  # while "reading"
+        started = loop.time()
+        await notifier.wait(10.0, since=since)
+        return loop.time() - started
+
+    async def on_the_loop(notifier: plans_service.PlanNotifier) -> None:
+        notifier.wake()
+
+    async def from_a_solve_before_anything_waited(notifier: plans_service.PlanNotifier) -> None:
+        await asyncio.to_thread(notifier.notify, allocation_id=1)
+
+    assert asyncio.run(waited(on_the_loop)) < 1.0
+    assert asyncio.run(waited(from_a_solve_before_anything_waited)) < 1.0
 
 
 def test_if_none_match_names_a_plan_version_only_when_it_is_one_plan_etag() -> None:
