@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from api.config import ApiConfig
 from api.errors import Forbidden
-from api.models import ApiKeyRow, NodeRow, TenantRow, utcnow
+from api.models import ApiKeyRow, NodeRow, TenantRow, as_utc, utcnow
 
 TENANT_KEY_PREFIX = "gft_"
 NODE_TOKEN_PREFIX = "gfn_"
@@ -118,21 +118,36 @@ def identify(
 ) -> Principal | None:
     """The principal ``token`` belongs to at ``now`` (default: the wall clock), or None if it
     is unknown, revoked or expired."""
+    return identify_until(session=session, token=token, config=config, now=now)[0]
+
+
+def identify_until(
+    *,
+    session: Session | Connection,
+    token: str,
+    config: ApiConfig,
+    now: datetime | None = None,
+) -> tuple[Principal | None, datetime | None]:
+    """:func:`identify`, with when the tenant key expires (None: it does not, or it is not a
+    tenant key), for :class:`api.credential_cache.CredentialCache` to keep it no longer."""
     if is_admin(token, config):
-        return Principal(role="admin")
+        return Principal(role="admin"), None
     digest = token_hash(token)
     if token.startswith(TENANT_KEY_PREFIX):
         tenant = session.execute(
-            select(TenantRow.id, TenantRow.name, ApiKeyRow.id.label("key_id"))
+            select(
+                TenantRow.id, TenantRow.name, ApiKeyRow.id.label("key_id"), ApiKeyRow.expires_at
+            )
             .join(ApiKeyRow, ApiKeyRow.tenant_id == TenantRow.id)
             .where(ApiKeyRow.token_hash == digest, key_usable(now or utcnow()))
         ).first()
         if tenant is None:
-            return None
-        return Principal(role="tenant", id=tenant.id, name=tenant.name, key_id=tenant.key_id)
+            return None, None
+        principal = Principal(role="tenant", id=tenant.id, name=tenant.name, key_id=tenant.key_id)
+        return principal, as_utc(tenant.expires_at) if tenant.expires_at else None
     if token.startswith(NODE_TOKEN_PREFIX):
         node = session.execute(
             select(NodeRow.id, NodeRow.name).where(NodeRow.token_hash == digest)
         ).first()
-        return Principal(role="node", id=node.id, name=node.name) if node else None
-    return None
+        return (Principal(role="node", id=node.id, name=node.name) if node else None), None
+    return None, None

@@ -242,6 +242,11 @@ class Database:
             for gate in reversed(taken):
                 gate.release()
 
+    @property
+    def session_factories(self) -> tuple[sessionmaker[Session], sessionmaker[Session]]:
+        """Every session this database hands out comes from one of these (read, write)."""
+        return self._read, self._write
+
     def new_session(self, *, write: bool) -> Session:
         """A session that opens its transaction (and takes a connection) on first use."""
         return (self._write if write else self._read)()

@@ -14,9 +14,10 @@ The rules, all here:
 
 No database call runs on the event loop (see :mod:`api.db`). Each request that needs the
 database gets one transaction (``SessionDep``) under one of the gate's slots: its credentials
-are checked in it (one worker-thread call), the route's work runs in it (a plain function,
-marked :func:`in_one_worker_call`, run with its reply's validation and its commit in a second
-call), and it commits when the route returns and rolls back on any error; a
+are checked in it (one worker-thread call) unless the process found the same token within the
+last second (:mod:`api.credential_cache`: no call at all), the route's work runs in it (a
+plain function, marked :func:`in_one_worker_call`, run with its reply's validation and its
+commit in a second call), and it commits when the route returns and rolls back on any error; a
 concurrent writer's win surfaces as 412, a taken name as 409, a busy database as 503. The admin
 token needs no database at all. The credentials long-poll (``PollingNode``) checks its token in
 a slot of its own and holds none while it waits; the plan long-poll (``UnidentifiedNode``)
@@ -43,7 +44,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import Principal, identify, is_admin
+from api.auth import Principal, identify_until, is_admin
 from api.errors import Conflict, Forbidden, NotFound, PreconditionFailed, Unauthorized
 from api.state import AppState, app_state, state_of
 
@@ -162,11 +163,31 @@ def _token(request: Request, state: AppState, credentials: Credentials, role: st
 def _identify(
     state: AppState, token: str
 ) -> Callable[[Session | Connection], Principal | None]:
-    """Who ``token`` belongs to now, asked on a session or connection (keys may expire)."""
+    """Who ``token`` belongs to now, asked on a session or connection (keys may expire), and
+    kept in the process's credential cache when found."""
     now = state.clock()
-    return lambda connection: identify(
-        session=connection, token=token, config=state.config, now=now
-    )
+    generation = state.credentials.generation
+
+    def lookup(connection: Session | Connection) -> Principal | None:
+        principal, expires_at = identify_until(
+            session=connection, token=token, config=state.config, now=now
+        )
+        if principal is not None:
+            state.credentials.keep(
+                token, principal, key_expires_at=expires_at, generation=generation
+            )
+        return principal
+
+    return lookup
+
+
+async def _known(state: AppState, token: str, session: Session) -> Principal | None:
+    """Who ``token`` belongs to: from the credential cache (no database call, no thread hop)
+    or, failing that, looked up in the request's own transaction in a worker thread."""
+    kept = state.credentials.get(token, state.clock())
+    if kept is not None:
+        return kept
+    return await run_in_threadpool(_identify(state, token), session)
 
 
 def _check_role(
@@ -187,18 +208,20 @@ async def _admin(
     if is_admin(token, state.config):
         return
     # Not the admin: whose token it is decides between 401 and 403.
-    principal = await state.db.read(_identify(state, token))
+    principal = state.credentials.get(token, state.clock()) or await state.db.read(
+        _identify(state, token)
+    )
     _check_role(request, state, principal, "admin")
 
 
-def _tenant(
+async def _tenant(
     request: Request,
     state: StateDep,
     session: SessionDep,
     credentials: Annotated[Credentials, Depends(_tenant_scheme)],
 ) -> Principal:
     token = _token(request, state, credentials, "tenant")
-    principal = _identify(state, token)(session)
+    principal = await _known(state, token, session)
     return _check_role(request, state, principal, "tenant")
 
 
@@ -209,14 +232,14 @@ def _own_path(request: Request, principal: Principal) -> Principal:
     return principal
 
 
-def _node(
+async def _node(
     request: Request,
     state: StateDep,
     session: SessionDep,
     credentials: Annotated[Credentials, Depends(_node_scheme)],
 ) -> Principal:
     token = _token(request, state, credentials, "node")
-    principal = _identify(state, token)(session)
+    principal = await _known(state, token, session)
     return _own_path(request, _check_role(request, state, principal, "node"))
 
 
@@ -226,7 +249,9 @@ async def _tenant_outside_transaction(
     credentials: Annotated[Credentials, Depends(_tenant_scheme)],
 ) -> Principal:
     token = _token(request, state, credentials, "tenant")
-    principal = await state.db.read(_identify(state, token))
+    principal = state.credentials.get(token, state.clock()) or await state.db.read(
+        _identify(state, token)
+    )
     return _check_role(request, state, principal, "tenant")
 
 
@@ -236,7 +261,9 @@ async def _polling_node(
     credentials: Annotated[Credentials, Depends(_node_scheme)],
 ) -> Principal:
     token = _token(request, state, credentials, "node")
-    principal = await state.db.read(_identify(state, token))
+    principal = state.credentials.get(token, state.clock()) or await state.db.read(
+        _identify(state, token)
+    )
     return _own_path(request, _check_role(request, state, principal, "node"))
 
 

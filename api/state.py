@@ -18,6 +18,7 @@ from fastapi import Request
 
 from api.artifact_check import ArtifactSandbox
 from api.config import ApiConfig
+from api.credential_cache import CredentialCache
 from api.db import Database
 from api.metrics import Metrics
 from api.models import utcnow
@@ -39,9 +40,12 @@ class AppState:
     parsed_plans: ParsedPlans = field(default_factory=ParsedPlans)
     rendered_plans: RenderedPlans = field(default_factory=RenderedPlans)
     plan_watcher: StoredPlanWatcher = field(init=False)
+    credentials: CredentialCache = field(init=False)
 
     def __post_init__(self) -> None:
         self.plan_watcher = StoredPlanWatcher(db=self.db, notifier=self.notifier)
+        self.credentials = CredentialCache()
+        self.credentials.watch(self.db.session_factories)
 
 
 def state_of(request: Request) -> AppState:
