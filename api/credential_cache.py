@@ -7,9 +7,10 @@ with the caller already known). A tenant's client sends many requests a second w
 key, so the process keeps what the lookup found:
 
 - for at most ``KEPT_S`` and never past the key's expiry (checked on the request's clock);
-- forgotten, all of it, as soon as this process commits a change to any API key, node or tenant
-  (a key issued, revoked or rotated, a node's token rotated, a tenant renamed or deleted):
-  a key revoked through this process is refused from the next request on;
+- forgotten, all of it, as soon as this process commits a change to what a token identifies (a
+  key issued, revoked or rotated; a node or tenant added, deleted or renamed; a node's token
+  rotated), though not for a heartbeat's stamp on its node or a tenant's new weight: a key
+  revoked through this process is refused from the next request on;
 - a key revoked through another process (``gpufair serve --workers``, or another replica) is
   refused here within ``KEPT_S`` — the bound the daemons' credential documents already have
   (docs/architecture.md §3.5);
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import Principal, token_hash
@@ -42,6 +43,11 @@ MAX_KEPT = 10_000
 # A session whose flush touched a credential row: forget everything when it commits.
 _CHANGED = "gpufair_credentials_changed"
 _CREDENTIAL_ROWS = (ApiKeyRow, NodeRow, TenantRow)
+# What a principal is made of, on the rows that are not keys.
+_PRINCIPAL_COLUMNS: dict[type, tuple[str, ...]] = {
+    NodeRow: ("token_hash", "name"),
+    TenantRow: ("name",),
+}
 
 
 @dataclass(frozen=True)
@@ -126,9 +132,23 @@ class CredentialCache:
 
 
 def _note_credential_changes(session: Session, _flush_context: Any) -> None:
-    touched = (*session.new, *session.dirty, *session.deleted)
-    if any(isinstance(row, _CREDENTIAL_ROWS) for row in touched):
+    added_or_deleted = (*session.new, *session.deleted)
+    if any(isinstance(row, _CREDENTIAL_ROWS) for row in added_or_deleted) or any(
+        _changes_a_principal(row) for row in session.dirty
+    ):
         session.info[_CHANGED] = True
+
+
+def _changes_a_principal(row: object) -> bool:
+    """Whether a changed row alters what a token identifies: any change to an API key
+    (revoked, expiry set), a node's token or name, a tenant's name. A heartbeat's stamp on its
+    node or a tenant's weight is not one, and forgetting everything at each would keep
+    nothing."""
+    if isinstance(row, ApiKeyRow):
+        return True
+    names = _PRINCIPAL_COLUMNS.get(type(row), ())
+    state = inspect(row)
+    return any(state.attrs[name].history.has_changes() for name in names)
 
 
 def _clear_note(session: Session, _previous_transaction: Any) -> None:

@@ -43,7 +43,12 @@ class AppState:
     credentials: CredentialCache = field(init=False)
 
     def __post_init__(self) -> None:
-        self.plan_watcher = StoredPlanWatcher(db=self.db, notifier=self.notifier)
+        self.plan_watcher = StoredPlanWatcher(
+            db=self.db,
+            notifier=self.notifier,
+            parsed=self.parsed_plans,
+            rendered=self.rendered_plans,
+        )
         self.credentials = CredentialCache()
         self.credentials.watch(self.db.session_factories)
 

@@ -414,6 +414,18 @@ def newest_allocation_id(connection: Connection) -> int:
     return connection.scalar(select(func.max(AllocationRow.id))) or 0
 
 
+def plans_of_allocation(connection: Connection, allocation_id: int) -> dict[int, NodePlan]:
+    """Node id -> the plan the allocation ``allocation_id`` stored for that node."""
+    return {
+        node_id: NodePlan.from_dict(document)
+        for node_id, document in connection.execute(
+            select(NodePlanRow.node_id, NodePlanRow.plan).where(
+                NodePlanRow.allocation_id == allocation_id
+            )
+        )
+    }
+
+
 class StoredPlanWatcher:
     """One task that notices plans stored by any process, for every plan long-poll of the app.
 
@@ -427,15 +439,26 @@ class StoredPlanWatcher:
     kept across such runs: a look that finds it unchanged proves nothing was stored since the
     previous look, before the reads of the waiters present — and the first look of the app,
     having nothing to compare with, wakes them. A new stamp that is the allocation this process
-    stored itself wakes nobody: its solve woke them already (:meth:`PlanNotifier.notify`). A
+    stored itself wakes nobody: its solve woke them already (:meth:`PlanNotifier.notify`); one
+    another process stored is first taken in — its plans read, parsed and rendered once into the
+    process's caches (:meth:`_take_in`) — and then wakes them, so they send it as kept. A
     failed look is logged and tried again a
     period later; the waiters still end at their deadline (read once more, then 304). One
     event loop per app, as for the notifier.
     """
 
-    def __init__(self, *, db: Database, notifier: PlanNotifier) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        notifier: PlanNotifier,
+        parsed: ParsedPlans,
+        rendered: RenderedPlans,
+    ) -> None:
         self._db = db
         self._notifier = notifier
+        self._parsed = parsed
+        self._rendered = rendered
         self._waiters = 0
         self._stamp: int | None = None
         self._task: asyncio.Task[None] | None = None
@@ -472,11 +495,31 @@ class StoredPlanWatcher:
                     # it (newer_than sends its plan without a read); another wake-up would
                     # have each of them read its version once more, a second after a solve.
                     if stamp != self._notifier.stored_here:
+                        await self._take_in(stamp)
                         self._notifier.wake()
         finally:
             # Nothing awaited since the last count of waiters: a waiter that came after it
             # sees no task and starts one.
             self._task = None
+
+    async def _take_in(self, allocation_id: int) -> None:
+        """Parse and render the plans of an allocation another process stored, once, before
+        the waiters wake: each then sends its node's plan as kept (``newer_than``) instead of
+        reading and rendering it, and the tenants' allocation views find it parsed — rather
+        than a hundred long-polls and every tenant's first read doing that work at once, in
+        the second after a solve, which is where the read tail was. Should it fail, the
+        waiters read their plans themselves, as before."""
+
+        def take_in(connection: Connection) -> None:
+            plans = plans_of_allocation(connection, allocation_id)
+            self._parsed.keep(allocation_id=allocation_id, plans=plans)
+            for node_id, plan in plans.items():
+                self._rendered.keep(node_id=node_id, version=plan.version, body=render_plan(plan))
+
+        try:
+            await self._db.read(take_in)
+        except Exception:
+            log.warning("could not load the plans of allocation %d", allocation_id, exc_info=True)
 
     async def stop(self) -> None:
         """Cancel the task, if one runs (the app's shutdown)."""

@@ -51,6 +51,24 @@ def test_a_tenant_key_is_looked_up_once_for_requests_within_the_second(api: Api)
     assert _key_lookups(next_ones) == 0
 
 
+def test_a_heartbeat_or_a_new_weight_keeps_what_was_found(api: Api) -> None:
+    tenant, key = api.tenant("ads")
+    _, token = api.node("n1", gpus=1, seats=2)
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(key)).status_code == 200
+    beat = api.client.post(
+        "/v1/nodes/n1/heartbeat", json={"plan_version": 0}, headers=api.bearer(token)
+    )
+    assert beat.status_code == 200
+    etag = api.client.get(f"/v1/tenants/{tenant['id']}", headers=api.admin).headers["ETag"]
+    weighted = api.client.patch(
+        f"/v1/tenants/{tenant['id']}", json={"weight": 3}, headers={**api.admin, "If-Match": etag}
+    )
+    assert weighted.status_code == 200
+    with _statements(api) as after:
+        assert api.client.get("/v1/tenants/me", headers=api.bearer(key)).status_code == 200
+    assert _key_lookups(after) == 0
+
+
 def test_a_key_revoked_here_is_refused_at_the_next_request(api: Api) -> None:
     tenant, key = api.tenant("ads")
     _, other = api.tenant("news")  # a second tenant's cached key is forgotten too, harmlessly

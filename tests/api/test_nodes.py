@@ -150,8 +150,12 @@ def _store_newer_plan_elsewhere(url: str, node: str, version: int) -> NodePlan:
             session.flush()
             node_id = session.scalar(sqlalchemy.select(NodeRow.id).where(NodeRow.name == node))
             replica = ModelReplica("77", "elsewhere", "zoo:rmc1?scale=0.05&seed=7", 20.0)
-            plan = NodePlan(node, version, version,
-                            (DevicePlan("cuda:0", "gpu", 8, 2, (SeatPlan(0, replica, 2, 1.0),)),))
+            plan = NodePlan(
+                node,
+                version,
+                version,
+                (DevicePlan("cuda:0", "gpu", 8, 2, (SeatPlan(0, replica, 2, 1.0),)),),
+            )
             session.add(NodePlanRow(allocation_id=version, node_id=node_id, version=version,
                                     plan=plan.to_dict()))  # fmt: skip
     finally:
@@ -303,6 +307,33 @@ def test_a_plan_stored_by_another_process_wakes_a_held_long_poll_within_a_period
     assert woken.status_code == 200 and woken.headers["ETag"] == '"plan-2"', woken.text
     assert NodePlan.from_dict(woken.json()) == newer
     assert took < plans_service.RECHECK_S + plans_service.WAKE_SPREAD_S + 1.0, took
+
+
+def test_the_watcher_takes_in_another_process_plans_so_the_woken_long_polls_read_none(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the watcher finds an allocation another process stored, it reads and renders its
+    plans once before waking the long-polls, which then send them as kept: the hundred
+    long-polls of a solve elsewhere add no plan read each, and the tenants' allocation views
+    find the plans parsed."""
+    monkeypatch.setattr(plans_service, "WAKE_SPREAD_S", 0.0)
+    settings = make_settings(db_url, max_long_poll_s=20.0)
+    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
+        api = Api(client)
+        token = _solved_node(api)
+        pollers, replies = _hold_plan_long_polls(client, {"n1": token}, wait=20.0, etag='"plan-1"')
+        time.sleep(1.5)  # held, and the watcher has looked once
+        with monkeypatch.context() as patched:
+            patched.setattr(plans_service, "current_plan", _no_plan_read)
+            newer = _store_newer_plan_elsewhere(db_url, "n1", version=2)
+            pollers[0].join(timeout=30)
+        state = client.app.state.gpufair  # type: ignore[attr-defined]
+        with state.db.connection() as connection:
+            node_id = connection.scalar(sqlalchemy.select(NodeRow.id).where(NodeRow.name == "n1"))
+        assert (2, node_id) in state.parsed_plans._plans
+    woken = replies[0]
+    assert woken.status_code == 200 and woken.headers["ETag"] == '"plan-2"', woken.text
+    assert NodePlan.from_dict(woken.json()) == newer
 
 
 def test_a_failed_look_for_stored_plans_is_logged_and_tried_again(
@@ -516,8 +547,11 @@ def test_a_node_token_reports_only_what_its_plans_seat_on_it(
         "/v1/nodes/n1/heartbeat", json={**heartbeat, "sla": [_sla(tenant, model)]}, headers=auth
     )
     assert ok.status_code == 200, ok.text
-    for counts in ([_sla(other_tenant, other_model)], [_sla(tenant, other_model)],
-                   [_sla(tenant, model, 20), _sla(other_tenant, other_model)]):
+    for counts in (
+        [_sla(other_tenant, other_model)],
+        [_sla(tenant, other_model)],
+        [_sla(tenant, model, 20), _sla(other_tenant, other_model)],
+    ):
         r = api.client.post(
             "/v1/nodes/n1/heartbeat", json={**heartbeat, "sla": counts}, headers=auth
         )
@@ -542,8 +576,12 @@ def test_counts_of_a_recent_plan_are_accepted_and_of_an_old_one_refused(api: Api
     assert r.status_code == 204, r.text  # the next plans seat nothing of it on n1
     for version in range(2, RECENT_PLANS + 3):
         assert api.solve()["version"] == version
-        body = {"plan_version": version, "replicas": [], "broken": {},
-                "sla": [_sla(tenant, model, 10 * version)]}
+        body = {
+            "plan_version": version,
+            "replicas": [],
+            "broken": {},
+            "sla": [_sla(tenant, model, 10 * version)],
+        }
         r = api.client.post("/v1/nodes/n1/heartbeat", json=body, headers=api.bearer(token))
         # Plan 1 seated the pair: among the node's newest RECENT_PLANS up to version 8.
         assert r.status_code == (200 if version <= RECENT_PLANS else 403), (version, r.text)
