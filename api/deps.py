@@ -160,9 +160,7 @@ def _token(request: Request, state: AppState, credentials: Credentials, role: st
     return credentials.credentials
 
 
-def _identify(
-    state: AppState, token: str
-) -> Callable[[Session | Connection], Principal | None]:
+def _identify(state: AppState, token: str) -> Callable[[Session | Connection], Principal | None]:
     """Who ``token`` belongs to now, asked on a session or connection (keys may expire), and
     kept in the process's credential cache when found."""
     now = state.clock()
@@ -181,12 +179,15 @@ def _identify(
     return lookup
 
 
-async def _known(state: AppState, token: str, session: Session) -> Principal | None:
+async def _known(state: AppState, token: str, session: Session | None = None) -> Principal | None:
     """Who ``token`` belongs to: from the credential cache (no database call, no thread hop)
-    or, failing that, looked up in the request's own transaction in a worker thread."""
+    or, failing that, looked up in a worker thread — in the request's own transaction
+    (``session``), or in a read of its own under a slot for a route that holds none."""
     kept = state.credentials.get(token, state.clock())
     if kept is not None:
         return kept
+    if session is None:
+        return await state.db.read(_identify(state, token))
     return await run_in_threadpool(_identify(state, token), session)
 
 
@@ -208,9 +209,7 @@ async def _admin(
     if is_admin(token, state.config):
         return
     # Not the admin: whose token it is decides between 401 and 403.
-    principal = state.credentials.get(token, state.clock()) or await state.db.read(
-        _identify(state, token)
-    )
+    principal = await _known(state, token)
     _check_role(request, state, principal, "admin")
 
 
@@ -249,9 +248,7 @@ async def _tenant_outside_transaction(
     credentials: Annotated[Credentials, Depends(_tenant_scheme)],
 ) -> Principal:
     token = _token(request, state, credentials, "tenant")
-    principal = state.credentials.get(token, state.clock()) or await state.db.read(
-        _identify(state, token)
-    )
+    principal = await _known(state, token)
     return _check_role(request, state, principal, "tenant")
 
 
@@ -261,9 +258,7 @@ async def _polling_node(
     credentials: Annotated[Credentials, Depends(_node_scheme)],
 ) -> Principal:
     token = _token(request, state, credentials, "node")
-    principal = state.credentials.get(token, state.clock()) or await state.db.read(
-        _identify(state, token)
-    )
+    principal = await _known(state, token)
     return _own_path(request, _check_role(request, state, principal, "node"))
 
 
@@ -290,9 +285,7 @@ class NodeCaller:
 
     def authorise(self, principal: Principal | None) -> Principal:
         """The node, or the same 401, 403 or 404 as :data:`CurrentNode` (on the event loop)."""
-        return _own_path(
-            self.request, _check_role(self.request, self.state, principal, "node")
-        )
+        return _own_path(self.request, _check_role(self.request, self.state, principal, "node"))
 
 
 async def _node_caller(
@@ -318,8 +311,10 @@ TenantOutsideTransaction = Annotated[Principal, Depends(_tenant_outside_transact
 # answers 428 without it), declared optional so that its absence is that 428, not a 422.
 IfMatch = Annotated[
     str | None,
-    Header(description="required: the ETag read (a stale one gets 412; none, 428), or * to "
-           "overwrite whatever is there"),
+    Header(
+        description="required: the ETag read (a stale one gets 412; none, 428), or * to "
+        "overwrite whatever is there"
+    ),
 ]
 # ``If-Match`` where it is optional (the artifact upload): checked when sent.
 OptionalIfMatch = Annotated[
