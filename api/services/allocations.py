@@ -83,7 +83,7 @@ from api.schemas import (
 )
 from api.services.models import upload_reference
 from api.services.nodes import measured_memory
-from api.services.plans import ParsedPlans, RenderedPlans, empty_plan, render_plan
+from api.services.plans import ParsedPlans, RenderedPlans, empty_plan, keep_allocation_plans
 from api.services.solve_lock import solve_lock
 
 log = logging.getLogger(__name__)
@@ -312,11 +312,13 @@ def run_solve(
             )
         # Parsed back from the stored documents, as a reader would: after the commit, outside
         # SQLite's write lock, and once rather than by each of the first readers at once.
-        kept = {node_id: NodePlan.from_dict(document) for node_id, document in stored.items()}
-        parsed.keep(allocation_id=row.id, plans=kept)
-        if rendered is not None:
-            for node_id, plan in kept.items():
-                rendered.keep(node_id=node_id, version=row.version, body=render_plan(plan))
+        keep_allocation_plans(
+            allocation_id=row.id,
+            version=row.version,
+            plans={node_id: NodePlan.from_dict(document) for node_id, document in stored.items()},
+            parsed=parsed,
+            rendered=rendered,
+        )
     log.info(
         "allocation %d stored: %d tenants, %d models, %d devices, solved in %.2f s",
         row.version,

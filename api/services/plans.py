@@ -426,6 +426,23 @@ def plans_of_allocation(connection: Connection, allocation_id: int) -> dict[int,
     }
 
 
+def keep_allocation_plans(
+    *,
+    allocation_id: int,
+    version: int,
+    plans: dict[int, NodePlan],
+    parsed: ParsedPlans,
+    rendered: RenderedPlans | None,
+) -> None:
+    """Keep a committed allocation's plans (node id -> plan) parsed in ``parsed`` and rendered
+    in ``rendered``, as the solve that stored them or the watcher that found them does: once,
+    rather than by each of the first readers and woken long-polls at once."""
+    parsed.keep(allocation_id=allocation_id, plans=plans)
+    if rendered is not None:
+        for node_id, plan in plans.items():
+            rendered.keep(node_id=node_id, version=version, body=render_plan(plan))
+
+
 class StoredPlanWatcher:
     """One task that notices plans stored by any process, for every plan long-poll of the app.
 
@@ -511,10 +528,14 @@ class StoredPlanWatcher:
         waiters read their plans themselves, as before."""
 
         def take_in(connection: Connection) -> None:
-            plans = plans_of_allocation(connection, allocation_id)
-            self._parsed.keep(allocation_id=allocation_id, plans=plans)
-            for node_id, plan in plans.items():
-                self._rendered.keep(node_id=node_id, version=plan.version, body=render_plan(plan))
+            keep_allocation_plans(
+                allocation_id=allocation_id,
+                # An allocation's version is its id (api.services.allocations.store_allocation).
+                version=allocation_id,
+                plans=plans_of_allocation(connection, allocation_id),
+                parsed=self._parsed,
+                rendered=self._rendered,
+            )
 
         try:
             await self._db.read(take_in)
