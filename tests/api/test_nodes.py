@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -137,6 +138,14 @@ def test_a_replaced_token_is_refused_though_its_plan_is_kept_rendered(api: Api) 
     assert after.status_code == 200 and after.content == before.content
 
 
+@contextmanager
+def _own_app(db_url: str, *, max_long_poll_s: float) -> Iterator[tuple[TestClient, Api]]:
+    """An app of the test's own, whose long-polls may be held ``max_long_poll_s``, and its Api."""
+    settings = make_settings(db_url, max_long_poll_s=max_long_poll_s)
+    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
+        yield client, Api(client)
+
+
 def _store_newer_plan_elsewhere(url: str, node: str, version: int) -> NodePlan:
     """What another API process sharing the database does when it stores an allocation: a
     plan of ``version`` for ``node`` (one model seated), written on a connection of its own."""
@@ -198,9 +207,7 @@ def test_a_held_long_poll_woken_by_a_solve_here_sends_its_plan_without_a_read(
     the first read is the solve's wake-up's.)"""
     monkeypatch.setattr(plans_service, "RECHECK_S", 1000.0)
     monkeypatch.setattr(plans_service, "WAKE_SPREAD_S", 0.0)
-    settings = make_settings(db_url, max_long_poll_s=20.0)
-    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
-        api = Api(client)
+    with _own_app(db_url, max_long_poll_s=20.0) as (client, api):
         token = _solved_node(api)
         held: dict[str, Any] = {}
 
@@ -270,9 +277,7 @@ def test_held_plan_long_polls_share_one_look_at_the_database(
     look per ``RECHECK_S`` in all (the app's watcher of stored plans), not one each: they used
     to recheck their plan's version every second each, twenty queries a second."""
     monkeypatch.setattr(plans_service, "WAKE_SPREAD_S", 0.0)
-    settings = make_settings(db_url, max_long_poll_s=6.0)
-    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
-        api = Api(client)
+    with _own_app(db_url, max_long_poll_s=6.0) as (client, api):
         tokens = {f"n{k}": api.node(f"n{k}", gpus=1)[1] for k in range(20)}
         statements = _Statements(client)
         pollers, replies = _hold_plan_long_polls(client, tokens, wait=6.0, etag='"plan-0"')
@@ -293,9 +298,7 @@ def test_a_plan_stored_by_another_process_wakes_a_held_long_poll_within_a_period
     """A plan stored on another connection (another replica, ``gpufair solve``: this app's
     notifier is not called) reaches a long-poll held here within about ``RECHECK_S`` and the
     wake spread, with the new plan — long before the long-poll's deadline."""
-    settings = make_settings(db_url, max_long_poll_s=20.0)
-    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
-        api = Api(client)
+    with _own_app(db_url, max_long_poll_s=20.0) as (client, api):
         token = _solved_node(api)
         pollers, replies = _hold_plan_long_polls(client, {"n1": token}, wait=20.0, etag='"plan-1"')
         time.sleep(1.5)  # held, and the watcher has looked once
@@ -317,9 +320,7 @@ def test_the_watcher_takes_in_another_process_plans_so_the_woken_long_polls_read
     long-polls of a solve elsewhere add no plan read each, and the tenants' allocation views
     find the plans parsed."""
     monkeypatch.setattr(plans_service, "WAKE_SPREAD_S", 0.0)
-    settings = make_settings(db_url, max_long_poll_s=20.0)
-    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
-        api = Api(client)
+    with _own_app(db_url, max_long_poll_s=20.0) as (client, api):
         token = _solved_node(api)
         pollers, replies = _hold_plan_long_polls(client, {"n1": token}, wait=20.0, etag='"plan-1"')
         time.sleep(1.5)  # held, and the watcher has looked once
@@ -352,9 +353,7 @@ def test_a_failed_look_for_stored_plans_is_logged_and_tried_again(
         return newest(connection)
 
     monkeypatch.setattr(plans_service, "newest_allocation_id", failing_first)
-    settings = make_settings(db_url, max_long_poll_s=20.0)
-    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
-        api = Api(client)
+    with _own_app(db_url, max_long_poll_s=20.0) as (client, api):
         token = _solved_node(api)
         pollers, replies = _hold_plan_long_polls(client, {"n1": token}, wait=20.0, etag='"plan-1"')
         time.sleep(0.3)
@@ -381,9 +380,7 @@ def test_the_watcher_does_not_wake_the_long_polls_again_for_a_solve_here(
         return current_version(**arguments)
 
     monkeypatch.setattr(plans_service, "current_version", counted)
-    settings = make_settings(db_url, max_long_poll_s=20.0)
-    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
-        api = Api(client)
+    with _own_app(db_url, max_long_poll_s=20.0) as (client, api):
         token = _solved_node(api)
         pollers, replies = _hold_plan_long_polls(client, {"n1": token}, wait=20.0, etag='"plan-1"')
         time.sleep(1.5)  # held, and the watcher has looked once
@@ -402,9 +399,7 @@ def test_the_watcher_does_not_wake_the_long_polls_again_for_a_solve_here(
 def test_the_watcher_ends_with_the_last_held_plan_long_poll(db_url: str) -> None:
     """Once no plan long-poll waits, the app sends the database nothing: the watcher of stored
     plans runs only while one does."""
-    settings = make_settings(db_url, max_long_poll_s=1.5)
-    with TestClient(create_app(api_config(settings)), raise_server_exceptions=False) as client:
-        api = Api(client)
+    with _own_app(db_url, max_long_poll_s=1.5) as (client, api):
         tokens = {f"n{k}": api.node(f"n{k}", gpus=1)[1] for k in range(3)}
         statements = _Statements(client)
         pollers, replies = _hold_plan_long_polls(client, tokens, wait=1.5, etag='"plan-0"')
