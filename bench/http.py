@@ -64,7 +64,7 @@ import numpy as np
 from allocator.cluster.plan import NodePlan
 from bench import serve as inproc
 from bench.loadclient import LoadClient, Stream, TrialResult, TrialSpec
-from bench.machine import describe_machine, load_average, this_machine
+from bench.machine import describe_machine, load_average, session_niceness, this_machine
 from bench.peers.common import INFER_PATH
 from bench.serve import START_RATE, WARMUP_S, highest_rate_within_sla
 from executor.models.schema import ModelSchema
@@ -618,9 +618,16 @@ def markdown(data: dict[str, Any]) -> str:
     end = ", ".join(f"{x:g}" for x in data.get("load_average_end", []))
     lines += ["", f"Wall time {data['wall_s']:.0f} s; load average at the end {end}."]
     if data.get("niceness"):
+        session = data.get("session_niceness")
         lines += [
             f"Run at niceness {data['niceness']}, which every server, peer and load client "
-            "inherited, so that other jobs on the shared machine took less of its CPU."
+            "inherited, so that other jobs on the shared machine took less of its CPU"
+            + (
+                f"; its session's niceness (the kernel's autogroup, which weighs it against other "
+                f"sessions) was {session} for the run."
+                if session is not None
+                else "."
+            )
         ]
     return "\n".join(lines) + "\n"
 
@@ -837,6 +844,7 @@ def main(argv: list[str]) -> int:
     info = this_machine(("torch", "fastapi", "uvicorn", "starlette"))
     with (
         tempfile.TemporaryDirectory(prefix="gpufair-bench-http-") as tmp,
+        session_niceness() as session_nice,
         LoadClient(schema, cfg.seed, cfg.clients) as client,
     ):
         work = Path(tmp)
@@ -857,6 +865,8 @@ def main(argv: list[str]) -> int:
         "load_average_end": load_average(),
         # Every server and load client inherits it (e.g. nice -n -10 on a shared machine).
         "niceness": os.nice(0),
+        # And the session's (its autogroup's), which weighs all of them against other sessions.
+        "session_niceness": session_nice,
     }
     paths = write_results(cfg, data)
     sys.stdout.write(markdown(data))

@@ -17,6 +17,15 @@ queued at the engine) by Little's law: a tenant answered within its SLA of ``s``
 never fewer than :data:`MIN_IN_FLIGHT`, so that a tenant that starts or speeds up is let in
 while its rate is learnt. Only answers within the SLA count: a flooder whose answers come late
 has more in flight than it can be served in time, and its bound shrinks to what it is. A
+tenant *behind* — over the window, more than one of its requests for every ten answered in time
+ended without an answer in time (late, refused or dropped by the engine;
+:data:`BEHIND_MISSES`) — gets no headroom and a floor of :data:`MIN_IN_FLIGHT_BEHIND`:
+``max(2, ⌈r × s⌉)``. With the headroom a flooder kept 9–11
+requests in flight at the front while its answers came late, and on 2 cores reading and parsing
+their megabyte bodies took the front 0.74 cores: the calm tenant's requests waited behind them
+(docs/benchmarks.md, "Serving over HTTP"). A tenant answered in time keeps its headroom for
+bursts; a tenant whose requests the engine refuses or answers late is past what its sessions
+serve, and the front's reading more of its bodies serves it no faster. A
 request of a tenant at its bound is refused (429) on arrival: before the engine is asked,
 before its body is read (the daemon closes such a connection rather than drain the body). A
 tenant within its share is answered as fast as it sends and stays far below its bound; a
@@ -52,6 +61,10 @@ from executor.scheduling.errors import Overloaded
 # tenant whose rate rises faster than a window of answers shows it.
 HEADROOM = 4.0
 MIN_IN_FLIGHT = 8  # in flight allowed whatever the tenant's rate
+MIN_IN_FLIGHT_BEHIND = 2  # the same for a tenant behind (below)
+# A tenant is behind when, over the window, more of its requests ended without an answer in time
+# than this many per answer in time (a lone tenant at the edge of its capacity misses a few %).
+BEHIND_MISSES = 0.1
 WINDOW_S = 1.0  # the answers a tenant's rate is measured over
 CREDENTIALS_KEPT = 4096  # accepted credentials a front remembers (forgotten all at once beyond)
 RETRY_AFTER_S = 1.0  # what a refused client is told to wait
@@ -61,7 +74,8 @@ RETRY_AFTER_S = 1.0  # what a refused client is told to wait
 class _Tenant:
     sla_s: float
     in_flight: int = 0
-    answers: collections.deque[float] = field(default_factory=collections.deque)
+    answers: collections.deque[float] = field(default_factory=collections.deque)  # in time
+    misses: collections.deque[float] = field(default_factory=collections.deque)  # the others
 
 
 class TenantBudgets:
@@ -72,13 +86,15 @@ class TenantBudgets:
         *,
         headroom: float = HEADROOM,
         min_in_flight: int = MIN_IN_FLIGHT,
+        min_in_flight_behind: int = MIN_IN_FLIGHT_BEHIND,
         window_s: float = WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if min_in_flight < 1:
-            raise ValueError(f"min_in_flight must be >= 1, got {min_in_flight}")
+        if min(min_in_flight, min_in_flight_behind) < 1:
+            raise ValueError("min_in_flight and min_in_flight_behind must be >= 1")
         self._headroom = headroom
         self._min = min_in_flight
+        self._min_behind = min_in_flight_behind
         self._window_s = window_s
         self._clock = clock
         self._tenant_of: dict[str, str] = {}  # model, as requests name it -> its tenant
@@ -96,9 +112,12 @@ class TenantBudgets:
         if state is None:
             return self._min
         horizon = self._clock() - self._window_s
-        while state.answers and state.answers[0] < horizon:
-            state.answers.popleft()
+        for ends in (state.answers, state.misses):
+            while ends and ends[0] < horizon:
+                ends.popleft()
         rate = len(state.answers) / self._window_s
+        if len(state.misses) > BEHIND_MISSES * len(state.answers):  # behind: no headroom
+            return max(self._min_behind, math.ceil(rate * state.sla_s))
         return max(self._min, math.ceil(self._headroom * rate * state.sla_s))
 
     def claim(self, model: str, credential: str | None) -> str | None:
@@ -126,8 +145,8 @@ class TenantBudgets:
         state = self._tenants.setdefault(ticket.tenant, _Tenant(ticket.sla_s))
         state.sla_s = ticket.sla_s
         if claimed != ticket.tenant:
-            if claimed is not None:
-                self.leave(claimed, answered=False)
+            if claimed is not None:  # counted for the model's tenant before a plan swap
+                self._tenants[claimed].in_flight -= 1  # moved, not ended: neither in time nor not
             self._count(ticket.tenant)
         return ticket.tenant
 
@@ -158,5 +177,4 @@ class TenantBudgets:
         its SLA."""
         state = self._tenants[tenant]
         state.in_flight -= 1
-        if answered:
-            state.answers.append(self._clock())
+        (state.answers if answered else state.misses).append(self._clock())

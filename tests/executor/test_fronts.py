@@ -108,8 +108,33 @@ def test_a_tenants_bound_follows_its_answer_rate_within_its_sla() -> None:
     now[0] += 2.0  # a quiet spell: its rate is forgotten, the floor stays
     assert budgets.bound("busy") == 4
     budgets.confirm("m", _ticket("busy", 0.1), None, "key")
-    budgets.leave("busy", answered=False)  # a refusal or a failure is no answer
+    budgets.leave("busy", answered=True)
     assert budgets.bound("busy") == 4
+
+
+def test_a_tenant_behind_has_no_headroom_and_one_answered_in_time_keeps_it() -> None:
+    """A tenant with more than one request in ten ending unanswered in time (late, refused,
+    dropped) is sent more than it is served: its bound is what it is answered in time, r × s,
+    with a floor of 2, so that the front reads no more of its bodies than that; a tenant
+    missing a few in a hundred, at the edge of its capacity, keeps its headroom for bursts."""
+    now = [0.0]
+    budgets = TenantBudgets(
+        min_in_flight=8, min_in_flight_behind=2, headroom=4.0, window_s=1.0, clock=lambda: now[0]
+    )
+    for k in range(200):  # 200 ended over the last second, every fifth in time: a flooder
+        now[0] = k / 200
+        budgets.confirm("flood-model", _ticket("flood", 0.05), None, "flood-key")
+        budgets.leave("flood", answered=k % 5 == 0)
+        budgets.confirm("edge-model", _ticket("edge", 0.05), None, "edge-key")
+        budgets.leave("edge", answered=k % 50 != 0)  # 4 of 200 missed
+    assert budgets.bound("flood") == 2  # max(2, ⌈40/s × 0.05 s⌉), not 4 × that = 8
+    assert budgets.bound("edge") == 40  # 4 × 196/s × 0.05 s
+    budgets.claim("flood-model", "flood-key")
+    budgets.claim("flood-model", "flood-key")
+    with pytest.raises(Overloaded, match="in flight"):
+        budgets.claim("flood-model", "flood-key")
+    now[0] += 2.0  # its misses are forgotten with its answers: the floor of one in time again
+    assert budgets.bound("flood") == 8
 
 
 # -- the shared buffer and the link ------------------------------------------------------------
