@@ -214,19 +214,25 @@ def peer(
     )
 
 
-def ray_available(python: str) -> bool:
-    """Whether ``python`` can import Ray Serve and gpufair's runtime."""
+def ray_unavailable_because(python: str) -> str | None:
+    """None when ``python`` can import Ray Serve and gpufair's runtime (its peer serves gpufair's
+    model); otherwise why not, in one line: the import error's last line, which says whether
+    Ray or gpufair's own dependencies (its virtualenv's path to gpufair's) are missing."""
     try:
         done = subprocess.run(
             [python, "-c", "import ray.serve, executor.runtime"],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             capture_output=True,
+            text=True,
             timeout=120,
         )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if done.returncode == 0:
+        return None
+    lines = done.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit {done.returncode}"
 
 
 def gpufair_name(cfg: HttpConfig, sessions: int) -> str:
@@ -247,14 +253,19 @@ def http_systems(cfg: HttpConfig, work: Path) -> dict[str, Callable[[], ChildSer
             peer, cfg, "bench.peers.naive_fastapi", naive, work, "naive", sys.executable
         )
     if "ray" in cfg.systems:
-        if ray_available(cfg.ray_python):
+        missing = ray_unavailable_because(cfg.ray_python)
+        if missing is None:
             ray = ["--artifact", cfg.artifact, "--models", MODEL, "--replicas", "2",
                    "--cpus", str(cfg.cores)]  # fmt: skip
             systems["ray"] = functools.partial(
                 peer, cfg, "bench.peers.ray_serve", ray, work, "ray", cfg.ray_python
             )
         else:
-            log.warning("ray: %s cannot import ray.serve; Ray Serve is left out", cfg.ray_python)
+            log.warning(
+                "ray: %s cannot import ray.serve and gpufair's runtime (%s); Ray Serve is left out",
+                cfg.ray_python,
+                missing,
+            )
     return systems
 
 
@@ -453,7 +464,7 @@ def isolation(cfg: HttpConfig, client: LoadClient, work: Path, share: float) -> 
         pool = max(0, cfg.cores - len(seats)) if cfg.device == "cpu" else max(cfg.streams)
         plan = daemon_plan(cfg, seats, pool=pool)
         systems["gpufair"] = functools.partial(gpufair_daemon, cfg, plan, work, "gpufair-isolation")
-    if "ray" in cfg.systems and ray_available(cfg.ray_python):
+    if "ray" in cfg.systems and ray_unavailable_because(cfg.ray_python) is None:
         args = [
             "--artifact",
             cfg.artifact,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.http import summarize
+from bench.http import ray_unavailable_because, summarize
 from bench.loadclient import (
     DISTINCT_QUERIES,
     LoadClient,
@@ -169,3 +169,14 @@ def test_the_gpu_check_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
     assert "| gpufair-1 |" in report and "| gpufair-2 |" in report and "| naive |" in report
     assert "## The GPU check" in report and "Device: CPU" in report
     assert "pytest -m gpu" in report and "skipped" in report  # no CUDA here
+
+
+def test_a_python_that_cannot_serve_ray_says_what_it_lacks(tmp_path: Path) -> None:
+    """Ray Serve is left out of a run, with a reason that names what is missing: this
+    project's own interpreter has no Ray (it is not in the lock), and a path with no
+    interpreter is named as such."""
+    missing_ray = ray_unavailable_because(sys.executable)
+    assert missing_ray is not None and "No module named 'ray'" in missing_ray
+    absent = tmp_path / "python"
+    missing_python = ray_unavailable_because(str(absent))
+    assert missing_python is not None and str(absent) in missing_python
