@@ -214,10 +214,13 @@ def peer(
     )
 
 
+@functools.cache
 def ray_unavailable_because(python: str) -> str | None:
     """None when ``python`` can import Ray Serve and gpufair's runtime (its peer serves gpufair's
     model); otherwise why not, in one line: the import error's last line, which says whether
-    Ray or gpufair's own dependencies (its virtualenv's path to gpufair's) are missing."""
+    Ray or gpufair's own dependencies (its virtualenv's path to gpufair's) are missing. Asked
+    once per interpreter and run: the throughput searches and the isolation run both need it,
+    and importing Ray takes seconds."""
     try:
         done = subprocess.run(
             [python, "-c", "import ray.serve, executor.runtime"],
