@@ -27,13 +27,13 @@ The search is :mod:`bench.serve`'s: a warm-up at 20 qps (discarded), ×1.5 from 
 p99 breaks the SLA (a refused or failed query is a miss), then bisection.
 
 Isolation: two tenants with equal shares, a share being half of gpufair's HTTP median; the
-flooder sends 5× its share and the calm tenant ``--calm-fraction`` of its share (0.5, as
-``gpufair bench serve``), for ``--isolation-s`` seconds, each tenant from a load client process
-of its own (two tenants are two clients: in one process the flooder's megabyte writes delayed
-the calm tenant's sending, and that delay was charged to the server); the calm tenant's
-queries within the SLA are reported for gpufair (a seat each and equal weights in a pool of the
-cores left, one session per core in all) and for Ray Serve (one deployment per tenant, one
-replica each).
+flooder sends ``--flood-factor`` (5) times its share and the calm tenant ``--calm-fraction``
+of its share (0.5, as ``gpufair bench serve``), for ``--isolation-s`` seconds, each tenant
+from a load client process of its own (two tenants are two clients: in one process the
+flooder's megabyte writes delayed the calm tenant's sending, and that delay was charged to the
+server); the calm tenant's queries within the SLA are reported for gpufair (a seat each and
+equal weights in a pool of the cores left, one session per core in all) and for Ray Serve (one
+deployment per tenant, one replica each).
 
 Results: ``bench/results/serve-http[-quick].{json,md,png}`` with the command and the machine.
 """
@@ -608,7 +608,7 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             f"Isolation: two tenants with equal shares ({iso['share_qps']} qps each, "
             f"{'given' if c['share_qps'] else 'half of gpufair' + chr(39) + 's HTTP median'}); "
-            f"the flooder sends {iso['flood_qps']} qps (5× its share), "
+            f"the flooder sends {iso['flood_qps']} qps ({c['flood_factor']:g}× its share), "
             f"the calm tenant {iso['calm_qps']} qps, for {c['isolation_s']:g} s, each tenant "
             f"from a load client process of its own; {c['isolation_repeats']} run(s) each, "
             "median.",
@@ -695,7 +695,8 @@ def plot(data: dict[str, Any], path: Path) -> None:
     right.axhline(0.99, color="black", linestyle="--", label="99 %")
     right.set_ylim(0, 1.05)
     right.set_ylabel("calm tenant within SLA")
-    right.set_title("isolation: the other tenant floods at 5× its share")
+    flood_factor = data["config"]["flood_factor"]
+    right.set_title(f"isolation: the other tenant sends {flood_factor:g}× its share")
     right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -751,6 +752,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the calm tenant's rate as a fraction of its share (default 0.5)",
     )
     p.add_argument(
+        "--flood-factor",
+        type=float,
+        default=5.0,
+        help="the flooder's rate as a multiple of its share (default 5; 1 or less: a "
+        "tenant within its share beside the calm one, the isolation runs' baseline)",
+    )
+    p.add_argument(
         "--ray-python",
         default=sys.executable,
         help="interpreter that can import ray.serve (bench/peers/requirements-ray.txt)",
@@ -792,6 +800,8 @@ def _config(args: argparse.Namespace, argv: list[str]) -> HttpConfig:
         raise ValueError(f"--streams: expected numbers like 1,4, got {args.streams!r}") from None
     if args.sla_ms <= 0 or not 0 < args.scale <= 1 or min(args.cores, args.clients, *streams) < 1:
         raise ValueError("--sla-ms > 0, 0 < --scale ≤ 1, --cores, --clients and --streams ≥ 1")
+    if args.calm_fraction <= 0 or args.flood_factor <= 0:
+        raise ValueError("--calm-fraction and --flood-factor > 0")
     quick = args.quick
     return HttpConfig(
         name=args.name or ("http-quick" if quick else "http"),
@@ -804,7 +814,7 @@ def _config(args: argparse.Namespace, argv: list[str]) -> HttpConfig:
         isolation_s=args.isolation_s or (4.0 if quick else 15.0),
         isolation_repeats=1 if quick else (args.repeats or 3),
         calm_fraction=args.calm_fraction,
-        flood_factor=5.0,
+        flood_factor=args.flood_factor,
         cores=args.cores,
         device=args.device,
         streams=streams,

@@ -118,6 +118,18 @@ def test_bad_flags_are_one_line() -> None:
     ]
 
 
+def test_a_flood_factor_that_sends_nothing_is_refused_in_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gpufair.cli", "bench", "serve", "--http", "--flood-factor", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "gpufair bench serve --http: --calm-fraction and --flood-factor > 0"
+    )
+
+
 def test_the_in_process_ceiling_is_refused_on_cuda() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "gpufair.cli", "bench", "serve", "--http", "--device", "cuda",

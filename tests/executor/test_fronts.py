@@ -80,6 +80,22 @@ def test_a_key_the_engine_did_not_accept_for_a_models_tenant_counts_nowhere_befo
     assert budgets.claim("calm-model", "calm-key") == "calm"
 
 
+def test_without_keys_every_tenants_requests_are_counted_before_the_engine_is_asked() -> None:
+    """A daemon that checks no keys (plan mode) accepts the absent key for every tenant: each
+    tenant's requests are counted in its own bound before the engine is asked, however their
+    admissions interleave (the absent key is not taken to be the last admitted tenant's alone,
+    which sent every other tenant's requests to the engine before their bodies)."""
+    budgets = TenantBudgets(min_in_flight=4)
+    for tenant in ("calm", "flood", "calm", "flood"):
+        budgets.confirm(f"{tenant}-model", _ticket(tenant, 0.05), None, None)
+        budgets.leave(tenant, answered=True)
+    assert budgets.claim("calm-model", None) == "calm"
+    assert budgets.claim("flood-model", None) == "flood"
+    assert budgets.claim("calm-model", "made-up") is None  # a key never accepted still is not
+    budgets.forget(None)  # the engine refused it since: asked again before the next body
+    assert budgets.claim("calm-model", None) is None
+
+
 def test_a_tenant_past_half_its_bound_has_no_room_to_be_let_in_unasked() -> None:
     """Answered within its SLA a tenant has a quarter of its bound in flight; past half of it
     the front asks the engine before reading its bodies (no room), below it the front may let
@@ -113,26 +129,31 @@ def test_a_tenants_bound_follows_its_answer_rate_within_its_sla() -> None:
 
 
 def test_a_tenant_behind_has_no_headroom_and_one_answered_in_time_keeps_it() -> None:
-    """A tenant with more than one request in ten ending unanswered in time (late, refused,
-    dropped) is sent more than it is served: its bound is what it is answered in time, r × s,
-    with a floor of 2, so that the front reads no more of its bodies than that; a tenant
-    missing a few in a hundred, at the edge of its capacity, keeps its headroom for bursts."""
+    """A tenant refused at its bound with more than one request in ten ending unanswered in
+    time (late, refused, dropped) is sent more than it is served: its bound is what it is
+    answered in time, r × s, with a floor of 2, so that the front reads no more of its bodies
+    than that. A tenant missing a few in a hundred, at the edge of its capacity, keeps its
+    headroom for bursts; so does one answered late without ever coming to its bound — a calm
+    tenant slowed by a flooder — whose bound would otherwise shrink under its own bursts."""
     now = [0.0]
     budgets = TenantBudgets(
         min_in_flight=8, min_in_flight_behind=2, headroom=4.0, window_s=1.0, clock=lambda: now[0]
     )
     for k in range(200):  # 200 ended over the last second, every fifth in time: a flooder
         now[0] = k / 200
-        budgets.confirm("flood-model", _ticket("flood", 0.05), None, "flood-key")
-        budgets.leave("flood", answered=k % 5 == 0)
+        for tenant in ("flood", "calm"):  # and a calm tenant answered as late
+            budgets.confirm(f"{tenant}-model", _ticket(tenant, 0.05), None, f"{tenant}-key")
+            budgets.leave(tenant, answered=k % 5 == 0)
         budgets.confirm("edge-model", _ticket("edge", 0.05), None, "edge-key")
         budgets.leave("edge", answered=k % 50 != 0)  # 4 of 200 missed
-    assert budgets.bound("flood") == 2  # max(2, ⌈40/s × 0.05 s⌉), not 4 × that = 8
     assert budgets.bound("edge") == 40  # 4 × 196/s × 0.05 s
-    budgets.claim("flood-model", "flood-key")
-    budgets.claim("flood-model", "flood-key")
-    with pytest.raises(Overloaded, match="in flight"):
+    assert budgets.bound("flood") == budgets.bound("calm") == 8  # 4 × 40/s × 0.05 s
+    for _ in range(8):
         budgets.claim("flood-model", "flood-key")
+    with pytest.raises(Overloaded, match="in flight"):  # at its bound: it sends more
+        budgets.claim("flood-model", "flood-key")
+    assert budgets.bound("flood") == 2  # max(2, ⌈40/s × 0.05 s⌉), not 4 × that = 8
+    assert budgets.bound("calm") == 8
     now[0] += 2.0  # its misses are forgotten with its answers: the floor of one in time again
     assert budgets.bound("flood") == 8
 
