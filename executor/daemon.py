@@ -220,7 +220,18 @@ def create_front_app(
             # The body is received as it comes, in no queue: waiting for a slow client's bytes
             # holds up no other request, and the tenant's in-flight bound limits how many of
             # its bodies the front receives at once.
-            body = await _read_body(request, max_body_bytes)
+            turn = None if counted is None else bounds.read_turn(counted)
+            if turn is None:
+                body = await _read_body(request, max_body_bytes)
+            else:
+                async with turn:
+                    if time.monotonic() > arrival + ticket.sla_s:
+                        raise Overloaded(
+                            f"model {model!r}: its tenant's bodies are read one at a time while "
+                            "it sends more than it is served, and its turn came after its SLA",
+                            1.0,
+                        )
+                    body = await _read_body(request, max_body_bytes)
             body_read = True
             if body is None:
                 return _error(413, f"body exceeds {max_body_bytes} bytes")
@@ -395,4 +406,3 @@ def _content_type(request: Request) -> str:
 
 def _json_scores(scores: np.ndarray) -> Response:
     return JSONResponse({"scores": scores.tolist()})
-

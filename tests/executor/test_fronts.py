@@ -326,6 +326,59 @@ def test_over_http_a_tenant_under_its_bound_is_admitted_once_per_model_and_front
         assert Counting.admits == 2  # asked before the body this time
 
 
+def _behind(budgets: TenantBudgets, model: str, credential: str, tenant: str) -> None:
+    """Put ``tenant`` behind at ``budgets`` (a frozen clock keeps it there): refused at its
+    bound, with every request it had in flight ended unanswered in time."""
+    claimed = 0
+    with pytest.raises(Overloaded):
+        while True:
+            budgets.claim(model, credential)
+            claimed += 1
+    for _ in range(claimed):
+        budgets.leave(tenant, answered=False)
+
+
+@pytest.mark.slow
+def test_a_tenant_behind_has_its_bodies_read_one_at_a_time_and_others_at_once(
+    engine_core: EngineCore,
+) -> None:
+    """While a tenant behind has a body being read at a front (here one that never comes), its
+    next request waits for its turn, and one whose turn comes after its SLA (1 s here) is
+    refused with its body unread; another tenant is served meanwhile."""
+    budgets = TenantBudgets(clock=lambda: 0.0)
+    app = create_front_app(LocalEngine(engine_core), budgets=budgets)
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        for model in ("a", "b"):  # the front learns both tenants and their keys
+            client.headers["Authorization"] = f"Bearer key-{model}"
+            assert _infer(client, model, 0).status_code == 200
+        _behind(budgets, "a", key_digest("key-a"), "tenant-a")
+        assert budgets.read_turn("tenant-a") is not None and budgets.read_turn("tenant-b") is None
+        host, port = server.url.removeprefix("http://").split(":")
+        stalled = socket.create_connection((host, int(port)), timeout=30)
+        stalled.sendall(
+            f"POST /v2/models/a/infer HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer key-a"
+            f"\r\nContent-Type: {oip.BINARY_CONTENT_TYPE}\r\nContent-Length: 4096\r\n\r\n"
+            .encode()
+        )  # fmt: skip
+        with ThreadPoolExecutor(1) as pool:
+            time.sleep(0.2)  # the stalled request holds a's turn
+            client.headers["Authorization"] = "Bearer key-a"
+            waiting = pool.submit(_infer, client, "a", 1)  # its body sent whole, but not read
+            time.sleep(0.2)
+            with httpx.Client(base_url=server.url, timeout=30) as other:
+                other.headers["Authorization"] = "Bearer key-b"
+                started = time.monotonic()
+                assert _infer(other, "b", 2).status_code == 200
+                assert time.monotonic() - started < 0.5
+            time.sleep(1.0)  # past a's SLA
+            assert not waiting.done()
+            stalled.close()  # its client left: the turn passes
+            refused = waiting.result(timeout=30)
+        assert refused.status_code == 429
+        assert "one at a time" in refused.json()["error"]
+        assert refused.headers["connection"] == "close"
+
+
 # -- the daemon as processes ---------------------------------------------------------------------
 
 
