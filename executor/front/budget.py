@@ -39,7 +39,7 @@ A tenant behind also has its bodies read one at a time at a front
 (:meth:`TenantBudgets.read_turn`; a request whose turn comes after its SLA is refused unread):
 the front's one event loop reads every body it lets in side by side, a chunk each in turn, so
 each flood body in flight slowed the reads, and the dispatch, of every other tenant's. In
-isolation runs at a 72.8 qps share on 2 cores the calm tenant went from 0.937 to 0.971 of its
+isolation runs at a 72.8 qps share on 2 cores the calm tenant went from 0.938 to 0.971 of its
 queries within the SLA (medians of six, docs/benchmarks.md). A tenant within its share is
 never behind, and its reads never wait.
 
