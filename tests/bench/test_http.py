@@ -105,12 +105,17 @@ def test_by_stream_a_client_process_sends_its_tenants_arrivals_only(tmp_path: Pa
     assert result.statuses == {200: planned}
 
 
-def test_bad_flags_are_one_line() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "gpufair.cli", "bench", "serve", "--http", "--systems", "triton"],
+def _bench_http(*args: str) -> subprocess.CompletedProcess[str]:
+    """``gpufair bench serve --http ARGS`` in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "gpufair.cli", "bench", "serve", "--http", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
+
+
+def test_bad_flags_are_one_line() -> None:
+    done = _bench_http("--systems", "triton")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "gpufair bench serve --http: --systems: unknown triton; choose of gpufair, "
@@ -119,11 +124,7 @@ def test_bad_flags_are_one_line() -> None:
 
 
 def test_a_flood_factor_that_sends_nothing_is_refused_in_one_line() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "gpufair.cli", "bench", "serve", "--http", "--flood-factor", "0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    done = _bench_http("--flood-factor", "0")
     assert done.returncode == 2
     assert done.stderr.strip() == (
         "gpufair bench serve --http: --calm-fraction and --flood-factor > 0"
@@ -131,12 +132,7 @@ def test_a_flood_factor_that_sends_nothing_is_refused_in_one_line() -> None:
 
 
 def test_the_in_process_ceiling_is_refused_on_cuda() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "gpufair.cli", "bench", "serve", "--http", "--device", "cuda",
-         "--systems", "gpufair,gpufair-inprocess"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    done = _bench_http("--device", "cuda", "--systems", "gpufair,gpufair-inprocess")
     assert done.returncode == 2
     assert done.stderr.strip() == (
         "gpufair bench serve --http: --systems: gpufair-inprocess runs on the CPU only"

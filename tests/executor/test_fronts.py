@@ -353,13 +353,7 @@ def test_a_tenant_behind_has_its_bodies_read_one_at_a_time_and_others_at_once(
             assert _infer(client, model, 0).status_code == 200
         _behind(budgets, "a", key_digest("key-a"), "tenant-a")
         assert budgets.read_turn("tenant-a") is not None and budgets.read_turn("tenant-b") is None
-        host, port = server.url.removeprefix("http://").split(":")
-        stalled = socket.create_connection((host, int(port)), timeout=30)
-        stalled.sendall(
-            f"POST /v2/models/a/infer HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer key-a"
-            f"\r\nContent-Type: {oip.BINARY_CONTENT_TYPE}\r\nContent-Length: 4096\r\n\r\n"
-            .encode()
-        )  # fmt: skip
+        stalled = _headers_only(server.url, "a", 4096, key="key-a")
         with ThreadPoolExecutor(1) as pool:
             time.sleep(0.2)  # the stalled request holds a's turn
             client.headers["Authorization"] = "Bearer key-a"
@@ -489,12 +483,14 @@ def one_front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChildServer]
     yield from _two_tenants(tmp_path_factory.mktemp("one-front"), fronts=1)
 
 
-def _headers_only(daemon: ChildServer, model: str, body_bytes: int) -> socket.socket:
-    """A connection that sent an inference request's headers, declaring a body it never sends."""
-    host, port = daemon.url.removeprefix("http://").split(":")
+def _headers_only(url: str, model: str, body_bytes: int, key: str | None = None) -> socket.socket:
+    """A connection that sent an inference request's headers (with ``key``'s Authorization),
+    declaring a body it never sends."""
+    host, port = url.removeprefix("http://").split(":")
     conn = socket.create_connection((host, int(port)), timeout=30)
+    authorization = "" if key is None else f"Authorization: Bearer {key}\r\n"
     conn.sendall(
-        f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {host}\r\n"
+        f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {host}\r\n{authorization}"
         f"Content-Type: {oip.BINARY_CONTENT_TYPE}\r\nContent-Length: {body_bytes}\r\n\r\n"
         .encode()
     )  # fmt: skip
@@ -519,10 +515,10 @@ def test_a_tenant_over_its_bound_is_refused_unread_and_others_are_served(one_fro
     with httpx.Client(base_url=one_front.url, timeout=30) as client:
         assert _infer(client, "a", 0).status_code == 200  # the front learns a's tenant
         before = client.get("/metrics").text
-        stalled = [_headers_only(one_front, "a", 4096) for _ in range(MIN_IN_FLIGHT)]
+        stalled = [_headers_only(one_front.url, "a", 4096) for _ in range(MIN_IN_FLIGHT)]
         try:
             while True:  # until a request finds the bound held
-                probe = _headers_only(one_front, "a", 10**6)
+                probe = _headers_only(one_front.url, "a", 10**6)
                 probe.settimeout(2.0)
                 try:
                     reply = _reply(probe)
