@@ -61,6 +61,7 @@ Every error a request can meet is answered from one table,
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import logging
 import time
@@ -225,13 +226,22 @@ def create_front_app(
                 body = await _read_body(request, max_body_bytes)
             else:
                 async with turn:
-                    if time.monotonic() > arrival + ticket.sla_s:
+                    left_s = arrival + ticket.sla_s - time.monotonic()
+                    if left_s <= 0:
                         raise Overloaded(
                             f"model {model!r}: its tenant's bodies are read one at a time while "
                             "it sends more than it is served, and its turn came after its SLA",
                             1.0,
                         )
-                    body = await _read_body(request, max_body_bytes)
+                    # A body still coming in at the SLA could only be answered late; its read
+                    # ends there, so that a stalled client does not hold the turn.
+                    try:
+                        async with asyncio.timeout(left_s):
+                            body = await _read_body(request, max_body_bytes)
+                    except TimeoutError:
+                        raise Overloaded(
+                            f"model {model!r}: its body was still coming in at its SLA", 1.0
+                        ) from None
             body_read = True
             if body is None:
                 return _error(413, f"body exceeds {max_body_bytes} bytes")
