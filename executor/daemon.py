@@ -220,7 +220,9 @@ def create_front_app(
                 counted = bounds.confirm(model, ticket, claimed, credential)
             # The body is received as it comes, in no queue: waiting for a slow client's bytes
             # holds up no other request, and the tenant's in-flight bound limits how many of
-            # its bodies the front receives at once.
+            # its bodies the front receives at once. A tenant behind's bodies are read one at
+            # a time (TenantBudgets.read_turn), so that its flood's reads do not share the event
+            # loop with every other tenant's; its slow client holds up only its own.
             turn = None if counted is None else bounds.read_turn(counted)
             if turn is None:
                 body = await _read_body(request, max_body_bytes)
