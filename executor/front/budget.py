@@ -143,12 +143,10 @@ class TenantBudgets:
 
     def read_turn(self, tenant: str) -> asyncio.Lock | None:
         """What a request of ``tenant`` must hold while its body is read: for a tenant behind,
-        its one read at a time at this front; None (read at once) for any other."""
+        its one read at a time at this front; None (read at once) for any other. Judged on the
+        window as counting the request in (:meth:`claim` or :meth:`confirm`) last trimmed it."""
         state = self._tenants.get(tenant)
-        if state is None:
-            return None
-        self.bound(tenant)  # trims the window
-        return state.reading if self._behind(state) else None
+        return state.reading if state is not None and self._behind(state) else None
 
     def claim(self, model: str, credential: str | None) -> str | None:
         """Count a request for ``model`` presenting ``credential`` in flight before the engine
