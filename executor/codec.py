@@ -46,9 +46,11 @@ class QueryError(ValueError):
     """A query body does not match the model's schema; the message names the field."""
 
 
-def parse_query_json(schema: ModelSchema, body: bytes | str | dict[str, Any]) -> Query:
+def parse_query_json(
+    schema: ModelSchema, body: bytes | bytearray | str | dict[str, Any]
+) -> Query:
     """Parse and validate a JSON query body (raw bytes/str, or an already decoded object)."""
-    if isinstance(body, bytes | str):
+    if isinstance(body, bytes | bytearray | str):
         try:
             body = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -71,7 +73,7 @@ def parse_query_json(schema: ModelSchema, body: bytes | str | dict[str, Any]) ->
 
 
 def parse_query_oip(
-    schema: ModelSchema, body: bytes | memoryview, header_length: int | None
+    schema: ModelSchema, body: bytes | bytearray | memoryview, header_length: int | None
 ) -> tuple[Query, oip.InferRequest]:
     """Parse and validate an Open Inference Protocol request (JSON, or binary when
     ``header_length`` is given); its tensors stay views of ``body`` where they can."""

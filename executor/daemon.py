@@ -64,8 +64,11 @@ import abc
 import asyncio
 import contextlib
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from starlette.applications import Starlette
@@ -89,9 +92,21 @@ from executor.wire import oip
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ERROR_ANSWERS", "answer_error", "create_app", "create_front_app"]
+__all__ = [
+    "ERROR_ANSWERS",
+    "DirectRoute",
+    "Exchange",
+    "FrontApp",
+    "answer_error",
+    "create_app",
+    "create_front",
+    "create_front_app",
+]
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+
+# A request's body as a server received it; a view is valid until the request is answered.
+Body = bytes | bytearray | memoryview
 
 
 def answer_error(exc: Exception) -> tuple[JSONResponse, str | None]:
@@ -106,7 +121,7 @@ def answer_error(exc: Exception) -> tuple[JSONResponse, str | None]:
     return _error(status, str(exc), headers), outcome
 
 
-def _credential_of(request: Request) -> str | None:
+def _credential_of(request: Request | Exchange) -> str | None:
     """The sha256 of the bearer key ``request`` presents (executor.credentials), or None."""
     return presented_digest(request.headers.get("authorization"))
 
@@ -123,16 +138,55 @@ def _close_unread(response: Response) -> Response:
     return response
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The request's body, or None as soon as it exceeds ``limit`` bytes (the rest is unread)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+class Exchange(Protocol):
+    """An inference request as :func:`create_front_app`'s query path sees it, whichever server
+    carries it: Starlette's (:class:`StarletteExchange`, tests and tools in one process) or the
+    fronts' own (:mod:`executor.front.http`)."""
+
+    @property
+    def path_params(self) -> Mapping[str, str]:
+        """The route's parameters (``model``)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The request's headers, looked up by lower-case name."""
+
+    async def read_body(self, limit: int) -> Body | None:
+        """The whole body, or None as soon as it exceeds ``limit`` bytes (the rest unread)."""
+
+
+class StarletteExchange:
+    """:class:`Exchange` of a Starlette request."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    @property
+    def path_params(self) -> Mapping[str, str]:
+        return self._request.path_params
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._request.headers
+
+    async def read_body(self, limit: int) -> Body | None:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in self._request.stream():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@dataclass(frozen=True)
+class DirectRoute:
+    """An inference route that a server may call without ASGI: ``handle`` answers a POST to a
+    path that ``pattern`` matches whole, its groups the route's parameters."""
+
+    pattern: re.Pattern[str]
+    handle: Callable[[Exchange], Awaitable[Response]]
 
 
 def create_app(
@@ -147,6 +201,16 @@ def create_app(
     return create_front_app(LocalEngine(core), max_body_bytes=max_body_bytes)
 
 
+@dataclass(frozen=True)
+class FrontApp:
+    """The daemon's HTTP surface over one engine: every route as an ASGI app, and the inference
+    routes also as :class:`DirectRoute` s, which the fronts' server calls without ASGI."""
+
+    asgi: Starlette
+    direct: tuple[DirectRoute, ...]
+    engine: Engine  # its server starts and stops it (the ASGI app's lifespan, or the server's)
+
+
 def create_front_app(
     engine: Engine,
     *,
@@ -154,6 +218,16 @@ def create_front_app(
     budgets: TenantBudgets | None = None,
 ) -> Starlette:
     """The daemon's ASGI app over an engine (in this process or over a link)."""
+    return create_front(engine, max_body_bytes=max_body_bytes, budgets=budgets).asgi
+
+
+def create_front(
+    engine: Engine,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    budgets: TenantBudgets | None = None,
+) -> FrontApp:
+    """The daemon's HTTP surface over an engine (in this process or over a link)."""
     bounds = budgets or TenantBudgets()
 
     async def healthz(request: Request) -> Response:
@@ -175,7 +249,7 @@ def create_front_app(
             return answer_error(exc)[0]
         return JSONResponse(info.schema.to_dict())
 
-    async def serve(request: Request, reader: BodyReader) -> Response:
+    async def serve(request: Exchange, reader: BodyReader) -> Response:
         """A query from arrival to reply: the checks before the body (its tenant's bound at this
         front, the engine's admission), read and parse it, queue, wait for its scores.
         ``reader`` knows the body format."""
@@ -225,7 +299,7 @@ def create_front_app(
             # loop with every other tenant's; its slow client holds up only its own.
             turn = None if counted is None else bounds.read_turn(counted)
             if turn is None:
-                body = await _read_body(request, max_body_bytes)
+                body = await request.read_body(max_body_bytes)
             else:
                 async with turn:
                     left_s = arrival + ticket.sla_s - time.monotonic()
@@ -239,7 +313,7 @@ def create_front_app(
                     # ends there, so that a stalled client does not hold the turn.
                     try:
                         async with asyncio.timeout(left_s):
-                            body = await _read_body(request, max_body_bytes)
+                            body = await request.read_body(max_body_bytes)
                     except TimeoutError:
                         raise Overloaded(
                             f"model {model!r}: its body was still coming in at its SLA", 1.0
@@ -273,10 +347,10 @@ def create_front_app(
         return reply(scores)
 
     async def infer_v1(request: Request) -> Response:
-        return await serve(request, V1_BODIES)
+        return await serve(StarletteExchange(request), V1_BODIES)
 
     async def infer_v2(request: Request) -> Response:
-        return await serve(request, OIP_BODIES)
+        return await serve(StarletteExchange(request), OIP_BODIES)
 
     async def server_metadata(request: Request) -> Response:
         return JSONResponse(
@@ -323,7 +397,7 @@ def create_front_app(
 
     # The protocol's paths, with and without a model version (every version is the plan's).
     versions = ("", "/versions/{version}")
-    return Starlette(
+    asgi = Starlette(
         routes=[
             Route("/healthz", healthz),
             Route("/metrics", metrics_route),
@@ -341,6 +415,17 @@ def create_front_app(
         ],
         lifespan=lifespan,
     )
+    direct = (
+        DirectRoute(
+            re.compile(r"/v1/models/(?P<model>[^/]+)/infer"),
+            lambda exchange: serve(exchange, V1_BODIES),
+        ),
+        DirectRoute(
+            re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer"),
+            lambda exchange: serve(exchange, OIP_BODIES),
+        ),
+    )
+    return FrontApp(asgi, direct, engine)
 
 
 Reply = Callable[[np.ndarray], Response]
@@ -350,18 +435,18 @@ class BodyReader(abc.ABC):
     """One route's body format: what it refuses from the headers alone, and its parse."""
 
     @abc.abstractmethod
-    def refuse(self, request: Request) -> Response | None:
+    def refuse(self, request: Exchange) -> Response | None:
         """A reply that refuses the request from its headers (415), or None."""
 
     @abc.abstractmethod
-    def parse(self, request: Request, schema: ModelSchema, body: bytes) -> tuple[Query, Reply]:
+    def parse(self, request: Exchange, schema: ModelSchema, body: Body) -> tuple[Query, Reply]:
         """The query of ``body`` and how to answer it with its scores; ValueError if bad."""
 
 
 class V1Bodies(BodyReader):
     """gpufair's JSON query; its scores as JSON."""
 
-    def refuse(self, request: Request) -> Response | None:
+    def refuse(self, request: Exchange) -> Response | None:
         content_type = _content_type(request)
         if content_type != "application/json":
             return _error(
@@ -371,14 +456,15 @@ class V1Bodies(BodyReader):
             )
         return None
 
-    def parse(self, request: Request, schema: ModelSchema, body: bytes) -> tuple[Query, Reply]:
-        return codec.parse_query_json(schema, body), _json_scores
+    def parse(self, request: Exchange, schema: ModelSchema, body: Body) -> tuple[Query, Reply]:
+        text = bytes(body) if isinstance(body, memoryview) else body
+        return codec.parse_query_json(schema, text), _json_scores
 
 
 class OipBodies(BodyReader):
     """The Open Inference Protocol: JSON, or binary with ``Inference-Header-Content-Length``."""
 
-    def refuse(self, request: Request) -> Response | None:
+    def refuse(self, request: Exchange) -> Response | None:
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             return _error(415, f"content encoding {encoding!r}: send the body uncompressed")
@@ -387,7 +473,7 @@ class OipBodies(BodyReader):
             return _error(400, f"{oip.HEADER_LENGTH}: expected a byte count, got {declared!r}")
         return None
 
-    def parse(self, request: Request, schema: ModelSchema, body: bytes) -> tuple[Query, Reply]:
+    def parse(self, request: Exchange, schema: ModelSchema, body: Body) -> tuple[Query, Reply]:
         declared = request.headers.get(oip.HEADER_LENGTH)
         query, infer = codec.parse_query_oip(
             schema, body, None if declared is None else int(declared)
@@ -411,7 +497,7 @@ V1_BODIES = V1Bodies()
 OIP_BODIES = OipBodies()
 
 
-def _content_type(request: Request) -> str:
+def _content_type(request: Exchange) -> str:
     content_type = request.headers.get("content-type", "application/json")
     return content_type.split(";", 1)[0].strip().lower()
 

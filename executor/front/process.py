@@ -2,21 +2,25 @@
 
 Started by :class:`executor.engine.server.Fronts` with ``multiprocessing``'s spawn method, so
 it is a fresh interpreter that imports no torch (the models' package loads torch only when a
-model is built). It receives its shared buffer on the link, serves until it is told to stop
-(SIGTERM or SIGINT: uvicorn ends the requests in progress) or the engine closes the link.
+model is built). It receives its shared buffer on the link, serves on its own HTTP server
+(:mod:`executor.front.http`, on uvloop) until it is told to stop (SIGTERM or SIGINT: the
+requests in progress end first) or the engine closes the link.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import mmap
+import signal
 import socket
 from dataclasses import dataclass
 
-import uvicorn
+import uvloop
 
-from executor.daemon import create_front_app
+from executor.daemon import create_front
 from executor.engine import link
+from executor.front.http import FrontServer
 from executor.front.remote import RemoteEngine
 
 log = logging.getLogger(__name__)
@@ -38,22 +42,21 @@ def run_front(
     message, fds, _, _ = socket.recv_fds(link_socket, 1024, 1)
     hello, _ = link.unframe(message)
     buffer = mmap.mmap(fds[0], int(hello["buffer_bytes"]))
-    server: uvicorn.Server | None = None
+    uvloop.run(_serve(listener, link_socket, buffer, options))
 
-    def engine_gone() -> None:
-        if server is not None:
-            server.should_exit = True
 
-    engine = RemoteEngine(link_socket, buffer, on_close=engine_gone)
-    app = create_front_app(engine, max_body_bytes=options.max_body_bytes)
-    # uvicorn's C parser and event loop: a front's CPU goes to headers and megabyte bodies.
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        http="httptools",
-        loop="uvloop",
-    )
-    server = uvicorn.Server(config)
-    server.run(sockets=[listener])
+async def _serve(
+    listener: socket.socket, link_socket: socket.socket, buffer: mmap.mmap, options: FrontOptions
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    engine = RemoteEngine(link_socket, buffer, on_close=stop.set)
+    app = create_front(engine, max_body_bytes=options.max_body_bytes)
+    server = FrontServer(app, options.max_body_bytes)
+    await server.start(listener)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

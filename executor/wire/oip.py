@@ -76,7 +76,9 @@ def datatype_of(array: np.ndarray) -> str:
     return name
 
 
-def decode_request(body: bytes | memoryview, header_length: int | None) -> InferRequest:
+def decode_request(
+    body: bytes | bytearray | memoryview, header_length: int | None
+) -> InferRequest:
     """Decode a request body; ``header_length`` is the binary extension's header (None: the
     whole body is JSON). Binary tensors are zero-copy views of ``body``."""
     doc, tail = _split(body, header_length)
@@ -154,7 +156,7 @@ def _encode(
 
 
 def _split(
-    body: bytes | memoryview, header_length: int | None
+    body: bytes | bytearray | memoryview, header_length: int | None
 ) -> tuple[dict[str, Any], memoryview]:
     """The JSON document and the binary tail after it."""
     view = memoryview(body)

@@ -5,13 +5,14 @@ processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import mmap
 import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,13 @@ import pytest
 
 from executor import codec
 from executor.credentials import Credentials
-from executor.daemon import create_front_app
+from executor.daemon import FrontApp, create_front
 from executor.engine import link
 from executor.engine.core import EngineCore
 from executor.engine.server import FrontLink
 from executor.fake import FAKE_SCHEMA, FakeBackend
-from executor.front.budget import TenantBudgets
+from executor.front import http as front_http
+from executor.front.budget import MIN_IN_FLIGHT, TenantBudgets
 from executor.front.engine import Ticket
 from executor.front.local import LocalEngine
 from executor.front.remote import Arena, RemoteEngine
@@ -37,7 +39,7 @@ from executor.wire import oip
 from executor.wire.credentials import CredentialDocument, key_digest, salted
 from gpufair.servers import ChildServer
 from tests.executor.scheduling_helpers import plan, queries, seat
-from tests.servers import BackgroundServer
+from tests.servers import BackgroundFront, BackgroundServer
 
 # -- the tenants' in-flight bounds ------------------------------------------------------------
 
@@ -240,6 +242,18 @@ def engine_core() -> Iterator[EngineCore]:
     runtime.close()
 
 
+Serve = Callable[[FrontApp], contextlib.AbstractContextManager[BackgroundServer | BackgroundFront]]
+
+
+@pytest.fixture(params=["uvicorn", "front"])
+def serving(request: pytest.FixtureRequest) -> Serve:
+    """A server of the daemon's HTTP surface in this process: Starlette's app on uvicorn (as
+    tests and tools serve :func:`executor.daemon.create_app`), or the front processes' own."""
+    if request.param == "uvicorn":
+        return lambda app: BackgroundServer(app.asgi)
+    return BackgroundFront
+
+
 class _CountingLink(FrontLink):
     """A front's link whose engine side records each message's operation."""
 
@@ -301,7 +315,7 @@ def test_the_engine_refuses_a_presumed_query_parsed_with_another_schema(engine_c
 
 
 def test_over_http_a_tenant_under_its_bound_is_admitted_once_per_model_and_front(
-    engine_core: EngineCore,
+    engine_core: EngineCore, serving: Serve
 ) -> None:
     """The daemon's app asks the engine to admit a tenant's first request for a model, then
     lets its requests in on those terms (one engine call each, not two); a revoked key is
@@ -314,8 +328,8 @@ def test_over_http_a_tenant_under_its_bound_is_admitted_once_per_model_and_front
             Counting.admits += 1
             return await super().admit(model, arrival, credential)
 
-    app = create_front_app(Counting(engine_core))
-    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    app = create_front(Counting(engine_core))
+    with serving(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         client.headers["Authorization"] = "Bearer key-a"
         assert [_infer(client, "a", k).status_code for k in range(6)] == [200] * 6
         assert Counting.admits == 1
@@ -340,14 +354,14 @@ def _behind(budgets: TenantBudgets, model: str, credential: str, tenant: str) ->
 
 @pytest.mark.slow
 def test_a_tenant_behind_has_its_bodies_read_one_at_a_time_and_others_at_once(
-    engine_core: EngineCore,
+    engine_core: EngineCore, serving: Serve
 ) -> None:
     """While a tenant behind has a body being read at a front, its next request waits for its
     turn, and another tenant is served meanwhile. A body still coming in at its SLA (1 s here)
     is refused there, which passes the turn on to the next, read and served in time."""
     budgets = TenantBudgets(clock=lambda: 0.0)
-    app = create_front_app(LocalEngine(engine_core), budgets=budgets)
-    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    app = create_front(LocalEngine(engine_core), budgets=budgets)
+    with serving(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         for model in ("a", "b"):  # the front learns both tenants and their keys
             client.headers["Authorization"] = f"Bearer key-{model}"
             assert _infer(client, model, 0).status_code == 200
@@ -373,6 +387,141 @@ def test_a_tenant_behind_has_its_bodies_read_one_at_a_time_and_others_at_once(
         assert cut_off.startswith(b"HTTP/1.1 429") and b"still coming in" in cut_off
         assert served.status_code == 200
         assert waited_s > 0.5  # for the stalled body's SLA, about 0.7 s after it came
+
+
+# -- the fronts' HTTP server -------------------------------------------------------------------
+
+
+def _post(model: str, query: Any, key: str, headers: str = "", body: bytes | None = None) -> bytes:
+    """An inference request's bytes: its head (with ``headers`` lines added) and its body."""
+    content, header_length = codec.query_to_oip(query)
+    content = content if body is None else body
+    framing = "" if "Transfer-Encoding" in headers else f"Content-Length: {len(content)}\r\n"
+    head = (
+        f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: test\r\n"
+        f"Authorization: Bearer {key}\r\n{oip.HEADER_LENGTH}: {header_length}\r\n"
+        f"{framing}{headers}\r\n"
+    )
+    return head.encode() + (b"" if "Expect" in headers else content)
+
+
+def _response(reader: Any) -> tuple[int, dict[str, str], bytes]:
+    """The next response on a connection's reader: status, headers (lower-case names), body."""
+    status = int(reader.readline().split()[1])
+    headers: dict[str, str] = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, reader.read(int(headers.get("content-length", 0)))
+
+
+def _scores(headers: dict[str, str], body: bytes) -> np.ndarray:
+    return oip.decode_reply(body, int(headers[oip.HEADER_LENGTH.lower()]))["scores"]
+
+
+@pytest.fixture
+def front(engine_core: EngineCore) -> Iterator[BackgroundFront]:
+    """The fronts' server over tenants a and b, in this process; bodies up to 1 MiB."""
+    app = create_front(LocalEngine(engine_core), max_body_bytes=1 << 20)
+    with BackgroundFront(app, max_body_bytes=1 << 20) as server:
+        yield server
+
+
+def _connect(server: BackgroundFront) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=30)
+
+
+def test_requests_sent_at_once_on_one_connection_are_answered_in_order(
+    front: BackgroundFront, engine_core: EngineCore
+) -> None:
+    """Two queries and a metadata request written in one go on a kept-alive connection: each
+    is answered, in the order sent, with the scores a direct forward gives, and the
+    connection stays open for more."""
+    first, second = queries(FAKE_SCHEMA, [3, 11], seed=4)
+    live = b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n"
+    with _connect(front) as conn, conn.makefile("rb") as reader:
+        conn.sendall(_post("a", first, "key-a") + _post("b", second, "key-b") + live)
+        for query, model in ((first, "a"), (second, "b")):
+            status, headers, body = _response(reader)
+            assert status == 200 and headers.get("connection") != "close"
+            direct = engine_core.runtime.submit(model, query).future.result(5)
+            np.testing.assert_array_equal(_scores(headers, body), direct)
+        assert _response(reader)[::2] == (200, b'{"live":true}')
+        conn.sendall(live.replace(b"GET", b"HEAD"))  # the same headers, no body
+        status, headers, body = _response(reader)
+        assert (status, body) == (200, b"") and headers["content-length"] == "13"
+
+
+def test_a_chunked_body_and_one_sent_after_100_continue_are_read(front: BackgroundFront) -> None:
+    """A body in chunks is read whole (and its connection closed after the reply); a client
+    that asks ``Expect: 100-continue`` is told to go on before its body is read."""
+    query = queries(FAKE_SCHEMA, [6], seed=5)[0]
+    content, _ = codec.query_to_oip(query)
+    pieces = [content[:100], content[100:400], content[400:]]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    with _connect(front) as conn, conn.makefile("rb") as reader:
+        conn.sendall(_post("a", query, "key-a", "Transfer-Encoding: chunked\r\n", chunked))
+        status, headers, body = _response(reader)
+        assert status == 200 and headers["connection"] == "close"
+        assert len(_scores(headers, body)) == 6
+    with _connect(front) as conn, conn.makefile("rb") as reader:
+        conn.sendall(_post("a", query, "key-a", "Expect: 100-continue\r\n"))
+        assert reader.readline().startswith(b"HTTP/1.1 100")
+        assert reader.readline() == b"\r\n"
+        conn.sendall(content)
+        status, headers, body = _response(reader)
+        assert status == 200 and len(_scores(headers, body)) == 6
+
+
+@pytest.mark.parametrize(
+    ("sent", "status"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", 400),
+        (b"GET /v2 HTTP/1.1\r\nHost: test\r\nX-Long: " + b"x" * 70000 + b"\r\n\r\n", 431),
+        (b"POST /v2/models/a/infer HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer key-a\r\n"
+         b"Content-Length: 2000000\r\n\r\n", 413),  # fmt: skip
+    ],
+)
+def test_a_malformed_or_oversized_request_is_refused_and_its_connection_closed(
+    front: BackgroundFront, sent: bytes, status: int
+) -> None:
+    """A request line that is not HTTP (400), a head over 64 KiB (431), a body declared over
+    the limit (413, before a byte of it is read): answered with an error body, then closed."""
+    with _connect(front) as conn:
+        conn.sendall(sent)
+        reply = _reply(conn)
+    assert reply.startswith(b"HTTP/1.1 %d" % status), reply[:100]
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower() and "error" in json.loads(body)
+
+
+def test_a_client_gone_mid_body_or_idle_frees_what_it_held(
+    engine_core: EngineCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients that leave with half their bodies sent end their requests: their tenant's
+    places at the front are given back, three times its bound of them, and its next request
+    is served. An idle kept-alive connection is closed after the keep-alive time."""
+    monkeypatch.setattr(front_http, "KEEP_ALIVE_S", 0.3)
+    budgets = TenantBudgets()
+    query = queries(FAKE_SCHEMA, [8], seed=6)[0]
+    request = _post("a", query, "key-a")
+    with BackgroundFront(create_front(LocalEngine(engine_core), budgets=budgets)) as front:
+        with _connect(front) as conn, conn.makefile("rb") as reader:  # the front learns a's key
+            conn.sendall(request)
+            assert _response(reader)[0] == 200
+        for _ in range(3 * MIN_IN_FLIGHT):
+            with _connect(front) as conn:
+                conn.sendall(request[: len(request) // 2])
+        deadline = time.monotonic() + 10
+        while budgets.in_flight("tenant-a"):
+            assert time.monotonic() < deadline, "a request whose client left is still held"
+            time.sleep(0.05)
+        with _connect(front) as conn, conn.makefile("rb") as reader:
+            conn.sendall(request)
+            assert _response(reader)[0] == 200
+            began = time.monotonic()
+            assert conn.recv(1) == b""  # closed by the server, idle
+            assert time.monotonic() - began < 5
 
 
 # -- the daemon as processes ---------------------------------------------------------------------
@@ -405,7 +554,10 @@ def _fronts(daemon: ChildServer) -> list[int]:
     """The front processes (children that map no torch library and run the front's main)."""
     fronts = []
     for pid in _children(daemon.process.pid):
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:  # it ended since it was listed (a front killed by a test)
+            continue
         if b"multiprocessing" in command and b"resource_tracker" not in command:
             fronts.append(pid)
     return fronts
@@ -512,8 +664,6 @@ def test_a_tenant_over_its_bound_is_refused_unread_and_others_are_served(one_fro
     """Requests whose bodies never come hold tenant a's bound (8 in flight at a front); a's next
     request is answered 429 with Retry-After before its body is sent, and the connection is
     closed rather than drained, while tenant b is served."""
-    from executor.front.budget import MIN_IN_FLIGHT
-
     with httpx.Client(base_url=one_front.url, timeout=30) as client:
         assert _infer(client, "a", 0).status_code == 200  # the front learns a's tenant
         before = client.get("/metrics").text
