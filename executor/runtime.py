@@ -258,13 +258,7 @@ class Session:
     def _context(self) -> Iterator[None]:
         with torch.inference_mode():
             if self.stream is None:
-                # No graph optimization by TorchScript's executor on the CPU (a thread-local
-                # switch): it specializes a compiled forward to the input shapes it profiled
-                # and compiles it again when new ones come, and every batch here has a size
-                # of its own; such a forward took 20-72 ms of CPU where 4 ms is usual. Without
-                # a CPU fuser the optimized graph is no faster (docs/benchmarks.md).
-                with torch.jit.optimized_execution(False):
-                    yield
+                yield
             else:
                 with torch.cuda.stream(self.stream):
                     yield

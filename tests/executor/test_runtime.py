@@ -74,33 +74,6 @@ def test_sessions_in_threads_score_like_one_session() -> None:
         np.testing.assert_allclose(results[i], want, atol=TOL)
 
 
-def test_a_cpu_sessions_compiled_forward_is_run_as_compiled_whatever_its_batch_sizes() -> None:
-    """The JIT executor does not optimize a CPU session's compiled forward: it would inline it
-    and specialize it to the shapes it profiled, and compile it again for new ones (every batch
-    has a size of its own). Run from a thread of its own, so that the graph it last ran is the
-    session's: its submodules' forwards are still calls, not inlined. The model's scores are
-    those of its eager forward."""
-    model = load_model(ARTIFACT, "cpu")
-    assert model.compiled is not None
-    work = [b for b in batches(model.schema, 3, 9) for _ in range(3)]  # each size three times
-    graphs: list[str] = []
-    scores: list[np.ndarray] = []
-
-    def serve() -> None:
-        session = model.session()
-        scores.extend(session.run(b) for b in work)
-        graphs.append(str(torch.jit.last_executed_optimized_graph()))
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    thread.join()
-    assert "prim::CallMethod" in graphs[0]
-    with torch.inference_mode():
-        for batch, got in zip(work, scores, strict=True):
-            eager = model.module(*model.tensors(batch).args())
-            np.testing.assert_allclose(got, eager.numpy(), atol=TOL)
-
-
 def test_torchscript_round_trip_with_embedded_schema(tmp_path: Path) -> None:
     zoo = load_model(ARTIFACT, "cpu")
     path = tmp_path / "tenant.pt"
