@@ -1,4 +1,4 @@
-"""The executor daemon's HTTP surface (Starlette on uvicorn): inference, schema, health, metrics.
+"""The executor daemon's HTTP surface: inference, schema, health, metrics.
 
 Routes (docs/architecture.md §3.3, docs/executor.md "HTTP"):
 
@@ -24,14 +24,17 @@ Routes (docs/architecture.md §3.3, docs/executor.md "HTTP"):
 - ``GET /healthz`` — plan version and models served (503 until a plan is loaded).
 - ``GET /metrics`` — Prometheus text format.
 
-The app is plain Starlette rather than FastAPI: an inference request costs one route match,
-its tenant's in-flight bound at the front (:mod:`executor.front.budget`), one body read, a
-parse and one message to the engine (two, with the admission call before the body, for a
-model's first request at a front or after a refusal of one of its queries), and nothing else
-runs per request (no dependency injection or response-model validation). It runs over an
-:class:`~executor.front.engine.Engine`: in a front process over a link to the engine process
-(:mod:`executor.front.process`, the daemon), or in the engine's own process
-(:func:`create_app`, for tests and tools).
+Every route is a plain Starlette app (:func:`create_front_app`), which tests and tools serve
+on uvicorn in the engine's own process (:func:`create_app`). The front processes
+(:mod:`executor.front.process`, the daemon) serve the same app on their own HTTP server
+(:mod:`executor.front.http`), which calls the inference routes directly
+(:class:`DirectRoute`: the request as an :class:`Exchange`, no ASGI in between) and every
+other route through ASGI. An inference request costs its tenant's in-flight bound at the
+front (:mod:`executor.front.budget`), one body read, a parse and one message to the engine
+(two, with the admission call before the body, for a model's first request at a front or
+after a refusal of one of its queries), and nothing else. It runs over an
+:class:`~executor.front.engine.Engine`: over a link to the engine process in a front, or the
+engine itself in one process.
 
 A request is routed once, on arrival, to the replica that will serve it (the least loaded
 one when a model has several), and admission is checked twice on that replica. Before the

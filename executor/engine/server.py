@@ -215,7 +215,7 @@ class Fronts:
                     self._fronts[index] = self._spawn(index)
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the fronts (SIGTERM: uvicorn ends its requests in progress), then the links."""
+        """Stop the fronts (SIGTERM: each ends its requests in progress), then the links."""
         for front in self._fronts:
             if front.process.is_alive():
                 front.process.terminate()
