@@ -66,6 +66,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -349,12 +350,6 @@ def create_front(
                 bounds.leave(counted, answered)
         return reply(scores)
 
-    async def infer_v1(request: Request) -> Response:
-        return await serve(StarletteExchange(request), V1_BODIES)
-
-    async def infer_v2(request: Request) -> Response:
-        return await serve(StarletteExchange(request), OIP_BODIES)
-
     async def server_metadata(request: Request) -> Response:
         return JSONResponse(
             {"name": "gpufair-executor", "version": "1", "extensions": ["binary_tensor_data"]}
@@ -398,35 +393,37 @@ def create_front(
         finally:
             await engine.stop()
 
+    def infer(reader: BodyReader) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            return await serve(StarletteExchange(request), reader)
+
+        return endpoint
+
     # The protocol's paths, with and without a model version (every version is the plan's).
     versions = ("", "/versions/{version}")
+    infer_paths = [
+        ("/v1/models/{model}/infer", V1_BODIES),
+        *((f"/v2/models/{{model}}{v}/infer", OIP_BODIES) for v in versions),
+    ]
+    inference = [(Route(path, infer(r), methods=["POST"]), r) for path, r in infer_paths]
     asgi = Starlette(
         routes=[
             Route("/healthz", healthz),
             Route("/metrics", metrics_route),
             Route("/v1/models/{model}/schema", schema),
-            Route("/v1/models/{model}/infer", infer_v1, methods=["POST"]),
             Route("/v2", server_metadata),
             Route("/v2/health/live", live),
             Route("/v2/health/ready", ready),
             *(Route(f"/v2/models/{{model}}{v}", model_metadata) for v in versions),
             *(Route(f"/v2/models/{{model}}{v}/ready", model_ready) for v in versions),
-            *(
-                Route(f"/v2/models/{{model}}{v}/infer", infer_v2, methods=["POST"])
-                for v in versions
-            ),
+            *(route for route, _ in inference),
         ],
         lifespan=lifespan,
     )
-    direct = (
-        DirectRoute(
-            re.compile(r"/v1/models/(?P<model>[^/]+)/infer"),
-            lambda exchange: serve(exchange, V1_BODIES),
-        ),
-        DirectRoute(
-            re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer"),
-            lambda exchange: serve(exchange, OIP_BODIES),
-        ),
+    # The same routes for a server that calls them without ASGI: Starlette's patterns.
+    direct = tuple(
+        DirectRoute(route.path_regex, functools.partial(serve, reader=reader))
+        for route, reader in inference
     )
     return FrontApp(asgi, direct, engine)
 

@@ -509,9 +509,11 @@ def test_a_client_gone_mid_body_or_idle_frees_what_it_held(
         with _connect(front) as conn, conn.makefile("rb") as reader:  # the front learns a's key
             conn.sendall(request)
             assert _response(reader)[0] == 200
-        for _ in range(3 * MIN_IN_FLIGHT):
+        for _ in range(3 * MIN_IN_FLIGHT):  # one after another: none is refused at the bound
             with _connect(front) as conn:
                 conn.sendall(request[: len(request) // 2])
+                conn.shutdown(socket.SHUT_WR)  # gone: the front sees the end of its body
+                assert _reply(conn) == b""  # and closes the connection, with no answer
         deadline = time.monotonic() + 10
         while budgets.in_flight("tenant-a"):
             assert time.monotonic() < deadline, "a request whose client left is still held"
