@@ -102,6 +102,7 @@ __all__ = [
     "Exchange",
     "FrontApp",
     "answer_error",
+    "error_response",
     "create_app",
     "create_front",
     "create_front_app",
@@ -122,7 +123,7 @@ def answer_error(exc: Exception) -> tuple[JSONResponse, str | None]:
         headers = {"Retry-After": str(int(exc.retry_after_s))}
     elif isinstance(exc, Unauthenticated):
         headers = {"WWW-Authenticate": "Bearer"}
-    return _error(status, str(exc), headers), outcome
+    return error_response(status, str(exc), headers), outcome
 
 
 def _credential_of(request: Request | Exchange) -> str | None:
@@ -130,7 +131,10 @@ def _credential_of(request: Request | Exchange) -> str | None:
     return presented_digest(request.headers.get("authorization"))
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error as the protocol answers it: ``{"error": message}`` with ``status``."""
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -273,7 +277,7 @@ def create_front(
                 return refusal
             declared = request.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > max_body_bytes:
-                return _error(413, f"body of {declared} bytes exceeds {max_body_bytes}")
+                return error_response(413, f"body of {declared} bytes exceeds {max_body_bytes}")
             # The tenant's key is checked on admission, before the body
             # (executor.credentials); a request counts in a tenant's in-flight bound at this
             # front before the engine is asked only when its key is one the engine accepted
@@ -324,7 +328,7 @@ def create_front(
                         ) from None
             body_read = True
             if body is None:
-                return _error(413, f"body exceeds {max_body_bytes} bytes")
+                return error_response(413, f"body exceeds {max_body_bytes} bytes")
             if time.monotonic() > arrival + ticket.sla_s:  # it could only be answered late
                 raise Overloaded(
                     f"model {model!r}: its body came after its SLA; the front is behind", 1.0
@@ -449,7 +453,7 @@ class V1Bodies(BodyReader):
     def refuse(self, request: Exchange) -> Response | None:
         content_type = _content_type(request)
         if content_type != "application/json":
-            return _error(
+            return error_response(
                 415,
                 f"content type {content_type!r}: send application/json here, or binary "
                 "tensors to /v2/models/{model}/infer",
@@ -467,10 +471,12 @@ class OipBodies(BodyReader):
     def refuse(self, request: Exchange) -> Response | None:
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
-            return _error(415, f"content encoding {encoding!r}: send the body uncompressed")
+            return error_response(415, f"content encoding {encoding!r}: send the body uncompressed")
         declared = request.headers.get(oip.HEADER_LENGTH)
         if declared is not None and not declared.isdigit():
-            return _error(400, f"{oip.HEADER_LENGTH}: expected a byte count, got {declared!r}")
+            return error_response(
+                400, f"{oip.HEADER_LENGTH}: expected a byte count, got {declared!r}"
+            )
         return None
 
     def parse(self, request: Exchange, schema: ModelSchema, body: Body) -> tuple[Query, Reply]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import http
-import json
 import logging
 import socket
 from collections.abc import Mapping
@@ -44,7 +43,7 @@ import httptools
 from starlette.responses import Response
 from starlette.types import Message
 
-from executor.daemon import Body, FrontApp
+from executor.daemon import Body, FrontApp, error_response
 
 log = logging.getLogger(__name__)
 
@@ -312,13 +311,7 @@ class _Connection(asyncio.BufferedProtocol):
             or response.headers.get("connection", "").lower() == "close"
             or self._server.stopping
         )
-        status = response.status_code
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _phrase(status).encode())]
-        lines += [b"%s: %s\r\n" % pair for pair in response.raw_headers if pair[0] != b"connection"]
-        lines.append(b"connection: close\r\n\r\n" if close else b"\r\n")
-        if request.method != "HEAD":
-            lines.append(bytes(response.body))
-        self.write(b"".join(lines))
+        self.write(_wire(response, close, with_body=request.method != "HEAD"))
         if close:
             self.close()
             return
@@ -363,11 +356,7 @@ class _Connection(asyncio.BufferedProtocol):
         client still sends for at most LINGER_S: closed with its bytes unread, the kernel would
         reset the connection, and the client might never read the answer."""
         log.info("refused a request: %s", message)
-        body = json.dumps({"error": message}).encode()
-        self.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%s" % (status, _phrase(status).encode(), len(body), body)
-        )
+        self.write(_wire(error_response(status, message), close=True, with_body=True))
         if self._transport is None or self._closed:
             return
         self._phase = _Phase.DISCARD
@@ -427,9 +416,7 @@ class FrontServer:
             return
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
-            response = Response(
-                b'{"error": "internal error"}', 500, media_type="application/json"
-            )
+            response = error_response(500, "internal error")
             request.keep_alive = False
         connection.reply(request, response)
 
@@ -448,11 +435,7 @@ class FrontServer:
         """``request`` answered by the app's ASGI app."""
         body = await request.read_body(self._max_body_bytes)
         if body is None:
-            return Response(
-                json.dumps({"error": f"body exceeds {self._max_body_bytes} bytes"}).encode(),
-                413,
-                media_type="application/json",
-            )
+            return error_response(413, f"body exceeds {self._max_body_bytes} bytes")
         connection = request.connection
         sent = False
         started: dict[str, Any] = {}
@@ -496,6 +479,17 @@ class FrontServer:
         ]
         response.raw_headers.append((b"content-length", str(len(response.body)).encode()))
         return response
+
+
+def _wire(response: Response, close: bool, with_body: bool) -> bytes:
+    """``response`` as HTTP/1.1 bytes, saying whether the connection closes after it."""
+    status = response.status_code
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, _phrase(status).encode())]
+    lines += [b"%s: %s\r\n" % pair for pair in response.raw_headers if pair[0] != b"connection"]
+    lines.append(b"connection: close\r\n\r\n" if close else b"\r\n")
+    if with_body:
+        lines.append(bytes(response.body))
+    return b"".join(lines)
 
 
 def _phrase(status: int) -> str:
