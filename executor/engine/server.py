@@ -36,14 +36,6 @@ log = logging.getLogger(__name__)
 # a query (429) when its queries in flight fill it.
 BUFFER_BYTES = 256 * 2**20
 SWITCH_INTERVAL_S = 0.0005  # how long a thread waiting for the engine's GIL waits at most
-# Nice steps below the engine's other threads and the fronts for a session's batch whose group
-# has more queued behind it (SchedulerConfig.backlog_nice): a tenant sending beyond what its
-# sessions serve runs its forwards below those of a tenant within its share and below the
-# fronts' accepting and parsing, which every tenant's query waits on. A nice step is a factor
-# of about 1.25 in CPU share between runnable threads (5: about 3×); the sessions still take
-# all the CPU the others leave idle. (Every session 5 steps lower, whatever its backlog, was
-# measured worse: docs/benchmarks.md, "Serving over HTTP".)
-BACKLOG_NICE = 5
 
 
 class FrontLink(threading.Thread):

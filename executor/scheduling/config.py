@@ -26,8 +26,8 @@ class SchedulerConfig:
     # Weights a plan may place on one backend device, in MiB (0: what the device has free,
     # less the backend's reserve); a plan beyond it is refused (docs/executor.md, "Memory").
     memory_limit_mb: float = 0.0
-    # Nice steps (Linux) below its process for a session's batch whose group has more queued
-    # behind it (0: none): a tenant sending more than its sessions serve runs its forwards below
-    # those of tenants within their share, and below the fronts and the engine's link threads,
-    # which every query waits on; the daemon sets it (executor.engine.server.BACKLOG_NICE).
-    backlog_nice: int = 0
+    # A session's batch with its group's work queued behind it runs at the lowest CPU priority
+    # (SCHED_IDLE, on a second thread of its worker: device.BackgroundLane): a tenant sending
+    # more than its sessions serve takes only the CPU that tenants within their share, the
+    # fronts and the engine's link threads leave; the daemon sets it.
+    backlog_at_idle_priority: bool = False

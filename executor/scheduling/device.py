@@ -27,9 +27,11 @@ always runs outside it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+import queue
 import threading
 import time
 from collections import deque
@@ -350,17 +352,26 @@ class DeviceScheduler:
     # -- the session workers -----------------------------------------------------------------
 
     def _work(self, own: SessionGroup | None) -> None:
-        niceness = ThreadNiceness()
         sessions: dict[int, Session] = {}  # group id -> this worker's session on its replica
-        while not self._stopping:
-            dropped: list[Piece] = []
-            job = self._next_job(own, dropped)
-            self.expire(dropped)
-            if job is not None:
+        lane: BackgroundLane | None = None  # started at this worker's first backlogged batch
+        try:
+            while not self._stopping:
+                dropped: list[Piece] = []
+                job = self._next_job(own, dropped)
+                self.expire(dropped)
+                if job is None:
+                    continue
                 # A group with work queued behind this batch is sent more than its sessions
-                # serve: its forwards yield the CPU to those of groups within their share.
-                niceness.lower(self._config.backlog_nice if job.backlog else 0)
-                self._run(job, sessions)
+                # serve: its forward takes only the CPU that no other thread wants.
+                if job.backlog and self._config.backlog_at_idle_priority:
+                    if lane is None:
+                        lane = BackgroundLane(f"{threading.current_thread().name}-backlog")
+                    lane.run(functools.partial(self._run, job, sessions))
+                else:
+                    self._run(job, sessions)
+        finally:
+            if lane is not None:
+                lane.close()
 
     def _next_job(self, own: SessionGroup | None, dropped: list[Piece]) -> Job | None:
         """Wait for a ready group and take a batch from it.
@@ -549,28 +560,56 @@ class DeviceScheduler:
 
 
 
-class ThreadNiceness:
-    """The nice value of the thread that made it, changed only when asked for another.
+class BackgroundLane:
+    """A thread at the lowest CPU priority that runs what its session worker hands it, while
+    the worker waits.
 
-    On Linux a thread is a task with a nice value of its own (``setpriority`` on its native
-    id); elsewhere, or where the kernel refuses, the thread runs as it was and the log says so
-    once.
+    A worker runs a batch here when its group has more queued behind it (a tenant sending more
+    than its sessions serve), so that the forward gets only the CPU no other thread of the
+    node wants: the forwards of tenants within their share, the fronts' accepting and parsing,
+    the engine's link threads. The lowest priority is ``SCHED_IDLE`` on Linux, else nice 19.
+    A second thread rather than the worker lowering itself for the batch: an unprivileged
+    process may lower a thread's priority but never raise it again (that takes
+    ``CAP_SYS_NICE``), so a worker lowered once would stay low for good; each thread here
+    keeps the priority it started with, and the two never run at once.
     """
 
-    def __init__(self) -> None:
-        self._task = threading.get_native_id()
-        self._supported = hasattr(os, "setpriority")
-        self._base = os.getpriority(os.PRIO_PROCESS, self._task) if self._supported else 0
-        self._steps = 0
+    def __init__(self, name: str) -> None:
+        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._done = threading.Semaphore(0)
+        self._raised: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
 
-    def lower(self, steps: int) -> None:
-        """Run ``steps`` nice steps below the thread's priority at its making (at most 19)."""
-        if steps == self._steps or not self._supported:
-            return
-        try:
-            os.setpriority(os.PRIO_PROCESS, self._task, min(19, self._base + steps))
-        except OSError as exc:
-            log.warning("thread %d kept its priority: %s", self._task, exc)
-            self._supported = False
-            return
-        self._steps = steps
+    def run(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on the lane and return once it has; what it raises is raised here."""
+        self._work.put(work)
+        self._done.acquire()
+        raised, self._raised = self._raised, None
+        if raised is not None:
+            raise raised
+
+    def close(self) -> None:
+        self._work.put(None)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        _lowest_cpu_priority()
+        while (work := self._work.get()) is not None:
+            try:
+                work()
+            except BaseException as exc:  # noqa: BLE001 - handed back to the worker as it is
+                self._raised = exc
+            self._done.release()
+
+
+def _lowest_cpu_priority() -> None:
+    """Put the calling thread last in line for the CPU: SCHED_IDLE, else nice 19, else (with
+    the reason logged) as it is."""
+    try:
+        if hasattr(os, "SCHED_IDLE"):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (OSError, AttributeError) as exc:
+        log.warning("a backlog lane runs at its worker's priority: %s", exc)

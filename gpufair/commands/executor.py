@@ -176,7 +176,7 @@ def main(argv: list[str]) -> int:
     from executor.credentials import OPEN, Credentials
     from executor.daemon import DEFAULT_MAX_BODY_BYTES
     from executor.engine.core import EngineCore
-    from executor.engine.server import BACKLOG_NICE, Fronts
+    from executor.engine.server import Fronts
     from executor.front.process import FrontOptions
     from executor.metrics import ExecutorMetrics
     from executor.plan_client import TOKEN_REJECTED_TRIES, PlanClient
@@ -204,9 +204,9 @@ def main(argv: list[str]) -> int:
         configure_cpu_threads(1)  # CPU sessions are threads with one intra-op thread each
         backend = RuntimeBackend()
         place = _placement(args.device or cfg.device)
-    # A tenant's batches with more of its work queued behind them run below the fronts and
-    # the other tenants' batches in the CPU's priority (executor.engine.server).
-    config = dataclasses.replace(scheduler_config(cfg), backlog_nice=BACKLOG_NICE)
+    # A tenant's batches with more of its work queued behind them take only the CPU that the
+    # fronts and the other tenants' batches leave (executor.scheduling.device.BackgroundLane).
+    config = dataclasses.replace(scheduler_config(cfg), backlog_at_idle_priority=True)
     runtime = NodeRuntime(backend, config, place)
     metrics = ExecutorMetrics(runtime)
     client: PlanClient | None = None

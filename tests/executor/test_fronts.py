@@ -598,17 +598,20 @@ def test_queries_through_every_front_are_served_and_counted_once(daemon) -> None
 
 
 @pytest.mark.slow
-def test_the_engines_threads_run_at_its_priority_or_backlog_nice_steps_below(daemon) -> None:
-    """Only a session's batch with its group's work queued behind it runs lower (BACKLOG_NICE
-    steps): the fronts and the engine's other threads keep the process's priority."""
-    from executor.engine.server import BACKLOG_NICE
-
+def test_the_engines_threads_and_the_fronts_run_at_the_processs_priority(daemon) -> None:
+    """The fronts and every thread of the engine keep the process's priority; only a backlog
+    lane (a worker's second thread, for its group's batches with work queued behind them)
+    runs under SCHED_IDLE."""
     pid = daemon.process.pid
     main = os.getpriority(os.PRIO_PROCESS, pid)
-    tasks = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
-    assert all(os.getpriority(os.PRIO_PROCESS, t) in (main, main + BACKLOG_NICE) for t in tasks)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        tid = int(task.name)
+        if os.sched_getscheduler(tid) != getattr(os, "SCHED_IDLE", None):
+            assert os.getpriority(os.PRIO_PROCESS, tid) == main
+            assert os.sched_getscheduler(tid) == os.sched_getscheduler(pid)
     for front in _fronts(daemon):
         assert os.getpriority(os.PRIO_PROCESS, front) == main
+        assert os.sched_getscheduler(front) == os.sched_getscheduler(pid)
 
 
 def _value(metrics: str, prefix: str) -> float:

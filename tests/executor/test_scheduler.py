@@ -27,6 +27,7 @@ from executor.scheduling import (
     UnknownModel,
 )
 from executor.scheduling.admission import MAX_SAMPLE_RATIO, ServiceRate
+from executor.scheduling.device import BackgroundLane
 from tests.executor.scheduling_helpers import plan, queries, seat
 
 
@@ -285,35 +286,41 @@ def test_every_path_scores_like_a_plain_forward_on_the_real_zoo(
 
 
 @dataclass
-class _NicenessModel(FakeModel):
-    """A fake model that waits for its gate, then notes the niceness its batch ran at."""
+class _PolicyModel(FakeModel):
+    """A fake model that waits for its gate, then notes the thread its batch ran on and that
+    thread's scheduling policy and nice value."""
 
     gate: threading.Event = field(default_factory=threading.Event)
-    seen: list[int] = field(default_factory=list)
+    seen: list[tuple[int, int, int]] = field(default_factory=list)
 
     def run(self, batch: Batch) -> np.ndarray:
         self.gate.wait(10.0)
-        self.seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        thread = threading.get_native_id()
+        self.seen.append(
+            (thread, os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, thread))
+        )
         return super().run(batch)
 
 
-class _NicenessBackend(FakeBackend):
+class _PolicyBackend(FakeBackend):
     def __init__(self) -> None:
         super().__init__(row_s=0.0, batch_s=0.0)
-        self.model = _NicenessModel(schema=FAKE_SCHEMA, row_s=0.0, batch_s=0.0)
+        self.model = _PolicyModel(schema=FAKE_SCHEMA, row_s=0.0, batch_s=0.0)
 
-    def load(self, artifact: str, device: str) -> _NicenessModel:
+    def load(self, artifact: str, device: str) -> _PolicyModel:
         return self.model
 
 
-def test_a_batch_with_its_groups_work_queued_behind_it_runs_backlog_nice_steps_lower() -> None:
-    """A group sent more than its session serves runs below one within its share: a batch
-    taken with more of its group's queries queued runs backlog_nice steps below the process,
-    the last one of the backlog at the process's priority again, and the thread that applied
-    the plan (in a daemon, beside the fronts' link threads) keeps its own."""
-    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    backend = _NicenessBackend()
-    config = SchedulerConfig(backlog_nice=2, batching=False, admission=False)
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_a_batch_with_its_groups_work_queued_behind_it_runs_at_idle_priority() -> None:
+    """A group sent more than its session serves takes only the CPU others leave: a batch
+    taken with more of its group's queries queued runs under SCHED_IDLE, on a thread of its
+    own; the last one of the backlog runs on the worker again, whose policy and nice value
+    never changed (an unprivileged process could not have raised them back)."""
+    main = threading.get_native_id()
+    policy, nice = os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, main)
+    backend = _PolicyBackend()
+    config = SchedulerConfig(backlog_at_idle_priority=True, batching=False, admission=False)
     runtime = NodeRuntime(backend, config)
     runtime.apply(plan([seat(0, "a")]))
     try:
@@ -327,8 +334,25 @@ def test_a_batch_with_its_groups_work_queued_behind_it_runs_backlog_nice_steps_l
         backend.model.gate.set()
         for p in pending:
             p.future.result(10)
-        assert backend.model.seen == [base, base + 2, base]
-        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+        (worker, *ran_first), (lane, *ran_second), (again, *ran_third) = backend.model.seen
+        assert ran_first == ran_third == [policy, nice]
+        assert ran_second[0] == os.SCHED_IDLE
+        assert again == worker != lane
+        assert (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, main)) == (policy, nice)
     finally:
         backend.model.gate.set()
         runtime.close()
+
+
+def test_a_backlog_lane_hands_back_what_its_work_raises() -> None:
+    """A bug in a batch run on the lane reaches the worker as it would have on the worker
+    itself, and the lane serves the next batch."""
+    lane = BackgroundLane("test-lane")
+    try:
+        with pytest.raises(ZeroDivisionError):
+            lane.run(lambda: None if 1 / 0 else None)
+        ran: list[int] = []
+        lane.run(lambda: ran.append(threading.get_native_id()))
+        assert ran and ran[0] != threading.get_native_id()
+    finally:
+        lane.close()
