@@ -36,6 +36,7 @@ import pickle
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -54,6 +55,11 @@ log = logging.getLogger(__name__)
 
 DISTINCT_QUERIES = 8  # pre-encoded bodies per size: encoding is not what is measured
 MAX_CONNECTIONS = 512  # per trial; beyond, an arrival is a client-side miss
+# A kept-alive connection idle longer than this is closed rather than reused: servers close
+# theirs after 5 s idle (uvicorn's default, the daemon's fronts'), and a request written to a
+# connection its server is closing fails through no fault of the server (as in HTTP clients
+# with an idle-connection timeout below the server's).
+IDLE_REUSE_S = 4.0
 REFUSED = math.nan  # a 429
 FAILED = math.inf  # any other non-200 reply, a timeout or a client-side miss
 
@@ -125,17 +131,25 @@ def schedule(rate: float, seconds: float, seed: int, salt: int) -> list[tuple[fl
     return [(float(t), int(k), int(v)) for t, k, v in zip(offsets, sizes, variants, strict=True)]
 
 
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 class _Pool:
-    """Kept-alive connections to one host:port, at most MAX_CONNECTIONS at a time."""
+    """Kept-alive connections to one host:port, at most MAX_CONNECTIONS at a time; the most
+    recently used is reused first, and one idle over IDLE_REUSE_S is closed instead."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.host, self.port = host, port
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[Connection, float]] = []  # (connection, idle since), oldest first
         self.open = 0
+        self._clock = clock
 
-    async def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        if self.idle:
-            return self.idle.pop()
+    async def take(self) -> Connection | None:
+        while self.idle:
+            conn, since = self.idle.pop()
+            if self._clock() - since <= IDLE_REUSE_S:
+                return conn
+            self.drop(conn)
         if self.open >= MAX_CONNECTIONS:
             return None
         self.open += 1
@@ -145,22 +159,20 @@ class _Pool:
             self.open -= 1
             raise
 
-    def give(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
-        self.idle.append(conn)
+    def give(self, conn: Connection) -> None:
+        self.idle.append((conn, self._clock()))
 
-    def drop(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+    def drop(self, conn: Connection) -> None:
         self.open -= 1
         conn[1].close()
 
     def close(self) -> None:
-        for _, writer in self.idle:
+        for (_, writer), _ in self.idle:
             writer.close()
         self.idle.clear()
 
 
-async def _exchange(
-    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes
-) -> tuple[int, bool]:
+async def _exchange(conn: Connection, request: bytes) -> tuple[int, bool]:
     """Send one request and read its reply whole; (status, keep the connection)."""
     reader, writer = conn
     writer.write(request)

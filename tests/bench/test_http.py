@@ -20,9 +20,11 @@ import pytest
 from bench.http import ray_unavailable_because, summarize
 from bench.loadclient import (
     DISTINCT_QUERIES,
+    IDLE_REUSE_S,
     LoadClient,
     Stream,
     TrialSpec,
+    _Pool,
     _run_trial,
     encode_query,
     schedule,
@@ -103,6 +105,34 @@ def test_by_stream_a_client_process_sends_its_tenants_arrivals_only(tmp_path: Pa
     planned = len(schedule(10.0, 1.0, 5, 1))
     assert result.sent == [[], list(range(planned))]  # the second tenant's, all of them
     assert result.statuses == {200: planned}
+
+
+def test_a_connection_idle_past_the_servers_keep_alive_is_not_reused() -> None:
+    """A request is never written to a connection its server may have closed for idleness (a
+    miss through no fault of the server): the pool reuses the most recent idle connection, and
+    closes, rather than reuses, one idle over IDLE_REUSE_S."""
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        now = [0.0]
+        pool = _Pool("127.0.0.1", port, clock=lambda: now[0])
+        older, newer = await pool.take(), await pool.take()
+        assert older is not None and newer is not None and pool.open == 2
+        pool.give(older)
+        now[0] = 1.0
+        pool.give(newer)
+        now[0] = 1.0 + IDLE_REUSE_S / 2
+        assert await pool.take() is newer
+        pool.give(newer)
+        now[0] = 2.0 + 1.5 * IDLE_REUSE_S
+        fresh = await pool.take()  # both idle too long: both closed, a new one opened
+        assert fresh is not None and fresh not in (older, newer)
+        assert older[1].is_closing() and newer[1].is_closing() and pool.open == 1
+        pool.drop(fresh)
+        server.close()
+
+    asyncio.run(scenario())
 
 
 def _bench_http(*args: str) -> subprocess.CompletedProcess[str]:
