@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -56,6 +57,8 @@ from executor.scheduling.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -363,12 +366,10 @@ class DeviceScheduler:
                     continue
                 # A group with work queued behind this batch is sent more than its sessions
                 # serve: its forward takes only the CPU that no other thread wants.
-                if job.backlog and self._config.backlog_at_idle_priority:
-                    if lane is None:
-                        lane = BackgroundLane(f"{threading.current_thread().name}-backlog")
-                    lane.run(functools.partial(self._run, job, sessions))
-                else:
-                    self._run(job, sessions)
+                low = job.backlog and self._config.backlog_at_idle_priority
+                if low and lane is None:
+                    lane = BackgroundLane(f"{threading.current_thread().name}-backlog")
+                self._run(job, sessions, lane if low else None)
         finally:
             if lane is not None:
                 lane.close()
@@ -476,7 +477,9 @@ class DeviceScheduler:
                 self._virtual_time, group.finish_tag, rows, group.pool_weight
             )
         return Job(group, taken, pooled, backlog=bool(group.queue))
-    def _run(self, job: Job, sessions: dict[int, Session]) -> None:
+
+    def _run(self, job: Job, sessions: dict[int, Session], lane: BackgroundLane | None) -> None:
+        """Run a batch and deliver its scores; its forward on ``lane`` when one is given."""
         group = job.group
         batch = Batch.of([p.query() for p in job.pieces])
         began = time.monotonic()
@@ -485,7 +488,9 @@ class DeviceScheduler:
             session = sessions.get(id(group))
             if session is None:  # a worker opens its session on a replica when first serving it
                 session = sessions[id(group)] = group.model.session()
-            scores = np.asarray(session.run(batch), dtype=np.float32).reshape(-1)
+            forward = functools.partial(session.run, batch)
+            scores = forward() if lane is None else lane.run(forward)
+            scores = np.asarray(scores, dtype=np.float32).reshape(-1)
             if scores.shape[0] != job.rows:
                 raise ValueError(f"returned {scores.shape[0]} scores for {job.rows} rows")
         except Exception as exc:  # a tenant's model failing must not kill the session
@@ -559,35 +564,40 @@ class DeviceScheduler:
             stats.failed += 1
 
 
-
 class BackgroundLane:
-    """A thread at the lowest CPU priority that runs what its session worker hands it, while
-    the worker waits.
+    """A thread at the lowest CPU priority that runs the forwards its session worker hands it,
+    while the worker waits.
 
-    A worker runs a batch here when its group has more queued behind it (a tenant sending more
-    than its sessions serve), so that the forward gets only the CPU no other thread of the
-    node wants: the forwards of tenants within their share, the fronts' accepting and parsing,
-    the engine's link threads. The lowest priority is ``SCHED_IDLE`` on Linux, else nice 19.
-    A second thread rather than the worker lowering itself for the batch: an unprivileged
-    process may lower a thread's priority but never raise it again (that takes
-    ``CAP_SYS_NICE``), so a worker lowered once would stay low for good; each thread here
-    keeps the priority it started with, and the two never run at once.
+    A worker runs a batch's forward here when its group has more queued behind it (a tenant
+    sending more than its sessions serve), so that the forward gets only the CPU no other
+    thread of the node wants: the forwards of tenants within their share, the fronts'
+    accepting and parsing, the engine's link threads. The lowest priority is ``SCHED_IDLE`` on
+    Linux, else nice 19. A second thread rather than the worker lowering itself for the batch:
+    an unprivileged process may lower a thread's priority but never raise it again (that takes
+    ``CAP_SYS_NICE``), so a worker lowered once would stay low for good; each thread here keeps
+    the priority it started with, and the two never run at once. Only the forward, which holds
+    the GIL just around its call: the batch's assembly and the delivery of its scores hold it
+    throughout, and a thread at idle priority preempted while holding it would stall every
+    other thread of the engine behind it.
     """
 
     def __init__(self, name: str) -> None:
-        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
         self._done = threading.Semaphore(0)
+        self._result: Any = None
         self._raised: BaseException | None = None
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
-    def run(self, work: Callable[[], None]) -> None:
-        """Run ``work`` on the lane and return once it has; what it raises is raised here."""
+    def run(self, work: Callable[[], T]) -> T:
+        """``work()`` run on the lane, once it has; what it raises is raised here."""
         self._work.put(work)
         self._done.acquire()
-        raised, self._raised = self._raised, None
+        result, raised = self._result, self._raised
+        self._result = self._raised = None
         if raised is not None:
             raise raised
+        return cast(T, result)
 
     def close(self) -> None:
         self._work.put(None)
@@ -597,7 +607,7 @@ class BackgroundLane:
         _lowest_cpu_priority()
         while (work := self._work.get()) is not None:
             try:
-                work()
+                self._result = work()
             except BaseException as exc:  # noqa: BLE001 - handed back to the worker as it is
                 self._raised = exc
             self._done.release()

@@ -313,10 +313,10 @@ class _PolicyBackend(FakeBackend):
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 def test_a_batch_with_its_groups_work_queued_behind_it_runs_at_idle_priority() -> None:
-    """A group sent more than its session serves takes only the CPU others leave: a batch
-    taken with more of its group's queries queued runs under SCHED_IDLE, on a thread of its
-    own; the last one of the backlog runs on the worker again, whose policy and nice value
-    never changed (an unprivileged process could not have raised them back)."""
+    """A group sent more than its session serves takes only the CPU others leave: the forward
+    of a batch taken with more of its group's queries queued runs under SCHED_IDLE, on a
+    thread of its own; the last one of the backlog runs on the worker again, whose policy and
+    nice value never changed (an unprivileged process could not have raised them back)."""
     main = threading.get_native_id()
     policy, nice = os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, main)
     backend = _PolicyBackend()
@@ -344,15 +344,14 @@ def test_a_batch_with_its_groups_work_queued_behind_it_runs_at_idle_priority() -
         runtime.close()
 
 
-def test_a_backlog_lane_hands_back_what_its_work_raises() -> None:
-    """A bug in a batch run on the lane reaches the worker as it would have on the worker
-    itself, and the lane serves the next batch."""
+def test_a_backlog_lane_hands_back_what_its_work_returns_or_raises() -> None:
+    """A forward run on the lane returns its scores, or raises its error, to the worker as it
+    would have on the worker itself, and the lane serves the next one on its own thread."""
     lane = BackgroundLane("test-lane")
     try:
         with pytest.raises(ZeroDivisionError):
-            lane.run(lambda: None if 1 / 0 else None)
-        ran: list[int] = []
-        lane.run(lambda: ran.append(threading.get_native_id()))
-        assert ran and ran[0] != threading.get_native_id()
+            lane.run(lambda: 1 / 0)
+        assert lane.run(threading.get_native_id) != threading.get_native_id()
+        assert lane.run(lambda: "scores") == "scores"
     finally:
         lane.close()
