@@ -40,7 +40,10 @@ and sessions call the compiled forwards: the whole forward then runs in C++ with
 released once instead of around each of its ~40 ops, so the sessions of a group (Python
 threads) no longer queue on the GIL between ops (the gain is measured in docs/benchmarks.md,
 "Measurements behind design choices"). Scores are equal to the eager forward to float
-rounding; a model that cannot be compiled is served eagerly (logged).
+rounding; a model that cannot be compiled is served eagerly (logged). Every TorchScript
+forward (a compiled zoo model's, a ``file:`` module's) is run at load on batches of one user
+and several, from one row to 700 (``WARM_SHAPES``), so that TorchScript compiles it then and
+not on a tenant's first queries; a module that fails on one of them is refused.
 
 Memory. A replica's footprint is measured when it loads: on CUDA, the bytes the caching
 allocator handed out during the load (``torch.cuda.memory_allocated`` before and after, the
@@ -92,6 +95,10 @@ from executor.models import (
 log = logging.getLogger(__name__)
 
 # Member of a TorchScript archive that holds the model's schema as JSON.
+# The batches a TorchScript forward is run on at load, each WARM_RUNS times: one user and
+# several, from one candidate row to the sizes of large queries (users, candidate rows).
+WARM_SHAPES = ((1, 1), (1, 64), (1, 700), (2, 2), (2, 64), (2, 700), (3, 3), (3, 64), (3, 700))
+WARM_RUNS = 3
 SCHEMA_MEMBER = "gpufair_schema.json"
 SIDECAR_SUFFIX = ".schema.json"
 FORWARD_ARGS = (
@@ -345,6 +352,7 @@ def load_model(
         before = torch.cuda.memory_allocated(dev)
     loaded = _load(artifact, dev, lookup_streams)
     _probe(loaded)
+    _warm(loaded)
     footprint = loaded.weight_bytes()
     if cuda:
         torch.cuda.synchronize(dev)
@@ -458,6 +466,37 @@ def _probe(model: LoadedModel) -> None:
         )
     if not all(math.isfinite(v) for v in out.float().cpu().tolist()):
         raise ModelLoadError(f"artifact {model.artifact!r}: probe scores are not finite")
+
+
+def _warm(model: LoadedModel) -> None:
+    """Run a TorchScript forward on WARM_SHAPES, so that its first queries do not compile it.
+
+    TorchScript's profiling executor compiles a forward when it is first called and again for
+    the first few new kinds of input (one user or several, one row or many): a compiled RMC2
+    replica's first forward took 57–61 ms of CPU and its second 23–24 ms, against 3–6 ms after
+    (docs/benchmarks.md). At load, before a plan swaps the replica in, those compilations cost
+    no tenant a query, and its measured service rate, which admission control predicts with,
+    starts from forwards as they will run.
+    """
+    forward = model.compiled
+    if forward is None and isinstance(model.module, torch.jit.ScriptModule):
+        forward = model.module
+    if forward is None:
+        return
+    rng = np.random.default_rng(0)
+    for users, rows in WARM_SHAPES:
+        each = max(1, rows // users)
+        batch = Batch.of([model.schema.random_query(rng, each) for _ in range(users)])
+        try:
+            with torch.inference_mode():
+                args = model.tensors(batch).args()
+                for _ in range(WARM_RUNS):
+                    forward(*args)
+        except Exception as exc:  # noqa: BLE001 - any failure of foreign code refuses the model
+            raise ModelLoadError(
+                f"artifact {model.artifact!r}: forward failed on {users} user(s) with "
+                f"{each} candidates each ({_summary(exc)})"
+            ) from exc
 
 
 def _summary(exc: BaseException) -> str:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
 
+from executor import runtime
 from executor.codec import (
     QueryError,
     parse_query_json,
@@ -127,6 +130,22 @@ class Crashes(WrongShape):
         return candidate_sparse["no-such-feature"].float().sum(1)
 
 
+class FailsOnLargeBatches(WrongShape):
+    """Passes the probe (5 rows) and fails on a batch the size of a large query."""
+
+    def forward(
+        self,
+        user_dense: Tensor,
+        user_sparse: dict[str, Tensor],
+        candidate_dense: Tensor,
+        candidate_sparse: dict[str, Tensor],
+        candidate_user: Tensor,
+    ) -> Tensor:
+        if candidate_user.shape[0] > 100:
+            raise RuntimeError("too many rows")
+        return torch.zeros(candidate_user.shape[0])
+
+
 def _save(module: nn.Module, schema: ModelSchema, path: Path) -> str:
     save_torchscript(module, schema, path)
     return f"file:{path}"
@@ -149,6 +168,9 @@ def test_bad_artifacts_are_refused_and_hurt_no_other_model(tmp_path: Path) -> No
         _save(WrongArity(), good.schema, tmp_path / "arity.pt"): "forward takes",
         _save(WrongShape(), good.schema, tmp_path / "shape.pt"): r"must return \(5,\) float scores",
         _save(Crashes(), good.schema, tmp_path / "crash.pt"): "probe forward failed",
+        _save(FailsOnLargeBatches(), good.schema, tmp_path / "large.pt"): (
+            r"forward failed on 1 user\(s\) with 700 candidates each \(.*too many rows"
+        ),
         "api:tenant-model": "fetched by the daemon",
         "s3://bucket/model": "unknown scheme",
         "zoo:rmc2?scale=7": "scale",
@@ -158,6 +180,36 @@ def test_bad_artifacts_are_refused_and_hurt_no_other_model(tmp_path: Path) -> No
             load_model(artifact, "cpu")
         assert "\n" not in str(info.value), "errors are one line"
     np.testing.assert_array_equal(good.session().run(batch), before)
+
+
+def test_a_compiled_replica_runs_its_forward_at_load_on_one_user_and_several(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its forward compiles at load, not on a tenant's first queries: before load_model
+    returns, the compiled forward has run, each more than once, on batches of one user and of
+    several, from one candidate row to a large query's 700."""
+    calls: list[tuple[int, int]] = []
+    compile_forwards = runtime._compiled
+
+    def spied(loaded: runtime.LoadedModel) -> runtime.LoadedModel:
+        compiled = compile_forwards(loaded)
+        inner = compiled.compiled
+        assert inner is not None
+
+        def forward(*args: Any) -> Tensor:
+            calls.append((int(args[0].shape[0]), int(args[4].shape[0])))
+            return inner(*args)
+
+        return dataclasses.replace(compiled, compiled=forward)
+
+    monkeypatch.setattr(runtime, "_compiled", spied)
+    load_model(ARTIFACT, "cpu")
+    shapes = set(calls)
+    assert all(calls.count(shape) > 1 for shape in shapes)
+    assert {users for users, _ in shapes} >= {1, 2, 3}
+    for users in (1, 2, 3):
+        rows = sorted(r for u, r in shapes if u == users)
+        assert rows[0] == users and rows[-1] >= 699
 
 
 def test_cpu_threads_are_configured_once_per_process() -> None:
