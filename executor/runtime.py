@@ -94,11 +94,11 @@ from executor.models import (
 
 log = logging.getLogger(__name__)
 
-# Member of a TorchScript archive that holds the model's schema as JSON.
 # The batches a TorchScript forward is run on at load, each WARM_RUNS times: one user and
 # several, from one candidate row to the sizes of large queries (users, candidate rows).
 WARM_SHAPES = ((1, 1), (1, 64), (1, 700), (2, 2), (2, 64), (2, 700), (3, 3), (3, 64), (3, 700))
 WARM_RUNS = 3
+# Member of a TorchScript archive that holds the model's schema as JSON.
 SCHEMA_MEMBER = "gpufair_schema.json"
 SIDECAR_SUFFIX = ".schema.json"
 FORWARD_ARGS = (
