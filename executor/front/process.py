@@ -10,6 +10,7 @@ requests in progress end first) or the engine closes the link.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import mmap
 import signal
@@ -56,6 +57,11 @@ async def _serve(
     app = create_front(engine, max_body_bytes=options.max_body_bytes)
     server = FrontServer(app, options.max_body_bytes)
     await server.start(listener)
+    # What the front has built by now (imports, the app, its routes) lives as long as it does;
+    # a full pass of the cyclic collector over it paused every request of this front for 20-30
+    # ms (docs/benchmarks.md), as the engine's before it froze its own (executor.scheduling.node).
+    gc.collect()
+    gc.freeze()
     try:
         await stop.wait()
     finally:

@@ -7,11 +7,13 @@ run starts the real daemon and the naive FastAPI peer and drives them over loopb
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from bench.loadclient import (
     _Pool,
     _run_trial,
     encode_query,
+    run_trial,
     schedule,
 )
 from bench.peers.common import parse_request
@@ -105,6 +108,36 @@ def test_by_stream_a_client_process_sends_its_tenants_arrivals_only(tmp_path: Pa
     planned = len(schedule(10.0, 1.0, 5, 1))
     assert result.sent == [[], list(range(planned))]  # the second tenant's, all of them
     assert result.statuses == {200: planned}
+
+
+def test_a_trial_runs_with_the_cyclic_collector_off_and_is_collected_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A collector pass in the client would pause its sending and be charged to the server: no
+    pass runs during a trial, the collector is back on after it (also when it raises), and the
+    cycles it left are collected."""
+    seen: list[bool] = []
+    left: list[weakref.ref[object]] = []
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    async def trial(spec: TrialSpec, bodies: object) -> str:
+        seen.append(gc.isenabled())
+        left.append(weakref.ref(Cycle()))
+        if spec.seed:
+            raise RuntimeError("a failed trial")
+        return "result"
+
+    monkeypatch.setattr("bench.loadclient._run_trial", trial)
+    spec = TrialSpec((), 1.0, 0, timeout_s=1.0)
+    assert gc.isenabled()
+    assert run_trial(spec, {}) == "result"  # type: ignore[comparison-overlap]
+    assert left[0]() is None
+    with pytest.raises(RuntimeError):
+        run_trial(TrialSpec((), 1.0, 1, timeout_s=1.0), {})
+    assert seen == [False, False] and gc.isenabled()
 
 
 def test_a_connection_idle_past_the_servers_keep_alive_is_not_reused() -> None:

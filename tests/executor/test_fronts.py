@@ -29,6 +29,7 @@ from executor.engine.core import EngineCore
 from executor.engine.server import FrontLink
 from executor.fake import FAKE_SCHEMA, FakeBackend
 from executor.front import http as front_http
+from executor.front import process as front_process
 from executor.front.budget import MIN_IN_FLIGHT, TenantBudgets
 from executor.front.engine import Ticket
 from executor.front.local import LocalEngine
@@ -524,6 +525,40 @@ def test_a_client_gone_mid_body_or_idle_frees_what_it_held(
             began = time.monotonic()
             assert conn.recv(1) == b""  # closed by the server, idle
             assert time.monotonic() - began < 5
+
+
+def test_a_front_freezes_what_it_built_before_its_first_request_and_stops_with_its_link(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A front's imports and app live as long as it does: they are moved out of the cyclic
+    collector's generations once it serves (a full pass over them paused every request of the
+    front for 20-30 ms), once; and a front whose engine closes the link stops."""
+    frozen: list[bool] = []
+    monkeypatch.setattr("gc.freeze", lambda: frozen.append(True))
+    engine_end, front_end = socket.socketpair()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    async def scenario() -> None:
+        front = asyncio.create_task(
+            front_process._serve(
+                listener, front_end, mmap.mmap(-1, 4096), front_process.FrontOptions(1 << 20)
+            )
+        )
+        for _ in range(100):
+            if frozen:
+                break
+            await asyncio.sleep(0.02)
+        assert frozen == [True]
+        with socket.create_connection(listener.getsockname(), timeout=5):
+            pass  # the front accepts connections
+        engine_end.close()
+        await asyncio.wait_for(front, 10)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        listener.close()
+    assert frozen == [True]
 
 
 # -- the daemon as processes ---------------------------------------------------------------------
