@@ -23,6 +23,13 @@ import math
 from dataclasses import dataclass
 
 MAX_SAMPLE_RATIO = 2.0  # a batch counts as at most this many times the current mean
+# A group is sent more than it is served when at least this fraction of its recent queries were
+# refused, and at least REFUSED_AT_LEAST of them (a lone refusal of a tenant within its share,
+# one Poisson burst, is not a flood)...
+OVER_SHARE_REFUSED = 0.1
+REFUSED_AT_LEAST = 3.0
+# ...where a query counts with a weight halving every this many seconds since it came.
+REFUSALS_HALF_LIFE_S = 1.0
 
 
 class ServiceRate:
@@ -41,6 +48,43 @@ class ServiceRate:
         else:
             sample = min(sample, MAX_SAMPLE_RATIO * self.seconds_per_row)
             self.seconds_per_row += self._smoothing * (sample - self.seconds_per_row)
+
+
+class Refusals:
+    """Whether a group is sent more than it is served: its recent queries, refused and in all,
+    counted with weights that halve every :data:`REFUSALS_HALF_LIFE_S`.
+
+    A group's queue behind a batch says so only while the queue lasts, and admission control
+    keeps it short: under a 5x flood more than half of the flooder's batches were taken with
+    nothing behind them (docs/benchmarks.md, "Over-share forwards at idle priority"). Its
+    refusals last: whatever admission turned away, at a front or in the engine, was more than
+    its sessions serve in time.
+    """
+
+    def __init__(self, half_life_s: float = REFUSALS_HALF_LIFE_S) -> None:
+        self._decay_per_s = math.log(2) / half_life_s
+        self._refused = 0.0
+        self._total = 0.0
+        self._at: float | None = None
+
+    def count(self, now: float, refused: int = 0, admitted: int = 0) -> None:
+        self._age(now)
+        self._refused += refused
+        self._total += refused + admitted
+
+    def over_share(self, now: float) -> bool:
+        self._age(now)
+        return (
+            self._refused >= REFUSED_AT_LEAST and self._refused >= OVER_SHARE_REFUSED * self._total
+        )
+
+    def _age(self, now: float) -> None:
+        if self._at is not None and now > self._at:
+            kept = math.exp(-self._decay_per_s * (now - self._at))
+            self._refused *= kept
+            self._total *= kept
+        if self._at is None or now > self._at:
+            self._at = now
 
 
 @dataclass(frozen=True)

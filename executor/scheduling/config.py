@@ -26,8 +26,9 @@ class SchedulerConfig:
     # Weights a plan may place on one backend device, in MiB (0: what the device has free,
     # less the backend's reserve); a plan beyond it is refused (docs/executor.md, "Memory").
     memory_limit_mb: float = 0.0
-    # A session's batch with its group's work queued behind it runs at the lowest CPU priority
-    # (SCHED_IDLE, on a second thread of its worker: device.BackgroundLane): a tenant sending
-    # more than its sessions serve takes only the CPU that tenants within their share, the
-    # fronts and the engine's link threads leave; the daemon sets it.
-    backlog_at_idle_priority: bool = False
+    # A session's batch of a group sent more than its sessions serve (its work queued behind
+    # the batch, or admission control refusing it of late: admission.Refusals) runs at the
+    # lowest CPU priority (SCHED_IDLE, on a second thread of its worker: device.BackgroundLane):
+    # such a tenant takes only the CPU that tenants within their share, the fronts and the
+    # engine's link threads leave; the daemon sets it.
+    over_share_at_idle_priority: bool = False

@@ -45,7 +45,13 @@ import numpy as np
 from allocator.cluster.plan import DevicePlan, SeatPlan
 from executor.features import Batch, Query
 from executor.scheduling import rules
-from executor.scheduling.admission import Backlog, ServiceRate, predicted_delay, retry_after
+from executor.scheduling.admission import (
+    Backlog,
+    Refusals,
+    ServiceRate,
+    predicted_delay,
+    retry_after,
+)
 from executor.scheduling.backend import Backend, Model, Session
 from executor.scheduling.config import SchedulerConfig
 from executor.scheduling.errors import (
@@ -125,6 +131,7 @@ class SessionGroup:
     idle_own: int = 0  # own sessions waiting for work
     closing: bool = False
     rate: ServiceRate = field(default_factory=ServiceRate)
+    refusals: Refusals = field(default_factory=Refusals)
     stats: GroupStats = field(default_factory=GroupStats)
 
     @property
@@ -163,7 +170,9 @@ class Job:
     group: SessionGroup
     pieces: list[Piece]
     pooled: bool  # run by a shared pool session (counts toward the pool's shares)
-    backlog: bool = False  # the group had more queued when this batch was taken
+    # The group is sent more than its sessions serve: it had more queued when this batch was
+    # taken, or admission control has been refusing it (admission.Refusals).
+    over_share: bool = False
 
     @property
     def rows(self) -> int:
@@ -274,6 +283,7 @@ class DeviceScheduler:
             refusal = self._refusal(group, rows, now, arrival)
             if refusal is not None:
                 group.stats.rejected += 1
+                group.refusals.count(now, refused=1)
                 raise refusal
             pieces = self._piece_count(group, rows)
             pending = Pending(
@@ -290,6 +300,7 @@ class DeviceScheduler:
             group.queued_rows += rows
             group.in_flight += 1
             group.stats.admitted += 1
+            group.refusals.count(now, admitted=1)
             self._cond.notify_all()
         return pending
 
@@ -297,6 +308,7 @@ class DeviceScheduler:
         """Count ``count`` queries of ``group`` refused before they reached it (by a front)."""
         with self._cond:
             group.stats.rejected += count
+            group.refusals.count(self._clock(), refused=count)
 
     def check(self, group: SessionGroup, rows: int = 1, arrival: float | None = None) -> None:
         """Raise Overloaded when a query of ``rows`` candidates would be refused now.
@@ -314,6 +326,7 @@ class DeviceScheduler:
             refusal = self._refusal(group, rows, now, now if arrival is None else arrival)
             if refusal is not None:
                 group.stats.rejected += 1
+                group.refusals.count(now, refused=1)
                 raise refusal
 
     def _refusal(
@@ -356,7 +369,7 @@ class DeviceScheduler:
 
     def _work(self, own: SessionGroup | None) -> None:
         sessions: dict[int, Session] = {}  # group id -> this worker's session on its replica
-        lane: BackgroundLane | None = None  # started at this worker's first backlogged batch
+        lane: BackgroundLane | None = None  # started at this worker's first over-share batch
         try:
             while not self._stopping:
                 dropped: list[Piece] = []
@@ -364,9 +377,9 @@ class DeviceScheduler:
                 self.expire(dropped)
                 if job is None:
                     continue
-                # A group with work queued behind this batch is sent more than its sessions
-                # serve: its forward takes only the CPU that no other thread wants.
-                low = job.backlog and self._config.backlog_at_idle_priority
+                # A group sent more than its sessions serve: its forward takes only the CPU
+                # that no other thread wants.
+                low = job.over_share and self._config.over_share_at_idle_priority
                 if low and lane is None:
                     lane = BackgroundLane(f"{threading.current_thread().name}-backlog")
                 self._run(job, sessions, lane if low else None)
@@ -476,7 +489,8 @@ class DeviceScheduler:
             self._virtual_time, group.finish_tag = rules.charge_pool(
                 self._virtual_time, group.finish_tag, rows, group.pool_weight
             )
-        return Job(group, taken, pooled, backlog=bool(group.queue))
+        over_share = bool(group.queue) or group.refusals.over_share(now)
+        return Job(group, taken, pooled, over_share)
 
     def _run(self, job: Job, sessions: dict[int, Session], lane: BackgroundLane | None) -> None:
         """Run a batch and deliver its scores; its forward on ``lane`` when one is given."""
@@ -568,8 +582,9 @@ class BackgroundLane:
     """A thread at the lowest CPU priority that runs the forwards its session worker hands it,
     while the worker waits.
 
-    A worker runs a batch's forward here when its group has more queued behind it (a tenant
-    sending more than its sessions serve), so that the forward gets only the CPU no other
+    A worker runs a batch's forward here when its group is sent more than its sessions serve
+    (:attr:`Job.over_share`: more queued behind the batch, or admission control refusing the
+    group of late), so that the forward gets only the CPU no other
     thread of the node wants: the forwards of tenants within their share, the fronts'
     accepting and parsing, the engine's link threads. The lowest priority is ``SCHED_IDLE`` on
     Linux, else nice 19. A second thread rather than the worker lowering itself for the batch:

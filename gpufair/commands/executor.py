@@ -206,7 +206,7 @@ def main(argv: list[str]) -> int:
         place = _placement(args.device or cfg.device)
     # A tenant's batches with more of its work queued behind them take only the CPU that the
     # fronts and the other tenants' batches leave (executor.scheduling.device.BackgroundLane).
-    config = dataclasses.replace(scheduler_config(cfg), backlog_at_idle_priority=True)
+    config = dataclasses.replace(scheduler_config(cfg), over_share_at_idle_priority=True)
     runtime = NodeRuntime(backend, config, place)
     metrics = ExecutorMetrics(runtime)
     client: PlanClient | None = None

@@ -26,7 +26,13 @@ from executor.scheduling import (
     SchedulerConfig,
     UnknownModel,
 )
-from executor.scheduling.admission import MAX_SAMPLE_RATIO, ServiceRate
+from executor.scheduling.admission import (
+    MAX_SAMPLE_RATIO,
+    OVER_SHARE_REFUSED,
+    REFUSALS_HALF_LIFE_S,
+    Refusals,
+    ServiceRate,
+)
 from executor.scheduling.device import BackgroundLane
 from tests.executor.scheduling_helpers import plan, queries, seat
 
@@ -109,6 +115,27 @@ def test_one_slow_batch_moves_the_service_rate_by_at_most_twice_the_mean():
     for _ in range(50):  # a sustained slowdown is still followed
         rate.observe(100, 100 * 80e-6)
     assert rate.seconds_per_row == pytest.approx(80e-6, rel=0.01)
+
+
+def test_a_group_refused_a_tenth_of_its_recent_queries_is_sent_more_than_it_is_served() -> None:
+    """Refusals say a group is over its share while they are recent: a tenth of its queries
+    and at least a few refused; a lone refusal, or a few among many answered, do not; and a
+    flood that stopped is forgotten within a few half-lives."""
+    calm = Refusals()
+    calm.count(0.0, admitted=40)
+    calm.count(0.5, refused=1)  # one Poisson burst of a tenant within its share
+    assert not calm.over_share(0.5)
+    steady = Refusals()
+    steady.count(0.0, refused=3, admitted=int(3 / OVER_SHARE_REFUSED) + 10)
+    assert not steady.over_share(0.0)
+    flood = Refusals()
+    for tick in range(10):  # half its queries refused, every 0.1 s for a second
+        flood.count(tick / 10, refused=5, admitted=5)
+    assert flood.over_share(1.0)
+    assert flood.over_share(1.0 + REFUSALS_HALF_LIFE_S)
+    assert not flood.over_share(1.0 + 5 * REFUSALS_HALF_LIFE_S)
+    flood.count(10.0, admitted=1)  # it came back within its share
+    assert not flood.over_share(10.0)
 
 
 def test_a_query_that_starts_at_once_is_admitted_whatever_the_estimate(runtimes):
@@ -320,7 +347,7 @@ def test_a_batch_with_its_groups_work_queued_behind_it_runs_at_idle_priority() -
     main = threading.get_native_id()
     policy, nice = os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, main)
     backend = _PolicyBackend()
-    config = SchedulerConfig(backlog_at_idle_priority=True, batching=False, admission=False)
+    config = SchedulerConfig(over_share_at_idle_priority=True, batching=False, admission=False)
     runtime = NodeRuntime(backend, config)
     runtime.apply(plan([seat(0, "a")]))
     try:
@@ -339,6 +366,36 @@ def test_a_batch_with_its_groups_work_queued_behind_it_runs_at_idle_priority() -
         assert ran_second[0] == os.SCHED_IDLE
         assert again == worker != lane
         assert (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, main)) == (policy, nice)
+    finally:
+        backend.model.gate.set()
+        runtime.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_a_batch_of_a_group_admission_has_been_refusing_runs_at_idle_priority() -> None:
+    """Admission keeps a flooder's queue short, so that most of its batches are taken with
+    nothing behind them: a group whose queries the fronts have been refusing runs its batches
+    under SCHED_IDLE all the same, and once it has been refused no more (a few half-lives
+    later), on its worker again."""
+    clock = [100.0]
+    backend = _PolicyBackend()
+    config = SchedulerConfig(over_share_at_idle_priority=True, batching=False, admission=False)
+    runtime = NodeRuntime(backend, config)
+    runtime.apply(plan([seat(0, "a")]))
+    try:
+        group = runtime.group("a")
+        assert group.device is not None
+        group.device._clock = lambda: clock[0]
+        first, second, third = queries(FAKE_SCHEMA, [4, 4, 4], seed=7)
+        backend.model.gate.set()
+        runtime.submit("a", first).future.result(10)
+        runtime.count_rejected(group, 10)  # a front turned ten of its requests away
+        runtime.submit("a", second).future.result(10)
+        clock[0] += 10 * REFUSALS_HALF_LIFE_S
+        runtime.submit("a", third).future.result(10)
+        policies = [policy for _, policy, _ in backend.model.seen]
+        assert policies[1] == os.SCHED_IDLE
+        assert policies[0] == policies[2] == os.sched_getscheduler(0) != os.SCHED_IDLE
     finally:
         backend.model.gate.set()
         runtime.close()
