@@ -323,15 +323,16 @@ def run_trial(
     uvloop, as the daemon's fronts: the client's CPU is taken from the servers it measures. The
     collector is off because a pass of it over a flood's thousands of arrivals and tasks paused
     the client for 11-30 ms, and every query it sent late meanwhile was charged to the server
-    (latency runs from the scheduled arrival). What a trial leaves is collected after it.
+    (latency runs from the scheduled arrival). What a trial leaves is collected after it, before
+    its event loop closes, so that the transports among it are finalised with their loop.
     """
-    gc.disable()
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        gc.disable()
+        try:
             return runner.run(_run_trial(spec, bodies))
-    finally:
-        gc.enable()
-        gc.collect()
+        finally:
+            gc.enable()
+            gc.collect()
 
 
 def _send(outbox: IO[bytes], value: object) -> None:
@@ -373,6 +374,10 @@ class LoadClient:
             return pickle.load(process.stdout)
         except EOFError:
             raise RuntimeError(f"the load client exited with status {process.wait()}") from None
+        except pickle.UnpicklingError as exc:
+            raise RuntimeError(
+                f"the load client (pid {process.pid}) sent a reply that is no pickle: {exc}"
+            ) from exc
 
     def run(self, spec: TrialSpec) -> TrialResult:
         parts = len(self._processes)
@@ -421,4 +426,8 @@ if __name__ == "__main__":
     # Through the module's own name, so that what it pickles names bench.loadclient's classes.
     from bench.loadclient import _serve as serve
 
-    serve(sys.stdin.buffer, sys.stdout.buffer)
+    # The replies go out on a copy of standard output, and standard output itself now goes to
+    # standard error: whatever else writes to it (a library, C code) cannot break the replies.
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.stdin.buffer, replies)
