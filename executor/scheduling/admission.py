@@ -56,7 +56,7 @@ class Refusals:
 
     A group's queue behind a batch says so only while the queue lasts, and admission control
     keeps it short: under a 5x flood more than half of the flooder's batches were taken with
-    nothing behind them (docs/benchmarks.md, "Over-share forwards at idle priority"). Its
+    nothing behind them (docs/benchmarks.md, "Over-share by refusals, not only by the queue"). Its
     refusals last: whatever admission turned away, at a front or in the engine, was more than
     its sessions serve in time.
     """
@@ -65,7 +65,7 @@ class Refusals:
         self._decay_per_s = math.log(2) / half_life_s
         self._refused = 0.0
         self._total = 0.0
-        self._at: float | None = None
+        self._at = -math.inf  # when the counts were last aged
 
     def count(self, now: float, refused: int = 0, admitted: int = 0) -> None:
         self._age(now)
@@ -79,11 +79,10 @@ class Refusals:
         )
 
     def _age(self, now: float) -> None:
-        if self._at is not None and now > self._at:
+        if now > self._at:
             kept = math.exp(-self._decay_per_s * (now - self._at))
             self._refused *= kept
             self._total *= kept
-        if self._at is None or now > self._at:
             self._at = now
 
 

@@ -282,8 +282,7 @@ class DeviceScheduler:
                 raise GroupClosed(f"model {group.model_id!r}: replica is draining")
             refusal = self._refusal(group, rows, now, arrival)
             if refusal is not None:
-                group.stats.rejected += 1
-                group.refusals.count(now, refused=1)
+                self._count_refused(group, 1, now)
                 raise refusal
             pieces = self._piece_count(group, rows)
             pending = Pending(
@@ -307,8 +306,13 @@ class DeviceScheduler:
     def count_rejected(self, group: SessionGroup, count: int) -> None:
         """Count ``count`` queries of ``group`` refused before they reached it (by a front)."""
         with self._cond:
-            group.stats.rejected += count
-            group.refusals.count(self._clock(), refused=count)
+            self._count_refused(group, count, self._clock())
+
+    def _count_refused(self, group: SessionGroup, count: int, now: float) -> None:
+        """Count ``count`` refusals of ``group`` in its stats and its recent refusals (lock
+        held)."""
+        group.stats.rejected += count
+        group.refusals.count(now, refused=count)
 
     def check(self, group: SessionGroup, rows: int = 1, arrival: float | None = None) -> None:
         """Raise Overloaded when a query of ``rows`` candidates would be refused now.
@@ -325,8 +329,7 @@ class DeviceScheduler:
                 return
             refusal = self._refusal(group, rows, now, now if arrival is None else arrival)
             if refusal is not None:
-                group.stats.rejected += 1
-                group.refusals.count(now, refused=1)
+                self._count_refused(group, 1, now)
                 raise refusal
 
     def _refusal(
