@@ -186,7 +186,8 @@ def profile_model(model: LoadedModel, settings: ProfileSettings) -> dict[str, An
 
 
 def compare_forwards(model: LoadedModel, candidates: int = 270, reps: int = 20) -> dict[str, Any]:
-    """Median time of the structured and the naive forward on one query of ``candidates``."""
+    """Median time of the structured and the naive forward on queries of ``candidates``: four
+    random queries, taken in turn, so no one query's features decide the timing."""
     pool = [
         Batch.of([model.schema.random_query(np.random.default_rng(k), candidates)])
         for k in range(4)

@@ -15,6 +15,7 @@ import signal
 import sys
 
 from gpufair import __version__
+from gpufair.commands.bench import BENCHMARKS
 
 # name -> (module under gpufair.commands, one-line description shown by --help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,7 +27,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("profile", "measure latency-bounded QPS against streams for the model zoo"),
     "divide": ("divide", "solve a fair division instance (JSON in, JSON out)"),
     "allocate": ("allocate", "allocate a cluster (GPUs, tenants, models) and print the plan"),
-    "bench": ("bench", "run a benchmark: allocator, serve or api"),
+    # The benchmarks' names are bench's own list, so a new one is named here too.
+    "bench": (
+        "bench",
+        f"run a benchmark: {', '.join(list(BENCHMARKS)[:-1])} or {list(BENCHMARKS)[-1]}",
+    ),
 }
 
 # Every command's log lines, and those of the processes `gpufair serve --workers` starts.
@@ -50,7 +55,7 @@ def _help() -> str:
     lines += [
         "",
         "options:",
-        "  -v, --verbose  log at debug level (repeatable flags are not needed)",
+        "  -v, --verbose  log at debug level (a single -v: -vv is not accepted)",
         "  --version      print the version and exit",
         "",
         "Run 'gpufair COMMAND --help' for a command's own options. Settings come from",

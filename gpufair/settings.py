@@ -41,6 +41,8 @@ DEVELOPMENT_ADMIN_TOKEN = "dev-admin-token"
 # to one command only (a node's token is per node, so it is no setting of the shared tree; the
 # gateway's token is the admin token, which only `gpufair gateway` reads under this name).
 NOT_SETTINGS = frozenset({"GPUFAIR_CONFIG", "GPUFAIR_EXECUTOR_TOKEN", "GPUFAIR_GATEWAY_TOKEN"})
+# The most front processes of an executor, as setting and as `gpufair executor --fronts`.
+MAX_FRONTS = 64
 
 
 class SettingsError(ValueError):
@@ -129,7 +131,7 @@ class ExecutorSettings(_Section):
     profiles_path: Path | None = None
     # Front processes that accept, admit, read and parse requests for the engine process;
     # 0: one per 8 cores of the node, at least one.
-    fronts: int = Field(default=0, ge=0, le=64)
+    fronts: int = Field(default=0, ge=0, le=MAX_FRONTS)
 
 
 class Settings(BaseSettings):
@@ -200,11 +202,20 @@ def load_settings(
         required = True
     if required and not config_file.exists():
         raise SettingsError(f"config file {config_file} does not exist")
+    # The TOML source skips what is not a file; a directory named as the config would leave
+    # every setting at its default without a word.
+    if config_file.is_dir():
+        raise SettingsError(f"config file {config_file} is a directory")
     try:
         # A missing default config.toml reads as empty: the defaults hold.
         file = TomlConfigSettingsSource(Settings, toml_file=config_file)
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{config_file}: invalid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise SettingsError(
+            f"{config_file}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start})"
+        ) from None
     except OSError as exc:
         raise SettingsError(f"{config_file}: cannot read: {exc.strerror or exc}") from exc
     try:

@@ -40,10 +40,20 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import get_args
 
-from allocator.cluster.snapshot import ClusterSnapshot, Gpu, Model, ThroughputCurve, within_sla
+from allocator.cluster.snapshot import (
+    ClusterSnapshot,
+    DeviceKind,
+    Gpu,
+    Model,
+    ThroughputCurve,
+    within_sla,
+)
 from allocator.errors import InstanceError
 from allocator.instance import Agent, Instance
+
+DEVICE_KINDS: tuple[str, ...] = get_args(DeviceKind)
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,13 @@ def _check(snapshot: ClusterSnapshot) -> None:
                 f"model {m.model_id!r}: memory_mb and sla_p99_ms must be positive, got "
                 f"{m.memory_mb} and {m.sla_p99_ms}")
     for g in snapshot.gpus:
+        # Only the kinds a node plan has (allocator.cluster.plan): the plan of any other would
+        # be solved and then refused by every daemon.
+        if g.kind not in DEVICE_KINDS:
+            raise InstanceError(
+                f"gpu {g.gpu_id!r}: kind must be {' or '.join(map(repr, DEVICE_KINDS))}, "
+                f"got {g.kind!r}"
+            )
         if g.seats < 1 or g.streams < g.seats:
             raise InstanceError(f"gpu {g.gpu_id!r}: needs seats ≥ 1 and streams ≥ seats")
         if g.memory_mb <= 0:

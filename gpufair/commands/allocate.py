@@ -19,14 +19,15 @@ import sys
 import textwrap
 import tomllib
 from collections import defaultdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpufair.compose import add_solve_flags, flagged_solve_options
+from gpufair.inputs import InputError, read_text
 from gpufair.stdout_guard import stdout_reserved_for_result
 
 if TYPE_CHECKING:
     from allocator.cluster.allocate import ClusterAllocation
+    from allocator.cluster.plan import NodePlan
     from allocator.cluster.snapshot import ClusterSnapshot
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,36 +61,57 @@ def _legend(text: str) -> None:
 
 
 def _load(path: str) -> Any:
-    text = Path(path).read_text()
-    if path.endswith(".toml"):
-        return tomllib.loads(text)
-    return json.loads(text)
+    """The document in the file at ``path``, TOML or JSON by its name; InputError naming the
+    file if it cannot be read or parsed."""
+    text = read_text(path)
+    try:
+        if path.endswith(".toml"):
+            return tomllib.loads(text)
+        return json.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: invalid TOML: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: invalid JSON: {exc.msg} (line {exc.lineno})") from None
+
+
+def _previous(path: str) -> dict[str, NodePlan]:
+    """The previous allocation's plans in the file at ``path``, by node; InputError or
+    PlanError naming the file (and the node) if it is not an object of node -> plan."""
+    from allocator.cluster.plan import NodePlan, PlanError
+
+    doc = _load(path)
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: expected an object of node -> plan, got {type(doc).__name__}")
+    plans: dict[str, NodePlan] = {}
+    for node, plan in doc.items():
+        try:
+            plans[node] = NodePlan.from_dict(plan)
+        except PlanError as exc:
+            raise PlanError(f"{path}: node {node!r}: {exc}") from None
+    return plans
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from allocator.cluster.documents import snapshot_from_dict
-    from allocator.cluster.plan import NodePlan, PlanError
+    from allocator.cluster.plan import PlanError
     from allocator.errors import AllocatorError, InstanceError
     from gpufair.settings import SettingsError, load_settings
 
     try:
         doc = _load(args.cluster)
-        previous = None
-        if args.previous:
-            previous = {n: NodePlan.from_dict(p) for n, p in _load(args.previous).items()}
-    except OSError as exc:
-        return _fail(f"cannot read {exc.filename}: {exc.strerror}", 2)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        return _fail(f"invalid file: {exc}", 2)
-    except PlanError as exc:
-        return _fail(f"{args.previous}: {exc}", 2)
+        previous = _previous(args.previous) if args.previous else None
+    except (InputError, PlanError) as exc:
+        return _fail(str(exc), 2)
     try:
         settings = load_settings().allocator
-        snapshot = snapshot_from_dict(doc)
         options = flagged_solve_options(settings, args, churn_limit=args.churn_limit)
     except (SettingsError, InstanceError) as exc:
         return _fail(str(exc), 2)
+    try:
+        snapshot = snapshot_from_dict(doc)
+    except InstanceError as exc:
+        return _fail(f"{args.cluster}: {exc}", 2)
     from allocator.cluster.allocate import allocate_cluster
 
     with stdout_reserved_for_result() as result_stream:

@@ -13,17 +13,19 @@ import sys
 
 from sqlalchemy.exc import SQLAlchemyError
 
-import migrations
-from api.db import make_engine
 from gpufair.settings import SettingsError, load_settings
 
 log = logging.getLogger(__name__)
-# Alembic announces each of its plugins at INFO; only its migration steps are worth a line.
+# Alembic announces each of its plugins at INFO as it is imported; only its migration steps are
+# worth a line. So the level is set here and Alembic (through migrations) imported only after,
+# in main: `gpufair db --help` loads neither.
 logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpufair db", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="gpufair db", description="Manage the database schema with Alembic."
+    )
     parser.add_argument("--url", help="database URL (default: the settings' database.url)")
     sub = parser.add_subparsers(dest="action", required=True)
     up = sub.add_parser("upgrade", help="upgrade the schema (to head by default)")
@@ -36,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    import migrations
+    from api.db import make_engine
+
     try:
         url = args.url or load_settings().database.url
         if args.action == "upgrade":
@@ -55,6 +60,7 @@ def main(argv: list[str]) -> int:
         return 0
     except SettingsError as exc:
         sys.stderr.write(f"gpufair db: {exc}\n")
+        return 2
     except SQLAlchemyError as exc:
         sys.stderr.write(f"gpufair db: database error: {str(exc).splitlines()[0]}\n")
     except Exception as exc:  # noqa: BLE001 - Alembic reports bad revisions with CommandError etc.

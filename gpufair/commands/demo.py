@@ -60,6 +60,7 @@ from gpufair.demo.view import (
     live_view,
     phase_table,
 )
+from gpufair.inputs import positive_number
 from gpufair.loadgen import StreamProcess, Target
 from gpufair.localcluster import ClusterError
 from gpufair.servers import ChildServer, ChildServerError
@@ -71,6 +72,7 @@ STARTUP_TIMEOUT_S = 120.0
 PORT_TRIES = 3  # ports tried for a daemon whose port another process took first
 WORKDIR = Path("var/demo")
 CLAIM_FAILED = 3  # exit status when the run finished but a claim did not hold
+BAD_INPUT = 2  # exit status for a bad scenario file or flag, before anything starts
 # The first seconds load models and warm caches on every path; they are shown, not counted.
 WARMUP_S = 5.0
 MAX_SOLVES = 4  # solves while nodes report new curves (a few suffice: see _register)
@@ -91,13 +93,17 @@ def _parser() -> argparse.ArgumentParser:
             "compare it with an equal split, then drive traffic with a flood halfway through "
             "and check the claims of the summary. Logs of the child processes go to var/demo/."
         ),
-        epilog=(f"Exit status: 0 when every claim held, {CLAIM_FAILED} when one failed (the "
-                "summary says which and by how much), 1 when the demo could not run, 130 on "
-                "Ctrl-C."),
+        epilog=(
+            f"Exit status: 0 when every claim held, {CLAIM_FAILED} when one failed (the "
+            f"summary says which and by how much), {BAD_INPUT} for a bad scenario file or "
+            "flag, 1 when the demo could not run, 130 on Ctrl-C."
+        ),
     )
     p.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO,
                    help=f"scenario TOML (default {DEFAULT_SCENARIO}; fields: docs/formats.md)")
-    p.add_argument("--duration", type=float, help="seconds of traffic (default: the scenario's)")
+    p.add_argument(
+        "--duration", type=positive_number, help="seconds of traffic, > 0 (default: the scenario's)"
+    )
     p.add_argument("--nodes", type=_node_count, metavar="N",
                    help="instead of the scenario: run N ≥ 2 executor daemons on loopback ports "
                         "as N nodes (simulated GPUs) behind `gpufair gateway`, send three "
@@ -409,14 +415,9 @@ def _verdict(claims: list[Claim], console: Console, workdir: Path) -> int:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     if args.nodes is not None:
-        if args.scenario != DEFAULT_SCENARIO:
-            raise DemoError("--scenario does not apply with --nodes (its cluster is built in)")
         return _verdict(run_nodes(args.nodes, args.duration, console), console, NODES_WORKDIR)
-    try:
-        scenario = load_scenario(args.scenario)
-    except ScenarioError as exc:
-        raise DemoError(str(exc)) from None
-    duration = float(args.duration or scenario.duration_s)
+    scenario = load_scenario(args.scenario)
+    duration = args.duration if args.duration is not None else scenario.duration_s
     shutil.rmtree(WORKDIR, ignore_errors=True)
     WORKDIR.mkdir(parents=True)
     admin_token = secrets.token_urlsafe(24)
@@ -465,12 +466,19 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.nodes is not None and args.scenario != DEFAULT_SCENARIO:
+        print("gpufair demo: --scenario does not apply with --nodes (its cluster is built in)",
+              file=sys.stderr)  # fmt: skip
+        return BAD_INPUT
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     # One line per request would bury the view; the children's logs are in var/demo/.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     console = Console(width=None if sys.stdout.isatty() else 80)
     try:
         return run(args, console)
+    except ScenarioError as exc:  # a bad scenario file: bad input, as for every command
+        print(f"gpufair demo: {exc}", file=sys.stderr)
+        return BAD_INPUT
     except (DemoError, NodesDemoError, ClusterError, ChildServerError) as exc:
         print(f"gpufair demo: {exc}", file=sys.stderr)
         return 1

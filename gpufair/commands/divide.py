@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from gpufair.compose import add_solve_flags, flagged_solve_options
+from gpufair.inputs import InputError, decode_text, read_text
 from gpufair.stdout_guard import stdout_reserved_for_result
 
 
@@ -50,9 +50,13 @@ def main(argv: list[str]) -> int:
     from gpufair.settings import SettingsError, load_settings
 
     try:
-        text = sys.stdin.read() if args.instance == "-" else Path(args.instance).read_text()
-    except OSError as exc:
-        return _fail(f"cannot read {args.instance}: {exc.strerror or exc}", 2)
+        text = (
+            decode_text(sys.stdin.buffer.read(), "stdin")
+            if args.instance == "-"
+            else read_text(args.instance)
+        )
+    except InputError as exc:
+        return _fail(str(exc), 2)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -33,7 +33,8 @@ machine's name for a wildcard host) for the routing table (``GET /v1/routes``) t
 from, the daemon answers every query and logs a warning saying so.
 
 ``--device cpu`` maps every device of the plan onto the CPU, so a GPU node's plan can be tried
-on a laptop.
+on a laptop; ``--device cuda`` (or the setting) on a node without CUDA ends with one line on
+stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ from typing import TYPE_CHECKING
 from allocator.cluster.plan import NodePlan, PlanError
 from executor.wire.names import InvalidNameError, validate_node_name
 from gpufair.compose import front_count, scheduler_config
-from gpufair.settings import SettingsError, load_settings
+from gpufair.inputs import InputError, port_number, read_text, whole_number
+from gpufair.settings import MAX_FRONTS, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from executor.plan_client import PlanClient
@@ -80,7 +82,11 @@ def _parser() -> argparse.ArgumentParser:
         help="node token for the API (default: $GPUFAIR_EXECUTOR_TOKEN)",
     )
     p.add_argument("--host", help="address to listen on (default: settings executor.host)")
-    p.add_argument("--port", type=int, help="port to listen on (default: settings executor.port)")
+    p.add_argument(
+        "--port",
+        type=port_number,
+        help="port to listen on, 1 to 65535 (default: settings executor.port)",
+    )
     p.add_argument(
         "--advertise-url",
         help="API mode: the URL routers and clients reach this daemon at, sent with every "
@@ -89,13 +95,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
-        help="cpu: run every device of the plan on the CPU (default: settings executor.device)",
+        help="cpu: run every device of the plan on the CPU; cuda: on this node's CUDA devices, "
+        "refused where there are none (default: settings executor.device)",
     )
     p.add_argument(
         "--fronts",
-        type=int,
-        help="front processes that accept, read and parse requests (default: settings "
-        "executor.fronts; 0: one per 8 cores, at least one)",
+        type=whole_number(0, MAX_FRONTS),
+        help=f"front processes that accept, read and parse requests, 0 to {MAX_FRONTS} (default: "
+        "settings executor.fronts; 0: one per 8 cores, at least one)",
     )
     p.add_argument("--backend", choices=("torch", "fake"), default="torch")
     p.add_argument("--fake-row-us", type=float, default=20.0,
@@ -118,23 +125,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read_plan(path: Path) -> NodePlan:
+    """The plan in the file; InputError or PlanError naming the file if it is unusable."""
+    text = read_text(path)
     try:
-        return NodePlan.from_dict(json.loads(path.read_text()))
-    except OSError as exc:
-        raise PlanError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PlanError(f"{path}: invalid JSON: {exc}") from exc
+    return NodePlan.from_dict(doc)
 
 
 def _placement(device: str) -> Callable[[str], str]:
-    """Plan device -> backend device: everything on the CPU when CUDA is absent or refused."""
-    use_cuda = device == "cuda"
-    if device == "auto":
-        import torch
+    """Plan device -> backend device: everything on the CPU when CUDA is absent or refused.
+    ModelLoadError when ``device`` is ``cuda`` and the node has no CUDA device."""
+    from executor.runtime import select_device
 
-        use_cuda = bool(torch.cuda.is_available())
-        if not use_cuda:
-            log.info("no CUDA device: every device of the plan runs on the CPU")
+    use_cuda = select_device(device).type == "cuda"
+    if device == "auto" and not use_cuda:
+        log.info("no CUDA device: every device of the plan runs on the CPU")
     if use_cuda:
         return lambda name: name
     return lambda name: name if name.startswith("cpu") else "cpu:0"
@@ -151,9 +158,6 @@ def main(argv: list[str]) -> int:
     if not (args.fake_row_us >= 0 and args.fake_batch_us >= 0):
         sys.stderr.write("gpufair executor: --fake-row-us and --fake-batch-us must be >= 0\n")
         return 2
-    if args.fronts is not None and args.fronts < 0:
-        sys.stderr.write(f"gpufair executor: --fronts must be >= 0, got {args.fronts}\n")
-        return 2
     if args.api and not (args.node and args.token):
         sys.stderr.write("gpufair executor: --api needs --node and --token\n")
         return 2
@@ -167,7 +171,7 @@ def main(argv: list[str]) -> int:
     if args.plan is not None:
         try:
             plan = _read_plan(args.plan)
-        except PlanError as exc:
+        except (InputError, PlanError) as exc:
             sys.stderr.write(f"gpufair executor: bad plan: {exc}\n")
             return 2
         if args.state_dir or args.profiles:
@@ -199,18 +203,25 @@ def main(argv: list[str]) -> int:
         backend = FakeBackend(row_s=args.fake_row_us * 1e-6, batch_s=args.fake_batch_us * 1e-6)
         place = None
     else:
-        from executor.runtime import configure_cpu_threads
+        from executor.runtime import ModelLoadError, configure_cpu_threads
 
+        device = args.device or cfg.device
+        try:
+            place = _placement(device)
+        except ModelLoadError as exc:
+            where = "--device" if args.device else "settings executor.device"
+            sys.stderr.write(f"gpufair executor: {where}: {exc}\n")
+            return 2
         configure_cpu_threads(1)  # CPU sessions are threads with one intra-op thread each
         backend = RuntimeBackend()
-        place = _placement(args.device or cfg.device)
     # A tenant's batches with more of its work queued behind them take only the CPU that the
     # fronts and the other tenants' batches leave (executor.scheduling.device.BackgroundLane).
     config = dataclasses.replace(scheduler_config(cfg), over_share_at_idle_priority=True)
     runtime = NodeRuntime(backend, config, place)
     metrics = ExecutorMetrics(runtime)
     client: PlanClient | None = None
-    host, port = args.host or cfg.host, args.port or cfg.port
+    host = args.host or cfg.host
+    port = args.port if args.port is not None else cfg.port
     credentials = OPEN
     if plan is not None:
         log.warning("standalone mode: no control plane to learn tenants' keys from, so every "

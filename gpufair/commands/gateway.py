@@ -16,6 +16,8 @@ import sys
 
 import uvicorn
 
+from gpufair.inputs import port_number
+
 DEFAULT_PORT = 9080
 
 
@@ -31,8 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         help="admin token for GET /v1/routes (default: $GPUFAIR_GATEWAY_TOKEN)",
     )
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT,
-                   help=f"port to listen on (default {DEFAULT_PORT})")  # fmt: skip
+    p.add_argument("--port", type=port_number, default=DEFAULT_PORT,
+                   help=f"port to listen on, 1 to 65535 (default {DEFAULT_PORT})")  # fmt: skip
     p.add_argument("--timeout-s", type=float, default=30.0,
                    help="a daemon that has not answered a query in this long: 504 (default 30)")
     p.add_argument("--routes-wait-s", type=float, default=30.0,

@@ -32,6 +32,7 @@ from api.errors import SchemaNotReady
 from api.metrics import MULTIPROCESS_DIR_ENV
 from gpufair.cli import LOG_FORMAT
 from gpufair.compose import api_config
+from gpufair.inputs import port_number
 from gpufair.settings import SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -88,9 +89,15 @@ def shorten_gil_turns() -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpufair serve", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="gpufair serve", description="Run the control plane's REST API with uvicorn."
+    )
     parser.add_argument("--host", help="address to listen on (default: settings api.host)")
-    parser.add_argument("--port", type=int, help="port to listen on (default: settings api.port)")
+    parser.add_argument(
+        "--port",
+        type=port_number,
+        help="port to listen on, 1 to 65535 (default: settings api.port)",
+    )
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
@@ -110,7 +117,7 @@ def main(argv: list[str]) -> int:
         settings = load_settings()
     except SettingsError as exc:
         sys.stderr.write(f"gpufair serve: {exc}\n")
-        return 1
+        return 2
     config = api_config(settings)
     workers = settings.api.workers if args.workers is None else args.workers
     if not 1 <= workers <= MAX_WORKERS:
@@ -137,7 +144,8 @@ def main(argv: list[str]) -> int:
         return 1
     if config.dev_mode and development_token:
         log.warning("development mode: the development admin token is accepted")
-    host, port = args.host or config.host, args.port or config.port
+    host = args.host or config.host
+    port = args.port if args.port is not None else config.port
     shown = config.admin_token if development_token else None  # never echo a real secret
     base_url = f"http://{host}:{port}"
     sign_in = dashboard_sign_in(base_url, shown)

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from allocator.criteria import CRITERIA
 from allocator.objectives import OBJECTIVES
+from gpufair.inputs import InputError, read_text
 from gpufair.loadgen import QUERY_SIZES
 
 MEAN_CANDIDATES = sum(QUERY_SIZES) / len(QUERY_SIZES)
@@ -178,9 +179,9 @@ class Scenario(_Strict):
 def load_scenario(path: Path) -> Scenario:
     """Read and check a scenario file; ScenarioError with one line when it is unusable."""
     try:
-        document = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        document = tomllib.loads(read_text(path))
+    except InputError as exc:
+        raise ScenarioError(str(exc)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: invalid TOML: {exc}") from exc
     try:

@@ -143,7 +143,7 @@ def test_demo_refuses_a_missing_scenario_with_one_line(tmp_path: Path) -> None:
         [sys.executable, "-m", "gpufair.cli", "demo", "--scenario", str(tmp_path / "no.toml")],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
-    assert done.returncode == 1
+    assert done.returncode == 2  # bad input, as for every command (docs/formats.md)
     assert done.stderr.strip().startswith("gpufair demo:")
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

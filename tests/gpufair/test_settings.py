@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,22 @@ def test_a_named_config_file_must_exist(tmp_path: Path) -> None:
         load_settings(None, {"GPUFAIR_CONFIG": str(tmp_path / "missing.toml")})
 
 
+def test_a_config_file_that_is_a_directory_is_refused_not_skipped(tmp_path: Path) -> None:
+    """The TOML source skips what is not a file: every setting would be its default."""
+    with pytest.raises(SettingsError, match=f"config file {tmp_path} is a directory"):
+        load_settings(None, {"GPUFAIR_CONFIG": str(tmp_path)})
+    with pytest.raises(SettingsError, match="is a directory"):
+        load_settings(tmp_path, {})
+
+
+def test_a_config_file_that_is_not_utf8_text_is_refused_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_bytes(b"[api]\nport = 9000 # \xff\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config, {})
+    assert str(caught.value) == f"{config}: not UTF-8 text (byte 0xff at offset 20)"
+
+
 def _empty(tmp_path: Path) -> Path:
     path = tmp_path / "empty.toml"
     path.write_text("")
@@ -70,7 +87,6 @@ def _empty(tmp_path: Path) -> Path:
 
 def test_config_toml_holds_every_setting_at_its_default() -> None:
     """The README promises that config.toml shows every setting with its default."""
-    import re
     import tomllib
 
     from gpufair.settings import Settings
@@ -103,3 +119,17 @@ def test_the_parts_defaults_are_the_settings_defaults() -> None:
     settings = Settings()
     assert SolveOptions() == solve_options(settings.allocator)
     assert SchedulerConfig() == scheduler_config(settings.executor)
+
+
+def test_operations_md_lists_every_setting() -> None:
+    """docs/operations.md's table is where an operator looks a variable up: every setting of
+    the tree has its row."""
+    from gpufair.settings import ENV_PREFIX, Settings
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    rows = set(re.findall(r"^\| `(GPUFAIR_[A-Z0-9_]+)` \|", text, re.MULTILINE))
+    every = {
+        f"{ENV_PREFIX}{name}_{key}".upper() for name, section in Settings() for key, _ in section
+    }
+    assert every - rows == set(), "settings missing from docs/operations.md"
+    assert rows - every == set(), "rows of docs/operations.md that are no setting"
