@@ -11,6 +11,8 @@ same way and a bad input never reaches the client as a 500 or a traceback::
     ├── Forbidden                  403 forbidden      valid credentials of the wrong role
     ├── NotFound       LookupError 404 not_found      absent, or not visible to the caller
     ├── Conflict                   409 conflict       a unique name is taken; nothing to solve
+    │   └── SnapshotChanged        409 conflict       tenants or models changed during every
+    │                                                 solve of the request; nothing was stored
     ├── PreconditionFailed         412 stale_etag     If-Match names an old revision
     ├── PayloadTooLarge            413 too_large      body over settings.api.max_body_bytes
     ├── PreconditionRequired       428 etag_required  a change to a shared object without If-Match
@@ -85,6 +87,11 @@ class NotFound(ApiError, LookupError):
 class Conflict(ApiError):
     status = 409
     code = "conflict"
+
+
+class SnapshotChanged(Conflict):
+    """A tenant or model of the solve's snapshot was deleted or changed before its allocation
+    could be stored (api.services.allocations): the allocation would seat what is gone."""
 
 
 class PreconditionFailed(ApiError):

@@ -7,18 +7,20 @@ UUID). The first request's outcome is stored in the same transaction as what it 
 so:
 
 - the same key with the same request (method, path and body, compared as a SHA-256 of them)
-  gets the stored status and body again, with ``Idempotent-Replayed: true``; nothing is
+  gets the stored status, body and ETag again, with ``Idempotent-Replayed: true``; nothing is
   created twice;
 - the same key with another request is **422** (``field: Idempotency-Key``);
 - two requests with one key at the same moment: one creates, the other's transaction fails
-  on the key's unique row and is **409**, having created nothing;
+  on the key's unique row and is **409**, having created nothing — except
+  ``POST /v1/allocations``, whose requests take the solve lock first and look for the key
+  under it, so the second waits for the first solve and replays its reply;
 - a reply that carried a secret shown once (an API key, a node token) is not stored: its
   replay is **409** saying the request was done, since the secret exists nowhere any more.
 
 Records are kept for :data:`RETENTION` and deleted as new ones are written (a range delete on
-an indexed column). ``POST /v1/allocations`` solves outside a transaction, so its record is
-written right after the allocation is stored: a crash between the two lets a retry solve
-again, which stores one more version and changes nothing else.
+an indexed column). ``POST /v1/allocations`` solves outside a transaction; its record is
+written in the transaction that stores the allocation
+(:func:`api.services.allocations.run_solve`), so one commits only with the other.
 """
 
 from __future__ import annotations
@@ -54,10 +56,11 @@ IdempotencyKey = Annotated[
 class Replay(Exception):  # noqa: N818 - a reply, not an error
     """The stored reply of an earlier request with the same key; the app answers with it."""
 
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
+    def __init__(self, status: int, body: dict[str, Any], etag: str | None) -> None:
         super().__init__(status)
         self.status = status
         self.body = body
+        self.etag = etag
 
 
 def fingerprint(request: Request, body: BaseModel | None) -> str:
@@ -89,7 +92,7 @@ def replay_if_known(
             "this request was already done with this Idempotency-Key; its reply carried a "
             "secret shown once, which cannot be sent again"
         )
-    raise Replay(row.status, row.body)
+    raise Replay(row.status, row.body, row.etag)
 
 
 def remember(
@@ -101,9 +104,11 @@ def remember(
     status: int,
     body: BaseModel | None,
     now: datetime,
+    etag: str | None = None,
 ) -> None:
     """Store the outcome under ``key`` (nothing without one); ``body`` None for a reply that
-    carries a secret. Expired records go at the same time."""
+    carries a secret, ``etag`` the reply's ETag header if it has one. Expired records go at
+    the same time."""
     if key is None:
         return
     session.execute(
@@ -117,6 +122,7 @@ def remember(
             fingerprint=print_,
             status=status,
             body=None if body is None else body.model_dump(mode="json"),
+            etag=etag,
             created_at=now,
         )
     )
@@ -125,7 +131,10 @@ def remember(
 
 async def _replayed(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Replay)
-    return JSONResponse(exc.body, status_code=exc.status, headers={"Idempotent-Replayed": "true"})
+    headers = {"Idempotent-Replayed": "true"}
+    if exc.etag is not None:
+        headers["ETag"] = exc.etag
+    return JSONResponse(exc.body, status_code=exc.status, headers=headers)
 
 
 def install_replay_handler(app: FastAPI) -> None:

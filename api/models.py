@@ -273,6 +273,11 @@ class SlaSampleRow(Base):
     # The tenant's name as the daemon reports it (plans name tenants), not a key: samples
     # outlive a deleted tenant until they are pruned.
     tenant: Mapped[str] = mapped_column(String(64))
+    # The id of the tenant the node's plan seated the counted model for (its allocation's
+    # tenant_ids; migration 0009), which a tenant's own series reads: the name may since have
+    # passed to a new tenant. Not a foreign key, for the same reason as the name; null where
+    # the allocation did not name the tenant (the admin's series only).
+    tenant_id: Mapped[int | None] = mapped_column(Integer)
     # When the API received the heartbeat; the counts cover the interval before it. Indexed:
     # every read is a time window and pruning is a range delete.
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
@@ -296,4 +301,6 @@ class IdempotencyRow(Base):
     status: Mapped[int] = mapped_column(Integer)
     # The reply's body; null when it carried a secret shown once (a key or node token).
     body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The reply's ETag header (migration 0011), sent again with the body; null: it had none.
+    etag: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -2,7 +2,10 @@
 
 Every field is typed and bounded, so FastAPI answers a bad field with 422 naming it before any
 service code runs; numbers must be finite (``1e999`` parses to infinity in JSON libraries).
-``extra="forbid"`` on inputs turns a misspelt field into an error rather than a silent no-op.
+``extra="forbid"`` on inputs turns a misspelt field into an error rather than a silent no-op,
+and ``strict=True`` makes a number field take JSON numbers only: ``true`` is not 1 and
+``"3.5"`` is not 3.5 (a client that sends them has a bug the API should show it), while an
+integer is still a valid float.
 
 The bodies of the seams are not defined here but imported from their one definition, which the
 other side uses too: the heartbeat (:mod:`executor.wire.heartbeat`) and the profile upload
@@ -73,7 +76,7 @@ Moment = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _Out(BaseModel):
@@ -198,12 +201,18 @@ ModelWeight = Annotated[
 ]
 
 
+# The traffic the model expects: positive, since a model's value is the fraction of its demand
+# it is served (docs/fairness.md), which a demand of 0 leaves undefined; the allocator refuses
+# such a model (allocator.cluster.instance), so the API refuses it first, naming the field.
+DemandQps = Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)]
+
+
 class ModelBase(_In):
     artifact: ArtifactRef
     memory_mb: Annotated[int, Field(ge=1, le=10_000_000)]
     replicas_wanted: Annotated[int, Field(ge=1, le=1024)] = 1
     sla_p99_ms: Annotated[float, Field(gt=0, le=600_000, allow_inf_nan=False)]
-    demand_qps: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+    demand_qps: DemandQps
     weight: ModelWeight = 1.0
 
 
@@ -217,7 +226,7 @@ class ModelUpdate(_In):
     memory_mb: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
     replicas_wanted: Annotated[int, Field(ge=1, le=1024)] | None = None
     sla_p99_ms: Annotated[float, Field(gt=0, le=600_000, allow_inf_nan=False)] | None = None
-    demand_qps: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None
+    demand_qps: DemandQps | None = None
     weight: ModelWeight | None = None
 
 

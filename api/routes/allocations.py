@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
+from sqlalchemy.orm import Session
 
 from allocator import Objective
 from api.deps import (
@@ -45,7 +46,8 @@ def _public(session: SessionDep, row: AllocationRow) -> AllocationPublic:
 
 @router.post(
     "", status_code=status.HTTP_201_CREATED, tags=["admin"],
-    responses=errors(409, 500, s409="nothing to allocate: no tenant or no node"),
+    responses=errors(409, 500, s409="nothing to allocate: no tenant or no node; or tenants or "
+                     "models changed during the solve and its re-solve"),
 )  # fmt: skip
 def create_allocation(
     request: Request,
@@ -58,29 +60,39 @@ def create_allocation(
     passes the allocator's checker (500 otherwise). A certificate that passes is stored and
     returned even when it says some tenants' criteria fail (`fair: false`): then no allocation
     the allocator found meets them all. One solve runs at a time; others wait their turn. A
-    retry with the same ``Idempotency-Key`` gets the first reply instead of solving again."""
+    tenant or model deleted or changed during the solve is not seated from the old snapshot:
+    the solve runs again, and 409 if they changed again. A retry with the same
+    ``Idempotency-Key`` gets the first reply instead of solving again, also when it arrives
+    while the first is still solving (it waits for it)."""
     print_, now = fingerprint(request, data), state.clock()
-    with state.db.session(write=False) as session:
+    replies: list[AllocationPublic] = []
+
+    def check(session: Session) -> None:
+        # Under the solve lock: a request with this key that solved while this one waited for
+        # the lock has committed its record with its allocation, and is replayed.
         replay_if_known(session=session, owner="admin", key=idempotency_key, print_=print_,
                         now=now)  # fmt: skip
+
+    def record(session: Session, row: AllocationRow) -> None:
+        replies.append(_public(session, row))
+        remember(session=session, owner="admin", key=idempotency_key, print_=print_,
+                 status=201, body=replies[0], now=now)  # fmt: skip
+
     config = state.config
     objective = data.objective if data is not None else None
-    with state.metrics.solve_seconds.time():
+    with state.metrics.solve_seconds.time(), commit_errors():
         row = service.run_solve(
             db=state.db,
             options=config.solve_options,
             objective=objective or config.default_objective,
             parsed=state.parsed_plans,
             rendered=state.rendered_plans,
+            check=check,
+            record=record,
         )
     state.metrics.allocation_version.set(row.version)
     state.notifier.notify(allocation_id=row.id)
-    with state.db.session(write=False) as session:
-        public = _public(session, row)
-    with commit_errors(), state.db.session(write=True) as session:
-        remember(session=session, owner="admin", key=idempotency_key, print_=print_,
-                 status=201, body=public, now=now)  # fmt: skip
-    return public
+    return replies[0]
 
 
 @router.get("", tags=["admin"], responses=NEXT_LINK)

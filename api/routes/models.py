@@ -61,7 +61,7 @@ def create_model(
     public = _public(session, service.create_model(session=session, tenant_id=tenant.id,
                                                    data=data), response)
     remember(session=session, owner=owner, key=idempotency_key, print_=print_, status=201,
-             body=public, now=now)  # fmt: skip
+             body=public, now=now, etag=response.headers["ETag"])  # fmt: skip
     return public
 
 

@@ -28,11 +28,11 @@ IfNoneMatch = Annotated[str | None, Header()]
 
 
 async def _long_poll_routes(
-    state: AppState, tenant: str | None, wait: float, if_none_match: str | None
+    state: AppState, tenant_id: int | None, wait: float, if_none_match: str | None
 ) -> Response:
     async def read() -> tuple[str, Any]:
         table = await state.db.read(
-            lambda connection: routing_table(session=connection, tenant=tenant)
+            lambda connection: routing_table(session=connection, tenant_id=tenant_id)
         )
         return content_etag("routes", table), table.model_dump(mode="json")
 
@@ -56,5 +56,7 @@ async def read_my_routes(
     wait: Wait = 0.0,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
-    """The routing table of your own models, long-polled as ``GET /v1/routes``."""
-    return await _long_poll_routes(state, me.name, wait, if_none_match)
+    """The routing table of your own models, long-polled as ``GET /v1/routes``: the newest
+    allocation's replicas of the tenant it seated under your id (a tenant re-created under a
+    deleted one's name sees none of its predecessor's)."""
+    return await _long_poll_routes(state, me.id, wait, if_none_match)

@@ -220,7 +220,7 @@ def create_tenant(
     replay_if_known(session=session, owner="admin", key=idempotency_key, print_=print_, now=now)
     public = _public(service.create_tenant(session=session, data=data), response)
     remember(session=session, owner="admin", key=idempotency_key, print_=print_, status=201,
-             body=public, now=now)  # fmt: skip
+             body=public, now=now, etag=response.headers["ETag"])  # fmt: skip
     return public
 
 

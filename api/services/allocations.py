@@ -5,7 +5,10 @@ of the tenants, their ready models and every node's devices — with measured pr
 has reported one and an estimate otherwise — and the current plans; run the allocator's cluster
 layer outside any transaction; check its certificate with the allocator's own checker, and
 only then store the allocation, its certificate and one plan per node in one transaction.
-An allocation is immutable once stored; the next solve makes a new version.
+An allocation is immutable once stored; the next solve makes a new version. Since writes
+proceed during a solve, that transaction first checks that every tenant and model of the
+snapshot is still as it was read (:func:`changed_since`), and solves again if not: an
+allocation stored after a model's DELETE returned must not tell nodes to serve it.
 
 What the cluster layer guarantees (docs/fairness.md, "Guaranteed vs best effort") is an honest
 certificate, not a fair allocation: some snapshots have none that meets every tenant's
@@ -39,6 +42,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -61,7 +65,7 @@ from allocator import (
     parse_certificate,
 )
 from api.db import Database
-from api.errors import AllocationRejected, Conflict, NotFound, SolverFailed
+from api.errors import AllocationRejected, Conflict, NotFound, SnapshotChanged, SolverFailed
 from api.models import (
     AllocationRow,
     ArtifactRow,
@@ -92,12 +96,22 @@ ESTIMATE_EXPONENT = 0.8
 
 
 @dataclass(frozen=True)
+class Revisions:
+    """The revision (api.services.revisions) of each tenant and model a snapshot holds, by id:
+    what the store step compares with the rows as they are then (:func:`changed_since`)."""
+
+    tenants: dict[int, int]
+    models: dict[int, int]
+
+
+@dataclass(frozen=True)
 class SolveInput:
     snapshot: ClusterSnapshot
     tenant_ids: dict[str, int]  # tenant name -> id at solve time
     node_ids: dict[str, int]  # node name -> id
     previous: dict[str, NodePlan]  # the current plans, for churn limits and stable placement
     version: int  # the version (and id) the new allocation will get
+    revisions: Revisions  # of the snapshot's tenants and models, as read
 
 
 def _estimate(model: ModelRow, max_streams: int) -> ThroughputCurve:
@@ -138,6 +152,12 @@ def read_solve_input(*, session: Session, objective: Objective) -> SolveInput:
             qps=tuple(p.qps), measured=True, sla_p99_ms=p.sla_p99_ms
         )
     measured = measured_memory(session=session)
+    rows = [
+        m
+        for m in session.scalars(select(ModelRow).order_by(ModelRow.id))
+        # An upload-backed model joins the allocation once its artifact has been uploaded.
+        if (m.artifact != upload_reference(m.id) or m.id in uploaded) and _has_demand(m, names)
+    ]
     models = tuple(
         Model(
             model_id=str(m.id),
@@ -151,9 +171,7 @@ def read_solve_input(*, session: Session, objective: Objective) -> SolveInput:
             estimate=_estimate(m, max_streams),
             weight=m.weight,
         )
-        for m in session.scalars(select(ModelRow).order_by(ModelRow.id))
-        # An upload-backed model joins the allocation once its artifact has been uploaded.
-        if m.artifact != upload_reference(m.id) or m.id in uploaded
+        for m in rows
     )
     snapshot = ClusterSnapshot(
         tenants=tuple(Tenant(name=t.name, weight=t.weight, criterion=t.criterion) for t in tenants),  # type: ignore[arg-type]
@@ -172,7 +190,27 @@ def read_solve_input(*, session: Session, objective: Objective) -> SolveInput:
         node_ids={n.name: n.id for n in nodes},
         previous=previous,
         version=last + 1,
+        revisions=Revisions(
+            tenants={t.id: t.revision for t in tenants}, models={m.id: m.revision for m in rows}
+        ),
     )
+
+
+def _has_demand(model: ModelRow, tenants: dict[int, str]) -> bool:
+    """Whether the model may join the snapshot by its demand. The API refuses a demand of 0
+    (api.schemas.DemandQps), but a model stored before it did may have one; the allocator
+    would refuse the whole snapshot for it (a 409 for every tenant), so it is left out of
+    the solve, with a warning naming it, until its tenant sets a demand."""
+    if model.demand_qps > 0:
+        return True
+    log.warning(
+        "model %d of tenant %r left out of the solve: its demand_qps is %r (PATCH it to a "
+        "positive figure)",
+        model.id,
+        tenants[model.tenant_id],
+        model.demand_qps,
+    )
+    return False
 
 
 def plans_of_allocation(
@@ -284,6 +322,105 @@ def _unseated(*, session: Session, node_id: int, name: str, version: int) -> Nod
     return NodePlan(node=name, version=version, allocation_id=version, devices=plan.devices)
 
 
+# How many times one request solves when tenants or models keep changing under its solves:
+# a change during a solve (a tenant's edit) rarely repeats during the next one.
+SOLVE_ATTEMPTS = 2
+# How many changes a SnapshotChanged message names.
+CHANGES_NAMED = 5
+
+
+def changed_since(*, session: Session, revisions: Revisions) -> list[str]:
+    """What of the snapshot's tenants and models was deleted or changed (a new revision) since
+    it was read, e.g. ``["model 7 deleted"]``; empty when nothing was.
+
+    The rows are read ``FOR SHARE`` on PostgreSQL, so none of them can be deleted or changed
+    from this check until the caller's transaction ends; on SQLite the caller's write
+    transaction excludes every other writer already."""
+    changes: list[str] = []
+    tables: tuple[tuple[str, type[TenantRow] | type[ModelRow], dict[int, int]], ...] = (
+        ("tenant", TenantRow, revisions.tenants),
+        ("model", ModelRow, revisions.models),
+    )
+    for kind, table, read in tables:
+        if not read:
+            continue
+        rows = session.execute(
+            select(table.id, table.revision)
+            .where(table.id.in_(list(read)))
+            .with_for_update(read=True)
+        )
+        now = {row_id: revision for row_id, revision in rows}
+        for row_id, revision in sorted(read.items()):
+            if row_id not in now:
+                changes.append(f"{kind} {row_id} deleted")
+            elif now[row_id] != revision:
+                changes.append(f"{kind} {row_id} changed")
+    return changes
+
+
+@dataclass(frozen=True)
+class _Solved:
+    solve_input: SolveInput
+    certificate: CertificateDocument
+    row: AllocationRow
+    stored: dict[int, dict[str, Any]]  # node id -> its stored plan document
+    seconds: float
+
+
+def _solve_once(
+    *,
+    db: Database,
+    options: SolveOptions,
+    objective: Objective,
+    record: Callable[[Session, AllocationRow], None] | None,
+) -> _Solved:
+    """Read a snapshot, solve it and store the result, unless a tenant or model it holds was
+    deleted or changed meanwhile (:class:`SnapshotChanged`, nothing stored): an allocation
+    stored after a model's DELETE returned would tell nodes to serve a model that is gone."""
+    with db.session(write=False) as session:
+        solve_input = read_solve_input(session=session, objective=objective)
+    started = time.perf_counter()
+    certificate, plans = solve(solve_input, options)
+    elapsed = time.perf_counter() - started
+    with db.session(write=True) as session:
+        changes = changed_since(session=session, revisions=solve_input.revisions)
+        if changes:
+            more = len(changes) - CHANGES_NAMED
+            raise SnapshotChanged(
+                "tenants or models changed while the allocation was being solved ("
+                + ", ".join(changes[:CHANGES_NAMED])
+                + (f" and {more} more" if more > 0 else "")
+                + "); nothing was stored: solve again"
+            )
+        row, stored = store_allocation(
+            session=session,
+            solve_input=solve_input,
+            certificate=certificate,
+            plans=plans,
+            solve_seconds=elapsed,
+        )
+        if record is not None:
+            record(session, row)
+    return _Solved(solve_input, certificate, row, stored, elapsed)
+
+
+def _solve_until_stored(
+    *,
+    db: Database,
+    options: SolveOptions,
+    objective: Objective,
+    record: Callable[[Session, AllocationRow], None] | None,
+) -> _Solved:
+    """:func:`_solve_once`, run again on a new snapshot while tenants or models change under
+    it, :data:`SOLVE_ATTEMPTS` times in all; the last one's SnapshotChanged is the 409."""
+    for _ in range(SOLVE_ATTEMPTS - 1):
+        try:
+            return _solve_once(db=db, options=options, objective=objective, record=record)
+        except SnapshotChanged as exc:
+            log.info("solving again: %s", exc.message)
+    return _solve_once(db=db, options=options, objective=objective, record=record)
+
+
 def run_solve(
     *,
     db: Database,
@@ -291,31 +428,37 @@ def run_solve(
     objective: Objective,
     parsed: ParsedPlans,
     rendered: RenderedPlans | None = None,
+    check: Callable[[Session], None] | None = None,
+    record: Callable[[Session, AllocationRow], None] | None = None,
 ) -> AllocationRow:
     """Solve now under ``objective`` and store the result (the body of ``POST /allocations``);
     its plans, once committed, are kept in ``parsed`` for the tenants' reads that follow, and
-    rendered into ``rendered`` for the nodes' long-polls the new allocation wakes."""
+    rendered into ``rendered`` for the nodes' long-polls the new allocation wakes.
+
+    ``check`` runs under the solve lock before anything is read and may raise to stop the
+    solve; ``record`` runs in the transaction that stores the allocation. The route's
+    idempotency record uses both (api.idempotency): a request with the key of a solve that
+    finished while it waited for the lock replays that solve's reply instead of solving again.
+
+    A solve whose tenants or models changed before it could be stored is run again on a new
+    snapshot, up to :data:`SOLVE_ATTEMPTS` solves in all; then :class:`SnapshotChanged` (409).
+    """
     # Long enough to wait out another solve (which may run past its limit by its checks).
     with solve_lock(db, wait_s=2 * options.time_limit_s + 60):
-        with db.session(write=False) as session:
-            solve_input = read_solve_input(session=session, objective=objective)
-        started = time.perf_counter()
-        certificate, plans = solve(solve_input, options)
-        elapsed = time.perf_counter() - started
-        with db.session(write=True) as session:
-            row, stored = store_allocation(
-                session=session,
-                solve_input=solve_input,
-                certificate=certificate,
-                plans=plans,
-                solve_seconds=elapsed,
-            )
+        if check is not None:
+            with db.session(write=False) as session:
+                check(session)
+        solved = _solve_until_stored(db=db, options=options, objective=objective, record=record)
+        row, solve_input, certificate = solved.row, solved.solve_input, solved.certificate
         # Parsed back from the stored documents, as a reader would: after the commit, outside
         # SQLite's write lock, and once rather than by each of the first readers at once.
         keep_allocation_plans(
             allocation_id=row.id,
             version=row.version,
-            plans={node_id: NodePlan.from_dict(document) for node_id, document in stored.items()},
+            plans={
+                node_id: NodePlan.from_dict(document)
+                for node_id, document in solved.stored.items()
+            },
             parsed=parsed,
             rendered=rendered,
         )
@@ -325,7 +468,7 @@ def run_solve(
         len(solve_input.snapshot.tenants),
         len(solve_input.snapshot.models),
         len(solve_input.snapshot.gpus),
-        elapsed,
+        solved.seconds,
     )
     failing = sorted(name for name, agent in certificate.agents.items() if not agent.holds)
     if failing:

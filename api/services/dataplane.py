@@ -86,12 +86,30 @@ def credential_document(
     return CredentialDocument(node=node.name, salt=salt, tenants=tenants)
 
 
-def routing_table(*, session: Session | Connection, tenant: str | None = None) -> RoutingTable:
+def routing_table(
+    *, session: Session | Connection, tenant_id: int | None = None
+) -> RoutingTable:
     """The routing table of the newest allocation (see the module docstring); with
-    ``tenant``, of that tenant's models only."""
-    version = session.scalar(select(func.max(AllocationRow.version)))
-    if version is None:
+    ``tenant_id``, of that tenant's models only.
+
+    Plans name tenants, and a name may have been a deleted tenant's: the tenant is found by
+    its id in the allocation's ``tenant_ids`` (ids are never reused), as the tenant's
+    allocation view finds it, so a tenant re-created under an old name gets an empty table
+    until an allocation seats it."""
+    newest = session.execute(
+        select(AllocationRow.version, AllocationRow.tenant_ids)
+        .order_by(AllocationRow.version.desc())
+        .limit(1)
+    ).first()
+    if newest is None:
         return RoutingTable(version=0, models={})
+    version = newest.version
+    tenant: str | None = None
+    if tenant_id is not None:
+        names = [name for name, tid in newest.tenant_ids.items() if tid == tenant_id]
+        if not names:
+            return RoutingTable(version=version, models={})
+        tenant = names[0]
     rows = session.execute(
         select(NodePlanRow.plan, NodeRow.name, NodeRow.report)
         .join(NodeRow, NodeRow.id == NodePlanRow.node_id)

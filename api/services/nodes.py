@@ -14,7 +14,9 @@ windows and a profile upload (curves and footprints) may name only (tenant, mode
 models that one of the node's recent plans seats on it
 (:func:`api.services.plans.recent_seats`). Anything else is refused whole with 403 and logged
 with the node's name, so one node can neither move another tenant's attainment nor learn which
-model ids exist by uploading profiles for them.
+model ids exist by uploading profiles for them. The plan that seats a pair also says whose
+queries they were: SLA samples are stored under the tenant id its allocation seated the pair
+for, not under the name, which a tenant re-created under a deleted one's name would share.
 """
 
 from __future__ import annotations
@@ -53,22 +55,33 @@ QUOTED = 5
 
 
 def _not_seated(
-    *,
-    session: Session,
-    node_id: int,
-    wanted: set[T],
-    key: Callable[[Seated], T],
-    also_version: int | None = None,
+    *, session: Session, node_id: int, wanted: set[T], key: Callable[[Seated], T]
 ) -> set[T]:
     """What of ``wanted`` (each seated pair seen through ``key``) no recent plan of the node
     seats; the plans are searched newest first and only as far as needed."""
     outside = set(wanted)
     if outside:
-        for seated in recent_seats(session=session, node_id=node_id, also_version=also_version):
+        for seated in recent_seats(session=session, node_id=node_id):
             outside -= {key(pair) for pair in seated}
             if not outside:
                 break
     return outside
+
+
+def _seated_for(
+    *, session: Session, node_id: int, wanted: set[Seated], also_version: int | None
+) -> dict[Seated, int | None]:
+    """Each pair of ``wanted`` that a recent plan of the node seats, with the id of the tenant
+    the first such plan seated it for: the plan of ``also_version`` (the one the daemon says
+    it serves) first, then the newest; searched only as far as needed."""
+    found: dict[Seated, int | None] = {}
+    if wanted:
+        for seated in recent_seats(session=session, node_id=node_id, also_version=also_version):
+            for pair in (wanted & seated.keys()) - found.keys():
+                found[pair] = seated[pair]
+            if len(found) == len(wanted):
+                break
+    return found
 
 
 def _refuse(node: NodeRow, what: str, outside: list[str]) -> Forbidden:
@@ -155,14 +168,13 @@ def record_heartbeat(
     node = session.get(NodeRow, node_id, with_for_update={"key_share": True})
     if node is None:
         raise NotFound(f"node {node_id} not found")
-    outside = _not_seated(
-        session=session,
-        node_id=node.id,
-        wanted={(row.tenant, row.model) for row in data.sla}
-        | {(row.tenant, row.model) for row in data.served},
-        key=lambda pair: pair,
-        also_version=data.plan_version,
+    wanted = {(row.tenant, row.model) for row in data.sla} | {
+        (row.tenant, row.model) for row in data.served
+    }
+    owners = _seated_for(
+        session=session, node_id=node.id, wanted=wanted, also_version=data.plan_version
     )
+    outside = wanted - owners.keys()
     if outside:
         raise _refuse(node, "the SLA counts' or served windows' tenant/model",
                       [f"{tenant}/{model}" for tenant, model in sorted(outside)])
@@ -171,6 +183,7 @@ def record_heartbeat(
         node_id=node.id,
         previous=sla.previous_counts(node.report),
         current=data.sla,
+        owners=owners,
         at=now,
     )
     if prune_before is not None:

@@ -7,12 +7,13 @@ plan arrives, so a daemon that long-polls from the start needs no special case.
 
 Long-polls wait on :class:`PlanNotifier`, not on a database connection: a held plan long-poll
 looks at its plan's version only when woken — at once when this process stores an allocation,
-and within about ``RECHECK_S`` when any process does (another API replica sharing the
-PostgreSQL database, or ``gpufair solve``), which :class:`StoredPlanWatcher` notices for all of
-them with one query a period. It sends a plan only when the version moved — the JSON body this
-process rendered when it stored (or last sent) that version (:class:`RenderedPlans`), so the
-100 long-polls a solve wakes read one integer each rather than a plan to parse and encode; a
-version this process has not seen is read from ``node_plans`` and rendered once.
+and within about ``RECHECK_S`` when any process does (another API replica sharing the PostgreSQL
+database, or another worker of ``gpufair serve --workers N``), which :class:`StoredPlanWatcher`
+notices for all of them with one query a period. It sends a plan only when the version moved —
+the JSON body this process rendered when it stored (or last sent) that version
+(:class:`RenderedPlans`), so the 100 long-polls a solve wakes read one integer each rather than
+a plan to parse and encode; a version this process has not seen is read from ``node_plans`` and
+rendered once.
 
 A stored plan is read back through the format's one parser, ``NodePlan.from_dict``, the one the
 daemon parses it with, so the API never serves or reads a document the executor would refuse.
@@ -178,8 +179,10 @@ def plan_body_unless_current(
 
 def recent_seats(
     *, session: Session, node_id: int, also_version: int | None = None
-) -> Iterator[set[Seated]]:
-    """The (tenant, model) pairs each of the node's recent plans seats on it, newest first.
+) -> Iterator[dict[Seated, int | None]]:
+    """The (tenant, model) pairs each of the node's recent plans seats on it, newest first, each
+    with the id of the tenant its allocation seated it for (``AllocationRow.tenant_ids``; None
+    where the allocation does not name the tenant).
 
     What a node's token may write about (its heartbeat's SLA counts, its profiles) is what it
     was given to serve, and a daemon reports on a plan after the API stored a newer one: its
@@ -188,16 +191,21 @@ def recent_seats(
     profiles once it applied it. So the search covers the plan of ``also_version`` (the one
     the daemon says it serves, found only among this node's own) and then the node's
     ``RECENT_PLANS`` newest plans; a caller stops as soon as it found what it looks for, so
-    a daemon on the newest plan costs one plan parsed.
+    a daemon on the newest plan costs one plan parsed. The tenant ids say whose queries the
+    daemon counted: plans name tenants, and a name may since have passed to a new tenant.
     """
-    plans = select(NodePlanRow.plan).where(NodePlanRow.node_id == node_id)
+    plans = (
+        select(NodePlanRow.plan, AllocationRow.tenant_ids)
+        .join(AllocationRow, AllocationRow.id == NodePlanRow.allocation_id)
+        .where(NodePlanRow.node_id == node_id)
+    )
     queries = [plans.order_by(NodePlanRow.version.desc()).limit(RECENT_PLANS)]
     if also_version is not None:
         queries.insert(0, plans.where(NodePlanRow.version == also_version))
     for query in queries:
-        for document in session.scalars(query):
+        for document, tenant_ids in session.execute(query):
             yield {
-                (seat.replica.tenant, seat.replica.model_id)
+                (seat.replica.tenant, seat.replica.model_id): tenant_ids.get(seat.replica.tenant)
                 for _, seat in NodePlan.from_dict(document).replicas()
                 if seat.replica is not None
             }

@@ -8,6 +8,12 @@ tenant, one :class:`~api.models.SlaSampleRow` per (node, tenant) that saw traffi
 below the previous one means the daemon restarted and counts from zero again, so the delta is
 then the new count; so it is for a (tenant, model) the previous heartbeat did not list.
 
+Daemons name tenants as plans do, by name, and a deleted tenant's name may pass to a new one
+while a daemon still serves (and counts) the old plan. So a sample is stored under the tenant
+id the node's plan seated the (tenant, model) for (the allocation's ``tenant_ids``, found by
+:mod:`api.services.nodes`), and a tenant's own series reads its id: it never sees a
+predecessor's queries. The admin's series are by name, as the daemons report them.
+
 Reads bucket a time window's samples per tenant in SQL and divide with
 :func:`executor.wire.attainment.attainment`, the one definition the daemon's metrics, the
 dashboard and the demo use too: Σ within_sla / Σ received per bucket — the share of queries
@@ -55,6 +61,7 @@ from sqlalchemy.orm import Session
 from api.errors import InvalidInput
 from api.models import ModelRow, NodeRow, SlaSampleRow, TenantRow
 from api.schemas import ModelSla, SlaBucket, SlaHistory, SlaSeries
+from api.services.plans import Seated
 from api.services.tenants import get_tenant_or_raise
 from executor.wire.attainment import attainment
 from executor.wire.heartbeat import ServedWindow, SlaCount, parse_heartbeat
@@ -77,20 +84,19 @@ def previous_counts(report: Mapping[str, Any] | None) -> list[SlaCount]:
 
 def sla_deltas(
     previous: Iterable[SlaCount], current: Iterable[SlaCount]
-) -> dict[str, tuple[int, int]]:
-    """Per tenant, (received, within_sla) since the previous heartbeat; tenants without any
-    are left out."""
+) -> dict[Seated, tuple[int, int]]:
+    """Per (tenant, model), (received, within_sla) since the previous heartbeat; pairs without
+    any are left out."""
     before = {(p.tenant, p.model): (p.received, p.within_sla) for p in previous}
-    sums: dict[str, tuple[int, int]] = {}
+    deltas: dict[Seated, tuple[int, int]] = {}
     for count in current:
         old = before.get((count.tenant, count.model), (0, 0))
         if count.received < old[0] or count.within_sla < old[1]:
             old = (0, 0)  # the daemon restarted: its counts began again from zero
         received, within = count.received - old[0], count.within_sla - old[1]
         if received or within:
-            total = sums.get(count.tenant, (0, 0))
-            sums[count.tenant] = (total[0] + received, total[1] + within)
-    return sums
+            deltas[(count.tenant, count.model)] = (received, within)
+    return deltas
 
 
 def record_samples(
@@ -99,15 +105,24 @@ def record_samples(
     node_id: int,
     previous: Iterable[SlaCount],
     current: Iterable[SlaCount],
+    owners: Mapping[Seated, int | None],
     at: datetime,
 ) -> int:
-    """Store one sample per tenant with traffic since the previous heartbeat; return how many."""
-    deltas = sla_deltas(previous, current)
+    """Store one sample per tenant with traffic since the previous heartbeat; return how many.
+    ``owners`` gives each reported (tenant, model) the id of the tenant its plan seated it for
+    (None: the allocation did not name it; such a sample is the admin's only)."""
+    sums: dict[tuple[str, int | None], tuple[int, int]] = {}
+    for pair, (received, within) in sla_deltas(previous, current).items():
+        key = (pair[0], owners.get(pair))
+        total = sums.get(key, (0, 0))
+        sums[key] = (total[0] + received, total[1] + within)
     session.add_all(
-        SlaSampleRow(node_id=node_id, tenant=tenant, at=at, received=r, within_sla=w)
-        for tenant, (r, w) in sorted(deltas.items())
+        SlaSampleRow(
+            node_id=node_id, tenant=tenant, tenant_id=tenant_id, at=at, received=r, within_sla=w
+        )
+        for (tenant, tenant_id), (r, w) in sorted(sums.items(), key=lambda kv: kv[0][0])
     )
-    return len(deltas)
+    return len(sums)
 
 
 def prune_samples(*, session: Session, before: datetime) -> int:
@@ -162,13 +177,12 @@ def sla_history(
     now: datetime,
     window_s: float = DEFAULT_WINDOW_S,
     buckets: int = DEFAULT_BUCKETS,
-    tenant: str | None = None,
-    since: datetime | None = None,
+    tenant: TenantRow | None = None,
 ) -> SlaHistory:
-    """Per tenant, attainment in each of ``buckets`` equal buckets of the ``window_s`` seconds
-    up to ``now``. With ``tenant``, only that tenant's series, present even without traffic;
-    with ``since``, samples before it are left out (a tenant re-created under an old name
-    does not see its predecessor's)."""
+    """Per tenant name, attainment in each of ``buckets`` equal buckets of the ``window_s``
+    seconds up to ``now``. With ``tenant``, only that tenant's series, present even without
+    traffic: the samples stored under its id (ids are never reused, so a tenant re-created
+    under an old name does not see its predecessor's) from its creation on."""
     if not 1 <= buckets <= MAX_BUCKETS:
         raise InvalidInput(f"buckets must be 1..{MAX_BUCKETS}, not {buckets}", field="buckets")
     if not window_s > 0:
@@ -184,9 +198,9 @@ def sla_history(
         SlaSampleRow.within_sla,
     ).where(SlaSampleRow.at >= start, SlaSampleRow.at <= end)
     if tenant is not None:
-        window = window.where(SlaSampleRow.tenant == tenant)
-    if since is not None:
-        window = window.where(SlaSampleRow.at >= _utc(since))
+        window = window.where(
+            SlaSampleRow.tenant_id == tenant.id, SlaSampleRow.at >= _utc(tenant.created_at)
+        )
     inner = window.subquery()
     # Summed as floats: exact below 2**53 queries a bucket, and never an integer overflow.
     rows = session.execute(
@@ -199,7 +213,7 @@ def sla_history(
     )
     counts: dict[str, list[tuple[int, int]]] = {}
     if tenant is not None:
-        counts[tenant] = [(0, 0)] * buckets
+        counts[tenant.name] = [(0, 0)] * buckets
     for name, k, received, within in rows:
         series = counts.setdefault(name, [(0, 0)] * buckets)
         series[int(k)] = (round(received or 0), round(within or 0))
@@ -238,12 +252,7 @@ def tenant_sla_history(
     (:func:`served_models`)."""
     tenant = get_tenant_or_raise(session=session, tenant_id=tenant_id)
     history = sla_history(
-        session=session,
-        now=now,
-        window_s=window_s,
-        buckets=buckets,
-        tenant=tenant.name,
-        since=tenant.created_at,
+        session=session, now=now, window_s=window_s, buckets=buckets, tenant=tenant
     )
     return with_models(history, served_models(session=session, now=now, tenant_id=tenant_id))
 

@@ -2,16 +2,17 @@
 
 Keys: the admin issues them (optionally expiring); a tenant lists its own, rotates the one it
 signs in with (a new key, the old one revoked now or after a grace period, stored as its
-expiry) and revokes its own — but never its last usable one, which would lock it out (409):
-the tenant row is locked while that is decided, so two concurrent revocations cannot both
-pass the check.
+expiry) and revokes its own — but never one that no other usable API key outlives, which would
+lock it out sooner than the key would have (409): a key that is about to expire (a rotation's
+grace) does not keep a tenant in. The tenant row is locked while that is decided, so two
+concurrent revocations cannot both pass the check.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from api.auth import INFERENCE_KEY_PREFIX, TENANT_KEY_PREFIX, key_usable, new_token, token_hash
@@ -170,13 +171,21 @@ def revoke_key(
     *, session: Session, tenant_id: int, key_id: int, now: datetime, keep_one: bool = False
 ) -> ApiKeyRow:
     """Revoke one of the tenant's keys; a key of another tenant is not found. With
-    ``keep_one`` (a tenant revoking its own), refuse to revoke its last usable key (409)."""
+    ``keep_one`` (a tenant revoking its own), refuse (409) to revoke an API key unless another
+    usable one lasts at least as long: one that never expires, or expires no sooner. Counting
+    every usable key would let a tenant revoke its one lasting key with one about to expire
+    (a rotation's grace) and be locked out when that expires."""
     if keep_one:
         _lock_tenant(session, tenant_id)
     row = _own_key(session, tenant_id, key_id)
     if row.revoked_at is not None:
         return row
     if keep_one and row.scope == "tenant":
+        lasts = (
+            ApiKeyRow.expires_at.is_(None)
+            if row.expires_at is None
+            else or_(ApiKeyRow.expires_at.is_(None), ApiKeyRow.expires_at >= row.expires_at)
+        )
         others = session.scalar(
             select(func.count())
             .select_from(ApiKeyRow)
@@ -185,11 +194,13 @@ def revoke_key(
                 ApiKeyRow.id != key_id,
                 ApiKeyRow.prefix.startswith(TENANT_KEY_PREFIX),
                 key_usable(now),
+                lasts,
             )
         )
         if not others:
             raise Conflict(
-                f"key {key_id} is your last usable key: rotate it (POST /v1/tenants/me/keys/"
+                f"key {key_id} is your last usable key that lasts: every other API key is "
+                "revoked, expired or expires sooner; rotate it (POST /v1/tenants/me/keys/"
                 "rotate) instead, or ask the admin"
             )
     row.revoked_at = now

@@ -12,9 +12,10 @@ and reads stored reports back with :func:`parse_heartbeat`. The daemon's SLA tal
 (``ExecutorMetrics.sla_tallies``) are :class:`SlaCount` rows themselves, its served windows
 :class:`ServedWindow` rows.
 
-Every list and string is bounded, so one report stays a small row; the daemon keeps within the
-bounds (it clips a load error to :data:`MAX_REASON_CHARS`), since a heartbeat the model refuses
-is never sent.
+Every list, string and number is bounded and no model takes keys it does not name, so one
+report stays a small row (the API stores it and serves it back whole in ``GET /v1/nodes``); the
+daemon keeps within the bounds (it clips a load error to :data:`MAX_REASON_CHARS`), since a
+heartbeat the model refuses is never sent.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from executor.wire.names import MAX_ID
 MAX_COUNT = 2**48
 MAX_ENTRIES = 4096  # replicas, broken models and SLA rows, each
 MAX_REASON_CHARS = 2000  # why a model is not served
+# A replica's measured memory (MiB), bounded as a device's is when the admin registers it.
+MAX_MEMORY_MB = 10_000_000
 # The longest window a daemon may report its served rate and p99 over (the daemon's is a minute).
 MAX_WINDOW_S = 3600.0
 
@@ -46,24 +49,26 @@ MAX_WINDOW_S = 3600.0
 class ReplicaReport(BaseModel):
     """One replica's counters since its plan was applied.
 
-    Extra counters are kept (``extra="allow"``): a daemon may report more than this version of
-    the API reads, and the report stores them for whoever does.
+    Unknown keys are refused like everywhere in the heartbeat: the API stores the report and
+    serves it back, so a key no field bounds would let a node store anything up to the body
+    limit. A counter a newer daemon adds is added here first, the one model both sides use.
     """
 
-    model_config = ConfigDict(frozen=True, extra="allow")
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     device: Annotated[str, Field(max_length=32)]
     seat: Annotated[int, Field(ge=0, le=MAX_ID)]
     model_id: Annotated[str, Field(max_length=32)]
     tenant: Annotated[str, Field(max_length=64)]
     in_flight: Annotated[int, Field(ge=0, le=MAX_ID)] = 0
-    completed: Annotated[int, Field(ge=0)] = 0
-    rejected: Annotated[int, Field(ge=0)] = 0
-    expired: Annotated[int, Field(ge=0)] = 0
-    busy_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    completed: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
+    rejected: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
+    expired: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
+    # Seconds of stream time the replica's queries took (own and pool streams together).
+    busy_s: Annotated[float, Field(ge=0, le=MAX_COUNT, allow_inf_nan=False)] = 0.0
     # Device memory the replica's weights took when they loaded (shared by the replicas of
     # one artifact on one device, each of which reports it).
-    memory_mb: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    memory_mb: Annotated[float, Field(ge=0, le=MAX_MEMORY_MB, allow_inf_nan=False)] = 0.0
 
 
 class RefusedPlan(BaseModel):

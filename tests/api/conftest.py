@@ -27,7 +27,15 @@ from sqlalchemy.orm import Session
 import migrations
 from allocator import DevicePlan, ModelReplica, NodePlan, SeatPlan, parse_certificate
 from api.app import create_app
-from api.models import AllocationRow, Base, DeviceRow, NodePlanRow, NodeRow, ProfileRow
+from api.models import (
+    AllocationRow,
+    Base,
+    DeviceRow,
+    NodePlanRow,
+    NodeRow,
+    ProfileRow,
+    TenantRow,
+)
 from gpufair.compose import api_config
 from gpufair.settings import AllocatorSettings, ApiSettings, DatabaseSettings, Settings
 from tests.conftest import POSTGRES_URL
@@ -132,7 +140,10 @@ def seat_on_node(url: str, node: str, pairs: Iterable[tuple[str, str]]) -> None:
     """Store a plan seating each (tenant, model id) pair on ``node``'s ``cuda:0``, in the newest
     allocation (one with an empty certificate when there is none yet), for tests whose
     heartbeats report SLA counts without a solve: a node may report only what one of its
-    recent plans seats (api.services.nodes). The node must have no plan in that allocation."""
+    recent plans seats (api.services.nodes). The node must have no plan in that allocation.
+    The allocation names the seated tenants that exist by their ids, as a solve would (their
+    samples are stored under those ids); a name no tenant has stays unnamed."""
+    pairs = list(pairs)
     seats = tuple(
         SeatPlan(k, ModelReplica(model, tenant, "zoo:rmc1?scale=0.05&seed=1", 20.0), 0, 0.0)
         for k, (tenant, model) in enumerate(pairs)
@@ -149,7 +160,13 @@ def seat_on_node(url: str, node: str, pairs: Iterable[tuple[str, str]]) -> None:
                                            solve_seconds=0.0, certificate=certificate,
                                            tenant_ids={})
                 session.add(allocation)
-                session.flush()
+            ids = session.execute(
+                sqlalchemy.select(TenantRow.name, TenantRow.id).where(
+                    TenantRow.name.in_({tenant for tenant, _ in pairs})
+                )
+            )
+            allocation.tenant_ids = {**{name: id_ for name, id_ in ids}, **allocation.tenant_ids}
+            session.flush()
             node_id = session.scalar(sqlalchemy.select(NodeRow.id).where(NodeRow.name == node))
             assert node_id is not None, node
             plan = NodePlan(node, allocation.version, allocation.id,

@@ -10,9 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
 
 import allocator
 from allocator import NodePlan
+from api.services.allocations import SOLVE_ATTEMPTS
 from gpufair.settings import Settings
 from tests.api.conftest import ADMIN_TOKEN, Api, store_profiles
 
@@ -236,6 +238,64 @@ def test_a_certificate_that_fails_the_checker_is_refused(
     monkeypatch.setattr(allocator, "allocate_cluster", tampered)
     r = api.client.post("/v1/allocations", headers=api.admin)
     assert r.status_code == 500 and r.json()["error"]["code"] == "allocation_rejected", r.text
+    assert api.client.get("/v1/allocations", headers=api.admin).json() == []
+
+
+def _during_each_solve(
+    monkeypatch: pytest.MonkeyPatch, url: str, statements: list[str]
+) -> list[int]:
+    """Run ``statements[k]`` on the database (its own connection, committed) during the k-th
+    solve, as a request would between the snapshot and the store; return the solve count."""
+    honest, solves = allocator.allocate_cluster, list[int]()
+
+    def meddling(*args: Any, **kwargs: Any) -> allocator.ClusterAllocation:
+        result = honest(*args, **kwargs)
+        if len(solves) < len(statements):
+            engine = sqlalchemy.create_engine(url)
+            try:
+                with engine.begin() as connection:
+                    connection.exec_driver_sql(statements[len(solves)])
+            finally:
+                engine.dispose()
+        solves.append(1)
+        return result
+
+    monkeypatch.setattr(allocator, "allocate_cluster", meddling)
+    return solves
+
+
+def test_a_model_deleted_during_the_solve_is_not_seated_by_its_allocation(
+    api: Api, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model deleted after the snapshot was read is noticed when the allocation would be
+    stored: the solve runs again on a new snapshot, and the allocation stored seats only
+    what still exists."""
+    _, key = api.tenant("ads")
+    kept = api.model(key, "kept", replicas_wanted=1)
+    gone = api.model(key, "gone", replicas_wanted=1)
+    api.node("n1", gpus=1)
+    solves = _during_each_solve(monkeypatch, settings.database.url,
+                                [f"DELETE FROM models WHERE id = {gone['id']}"])  # fmt: skip
+    created = api.solve()
+    seats = api.client.get("/v1/allocations/current/me", headers=api.bearer(key)).json()["seats"]
+    assert {s["model_id"] for s in seats} == {str(kept["id"])}
+    assert created["version"] == 1 and len(solves) == 2
+
+
+def test_a_solve_whose_inputs_change_every_time_is_409_and_stores_nothing(
+    api: Api, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tenants or models changed during every solve of a request: 409 naming them, and no
+    allocation that describes rows as they no longer are."""
+    _, key = api.tenant("ads")
+    model = api.model(key, "m", replicas_wanted=1)
+    api.node("n1", gpus=1)
+    bump = f"UPDATE models SET revision = revision + 1 WHERE id = {model['id']}"
+    solves = _during_each_solve(monkeypatch, settings.database.url, [bump] * 5)
+    r = api.client.post("/v1/allocations", headers=api.admin)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "conflict", r.text
+    assert f"model {model['id']} changed" in r.json()["error"]["message"]
+    assert len(solves) == SOLVE_ATTEMPTS
     assert api.client.get("/v1/allocations", headers=api.admin).json() == []
 
 

@@ -167,3 +167,27 @@ def test_a_heartbeat_url_must_be_a_bare_http_origin(api: Api) -> None:
             "/v1/nodes/n1/heartbeat", json={"url": url}, headers=api.bearer(token)
         )
         assert r.status_code == 422, (url, r.text)
+
+
+def test_a_tenant_recreated_under_a_deleted_ones_name_gets_none_of_its_routes(api: Api) -> None:
+    """``GET /v1/routes/me`` finds the tenant by its id in the allocation, as the allocation
+    view does, not by the name its plans carry: until a solve seats the new tenant, the
+    newest allocation's replicas under its name are its predecessor's."""
+    keys, token = _two_tenants_on_one_node(api)
+    _heartbeat(api, "n1", token, "http://10.0.0.1:9090")
+    mine = api.client.get("/v1/routes/me", headers=api.bearer(keys["ads"])).json()
+    assert [entry["tenant"] for entry in mine["models"].values()] == ["ads"]
+    old = api.client.get("/v1/tenants?name=ads", headers=api.admin).json()[0]
+    r = api.client.delete(f"/v1/tenants/{old['id']}", headers={**api.admin, "If-Match": "*"})
+    assert r.status_code == 204
+    _, key = api.tenant("ads")
+    r = api.client.get("/v1/routes/me", headers=api.bearer(key))
+    assert r.status_code == 200 and r.json() == {"version": 1, "models": {}}, r.text
+    assert api.client.get("/v1/allocations/current/me", headers=api.bearer(key)).status_code \
+        == 404
+    # Once a solve seats it, its own model is listed, and only that.
+    model = api.model(key, "fresh", replicas_wanted=1, demand_qps=50.0)
+    api.solve()
+    _heartbeat(api, "n1", token, "http://10.0.0.1:9090")
+    assert list(api.client.get("/v1/routes/me", headers=api.bearer(key)).json()["models"]) \
+        == [str(model["id"])]

@@ -50,6 +50,34 @@ def test_non_finite_numbers_are_refused(api: Api) -> None:
     assert r.status_code == 422 and _shape(r.json())["field"] == "weight"
 
 
+def test_number_fields_take_json_numbers_only(api: Api) -> None:
+    """A boolean or a numeric string where a number belongs is a client's bug, not 1 or 3.5:
+    422 naming the field, and nothing created. An integer is still a number for a float."""
+    device = {"device": "cpu:0", "kind": "cpu", "memory_mb": 1000, "streams": 2, "seats": 1}
+    for path, body, field in [
+        ("/v1/tenants", {"name": "a", "weight": True}, "weight"),
+        ("/v1/tenants", {"name": "a", "weight": "3.5"}, "weight"),
+        ("/v1/nodes", {"name": "n", "devices": [{**device, "memory_mb": True}]},
+         "devices[0].memory_mb"),
+        ("/v1/nodes", {"name": "n", "devices": [{**device, "streams": "2"}]},
+         "devices[0].streams"),
+        ("/v1/nodes", {"name": "n", "devices": [{**device, "seats": 1.0}]}, "devices[0].seats"),
+    ]:  # fmt: skip
+        r = api.client.post(path, json=body, headers=api.admin)
+        assert r.status_code == 422 and _shape(r.json())["field"] == field, (body, r.text)
+    assert api.client.get("/v1/tenants", headers=api.admin).json() == []
+    assert api.client.get("/v1/nodes", headers=api.admin).json() == []
+    tenant, key = api.tenant("ads", weight=2)
+    assert tenant["weight"] == 2.0
+    model = {"name": "m", "artifact": "zoo:rmc1", "memory_mb": 10, "sla_p99_ms": 20}
+    r = api.client.post("/v1/models", json={**model, "demand_qps": True},
+                        headers=api.bearer(key))  # fmt: skip
+    assert r.status_code == 422 and _shape(r.json())["field"] == "demand_qps", r.text
+    r = api.client.post("/v1/models", json={**model, "demand_qps": 5},
+                        headers=api.bearer(key))  # fmt: skip
+    assert r.status_code == 201 and r.json()["demand_qps"] == 5.0, r.text
+
+
 def test_auth_errors_have_the_shape_and_a_challenge(api: Api) -> None:
     r = api.client.get("/v1/tenants")
     assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
+import pytest
 
+import allocator
 from tests.api.conftest import ADMIN_TOKEN, Api, install_clock
 
 T0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
@@ -77,3 +81,55 @@ def test_concurrent_requests_with_one_key_create_once(live_url: str) -> None:
     with httpx.Client(base_url=live_url, timeout=60) as client:
         names = [t["name"] for t in client.get("/v1/tenants", headers=headers).json()]
     assert names == ["once"]
+
+
+def test_concurrent_solves_with_one_key_solve_once(
+    live_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ``POST /v1/allocations`` with one key at once: the key is looked for under the solve
+    lock, so the second waits for the first solve and replays its reply; one allocation is
+    stored, and no caller is told of a conflict."""
+    honest, solves = allocator.allocate_cluster, []
+
+    def slow(*args: Any, **kwargs: Any) -> allocator.ClusterAllocation:
+        solves.append(1)
+        time.sleep(0.5)  # both requests arrive while the first solves
+        return honest(*args, **kwargs)
+
+    monkeypatch.setattr(allocator, "allocate_cluster", slow)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=live_url, headers=admin, timeout=60) as client:
+        api = Api.__new__(Api)
+        api.client, api.admin = client, admin  # type: ignore[assignment]
+        _, key = api.tenant("ads")
+        api.model(key, "m", replicas_wanted=1)
+        api.node("n1", gpus=1)
+
+    def solve(_: int) -> httpx.Response:
+        with httpx.Client(base_url=live_url, timeout=60) as client:
+            return client.post("/v1/allocations", headers={**admin, "Idempotency-Key": "once"})
+
+    with ThreadPoolExecutor(2) as pool:
+        replies = list(pool.map(solve, range(2)))
+    assert [r.status_code for r in replies] == [201, 201], [r.text for r in replies]
+    assert replies[0].json() == replies[1].json()
+    assert sorted(r.headers.get("Idempotent-Replayed", "") for r in replies) == ["", "true"]
+    assert len(solves) == 1
+    with httpx.Client(base_url=live_url, headers=admin, timeout=60) as client:
+        assert [a["version"] for a in client.get("/v1/allocations").json()] == [1]
+
+
+def test_a_replayed_create_carries_the_first_replys_etag(api: Api) -> None:
+    headers = {**api.admin, "Idempotency-Key": "create-ads"}
+    first = api.client.post("/v1/tenants", json={"name": "ads"}, headers=headers)
+    again = api.client.post("/v1/tenants", json={"name": "ads"}, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["ETag"] == first.headers["ETag"] == '"r1"'
+    key = api.client.post(f"/v1/tenants/{first.json()['id']}/keys", headers=api.admin)
+    tenant = {"Authorization": f"Bearer {key.json()['key']}", "Idempotency-Key": "create-m"}
+    body = {"name": "m", "artifact": "zoo:rmc1", "memory_mb": 10, "sla_p99_ms": 20,
+            "demand_qps": 5}  # fmt: skip
+    models = [api.client.post("/v1/models", json=body, headers=tenant) for _ in range(2)]
+    assert [m.status_code for m in models] == [201, 201]
+    assert models[1].headers["ETag"] == models[0].headers["ETag"] == '"r1"'

@@ -18,6 +18,7 @@ import migrations
 from api.app import create_app, ensure_schema
 from api.errors import SchemaNotReady
 from api.models import Base
+from executor.wire.heartbeat import MAX_COUNT, parse_heartbeat
 from gpufair.compose import api_config
 from gpufair.settings import ApiSettings, DatabaseSettings, Settings
 from tests.api.conftest import ADMIN_TOKEN, make_settings, pg_url
@@ -307,5 +308,105 @@ def test_model_weight_revision_gives_existing_models_an_equal_split(empty_url: s
         migrations.downgrade(empty_url, "0007")
         with engine.connect() as connection:
             assert connection.exec_driver_sql("SELECT id FROM models").scalars().all() == [1, 3]
+    finally:
+        engine.dispose()
+
+
+def test_sla_sample_tenant_id_revision_attributes_samples_as_the_old_read_did(
+    empty_url: str,
+) -> None:
+    """0009 gives each existing sample the id of the tenant the old read showed it to: the
+    tenant that has its name and was created before it was taken; the others get null (the
+    admin's only). Its downgrade keeps every sample."""
+    migrations.upgrade(empty_url, "0008")
+    engine = sqlalchemy.create_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO tenants (name, weight, criterion, revision, created_at) "
+                "VALUES ('ads', 1.0, 'ef1', 1, '2026-12-07 10:00:00+00:00')"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO nodes (name, token_hash, created_at) "
+                "VALUES ('n1', 'h', '2026-12-07 09:00:00+00:00')"
+            )
+            for tenant, at in [("ads", "09:30"), ("ads", "10:30"), ("gone", "10:30")]:
+                connection.exec_driver_sql(
+                    "INSERT INTO sla_samples (node_id, tenant, at, received, within_sla) "
+                    f"VALUES (1, '{tenant}', '2026-12-07 {at}:00+00:00', 1, 1)"
+                )
+        migrations.upgrade(empty_url, "0009")
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql(
+                "SELECT tenant, tenant_id FROM sla_samples ORDER BY id"
+            ).all() == [("ads", None), ("ads", 1), ("gone", None)]
+        migrations.downgrade(empty_url, "0008")
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT count(*) FROM sla_samples").scalar() == 3
+    finally:
+        engine.dispose()
+
+
+def test_heartbeat_reports_revision_bounds_stored_reports_and_keeps_their_counts(
+    empty_url: str,
+) -> None:
+    """0010 makes every stored report one the heartbeat contract reads back (GET /v1/nodes,
+    the next heartbeat's base): replica keys it does not name go, counters past its bounds
+    are capped, and the cumulative SLA counts are kept as they were."""
+    migrations.upgrade(empty_url, "0009")
+    sla = [{"tenant": "ads", "model": "1", "received": 10, "within_sla": 9}]
+    replica = {"device": "cuda:0", "seat": 0, "model_id": "1", "tenant": "ads", "completed": 7}
+    reports = {
+        "junk": {"plan_version": 1, "sla": sla, "replicas": [
+            {**replica, "junk": "a" * 1000, "nested": {"k": [1, 2]}, "rejected": 10**40}]},
+        "clean": {"plan_version": 1, "sla": sla, "replicas": [replica]},
+    }  # fmt: skip
+    engine = sqlalchemy.create_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            for name, report in reports.items():
+                connection.execute(
+                    sqlalchemy.text(
+                        "INSERT INTO nodes (name, token_hash, created_at, report) "
+                        "VALUES (:name, :name, '2026-12-07 10:00:00+00:00', :report)"
+                    ),
+                    {"name": name, "report": json.dumps(report)},
+                )
+        migrations.upgrade(empty_url, "0010")
+        with engine.connect() as connection:
+            stored = {
+                name: json.loads(report) if isinstance(report, str) else report
+                for name, report in connection.exec_driver_sql("SELECT name, report FROM nodes")
+            }
+    finally:
+        engine.dispose()
+    assert stored["clean"] == reports["clean"]
+    assert stored["junk"] == {**reports["junk"],
+                              "replicas": [{**replica, "rejected": MAX_COUNT}]}  # fmt: skip
+    for report in stored.values():
+        parse_heartbeat(report)
+
+
+def test_idempotency_etag_revision_up_and_down_keeps_records(empty_url: str) -> None:
+    """0011 adds the ETag of a stored reply, null for the records kept from before."""
+    migrations.upgrade(empty_url, "0010")
+    engine = sqlalchemy.create_engine(empty_url)
+    insert = (
+        "INSERT INTO idempotency_keys (owner, key, fingerprint, status, body, created_at) "
+        "VALUES ('admin', 'k', 'f', 201, '{}', '2026-12-07 10:00:00+00:00')"
+    )
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(insert)
+        migrations.upgrade(empty_url, "0011")
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql(
+                "SELECT key, etag FROM idempotency_keys"
+            ).all() == [("k", None)]
+        migrations.downgrade(empty_url, "0010")
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT key FROM idempotency_keys").all() == [
+                ("k",)
+            ]
     finally:
         engine.dispose()

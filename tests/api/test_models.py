@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
 import torch
 from torch import Tensor, nn
 
@@ -15,6 +17,7 @@ from api.artifact_check import SandboxLimits, check_artifact
 from api.errors import InvalidInput
 from executor.models import ZooError, build_model, parse_zoo_artifact
 from executor.runtime import save_torchscript
+from gpufair.settings import Settings
 from tests.api.conftest import Api
 
 
@@ -109,6 +112,42 @@ def test_bad_artifact_references_are_422(api: Api, artifact: str) -> None:
     body = {"name": "m", "artifact": artifact, "memory_mb": 1, "sla_p99_ms": 5, "demand_qps": 1}
     r = api.client.post("/v1/models", json=body, headers=api.bearer(key))
     assert r.status_code == 422 and r.json()["error"]["field"] == "artifact"
+
+
+def test_a_model_without_demand_is_422_and_one_stored_before_is_left_out_of_solves(
+    api: Api, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A demand of 0 leaves a model's value (the fraction of its demand served) undefined and
+    made every solve of the cluster 409: create and update refuse it, naming the field; a row
+    stored before the API did is left out of the solve with a warning, not the whole cluster."""
+    _, key = api.tenant("ads")
+    auth = api.bearer(key)
+    body = {"name": "idle", "artifact": "zoo:rmc1", "memory_mb": 100, "sla_p99_ms": 50,
+            "demand_qps": 0}  # fmt: skip
+    for demand in (0, 0.0, -1):
+        r = api.client.post("/v1/models", json={**body, "demand_qps": demand}, headers=auth)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "demand_qps", r.text
+    model = api.model(key, "ranker", replicas_wanted=1)
+    r = api.client.patch(f"/v1/models/{model['id']}", json={"demand_qps": 0},
+                         headers={**auth, "If-Match": "*"})  # fmt: skip
+    assert r.status_code == 422 and r.json()["error"]["field"] == "demand_qps", r.text
+    legacy = api.model(key, "legacy", replicas_wanted=1)
+    engine = sqlalchemy.create_engine(settings.database.url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sqlalchemy.text("UPDATE models SET demand_qps = 0 WHERE id = :id"),
+                {"id": legacy["id"]},
+            )
+    finally:
+        engine.dispose()
+    api.node("n1", gpus=1)
+    with caplog.at_level(logging.WARNING, logger="api.services.allocations"):
+        allocation = api.solve()
+    seated = {s["model_id"] for s in
+              api.client.get("/v1/allocations/current/me", headers=auth).json()["seats"]}
+    assert seated == {str(model["id"])}, allocation
+    assert f"model {legacy['id']} of tenant 'ads' left out" in caplog.text
 
 
 def test_duplicate_model_name_within_a_tenant_only(api: Api) -> None:

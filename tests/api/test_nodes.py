@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -19,6 +20,7 @@ from allocator import DevicePlan, ModelReplica, NodePlan, SeatPlan, parse_certif
 from api.app import create_app
 from api.models import AllocationRow, NodePlanRow, NodeRow
 from api.services.plans import RECENT_PLANS, RenderedPlans, plan_version_named
+from executor.wire.heartbeat import MAX_COUNT
 from executor.wire.names import InvalidNameError, validate_node_name
 from gpufair.compose import api_config
 from tests.api.conftest import EMPTY_CERTIFICATE, Api, make_settings
@@ -295,7 +297,7 @@ def test_held_plan_long_polls_share_one_look_at_the_database(
 def test_a_plan_stored_by_another_process_wakes_a_held_long_poll_within_a_period(
     db_url: str,
 ) -> None:
-    """A plan stored on another connection (another replica, ``gpufair solve``: this app's
+    """A plan stored on another connection (another replica or worker: this app's
     notifier is not called) reaches a long-poll held here within about ``RECHECK_S`` and the
     wake spread, with the new plan — long before the long-poll's deadline."""
     with _own_app(db_url, max_long_poll_s=20.0) as (client, api):
@@ -477,6 +479,32 @@ def test_heartbeat_records_the_report(api: Api) -> None:
     node = api.client.get("/v1/nodes/n1", headers=api.admin).json()
     assert node["running_version"] == 0 and node["last_heartbeat_at"] is not None
     assert node["report"]["replicas"][0]["completed"] == 5
+
+
+def test_a_heartbeat_replica_takes_only_named_bounded_fields(api: Api) -> None:
+    """Every replica field is bounded and no other key is taken: a report is stored and
+    served back whole by GET /v1/nodes, so a node could otherwise park megabytes there."""
+    _, token = api.node("n1")
+    replica = {"device": "cuda:0", "seat": 0, "model_id": "1", "tenant": "ads"}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"junk": "a" * 100_000}, "replicas[0].junk"),
+        ({"nested": {"k": list(range(1000))}}, "replicas[0].nested"),
+        ({"completed": 10**400}, "replicas[0].completed"),
+        ({"rejected": MAX_COUNT + 1}, "replicas[0].rejected"),
+        ({"expired": MAX_COUNT + 1}, "replicas[0].expired"),
+        ({"busy_s": 1e300}, "replicas[0].busy_s"),
+        ({"memory_mb": 1e300}, "replicas[0].memory_mb"),
+    ]
+    for extra, field in cases:
+        body = {"replicas": [{**replica, **extra}]}
+        r = api.client.post("/v1/nodes/n1/heartbeat", json=body, headers=api.bearer(token))
+        assert r.status_code == 422 and r.json()["error"]["field"] == field, (field, r.text)
+    node = api.client.get("/v1/nodes/n1", headers=api.admin).json()
+    assert node["report"] is None and len(json.dumps(node)) < 1000
+    most = {"completed": MAX_COUNT, "rejected": MAX_COUNT, "expired": MAX_COUNT}
+    r = api.client.post("/v1/nodes/n1/heartbeat", json={"replicas": [{**replica, **most}]},
+                        headers=api.bearer(token))  # fmt: skip
+    assert r.status_code == 200, r.text
 
 
 def test_profiles_upsert_and_name_bad_fields(api: Api) -> None:

@@ -24,7 +24,7 @@ from rich.console import Console
 from sqlalchemy.orm import Session
 
 from api.app import create_app
-from api.models import NodeRow, SlaSampleRow
+from api.models import NodeRow, SlaSampleRow, TenantRow
 from api.services.sla import PruneSchedule, sla_deltas, sla_history
 from executor.fake import FakeBackend
 from executor.metrics import ExecutorMetrics
@@ -103,7 +103,7 @@ def test_deltas_sum_to_the_queries_counted_across_restarts() -> None:
                 truth[key[0]][0] += received
                 truth[key[0]][1] += within
             current = [SlaCount(**_count(t, m, *cumulative[(t, m)])) for t, m in sorted(cumulative)]
-            for tenant, (received, within) in sla_deltas(previous, current).items():
+            for (tenant, _), (received, within) in sla_deltas(previous, current).items():
                 assert 0 <= within <= received, f"seed {seed}"
                 seen[tenant][0] += received
                 seen[tenant][1] += within
@@ -118,10 +118,12 @@ def test_a_reset_takes_the_new_count_and_quiet_tenants_are_left_out() -> None:
         SlaCount(**_count("feed", "2", 50, 50)),  # no traffic since
         SlaCount(**_count("new", "3", 7, 7)),  # first seen
     ]
-    assert sla_deltas(previous, current) == {"ads": (30, 29), "new": (7, 7)}
+    assert sla_deltas(previous, current) == {("ads", "1"): (30, 29), ("new", "3"): (7, 7)}
     # within_sla alone going down is a restart too (received may have caught up meanwhile).
     restarted = [SlaCount(**_count("ads", "1", 12, 2))]
-    assert sla_deltas([SlaCount(**_count("ads", "1", 10, 9))], restarted) == {"ads": (12, 2)}
+    assert sla_deltas([SlaCount(**_count("ads", "1", 10, 9))], restarted) == {
+        ("ads", "1"): (12, 2)
+    }
 
 
 def test_heartbeats_store_deltas_per_node_and_tenant(api: Api, settings: Settings) -> None:
@@ -273,9 +275,13 @@ def test_samples_fall_in_the_bucket_that_holds_them(session: Session) -> None:
         starts = [start + width * k for k in range(buckets)]
         times = [start + timedelta(microseconds=rng.randrange(window * 10**6)) for _ in range(60)]
         times += [*starts, T0, start - timedelta(microseconds=1)]  # edges; inside; outside
-        tenant = f"t{buckets}"
+        tenant = TenantRow(name=f"t{buckets}", weight=1.0, criterion="prop_alpha",
+                           created_at=start - timedelta(days=1))
+        session.add(tenant)
+        session.flush()
         session.add_all(
-            SlaSampleRow(node_id=node.id, tenant=tenant, at=at, received=1, within_sla=1)
+            SlaSampleRow(node_id=node.id, tenant=tenant.name, tenant_id=tenant.id, at=at,
+                         received=1, within_sla=1)
             for at in times
         )
         session.flush()
@@ -314,6 +320,42 @@ def test_a_tenant_sees_only_its_own_series_from_its_creation(
     assert [s["tenant"] for s in quiet["tenants"]] == ["feed"]
     assert quiet["tenants"][0]["attainment"] is None
     assert all(b["attainment"] is None for b in quiet["tenants"][0]["buckets"])
+
+
+def test_a_recreated_tenant_never_sees_what_a_daemon_counted_for_its_predecessor(
+    api: Api,
+) -> None:
+    """A daemon still serving the plan that seated the deleted ``ads`` reports that tenant's
+    queries under the name ``ads`` after a new ``ads`` was created: the samples go to the id
+    the plan's allocation seated them for, so the new tenant sees none of them, also beside
+    its own queries once a solve seats it; the admin's series, by name, counts them all."""
+    _, old_key = api.tenant("ads")
+    old_model = api.model(old_key, "m", replicas_wanted=1)
+    _, token = api.node("n1", gpus=1)
+    assert api.solve()["version"] == 1
+
+    def beat(version: int, *counts: dict[str, Any]) -> None:
+        r = api.client.post("/v1/nodes/n1/heartbeat", json={"plan_version": version,
+                            "sla": list(counts)}, headers=api.bearer(token))  # fmt: skip
+        assert r.status_code == 200, r.text
+
+    old = str(old_model["id"])
+    beat(1, _count("ads", old, 100, 90))
+    api.client.delete(f"/v1/tenants/{old_model['tenant_id']}",
+                      headers={**api.admin, "If-Match": "*"})  # fmt: skip
+    _, new_key = api.tenant("ads")
+    beat(1, _count("ads", old, 1100, 990))  # the old plan, still served: the old tenant's
+    mine = _series(api, api.bearer(new_key), "/v1/sla/me")["tenants"][0]
+    assert (mine["tenant"], mine["received"], mine["within_sla"]) == ("ads", 0, 0)
+    new_model = api.model(new_key, "m", replicas_wanted=1)
+    assert api.solve()["version"] == 2
+    # The daemon drains plan 1 while it serves plan 2: its counts name both models as "ads".
+    new = str(new_model["id"])
+    beat(2, _count("ads", old, 1500, 1400), _count("ads", new, 40, 38))
+    mine = _series(api, api.bearer(new_key), "/v1/sla/me")["tenants"][0]
+    assert (mine["received"], mine["within_sla"]) == (40, 38)
+    (everyone,) = _series(api, api.admin)["tenants"]
+    assert (everyone["tenant"], everyone["received"]) == ("ads", 1540)
 
 
 def test_window_and_buckets_are_bounded(api: Api) -> None:

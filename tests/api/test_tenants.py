@@ -214,6 +214,42 @@ def test_a_tenant_cannot_revoke_its_last_usable_key(api: Api) -> None:
     assert api.client.get("/v1/tenants/me", headers=api.bearer(key)).status_code == 401
 
 
+def test_a_key_about_to_expire_does_not_let_a_tenant_revoke_its_lasting_one(api: Api) -> None:
+    """After a rotation with grace, the old key still works for the grace; revoking the new key
+    with it would leave the tenant no key once the grace ends: 409. A revocation is allowed
+    when another key lasts at least as long as the one revoked."""
+    tenant, old = api.tenant("ads")
+    clock = install_clock(api.client.app, T0)
+    r = api.client.post("/v1/tenants/me/keys/rotate", json={"grace_s": 5},
+                        headers=api.bearer(old))  # fmt: skip
+    assert r.status_code == 201, r.text
+    new = r.json()
+    r = api.client.delete(f"/v1/tenants/me/keys/{new['id']}", headers=api.bearer(old))
+    assert r.status_code == 409 and "last usable key" in r.json()["error"]["message"], r.text
+    clock.advance(6)
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(new["key"])).status_code == 200
+    # Two expiring keys: the one that expires sooner may go, the one that lasts longer not.
+    issued = [
+        api.client.post(f"/v1/tenants/{tenant['id']}/keys", json={"expires_in_s": seconds},
+                        headers=api.admin).json()
+        for seconds in (600, 1200)
+    ]  # fmt: skip
+    auth = api.bearer(new["key"])
+    r = api.client.delete(f"/v1/tenants/me/keys/{new['id']}", headers=auth)
+    assert r.status_code == 409, r.text  # the others expire; this one does not
+    r = api.client.delete(f"/v1/tenants/me/keys/{issued[0]['id']}", headers=auth)
+    assert r.status_code == 200, r.text  # the never-expiring one outlasts it
+    soon, late = api.bearer(issued[0]["key"]), issued[1]
+    assert api.client.get("/v1/tenants/me", headers=soon).status_code == 401
+    r = api.client.post("/v1/tenants/me/keys/rotate", headers=auth)  # new -> a fresh key
+    fresh = r.json()
+    r = api.client.delete(f"/v1/tenants/me/keys/{fresh['id']}",
+                          headers=api.bearer(late["key"]))  # fmt: skip
+    assert r.status_code == 409, r.text
+    r = api.client.delete(f"/v1/tenants/me/keys/{late['id']}", headers=api.bearer(fresh["key"]))
+    assert r.status_code == 200, r.text
+
+
 def test_failed_credentials_are_rate_limited_per_address(db_url: str) -> None:
     """After 3 unknown tokens within a minute, every request of that address that presents a
     token gets 429 with Retry-After — the right admin token too — and one without a token is
