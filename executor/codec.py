@@ -55,6 +55,8 @@ def parse_query_json(
             body = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise QueryError(f"body: invalid JSON ({exc})") from exc
+        except RecursionError as exc:  # the decoder recurses once per level of nesting
+            raise QueryError("body: invalid JSON (nested too deeply)") from exc
     doc = _object(body, "body")
     user = _object(doc.get("user"), "user")
     cands = _object(doc.get("candidates"), "candidates")

@@ -16,8 +16,9 @@ Routes (docs/architecture.md §3.3, docs/executor.md "HTTP"):
   of the model's tenant (:mod:`executor.credentials`; both before the body is read), 400
   malformed query (the message names the field), 404 unknown model, 413 body too
   large, 415 other content types or encodings, 429 + ``Retry-After`` when admission control
-  refuses it, 503 model not loaded, 504 deadline passed, 500 the model failed; the body of
-  every error is ``{"error": message}``, as the protocol has it.
+  refuses it (or its body is still coming in at its SLA), 503 model not loaded, 504 deadline
+  passed, 500 the model failed; the body of every error is ``{"error": message}``, as the
+  protocol has it (routing's too: 404 for a path no route matches, 405 for another method).
 - ``GET /v1/models/{model}/schema`` — the model's feature schema. It, the protocol's model
   metadata and model readiness need a key of the model's tenant too (401, 403, as a query): a
   model's features are its tenant's business.
@@ -51,7 +52,9 @@ one message: one engine hop instead of two. The engine may refuse it then, after
 read; any refusal makes the model's next request ask the engine before its body again. A
 request refused before its body is read is answered with ``Connection: close``: the front
 does not drain a body it refused.
-A body that has come in after the request's SLA is refused unparsed: the front is behind.
+A body that has come in after the request's SLA is refused unparsed: the front is behind;
+one still coming in at the SLA is refused there, unread, so that a stalled client holds its
+tenant's in-flight bound no longer than that.
 After parsing, the same replica admits the query again with its real number of candidates.
 Were the replica picked again after the body is read, the early check would have judged a
 replica that may not be the one the query is queued on. Only a plan swap moves a request: a
@@ -76,6 +79,7 @@ from typing import Protocol
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -159,8 +163,9 @@ class Exchange(Protocol):
     def headers(self) -> Mapping[str, str]:
         """The request's headers, looked up by lower-case name."""
 
-    async def read_body(self, limit: int) -> Body | None:
-        """The whole body, or None as soon as it exceeds ``limit`` bytes (the rest unread)."""
+    async def read_body(self, limit: int, deadline: float | None = None) -> Body | None:
+        """The whole body, or None as soon as it exceeds ``limit`` bytes (the rest unread);
+        TimeoutError if it has not come in whole by ``deadline`` (``time.monotonic()``)."""
 
 
 class StarletteExchange:
@@ -177,14 +182,16 @@ class StarletteExchange:
     def headers(self) -> Mapping[str, str]:
         return self._request.headers
 
-    async def read_body(self, limit: int) -> Body | None:
+    async def read_body(self, limit: int, deadline: float | None = None) -> Body | None:
         chunks: list[bytes] = []
         size = 0
-        async for chunk in self._request.stream():
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
+        left_s = None if deadline is None else deadline - time.monotonic()
+        async with asyncio.timeout(left_s):
+            async for chunk in self._request.stream():
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
         return b"".join(chunks)
 
 
@@ -275,8 +282,8 @@ def create_front(
             refusal = reader.refuse(request)
             if refusal is not None:
                 return refusal
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_body_bytes:
+            declared = _byte_count(request.headers.get("content-length"))
+            if declared is not None and declared > max_body_bytes:
                 return error_response(413, f"body of {declared} bytes exceeds {max_body_bytes}")
             # The tenant's key is checked on admission, before the body
             # (executor.credentials); a request counts in a tenant's in-flight bound at this
@@ -305,27 +312,28 @@ def create_front(
             # its bodies the front receives at once. A tenant behind's bodies are read one at
             # a time (TenantBudgets.read_turn), so that its flood's reads do not share the event
             # loop with every other tenant's; its slow client holds up only its own.
+            # A body still coming in at the SLA could only be answered late: its read ends
+            # there, so that a stalled client holds its tenant's place in the bound (and a
+            # turn) no longer than that.
+            deadline = arrival + ticket.sla_s
             turn = None if counted is None else bounds.read_turn(counted)
-            if turn is None:
-                body = await request.read_body(max_body_bytes)
-            else:
-                async with turn:
-                    left_s = arrival + ticket.sla_s - time.monotonic()
-                    if left_s <= 0:
-                        raise Overloaded(
-                            f"model {model!r}: its tenant's bodies are read one at a time while "
-                            "it sends more than it is served, and its turn came after its SLA",
-                            1.0,
-                        )
-                    # A body still coming in at the SLA could only be answered late; its read
-                    # ends there, so that a stalled client does not hold the turn.
-                    try:
-                        async with asyncio.timeout(left_s):
-                            body = await request.read_body(max_body_bytes)
-                    except TimeoutError:
-                        raise Overloaded(
-                            f"model {model!r}: its body was still coming in at its SLA", 1.0
-                        ) from None
+            try:
+                if turn is None:
+                    body = await request.read_body(max_body_bytes, deadline)
+                else:
+                    async with turn:
+                        if time.monotonic() >= deadline:
+                            raise Overloaded(
+                                f"model {model!r}: its tenant's bodies are read one at a time "
+                                "while it sends more than it is served, and its turn came after "
+                                "its SLA",
+                                1.0,
+                            )
+                        body = await request.read_body(max_body_bytes, deadline)
+            except TimeoutError:
+                raise Overloaded(
+                    f"model {model!r}: its body was still coming in at its SLA", 1.0
+                ) from None
             body_read = True
             if body is None:
                 return error_response(413, f"body exceeds {max_body_bytes} bytes")
@@ -423,6 +431,7 @@ def create_front(
             *(route for route, _ in inference),
         ],
         lifespan=lifespan,
+        exception_handlers={HTTPException: _routing_error},
     )
     # The same routes for a server that calls them without ASGI: Starlette's patterns.
     direct = tuple(
@@ -430,6 +439,19 @@ def create_front(
         for route, reader in inference
     )
     return FrontApp(asgi, direct, engine)
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """Starlette's refusals (no route for the path, a route's other method) in the protocol's
+    error body, as every other error."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"no route for {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+    else:
+        message = exc.detail
+    return error_response(exc.status_code, message, dict(exc.headers or {}))
 
 
 Reply = Callable[[np.ndarray], Response]
@@ -473,16 +495,16 @@ class OipBodies(BodyReader):
         if encoding != "identity":
             return error_response(415, f"content encoding {encoding!r}: send the body uncompressed")
         declared = request.headers.get(oip.HEADER_LENGTH)
-        if declared is not None and not declared.isdigit():
+        if declared is not None and _byte_count(declared) is None:
             return error_response(
-                400, f"{oip.HEADER_LENGTH}: expected a byte count, got {declared!r}"
+                400,
+                f"{oip.HEADER_LENGTH}: expected a byte count in ASCII digits, got {declared!r}",
             )
         return None
 
     def parse(self, request: Exchange, schema: ModelSchema, body: Body) -> tuple[Query, Reply]:
-        declared = request.headers.get(oip.HEADER_LENGTH)
         query, infer = codec.parse_query_oip(
-            schema, body, None if declared is None else int(declared)
+            schema, body, _byte_count(request.headers.get(oip.HEADER_LENGTH))
         )
         model = request.path_params["model"]
 
@@ -501,6 +523,14 @@ class OipBodies(BodyReader):
 
 V1_BODIES = V1Bodies()
 OIP_BODIES = OipBodies()
+
+
+def _byte_count(value: str | None) -> int | None:
+    """A header's byte count: ASCII digits only (``str.isdigit`` takes ``"¹"``, which ``int``
+    refuses), and few enough of them for any body (``int`` refuses over 4300); else None."""
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > 18:
+        return None
+    return int(value)
 
 
 def _content_type(request: Exchange) -> str:

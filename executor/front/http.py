@@ -22,10 +22,21 @@ What it serves:
 HTTP/1.1 as clients use it: keep-alive (an idle connection is closed after
 :data:`KEEP_ALIVE_S`), requests on a connection answered in order, one at a time;
 ``Content-Length`` bodies and ``Transfer-Encoding: chunked`` ones (the connection is closed
-after a chunked request's reply); ``Expect: 100-continue`` answered when the body is read. A
+after a chunked request's reply; any other transfer coding is answered 501);
+``Expect: 100-continue`` answered when the body is read; an ``Upgrade`` (``h2c``, a websocket)
+ignored, the request answered over HTTP/1.1 (RFC 9110 §7.8), and ``CONNECT`` refused (405). A
 request whose body was not read whole (refused before it, or over the limit) is answered with
 ``Connection: close``; so is a malformed request (400) or a head over :data:`HEAD_LIMIT`
 bytes (431). The head is parsed by ``httptools`` (llhttp), as uvicorn does.
+
+What a client can make a connection hold is bounded by what it sends and reads, never by what
+it declares: a body's buffer is not written before its bytes land in it (so the kernel gives
+it pages only as they come), a chunked body goes into one growing buffer, a body of which no
+byte comes for :data:`BODY_STALL_S` is refused (408) and ends its request (its handler may end
+the read sooner: the daemon does at the query's SLA), and a connection reads no request while
+its replies wait to be written (past the transport's high-water mark), and is closed when the
+client takes none of them for :data:`WRITE_STALL_S`. Receiving a ``Content-Length`` body costs
+no more for it than one timer, armed once per body that does not come with its head.
 """
 
 from __future__ import annotations
@@ -35,11 +46,13 @@ import enum
 import http
 import logging
 import socket
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
 import httptools
+import numpy as np
 from starlette.responses import Response
 from starlette.types import Message
 
@@ -49,16 +62,37 @@ log = logging.getLogger(__name__)
 
 HEAD_LIMIT = 64 * 1024  # a request line and headers longer than this are refused (431)
 KEEP_ALIVE_S = 5.0  # an idle kept-alive connection is closed after this (uvicorn's default)
+# A client is given the keep-alive time to show it is still there: a body that receives no
+# byte over that long is refused (408, between one and two of it after its last byte: it is
+# checked once a period, so that receiving a body costs no work per read), and a connection
+# whose replies wait to be written with none of them taken by the client over that long is
+# closed.
+BODY_STALL_S = KEEP_ALIVE_S
+WRITE_STALL_S = KEEP_ALIVE_S
 STOP_GRACE_S = 30.0  # on stop, requests in progress get this long to end
 LINGER_S = 1.0  # a connection refused as malformed is read (and dropped) this long at most
 # A connection receives its bodies up to this size into one buffer it keeps: a fresh megabyte
 # buffer costs its page faults on every request (6 % of a front's samples at 240 qps).
 REUSED_BODY_LIMIT = 8 * 1024 * 1024
 _END_OF_HEAD = b"\r\n\r\n"
+_ALLOW = {"Allow": "GET, HEAD, POST"}  # the methods the daemon's routes answer
+# What llhttp sees of a request whose Upgrade it ended the message at, to parse its chunked body.
+_CHUNKED_HEAD = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
-class ClientGone(ConnectionError):
-    """The client closed its connection before its body came in whole."""
+class BodyLost(ConnectionError):
+    """The connection ended a request before its body came in whole: its client left, or the
+    body stalled (answered 408) or its chunks were malformed (400) and the connection answered
+    it itself and closes. Its handler gives no reply."""
+
+
+class _Ended(enum.Enum):
+    """Why a body read ended without the body (what its future is resolved with: a future
+    holding an exception would hold its traceback, whose frames hold the connection)."""
+
+    GONE = "the client left before its body came"
+    REFUSED = "the connection refused the request's body"
+    LATE = "the body was still coming in at its deadline"
 
 
 class _Phase(enum.Enum):
@@ -66,7 +100,7 @@ class _Phase(enum.Enum):
     WAITING = "waiting"  # a request is being handled; nothing is read unless its body is asked
     BODY = "body"  # reading a Content-Length body into its buffer
     CHUNKED = "chunked"  # feeding a chunked body to the parser
-    DISCARD = "discard"  # refused as malformed: what else comes is dropped until the close
+    DISCARD = "discard"  # refused, or its body late: what else comes is dropped until the close
 
 
 class Headers(dict[str, str]):
@@ -90,8 +124,9 @@ class _Head:
         self.url = b""
         self.headers = Headers()
         self.raw_headers: list[tuple[bytes, bytes]] = []
-        self.chunks: list[bytes] = []
-        self.chunked_bytes = 0
+        # A chunked body's payload, in one buffer: a bytes object per chunk would cost a
+        # client's two-byte chunks some 50 bytes of the front's memory each.
+        self.body = bytearray()
         self.complete = False
 
     def on_url(self, url: bytes) -> None:
@@ -103,8 +138,7 @@ class _Head:
         dict.__setitem__(self.headers, lower.decode("latin-1"), value.decode("latin-1"))
 
     def on_body(self, chunk: bytes) -> None:
-        self.chunks.append(chunk)
-        self.chunked_bytes += len(chunk)
+        self.body += chunk
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -139,14 +173,14 @@ class WireRequest:
     def headers(self) -> Mapping[str, str]:
         return self._headers
 
-    async def read_body(self, limit: int) -> Body | None:
+    async def read_body(self, limit: int, deadline: float | None = None) -> Body | None:
         if self.body_read:
             return b""
         if self.content_length is not None and self.content_length > limit:
             return None
         if self._headers.get("expect", "").lower() == "100-continue":
             self.connection.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        body = await self.connection.receive_body(self, limit)
+        body = await self.connection.receive_body(self, limit, deadline)
         self.body_read = body is not None
         return body
 
@@ -160,16 +194,23 @@ class _Connection(asyncio.BufferedProtocol):
         self._buffer = bytearray(HEAD_LIMIT)
         self._filled = 0  # bytes of self._buffer holding an unparsed head (and what follows)
         self._phase = _Phase.HEAD
-        self._spare = bytearray()  # the body buffer, kept for the connection's next request
-        self._body = memoryview(self._spare)  # where the body in progress goes
+        self._spare = memoryview(bytearray())  # the body buffer, kept for the next request
+        self._body = self._spare  # where the body in progress goes
         self._body_filled = 0
         self._body_limit = 0
+        self._chunked_fed = 0  # bytes of a chunked body fed to the parser (its progress)
+        self._deadline: float | None = None  # the body in progress ends then (monotonic)
         self._head: _Head | None = None
         self._parser: httptools.HttpRequestParser | None = None
-        self._body_done: asyncio.Future[Body | None] | None = None
-        self._idle: asyncio.TimerHandle | None = None
+        self._body_done: asyncio.Future[Body | _Ended | None] | None = None
+        # What the connection waits for from its client: a head (KEEP_ALIVE_S), a body's next
+        # bytes (BODY_STALL_S, or its deadline), the end of a linger (LINGER_S).
+        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._gone: asyncio.Future[None] | None = None  # set when the client leaves
+        self._writing_paused = False  # the transport's write buffer is over its high-water mark
+        self._held = False  # the next request waits for the replies before it to be written
+        self._write_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio's side -------------------------------------------------------------------------
 
@@ -184,11 +225,30 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._server.connections.discard(self)
-        self._cancel_idle()
-        if self._body_done is not None and not self._body_done.done():
-            self._body_done.set_exception(ClientGone("the client left before its body came"))
+        self._cancel_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        self._end_body(_Ended.GONE)
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
+
+    def pause_writing(self) -> None:
+        """The transport holds more replies than its high-water mark: no request is started
+        until they are written (a client that sends requests and reads no reply would
+        otherwise have the front hold every reply), and the connection is closed if the client
+        takes none of them for WRITE_STALL_S."""
+        self._writing_paused = True
+        self._watch_writes()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        if self._held:
+            self._held = False
+            self._next_request()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._phase is _Phase.BODY:
@@ -201,7 +261,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self._phase is _Phase.BODY:
             self._body_filled += nbytes
             if self._body_filled == len(self._body):
-                self._finish_body(self._body)
+                self._end_body(self._body)
         elif self._phase is _Phase.CHUNKED:
             self._feed_chunked(memoryview(self._buffer)[:nbytes])
         elif self._phase is _Phase.DISCARD:
@@ -225,22 +285,45 @@ class _Connection(asyncio.BufferedProtocol):
         end += len(_END_OF_HEAD)
         head = _Head()
         parser = httptools.HttpRequestParser(head)
+        upgrade = False
         try:
             parser.feed_data(memoryview(self._buffer)[:end])
-            url = httptools.parse_url(head.url)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+        except httptools.HttpParserUpgrade:
+            # llhttp stops at the head of a request that asks for another protocol. CONNECT
+            # asks for a tunnel, which this server does not make; any other Upgrade (h2c, a
+            # websocket) is ignored and the request answered over HTTP/1.1 (RFC 9110 §7.8).
+            if parser.get_method() == b"CONNECT":
+                self._refuse(405, "CONNECT: this server opens no tunnels", _ALLOW)
+                return
+            upgrade = True
+        except httptools.HttpParserError as exc:
             self._refuse(400, f"malformed request: {exc}")
+            return
+        try:
+            url = httptools.parse_url(head.url)
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"malformed request target: {exc}")
+            return
+        coding = head.headers.get("transfer-encoding")
+        if coding is not None and coding.strip().lower() != "chunked":
+            # llhttp takes any codings ending in chunked; the others are not undone here.
+            self._refuse(501, f"transfer coding {coding!r}: send the body as it is, chunked")
             return
         request = WireRequest(
             self,
             parser.get_method().decode("ascii"),
-            unquote(url.path.decode("latin-1")),
+            # An absolute-form target (a proxy's request) may have no path: it names "/".
+            unquote(url.path.decode("latin-1")) if url.path else "/",
             url.query or b"",
             head,
             parser.should_keep_alive(),
         )
+        if upgrade and request.chunked:  # llhttp ended the message at its head
+            head = _Head()
+            parser = httptools.HttpRequestParser(head)
+            parser.feed_data(_CHUNKED_HEAD)
         self._parser, self._head = parser, head
-        self._cancel_idle()
+        self._cancel_timer()
         # What came after the head stays at the buffer's start: the body's first bytes, or (for
         # a request without a body) the next request.
         self._buffer[: self._filled - end] = self._buffer[end : self._filled]
@@ -251,25 +334,34 @@ class _Connection(asyncio.BufferedProtocol):
         self._server.tasks.add(task)
         task.add_done_callback(self._server.tasks.discard)
 
-    async def receive_body(self, request: WireRequest, limit: int) -> Body | None:
-        """The request's body, read once its handler asks (None: over ``limit`` bytes)."""
+    async def receive_body(
+        self, request: WireRequest, limit: int, deadline: float | None
+    ) -> Body | None:
+        """The request's body, read once its handler asks (None: over ``limit`` bytes);
+        TimeoutError if it has not come in whole by ``deadline`` (``time.monotonic()``),
+        BodyLost if the client leaves or it stalls first."""
         if self._closed:
-            raise ClientGone("the client left before its body came")
-        self._body_done = asyncio.get_running_loop().create_future()
+            raise BodyLost(_Ended.GONE.value)
+        done = self._body_done = asyncio.get_running_loop().create_future()
         self._body_limit = limit
         if request.chunked:
             self._phase = _Phase.CHUNKED
+            self._chunked_fed = 0
             held, self._filled = bytes(self._buffer[: self._filled]), 0
             self._feed_chunked(memoryview(held))
         else:
             length = request.content_length or 0
             if length <= len(self._spare):
-                self._body = memoryview(self._spare)[:length]
+                self._body = self._spare[:length]
             else:
-                fresh = bytearray(length)
+                # Left unwritten, memory costs the front only the pages the client fills, not the
+                # length it declares: a bytearray is zeroed whole at once. An anonymous mapping
+                # would cost each connection's first body its page faults (tripling its CPU),
+                # where freed memory is reused by malloc, as it is here.
+                fresh = np.empty(length, np.uint8).data
                 if length <= REUSED_BODY_LIMIT:
                     self._spare = fresh
-                self._body = memoryview(fresh)
+                self._body = fresh
             taken = min(length, self._filled)
             self._body[:taken] = self._buffer[:taken]
             self._buffer[: self._filled - taken] = self._buffer[taken : self._filled]
@@ -277,28 +369,67 @@ class _Connection(asyncio.BufferedProtocol):
             self._body_filled = taken
             self._phase = _Phase.BODY
             if taken == length:
-                self._finish_body(self._body)
-        if not self._body_done.done():
+                self._end_body(self._body)
+        if not done.done():
+            self._deadline = deadline
+            self._watch_body()
             self.resume()
-        return await self._body_done
+        try:
+            body = await done
+        finally:
+            self._body_done = None
+            if done.cancelled():  # its handler gave up on it: the reply closes the connection
+                self._cancel_timer()
+        if body is _Ended.LATE:
+            raise TimeoutError(body.value)
+        if isinstance(body, _Ended):
+            raise BodyLost(body.value)
+        return body
 
     def _feed_chunked(self, data: memoryview) -> None:
         assert self._parser is not None and self._head is not None
+        self._chunked_fed += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._refuse(400, f"malformed chunked body: {exc}")
             return
-        if self._head.chunked_bytes > self._body_limit:
-            self._finish_body(None)
+        if len(self._head.body) > self._body_limit:
+            self._end_body(None)
         elif self._head.complete:
-            self._finish_body(b"".join(self._head.chunks))
+            self._end_body(self._head.body)
 
-    def _finish_body(self, body: Body | None) -> None:
-        self._phase = _Phase.WAITING
-        self.pause()
-        if self._body_done is not None and not self._body_done.done():
-            self._body_done.set_result(body)
+    def _end_body(self, body: Body | _Ended | None) -> None:
+        """End the body read in progress, if any: ``body``, None (over the limit) or why not."""
+        done = self._body_done
+        if done is None or done.done():
+            return
+        self._cancel_timer()
+        if body is _Ended.LATE:  # what still comes is dropped until the reply closes
+            self._phase = _Phase.DISCARD
+        elif not isinstance(body, _Ended):
+            self._phase = _Phase.WAITING
+            self.pause()
+        done.set_result(body)
+
+    def _watch_body(self) -> None:
+        """Check the body's progress when BODY_STALL_S has passed, or at its deadline."""
+        delay, late = BODY_STALL_S, False
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= delay:
+                delay, late = max(left, 0.0), True
+        received = self._body_filled + self._chunked_fed
+        self._timer = asyncio.get_running_loop().call_later(delay, self._check_body, received, late)
+
+    def _check_body(self, received: int, late: bool) -> None:
+        self._timer = None
+        if late:
+            self._end_body(_Ended.LATE)
+        elif self._body_filled + self._chunked_fed == received:
+            self._refuse(408, f"the body stalled: no byte of it came in {BODY_STALL_S:g} s")
+        else:
+            self._watch_body()
 
     def reply(self, request: WireRequest, response: Response) -> None:
         """Write the response to ``request`` and go on to the connection's next request."""
@@ -313,10 +444,20 @@ class _Connection(asyncio.BufferedProtocol):
         )
         self.write(_wire(response, close, with_body=request.method != "HEAD"))
         if close:
-            self.close()
+            if self._phase is _Phase.DISCARD:  # its body was still coming in
+                self._linger()
+            else:
+                self.close()
             return
         self._phase = _Phase.HEAD
         self._parser = self._head = None
+        if self._writing_paused:  # until the client takes its replies (resume_writing)
+            self._held = True
+            return
+        self._next_request()
+
+    def _next_request(self) -> None:
+        """Read (or parse what has come of) the connection's next request."""
         self.resume()
         self._await_head()
         if self._filled:
@@ -335,6 +476,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._transport.write(data)
 
     def close(self) -> None:
+        self._held = False  # no request is read once its replies are written
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
@@ -351,29 +493,56 @@ class _Connection(asyncio.BufferedProtocol):
         if self._transport is not None and not self._closed:
             self._transport.resume_reading()
 
-    def _refuse(self, status: int, message: str) -> None:
-        """Answer a malformed request and close the connection, reading and dropping what the
-        client still sends for at most LINGER_S: closed with its bytes unread, the kernel would
-        reset the connection, and the client might never read the answer."""
+    def _refuse(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        """Answer a request the connection cannot go on with (malformed, or its body stalled),
+        end its body read if one is in progress, and close the connection after a linger."""
         log.info("refused a request: %s", message)
-        self.write(_wire(error_response(status, message), close=True, with_body=True))
+        self.write(_wire(error_response(status, message, headers), close=True, with_body=True))
+        self._end_body(_Ended.REFUSED)
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close the connection, reading and dropping what the client still sends for at most
+        LINGER_S: closed with its bytes unread, the kernel would reset the connection, and the
+        client might never read the answer."""
         if self._transport is None or self._closed:
             return
         self._phase = _Phase.DISCARD
-        self._cancel_idle()
+        self._cancel_timer()
         self._transport.write_eof()
         self.resume()
-        self._idle = asyncio.get_running_loop().call_later(LINGER_S, self.close)
+        self._timer = asyncio.get_running_loop().call_later(LINGER_S, self.close)
 
     def _await_head(self) -> None:
         """Give the next request's head KEEP_ALIVE_S to come in whole."""
-        self._cancel_idle()
-        self._idle = asyncio.get_running_loop().call_later(KEEP_ALIVE_S, self.close_if_idle)
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(KEEP_ALIVE_S, self.close_if_idle)
 
-    def _cancel_idle(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _watch_writes(self) -> None:
+        """Close the connection unless its write buffer shrinks within WRITE_STALL_S."""
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+        assert self._transport is not None  # the transport pauses a protocol it was made for
+        self._write_timer = asyncio.get_running_loop().call_later(
+            WRITE_STALL_S, self._check_writes, self._transport.get_write_buffer_size()
+        )
+
+    def _check_writes(self, buffered: int) -> None:
+        self._write_timer = None
+        if not self._writing_paused or self._transport is None:
+            return
+        if self._transport.get_write_buffer_size() >= buffered:
+            log.info(
+                "closed a connection whose client read none of its replies in %g s", WRITE_STALL_S
+            )
+            self._transport.abort()
+            return
+        self._watch_writes()
 
 
 class FrontServer:
@@ -412,7 +581,7 @@ class FrontServer:
         connection = request.connection
         try:
             response = await self._respond(request)
-        except ClientGone:
+        except BodyLost:
             return
         except Exception:
             log.exception("%s %s failed", request.method, request.path)

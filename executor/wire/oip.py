@@ -94,7 +94,9 @@ def decode_request(
         for k, output in enumerate(outputs):
             if not isinstance(output, dict) or not isinstance(output.get("name"), str):
                 raise TensorError(f"outputs[{k}]: expected an object with a name")
-            binary_output |= _flag(output.get("parameters"), "binary_data", f"outputs[{k}]")
+            binary_output |= _flag(
+                output.get("parameters"), "binary_data", f"outputs[{k}].parameters"
+            )
     return InferRequest(request_id, inputs, binary_output)
 
 
@@ -167,19 +169,22 @@ def _split(
         doc = json.loads(bytes(view[:end]))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TensorError(f"body: invalid JSON ({exc})") from exc
+    except RecursionError as exc:  # the decoder recurses once per level of nesting
+        raise TensorError("body: invalid JSON (nested too deeply)") from exc
     if not isinstance(doc, dict):
         raise TensorError("body: expected a JSON object")
     return doc, view[end:]
 
 
 def _flag(parameters: Any, key: str, where: str) -> bool:
+    """The boolean ``key`` of a ``parameters`` object (``where`` names that object)."""
     if parameters is None:
         return False
     if not isinstance(parameters, dict):
-        raise TensorError(f"{where}.parameters: expected an object")
+        raise TensorError(f"{where}: expected an object")
     value = parameters.get(key, False)
     if not isinstance(value, bool):
-        raise TensorError(f"{where}.parameters.{key}: expected true or false")
+        raise TensorError(f"{where}.{key}: expected true or false")
     return value
 
 
@@ -199,11 +204,11 @@ def _tensors(entries: Any, tail: memoryview, key: str) -> dict[str, np.ndarray]:
         where = f"{key}[{name}]"
         if name in tensors:
             raise TensorError(f"{where}: given twice")
-        dtype = DATATYPES.get(entry.get("datatype"))  # type: ignore[arg-type]
+        datatype = entry.get("datatype")
+        dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
         if dtype is None:
             raise TensorError(
-                f"{where}.datatype: expected one of {', '.join(DATATYPES)}, "
-                f"got {entry.get('datatype')!r}"
+                f"{where}.datatype: expected one of {', '.join(DATATYPES)}, got {datatype!r}"
             )
         shape = entry.get("shape")
         if not isinstance(shape, list) or not all(

@@ -97,6 +97,7 @@ def test_open_inference_protocol_refusals_name_the_problem(zoo_server):
     cases = [
         ({"Content-Encoding": "gzip", oip.HEADER_LENGTH: str(header_length)}, 415, "encoding"),
         ({oip.HEADER_LENGTH: "ten"}, 400, oip.HEADER_LENGTH),
+        ({oip.HEADER_LENGTH: "¹".encode("latin-1")}, 400, "byte count in ASCII digits"),
         ({oip.HEADER_LENGTH: str(len(body) + 1)}, 400, "not within the body"),
         ({oip.HEADER_LENGTH: str(len(body))}, 400, "JSON"),
         ({}, 400, "JSON"),
@@ -152,6 +153,7 @@ def test_malformed_queries_get_4xx_naming_the_problem(zoo_server):
     no_candidates = {"user": good["user"]}
     cases = [
         (b"{not json", "application/json", 400, "JSON"),
+        (b"[" * 5000 + b"]" * 5000, "application/json", 400, "nested too deeply"),
         (json.dumps(bad_id).encode(), "application/json", 400, feature),
         (json.dumps(no_candidates).encode(), "application/json", 400, "candidates"),
         (b"PK-not-a-zip", "application/x-npz", 415, "binary tensors to /v2"),

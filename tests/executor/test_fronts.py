@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import mmap
 import os
 import signal
 import socket
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -480,20 +482,282 @@ def test_a_chunked_body_and_one_sent_after_100_continue_are_read(front: Backgrou
         (b"NOT HTTP AT ALL\r\n\r\n", 400),
         (b"GET /v2 HTTP/1.1\r\nHost: test\r\nX-Long: " + b"x" * 70000 + b"\r\n\r\n", 431),
         (b"POST /v2/models/a/infer HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer key-a\r\n"
-         b"Content-Length: 2000000\r\n\r\n", 413),  # fmt: skip
+         b"Content-Length: 2000000\r\n\r\n", 413),
+        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
+        (b"POST /v2/models/a/infer HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer key-a\r\n"
+         b"Transfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 501),
     ],
-)
+)  # fmt: skip
 def test_a_malformed_or_oversized_request_is_refused_and_its_connection_closed(
     front: BackgroundFront, sent: bytes, status: int
 ) -> None:
     """A request line that is not HTTP (400), a head over 64 KiB (431), a body declared over
-    the limit (413, before a byte of it is read): answered with an error body, then closed."""
+    the limit (413, before a byte of it is read), a tunnel asked for (405) and a transfer
+    coding other than chunked (501, its body not undone): answered with an error body, then
+    closed."""
     with _connect(front) as conn:
         conn.sendall(sent)
         reply = _reply(conn)
     assert reply.startswith(b"HTTP/1.1 %d" % status), reply[:100]
     head, _, body = reply.partition(b"\r\n\r\n")
     assert b"connection: close" in head.lower() and "error" in json.loads(body)
+    if status == 405:
+        assert b"allow: get, head, post" in head.lower()
+
+
+def test_an_upgrade_is_ignored_and_the_request_answered_over_http_1_1(
+    front: BackgroundFront,
+) -> None:
+    """A request that asks to switch protocols (``curl --http2`` asks for h2c) is answered as
+    any other, over HTTP/1.1 and with its connection kept, its body read whichever way it is
+    framed; so is one whose absolute-form target has no path (it names "/")."""
+    upgrade = (
+        "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+    )
+    query = queries(FAKE_SCHEMA, [4], seed=9)[0]
+    content, _ = codec.query_to_oip(query)
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(content), content)
+    with _connect(front) as conn, conn.makefile("rb") as reader:
+        conn.sendall(f"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n{upgrade}\r\n".encode())
+        assert _response(reader)[::2] == (200, b'{"live":true}')
+        conn.sendall(_post("a", query, "key-a", upgrade))
+        status, headers, body = _response(reader)
+        assert status == 200 and len(_scores(headers, body)) == 4
+        conn.sendall(b"GET http://test HTTP/1.1\r\nHost: test\r\n\r\n")
+        status, headers, body = _response(reader)
+        assert (status, json.loads(body)) == (404, {"error": "no route for /"})
+        conn.sendall(b"GET http://test/v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert _response(reader)[::2] == (200, b'{"live":true}')
+    with _connect(front) as conn, conn.makefile("rb") as reader:
+        transfer = upgrade + "Transfer-Encoding: chunked\r\n"
+        conn.sendall(_post("a", query, "key-a", transfer, chunked))
+        status, headers, body = _response(reader)
+        assert status == 200 and len(_scores(headers, body)) == 4
+
+
+def test_an_unmatched_route_or_method_is_answered_with_the_error_body(
+    engine_core: EngineCore, serving: Serve
+) -> None:
+    """Every error, routing's included, is ``{"error": message}``, whichever server answers."""
+    with serving(create_front(LocalEngine(engine_core))) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            missing = client.post("/v2/models/a%2Fb/infer", content=b"{}")
+            assert missing.status_code == 404
+            assert missing.json() == {"error": "no route for /v2/models/a/b/infer"}
+            wrong = client.get("/v2/models/a/infer")
+            assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+            assert wrong.json() == {"error": "GET is not allowed on /v2/models/a/infer"}
+
+
+def _eventually(condition: Callable[[], bool], what: str, within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_a_body_still_coming_in_at_its_sla_is_refused_there_and_frees_its_place(
+    engine_core: EngineCore, serving: Serve
+) -> None:
+    """Requests whose bodies stop coming in are answered 429 at their SLA (1 s here) by either
+    server, and give their places in their tenant's bound back: stalled clients hold their
+    tenant's bound no longer than that, and its next request is served."""
+    budgets = TenantBudgets()
+    app = create_front(LocalEngine(engine_core), budgets=budgets)
+    with serving(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        client.headers["Authorization"] = "Bearer key-a"
+        assert _infer(client, "a", 0).status_code == 200  # the front learns a's key
+        stalled = [_headers_only(server.url, "a", 4096, "key-a") for _ in range(MIN_IN_FLIGHT)]
+        try:
+            for conn in stalled:
+                conn.sendall(b"{" * 100)  # a part of its body, and no more
+                conn.settimeout(10)
+            replies = [_reply(conn) for conn in stalled]
+        finally:
+            for conn in stalled:
+                conn.close()
+        for reply in replies:
+            assert reply.startswith(b"HTTP/1.1 429"), reply[:200]
+            assert b"still coming in at its SLA" in reply
+        assert budgets.in_flight("tenant-a") == 0
+        assert _infer(client, "a", 1).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc",
+        b"POST /v2/models/a/infer HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer key-a\r\n"
+        b"Content-Length: 4096\r\n\r\n" + b"{" * 100,
+        b"POST /v2/models/a/infer HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer key-a\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\n{{{{{\r\n",
+    ],
+    ids=["asgi-route", "content-length", "chunked"],
+)
+def test_a_body_that_stalls_is_answered_408_and_ends_its_request(
+    engine_core: EngineCore, monkeypatch: pytest.MonkeyPatch, sent: bytes
+) -> None:
+    """Whatever its route and framing, a body of which no byte comes for BODY_STALL_S (0.2 s
+    here, before the SLA of 1 s) is answered 408 and its connection closed, and an inference
+    request gives its place in its tenant's bound back."""
+    monkeypatch.setattr(front_http, "BODY_STALL_S", 0.2)
+    budgets = TenantBudgets()
+    query = queries(FAKE_SCHEMA, [3], seed=10)[0]
+    with BackgroundFront(create_front(LocalEngine(engine_core), budgets=budgets)) as front:
+        with _connect(front) as conn, conn.makefile("rb") as reader:  # the front learns a's key
+            conn.sendall(_post("a", query, "key-a"))
+            assert _response(reader)[0] == 200
+        with _connect(front) as conn:
+            conn.settimeout(5)
+            conn.sendall(sent)
+            reply = _reply(conn)
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert b"connection: close" in head.lower() and "stalled" in json.loads(body)["error"]
+        _eventually(lambda: budgets.in_flight("tenant-a") == 0, "the stalled request is held")
+
+
+def _memory_mib(field: str) -> float:
+    """This process's ``field`` of /proc/self/status (VmRSS, VmHWM: its peak) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+def test_a_declared_body_costs_the_front_what_came_of_it_not_its_length(
+    engine_core: EngineCore,
+) -> None:
+    """Four requests that declare 64 MiB bodies and send 64 KiB of them, waiting for the rest,
+    grow the front's memory by about what came (a buffer of the declared length zeroed at once
+    cost all 256 MiB)."""
+    limit = 64 << 20
+    budgets = TenantBudgets()
+    query = queries(FAKE_SCHEMA, [3], seed=11)[0]
+    app = create_front(LocalEngine(engine_core), max_body_bytes=limit, budgets=budgets)
+    with BackgroundFront(app, max_body_bytes=limit) as front:
+        with _connect(front) as conn, conn.makefile("rb") as reader:  # the front learns a's key
+            conn.sendall(_post("a", query, "key-a"))
+            assert _response(reader)[0] == 200
+        before = _memory_mib("VmRSS")
+        waiting = [_headers_only(front.url, "a", limit, "key-a") for _ in range(4)]
+        try:
+            for conn in waiting:
+                conn.sendall(bytes(65536))
+            _eventually(lambda: budgets.in_flight("tenant-a") == 4, "the requests were let in")
+            with _connect(front) as conn, conn.makefile("rb") as reader:  # after their reads
+                conn.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+                assert _response(reader)[0] == 200
+            grown = _memory_mib("VmRSS") - before
+        finally:
+            for conn in waiting:
+                conn.close()
+    assert grown < 32, f"{grown:.0f} MiB for 256 KiB received"
+
+
+def test_a_chunked_body_costs_the_front_about_its_payload(engine_core: EngineCore) -> None:
+    """A body in 500 000 two-byte chunks (3.5 MB on the wire, 1 MB of payload) is received into
+    one buffer: the front's peak memory grows by a few MiB, not by a ``bytes`` per chunk."""
+    limit = 64 << 20
+    request = (
+        b"POST /v2/models/a/infer HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer key-a\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + b"2\r\n{{\r\n" * 500_000 + b"0\r\n\r\n"
+    )
+    app = create_front(LocalEngine(engine_core), max_body_bytes=limit)
+    with BackgroundFront(app, max_body_bytes=limit) as front:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from VmRSS
+        before = _memory_mib("VmRSS")
+        with _connect(front) as conn:
+            conn.sendall(request)
+            reply = _reply(conn)
+        peak = _memory_mib("VmHWM") - before
+    assert reply.startswith(b"HTTP/1.1 400") and b"invalid JSON" in reply  # read whole
+    assert peak < 12, f"{peak:.0f} MiB at the peak for 1 MB of payload"
+
+
+def test_a_connection_is_freed_as_it_closes_without_the_cycle_collector(
+    engine_core: EngineCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A front freezes what it built and its collector seldom runs a full pass: each connection
+    must be freed as it closes, however its request ended (answered, its client gone with half
+    its body sent, its body stalled), or it keeps its buffers."""
+    monkeypatch.setattr(front_http, "BODY_STALL_S", 0.2)
+    made: list[weakref.ref[front_http._Connection]] = []
+    connection_made = front_http._Connection.connection_made
+
+    def recorded(self: front_http._Connection, transport: asyncio.BaseTransport) -> None:
+        made.append(weakref.ref(self))
+        connection_made(self, transport)
+
+    monkeypatch.setattr(front_http._Connection, "connection_made", recorded)
+    request = _post("a", queries(FAKE_SCHEMA, [5], seed=12)[0], "key-a")
+    gc.collect()
+    gc.disable()
+    try:
+        with BackgroundFront(create_front(LocalEngine(engine_core))) as front:
+            with _connect(front) as conn, conn.makefile("rb") as reader:
+                conn.sendall(request)
+                assert _response(reader)[0] == 200
+            with _connect(front) as conn:
+                conn.sendall(request[: len(request) // 2])
+                conn.shutdown(socket.SHUT_WR)  # gone
+                assert _reply(conn) == b""
+            with _connect(front) as conn:
+                conn.sendall(request[: len(request) // 2])  # and no more
+                assert _reply(conn).startswith(b"HTTP/1.1 408")
+            _eventually(
+                lambda: len(made) == 3 and all(ref() is None for ref in made),
+                "a closed connection lives on until the cycle collector runs",
+            )
+    finally:
+        gc.enable()
+
+
+def _unread(port: int) -> socket.socket:
+    """A connection to ``port`` whose client takes as little of what it is sent as it can."""
+    conn = socket.socket()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    conn.settimeout(10)
+    conn.connect(("127.0.0.1", port))
+    return conn
+
+
+def test_a_client_that_reads_no_replies_is_read_no_further_and_closed(
+    engine_core: EngineCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that sends requests at once and reads none of their replies: the front stops
+    reading its requests once replies wait to be written, rather than hold every reply, and
+    closes the connection when the client takes none of them for WRITE_STALL_S (0.3 s here)."""
+    monkeypatch.setattr(front_http, "WRITE_STALL_S", 0.3)
+    requests = b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n" * 2000  # replies of 15 MB
+    with BackgroundFront(create_front(LocalEngine(engine_core))) as front:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from VmRSS
+        before = _memory_mib("VmRSS")
+        with _unread(front.port) as conn:
+            conn.sendall(requests)
+
+            def closed() -> bool:  # by the server: reset, or ended (the state, read nothing)
+                state = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+                return state in (7, 8)  # TCP_CLOSE, TCP_CLOSE_WAIT
+
+            _eventually(closed, "the connection was not closed")
+        peak = _memory_mib("VmHWM") - before
+    assert peak < 8, f"{peak:.0f} MiB at the peak"
+
+
+def test_replies_held_back_for_a_slow_reader_all_come_in_order(front: BackgroundFront) -> None:
+    """Requests not read while their connection's replies wait to be written are read, and
+    answered in order, once the client takes its replies."""
+    metrics = b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n"
+    live = b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n"
+    with _unread(front.port) as conn, conn.makefile("rb") as reader:
+        conn.sendall((metrics + live) * 200)
+        time.sleep(0.3)  # the front's replies pile up meanwhile
+        for _ in range(200):
+            status, headers, _ = _response(reader)
+            assert status == 200 and headers["content-type"].startswith("text/plain")
+            assert _response(reader)[::2] == (200, b'{"live":true}')
 
 
 def test_a_client_gone_mid_body_or_idle_frees_what_it_held(

@@ -4,14 +4,18 @@ tensors, and ``tritonclient.http`` — a client no one here wrote — against a 
 
 from __future__ import annotations
 
+import copy
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from executor import codec
+from executor.fake import FAKE_SCHEMA
 from executor.features import Batch, Query
 from executor.runtime import load_model
 from executor.wire import oip
@@ -124,6 +128,90 @@ def test_json_tensors_refuse_what_does_not_fit_their_datatype() -> None:
         assert needle in str(caught.value), entry
     with pytest.raises(oip.TensorError, match="not within the body"):
         oip.decode_request(b"{}", 3)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"inputs": [], "parameters": {"binary_data_output": 1}}',
+         "parameters.binary_data_output: expected true or false"),
+        (b'{"inputs": [], "outputs": [{"name": "s", "parameters": []}]}',
+         "outputs[0].parameters: expected an object"),
+        (b'{"inputs": [{"name": "x", "datatype": ["FP32"], "shape": [1], "data": [1]}]}',
+         "inputs[x].datatype: expected one of BOOL,"),
+        (b'{"inputs": [{"name": "x", "datatype": {}, "shape": [1], "data": [1]}]}',
+         "inputs[x].datatype: expected one of BOOL,"),
+        (b"[" * 100_000 + b"]" * 100_000, "body: invalid JSON (nested too deeply)"),
+    ],
+)  # fmt: skip
+def test_a_malformed_document_is_refused_with_the_path_of_its_field(
+    body: bytes, message: str
+) -> None:
+    with pytest.raises(oip.TensorError) as caught:
+        oip.decode_request(body, None)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_a_json_query_nested_too_deeply_is_refused_as_malformed() -> None:
+    with pytest.raises(codec.QueryError, match=r"nested too deeply"):
+        codec.parse_query_json(FAKE_SCHEMA, b"[" * 5000 + b"]" * 5000)
+
+
+_ODD_VALUES: list[Any] = [None, True, 0, -1, 1.5, 10**30, "", "FP32", [], {}, [[1]], {"a": 1}]
+
+
+def _mutated(doc: Any, rng: random.Random) -> Any:
+    """``doc`` with one value somewhere in it (or itself) replaced by an odd one."""
+    doc = copy.deepcopy(doc)
+    paths: list[tuple[Any, ...]] = []
+
+    def walk(value: Any, path: tuple[Any, ...]) -> None:
+        paths.append(path)
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, (*path, key))
+        elif isinstance(value, list):
+            for index, item in enumerate(value[:3]):
+                walk(item, (*path, index))
+
+    walk(doc, ())
+    path = rng.choice(paths)
+    odd = rng.choice(_ODD_VALUES)
+    if not path:
+        return odd
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = odd
+    return doc
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_query_body_with_any_odd_value_is_parsed_or_refused_as_malformed(seed: int) -> None:
+    """Whatever value a field of a valid query is replaced by, in any of the three bodies, the
+    parse either succeeds or raises a ValueError (the daemon's 400), never another error
+    (its 500)."""
+    rng = random.Random(seed)
+    query = queries(FAKE_SCHEMA, [3], seed=seed)[0]
+    as_json = json.loads(codec.query_to_oip(query, binary=False)[0])
+    binary, header_length = codec.query_to_oip(query)
+    assert header_length is not None
+    header, tail = json.loads(binary[:header_length]), binary[header_length:]
+    v1 = codec.query_to_json(query)
+    for _ in range(300):
+        try:
+            codec.parse_query_oip(FAKE_SCHEMA, json.dumps(_mutated(as_json, rng)).encode(), None)
+        except ValueError:
+            pass
+        try:
+            mutated = json.dumps(_mutated(header, rng)).encode()
+            codec.parse_query_oip(FAKE_SCHEMA, mutated + tail, len(mutated))
+        except ValueError:
+            pass
+        try:
+            codec.parse_query_json(FAKE_SCHEMA, json.dumps(_mutated(v1, rng)).encode())
+        except ValueError:
+            pass
 
 
 @pytest.fixture(scope="module")
