@@ -830,7 +830,10 @@ def _write(name: str, result: dict[str, Any], table: list[tuple[str, str]], out:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpufair bench api", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="gpufair bench api",
+        description="The control plane's latency where it matters (docs/architecture.md §5).",
+    )
     p.add_argument("--rate", type=float, default=200.0, help="plan requests per second")
     p.add_argument("--duration", type=float, default=20.0, help="seconds of load per phase")
     p.add_argument("--nodes", type=int, default=16, help="nodes pulling plans")

@@ -260,7 +260,10 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpufair bench gateway", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="gpufair bench gateway",
+        description="What gpufair gateway costs, and what it keeps, over the wire.",
+    )
     p.add_argument("--quick", action="store_true", help="short trials, one repetition")
     p.add_argument("--trial-s", type=float, default=5.0, help="seconds of arrivals per trial")
     p.add_argument("--repeats", type=int, default=3)

@@ -246,6 +246,20 @@ def test_each_commands_help_is_plain_text(name: str, capsys: pytest.CaptureFixtu
     assert out.startswith(f"usage: gpufair {name}") and "``" not in out, out
 
 
+@pytest.mark.parametrize("name", list(BENCHMARKS))
+def test_each_benchmarks_help_is_plain_text(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--help of a benchmark shows no reST markup from its module's docstring either."""
+    from gpufair.commands import bench
+
+    try:  # argparse exits; a benchmark may turn that into its return value
+        code: object = bench.main([name, "--help"])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: gpufair bench {name}") and "``" not in out, out
+
+
 def test_gpufair_help_names_every_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
     from gpufair.cli import main
 
