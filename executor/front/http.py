@@ -226,9 +226,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._closed = True
         self._server.connections.discard(self)
         self._cancel_timer()
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
+        self._cancel_write_timer()
         self._end_body(_Ended.GONE)
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
@@ -243,9 +241,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
+        self._cancel_write_timer()
         if self._held:
             self._held = False
             self._next_request()
@@ -523,10 +519,14 @@ class _Connection(asyncio.BufferedProtocol):
             self._timer.cancel()
             self._timer = None
 
-    def _watch_writes(self) -> None:
-        """Close the connection unless its write buffer shrinks within WRITE_STALL_S."""
+    def _cancel_write_timer(self) -> None:
         if self._write_timer is not None:
             self._write_timer.cancel()
+            self._write_timer = None
+
+    def _watch_writes(self) -> None:
+        """Close the connection unless its write buffer shrinks within WRITE_STALL_S."""
+        self._cancel_write_timer()
         assert self._transport is not None  # the transport pauses a protocol it was made for
         self._write_timer = asyncio.get_running_loop().call_later(
             WRITE_STALL_S, self._check_writes, self._transport.get_write_buffer_size()
