@@ -69,6 +69,10 @@ KEEP_ALIVE_S = 5.0  # an idle kept-alive connection is closed after this (uvicor
 # closed.
 BODY_STALL_S = KEEP_ALIVE_S
 WRITE_STALL_S = KEEP_ALIVE_S
+# A body of a route other than inference (a small JSON document, if any) must come in whole
+# within this of its head: a client that trickles a byte every few seconds would otherwise
+# hold its connection and request past every stall check. Inference bodies end at their SLA.
+OTHER_BODY_S = 30.0
 STOP_GRACE_S = 30.0  # on stop, requests in progress get this long to end
 LINGER_S = 1.0  # a connection refused as malformed is read (and dropped) this long at most
 # A connection receives its bodies up to this size into one buffer it keeps: a fresh megabyte
@@ -602,7 +606,11 @@ class FrontServer:
 
     async def _asgi(self, request: WireRequest) -> Response:
         """``request`` answered by the app's ASGI app."""
-        body = await request.read_body(self._max_body_bytes)
+        try:
+            body = await request.read_body(self._max_body_bytes, time.monotonic() + OTHER_BODY_S)
+        except TimeoutError:
+            request.keep_alive = False  # what still comes of the body is dropped as it closes
+            return error_response(408, f"the body did not come in whole in {OTHER_BODY_S:g} s")
         if body is None:
             return error_response(413, f"body exceeds {self._max_body_bytes} bytes")
         connection = request.connection

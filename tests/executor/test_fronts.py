@@ -618,6 +618,37 @@ def test_a_body_that_stalls_is_answered_408_and_ends_its_request(
         _eventually(lambda: budgets.in_flight("tenant-a") == 0, "the stalled request is held")
 
 
+def test_a_trickled_body_of_another_route_is_cut_off_at_its_deadline(
+    engine_core: EngineCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body for a route other than inference that keeps coming a byte at a time, never
+    stalling, is answered 408 once OTHER_BODY_S (0.5 s here) has passed since its head, and
+    its connection closed: a trickle cannot hold a connection and its request for ever."""
+    monkeypatch.setattr(front_http, "OTHER_BODY_S", 0.5)
+    with (
+        BackgroundFront(create_front(LocalEngine(engine_core))) as front,
+        _connect(front) as conn,
+    ):
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\nContent-Length: 1000\r\n\r\n")
+        sent_at = time.monotonic()
+
+        def trickle() -> None:
+            with contextlib.suppress(OSError):  # the server closes mid-trickle
+                for _ in range(100):
+                    conn.sendall(b" ")
+                    time.sleep(0.05)
+
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(trickle)
+            reply = _reply(conn)
+            waited_s = time.monotonic() - sent_at
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower()
+    assert "did not come in whole" in json.loads(body)["error"]
+    assert 0.5 <= waited_s < 3.0  # at the deadline, long before the trickle's 5 s would end
+
+
 def _memory_mib(field: str) -> float:
     """This process's ``field`` of /proc/self/status (VmRSS, VmHWM: its peak) in MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
