@@ -64,6 +64,7 @@ from gpufair.inputs import positive_number
 from gpufair.loadgen import StreamProcess, Target
 from gpufair.localcluster import ClusterError
 from gpufair.servers import ChildServer, ChildServerError
+from gpufair.settings import SettingsError, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ STARTUP_TIMEOUT_S = 120.0
 PORT_TRIES = 3  # ports tried for a daemon whose port another process took first
 WORKDIR = Path("var/demo")
 CLAIM_FAILED = 3  # exit status when the run finished but a claim did not hold
-BAD_INPUT = 2  # exit status for a bad scenario file or flag, before anything starts
+BAD_INPUT = 2  # exit status for a bad scenario file, flag or setting, before anything starts
 # The first seconds load models and warm caches on every path; they are shown, not counted.
 WARMUP_S = 5.0
 MAX_SOLVES = 4  # solves while nodes report new curves (a few suffice: see _register)
@@ -469,6 +470,13 @@ def main(argv: list[str]) -> int:
     if args.nodes is not None and args.scenario != DEFAULT_SCENARIO:
         print("gpufair demo: --scenario does not apply with --nodes (its cluster is built in)",
               file=sys.stderr)  # fmt: skip
+        return BAD_INPUT
+    try:
+        # The demo's servers read the same settings: a bad config file or variable is said
+        # once, here, before an address or a token is printed for a server that cannot start.
+        load_settings()
+    except SettingsError as exc:
+        print(f"gpufair demo: {exc}", file=sys.stderr)
         return BAD_INPUT
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     # One line per request would bury the view; the children's logs are in var/demo/.

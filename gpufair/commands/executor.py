@@ -81,7 +81,11 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("GPUFAIR_EXECUTOR_TOKEN"),
         help="node token for the API (default: $GPUFAIR_EXECUTOR_TOKEN)",
     )
-    p.add_argument("--host", help="address to listen on (default: settings executor.host)")
+    p.add_argument(
+        "--host",
+        help="address to listen on; \"\" or 0.0.0.0 for every interface (default: settings "
+        "executor.host)",
+    )
     p.add_argument(
         "--port",
         type=port_number,
@@ -220,7 +224,7 @@ def main(argv: list[str]) -> int:
     runtime = NodeRuntime(backend, config, place)
     metrics = ExecutorMetrics(runtime)
     client: PlanClient | None = None
-    host = args.host or cfg.host
+    host = args.host if args.host is not None else cfg.host  # "": every interface
     port = args.port if args.port is not None else cfg.port
     credentials = OPEN
     if plan is not None:

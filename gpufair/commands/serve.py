@@ -92,7 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpufair serve", description="Run the control plane's REST API with uvicorn."
     )
-    parser.add_argument("--host", help="address to listen on (default: settings api.host)")
+    parser.add_argument(
+        "--host",
+        help="address to listen on; \"\" or 0.0.0.0 for every interface (default: settings "
+        "api.host)",
+    )
     parser.add_argument(
         "--port",
         type=port_number,
@@ -144,10 +148,10 @@ def main(argv: list[str]) -> int:
         return 1
     if config.dev_mode and development_token:
         log.warning("development mode: the development admin token is accepted")
-    host = args.host or config.host
+    host = args.host if args.host is not None else config.host  # "": every interface
     port = args.port if args.port is not None else config.port
     shown = config.admin_token if development_token else None  # never echo a real secret
-    base_url = f"http://{host}:{port}"
+    base_url = f"http://{host or '0.0.0.0'}:{port}"
     sign_in = dashboard_sign_in(base_url, shown)
     # A line each, the address last, so a terminal's link detection takes it whole.
     print(f"gpufair serve: dashboard {sign_in}", flush=True)

@@ -870,6 +870,18 @@ def _two_tenants(folder: Path, fronts: int) -> Iterator[ChildServer]:
         yield child
 
 
+def test_an_empty_host_is_every_interface_not_the_settings_host(tmp_path: Path) -> None:
+    """``--host ""`` names every interface, as an empty address does to the socket API; it is
+    not taken for a missing flag: the daemon listens (on the loopback interface too) where the
+    settings' host, an address this machine does not have, would fail."""
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(plan([seat(0, "a")]).to_dict()))
+    args = ["executor", "--plan", str(plan_path), "--backend", "fake", "--host", ""]
+    env = {**os.environ, "GPUFAIR_EXECUTOR_HOST": "192.0.2.1"}  # TEST-NET-1: nobody's
+    with ChildServer("gpufair executor", args, log_path=tmp_path / "daemon.log", env=env) as child:
+        assert child.wait_healthy(120)["status"] == "serving"
+
+
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChildServer]:
     yield from _two_tenants(tmp_path_factory.mktemp("fronts"), fronts=2)

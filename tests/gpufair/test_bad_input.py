@@ -76,7 +76,9 @@ def test_a_file_that_is_not_utf8_text_is_refused_naming_it(
     assert_refused(done, f"gpufair {command[0]}: ", f"{not_utf8}: not UTF-8 text")
 
 
-@pytest.mark.parametrize("command", [["divide", "examples/divide_design.json"], ["serve"]])
+@pytest.mark.parametrize(
+    "command", [["divide", "examples/divide_design.json"], ["serve"], ["demo"]]
+)
 def test_a_config_file_that_is_not_utf8_text_stops_the_command(
     not_utf8: Path, command: list[str]
 ) -> None:
