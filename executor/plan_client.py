@@ -11,8 +11,16 @@ Replicas whose artifact is ``api:<model_id>`` (a tenant's uploaded TorchScript f
 fetched from ``GET {api}/v1/nodes/{node}/artifacts/{model_id}`` into ``artifact_dir`` (named by
 their SHA-256, so an unchanged file is downloaded once) and served as ``file:<path>``.
 
-The API being down never stops serving: failures are logged, retried with exponential backoff
-(capped), and the last plan keeps running. A token the API rejects (401 or 403) is no outage:
+The API being down never stops serving: the last plan keeps running and every thread retries
+with exponential backoff (``FIRST_BACKOFF_S`` doubling up to ``MAX_BACKOFF_S``, each delay cut
+by a random factor in [0.5, 1) so that the nodes of a cluster that lost the API together do not
+come back at the same instant). Each thread logs one line when its calls start failing or fail
+otherwise, and one when they succeed again, not one per retry (the retries log at DEBUG). Every
+request has a timeout (``REQUEST_TIMEOUT_S``; a long-poll ``LONG_POLL_GRACE_S`` past its
+wait), so an API that accepts connections and never answers is noticed too. An answer the
+daemon cannot long-poll on (no ETag) is retried only after a backoff, never at once, and an
+unexpected error in a thread is logged with its traceback and retried the same way: no thread
+dies while the daemon serves. A token the API rejects (401 or 403) is no outage:
 each rejected pull logs one error saying so and what the daemon serves meanwhile; after
 ``TOKEN_REJECTED_TRIES`` in a row with no plan to serve, :attr:`PlanClient.token_rejected` is
 set (``gpufair executor`` then exits non-zero), since nothing would ever be served. A plan
@@ -76,8 +84,11 @@ import hashlib
 import json
 import logging
 import os
+import random
 import tempfile
 import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -99,10 +110,78 @@ log = logging.getLogger(__name__)
 TOKEN_REJECTED_TRIES = 3
 REJECTED = (401, 403)
 
+FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
+# Connect, each read and each write of every request but the long-polls; a long-poll's read may
+# take its wait and this grace.
+REQUEST_TIMEOUT_S = 10.0
+LONG_POLL_GRACE_S = 10.0
+# How long stop() waits for threads busy with something else than waiting on the API (applying
+# a plan, saving state): a thread waiting on the API holds nothing and is not waited for.
+STOP_WAIT_S = 2.0
 STATE_FORMAT = 1
 # The credential long-poll's wait: short, so that a lost connection is noticed soon too.
 CREDENTIALS_WAIT_S = 10.0
+
+
+def backoff_s(failures: int, rng: random.Random) -> float:
+    """The delay before the retry that follows ``failures`` failures in a row: exponential and
+    capped, times a random factor in [0.5, 1) so that nodes that failed together spread out."""
+    ceiling = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** min(max(failures - 1, 0), 16))
+    return ceiling * rng.uniform(0.5, 1.0)
+
+
+class StoppedError(Exception):
+    """An API reply that came after :meth:`PlanClient.stop`: the thread ends without acting."""
+
+
+def _failure(exc: BaseException) -> str:
+    """What went wrong, the same for every retry of the same failure (so a retry that fails
+    alike is not logged again): the status of an HTTP error, else the error itself."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        response = exc.response
+        return f"HTTP {response.status_code} {response.reason_phrase} from {exc.request.url.path}"
+    return str(exc) or type(exc).__name__
+
+
+class ApiLink:
+    """One thread's calls to the API as its log tells them: a line when they start to fail or
+    fail differently, one when they succeed again; every retry in between at DEBUG."""
+
+    def __init__(self, calls: str) -> None:
+        self.calls = calls
+        self.failures = 0
+        self._failing_since = 0.0
+        self._reason: str | None = None
+
+    def failed(
+        self,
+        reason: str,
+        meanwhile: str,
+        *,
+        error: BaseException | None = None,
+        announced: bool = False,
+    ) -> None:
+        """Count a failure; log it (with the traceback of an unexpected ``error``) unless it
+        fails as the last one did or the caller ``announced`` it already."""
+        if self.failures == 0:
+            self._failing_since = time.monotonic()
+        self.failures += 1
+        if announced or reason == self._reason:
+            log.debug("%s failed again (try %d: %s); %s", self.calls, self.failures, reason,
+                      meanwhile)  # fmt: skip
+        else:
+            log.warning("%s failing (%s); %s; logged again when that changes", self.calls,
+                        reason, meanwhile, exc_info=error)  # fmt: skip
+        self._reason = reason
+
+    def succeeded(self) -> None:
+        """Reset after a success; say so if it ends a run of failures."""
+        if self.failures:
+            log.info("%s succeed again after %d failed tries over %.3gs", self.calls,
+                     self.failures, time.monotonic() - self._failing_since)  # fmt: skip
+        self.failures = 0
+        self._reason = None
 
 
 def write_atomically(directory: Path, path: Path, document: object) -> None:
@@ -235,8 +314,10 @@ class PlanClient:
         credentials: Credentials | None = None,
         advertise_url: str | None = None,
         transport: httpx.BaseTransport | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._runtime = runtime
+        self._rng = rng or random.Random()  # the backoff's jitter; tests pass a seeded one
         if artifact_dir is None:
             artifact_dir = (
                 state_dir / "artifacts"
@@ -261,33 +342,96 @@ class PlanClient:
         self._client = httpx.Client(
             base_url=api_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(10.0, read=long_poll_s + 10.0),
+            timeout=REQUEST_TIMEOUT_S,
             transport=transport,
         )
         self.etag: str | None = None  # of the last plan document received (applied or not)
+        self._refusal: str | None = None  # why the last plan answer was refused, till one serves
         self.heartbeats_sent = 0
         # Set once the API rejected the token TOKEN_REJECTED_TRIES times with no plan served.
         self.token_rejected = threading.Event()
         self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._plan_loop, name="plan-poll", daemon=True),
-            threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
-        ]
+        # Threads now waiting on an API reply, and what stop() waits on to see them change.
+        self._awaiting_api: set[threading.Thread] = set()
+        self._threads_changed = threading.Condition()
+        loops = [(self._plan_loop, "plan-poll"), (self._heartbeat_loop, "heartbeat")]
         if credentials is not None:
-            self._threads.append(
-                threading.Thread(target=self._credentials_loop, name="credentials", daemon=True)
-            )
+            loops.append((self._credentials_loop, "credentials"))
+        self._threads = [
+            threading.Thread(target=self._run, args=(loop,), name=name, daemon=True)
+            for loop, name in loops
+        ]
 
     def start(self) -> None:
         for t in self._threads:
             t.start()
 
     def stop(self) -> None:
+        """Stop the threads and close the connections, promptly.
+
+        A thread waiting on an API reply (a long-poll waits up to its ``long_poll_s``) holds
+        nothing, and a reply that comes after this is dropped unread (:class:`StoppedError`),
+        so it is not waited for: a daemon thread, it ends with the process. A thread busy
+        otherwise (applying a plan, saving it) is given up to ``STOP_WAIT_S`` to finish, so
+        the runtime is not closed under it."""
         self._stop.set()
-        for t in self._threads:
-            if t.is_alive():
-                t.join(timeout=2.0)  # daemon threads: a long-poll in flight dies with us
+
+        def settled() -> bool:
+            return all(not t.is_alive() or t in self._awaiting_api for t in self._threads)
+
+        with self._threads_changed:
+            if not self._threads_changed.wait_for(settled, timeout=STOP_WAIT_S):
+                busy = [t.name for t in self._threads if t.is_alive()]
+                log.warning("stopping with thread(s) %s still busy", ", ".join(busy))
         self._client.close()
+
+    def _run(self, loop: Callable[[], None]) -> None:
+        """Run one thread's loop; tell stop() when it ends."""
+        try:
+            loop()
+        finally:
+            with self._threads_changed:
+                self._threads_changed.notify_all()
+
+    @contextlib.contextmanager
+    def _waiting_on_api(self) -> Iterator[None]:
+        """Mark this thread as waiting on the API for stop(); StoppedError when the reply (or
+        failure) comes after stop(), so that nothing acts on it."""
+        me = threading.current_thread()
+        with self._threads_changed:
+            self._awaiting_api.add(me)
+            self._threads_changed.notify_all()
+        try:
+            yield
+        except Exception as exc:
+            if self._stop.is_set():
+                raise StoppedError from exc
+            raise
+        finally:
+            with self._threads_changed:
+                self._awaiting_api.discard(me)
+        if self._stop.is_set():
+            raise StoppedError
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        long_poll_s: float = 0.0,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        body: object = None,
+    ) -> httpx.Response:
+        """One API request (``body`` sent as JSON); every request has a timeout, a long-poll's
+        read ``long_poll_s`` and a grace."""
+        timeout = httpx.Timeout(REQUEST_TIMEOUT_S)
+        if long_poll_s > 0:
+            timeout = httpx.Timeout(REQUEST_TIMEOUT_S, read=long_poll_s + LONG_POLL_GRACE_S)
+        with self._waiting_on_api():
+            return self._client.request(
+                method, path, headers=headers, params=params, json=body, timeout=timeout
+            )
 
     def resume(self) -> bool:
         """Serve the plan saved by the last run, and check queries against its saved
@@ -313,7 +457,10 @@ class PlanClient:
         """One plan request; True when a new plan was applied. Raises httpx errors."""
         headers = {"If-None-Match": self.etag} if self.etag else {}
         params = {"wait": f"{wait_s:g}"} if wait_s > 0 else {}
-        response = self._client.get(f"/v1/nodes/{self._node}/plan", headers=headers, params=params)
+        response = self._request(
+            "GET", f"/v1/nodes/{self._node}/plan", long_poll_s=wait_s, headers=headers,
+            params=params,
+        )  # fmt: skip
         if response.status_code == 304:
             return False
         response.raise_for_status()
@@ -321,20 +468,21 @@ class PlanClient:
         try:
             plan = NodePlan.from_dict(response.json())
         except (PlanError, ValueError) as exc:
-            log.error("plan from %s refused, keeping the current one: %s", response.url, exc)
+            self._refuse(f"plan from {response.url} refused, keeping the current one: {exc}")
             self.etag = etag
             return False
         if plan.node != self._node:
-            log.error("plan for node %r refused: this is node %r", plan.node, self._node)
+            self._refuse(f"plan for node {plan.node!r} refused: this is node {self._node!r}")
             self.etag = etag
             return False
         current = self._runtime.plan_version
         if current is not None and plan.version <= current:
-            log.warning(
-                "plan version %d from the API ignored: version %d is served here (was the "
-                "API's database recreated? then remove %s)",
-                plan.version, current, self._state.path if self._state else "nothing",
-            )  # fmt: skip
+            self._refuse(
+                f"plan version {plan.version} from the API ignored: version {current} is served "
+                "here (was the API's database recreated? then remove "
+                f"{self._state.path if self._state else 'nothing'})",
+                logging.WARNING,
+            )
             self.etag = etag
             return False
         resolved = self._fetch_artifacts(plan)  # a failed download leaves the ETag: retried
@@ -342,6 +490,7 @@ class PlanClient:
         self._cover_credentials(resolved)
         if not self._apply(resolved):
             return False
+        self._refusal = None
         if self._state is not None:
             try:
                 self._state.save(resolved, etag)
@@ -349,6 +498,12 @@ class PlanClient:
                 log.error("plan version %d not saved to %s: %s", plan.version,
                           self._state.path, exc)
         return True
+
+    def _refuse(self, why: str, level: int = logging.ERROR) -> None:
+        """Log why an answer is refused: once, while the API keeps answering the same (an
+        answer without ETag is fetched again after each backoff)."""
+        log.log(logging.DEBUG if why == self._refusal else level, "%s", why)
+        self._refusal = why
 
     def poll_credentials(self, wait_s: float = 0.0) -> bool:
         """One credential request; True when a new document was handed to the engine. Raises
@@ -358,9 +513,10 @@ class PlanClient:
             return False
         headers = {"If-None-Match": self.credentials_etag} if self.credentials_etag else {}
         params = {"wait": f"{wait_s:g}"} if wait_s > 0 else {}
-        response = self._client.get(
-            f"/v1/nodes/{self._node}/credentials", headers=headers, params=params
-        )
+        response = self._request(
+            "GET", f"/v1/nodes/{self._node}/credentials", long_poll_s=wait_s, headers=headers,
+            params=params,
+        )  # fmt: skip
         if response.status_code == 304:
             return False
         response.raise_for_status()
@@ -428,9 +584,10 @@ class PlanClient:
         entries = plan_profiles(self._profiles, plan) if self._profiles else []
         sizes = plan_footprints(footprints)
         if entries or sizes:
-            response = self._client.put(
+            response = self._request(
+                "PUT",
                 f"/v1/nodes/{self._node}/profiles",
-                json=ProfilesPut(profiles=entries, footprints=sizes).model_dump(mode="json"),
+                body=ProfilesPut(profiles=entries, footprints=sizes).model_dump(mode="json"),
             )
             if 400 <= response.status_code < 500:
                 log.error("profiles for plan version %d refused by the API (HTTP %d): %s",
@@ -459,7 +616,7 @@ class PlanClient:
         return dataclasses.replace(plan, devices=tuple(devices))
 
     def _download(self, model_id: str) -> Path:
-        response = self._client.get(f"/v1/nodes/{self._node}/artifacts/{model_id}")
+        response = self._request("GET", f"/v1/nodes/{self._node}/artifacts/{model_id}")
         response.raise_for_status()
         digest = hashlib.sha256(response.content).hexdigest()
         path = self._artifact_dir / f"{model_id}-{digest[:16]}.pt"
@@ -474,7 +631,7 @@ class PlanClient:
         """Post one heartbeat. Raises httpx errors, and pydantic's ValidationError for a
         report the heartbeat contract refuses (which is then not sent)."""
         body = self.report().model_dump(mode="json")
-        response = self._client.post(f"/v1/nodes/{self._node}/heartbeat", json=body)
+        response = self._request("POST", f"/v1/nodes/{self._node}/heartbeat", body=body)
         if response.status_code == 403 and self._metrics is not None:
             # Counts for pairs the API no longer counts as this node's (the plan they came
             # from is not recent any more): keep only the served plan's.
@@ -522,65 +679,106 @@ class PlanClient:
             served=self._metrics.served_windows() if self._metrics is not None else [],
         )
 
+    def _serving_now(self) -> str:
+        version = self._runtime.plan_version
+        return "no plan to serve" if version is None else f"serving plan version {version}"
+
     def _plan_loop(self) -> None:
-        failures = rejections = 0
+        link = ApiLink("plan pulls")
+        rejections = 0
         while not self._stop.is_set():
             try:
                 self._upload_due_profiles()
                 self.poll_once(self._long_poll_s)
-                failures = rejections = 0
-            except httpx.HTTPError as exc:
-                failures += 1
-                backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** min(failures, 6))
-                version = self._runtime.plan_version
-                serving = "no plan to serve" if version is None else (
-                    f"serving plan version {version}")
+            except StoppedError:
+                return
+            except Exception as exc:  # whatever fails, the thread lives on
+                delay = backoff_s(link.failures + 1, self._rng)
                 status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) \
                     else None
                 if status in REJECTED:
                     rejections += 1
                     log.error("token rejected by the API (HTTP %d) for node %r: check --token "
                               "or GPUFAIR_EXECUTOR_TOKEN; %s; try %d", status, self._node,
-                              serving, rejections)
-                    if version is None and rejections >= TOKEN_REJECTED_TRIES:
+                              self._serving_now(), rejections)  # fmt: skip
+                    link.failed(f"HTTP {status}", f"retry in {delay:.1f}s", announced=True)
+                    if self._runtime.plan_version is None and rejections >= TOKEN_REJECTED_TRIES:
                         self.token_rejected.set()
                         return
                 else:
-                    log.warning("plan pull failed (%s); %s, retry in %.1fs", exc, serving,
-                                backoff)
-                self._stop.wait(backoff)
+                    link.failed(
+                        _failure(exc),
+                        f"{self._serving_now()}; retry in {delay:.1f}s, then backing off up "
+                        f"to {MAX_BACKOFF_S:g}s",
+                        error=None if isinstance(exc, httpx.HTTPError) else exc,
+                    )
+                self._stop.wait(delay)
+                continue
+            rejections = 0
+            if self.etag is None:
+                # No ETag to long-poll with: the next pull would be answered at once, and
+                # again, so it waits as after a failure.
+                delay = backoff_s(link.failures + 1, self._rng)
+                link.failed(
+                    "the API's answer carries no ETag to long-poll with",
+                    f"{self._serving_now()}; next pull in {delay:.1f}s",
+                )
+                self._stop.wait(delay)
+                continue
+            link.succeeded()
 
     def _credentials_loop(self) -> None:
-        failures = 0
+        link = ApiLink("credential pulls")
         while not self._stop.is_set():
             try:
                 self.poll_credentials(min(self._long_poll_s, CREDENTIALS_WAIT_S))
-                failures = 0
-            except (httpx.HTTPError, ValueError) as exc:
-                failures += 1
-                backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** min(failures, 6))
-                log.warning("credentials pull failed (%s); the last ones are checked, retry "
-                            "in %.1fs", exc, backoff)  # fmt: skip
-                self._stop.wait(backoff)
+            except StoppedError:
+                return
+            except Exception as exc:  # whatever fails, the thread lives on
+                delay = backoff_s(link.failures + 1, self._rng)
+                link.failed(
+                    _failure(exc),
+                    f"queries are checked against the last keys received; retry in "
+                    f"{delay:.1f}s, then backing off up to {MAX_BACKOFF_S:g}s",
+                    error=None if isinstance(exc, (httpx.HTTPError, ValueError)) else exc,
+                )
+                self._stop.wait(delay)
+            else:
+                link.succeeded()
 
     def _upload_due_profiles(self) -> None:
         """Upload due profiles; a failure is logged and retried after the next plan pull, so an
-        API that cannot store profiles never holds plans back."""
+        API that cannot store profiles never holds plans back. An upload that fails otherwise
+        (a body the contract refuses) is dropped: the same body would fail again."""
         if self._profiles_due is None:
             return
         try:
             self.upload_profiles()
         except httpx.HTTPError as exc:
             log.warning("profile upload failed (%s); retried after the next plan pull", exc)
+        except (StoppedError, KeyboardInterrupt):
+            raise
+        except Exception:
+            log.exception("profile upload dropped")
+            self._profiles_due = None
 
     def _heartbeat_loop(self) -> None:
+        link = ApiLink("heartbeats")
         while not self._stop.wait(self._heartbeat_s):
             try:
                 self.heartbeat()
-            except httpx.HTTPError as exc:
-                log.warning("heartbeat failed: %s", exc)
+            except StoppedError:
+                return
             except ValidationError as exc:
                 log.error(
                     "heartbeat not sent: the heartbeat contract refuses it: %s",
                     first_error(exc, "heartbeat"),
                 )
+            except Exception as exc:  # whatever fails, the thread lives on
+                link.failed(
+                    _failure(exc),
+                    f"the node serves on and sends one every {self._heartbeat_s:g}s",
+                    error=None if isinstance(exc, httpx.HTTPError) else exc,
+                )
+            else:
+                link.succeeded()

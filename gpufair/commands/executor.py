@@ -241,6 +241,9 @@ def main(argv: list[str]) -> int:
             for model_id, why in report.broken.items():
                 log.error("model %s is not served: %s", model_id, why)
     else:
+        # httpx logs every request at INFO: a line per long-poll and per heartbeat would bury
+        # the log. The plan client logs when the API's answers change instead.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         credentials = Credentials()
         client = PlanClient(
             runtime,
