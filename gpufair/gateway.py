@@ -6,7 +6,16 @@ API's routing table (``GET /v1/routes``, long-polled with its ETag, with the adm
 sends each query to the least-loaded live replica of its model (:mod:`gpufair.routing`):
 
 - the request body is streamed through as it arrives, never parsed; the bytes already sent are
-  kept until the answer comes, so a query can be sent again;
+  kept until the answer comes, so a query can be sent again. A body over ``--max-body-bytes``
+  (the daemons' own limit by default) is refused here (413), by its declared length before
+  any daemon is asked, so that a daemon refusing it mid-upload is not taken for a dead one;
+  and while the bodies kept add up to ``--max-buffered-bytes`` a new query is answered 503
+  with ``Retry-After``, so a flood of large bodies cannot exhaust the gateway's memory;
+- the client's ``Expect`` is not forwarded (the gateway's own server has answered it; the
+  upstream client sends its own with a large body, :mod:`gpufair.upstream`, so that a daemon
+  refusing a query before its body answers before any of it is sent); ``HEAD`` is asked of
+  the daemon as ``GET`` (the answer's body is read by its length, which a ``HEAD`` answer
+  declares and never sends);
 - the query's ``Authorization`` travels with it: the daemon checks the tenant's key
   (:mod:`executor.credentials`), so a key of another tenant is 403 here as on the daemon; a
   query with no ``Authorization`` at all is refused here (401) before its body is read;
@@ -16,11 +25,12 @@ sends each query to the least-loaded live replica of its model (:mod:`gpufair.ro
   replica; a transport failure also marks the daemon dead (no query for ``DEAD_S``). A query
   that found no replica is answered 503 with ``Retry-After``, one that failed twice 502, and
   one whose daemon did not answer in ``--timeout-s`` 504 (it is not retried: it may be
-  running);
+  running), but 408 if it was the client's body that had not come in whole by then;
 - a model the table does not list is 404.
 
-``GET /healthz`` says which routing table the gateway follows (503 before the first), which
-daemons it holds dead and how many queries are in flight.
+``GET /healthz`` says which routing table the gateway follows (503 before the first), why the
+last pull of the table failed (``routes_error``; null once one succeeds), which daemons it
+holds dead, how many queries are in flight and how many body bytes it holds for them.
 """
 
 from __future__ import annotations
@@ -29,10 +39,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -44,26 +55,83 @@ log = logging.getLogger(__name__)
 
 # Answer headers the gateway's own server writes (the connection's are dropped upstream).
 SERVERS_OWN = frozenset({b"date", b"server"})
+# Request headers not forwarded: the gateway's server has answered the client's Expect itself.
+NOT_FORWARDED = frozenset({b"expect"})
 MAX_BACKOFF_S = 10.0
+# The daemons' own limit (executor.daemon.DEFAULT_MAX_BODY_BYTES, not imported: it pulls numpy).
+MAX_BODY_BYTES = 64 * 1024 * 1024
+# Half the gateway Deployment's memory limit (deploy/gateway.yaml: 1 GiB).
+MAX_BUFFERED_BYTES = 512 * 1024 * 1024
+# Answers the gateway gives while the client's body is still coming: its connection is closed
+# after the answer, since the rest of that body is never read.
+CLOSE = {"Connection": "close"}
+
+
+class BodyTooLarge(Exception):
+    """The query's body is over the gateway's limit: 413, the daemon is not at fault."""
+
+
+class GatewayFull(Exception):
+    """The bodies held for the queries in flight reached the gateway's budget: 503."""
+
+
+@dataclass
+class BodyBudget:
+    """The body bytes every query in flight holds (kept for a retry), against a budget."""
+
+    limit: int
+    held: int = 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.limit:
+            raise GatewayFull(f"the gateway holds {self.held} bytes of bodies already")
+        self.held += size
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
 
 
 class ReplayableBody:
     """A request's body streamed to a daemon as it arrives, and again from its first byte to
-    a second daemon if the first failed: the chunks read so far are kept for that."""
+    a second daemon if the first failed: the chunks read so far are kept for that, counted
+    against ``budget`` until :meth:`release`, and the body is refused past ``limit`` bytes."""
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, limit: int, budget: BodyBudget) -> None:
         self._source = request.stream()
+        self._limit = limit
+        self._budget = budget
         self._chunks: list[bytes] = []
+        self._size = 0
         self._complete = False
+        # Whether a read of the client's body is under way: a timeout then is the client's.
+        self.awaiting_client = False
 
     async def stream(self) -> AsyncIterator[bytes]:
         for chunk in list(self._chunks):
             yield chunk
-        if not self._complete:
-            async for chunk in self._source:
-                self._chunks.append(chunk)
-                yield chunk
-            self._complete = True
+        while not self._complete:
+            # Left set if the read is cancelled (the query's timeout): the client was late.
+            self.awaiting_client = True
+            try:
+                chunk = await anext(self._source)
+            except StopAsyncIteration:
+                chunk = b""
+                self._complete = True
+            self.awaiting_client = False
+            if not chunk:
+                continue
+            if self._size + len(chunk) > self._limit:
+                raise BodyTooLarge(f"body exceeds {self._limit} bytes")
+            self._budget.take(len(chunk))
+            self._size += len(chunk)
+            self._chunks.append(chunk)
+            yield chunk
+
+    def release(self) -> None:
+        """The query is answered: its body's bytes leave the budget."""
+        self._budget.give_back(self._size)
+        self._chunks.clear()
+        self._size = 0
 
 
 def _relay(answer: Answer) -> Response:
@@ -77,10 +145,29 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line of at most ``limit`` characters, for a log line or a document."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+@dataclass
+class RoutesPull:
+    """How the routing table's pull goes: why the last one failed (None: it succeeded)."""
+
+    error: str | None = None
+
+
 async def follow_routes(
-    client: httpx.AsyncClient, routes: Routes, *, wait_s: float = ROUTES_WAIT_S
+    client: httpx.AsyncClient,
+    routes: Routes,
+    *,
+    wait_s: float = ROUTES_WAIT_S,
+    pull: RoutesPull | None = None,
 ) -> None:
-    """Long-poll ``/v1/routes`` for ever, handing each new table to ``routes``."""
+    """Long-poll ``/v1/routes`` for ever, handing each new table to ``routes`` and the outcome
+    of each pull to ``pull``; a failure is retried with a backoff, the last table kept."""
+    pull = pull or RoutesPull()
     failures = 0
     while True:
         headers = {"If-None-Match": routes.etag} if routes.etag else {}
@@ -89,16 +176,22 @@ async def follow_routes(
                 "/v1/routes", params={"wait": f"{wait_s:g}"}, headers=headers
             )
             if response.status_code != 304:
-                response.raise_for_status()
-                table = RoutingTable.model_validate_json(response.content)
+                if response.status_code != 200:
+                    raise ValueError(f"HTTP {response.status_code}: {response.text}")
+                try:
+                    table = RoutingTable.model_validate_json(response.content)
+                except ValueError as exc:
+                    raise ValueError(f"not a routing table: {exc}") from exc
                 routes.update(table, response.headers.get("ETag"))
                 log.info("routing table of allocation %d: %d model(s)", table.version,
                          len(table.models))  # fmt: skip
-            failures = 0
+            failures, pull.error = 0, None
         except (httpx.HTTPError, ValueError) as exc:
             failures += 1
             backoff = min(MAX_BACKOFF_S, 0.25 * 2**failures)
-            log.warning("routing table pull failed (%s); retry in %.1fs", exc, backoff)
+            what = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            pull.error = _one_line(f"GET {str(client.base_url).rstrip('/')}/v1/routes: {what}")
+            log.warning("routing table pull failed (%s); retry in %.1fs", pull.error, backoff)
             await asyncio.sleep(backoff)
 
 
@@ -109,10 +202,15 @@ def create_gateway_app(
     timeout_s: float = 30.0,
     routes: Routes | None = None,
     routes_wait_s: float = ROUTES_WAIT_S,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_buffered_bytes: int = MAX_BUFFERED_BYTES,
 ) -> Starlette:
     """The gateway's ASGI app: routes from the API at ``api_url`` (read with the admin
-    ``token``), queries to the daemons, each answered within ``timeout_s``."""
+    ``token``), queries to the daemons, each answered within ``timeout_s``; a query's body is
+    at most ``max_body_bytes``, those of all queries in flight at most ``max_buffered_bytes``."""
     table = routes or Routes()
+    pull = RoutesPull()
+    budget = BodyBudget(max_buffered_bytes)
     upstream = Upstream(connect_timeout_s=min(timeout_s, 2.0))
 
     async def send(request: Request, pick: Pick, body: ReplayableBody | None) -> Answer:
@@ -121,9 +219,11 @@ def create_gateway_app(
         if query:
             target += "?" + query.decode("latin-1")
         declared = request.headers.get("content-length", "")
+        method = "GET" if request.method == "HEAD" else request.method
+        headers = [(k, v) for k, v in request.headers.raw if k not in NOT_FORWARDED]
         return await asyncio.wait_for(
             upstream.exchange(
-                pick.url, request.method, target, request.headers.raw,
+                pick.url, method, target, headers,
                 body.stream if body is not None else None,
                 int(declared) if declared.isdigit() else None,
             ),
@@ -139,7 +239,28 @@ def create_gateway_app(
             if not table.received:
                 return _error(503, "the gateway has no routing table yet", {"Retry-After": "1"})
             return _error(404, f"model {model!r} is not served (not in the routing table)")
-        body = ReplayableBody(request) if request.method == "POST" else None
+        if request.method != "POST":
+            return await forward(request, model, None)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:
+            return _error(413, f"body of {declared} bytes exceeds {max_body_bytes}", CLOSE)
+        body = ReplayableBody(request, max_body_bytes, budget)
+        try:
+            return await forward(request, model, body)
+        except BodyTooLarge as exc:
+            return _error(413, str(exc), CLOSE)
+        except GatewayFull as exc:
+            log.warning("query of model %s refused: %s (limit %d)", model, exc, budget.limit)
+            return _error(503, f"{exc}; retry shortly", {"Retry-After": "1", **CLOSE})
+        except ClientDisconnect:
+            log.debug("a client closed its connection before its query's body was whole")
+            return _error(400, "the connection closed before the body was whole")
+        finally:
+            body.release()
+
+    async def forward(request: Request, model: str, body: ReplayableBody | None) -> Response:
+        """The query sent to a replica of ``model``, and once more to another if that one is
+        gone or refuses it with 503; the answer, or an error that says what failed."""
         tried: set[str] = set()
         failure = ""
         refused: Answer | None = None  # a 503, answered as it is if no retry can be
@@ -151,6 +272,11 @@ def create_gateway_app(
             try:
                 response = await send(request, pick, body)
             except TimeoutError:
+                if body is not None and body.awaiting_client:
+                    return _error(408, f"the query's body did not come in whole within "
+                                       f"{timeout_s:g} s", CLOSE)  # fmt: skip
+                log.warning("node %s did not answer a query of model %s in %g s", pick.node,
+                            model, timeout_s)  # fmt: skip
                 return _error(504, f"node {pick.node} did not answer in {timeout_s:g} s")
             except Gone as exc:
                 table.failed(pick.url)
@@ -173,8 +299,10 @@ def create_gateway_app(
         document = {
             "routes_version": table.table.version,
             "models": len(table.table.models),
+            "routes_error": pull.error,
             "dead": table.dead(),
             "in_flight": table.in_flight(),
+            "body_bytes_held": budget.held,
         }
         return JSONResponse(document, status_code=200 if table.received else 503)
 
@@ -185,7 +313,9 @@ def create_gateway_app(
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(10.0, read=routes_wait_s + 10.0),
         ) as api:
-            follower = asyncio.create_task(follow_routes(api, table, wait_s=routes_wait_s))
+            follower = asyncio.create_task(
+                follow_routes(api, table, wait_s=routes_wait_s, pull=pull)
+            )
             try:
                 yield
             finally:
