@@ -11,6 +11,15 @@ connection the daemon closed while it was idle fails before any byte of an answe
 exchange is then tried once more on a fresh connection (:class:`Stale` is never raised past
 :meth:`Upstream.exchange`). Any other failure to connect, write or read is :class:`Gone`: the
 caller holds the daemon dead and sends the query elsewhere.
+
+A daemon answers some queries before it reads their bodies (another tenant's key, a tenant over
+its bound) and closes the connection with the body unread, which its kernel turns into a reset
+of a body still being written: the client's write fails, and the answer the daemon sent may be
+lost with the connection. A body over ``EXPECT_CONTINUE_BYTES`` (or of unknown length) is
+therefore sent only once the daemon has said it will read it: the request carries ``Expect:
+100-continue``, and an answer other than ``100 Continue`` is the query's answer, its body never
+sent (RFC 9110 §10.1.1). A smaller body goes with its head, within the sockets' buffers.
+Interim answers (1xx) are read past, never taken for the answer.
 """
 
 from __future__ import annotations
@@ -21,6 +30,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024
+# Bodies larger than this wait for the daemon's 100 Continue: a round trip, where a refusal
+# could otherwise reset the connection under a body larger than the sockets' buffers.
+EXPECT_CONTINUE_BYTES = 64 * 1024
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -112,21 +124,35 @@ class Upstream:
             head.append(b"content-length: %d\r\n" % length)
         elif chunked:
             head.append(b"transfer-encoding: chunked\r\n")
+        expect = body is not None and (length is None or length > EXPECT_CONTINUE_BYTES)
+        if expect:
+            head.append(b"expect: 100-continue\r\n")
         head.append(b"\r\n")
         answered = False
+        sent_whole = False  # only a connection whose request went out whole may be reused
         try:
             writer.write(b"".join(head))
-            if body is not None:
-                async for chunk in body():
-                    if chunk:
-                        writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
-                        await writer.drain()
-                if chunked:
-                    writer.write(b"0\r\n\r\n")
-            await writer.drain()
-            status_line = await reader.readline()
-            if not status_line:
-                raise ConnectionResetError("closed before answering")
+            early = b""  # an answer before the body: the daemon will not read it
+            if expect:
+                await writer.drain()
+                early = await _status_line(reader, interim_continue=True)
+                if _status(early) == b"100":
+                    early = b""
+            if early:
+                status_line = early
+            else:
+                if body is not None:
+                    async for chunk in body():
+                        if chunk:
+                            writer.write(
+                                b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
+                            )
+                            await writer.drain()
+                    if chunked:
+                        writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                sent_whole = True
+                status_line = await _status_line(reader, interim_continue=False)
             answered = True
             answer, keep = await _read_answer(status_line, reader)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
@@ -138,7 +164,7 @@ class Upstream:
             writer.close()  # cancelled (the caller's timeout): the connection is mid-exchange
             raise
         idle = self._idle.setdefault(url, [])
-        if keep and len(idle) < self._max_idle:
+        if keep and sent_whole and len(idle) < self._max_idle:
             idle.append(connection)
         else:
             writer.close()
@@ -149,6 +175,36 @@ class Upstream:
             for _, writer in connections:
                 writer.close()
         self._idle.clear()
+
+
+async def _status_line(reader: asyncio.StreamReader, *, interim_continue: bool) -> bytes:
+    """The status line of the next answer, past interim (1xx) ones: ``100 Continue`` is
+    returned when ``interim_continue`` (the answer to ``Expect``), read past otherwise."""
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionResetError("closed before answering")
+        status = _status(line)
+        if len(status) != 3 or not status.startswith(b"1") or status == b"101":
+            return line  # a final answer (or no status line at all, which _read_answer says)
+        await _skip_head(reader)
+        if interim_continue and status == b"100":
+            return line
+
+
+def _status(status_line: bytes) -> bytes:
+    """The status code of a status line (b"" when it has none)."""
+    parts = status_line.split(b" ", 2)
+    return parts[1].strip() if len(parts) > 1 else b""
+
+
+async def _skip_head(reader: asyncio.StreamReader) -> None:
+    """Read past an interim answer's header lines."""
+    size = 0
+    while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+        size += len(line)
+        if size > MAX_HEAD_BYTES:
+            raise ValueError("interim answer head too large")
 
 
 def _was_idle(exc: BaseException) -> bool:

@@ -97,6 +97,17 @@ def test_through_the_gateway_a_tenant_reaches_its_models_and_no_other_tenants(
         missing = infer(gateway.url, model, None)
         assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
     assert infer(gateway.url, "999999", cluster.keys["ads"]).status_code == 404
+    # Refused before its body (another tenant's key), a body larger than the sockets' buffers:
+    # the daemon answers and closes with the body unread, which resets the gateway's upload
+    # midway. The query still gets the daemon's 403, and the daemon is not held dead for it.
+    large = httpx.post(
+        f"{gateway.url}/v2/models/{cluster.models['ads']}/infer",
+        content=bytes(16 << 20),
+        headers={"Authorization": f"Bearer {cluster.keys['news']}"},
+        timeout=30,
+    )
+    assert large.status_code == 403, large.text
+    assert not httpx.get(f"{gateway.url}/healthz", timeout=10).json()["dead"]
     # The model's schema comes through too, for a key of its tenant only.
     schema = f"{gateway.url}/v1/models/{cluster.models['ads']}/schema"
     r = httpx.get(schema, timeout=10, headers={"Authorization": f"Bearer {cluster.keys['ads']}"})
