@@ -26,7 +26,16 @@ sends each query to the least-loaded live replica of its model (:mod:`gpufair.ro
   that found no replica is answered 503 with ``Retry-After``, one that failed twice 502, and
   one whose daemon did not answer in ``--timeout-s`` 504 (it is not retried: it may be
   running), but 408 if it was the client's body that had not come in whole by then;
-- a model the table does not list is 404.
+- a model the table does not list is 404; every error the gateway gives itself is JSON,
+  ``{"error": message}``, an unknown path (404) and a wrong method (405) included;
+- a daemon's answer over :data:`gpufair.upstream.MAX_ANSWER_BYTES` (a few kB is usual), and a
+  replica whose URL is not ``http://`` (no TLS is spoken to the daemons), fail as a daemon
+  gone does: the replica is held dead, the query sent elsewhere, the error says why.
+
+The routing table's follower never stops while the gateway runs: a failed pull, whatever
+the error (an unexpected one logged with its traceback), is retried with a backoff; after a
+table that came without an ETag to long-poll with (a proxy in between may drop it), the next
+pull waits a backoff too, rather than being answered at once again and again.
 
 ``GET /healthz`` says which routing table the gateway follows (503 before the first), why the
 last pull of the table failed (``routes_error``; null once one succeeds), which daemons it
@@ -43,6 +52,7 @@ from dataclasses import dataclass
 
 import httpx
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -145,6 +155,21 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (an unknown path: 404, a wrong method: 405) in the JSON every
+    other error of the gateway has, ``{"error": message}``, so a client reads them alike."""
+    assert isinstance(exc, HTTPException)  # the only exception this handler is registered for
+    if exc.status_code == 404:
+        message = (f"no such path: {request.url.path} (the gateway serves "
+                   "/v2/models/{model}..., /v1/models/{model}/... and /healthz)")  # fmt: skip
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"method {request.method} not allowed on {request.url.path} (allowed: {allowed})"
+    else:
+        message = exc.detail
+    return _error(exc.status_code, message, dict(exc.headers or {}))
+
+
 def _one_line(text: str, limit: int = 300) -> str:
     """``text`` on one line of at most ``limit`` characters, for a log line or a document."""
     flat = " ".join(text.split())
@@ -158,6 +183,31 @@ class RoutesPull:
     error: str | None = None
 
 
+def _backoff_s(failures: int) -> float:
+    """How long to wait before the next pull of the routing table after ``failures`` in a row."""
+    return min(MAX_BACKOFF_S, 0.25 * 2**failures)
+
+
+async def _pull_routes(client: httpx.AsyncClient, routes: Routes, wait_s: float) -> bool:
+    """One long-poll of ``/v1/routes``, a new table handed to ``routes``; whether the next
+    pull can long-poll (False: a table came without an ETag). Raises httpx errors, and
+    ValueError for an answer that is no routing table."""
+    headers = {"If-None-Match": routes.etag} if routes.etag else {}
+    response = await client.get("/v1/routes", params={"wait": f"{wait_s:g}"}, headers=headers)
+    if response.status_code == 304:
+        return True
+    if response.status_code != 200:
+        raise ValueError(f"HTTP {response.status_code}: {response.text}")
+    try:
+        table = RoutingTable.model_validate_json(response.content)
+    except ValueError as exc:
+        raise ValueError(f"not a routing table: {exc}") from exc
+    etag = response.headers.get("ETag")
+    routes.update(table, etag)
+    log.info("routing table of allocation %d: %d model(s)", table.version, len(table.models))
+    return etag is not None
+
+
 async def follow_routes(
     client: httpx.AsyncClient,
     routes: Routes,
@@ -166,33 +216,41 @@ async def follow_routes(
     pull: RoutesPull | None = None,
 ) -> None:
     """Long-poll ``/v1/routes`` for ever, handing each new table to ``routes`` and the outcome
-    of each pull to ``pull``; a failure is retried with a backoff, the last table kept."""
+    of each pull to ``pull``; a failure is retried with a backoff, the last table kept.
+
+    No exception ends it (an unexpected one is logged with its traceback and retried like any
+    failure): a follower gone would leave the gateway routing by a stale table for good. A
+    table sent without an ETag (a proxy in between may drop it) cannot be long-polled, since
+    the next pull would be answered at once: the next one waits a backoff instead."""
     pull = pull or RoutesPull()
+    source = f"GET {str(client.base_url).rstrip('/')}/v1/routes"
     failures = 0
+    no_etag_told = False  # a proxy that drops the ETag drops it on every pull: one warning
     while True:
-        headers = {"If-None-Match": routes.etag} if routes.etag else {}
         try:
-            response = await client.get(
-                "/v1/routes", params={"wait": f"{wait_s:g}"}, headers=headers
-            )
-            if response.status_code != 304:
-                if response.status_code != 200:
-                    raise ValueError(f"HTTP {response.status_code}: {response.text}")
-                try:
-                    table = RoutingTable.model_validate_json(response.content)
-                except ValueError as exc:
-                    raise ValueError(f"not a routing table: {exc}") from exc
-                routes.update(table, response.headers.get("ETag"))
-                log.info("routing table of allocation %d: %d model(s)", table.version,
-                         len(table.models))  # fmt: skip
-            failures, pull.error = 0, None
+            followable = await _pull_routes(client, routes, wait_s)
         except (httpx.HTTPError, ValueError) as exc:
             failures += 1
-            backoff = min(MAX_BACKOFF_S, 0.25 * 2**failures)
-            what = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            pull.error = _one_line(f"GET {str(client.base_url).rstrip('/')}/v1/routes: {what}")
-            log.warning("routing table pull failed (%s); retry in %.1fs", pull.error, backoff)
-            await asyncio.sleep(backoff)
+            why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            pull.error = _one_line(f"{source}: {why}")
+            log.warning("routing table pull failed (%s); retry in %.1fs", pull.error,
+                        _backoff_s(failures))  # fmt: skip
+        except Exception as exc:
+            failures += 1
+            pull.error = _one_line(f"{source}: {type(exc).__name__}: {exc}")
+            log.exception("routing table pull failed unexpectedly (%s); retry in %.1fs",
+                          pull.error, _backoff_s(failures))  # fmt: skip
+        else:
+            pull.error = None
+            if followable:
+                failures, no_etag_told = 0, False
+                continue
+            failures += 1
+            log.log(logging.DEBUG if no_etag_told else logging.WARNING,
+                    "%s: the routing table came without an ETag to long-poll with; next pull "
+                    "in %.1fs", source, _backoff_s(failures))  # fmt: skip
+            no_etag_told = True
+        await asyncio.sleep(_backoff_s(failures))
 
 
 def create_gateway_app(
@@ -333,4 +391,5 @@ def create_gateway_app(
             Route("/v2/models/{model}/{rest:path}", proxy, methods=methods),
         ],
         lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error},
     )

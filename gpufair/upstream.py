@@ -20,6 +20,13 @@ therefore sent only once the daemon has said it will read it: the request carrie
 100-continue``, and an answer other than ``100 Continue`` is the query's answer, its body never
 sent (RFC 9110 §10.1.1). A smaller body goes with its head, within the sockets' buffers.
 Interim answers (1xx) are read past, never taken for the answer.
+
+An answer is scores and metadata, a few kB: one whose body is over ``max_answer_bytes``
+(``MAX_ANSWER_BYTES`` by default), declared or as it comes (chunked, or up to the connection's
+end), is a broken daemon's and :class:`Gone`, read no further, so that no daemon can make the
+gateway hold more than that for one query. Only ``http://`` URLs are spoken to (no TLS here): a
+URL of another scheme is :class:`Gone` at once, its scheme named, rather than spoken to in
+plain text on port 80.
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ MAX_HEAD_BYTES = 64 * 1024
 # Bodies larger than this wait for the daemon's 100 Continue: a round trip, where a refusal
 # could otherwise reset the connection under a body larger than the sockets' buffers.
 EXPECT_CONTINUE_BYTES = 64 * 1024
+# An answer's body over this is a broken daemon's: answers are scores and metadata, a few kB.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# How much of an answer delimited by the connection's end is read at a time.
+READ_BYTES = 64 * 1024
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -42,6 +53,10 @@ class Gone(Exception):
 
 class Stale(Gone):
     """A reused connection had been closed by the daemon before this exchange began."""
+
+
+class AnswerTooLarge(ValueError):
+    """An answer's body is over the client's cap: the exchange fails rather than buffer it."""
 
 
 @dataclass(frozen=True)
@@ -62,9 +77,16 @@ OWN = frozenset(
 class Upstream:
     """Kept-alive connections to the daemons, by URL."""
 
-    def __init__(self, *, connect_timeout_s: float, max_idle: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float,
+        max_idle: int = 256,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+    ) -> None:
         self._connect_timeout_s = connect_timeout_s
         self._max_idle = max_idle
+        self._max_answer_bytes = max_answer_bytes
         self._idle: dict[str, list[Connection]] = {}
 
     async def exchange(
@@ -94,6 +116,11 @@ class Upstream:
 
     async def _connect(self, url: str) -> Connection:
         parts = urlsplit(url)
+        if parts.scheme != "http":
+            # Spoken to in plain text on port 80, an https:// daemon would fail obscurely or
+            # answer whatever listens there.
+            raise Gone(f"cannot connect to {url}: {parts.scheme or 'no'}:// URL scheme not "
+                       "supported (the gateway speaks plain http:// to the daemons)")  # fmt: skip
         try:
             return await asyncio.wait_for(
                 asyncio.open_connection(parts.hostname, parts.port or 80),
@@ -154,7 +181,7 @@ class Upstream:
                 sent_whole = True
                 status_line = await _status_line(reader, interim_continue=False)
             answered = True
-            answer, keep = await _read_answer(status_line, reader)
+            answer, keep = await _read_answer(status_line, reader, self._max_answer_bytes)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             writer.close()
             if reused and not answered and _was_idle(exc):
@@ -213,9 +240,10 @@ def _was_idle(exc: BaseException) -> bool:
 
 
 async def _read_answer(
-    status_line: bytes, reader: asyncio.StreamReader
+    status_line: bytes, reader: asyncio.StreamReader, max_bytes: int
 ) -> tuple[Answer, bool]:
-    """The answer after its status line, and whether the connection may be reused."""
+    """The answer after its status line, and whether the connection may be reused; raises
+    AnswerTooLarge as soon as its body is known to be over ``max_bytes``."""
     parts = status_line.split(b" ", 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
         raise ValueError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
@@ -237,18 +265,34 @@ async def _read_answer(
             keep = b"close" not in value.lower()
         if name not in OWN:
             headers.append((name, value))
+    pieces: list[bytes] = []
     if chunked:
-        pieces = []
+        body_size = 0
         while (count := int((await reader.readline()).split(b";")[0], 16)) > 0:
+            body_size += count
+            _check_size(body_size, max_bytes, "chunked")
             pieces.append(await reader.readexactly(count))
             await reader.readexactly(2)
         while await reader.readline() not in (b"\r\n", b"\n", b""):  # trailers, dropped
             pass
         content = b"".join(pieces)
     elif length is not None:
+        _check_size(length, max_bytes, "declared")
         content = await reader.readexactly(length)
     elif status in (204, 304) or status < 200:
         content = b""
-    else:
-        content, keep = await reader.read(), False  # delimited by the connection's end
+    else:  # delimited by the connection's end
+        body_size = 0
+        while piece := await reader.read(READ_BYTES):
+            body_size += len(piece)
+            _check_size(body_size, max_bytes, "up to the connection's end")
+            pieces.append(piece)
+        content, keep = b"".join(pieces), False
     return Answer(status, headers, content), keep
+
+
+def _check_size(size: int, max_bytes: int, framing: str) -> None:
+    """Raise AnswerTooLarge when an answer's body (``size`` bytes so far) is over the cap."""
+    if size > max_bytes:
+        raise AnswerTooLarge(f"the answer's body ({framing}) exceeds {max_bytes} bytes: "
+                             "a daemon answers a few kB")  # fmt: skip

@@ -11,6 +11,7 @@ the gateway holds for bodies is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -29,7 +30,8 @@ from executor.daemon import DEFAULT_MAX_BODY_BYTES
 from executor.wire.routes import ModelRoutes, RouteReplica, RoutingTable
 from gpufair import gateway as gateway_module
 from gpufair.commands import gateway as gateway_command
-from gpufair.gateway import create_gateway_app
+from gpufair.gateway import RoutesPull, create_gateway_app, follow_routes
+from gpufair.routing import Routes
 from gpufair.upstream import EXPECT_CONTINUE_BYTES
 from tests.gpufair.test_bad_input import assert_flag_refused
 from tests.servers import BackgroundServer
@@ -299,6 +301,100 @@ def test_a_failing_routing_table_pull_says_why_on_healthz_and_in_one_log_line(
         assert "/v1/routes: HTTP 401" in error and "unknown, revoked or expired token" in error
     warnings = [r.getMessage() for r in records.records if r.levelno == logging.WARNING]
     assert warnings and all("\n" not in w and "HTTP 401" in w for w in warnings), warnings
+
+
+def test_an_unknown_path_and_a_wrong_method_are_json_errors_as_all_others(setup: Setup) -> None:
+    """Starlette's own 404 and 405 were plain text where every other error of the gateway is
+    ``{"error": message}``: a client parsing errors as JSON failed on these two."""
+    unknown = httpx.get(f"{setup.gateway}/v3/nothing", headers=AUTH, timeout=WAIT_S)
+    assert unknown.status_code == 404 and "no such path: /v3/nothing" in unknown.json()["error"]
+    wrong = httpx.put(f"{setup.gateway}/v2/models/{MODEL}/infer", headers=AUTH, timeout=WAIT_S)
+    assert wrong.status_code == 405 and "method PUT not allowed" in wrong.json()["error"]
+    assert {"GET", "POST"} <= set(wrong.headers["Allow"].split(", "))
+
+
+def test_an_https_replica_is_held_failed_with_its_scheme_named(records: Records) -> None:
+    """The gateway speaks no TLS: an https:// replica was sent plain text (on port 80 unless
+    its URL named a port). It fails at once, a 502 that names the scheme, and is held dead."""
+    for running in _start(lambda url: _table(url.replace("http://", "https://"))):
+        running.until(lambda health: health["routes_version"] == 1)
+        answered = _infer(running, b"x" * 10)
+        assert answered.status_code == 502, answered.text
+        assert "https:// URL scheme not supported" in answered.json()["error"]
+        assert running.daemon.seen == [] and running.health()["dead"] != []
+    assert any("https:// URL scheme" in r.getMessage() for r in records.records)
+
+
+class WatchedRoutes(Routes):
+    """Routes that raise each of ``failures`` in turn on an update, then take the tables,
+    noting when each came; ``enough`` is set once ``wanted`` have."""
+
+    def __init__(self, failures: list[Exception], wanted: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.wanted = wanted
+        self.came: list[float] = []
+        self.enough = asyncio.Event()
+
+    def update(self, table: RoutingTable, etag: str | None) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        super().update(table, etag)
+        self.came.append(time.monotonic())
+        if len(self.came) >= self.wanted:
+            self.enough.set()
+
+
+def _follow(api: Starlette, routes: WatchedRoutes, pull: RoutesPull) -> None:
+    """``follow_routes`` against ``api`` until ``routes`` has had enough tables; fails at once
+    if the follower ends (it must never)."""
+
+    async def scenario() -> None:
+        with BackgroundServer(api, graceful_shutdown_s=1) as server:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                follower = asyncio.create_task(follow_routes(client, routes, wait_s=0.1,
+                                                             pull=pull))  # fmt: skip
+                enough = asyncio.create_task(routes.enough.wait())
+                await asyncio.wait({follower, enough}, timeout=WAIT_S,
+                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                for task in (follower, enough):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task  # the follower's own exception, if it ended, fails the test
+                assert enough.done() and not enough.cancelled(), "not enough tables came"
+
+    asyncio.run(scenario())
+
+
+def test_an_unexpected_error_is_logged_and_the_routing_table_still_followed(
+    records: Records,
+) -> None:
+    """An exception the follower did not expect ended its task without a word, and the
+    gateway routed by a stale table for good: logged with its traceback, and retried."""
+    routes, pull = WatchedRoutes([RuntimeError("a bug in update")], wanted=1), RoutesPull()
+    _follow(_fake_api(_table("http://127.0.0.1:1")), routes, pull)
+    assert routes.table.version == 1 and pull.error is None
+    errors = [r for r in records.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "RuntimeError: a bug in update" in errors[0].getMessage()
+    assert errors[0].exc_info is not None and errors[0].exc_info[0] is RuntimeError
+
+
+def test_a_table_without_an_etag_is_pulled_again_after_a_backoff_not_at_once(
+    records: Records,
+) -> None:
+    """With no ETag to long-poll with, every pull was answered at once: the follower asked
+    the API again and again in a hot loop (a proxy in between may drop the ETag)."""
+    table = _table("http://127.0.0.1:1")
+
+    async def routes_without_etag(request: Request) -> Response:
+        return Response(table.model_dump_json(), media_type="application/json")
+
+    routes, pull = WatchedRoutes([], wanted=2), RoutesPull()
+    _follow(Starlette(routes=[Route("/v1/routes", routes_without_etag)]), routes, pull)
+    assert routes.came[1] - routes.came[0] >= 0.4  # the first backoff: 0.5 s
+    assert routes.table.version == 1 and pull.error is None
+    warnings = [r.getMessage() for r in records.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "without an ETag" in warnings[0], warnings
 
 
 @pytest.mark.parametrize(("flag", "value"), [
