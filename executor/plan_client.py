@@ -102,6 +102,7 @@ from executor.profiles import ProfileCurve, plan_footprints, plan_profiles
 from executor.scheduling import NodeRuntime, PlanRefused
 from executor.wire.credentials import CredentialDocument
 from executor.wire.heartbeat import MAX_REASON_CHARS, Heartbeat, RefusedPlan, ReplicaReport
+from executor.wire.names import MAX_ID
 from executor.wire.profiles import ProfilesPut
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,12 @@ class ApiLink:
                      self.failures, time.monotonic() - self._failing_since)  # fmt: skip
         self.failures = 0
         self._reason = None
+
+
+def _version_of(document: object) -> int | None:
+    """The ``version`` of a plan document that did not parse, when it names a plausible one."""
+    version = document.get("version") if isinstance(document, dict) else None
+    return version if isinstance(version, int) and 0 <= version <= MAX_ID else None
 
 
 def write_atomically(directory: Path, path: Path, document: object) -> None:
@@ -347,6 +354,12 @@ class PlanClient:
         )
         self.etag: str | None = None  # of the last plan document received (applied or not)
         self._refusal: str | None = None  # why the last plan answer was refused, till one serves
+        # The newest plan from the API not applied for a reason of its own (it does not parse,
+        # names another node, is not newer than the one served, an artifact of it cannot be
+        # fetched), reported in the heartbeat's "refused" until a plan applies, so that the API
+        # shows why the node does not serve what it was given (the memory refusals are the
+        # runtime's, NodeRuntime.refused).
+        self._unapplied: RefusedPlan | None = None
         self.heartbeats_sent = 0
         # Set once the API rejected the token TOKEN_REJECTED_TRIES times with no plan served.
         self.token_rejected = threading.Event()
@@ -465,14 +478,21 @@ class PlanClient:
             return False
         response.raise_for_status()
         etag = response.headers.get("ETag")
+        document: object = None  # what came, for its version when it is no plan
         try:
-            plan = NodePlan.from_dict(response.json())
+            document = response.json()
+            plan = NodePlan.from_dict(document)
         except (PlanError, ValueError) as exc:
-            self._refuse(f"plan from {response.url} refused, keeping the current one: {exc}")
+            self._refuse(
+                f"plan from {response.url} refused, keeping the current one: {exc}",
+                _version_of(document),
+            )
             self.etag = etag
             return False
         if plan.node != self._node:
-            self._refuse(f"plan for node {plan.node!r} refused: this is node {self._node!r}")
+            self._refuse(
+                f"plan for node {plan.node!r} refused: this is node {self._node!r}", plan.version
+            )
             self.etag = etag
             return False
         current = self._runtime.plan_version
@@ -481,16 +501,22 @@ class PlanClient:
                 f"plan version {plan.version} from the API ignored: version {current} is served "
                 "here (was the API's database recreated? then remove "
                 f"{self._state.path if self._state else 'nothing'})",
+                plan.version,
                 logging.WARNING,
             )
             self.etag = etag
             return False
-        resolved = self._fetch_artifacts(plan)  # a failed download leaves the ETag: retried
+        try:
+            resolved = self._fetch_artifacts(plan)
+        except httpx.HTTPError as exc:  # the ETag is left as it was: the plan is pulled again
+            why = f"an artifact of it could not be fetched: {_failure(exc)}"
+            self._unapplied = RefusedPlan(version=plan.version, reason=why[:MAX_REASON_CHARS])
+            raise
         self.etag = etag
         self._cover_credentials(resolved)
         if not self._apply(resolved):
             return False
-        self._refusal = None
+        self._refusal = self._unapplied = None
         if self._state is not None:
             try:
                 self._state.save(resolved, etag)
@@ -499,11 +525,14 @@ class PlanClient:
                           self._state.path, exc)
         return True
 
-    def _refuse(self, why: str, level: int = logging.ERROR) -> None:
+    def _refuse(self, why: str, version: int | None, level: int = logging.ERROR) -> None:
         """Log why an answer is refused: once, while the API keeps answering the same (an
-        answer without ETag is fetched again after each backoff)."""
+        answer without ETag is fetched again after each backoff); and report it in the
+        heartbeat when the answer names its plan version."""
         log.log(logging.DEBUG if why == self._refusal else level, "%s", why)
         self._refusal = why
+        if version is not None:
+            self._unapplied = RefusedPlan(version=version, reason=why[:MAX_REASON_CHARS])
 
     def poll_credentials(self, wait_s: float = 0.0) -> bool:
         """One credential request; True when a new document was handed to the engine. Raises
@@ -665,16 +694,17 @@ class PlanClient:
                     )
         broken = deployment.broken if deployment is not None else {}
         refusal = self._runtime.refused
+        refused = [self._unapplied] if self._unapplied is not None else []
+        if refusal is not None:
+            refused.append(
+                RefusedPlan(version=refusal.version, reason=refusal.reason[:MAX_REASON_CHARS])
+            )
         return Heartbeat(
             plan_version=self._runtime.plan_version,
             url=self._advertise_url,
             replicas=replicas,
             broken={model: why[:MAX_REASON_CHARS] for model, why in broken.items()},
-            refused=(
-                RefusedPlan(version=refusal.version, reason=refusal.reason[:MAX_REASON_CHARS])
-                if refusal is not None
-                else None
-            ),
+            refused=max(refused, key=lambda plan: plan.version, default=None),
             sla=self._metrics.sla_tallies() if self._metrics is not None else [],
             served=self._metrics.served_windows() if self._metrics is not None else [],
         )

@@ -72,7 +72,7 @@ class ReplicaReport(BaseModel):
 
 
 class RefusedPlan(BaseModel):
-    """A plan version newer than the one served that the daemon refused to load."""
+    """A plan from the API the daemon did not apply, and why (it serves the one before)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -173,8 +173,9 @@ class Heartbeat(BaseModel):
     ] = Field(default={}, max_length=MAX_ENTRIES, description="model id -> why it is not served")
     refused: RefusedPlan | None = Field(
         default=None,
-        description="the newest plan the daemon refused (its replicas exceed a device's "
-        "memory) since it last applied one; it serves plan_version meanwhile",
+        description="the newest plan the daemon did not apply since it last applied one (its "
+        "replicas exceed a device's memory, an artifact of it could not be fetched, it does not "
+        "parse, names another node or is not newer); it serves plan_version meanwhile",
     )
     sla: Annotated[
         list[SlaCount],

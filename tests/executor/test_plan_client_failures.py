@@ -56,6 +56,7 @@ class ScriptedApi:
         self.plan_document: dict[str, Any] | None = None
         self.requests: list[tuple[float, str, str, int]] = []
         self.reported: list[int | None] = []
+        self.refused: list[dict[str, Any] | None] = []  # each heartbeat's, beside ``reported``
         self.changed = threading.Condition()
         credentials = {"node": "node-a", "salt": "5a" * 32, "tenants": {}}
         api = self
@@ -81,7 +82,9 @@ class ScriptedApi:
                 with api.changed:
                     api.requests.append((time.monotonic(), self.command, url.path, status))
                     if url.path == HEARTBEAT_PATH and status == 200:
-                        api.reported.append(json.loads(sent)["plan_version"])
+                        beat = json.loads(sent)
+                        api.reported.append(beat["plan_version"])
+                        api.refused.append(beat["refused"])
                     api.changed.notify_all()
 
             do_GET = do_POST = do_PUT = _answer
@@ -350,3 +353,37 @@ def test_an_unexpected_error_neither_ends_plan_pulls_nor_heartbeats(
     assert failing.exc_info is not None  # the traceback of what nobody planned for
     (failing,) = [r for r in caplog.records if "heartbeats failing" in r.getMessage()]
     assert "a bug in the report" in failing.getMessage() and failing.exc_info is not None
+
+
+def test_a_plan_that_is_not_applied_is_reported_in_the_heartbeat_until_one_is(
+    api: ScriptedApi, runtime: NodeRuntime, tmp_path: Path
+) -> None:
+    """A plan the daemon could not apply for a reason of its own (an artifact the API cannot
+    serve, another node's plan) was only logged: the API saw the node serve its old plan with
+    no word of why. The heartbeat's ``refused`` names it until a plan applies."""
+    api.script(plan_document=plan([seat(0, "a")], version=1).to_dict())
+    client = client_for(runtime, api.url, tmp_path, heartbeat_s=0.02, long_poll_s=5.0)
+    client.start()
+
+    def reported_refusal(version: int) -> dict[str, Any] | None:
+        return next((r for r in reversed(api.refused) if r and r["version"] == version), None)
+
+    try:
+        api.wait_until(lambda: 1 in api.reported)
+        assert api.refused[-1] is None
+        api.script(plan_document=plan([seat(0, "t", artifact="api:8")], version=2).to_dict())
+        api.wait_until(lambda: reported_refusal(2) is not None)
+        reason = reported_refusal(2)["reason"]  # type: ignore[index]
+        assert "artifact" in reason and "HTTP 404" in reason, reason
+        elsewhere = plan([seat(0, "a")], version=3).to_dict() | {"node": "node-b"}
+        api.script(plan_document=elsewhere)
+        api.wait_until(lambda: reported_refusal(3) is not None)
+        assert "this is node 'node-a'" in reported_refusal(3)["reason"]  # type: ignore[index]
+        assert runtime.plan_version == 1
+        api.script(plan_document=plan([seat(0, "b")], version=4).to_dict())
+        api.wait_until(lambda: 4 in api.reported)
+        seen = len(api.reported)
+        api.wait_until(lambda: len(api.reported) > seen)  # a heartbeat sent after it applied
+        assert api.reported[-1] == 4 and api.refused[-1] is None
+    finally:
+        client.stop()
