@@ -2,22 +2,33 @@
 routes them, with no extra hop.
 
 :class:`Client` follows the routing table of the tenant's own models (``GET /v1/routes/me``,
-long-polled in a background thread with the tenant's API key) and sends each query to the
-least-loaded live replica of its model (:mod:`gpufair.routing`), with the key the daemons
-check (the API key, or an inference-only key). A query refused with 503 or whose daemon failed
-at the transport is sent once more, to another replica; a 429 is returned as it is (its
-``Retry-After`` says when to come back). Use it from services that can reach every node; use
-``gpufair gateway`` for clients outside the cluster, in other languages, or behind a single
-address.
+long-polled with the tenant's API key on an event loop of its own, in a background thread) and
+sends each query to the least-loaded live replica of its model (:mod:`gpufair.routing`), with
+the key the daemons check (the API key, or an inference-only key as ``query_key``). A query
+whose daemon cannot be reached (connection refused, reset or not accepted within the connect
+timeout) or that is refused with 503 is sent once more, to another replica; a 429 is returned
+as it is (its ``Retry-After`` says when to come back), and so are 401 and 403. A daemon that
+has not answered within ``timeout_s`` fails the query (504), never retried: it may be running.
+Use it from services that can reach every node; use ``gpufair gateway`` for clients outside
+the cluster, in other languages, or behind a single address.
+
+The constructor waits up to ``ready_timeout_s`` for the first table. An API that refuses the
+key (401, 403: a wrong, revoked or expired key) raises :class:`KeyRefused` at once; an
+API that cannot be reached does not: the client keeps trying in the background and its
+queries fail with 503, saying why, until a table comes (:meth:`Client.wait_ready`). Later
+failures of the pull keep the last table; each is logged once, when it starts or changes.
+One client may be shared by threads. ``close()`` (or leaving its ``with`` block) ends the
+long-poll at once and closes every connection.
 
 ::
 
-    with Client("http://api:8080", api_key="gft_...") as client:
+    with Client("http://api:8080", api_key="gft_...", query_key="gfi_...") as client:
         scores = client.infer("17", query)  # an executor.features.Query
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from types import TracebackType
@@ -33,19 +44,56 @@ from gpufair.routing import ROUTES_WAIT_S, Routes
 
 log = logging.getLogger(__name__)
 
+ROUTES_PATH = "/v1/routes/me"
 MAX_BACKOFF_S = 10.0
+# A refused key is retried this rarely: a revoked key is not coming back, and every refusal
+# counts against the failed credentials of the service's address, which past the API's limit
+# (30 a minute by default) gets 429 for every token it presents, other tenants' too.
+REFUSED_RETRY_S = 60.0
+CLOSE_WAIT_S = 5.0  # how long close() waits for the follower's thread to end
+INFERENCE_KEY_PREFIX = "gfi_"  # api.auth's: such a key queries daemons, never the API
 
 
 class QueryFailed(RuntimeError):
-    """A query that got no scores: ``status`` is the HTTP status (0: no replica answered)."""
+    """A query that got no scores: ``status`` is the HTTP status (0: no replica answered;
+    503 with no routing table yet)."""
 
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
 
 
+class KeyRefused(RuntimeError):
+    """The API refused the key the routing table is read with (``status`` 401: unknown,
+    revoked or expired; 403: a token that is not a tenant's, such as a node's)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _PullFailed(Exception):
+    """One pull of the routing table that got no table or 304, and why."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _api_message(response: httpx.Response) -> str:
+    """The API's error message (``{"error": {"message": ...}}``), else the body's start, on
+    one line."""
+    try:
+        error = response.json()["error"]
+        text = str(error["message"] if isinstance(error, dict) else error)
+    except (ValueError, KeyError, TypeError):
+        text = response.text
+    return " ".join(text.split())[:300]
+
+
 class Client:
-    """Queries to a tenant's models (see the module docstring). Thread-safe."""
+    """Queries to a tenant's models (see the module docstring). Thread-safe; close it, or use
+    it as a context manager."""
 
     def __init__(
         self,
@@ -57,22 +105,46 @@ class Client:
         routes_wait_s: float = ROUTES_WAIT_S,
         ready_timeout_s: float = 10.0,
     ) -> None:
+        """Follow the routing table at ``api_url`` with ``api_key`` (the tenant's ``gft_``
+        API key) and query with ``query_key`` (default: ``api_key``). A daemon gets
+        ``timeout_s`` per read or write of a query and ``min(timeout_s, 2)`` to accept its
+        connection. Raises KeyRefused when the API refuses ``api_key``, ValueError for an
+        inference-only key as ``api_key`` (the API would refuse it as unknown)."""
+        if api_key.startswith(INFERENCE_KEY_PREFIX):
+            raise ValueError(
+                "api_key is an inference-only key, which cannot read the routing table: pass "
+                "the tenant's API key (gft_...) as api_key and this one as query_key"
+            )
         self.routes = Routes()
+        self._api_url = api_url.rstrip("/")
+        self._api_key = api_key
         self._wait_s = routes_wait_s
-        self._api = httpx.Client(
-            base_url=api_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=httpx.Timeout(10.0, read=routes_wait_s + 10.0),
-        )
+        self._pull_error: str | None = None  # why the last pull failed; None once one succeeds
+        self._refused: KeyRefused | None = None
+        self._received = threading.Event()  # a table came
+        self._settled = threading.Event()  # a table came, or the API refused the key
         self._daemons = httpx.Client(
             headers={"Authorization": f"Bearer {query_key or api_key}"},
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 2.0)),
         )
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._follow, name="gpufair-routes", daemon=True)
+        # The long-poll runs as a task on a loop of its own, so that close() can cancel it
+        # mid-wait: a blocking request in a thread cannot be interrupted.
+        self._loop = asyncio.new_event_loop()
+        self._follower = self._loop.create_task(self._follow())
+        self._thread = threading.Thread(target=self._run, name="gpufair-routes", daemon=True)
         self._thread.start()
-        self._ready.wait(ready_timeout_s)
+        if not self._settled.wait(ready_timeout_s):
+            log.warning("no routing table from %s within %g s (%s); queries fail with 503 "
+                        "until one comes", self._api_url, ready_timeout_s,
+                        self._pull_error or "no answer yet")  # fmt: skip
+        elif self._refused is not None and not self.routes.received:
+            self.close()
+            raise self._refused
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Whether a routing table has come, waiting up to ``timeout_s`` for one (a readiness
+        probe's question)."""
+        return self._received.wait(timeout_s)
 
     def post(
         self, model: str, path: str, content: bytes, headers: dict[str, str]
@@ -81,7 +153,7 @@ class Client:
         of ``model``; the daemon's response. Raises QueryFailed when no replica answered."""
         tried: set[str] = set()
         refused: httpx.Response | None = None
-        failure = "no live replica"
+        failure = "no live replica now"
         for attempt in range(2):
             pick = self.routes.pick(model, frozenset(tried))
             if pick is None:
@@ -89,11 +161,18 @@ class Client:
             tried.add(pick.url)
             try:
                 response = self._daemons.post(pick.url + path, content=content, headers=headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # The query never reached the daemon: gone, or its host down.
+                self.routes.failed(pick.url)
+                failure = f"node {pick.node}: {exc.__class__.__name__}: {exc}"
+                log.warning("%s; held dead for a while, query sent elsewhere", failure)
+                continue
             except httpx.TimeoutException as exc:
                 raise QueryFailed(f"node {pick.node} did not answer: {exc}", 504) from exc
             except httpx.TransportError as exc:
                 self.routes.failed(pick.url)
                 failure = f"node {pick.node}: {exc.__class__.__name__}: {exc}"
+                log.warning("%s; held dead for a while, query sent elsewhere", failure)
                 continue
             finally:
                 self.routes.done(pick)
@@ -103,6 +182,9 @@ class Client:
             return response
         if refused is not None:
             return refused
+        if not self.routes.received:
+            raise QueryFailed(f"no routing table yet from {self._api_url} "
+                              f"({self._pull_error or 'no answer yet'})", 503)  # fmt: skip
         if not self.routes.knows(model):
             raise QueryFailed(f"model {model!r} is not in your routing table", 404)
         raise QueryFailed(f"model {model!r}: {failure}", 0)
@@ -121,30 +203,89 @@ class Client:
         outputs = oip.decode_reply(response.content, None if length is None else int(length))
         return outputs["scores"]
 
-    def _follow(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            headers = {"If-None-Match": self.routes.etag} if self.routes.etag else {}
-            try:
-                response = self._api.get(
-                    "/v1/routes/me", params={"wait": f"{self._wait_s:g}"}, headers=headers
-                )
-                if response.status_code != 304:
-                    response.raise_for_status()
-                    table = RoutingTable.model_validate_json(response.content)
-                    self.routes.update(table, response.headers.get("ETag"))
-                self._ready.set()
-                failures = 0
-            except (httpx.HTTPError, ValueError) as exc:
-                failures += 1
-                backoff = min(MAX_BACKOFF_S, 0.25 * 2**failures)
-                log.warning("routing table pull failed (%s); retry in %.1fs", exc, backoff)
-                self._stop.wait(backoff)
+    def _run(self) -> None:
+        try:
+            self._loop.run_until_complete(self._follower)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._loop.close()
+
+    async def _follow(self) -> None:
+        """Long-poll the routing table until cancelled; a failed pull is retried after a
+        backoff (a refused key after REFUSED_RETRY_S), the last table kept."""
+        async with httpx.AsyncClient(
+            base_url=self._api_url,
+            headers={"Authorization": f"Bearer {self._api_key}"},
+            timeout=httpx.Timeout(10.0, read=self._wait_s + 10.0),
+        ) as api:
+            failures = 0
+            while True:
+                try:
+                    await self._pull(api)
+                except _PullFailed as exc:
+                    failures += 1
+                    backoff = min(MAX_BACKOFF_S, 0.25 * 2**failures)
+                    if exc.status in (401, 403):
+                        backoff = REFUSED_RETRY_S
+                        self._refused = KeyRefused(str(exc), exc.status)
+                    self._failed(str(exc), backoff)
+                    if self._refused is not None:
+                        self._settled.set()
+                    await asyncio.sleep(backoff)
+                    continue
+                except Exception as exc:  # a bug must not end the follow, freezing the table
+                    failures += 1
+                    backoff = min(MAX_BACKOFF_S, 0.25 * 2**failures)
+                    log.exception("routing table pull failed unexpectedly; retry in %.1fs",
+                                  backoff)  # fmt: skip
+                    self._pull_error = f"{exc.__class__.__name__}: {exc}"
+                    await asyncio.sleep(backoff)
+                    continue
+                if self._pull_error is not None:
+                    log.info("routing table pull from %s works again", self._api_url)
+                failures, self._pull_error, self._refused = 0, None, None
+                self._received.set()
+                self._settled.set()
+
+    async def _pull(self, api: httpx.AsyncClient) -> None:
+        """One long-poll of the routing table; the table handed to ``routes`` if it changed."""
+        headers = {"If-None-Match": self.routes.etag} if self.routes.etag else {}
+        where = f"GET {self._api_url}{ROUTES_PATH}"
+        try:
+            response = await api.get(
+                ROUTES_PATH, params={"wait": f"{self._wait_s:g}"}, headers=headers
+            )
+        except httpx.HTTPError as exc:
+            raise _PullFailed(f"{where}: {exc.__class__.__name__}: {exc}") from exc
+        if response.status_code == 304:
+            return
+        if response.status_code != 200:
+            why = f"{where}: HTTP {response.status_code}: {_api_message(response)}"
+            raise _PullFailed(why, response.status_code)
+        try:
+            table = RoutingTable.model_validate_json(response.content)
+        except ValueError as exc:
+            raise _PullFailed(f"{where}: not a routing table: {exc}") from exc
+        self.routes.update(table, response.headers.get("ETag"))
+        log.debug("routing table of allocation %d: %d model(s)", table.version, len(table.models))
+
+    def _failed(self, why: str, backoff: float) -> None:
+        """Log a failed pull: at WARNING when pulls start failing or fail otherwise, else at
+        DEBUG, so that an API down for an hour is one line, not one a backoff."""
+        level = logging.DEBUG if why == self._pull_error else logging.WARNING
+        log.log(level, "routing table pull failed (%s); retry in %.1fs", why, backoff)
+        self._pull_error = why
 
     def close(self) -> None:
-        self._stop.set()
+        """End the routing table's long-poll and close every connection; idempotent."""
+        if self._thread.is_alive():
+            try:
+                self._loop.call_soon_threadsafe(self._follower.cancel)
+            except RuntimeError:  # the loop ended between the check and the call
+                pass
+            self._thread.join(CLOSE_WAIT_S)
         self._daemons.close()
-        self._api.close()
 
     def __enter__(self) -> Client:
         return self
