@@ -39,7 +39,7 @@ import numpy as np
 from executor.codec import query_to_oip
 from executor.features import Query
 from executor.wire import oip
-from executor.wire.routes import RoutingTable
+from gpufair.routes_pull import RoutesPullFailed, pull_routes
 from gpufair.routing import ROUTES_WAIT_S, Routes
 
 log = logging.getLogger(__name__)
@@ -70,25 +70,6 @@ class KeyRefused(RuntimeError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
-
-
-class _PullFailed(Exception):
-    """One pull of the routing table that got no table or 304, and why."""
-
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _api_message(response: httpx.Response) -> str:
-    """The API's error message (``{"error": {"message": ...}}``), else the body's start, on
-    one line."""
-    try:
-        error = response.json()["error"]
-        text = str(error["message"] if isinstance(error, dict) else error)
-    except (ValueError, KeyError, TypeError):
-        text = response.text
-    return " ".join(text.split())[:300]
 
 
 class Client:
@@ -213,7 +194,9 @@ class Client:
 
     async def _follow(self) -> None:
         """Long-poll the routing table until cancelled; a failed pull is retried after a
-        backoff (a refused key after REFUSED_RETRY_S), the last table kept."""
+        backoff (a refused key after REFUSED_RETRY_S), the last table kept; a table without an
+        ETag to long-poll with is pulled again only after the long-poll's wait (at most
+        MAX_BACKOFF_S), not at once."""
         async with httpx.AsyncClient(
             base_url=self._api_url,
             headers={"Authorization": f"Bearer {self._api_key}"},
@@ -222,8 +205,8 @@ class Client:
             failures = 0
             while True:
                 try:
-                    await self._pull(api)
-                except _PullFailed as exc:
+                    followable = await pull_routes(api, ROUTES_PATH, self.routes, self._wait_s)
+                except RoutesPullFailed as exc:
                     failures += 1
                     backoff = min(MAX_BACKOFF_S, 0.25 * 2**failures)
                     if exc.status in (401, 403):
@@ -247,28 +230,8 @@ class Client:
                 failures, self._pull_error, self._refused = 0, None, None
                 self._received.set()
                 self._settled.set()
-
-    async def _pull(self, api: httpx.AsyncClient) -> None:
-        """One long-poll of the routing table; the table handed to ``routes`` if it changed."""
-        headers = {"If-None-Match": self.routes.etag} if self.routes.etag else {}
-        where = f"GET {self._api_url}{ROUTES_PATH}"
-        try:
-            response = await api.get(
-                ROUTES_PATH, params={"wait": f"{self._wait_s:g}"}, headers=headers
-            )
-        except httpx.HTTPError as exc:
-            raise _PullFailed(f"{where}: {exc.__class__.__name__}: {exc}") from exc
-        if response.status_code == 304:
-            return
-        if response.status_code != 200:
-            why = f"{where}: HTTP {response.status_code}: {_api_message(response)}"
-            raise _PullFailed(why, response.status_code)
-        try:
-            table = RoutingTable.model_validate_json(response.content)
-        except ValueError as exc:
-            raise _PullFailed(f"{where}: not a routing table: {exc}") from exc
-        self.routes.update(table, response.headers.get("ETag"))
-        log.debug("routing table of allocation %d: %d model(s)", table.version, len(table.models))
+                if not followable:  # no ETag to long-poll with: the next pull would not wait
+                    await asyncio.sleep(min(self._wait_s, MAX_BACKOFF_S))
 
     def _failed(self, why: str, backoff: float) -> None:
         """Log a failed pull: at WARNING when pulls start failing or fail otherwise, else at

@@ -57,7 +57,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from executor.wire.routes import RoutingTable
+from gpufair.routes_pull import RoutesPullFailed, one_line, pull_routes
 from gpufair.routing import ROUTES_WAIT_S, Pick, Routes
 from gpufair.upstream import Answer, Gone, Upstream
 
@@ -68,6 +68,7 @@ SERVERS_OWN = frozenset({b"date", b"server"})
 # Request headers not forwarded: the gateway's server has answered the client's Expect itself.
 NOT_FORWARDED = frozenset({b"expect"})
 MAX_BACKOFF_S = 10.0
+ROUTES_PATH = "/v1/routes"  # the whole routing table, read with the admin token
 # The daemons' own limit (executor.daemon.DEFAULT_MAX_BODY_BYTES, not imported: it pulls numpy).
 MAX_BODY_BYTES = 64 * 1024 * 1024
 # Half the gateway Deployment's memory limit (deploy/gateway.yaml: 1 GiB).
@@ -170,12 +171,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(exc.status_code, message, dict(exc.headers or {}))
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    """``text`` on one line of at most ``limit`` characters, for a log line or a document."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
 @dataclass
 class RoutesPull:
     """How the routing table's pull goes: why the last one failed (None: it succeeded)."""
@@ -186,26 +181,6 @@ class RoutesPull:
 def _backoff_s(failures: int) -> float:
     """How long to wait before the next pull of the routing table after ``failures`` in a row."""
     return min(MAX_BACKOFF_S, 0.25 * 2**failures)
-
-
-async def _pull_routes(client: httpx.AsyncClient, routes: Routes, wait_s: float) -> bool:
-    """One long-poll of ``/v1/routes``, a new table handed to ``routes``; whether the next
-    pull can long-poll (False: a table came without an ETag). Raises httpx errors, and
-    ValueError for an answer that is no routing table."""
-    headers = {"If-None-Match": routes.etag} if routes.etag else {}
-    response = await client.get("/v1/routes", params={"wait": f"{wait_s:g}"}, headers=headers)
-    if response.status_code == 304:
-        return True
-    if response.status_code != 200:
-        raise ValueError(f"HTTP {response.status_code}: {response.text}")
-    try:
-        table = RoutingTable.model_validate_json(response.content)
-    except ValueError as exc:
-        raise ValueError(f"not a routing table: {exc}") from exc
-    etag = response.headers.get("ETag")
-    routes.update(table, etag)
-    log.info("routing table of allocation %d: %d model(s)", table.version, len(table.models))
-    return etag is not None
 
 
 async def follow_routes(
@@ -223,21 +198,20 @@ async def follow_routes(
     table sent without an ETag (a proxy in between may drop it) cannot be long-polled, since
     the next pull would be answered at once: the next one waits a backoff instead."""
     pull = pull or RoutesPull()
-    source = f"GET {str(client.base_url).rstrip('/')}/v1/routes"
+    source = f"GET {str(client.base_url).rstrip('/')}{ROUTES_PATH}"
     failures = 0
     no_etag_told = False  # a proxy that drops the ETag drops it on every pull: one warning
     while True:
         try:
-            followable = await _pull_routes(client, routes, wait_s)
-        except (httpx.HTTPError, ValueError) as exc:
+            followable = await pull_routes(client, ROUTES_PATH, routes, wait_s)
+        except RoutesPullFailed as exc:
             failures += 1
-            why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            pull.error = _one_line(f"{source}: {why}")
+            pull.error = str(exc)
             log.warning("routing table pull failed (%s); retry in %.1fs", pull.error,
                         _backoff_s(failures))  # fmt: skip
         except Exception as exc:
             failures += 1
-            pull.error = _one_line(f"{source}: {type(exc).__name__}: {exc}")
+            pull.error = one_line(f"{source}: {type(exc).__name__}: {exc}")
             log.exception("routing table pull failed unexpectedly (%s); retry in %.1fs",
                           pull.error, _backoff_s(failures))  # fmt: skip
         else:

@@ -221,3 +221,23 @@ def test_a_daemon_whose_host_does_not_answer_is_held_dead_and_the_query_sent_els
                 answered = [client.post(MODEL, INFER, b"q", OCTETS) for _ in range(3)]
                 assert [r.status_code for r in answered] == [200, 200, 200]
                 assert client.routes.dead() == [silent_url]
+
+
+def test_a_table_without_an_etag_is_pulled_again_after_a_wait_not_at_once() -> None:
+    """A proxy in the way that drops the ETag leaves nothing to long-poll with: each pull is
+    answered at once, and the client asked again at once, hundreds of times a second."""
+    pulls: list[float] = []
+    table = RoutingTable(version=1, models={})
+
+    async def routes(request: Request) -> Response:
+        pulls.append(time.monotonic())
+        return Response(table.model_dump_json())  # no ETag
+
+    no_etag = Starlette(routes=[Route("/v1/routes/me", routes)])
+    with (
+        BackgroundServer(no_etag, graceful_shutdown_s=1) as api,
+        Client(api.url, api_key="gft_k", routes_wait_s=0.5) as client,
+    ):
+        assert client.wait_ready(WAIT_S)
+        time.sleep(1.2)  # the span observed: pulls over it are counted, not waited for
+    assert 2 <= len(pulls) <= 4, pulls  # one at start, then one per routes_wait_s
