@@ -81,7 +81,9 @@ def estimated_valuations(certificate: dict[str, Any]) -> int:
     return sum(1 for note in certificate.get("notes", []) if str(note).startswith("estimated"))
 
 
-def render_dashboard(data: DashboardData) -> str:
+def render_dashboard(data: DashboardData, *, sign_out: bool = False) -> str:
+    """The admin's page; with a sign-out button when ``sign_out`` (opened with a session
+    cookie: a page a proxy's bearer token opened has no session to end)."""
     palette = charts.colours(data.tenants)
     agents = data.certificate.get("agents", {})
     return ENVIRONMENT.get_template("dashboard.html").render(
@@ -94,6 +96,7 @@ def render_dashboard(data: DashboardData) -> str:
         envy=charts.envy_heatmap(agents),
         sla_history=charts.sla_history_chart(data.sla_history, palette),
         counters=charts.counters_chart(data, palette),
+        sign_out=sign_out,
     )
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -703,15 +704,14 @@ class TestInChromium:
             api.node("n2", gpus=1, seats=3, streams=8)
             api.solve()
         page = f"{url}/"
-        # A local page that submits the sign-in form at once (the dashboard runs no scripts).
-        sign_in = tmp_path / "sign-in.html"
-        sign_in.write_text(
-            f'<form method="post" action="{url}/sign-in"><input name="token" value="{token}">'
-            "</form><script>document.forms[0].submit()</script>"
-        )
+        # A page of the same site that submits the sign-in form at once (the dashboard runs no
+        # scripts); one of another site, a file:// page included, would be refused as forged.
+        form = (f'<form method="post" action="/sign-in"><input name="token" value="{token}">'
+                "</form><script>document.forms[0].submit()</script>")
+        live_app.add_api_route("/test-sign-in", lambda: HTMLResponse(form), methods=["GET"])
         # Less virtual time than the page's meta refresh: a reload in flight dumps nothing.
         signed = _chromium(tmp_path, f"--virtual-time-budget={REFRESH_S * 1000 // 2}",
-                           "--dump-dom", sign_in.as_uri())
+                           "--dump-dom", f"{url}/test-sign-in")
         assert signed.returncode == 0 and "ads-ranking" in signed.stdout.decode(), (
             signed.stderr.decode()[-2000:])
 
