@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 from types import TracebackType
 
@@ -52,6 +53,13 @@ MAX_BACKOFF_S = 10.0
 REFUSED_RETRY_S = 60.0
 CLOSE_WAIT_S = 5.0  # how long close() waits for the follower's thread to end
 INFERENCE_KEY_PREFIX = "gfi_"  # api.auth's: such a key queries daemons, never the API
+
+
+def retry_delay_s(failures: int, rng: random.Random) -> float:
+    """The wait before the next pull after ``failures`` failed in a row: doubling from
+    0.25-0.5 s up to MAX_BACKOFF_S, times a random factor in [0.5, 1), so that the many
+    services whose clients lost the API together (a restart) do not come back in one instant."""
+    return min(MAX_BACKOFF_S, 0.25 * 2 ** min(failures, 16)) * rng.uniform(0.5, 1.0)
 
 
 class QueryFailed(RuntimeError):
@@ -101,6 +109,7 @@ class Client:
         self._api_key = api_key
         self._wait_s = routes_wait_s
         self._pull_error: str | None = None  # why the last pull failed; None once one succeeds
+        self._rng = random.Random()  # the retries' jitter
         self._refused: KeyRefused | None = None
         self._received = threading.Event()  # a table came
         self._settled = threading.Event()  # a table came, or the API refused the key
@@ -208,7 +217,7 @@ class Client:
                     followable = await pull_routes(api, ROUTES_PATH, self.routes, self._wait_s)
                 except RoutesPullFailed as exc:
                     failures += 1
-                    backoff = min(MAX_BACKOFF_S, 0.25 * 2**failures)
+                    backoff = retry_delay_s(failures, self._rng)
                     if exc.status in (401, 403):
                         backoff = REFUSED_RETRY_S
                         self._refused = KeyRefused(str(exc), exc.status)
@@ -219,7 +228,7 @@ class Client:
                     continue
                 except Exception as exc:  # a bug must not end the follow, freezing the table
                     failures += 1
-                    backoff = min(MAX_BACKOFF_S, 0.25 * 2**failures)
+                    backoff = retry_delay_s(failures, self._rng)
                     log.exception("routing table pull failed unexpectedly; retry in %.1fs",
                                   backoff)  # fmt: skip
                     self._pull_error = f"{exc.__class__.__name__}: {exc}"

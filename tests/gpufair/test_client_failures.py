@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import threading
 import time
@@ -26,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from executor.wire.routes import ModelRoutes, RouteReplica, RoutingTable
-from gpufair.client import Client, KeyRefused, QueryFailed
+from gpufair.client import MAX_BACKOFF_S, Client, KeyRefused, QueryFailed, retry_delay_s
 from tests.executor.cluster import migrated
 from tests.executor.test_daemon_loop import ControlPlane
 from tests.servers import BackgroundServer
@@ -241,3 +242,12 @@ def test_a_table_without_an_etag_is_pulled_again_after_a_wait_not_at_once() -> N
         assert client.wait_ready(WAIT_S)
         time.sleep(1.2)  # the span observed: pulls over it are counted, not waited for
     assert 2 <= len(pulls) <= 4, pulls  # one at start, then one per routes_wait_s
+
+
+def test_retry_delays_double_to_the_cap_and_are_spread_across_clients() -> None:
+    """Every client that lost the API at once (a restart) retried at the same instants, 0.5,
+    1, 2 s... after it: the delays are now drawn in [0.5, 1) of each step."""
+    for failures, step in ((1, 0.5), (2, 1.0), (3, 2.0), (10, MAX_BACKOFF_S), (10**6, 10.0)):
+        delays = [retry_delay_s(failures, random.Random(seed)) for seed in range(20)]
+        assert all(step / 2 <= d < step for d in delays), (failures, delays)
+        assert len(set(delays)) == len(delays)  # twenty clients, twenty instants
