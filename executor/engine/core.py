@@ -117,7 +117,8 @@ class EngineCore:
 
     def submit(self, admission: Admission, query: Query) -> Future[np.ndarray]:
         """Queue the query on its admitted replica (a plan swap may hand it on); the future's
-        outcome is counted when it resolves. Raises Overloaded (counted) or GroupClosed."""
+        outcome is counted when it resolves (not when it is cancelled: the scheduler then
+        discards the query unserved). Raises Overloaded (counted) or GroupClosed."""
         try:
             pending = self.runtime.submit_to(admission.group, query, admission.arrival)
         except SchedulingError as exc:
@@ -128,6 +129,8 @@ class EngineCore:
         group, arrival = pending.group, admission.arrival
 
         def count(future: Future[np.ndarray]) -> None:
+            if future.cancelled():  # its front went away: nobody was answered or refused
+                return
             error = future.exception()
             if error is None:
                 self._observe(group, "ok", time.monotonic() - arrival)
@@ -203,4 +206,3 @@ class EngineCore:
 
     def _observe(self, group: SessionGroup, outcome: str, latency_s: float | None) -> None:
         self.metrics.observe(group.tenant, group.model_id, outcome, latency_s, group.sla_s)
-

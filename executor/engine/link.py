@@ -38,6 +38,11 @@ Operations, front -> engine (the engine answers each with the same ``id`` unless
 
 Errors travel as ``{"type": class name, "message": ..., "retry_after_s": ...}`` and are raised
 again at the front as the same class (:func:`error_to_dict` / :func:`error_from_dict`).
+
+The link is internal, but a front's bug must not take the engine down: :func:`receive` refuses a
+frame longer than :data:`MAX_FRAME_BYTES` before reading it (:class:`OversizedFrame`: the
+stream can no longer be trusted, so the engine closes that front's link) and a frame read whole
+whose header is no JSON object (:class:`MalformedMessage`: the engine drops it and serves on).
 """
 
 from __future__ import annotations
@@ -69,6 +74,10 @@ from executor.scheduling.errors import (
 )
 
 FRAME = struct.Struct("<II")  # header length, payload length
+# What the engine reads of one front's message at most (header and payload): a front's
+# messages are a few hundred bytes (a refused message's counts grow with the models served),
+# and a length read from a broken stream could make the engine buffer gigabytes.
+MAX_FRAME_BYTES = 1 << 20
 ALIGN = 64  # tensors start on cache-line boundaries in the buffer
 ERRORS: dict[str, type[Exception]] = {
     cls.__name__: cls
@@ -95,6 +104,16 @@ class LinkClosed(ConnectionError):
     """The other side of a link went away."""
 
 
+class OversizedFrame(ValueError):
+    """A frame that declares more than :data:`MAX_FRAME_BYTES`: where the next message starts
+    is no longer known, so the link cannot go on."""
+
+
+class MalformedMessage(ValueError):
+    """A frame read whole whose header is not a JSON object: this message is lost, the link's
+    framing is intact."""
+
+
 def frame(header: Mapping[str, Any], payload: bytes = b"") -> bytes:
     """One message as bytes on the socket."""
     text = json.dumps(header, separators=(",", ":")).encode()
@@ -109,19 +128,33 @@ def unframe(data: bytes) -> Message:
 
 
 def receive(sock: socket.socket) -> Message:
-    """The next message on a blocking socket; LinkClosed at its end."""
+    """The next message on a blocking socket (the engine's side of a front's link); LinkClosed
+    at its end, OversizedFrame or MalformedMessage for a message no front should send."""
     head_len, payload_len = FRAME.unpack(_exactly(sock, FRAME.size))
-    header = json.loads(_exactly(sock, head_len))
-    return header, _exactly(sock, payload_len) if payload_len else b""
+    if head_len + payload_len > MAX_FRAME_BYTES:
+        raise OversizedFrame(
+            f"a frame of {head_len} + {payload_len} bytes exceeds {MAX_FRAME_BYTES}"
+        )
+    text = _exactly(sock, head_len)
+    payload = _exactly(sock, payload_len) if payload_len else b""
+    try:
+        header = json.loads(text)
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise MalformedMessage(f"a header that is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise MalformedMessage(f"a header that is a JSON {type(header).__name__}, not an object")
+    return header, payload
 
 
 async def read(reader: asyncio.StreamReader) -> Message:
-    """The next message on an asyncio stream; LinkClosed at its end."""
+    """The next message on an asyncio stream (a front's side of its link); LinkClosed at its
+    end, also when the engine died with messages of the front unread (the kernel then resets
+    the socket instead of ending it)."""
     try:
         head_len, payload_len = FRAME.unpack(await reader.readexactly(FRAME.size))
         header = json.loads(await reader.readexactly(head_len))
         payload = await reader.readexactly(payload_len) if payload_len else b""
-    except asyncio.IncompleteReadError as exc:
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
         raise LinkClosed("the engine closed the link") from exc
     return header, payload
 
@@ -190,7 +223,10 @@ def write_query(buffer: memoryview, offset: int, schema: ModelSchema, query: Que
 
 def read_query(buffer: memoryview, offset: int, schema: ModelSchema, rows: int) -> Query:
     """A copy of the query :func:`write_query` put at ``offset`` (the front reuses the space
-    once the query is answered)."""
+    once the query is answered). ValueError for a place that is no query's: a query has a
+    candidate at least and lies inside the buffer (numpy checks its end)."""
+    if rows < 1 or offset < 0:
+        raise ValueError(f"no query has {rows} candidates at offset {offset}")
     slots, size = query_layout(schema, rows)
     whole = np.frombuffer(buffer, np.uint8, size, offset).copy()
     user_sparse: dict[str, np.ndarray] = {}

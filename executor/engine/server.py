@@ -11,6 +11,8 @@ that exits unexpectedly is logged and started again.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import mmap
 import multiprocessing
@@ -29,6 +31,7 @@ from executor.engine import link
 from executor.engine.core import Admission, EngineCore
 from executor.front.process import FrontOptions, run_front
 from executor.scheduling import SchedulingError
+from executor.scheduling.errors import ModelFailed
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,15 @@ SWITCH_INTERVAL_S = 0.0005  # how long a thread waiting for the engine's GIL wai
 
 
 class FrontLink(threading.Thread):
-    """Serves one front's messages on the engine until the front closes its link."""
+    """Serves one front's messages on the engine until the front closes its link.
+
+    Replies never wait for the front: a query's reply is sent from the session worker that
+    scored it, and a front that does not read its link for a while (parsing a large body,
+    stopped, hung) held that worker in ``sendall``, and with it the session, every tenant's
+    batches on it included. What the socket does not take at once is sent, in order, by the
+    link's writer thread. When the front is gone, the queries it submitted that are still
+    queued are cancelled (the scheduler discards them unserved): nobody waits for their scores.
+    """
 
     def __init__(self, core: EngineCore, sock: socket.socket, buffer: mmap.mmap, name: str):
         super().__init__(name=f"link-{name}", daemon=True)
@@ -47,34 +58,99 @@ class FrontLink(threading.Thread):
         self._sock = sock
         self._view = memoryview(buffer)
         self._buffer = buffer
-        self._send_lock = threading.Lock()
-        self._admitted: dict[int, Admission] = {}
+        self._admitted: dict[Any, Admission] = {}
+        self._queued: dict[Any, Future[np.ndarray]] = {}  # request id -> its scores, unanswered
         self._schemas_sent: set[str] = set()  # schema keys this front has been told
+        self._send_lock = threading.Lock()
+        self._unsent: collections.deque[memoryview] = collections.deque()  # in order
+        self._unsent_ready = threading.Condition(self._send_lock)
+        self._closed = False  # under _send_lock: the front is gone, nothing more is sent
+        self._writer = threading.Thread(
+            target=self._write_unsent, name=f"link-{name}-writer", daemon=True
+        )
 
     def run(self) -> None:
+        self._writer.start()
         try:
             while True:
-                header, _ = link.receive(self._sock)
+                try:
+                    header, _ = link.receive(self._sock)
+                except link.MalformedMessage as exc:
+                    log.error("%s sent a message the engine cannot read (%s)", self.name, exc)
+                    continue
                 self._handle(header)
         except (link.LinkClosed, OSError):
             pass
+        except link.OversizedFrame as exc:
+            log.error("%s sent a frame the engine will not read (%s); closing its link (the "
+                      "front stops and is started again)", self.name, exc)  # fmt: skip
         except Exception:  # a bug must not pass silently; the front sees the link close
             log.exception("link to %s failed", self.name)
         finally:
-            self._admitted.clear()
-            self._sock.close()
+            self._close()
+
+    def _close(self) -> None:
+        """Stop sending, close the socket and cancel the front's queries still queued."""
+        with self._send_lock:
+            self._closed = True
+            self._unsent.clear()
+            self._unsent_ready.notify_all()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the writer if it waits on the front
+        self._writer.join()
+        self._sock.close()  # only now: no thread sends on the descriptor any more
+        self._admitted.clear()
+        dropped = sum(future.cancel() for future in list(self._queued.values()))
+        self._queued.clear()
+        if dropped:
+            log.warning("%s is gone: %d of its queries taken off the queues unserved",
+                        self.name, dropped)  # fmt: skip
 
     def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        """Send a message without waiting for the front (see the class docstring); nothing
+        once the front is gone (its requests died with it)."""
+        data = link.frame(header, payload)
         with self._send_lock:
+            if self._closed:
+                return
+            if not self._unsent:  # else earlier messages wait: this one goes after them
+                try:
+                    sent = self._sock.send(data, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    return
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            self._unsent.append(memoryview(data))
+            self._unsent_ready.notify()
+
+    def _write_unsent(self) -> None:
+        """The writer thread: send what the front's socket did not take at once, in order."""
+        while True:
+            with self._unsent_ready:
+                while not self._unsent and not self._closed:
+                    self._unsent_ready.wait()
+                if self._closed:
+                    return
+                chunk = self._unsent[0]  # stays first meanwhile, so that _send queues behind it
             try:
-                self._sock.sendall(link.frame(header, payload))
-            except OSError:  # the front is gone: its requests died with it
-                pass
+                sent = self._sock.send(chunk)  # this thread, and only it, waits for the front
+            except OSError:  # the front is gone; the link thread sees it too
+                return
+            with self._send_lock:
+                if self._unsent and self._unsent[0] is chunk:
+                    if sent == len(chunk):
+                        self._unsent.popleft()
+                    else:
+                        self._unsent[0] = chunk[sent:]
 
     def _handle(self, header: dict[str, Any]) -> None:
-        op, key = header["op"], int(header.get("id", -1))
+        key = header.get("id", -1)
         core = self._core
         try:
+            op = header["op"]
             if op == "admit":
                 admission = core.admit(
                     header["model"], float(header["arrival"]), header.get("credential")
@@ -95,6 +171,7 @@ class FrontLink(threading.Thread):
                     self._view, int(header["offset"]), admission.schema, int(header["rows"])
                 )
                 future = core.submit(admission, query)
+                self._queued[key] = future
                 future.add_done_callback(lambda f: self._answer(key, f))
             elif op == "abandon":
                 admission = self._admitted.pop(key)
@@ -116,10 +193,17 @@ class FrontLink(threading.Thread):
                 )  # fmt: skip
             else:
                 raise ValueError(f"unknown operation {op!r}")
-        except (SchedulingError, ValueError) as exc:
+        except SchedulingError as exc:
             self._send({"id": key, "error": link.error_to_dict(exc)})
+        except (LookupError, TypeError, ValueError) as exc:
+            # A front's bug (a field missing or of the wrong type, an id the engine does not
+            # hold, a query outside the buffer): that request fails (500), the link serves on.
+            log.error("%s sent a malformed %r message: %s: %s", self.name, header.get("op"),
+                      type(exc).__name__, exc)  # fmt: skip
+            failed = ModelFailed(f"the engine could not read the front's message: {exc}")
+            self._send({"id": key, "error": link.error_to_dict(failed)})
 
-    def _admission(self, key: int, admission: Admission) -> dict[str, Any]:
+    def _admission(self, key: Any, admission: Admission) -> dict[str, Any]:
         group = admission.group
         schema_key = admission.schema_key
         reply: dict[str, Any] = {
@@ -135,7 +219,10 @@ class FrontLink(threading.Thread):
             reply["schema"] = admission.schema.to_dict()
         return reply
 
-    def _answer(self, key: int, future: Future[np.ndarray]) -> None:
+    def _answer(self, key: Any, future: Future[np.ndarray]) -> None:
+        self._queued.pop(key, None)
+        if future.cancelled():  # by _close: the front is gone
+            return
         error = future.exception()
         if error is None:
             scores = np.ascontiguousarray(future.result(), dtype="<f4")
@@ -207,7 +294,15 @@ class Fronts:
                     self._fronts[index] = self._spawn(index)
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the fronts (SIGTERM: each ends its requests in progress), then the links."""
+        """Stop the fronts (SIGTERM: each ends its requests in progress), then the links.
+
+        The engine's copy of the listening socket is closed first: each front closes its own
+        as it stops accepting, so the socket closes with the last of them and a client that
+        connects meanwhile is refused at once (a router tries another replica). Held open, it
+        kept the socket listening through the drain: connections queued there unaccepted and
+        were reset only when the last front had ended its requests, seconds later.
+        """
+        self._listener.close()
         for front in self._fronts:
             if front.process.is_alive():
                 front.process.terminate()
@@ -219,4 +314,3 @@ class Fronts:
                 front.process.join()
         for front in self._fronts:
             front.link.join(timeout=1.0)
-        self._listener.close()
