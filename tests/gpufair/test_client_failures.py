@@ -30,6 +30,7 @@ from executor.wire.routes import ModelRoutes, RouteReplica, RoutingTable
 from gpufair.client import MAX_BACKOFF_S, Client, KeyRefused, QueryFailed, retry_delay_s
 from tests.executor.cluster import migrated
 from tests.executor.test_daemon_loop import ControlPlane
+from tests.logs import LogRecords, captured
 from tests.servers import BackgroundServer
 
 MODEL = "7"
@@ -38,38 +39,11 @@ INFER = f"/v2/models/{MODEL}/infer"
 OCTETS = {"content-type": "application/octet-stream"}
 
 
-class PullFailures(logging.Handler):
-    """The client's records of failed routing table pulls, and an event per record."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.arrived = threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "routing table pull failed" in record.getMessage():
-            self.records.append(record)
-            self.arrived.set()
-
-    def wait_for(self, count: int) -> None:
-        deadline = time.monotonic() + WAIT_S
-        while len(self.records) < count:
-            assert self.arrived.wait(max(0.0, deadline - time.monotonic())), self.records
-            self.arrived.clear()
-
-
 @pytest.fixture
-def failures() -> Iterator[PullFailures]:
-    handler = PullFailures()
-    logger = logging.getLogger("gpufair.client")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
+def failures() -> Iterator[LogRecords]:
+    """The client's records of failed routing table pulls."""
+    with captured("gpufair.client", containing="routing table pull failed") as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +92,7 @@ def test_a_key_the_api_refuses_is_an_error_at_construction_not_a_wait(
 
 
 def test_until_the_api_answers_queries_say_so_and_its_outage_is_logged_once(
-    control: ControlPlane, failures: PullFailures
+    control: ControlPlane, failures: LogRecords
 ) -> None:
     control.start()
     api = control.admin()
@@ -131,7 +105,7 @@ def test_until_the_api_answers_queries_say_so_and_its_outage_is_logged_once(
         assert "no routing table yet" in str(no_table.value) and "ConnectError" in str(
             no_table.value
         )
-        failures.wait_for(2)
+        failures.wait_for(2, WAIT_S)
         levels = [r.levelno for r in failures.records]
         assert levels.count(logging.WARNING) == 1, levels  # the same failure: logged once
         # The API comes back: the same client gets its table, and tells an unknown model.
@@ -143,7 +117,7 @@ def test_until_the_api_answers_queries_say_so_and_its_outage_is_logged_once(
 
 
 def test_a_key_revoked_while_followed_is_retried_rarely_and_the_last_table_kept(
-    control: ControlPlane, failures: PullFailures
+    control: ControlPlane, failures: LogRecords
 ) -> None:
     control.start()
     api = control.admin()
@@ -154,7 +128,7 @@ def test_a_key_revoked_while_followed_is_retried_rarely_and_the_last_table_kept(
         assert client.wait_ready(WAIT_S)
         r = api.client.delete(f"/v1/tenants/{tenant['id']}/keys/{key_id}", headers=api.admin)
         assert r.status_code == 200, r.text
-        failures.wait_for(1)
+        failures.wait_for(1, WAIT_S)
         assert "HTTP 401" in failures.records[0].getMessage()
         # Each refusal counts against the service's address at the API (30 a minute make it
         # refuse every token from there): no second try within the next seconds.

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from gpufair.gateway import RoutesPull, create_gateway_app, follow_routes
 from gpufair.routing import Routes
 from gpufair.upstream import EXPECT_CONTINUE_BYTES
 from tests.gpufair.test_bad_input import assert_flag_refused
+from tests.logs import LogRecords, captured
 from tests.servers import BackgroundServer
 
 MODEL = "7"
@@ -99,33 +99,11 @@ def _fake_api(table: RoutingTable | None) -> Starlette:
     return Starlette(routes=[Route("/v1/routes", routes)])
 
 
-class Records(logging.Handler):
-    """The records of the gateway's and its server's loggers, and an event per record."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.arrived = threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-        self.arrived.set()
-
-
 @pytest.fixture
-def records() -> Iterator[Records]:
-    handler = Records()
-    loggers = [logging.getLogger(name) for name in ("gpufair.gateway", "uvicorn.error")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.addHandler(handler)
-    logging.getLogger("gpufair.gateway").setLevel(logging.DEBUG)
-    try:
+def records() -> Iterator[LogRecords]:
+    """The records of the gateway's logger (to DEBUG) and its server's."""
+    with captured("gpufair.gateway", "uvicorn.error", debug=("gpufair.gateway",)) as handler:
         yield handler
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.removeHandler(handler)
-            logger.setLevel(level)
 
 
 @dataclass
@@ -261,7 +239,7 @@ def test_a_body_the_daemon_refuses_unread_is_never_sent_and_its_answer_relayed(
     assert (answered.status_code, answered.json()["bytes"]) == (200, DAEMON_MAX_BODY)
 
 
-def test_a_client_gone_mid_body_is_no_error_in_the_log(setup: Setup, records: Records) -> None:
+def test_a_client_gone_mid_body_is_no_error_in_the_log(setup: Setup, records: LogRecords) -> None:
     """A client that closes before its body is whole logged a traceback (ClientDisconnect out
     of the app): a client's timeout looked like a crash of the gateway."""
     _stalled_upload(setup, 1000, b"x" * 10).close()
@@ -273,7 +251,7 @@ def test_a_client_gone_mid_body_is_no_error_in_the_log(setup: Setup, records: Re
 
 
 def test_a_body_that_does_not_come_is_408_not_a_504_blaming_the_node(
-    setup: Setup, records: Records
+    setup: Setup, records: LogRecords
 ) -> None:
     """The query's time ran out waiting for the client's body, not for the daemon."""
     connection = _stalled_upload(setup, 1000, b"x" * 10)
@@ -290,7 +268,7 @@ def test_a_body_that_does_not_come_is_408_not_a_504_blaming_the_node(
 
 
 def test_a_failing_routing_table_pull_says_why_on_healthz_and_in_one_log_line(
-    records: Records,
+    records: LogRecords,
 ) -> None:
     """A wrong admin token left the gateway answering 503 with nothing but a multi-line httpx
     message in its log to say why."""
@@ -313,7 +291,7 @@ def test_an_unknown_path_and_a_wrong_method_are_json_errors_as_all_others(setup:
     assert {"GET", "POST"} <= set(wrong.headers["Allow"].split(", "))
 
 
-def test_an_https_replica_is_held_failed_with_its_scheme_named(records: Records) -> None:
+def test_an_https_replica_is_held_failed_with_its_scheme_named(records: LogRecords) -> None:
     """The gateway speaks no TLS: an https:// replica was sent plain text (on port 80 unless
     its URL named a port). It fails at once, a 502 that names the scheme, and is held dead."""
     for running in _start(lambda url: _table(url.replace("http://", "https://"))):
@@ -367,7 +345,7 @@ def _follow(api: Starlette, routes: WatchedRoutes, pull: RoutesPull) -> None:
 
 
 def test_an_unexpected_error_is_logged_and_the_routing_table_still_followed(
-    records: Records,
+    records: LogRecords,
 ) -> None:
     """An exception the follower did not expect ended its task without a word, and the
     gateway routed by a stale table for good: logged with its traceback, and retried."""
@@ -380,7 +358,7 @@ def test_an_unexpected_error_is_logged_and_the_routing_table_still_followed(
 
 
 def test_a_table_without_an_etag_is_pulled_again_after_a_backoff_not_at_once(
-    records: Records,
+    records: LogRecords,
 ) -> None:
     """With no ETag to long-poll with, every pull was answered at once: the follower asked
     the API again and again in a hot loop (a proxy in between may drop the ETag)."""
