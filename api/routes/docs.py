@@ -17,6 +17,16 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 ASSETS = "/docs-assets"
+# No other site may frame a page whose "Try it out" sends requests with the reader's token (a
+# click on a framed, disguised page would send them), and the page's address leaves in no
+# Referer. The pages' own scripts and styles are left to the browser's defaults: Swagger UI
+# and ReDoc inline both, so a script policy would need their hashes, release by release.
+HEADERS = {
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
 
 router = APIRouter(include_in_schema=False)
 
@@ -32,7 +42,7 @@ def mount_assets(app: FastAPI) -> None:
 
 @router.get("/docs")
 def swagger_ui() -> HTMLResponse:
-    return get_swagger_ui_html(
+    page = get_swagger_ui_html(
         openapi_url="/openapi.json",
         title="gpufair control plane: API",
         swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
@@ -41,14 +51,18 @@ def swagger_ui() -> HTMLResponse:
         # Swagger UI would otherwise ask validator.swagger.io for a badge.
         swagger_ui_parameters={"validatorUrl": None},
     )
+    page.headers.update(HEADERS)
+    return page
 
 
 @router.get("/redoc")
 def redoc() -> HTMLResponse:
-    return get_redoc_html(
+    page = get_redoc_html(
         openapi_url="/openapi.json",
         title="gpufair control plane: API reference",
         redoc_js_url=f"{ASSETS}/redoc.standalone.js",
         redoc_favicon_url=f"{ASSETS}/favicon.png",
         with_google_fonts=False,
     )
+    page.headers.update(HEADERS)
+    return page

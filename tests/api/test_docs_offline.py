@@ -38,6 +38,16 @@ def test_the_api_pages_reference_nothing_outside_the_api(api: Api, page: str,
         assert len(asset.content) > 1000, ref  # a real file, not an empty stand-in
 
 
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_no_other_site_can_frame_the_api_pages(api: Api, page: str) -> None:
+    """Their "Try it out" sends requests with the reader's token: a page of another site that
+    framed them, disguised, could have a click send one."""
+    headers = api.client.get(page).headers
+    assert headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["referrer-policy"] == "no-referrer"
+
+
 def test_the_api_pages_are_not_part_of_the_api_document(api: Api) -> None:
     paths = api.client.get("/openapi.json").json()["paths"]
     assert not {"/docs", "/redoc"} & set(paths)
