@@ -16,8 +16,9 @@ Routes (docs/architecture.md §3.3, docs/executor.md "HTTP"):
   of the model's tenant (:mod:`executor.credentials`; both before the body is read), 400
   malformed query (the message names the field), 404 unknown model, 413 body too
   large, 415 other content types or encodings, 429 + ``Retry-After`` when admission control
-  refuses it (or its body is still coming in at its SLA), 503 model not loaded, 504 deadline
-  passed, 500 the model failed; the body of every error is ``{"error": message}``, as the
+  refuses it (or its body is still coming in at its SLA), 503 + ``Retry-After`` model not
+  loaded (its plan is loading, or it failed to load: the router tries another replica), 504
+  deadline passed, 500 the model failed; the body of every error is ``{"error": message}``, as the
   protocol has it (routing's too: 404 for a path no route matches, 405 for another method).
 - ``GET /v1/models/{model}/schema`` — the model's feature schema. It, the protocol's model
   metadata and model readiness need a key of the model's tenant too (401, 403, as a query): a
@@ -95,7 +96,7 @@ from executor.front.local import LocalEngine
 from executor.metrics import ExecutorMetrics
 from executor.models.schema import ModelSchema
 from executor.scheduling import NodeRuntime, Overloaded, SchedulingError
-from executor.scheduling.errors import NotPermitted, Unauthenticated
+from executor.scheduling.errors import ModelUnavailable, NotPermitted, Unauthenticated
 from executor.wire import oip
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+MODEL_UNAVAILABLE_RETRY_S = 1  # Retry-After of a 503 for a model not loaded (yet)
 
 # A request's body as a server received it; a view is valid until the request is answered.
 Body = bytes | bytearray | memoryview
@@ -125,6 +127,8 @@ def answer_error(exc: Exception) -> tuple[JSONResponse, str | None]:
     headers = None
     if isinstance(exc, Overloaded):  # when the client may expect room again
         headers = {"Retry-After": str(int(exc.retry_after_s))}
+    elif isinstance(exc, ModelUnavailable):  # a plan loads in about a second
+        headers = {"Retry-After": str(MODEL_UNAVAILABLE_RETRY_S)}
     elif isinstance(exc, Unauthenticated):
         headers = {"WWW-Authenticate": "Bearer"}
     return error_response(status, str(exc), headers), outcome

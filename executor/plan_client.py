@@ -87,7 +87,6 @@ import os
 import random
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -100,6 +99,7 @@ from executor.credentials import Credentials
 from executor.metrics import ExecutorMetrics
 from executor.profiles import ProfileCurve, plan_footprints, plan_profiles
 from executor.scheduling import NodeRuntime, PlanRefused
+from executor.wire.apilink import ApiLink
 from executor.wire.credentials import CredentialDocument
 from executor.wire.heartbeat import MAX_REASON_CHARS, Heartbeat, RefusedPlan, ReplicaReport
 from executor.wire.names import MAX_ID
@@ -143,46 +143,6 @@ def _failure(exc: BaseException) -> str:
         response = exc.response
         return f"HTTP {response.status_code} {response.reason_phrase} from {exc.request.url.path}"
     return str(exc) or type(exc).__name__
-
-
-class ApiLink:
-    """One thread's calls to the API as its log tells them: a line when they start to fail or
-    fail differently, one when they succeed again; every retry in between at DEBUG."""
-
-    def __init__(self, calls: str) -> None:
-        self.calls = calls
-        self.failures = 0
-        self._failing_since = 0.0
-        self._reason: str | None = None
-
-    def failed(
-        self,
-        reason: str,
-        meanwhile: str,
-        *,
-        error: BaseException | None = None,
-        announced: bool = False,
-    ) -> None:
-        """Count a failure; log it (with the traceback of an unexpected ``error``) unless it
-        fails as the last one did or the caller ``announced`` it already."""
-        if self.failures == 0:
-            self._failing_since = time.monotonic()
-        self.failures += 1
-        if announced or reason == self._reason:
-            log.debug("%s failed again (try %d: %s); %s", self.calls, self.failures, reason,
-                      meanwhile)  # fmt: skip
-        else:
-            log.warning("%s failing (%s); %s; logged again when that changes", self.calls,
-                        reason, meanwhile, exc_info=error)  # fmt: skip
-        self._reason = reason
-
-    def succeeded(self) -> None:
-        """Reset after a success; say so if it ends a run of failures."""
-        if self.failures:
-            log.info("%s succeed again after %d failed tries over %.3gs", self.calls,
-                     self.failures, time.monotonic() - self._failing_since)  # fmt: skip
-        self.failures = 0
-        self._reason = None
 
 
 def _version_of(document: object) -> int | None:
@@ -714,7 +674,7 @@ class PlanClient:
         return "no plan to serve" if version is None else f"serving plan version {version}"
 
     def _plan_loop(self) -> None:
-        link = ApiLink("plan pulls")
+        link = ApiLink("plan pulls", log)
         rejections = 0
         while not self._stop.is_set():
             try:
@@ -758,7 +718,7 @@ class PlanClient:
             link.succeeded()
 
     def _credentials_loop(self) -> None:
-        link = ApiLink("credential pulls")
+        link = ApiLink("credential pulls", log)
         while not self._stop.is_set():
             try:
                 self.poll_credentials(min(self._long_poll_s, CREDENTIALS_WAIT_S))
@@ -793,7 +753,7 @@ class PlanClient:
             self._profiles_due = None
 
     def _heartbeat_loop(self) -> None:
-        link = ApiLink("heartbeats")
+        link = ApiLink("heartbeats", log)
         while not self._stop.wait(self._heartbeat_s):
             try:
                 self.heartbeat()

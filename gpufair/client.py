@@ -6,7 +6,8 @@ long-polled with the tenant's API key on an event loop of its own, in a backgrou
 sends each query to the least-loaded live replica of its model (:mod:`gpufair.routing`), with
 the key the daemons check (the API key, or an inference-only key as ``query_key``). A query
 whose daemon cannot be reached (connection refused, reset or not accepted within the connect
-timeout) or that is refused with 503 is sent once more, to another replica; a 429 is returned
+timeout) or that cannot serve the model now (503 or 404, :data:`gpufair.routing.
+TRY_ANOTHER_REPLICA`) is sent once more, to another replica; a 429 is returned
 as it is (its ``Retry-After`` says when to come back), and so are 401 and 403. A daemon that
 has not answered within ``timeout_s`` fails the query (504), never retried: it may be running.
 Use it from services that can reach every node; use ``gpufair gateway`` for clients outside
@@ -40,8 +41,9 @@ import numpy as np
 from executor.codec import query_to_oip
 from executor.features import Query
 from executor.wire import oip
+from executor.wire.apilink import ApiLink
 from gpufair.routes_pull import RoutesPullFailed, pull_routes
-from gpufair.routing import ROUTES_WAIT_S, Routes
+from gpufair.routing import ROUTES_WAIT_S, TRY_ANOTHER_REPLICA, Routes
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +168,7 @@ class Client:
                 continue
             finally:
                 self.routes.done(pick)
-            if response.status_code == 503 and attempt == 0:
+            if response.status_code in TRY_ANOTHER_REPLICA and attempt == 0:
                 refused = response
                 continue
             return response
@@ -212,6 +214,7 @@ class Client:
             timeout=httpx.Timeout(10.0, read=self._wait_s + 10.0),
         ) as api:
             failures = 0
+            link = ApiLink("routing table pulls", log)
             while True:
                 try:
                     followable = await pull_routes(api, ROUTES_PATH, self.routes, self._wait_s)
@@ -221,7 +224,8 @@ class Client:
                     if exc.status in (401, 403):
                         backoff = REFUSED_RETRY_S
                         self._refused = KeyRefused(str(exc), exc.status)
-                    self._failed(str(exc), backoff)
+                    self._pull_error = str(exc)
+                    link.failed(self._pull_error, f"retry in {backoff:.1f}s")
                     if self._refused is not None:
                         self._settled.set()
                     await asyncio.sleep(backoff)
@@ -232,22 +236,15 @@ class Client:
                     log.exception("routing table pull failed unexpectedly; retry in %.1fs",
                                   backoff)  # fmt: skip
                     self._pull_error = f"{exc.__class__.__name__}: {exc}"
+                    link.failed(self._pull_error, "logged above", announced=True)  # every time
                     await asyncio.sleep(backoff)
                     continue
-                if self._pull_error is not None:
-                    log.info("routing table pull from %s works again", self._api_url)
+                link.succeeded()
                 failures, self._pull_error, self._refused = 0, None, None
                 self._received.set()
                 self._settled.set()
                 if not followable:  # no ETag to long-poll with: the next pull would not wait
                     await asyncio.sleep(min(self._wait_s, MAX_BACKOFF_S))
-
-    def _failed(self, why: str, backoff: float) -> None:
-        """Log a failed pull: at WARNING when pulls start failing or fail otherwise, else at
-        DEBUG, so that an API down for an hour is one line, not one a backoff."""
-        level = logging.DEBUG if why == self._pull_error else logging.WARNING
-        log.log(level, "routing table pull failed (%s); retry in %.1fs", why, backoff)
-        self._pull_error = why
 
     def close(self) -> None:
         """End the routing table's long-poll and close every connection; idempotent."""

@@ -20,12 +20,13 @@ sends each query to the least-loaded live replica of its model (:mod:`gpufair.ro
   (:mod:`executor.credentials`), so a key of another tenant is 403 here as on the daemon; a
   query with no ``Authorization`` at all is refused here (401) before its body is read;
 - the daemon's answer comes back as it is (status, body, ``Retry-After`` of a 429 included);
-- a query refused with 503 (the replica is gone or draining) or whose daemon failed at the
-  transport (connection refused or reset: the daemon died) is sent once more, to another
-  replica; a transport failure also marks the daemon dead (no query for ``DEAD_S``). A query
-  that found no replica is answered 503 with ``Retry-After``, one that failed twice 502, and
-  one whose daemon did not answer in ``--timeout-s`` 504 (it is not retried: it may be
-  running), but 408 if it was the client's body that had not come in whole by then;
+- a query refused with 503 (the replica is draining or its plan loading) or 404 (its node
+  has not fetched the plan that brings the model yet), or whose daemon failed at the
+  transport (connection refused or reset: the daemon died), is sent once more, to another
+  replica (:data:`gpufair.routing.TRY_ANOTHER_REPLICA`); a transport failure also marks the
+  daemon dead (no query for ``DEAD_S``). A query that found no replica is answered 503 with
+  ``Retry-After``, one that failed twice 502, and one whose daemon did not answer in
+  ``--timeout-s`` 504 (it is not retried: it may be running), but 408 if it was the client's body that had not come in whole by then;
 - a model the table does not list is 404; every error the gateway gives itself is JSON,
   ``{"error": message}``, an unknown path (404) and a wrong method (405) included;
 - a daemon's answer over :data:`gpufair.upstream.MAX_ANSWER_BYTES` (a few kB is usual), and a
@@ -33,7 +34,8 @@ sends each query to the least-loaded live replica of its model (:mod:`gpufair.ro
   gone does: the replica is held dead, the query sent elsewhere, the error says why.
 
 The routing table's follower never stops while the gateway runs: a failed pull, whatever
-the error (an unexpected one logged with its traceback), is retried with a backoff; after a
+the error (an unexpected one logged with its traceback), is retried with a backoff, and logged
+once when pulls start to fail or fail otherwise (:mod:`executor.wire.apilink`); after a
 table that came without an ETag to long-poll with (a proxy in between may drop it), the next
 pull waits a backoff too, rather than being answered at once again and again.
 
@@ -57,8 +59,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from executor.wire.apilink import ApiLink
 from gpufair.routes_pull import RoutesPullFailed, one_line, pull_routes
-from gpufair.routing import ROUTES_WAIT_S, Pick, Routes
+from gpufair.routing import ROUTES_WAIT_S, TRY_ANOTHER_REPLICA, Pick, Routes
 from gpufair.upstream import Answer, Gone, Upstream
 
 log = logging.getLogger(__name__)
@@ -199,7 +202,8 @@ async def follow_routes(
     the next pull would be answered at once: the next one waits a backoff instead."""
     pull = pull or RoutesPull()
     source = f"GET {str(client.base_url).rstrip('/')}{ROUTES_PATH}"
-    failures = 0
+    link = ApiLink("routing table pulls", log)
+    failures = 0  # in a row, for the backoff: failed pulls and tables without an ETag
     no_etag_told = False  # a proxy that drops the ETag drops it on every pull: one warning
     while True:
         try:
@@ -207,15 +211,16 @@ async def follow_routes(
         except RoutesPullFailed as exc:
             failures += 1
             pull.error = str(exc)
-            log.warning("routing table pull failed (%s); retry in %.1fs", pull.error,
-                        _backoff_s(failures))  # fmt: skip
+            link.failed(pull.error, f"retry in {_backoff_s(failures):.1f}s")
         except Exception as exc:
             failures += 1
             pull.error = one_line(f"{source}: {type(exc).__name__}: {exc}")
             log.exception("routing table pull failed unexpectedly (%s); retry in %.1fs",
                           pull.error, _backoff_s(failures))  # fmt: skip
+            link.failed(pull.error, "logged above", announced=True)  # a bug: every time
         else:
             pull.error = None
+            link.succeeded()
             if followable:
                 failures, no_etag_told = 0, False
                 continue
@@ -292,10 +297,11 @@ def create_gateway_app(
 
     async def forward(request: Request, model: str, body: ReplayableBody | None) -> Response:
         """The query sent to a replica of ``model``, and once more to another if that one is
-        gone or refuses it with 503; the answer, or an error that says what failed."""
+        gone or cannot serve it now (TRY_ANOTHER_REPLICA); the answer, or an error that says
+        what failed."""
         tried: set[str] = set()
         failure = ""
-        refused: Answer | None = None  # a 503, answered as it is if no retry can be
+        refused: Answer | None = None  # answered as it is if no retry can be
         for attempt in range(2):
             pick = table.pick(model, frozenset(tried))
             if pick is None:
@@ -317,7 +323,7 @@ def create_gateway_app(
                 continue
             finally:
                 table.done(pick)
-            if response.status == 503 and attempt == 0:
+            if response.status in TRY_ANOTHER_REPLICA and attempt == 0:
                 refused = response
                 continue
             return _relay(response)

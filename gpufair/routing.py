@@ -9,7 +9,7 @@ the daemon gone) less than ``dead_s`` ago: the router marks the daemon's URL dea
 every model it serves, and after ``dead_s`` lets the next query try it again (a dead daemon
 refuses that query at once, on loopback or on a LAN, and the query is retried elsewhere, so
 probing costs nothing but a connection attempt). The caller retries a query once on another
-replica after a transport failure or a 503 (the replica is gone or draining).
+replica after a transport failure or an answer in :data:`TRY_ANOTHER_REPLICA`.
 
 Nothing here does I/O: :class:`Routes` is fed tables and outcomes by its owner (an asyncio task
 in the gateway, a thread in the client), on one thread or under its lock.
@@ -28,6 +28,11 @@ from executor.wire.routes import RoutingTable
 
 DEAD_S = 1.0  # how long a daemon that failed at the transport gets no query
 ROUTES_WAIT_S = 30.0  # the routing table's long-poll
+# A replica's answers that say it cannot serve the model now where another replica may: 503
+# (draining, its plan loading, or it failed to load) and 404 (the table is the newest
+# allocation's, and a node may not have fetched the plan that brings the model yet). A query so
+# answered is sent once more, to another replica; without one, the answer is passed back.
+TRY_ANOTHER_REPLICA = frozenset({503, 404})
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,8 @@ class NodeRuntime:
         self._swap_lock = threading.Lock()
         self._gc_frozen = False
         self.refused: PlanRefused | None = None  # the newest plan refused since one applied
+        # The plan being loaded, if any: its models are coming (503), not unknown here (404).
+        self._incoming: NodePlan | None = None
 
     @property
     def config(self) -> SchedulerConfig:
@@ -168,6 +170,7 @@ class NodeRuntime:
             if old is not None and plan.version <= old.plan.version:
                 log.info("plan version %d ignored: serving %d", plan.version, old.plan.version)
                 return None
+            self._incoming = plan
             try:
                 memory = self._memory_plans(plan, old)
                 cold = old is not None and any(
@@ -192,6 +195,8 @@ class NodeRuntime:
                 log.error("%s", refusal)
                 self.refused = refusal
                 raise
+            finally:
+                self._incoming = None
             self.refused = None
             if not self._gc_frozen and new.models:
                 # What the first plan loads (modules, weights, imports) lives about as long as
@@ -401,17 +406,30 @@ class NodeRuntime:
     def _current(self) -> Deployment:
         deployment = self._deployment
         if deployment is None:
+            incoming = self._incoming
+            if incoming is not None:  # a cold swap, or the first plan
+                raise ModelUnavailable(f"plan version {incoming.version} is loading")
             raise ModelUnavailable("no plan is loaded on this node yet")
         return deployment
 
-    @staticmethod
-    def _groups(deployment: Deployment, model_id: str) -> list[SessionGroup]:
+    def _groups(self, deployment: Deployment, model_id: str) -> list[SessionGroup]:
+        """The replicas of ``model_id``; UnknownModel only for a model that no plan the node
+        serves or is loading holds: a model the plan being loaded brings is coming, and a
+        router that sent its query by the newest allocation is told to retry (503)."""
         groups = deployment.routes.get(model_id)
         if groups:
             return groups
         if model_id in deployment.broken:
             why = deployment.broken[model_id]
             raise ModelUnavailable(f"model {model_id!r} failed to load: {why}")
+        incoming = self._incoming
+        if incoming is not None and any(
+            seat.replica is not None and seat.replica.model_id == model_id
+            for _, seat in incoming.replicas()
+        ):
+            raise ModelUnavailable(
+                f"model {model_id!r} is loading on this node (plan version {incoming.version})"
+            )
         raise UnknownModel(f"model {model_id!r} is not served on this node")
 
     def close(self) -> None:

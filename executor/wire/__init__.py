@@ -18,7 +18,9 @@ validates with it before storing, the executor checks with it before acting:
 - :mod:`executor.wire.routes`: the routing table of every model's replicas, for routers and
   clients;
 - :mod:`executor.wire.oip`: the Open Inference Protocol's tensors, JSON and binary, which the
-  daemon reads and its clients (the demo's load generator, Triton's clients) send.
+  daemon reads and its clients (the demo's load generator, Triton's clients) send;
+- :mod:`executor.wire.apilink`: how the API's long-running callers (the daemon, the gateway,
+  the Python client) log calls that keep failing: once when they start, not once a retry.
 
 Two seams are defined in the allocator, which produces them and may not import this package:
 the node plan (``allocator.cluster.plan.NodePlan``, parsed by ``NodePlan.from_dict`` in the

@@ -488,8 +488,9 @@ def test_each_error_is_answered_from_the_one_table(error, status, outcome):
     response, counted = answer_error(error)
     assert (response.status_code, counted) == (status, outcome)
     assert json.loads(bytes(response.body)) == {"error": str(error)}
-    retry_after = response.headers.get("Retry-After")
-    assert retry_after == ("3" if isinstance(error, Overloaded) else None)
+    # When to come back: admission control's estimate, or a plan's load (about a second).
+    expected = {Overloaded: "3", ModelUnavailable: "1"}.get(type(error))
+    assert response.headers.get("Retry-After") == expected
 
 
 def test_every_scheduling_error_has_an_answer():

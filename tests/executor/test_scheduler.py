@@ -179,6 +179,52 @@ def test_unknown_and_broken_models_hurt_no_other(runtimes):
     )
 
 
+class _HeldLoads(FakeBackend):
+    """Loads of artifacts named ``fake:held...`` wait until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loading = threading.Event()
+        self.release = threading.Event()
+
+    def load(self, artifact: str, device: str) -> FakeModel:
+        if artifact.startswith("fake:held"):
+            self.loading.set()
+            assert self.release.wait(timeout=30)
+        return super().load(artifact, device)
+
+
+def test_a_model_the_plan_being_loaded_brings_is_coming_not_unknown(runtimes):
+    """Routers send queries by the newest allocation, which a node may still be loading: its
+    models are answered 503 (retry, or try another replica) until they serve, not 404 (no
+    such model), and the models the node serves meanwhile are not held up."""
+    backend = _HeldLoads()
+    runtime = runtimes(backend=backend)
+    runtime.apply(plan([seat(0, "old")], version=1))
+    swap = threading.Thread(
+        target=runtime.apply,
+        args=(plan([seat(0, "old"), seat(1, "new", artifact="fake:held")], version=2),),
+    )
+    swap.start()
+    try:
+        assert backend.loading.wait(timeout=30)
+        q = queries(FAKE_SCHEMA, [20], seed=4)[0]
+        with pytest.raises(ModelUnavailable, match="'new' is loading on this node.*version 2"):
+            runtime.submit("new", q)
+        with pytest.raises(UnknownModel):
+            runtime.submit("neither", q)
+        np.testing.assert_allclose(
+            runtime.submit("old", q).future.result(timeout=5), reference(q), atol=1e-5
+        )
+    finally:
+        backend.release.set()
+        swap.join()
+    assert runtime.plan_version == 2
+    np.testing.assert_allclose(
+        runtime.submit("new", q).future.result(timeout=5), reference(q), atol=1e-5
+    )
+
+
 def test_plan_swap_under_load_loses_no_query(runtimes):
     config = SchedulerConfig(admission=False, max_queue=10_000, drain_timeout_s=10.0)
     backend = FakeBackend(row_s=5e-6, batch_s=1e-3)

@@ -42,7 +42,7 @@ OCTETS = {"content-type": "application/octet-stream"}
 @pytest.fixture
 def failures() -> Iterator[LogRecords]:
     """The client's records of failed routing table pulls."""
-    with captured("gpufair.client", containing="routing table pull failed") as handler:
+    with captured("gpufair.client", containing="routing table pull") as handler:
         yield handler
 
 
@@ -196,6 +196,37 @@ def test_a_daemon_whose_host_does_not_answer_is_held_dead_and_the_query_sent_els
                 answered = [client.post(MODEL, INFER, b"q", OCTETS) for _ in range(3)]
                 assert [r.status_code for r in answered] == [200, 200, 200]
                 assert client.routes.dead() == [silent_url]
+
+
+@pytest.mark.parametrize("status", [404, 503])
+def test_a_replica_that_cannot_serve_the_model_now_has_the_query_sent_to_another(
+    status: int,
+) -> None:
+    """A node that has not fetched the plan that brings a model (404), or is loading it (503),
+    costs a query a second try elsewhere, not an error; it is not held dead (it answered)."""
+    asked: list[str] = []
+
+    async def refuse(request: Request) -> Response:
+        asked.append(request.url.path)
+        return JSONResponse({"error": f"model {MODEL!r} is not served on this node"}, status)
+
+    refusing = Starlette(routes=[Route("/v2/models/{model}/infer", refuse, methods=["POST"])])
+    with (
+        BackgroundServer(refusing) as refuser,
+        BackgroundServer(_answering_daemon()) as daemon,
+    ):
+        table = RoutingTable(version=1, models={MODEL: ModelRoutes(
+            tenant="ads", replicas=[_replica("n0", refuser.url), _replica("n1", daemon.url)]
+        )})  # fmt: skip
+        with (
+            BackgroundServer(_serving_api(table), graceful_shutdown_s=1) as api,
+            Client(api.url, api_key="gft_k") as client,
+        ):
+            assert client.wait_ready(WAIT_S)
+            answered = [client.post(MODEL, INFER, b"q", OCTETS) for _ in range(4)]
+            assert [r.status_code for r in answered] == [200] * 4, answered[-1].text
+            assert len(asked) >= 2  # ties go round-robin: the refusing replica was tried first
+            assert client.routes.dead() == []
 
 
 def test_a_table_without_an_etag_is_pulled_again_after_a_wait_not_at_once() -> None:
