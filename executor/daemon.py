@@ -24,6 +24,9 @@ Routes (docs/architecture.md §3.3, docs/executor.md "HTTP"):
   metadata and model readiness need a key of the model's tenant too (401, 403, as a query): a
   model's features are its tenant's business.
 - ``GET /healthz`` — plan version and models served (503 until a plan is loaded).
+- ``GET /livez`` — whether the engine answers this front (200 with or without a plan; 503
+  when it did not within ``ENGINE_ANSWER_S``: the liveness probe, which restarts a wedged
+  node's pod, where a TCP probe passes as long as the front accepts connections).
 - ``GET /metrics`` — Prometheus text format.
 
 Every route is a plain Starlette app (:func:`create_front_app`), which tests and tools serve
@@ -250,7 +253,10 @@ def create_front(
     bounds = budgets or TenantBudgets()
 
     async def healthz(request: Request) -> Response:
-        health = await engine.health()
+        try:
+            health = await engine.health()
+        except SchedulingError as exc:  # the engine is gone or did not answer
+            return answer_error(exc)[0]
         if health is None:
             return JSONResponse(
                 {"status": "waiting for a plan (and in API mode its credentials)"},
@@ -258,8 +264,19 @@ def create_front(
             )
         return JSONResponse(health)
 
+    async def livez(request: Request) -> Response:
+        try:
+            await engine.health()
+        except SchedulingError as exc:
+            return answer_error(exc)[0]
+        return JSONResponse({"status": "alive"})
+
     async def metrics_route(request: Request) -> Response:
-        return Response(await engine.metrics(), media_type="text/plain; version=0.0.4")
+        try:
+            text = await engine.metrics()
+        except SchedulingError as exc:
+            return answer_error(exc)[0]
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     async def schema(request: Request) -> Response:
         try:
@@ -425,6 +442,7 @@ def create_front(
     asgi = Starlette(
         routes=[
             Route("/healthz", healthz),
+            Route("/livez", livez),
             Route("/metrics", metrics_route),
             Route("/v1/models/{model}/schema", schema),
             Route("/v2", server_metadata),

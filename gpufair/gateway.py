@@ -26,7 +26,8 @@ sends each query to the least-loaded live replica of its model (:mod:`gpufair.ro
   replica (:data:`gpufair.routing.TRY_ANOTHER_REPLICA`); a transport failure also marks the
   daemon dead (no query for ``DEAD_S``). A query that found no replica is answered 503 with
   ``Retry-After``, one that failed twice 502, and one whose daemon did not answer in
-  ``--timeout-s`` 504 (it is not retried: it may be running), but 408 if it was the client's body that had not come in whole by then;
+  ``--timeout-s`` 504 (it is not retried: it may be running), but 408 if it was the client's
+  body that had not come in whole by then;
 - a model the table does not list is 404; every error the gateway gives itself is JSON,
   ``{"error": message}``, an unknown path (404) and a wrong method (405) included;
 - a daemon's answer over :data:`gpufair.upstream.MAX_ANSWER_BYTES` (a few kB is usual), and a

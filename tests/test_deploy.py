@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from executor.front.remote import ENGINE_ANSWER_S
 from gpufair.cli import COMMANDS
 from gpufair.settings import Settings
 
@@ -152,6 +153,10 @@ def test_api_and_executor_shape() -> None:
     assert node_env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert {p["containerPort"] for p in daemon["ports"]} == {9090}
     assert daemon["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    # Liveness asks whether the engine answers (a TCP probe passed with a wedged engine), and
+    # waits past the front's own wait for it, so that the front's 503 is what fails it.
+    assert daemon["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert daemon["livenessProbe"]["timeoutSeconds"] > ENGINE_ANSWER_S
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)

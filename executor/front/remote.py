@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 # Refusals a front made on its own are told to the engine in one message per this interval: a
 # flood is refused hundreds of times a second, and a message each would be the engine's work.
 REFUSALS_EVERY_S = 0.1
+# How long a front waits for the engine's answer to a call other than a query (an admission,
+# health, a model's metadata, metrics; a query waits for its own deadline). An engine that has
+# not answered by then is taken for wedged: the call fails (503), and so does the daemon's
+# /livez, for the kubelet to restart the node's pod.
+ENGINE_ANSWER_S = 10.0
 
 
 class Arena:
@@ -74,9 +79,14 @@ class RemoteEngine:
     """:class:`~executor.front.engine.Engine` over a link to the engine process."""
 
     def __init__(
-        self, sock: socket.socket, buffer: mmap.mmap, on_close: Callable[[], None]
+        self,
+        sock: socket.socket,
+        buffer: mmap.mmap,
+        on_close: Callable[[], None],
+        answer_s: float = ENGINE_ANSWER_S,
     ) -> None:
         self._sock = sock
+        self._answer_s = answer_s
         self._view = memoryview(buffer)
         self._arena = Arena(len(buffer))
         self._on_close = on_close
@@ -135,13 +145,22 @@ class RemoteEngine:
         self._send(header)
         return future
 
+    async def _ask(self, header: dict[str, Any]) -> link.Message:
+        """Send a message and wait for its reply, at most ``answer_s`` (ModelUnavailable)."""
+        future = self._call(header)
+        try:
+            return await asyncio.wait_for(future, self._answer_s)
+        except TimeoutError:
+            self._waiting.pop(header["id"], None)  # a reply that comes later is dropped
+            raise ModelUnavailable(f"the engine did not answer in {self._answer_s:g} s") from None
+
     @staticmethod
     def _raise_error(header: dict[str, Any]) -> None:
         if "error" in header:
             raise link.error_from_dict(header["error"])
 
     async def admit(self, model: str, arrival: float, credential: str | None = None) -> Ticket:
-        header, _ = await self._call(
+        header, _ = await self._ask(
             {"op": "admit", "model": model, "arrival": arrival, "credential": credential}
         )
         self._raise_error(header)
@@ -213,17 +232,17 @@ class RemoteEngine:
             pass
 
     async def health(self) -> dict[str, Any] | None:
-        header, _ = await self._call({"op": "health"})
+        header, _ = await self._ask({"op": "health"})
         health: dict[str, Any] | None = header["health"]
         return health
 
     async def model(self, model: str, credential: str | None) -> ModelInfo:
-        header, _ = await self._call({"op": "model", "model": model, "credential": credential})
+        header, _ = await self._ask({"op": "model", "model": model, "credential": credential})
         self._raise_error(header)
         return ModelInfo(
             header["model_id"], ModelSchema.from_dict(header["schema"]), int(header["version"])
         )
 
     async def metrics(self) -> bytes:
-        _, payload = await self._call({"op": "metrics"})
+        _, payload = await self._ask({"op": "metrics"})
         return payload

@@ -27,8 +27,8 @@ from executor.engine import link
 from executor.engine.core import EngineCore
 from executor.engine.server import FrontLink
 from executor.fake import FAKE_SCHEMA, FakeBackend
-from executor.front.remote import RemoteEngine
-from executor.scheduling import NodeRuntime, SchedulerConfig
+from executor.front.remote import ENGINE_ANSWER_S, RemoteEngine
+from executor.scheduling import ModelUnavailable, NodeRuntime, SchedulerConfig
 from executor.wire import oip
 from gpufair.servers import ChildServer
 from tests.executor.scheduling_helpers import plan, queries, seat
@@ -216,6 +216,34 @@ def test_a_front_whose_engine_died_with_messages_unread_says_so_and_stops(
     assert "the engine closed this front's link" in caplog.text
 
 
+def test_an_engine_that_does_not_answer_fails_the_call_and_the_late_reply_is_dropped() -> None:
+    """A front waited for ever on an engine that had stopped answering (wedged: its link
+    thread holds no GIL it gives back), so /healthz hung and a TCP liveness probe passed. A
+    call other than a query now fails after the front's wait (503), keeping nothing for it; a
+    reply that comes after is dropped, and the next call is answered."""
+    engine_end, front_end = socket.socketpair()
+    engine_end.settimeout(10)
+
+    async def front() -> None:
+        remote = RemoteEngine(front_end, mmap.mmap(-1, 4096), on_close=lambda: None, answer_s=0.3)
+        await remote.start()
+        began = time.monotonic()
+        with pytest.raises(ModelUnavailable, match=r"did not answer in 0\.3 s"):
+            await remote.health()
+        assert time.monotonic() - began < 5
+        assert remote._waiting == {}  # nothing kept for the call given up
+        header, _ = link.receive(engine_end)
+        assert header["op"] == "health"
+        engine_end.sendall(link.frame({"id": header["id"], "health": {"late": True}}))
+        answered = asyncio.ensure_future(remote.health())
+        header, _ = await asyncio.to_thread(link.receive, engine_end)
+        engine_end.sendall(link.frame({"id": header["id"], "health": {"plan_version": 1}}))
+        assert await asyncio.wait_for(answered, 5) == {"plan_version": 1}
+        await remote.stop()
+
+    asyncio.run(front())
+
+
 # -- the daemon as processes ---------------------------------------------------------------------
 
 
@@ -286,3 +314,31 @@ def test_sigterm_refuses_new_connections_at_once_serves_those_in_flight_and_leav
     assert processes
     _eventually(lambda: not any(map(_running, processes)), "a process of the daemon was left")
     assert set(os.listdir("/dev/shm")) <= shm_before
+
+
+@pytest.mark.slow
+def test_livez_fails_while_the_engine_is_stopped_and_passes_again_after(tmp_path: Path) -> None:
+    """The daemon's liveness: an engine that answers nothing (here stopped with SIGSTOP, as a
+    wedged one) fails /livez with 503 after the front's wait, where the TCP probe the
+    DaemonSet had passed, and passes again once it answers."""
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(plan([seat(0, "a")]).to_dict()))
+    args = ["executor", "--plan", str(plan_path), "--backend", "fake", "--fronts", "1"]
+    with ChildServer("gpufair executor", args, log_path=tmp_path / "daemon.log") as child:
+        child.wait_healthy(120)
+        assert httpx.get(f"{child.url}/livez", timeout=30).json() == {"status": "alive"}
+        child.process.send_signal(signal.SIGSTOP)  # the engine; the front runs on
+        try:
+            began = time.monotonic()
+            wedged = httpx.get(f"{child.url}/livez", timeout=60)
+            waited = time.monotonic() - began
+        finally:
+            child.process.send_signal(signal.SIGCONT)
+        assert wedged.status_code == 503, wedged.text
+        assert "the engine did not answer in" in wedged.json()["error"]
+        assert ENGINE_ANSWER_S - 1 <= waited < ENGINE_ANSWER_S + 20
+        _eventually(
+            lambda: httpx.get(f"{child.url}/livez", timeout=30).status_code == 200,
+            "/livez did not pass once the engine answered again",
+            within_s=30,
+        )
