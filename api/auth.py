@@ -78,6 +78,11 @@ def key_usable(now: datetime) -> ColumnElement[bool]:
     )
 
 
+def key_usable_at(key: ApiKeyRow, now: datetime) -> bool:
+    """:func:`key_usable` of a row already read, in Python."""
+    return key.revoked_at is None and (key.expires_at is None or as_utc(key.expires_at) > now)
+
+
 # How long a dashboard sign-in lasts.
 DASHBOARD_SESSION_S = 12 * 3600
 

@@ -33,6 +33,7 @@ import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from sqlite3 import SQLITE_CONSTRAINT_FOREIGNKEY
 from typing import Annotated, ParamSpec, TypeVar, get_type_hints
 
 from fastapi import Depends, Header, Request, Response
@@ -47,6 +48,9 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import Principal, identify_until, is_admin
 from api.errors import Conflict, Forbidden, NotFound, PreconditionFailed, Unauthorized
 from api.state import AppState, app_state, state_of
+
+# How each backend tells that a row names one that is not there (a foreign key).
+FOREIGN_KEY_VIOLATION = "23503"  # PostgreSQL's SQLSTATE
 
 # One security scheme per role, so the OpenAPI document says which token each route takes.
 _admin_scheme = HTTPBearer(
@@ -74,9 +78,18 @@ def _end(session: Session, *, commit: bool) -> None:
         session.close()
 
 
+def _refers_to_a_deleted_row(exc: IntegrityError) -> bool:
+    """Whether the database refused a row for naming one that is not there: on PostgreSQL, a
+    row (a tenant, model or node) deleted by a transaction that committed after this request
+    read it, so the request's own checks found it."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    sqlite_code = getattr(exc.orig, "sqlite_errorcode", None)
+    return sqlstate == FOREIGN_KEY_VIOLATION or sqlite_code == SQLITE_CONSTRAINT_FOREIGNKEY
+
+
 @contextmanager
 def commit_errors() -> Iterator[None]:
-    """A concurrent writer's win as 412, a taken name as 409."""
+    """A concurrent writer's win as 412, a row deleted meanwhile as 404, a taken name as 409."""
     try:
         yield
     except StaleDataError as exc:
@@ -84,6 +97,11 @@ def commit_errors() -> Iterator[None]:
             "the resource was changed by another request; read it again and retry"
         ) from exc
     except IntegrityError as exc:
+        if _refers_to_a_deleted_row(exc):
+            raise NotFound(
+                "what this request refers to (a tenant, model or node) was deleted by another "
+                "request meanwhile; nothing was changed"
+            ) from exc
         raise Conflict("the change conflicts with existing data (a name already taken?)") from exc
 
 

@@ -172,21 +172,64 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _reason(request: Request, error: dict[str, Any]) -> str:
+    """What is wrong, in words a client can act on: where a JSON syntax error is, and that a
+    body sent as another content type than JSON was not read as JSON at all (pydantic says
+    only that it is not an object)."""
+    message = str(error.get("msg", "invalid"))
+    if error.get("type") == "json_invalid":
+        syntax = error.get("ctx", {}).get("error", "invalid JSON")
+        return f"{message}: {syntax} at character {error.get('loc', ('body', '?'))[-1]}"
+    content_type = request.headers.get("content-type")
+    if (
+        tuple(error.get("loc", ())) == ("body",)
+        and error.get("type") == "model_attributes_type"
+        and content_type is not None
+        and not _is_json(content_type)
+    ):
+        return f"expected a JSON object sent as Content-Type: application/json, got {content_type}"
+    return message
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
     # A JSON syntax error's location is a character offset, not a field.
     loc = ("body",) if first.get("type") == "json_invalid" else first.get("loc", ("body",))
     field = _field_of(loc)
-    message = f"{field}: {first.get('msg', 'invalid')}"
+    message = f"{field}: {_reason(request, first)}"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more)"
     return error_response(InvalidInput(message, field=field))
 
 
+def _unreadable_body(cause: BaseException | None) -> ApiError | None:
+    """Why a JSON body could not be parsed, where FastAPI answers only "There was an error
+    parsing the body": bytes that are not UTF-8, nesting deeper than the parser recurses, an
+    integer longer than Python converts. None for any other cause."""
+    if isinstance(cause, UnicodeDecodeError):
+        reason = f"not UTF-8 (byte {cause.object[cause.start]:#04x} at offset {cause.start})"
+    elif isinstance(cause, RecursionError):
+        reason = "arrays or objects nested too deeply"
+    elif isinstance(cause, ValueError):
+        # "Exceeds the limit (4300 digits) for integer string conversion: ...; use sys...."
+        reason = str(cause).split(";", 1)[0]
+    else:
+        return None
+    return ApiError(f"body: not readable as JSON: {reason}", field="body")
+
+
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    unreadable = _unreadable_body(exc.__cause__) if exc.status_code == 400 else None
+    if unreadable is not None:
+        return error_response(unreadable)
     codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
     body = {"error": {"code": codes.get(exc.status_code, "http_error"), "message": exc.detail}}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)

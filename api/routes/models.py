@@ -41,8 +41,10 @@ def _public(session: SessionDep, model: ModelRow, response: Response) -> ModelPu
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, responses=errors(409, s409="the name is taken")
-)
+    "", status_code=status.HTTP_201_CREATED,
+    responses=errors(404, 409, s404="your tenant was deleted meanwhile",
+                     s409="the name is taken"),
+)  # fmt: skip
 @in_one_worker_call
 def create_model(
     request: Request,

@@ -160,7 +160,11 @@ def revoke_my_key(
     """Revoke one of your keys; your last usable API key cannot be (409): rotate it instead.
     The daemons refuse a revoked key within about a second (their credential long-poll)."""
     row = service.revoke_key(
-        session=session, tenant_id=tenant.id, key_id=key_id, now=state.clock(), keep_one=True
+        session=session,
+        tenant_id=tenant.id,
+        key_id=key_id,
+        now=state.clock(),
+        presented_key_id=tenant.key_id,
     )
     _keys_changed(background, state)
     return ApiKeyPublic.model_validate(row)

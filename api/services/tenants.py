@@ -5,7 +5,9 @@ signs in with (a new key, the old one revoked now or after a grace period, store
 expiry) and revokes its own — but never one that no other usable API key outlives, which would
 lock it out sooner than the key would have (409): a key that is about to expire (a rotation's
 grace) does not keep a tenant in. The tenant row is locked while that is decided, so two
-concurrent revocations cannot both pass the check.
+concurrent revocations cannot both pass the check, and the key the request presented is read
+again under the lock: one revoked meanwhile (by a concurrent rotation) rotates or revokes
+nothing (401).
 """
 
 from __future__ import annotations
@@ -15,8 +17,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from api.auth import INFERENCE_KEY_PREFIX, TENANT_KEY_PREFIX, key_usable, new_token, token_hash
-from api.errors import Conflict, NotFound
+from api.auth import (
+    INFERENCE_KEY_PREFIX,
+    TENANT_KEY_PREFIX,
+    key_usable,
+    key_usable_at,
+    new_token,
+    token_hash,
+)
+from api.errors import Conflict, NotFound, Unauthorized
 from api.models import ApiKeyRow, TenantRow, as_utc
 from api.schemas import KeyScope, TenantCreate, TenantSelfUpdate, TenantUpdate
 from api.services.revisions import check_if_match
@@ -122,13 +131,28 @@ def _own_key(session: Session, tenant_id: int, key_id: int) -> ApiKeyRow:
     return row
 
 
+def _presented_key(session: Session, tenant_id: int, key_id: int, now: datetime) -> ApiKeyRow:
+    """The key a tenant's request presented, read again under the tenant's lock. It was usable
+    when the request was authenticated, but a change committed since — a concurrent request's
+    on PostgreSQL, or another replica's that this process's credential cache has not seen — may
+    have revoked it: then the request is refused (401) as if it had come a moment later, so one
+    key rotated twice mints one key, and the answers are SQLite's, whose writers run in turn."""
+    key = _own_key(session, tenant_id, key_id)
+    if not key_usable_at(key, now):
+        raise Unauthorized(
+            f"key {key_id} was revoked or expired after this request presented it (a "
+            "concurrent rotation or revocation came first)"
+        )
+    return key
+
+
 def rotate_key(
     *, session: Session, tenant_id: int, key_id: int, grace_s: int, now: datetime
 ) -> tuple[ApiKeyRow, str]:
     """A new key for the tenant, and key ``key_id`` (the one presented) revoked now, or
     refused after ``grace_s`` seconds (an expiry already sooner is kept)."""
     _lock_tenant(session, tenant_id)
-    old = _own_key(session, tenant_id, key_id)
+    old = _presented_key(session, tenant_id, key_id, now)
     row, key = issue_key(session=session, tenant_id=tenant_id, now=now)
     if grace_s == 0:
         old.revoked_at = now
@@ -168,19 +192,26 @@ def list_keys(
 
 
 def revoke_key(
-    *, session: Session, tenant_id: int, key_id: int, now: datetime, keep_one: bool = False
+    *,
+    session: Session,
+    tenant_id: int,
+    key_id: int,
+    now: datetime,
+    presented_key_id: int | None = None,
 ) -> ApiKeyRow:
     """Revoke one of the tenant's keys; a key of another tenant is not found. With
-    ``keep_one`` (a tenant revoking its own), refuse (409) to revoke an API key unless another
-    usable one lasts at least as long: one that never expires, or expires no sooner. Counting
-    every usable key would let a tenant revoke its one lasting key with one about to expire
-    (a rotation's grace) and be locked out when that expires."""
-    if keep_one:
+    ``presented_key_id`` (a tenant revoking its own with that key), the presented key must
+    still be usable (401), and refuse (409) to revoke an API key unless another usable one
+    lasts at least as long: one that never expires, or expires no sooner. Counting every
+    usable key would let a tenant revoke its one lasting key with one about to expire (a
+    rotation's grace) and be locked out when that expires."""
+    if presented_key_id is not None:
         _lock_tenant(session, tenant_id)
+        _presented_key(session, tenant_id, presented_key_id, now)
     row = _own_key(session, tenant_id, key_id)
     if row.revoked_at is not None:
         return row
-    if keep_one and row.scope == "tenant":
+    if presented_key_id is not None and row.scope == "tenant":
         lasts = (
             ApiKeyRow.expires_at.is_(None)
             if row.expires_at is None

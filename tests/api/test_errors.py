@@ -100,3 +100,35 @@ def test_metrics_count_requests_by_handler(api: Api) -> None:
     assert 'handler="list_tenants",method="GET",status="200"' in text
     assert 'handler="unmatched",method="GET",status="404"' in text
     assert "gpufair_api_request_seconds_bucket" in text
+
+
+def test_an_unreadable_json_body_says_why(api: Api) -> None:
+    """A body the JSON parser cannot read is answered with what is wrong with it and
+    ``field: body``, not "There was an error parsing the body": bytes that are not UTF-8, an
+    integer longer than Python converts, nesting deeper than the parser goes. Nothing is
+    created."""
+    json_headers = {**api.admin, "Content-Type": "application/json"}
+    for body, status, reason in [
+        (b'{"name": "a\xffb"}', 400, "not UTF-8 (byte 0xff at offset 11)"),
+        (b'{"name": "a", "weight": ' + b"9" * 5000 + b"}", 400, "4300 digits"),
+        (b'{"name": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nested too deeply"),
+        (b'{"name": "a",}', 422, "Expecting property name enclosed in double quotes at "
+         "character 13"),
+    ]:  # fmt: skip
+        r = api.client.post("/v1/tenants", content=body, headers=json_headers)
+        error = _shape(r.json())
+        assert r.status_code == status and error["field"] == "body", r.text
+        assert reason in error["message"], r.text
+    assert api.client.get("/v1/tenants", headers=api.admin).json() == []
+
+
+def test_a_body_sent_as_another_content_type_says_to_send_json(api: Api) -> None:
+    """Valid JSON sent as text/plain (curl -d without -H) or as a form is not read as JSON;
+    the answer says so instead of claiming the body is not an object."""
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        r = api.client.post("/v1/tenants", content=b'{"name": "ads"}',
+                            headers={**api.admin, "Content-Type": content_type})  # fmt: skip
+        error = _shape(r.json())
+        assert r.status_code == 422 and error["field"] == "body", r.text
+        assert "Content-Type: application/json" in error["message"], r.text
+        assert content_type in error["message"], r.text

@@ -12,6 +12,7 @@ from api.app import create_app
 from api.errors import TooManyRequests
 from api.ratelimit import FailedCredentials
 from gpufair.compose import api_config
+from gpufair.settings import Settings
 from tests.api.conftest import ADMIN_TOKEN, Api, install_clock, make_settings
 
 T0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
@@ -284,3 +285,43 @@ def test_the_limiter_forgets_after_its_window_and_stays_bounded() -> None:
     for k in range(10_000):  # a flood from many addresses never grows the table past its bound
         limiter.failed(f"10.{k}")
     assert limiter.tracked() == 100
+
+
+def test_a_key_rotated_through_another_replica_cannot_be_rotated_again(
+    api: Api, settings: Settings
+) -> None:
+    """A rotation revokes the key it presents, whichever replica serves it. A second rotation
+    with that key — sent to a replica that still holds the key as valid (its credential cache,
+    or a concurrent request on PostgreSQL that read the key before the first committed) — is
+    refused (401) and mints no key: otherwise one revoked key would leave behind as many
+    lasting API keys as rotations raced, and SQLite and PostgreSQL would answer differently."""
+    tenant, key = api.tenant("ads")
+    with TestClient(create_app(api_config(settings))) as replica:
+        # The replica's cache stands for the moment between its lookup and the rotation.
+        replica.app.state.gpufair.credentials.kept_s = 3600.0  # type: ignore[attr-defined]
+        assert replica.get("/v1/tenants/me", headers=api.bearer(key)).status_code == 200
+        first = api.client.post("/v1/tenants/me/keys/rotate", headers=api.bearer(key))
+        assert first.status_code == 201, first.text
+        r = replica.post("/v1/tenants/me/keys/rotate", headers=api.bearer(key))
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
+    keys = api.client.get(f"/v1/tenants/{tenant['id']}/keys?active=true", headers=api.admin)
+    assert [k["id"] for k in keys.json()] == [first.json()["id"]]
+
+
+def test_a_key_revoked_through_another_replica_cannot_revoke_the_other(
+    api: Api, settings: Settings
+) -> None:
+    """Two API keys revoking each other at once: the first wins and the second, whose key is
+    revoked by then, is 401 on both backends — not 409 calling its target "your last usable
+    key", as PostgreSQL (or a replica that still holds the key as valid) used to answer."""
+    tenant, first = api.tenant("ads")
+    second = api.client.post(f"/v1/tenants/{tenant['id']}/keys", headers=api.admin).json()
+    first_id = next(k for k in _keys(api, first) if k != second["id"])
+    with TestClient(create_app(api_config(settings))) as replica:
+        replica.app.state.gpufair.credentials.kept_s = 3600.0  # type: ignore[attr-defined]
+        assert replica.get("/v1/tenants/me", headers=api.bearer(second["key"])).status_code == 200
+        r = api.client.delete(f"/v1/tenants/me/keys/{second['id']}", headers=api.bearer(first))
+        assert r.status_code == 200, r.text
+        r = replica.delete(f"/v1/tenants/me/keys/{first_id}", headers=api.bearer(second["key"]))
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
+    assert api.client.get("/v1/tenants/me", headers=api.bearer(first)).status_code == 200
