@@ -57,6 +57,11 @@ CLOSE_WAIT_S = 5.0  # how long close() waits for the follower's thread to end
 INFERENCE_KEY_PREFIX = "gfi_"  # api.auth's: such a key queries daemons, never the API
 
 
+# Connections to the daemons a client holds at most (httpx's default): a query that finds
+# them all busy for timeout_s fails with 503 saying so.
+MAX_CONNECTIONS = 100
+
+
 def retry_delay_s(failures: int, rng: random.Random) -> float:
     """The wait before the next pull after ``failures`` failed in a row: doubling from
     0.25-0.5 s up to MAX_BACKOFF_S, times a random factor in [0.5, 1), so that the many
@@ -66,7 +71,7 @@ def retry_delay_s(failures: int, rng: random.Random) -> float:
 
 class QueryFailed(RuntimeError):
     """A query that got no scores: ``status`` is the HTTP status (0: no replica answered;
-    503 with no routing table yet)."""
+    503 with no routing table yet, or with every connection of the client busy)."""
 
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
@@ -95,12 +100,15 @@ class Client:
         timeout_s: float = 30.0,
         routes_wait_s: float = ROUTES_WAIT_S,
         ready_timeout_s: float = 10.0,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         """Follow the routing table at ``api_url`` with ``api_key`` (the tenant's ``gft_``
         API key) and query with ``query_key`` (default: ``api_key``). A daemon gets
         ``timeout_s`` per read or write of a query and ``min(timeout_s, 2)`` to accept its
-        connection. Raises KeyRefused when the API refuses ``api_key``, ValueError for an
-        inference-only key as ``api_key`` (the API would refuse it as unknown)."""
+        connection; at most ``max_connections`` queries are sent at once, and one that finds
+        no connection free within ``timeout_s`` fails (503). Raises KeyRefused when the API
+        refuses ``api_key``, ValueError for an inference-only key as ``api_key`` (the API would
+        refuse it as unknown)."""
         if api_key.startswith(INFERENCE_KEY_PREFIX):
             raise ValueError(
                 "api_key is an inference-only key, which cannot read the routing table: pass "
@@ -115,9 +123,11 @@ class Client:
         self._refused: KeyRefused | None = None
         self._received = threading.Event()  # a table came
         self._settled = threading.Event()  # a table came, or the API refused the key
+        self._max_connections = max_connections
         self._daemons = httpx.Client(
             headers={"Authorization": f"Bearer {query_key or api_key}"},
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 2.0)),
+            limits=httpx.Limits(max_connections=max_connections),
         )
         # The long-poll runs as a task on a loop of its own, so that close() can cancel it
         # mid-wait: a blocking request in a thread cannot be interrupted.
@@ -159,6 +169,13 @@ class Client:
                 failure = f"node {pick.node}: {exc.__class__.__name__}: {exc}"
                 log.warning("%s; held dead for a while, query sent elsewhere", failure)
                 continue
+            except httpx.PoolTimeout as exc:
+                # Not the node's fault: this client had no connection free for the query.
+                raise QueryFailed(
+                    f"all {self._max_connections} connections of this client are busy with "
+                    "queries: send fewer at once, or make the client with more max_connections",
+                    503,
+                ) from exc
             except httpx.TimeoutException as exc:
                 raise QueryFailed(f"node {pick.node} did not answer: {exc}", 504) from exc
             except httpx.TransportError as exc:

@@ -19,15 +19,13 @@ import yaml
 
 from executor.front.remote import ENGINE_ANSWER_S
 from gpufair.cli import COMMANDS
-from gpufair.settings import Settings
+from gpufair.settings import NOT_SETTINGS, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 MANIFESTS = sorted(p for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
 DOCS = [ROOT / "docs" / "operations.md", DEPLOY / "README.md"]
 WORKLOADS = {"Deployment", "DaemonSet", "StatefulSet", "Job"}
-# Variables read by gpufair that are not settings: the config file's name.
-NOT_SETTINGS = {"GPUFAIR_CONFIG"}
 ENV_NAME = re.compile(r"\bGPUFAIR_[A-Z0-9_]+\b")
 
 

@@ -154,6 +154,11 @@ def _unique_sla_keys(entries: list[_Keyed]) -> list[_Keyed]:
     return entries
 
 
+# A daemon's advertised URL: scheme, host and port, no path (routers append /v2/models/...).
+ADVERTISED_URL = r"^https?://[^\s/]+$"
+MAX_URL_CHARS = 256
+
+
 class Heartbeat(BaseModel):
     """One heartbeat body, as the daemon sends it and the API stores it."""
 
@@ -162,7 +167,7 @@ class Heartbeat(BaseModel):
     plan_version: Annotated[int, Field(ge=0, le=MAX_ID)] | None = Field(
         default=None, description="the plan version the daemon serves"
     )
-    url: Annotated[str, Field(max_length=256, pattern=r"^https?://[^\s/]+$")] | None = Field(
+    url: Annotated[str, Field(max_length=MAX_URL_CHARS, pattern=ADVERTISED_URL)] | None = Field(
         default=None,
         description="where routers and clients reach this daemon (its --advertise-url); the "
         "routing table (GET /v1/routes) lists its replicas under it",

@@ -44,6 +44,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -53,6 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from allocator.cluster.plan import NodePlan, PlanError
+from executor.wire.heartbeat import ADVERTISED_URL, MAX_URL_CHARS
 from executor.wire.names import InvalidNameError, validate_node_name
 from gpufair.compose import front_count, scheduler_config
 from gpufair.inputs import InputError, port_number, read_text, whole_number
@@ -93,8 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--advertise-url",
-        help="API mode: the URL routers and clients reach this daemon at, sent with every "
-        "heartbeat (default: http://HOST:PORT, the machine's name for a wildcard HOST)",
+        type=advertised_url,
+        help="API mode: the URL routers and clients reach this daemon at, http(s)://HOST:PORT "
+        "with no path, sent with every heartbeat (default: http://HOST:PORT, the machine's "
+        "name for a wildcard HOST)",
     )
     p.add_argument(
         "--device",
@@ -291,6 +295,19 @@ def main(argv: list[str]) -> int:
         )
         return 2
     return 0
+
+
+def advertised_url(text: str) -> str:
+    """An --advertise-url as the heartbeat carries it (one trailing slash dropped); one it
+    would refuse is refused here, at start, not in every heartbeat while the node stays out of
+    the routing table."""
+    url = text[:-1] if text.endswith("/") else text
+    if len(url) > MAX_URL_CHARS or re.fullmatch(ADVERTISED_URL, url) is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give http(s)://HOST:PORT, no path (routers add /v2/models/...), at most "
+            f"{MAX_URL_CHARS} characters"
+        )
+    return url
 
 
 def _advertised(host: str, port: int) -> str:

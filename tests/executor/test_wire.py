@@ -26,6 +26,7 @@ from executor.models.dlrm import RMC1, RMC2, RMC3
 from executor.models.wnd import WND
 from executor.wire import artifact as wire_artifact
 from executor.wire.artifact import ARCHITECTURES, MAX_SEED, ZooSpec
+from executor.wire.heartbeat import Heartbeat
 from executor.wire.names import InvalidNameError, validate_node_name
 from gpufair.commands import executor as executor_command
 from tests.name_cases import NODE_NAMES
@@ -282,3 +283,33 @@ def test_a_spec_made_in_code_obeys_the_same_rules(fields: dict[str, object]) -> 
         build_model(spec)
     with pytest.raises(ZooError, match=next(iter(fields))):
         wire_artifact.parse_zoo_artifact(spec.artifact)
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        ("http://10.0.0.7:9090", "http://10.0.0.7:9090"),
+        ("http://node-a.cluster.local:9090/", "http://node-a.cluster.local:9090"),
+        ("https://[fd00::7]:443", "https://[fd00::7]:443"),
+        ("http://node-a:9090/v2", None),
+        ("node-a:9090", None),
+        ("ftp://node-a:9090", None),
+        ("http://node a:9090", None),
+        ("http://" + "a" * 260 + ":9090", None),
+    ],
+)
+def test_the_advertised_url_is_checked_at_start_as_every_heartbeat_checks_it(
+    given: str, sent: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An --advertise-url with a path (a trailing slash too) was taken, then refused by the
+    heartbeat contract in every heartbeat, so the node never entered the routing table: the
+    command now sends what the contract takes (a trailing slash dropped) or refuses at start."""
+    argv = ["--api", "http://api:8080", "--node", "n", "--advertise-url", given]
+    if sent is None:
+        with pytest.raises(SystemExit) as exit_:
+            executor_command._parser().parse_args(argv)
+        assert exit_.value.code == 2
+        assert "argument --advertise-url:" in capsys.readouterr().err
+        return
+    assert executor_command._parser().parse_args(argv).advertise_url == sent
+    assert Heartbeat(url=sent).url == sent

@@ -17,13 +17,14 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from executor.wire.routes import ModelRoutes, RouteReplica, RoutingTable
@@ -226,6 +227,46 @@ def test_a_replica_that_cannot_serve_the_model_now_has_the_query_sent_to_another
             answered = [client.post(MODEL, INFER, b"q", OCTETS) for _ in range(4)]
             assert [r.status_code for r in answered] == [200] * 4, answered[-1].text
             assert len(asked) >= 2  # ties go round-robin: the refusing replica was tried first
+            assert client.routes.dead() == []
+
+
+def test_a_query_that_finds_every_connection_busy_blames_the_client_not_the_node() -> None:
+    """With all of the client's connections busy, a query waited for one and failed as a
+    504 "node did not answer", blaming a node it never reached: now 503 saying what to change,
+    and the node is not held dead."""
+    release, started = threading.Event(), threading.Event()
+
+    async def trickle(request: Request) -> Response:
+        started.set()
+
+        async def body() -> AsyncIterator[bytes]:
+            while not release.is_set():  # a byte at a time: the client's reads never time out
+                yield b" "
+                await asyncio.sleep(0.05)
+
+        return StreamingResponse(body())
+
+    daemon_app = Starlette(routes=[Route("/v2/models/{model}/infer", trickle, methods=["POST"])])
+    with BackgroundServer(daemon_app, graceful_shutdown_s=1) as daemon:
+        table = RoutingTable(version=1, models={MODEL: ModelRoutes(
+            tenant="ads", replicas=[_replica("n0", daemon.url)]
+        )})  # fmt: skip
+        with (
+            BackgroundServer(_serving_api(table), graceful_shutdown_s=1) as api,
+            Client(api.url, api_key="gft_k", timeout_s=0.5, max_connections=1) as client,
+            ThreadPoolExecutor(1) as pool,
+        ):
+            assert client.wait_ready(WAIT_S)
+            busy = pool.submit(client.post, MODEL, INFER, b"q", OCTETS)
+            assert started.wait(WAIT_S), "the first query did not reach the daemon"
+            try:
+                with pytest.raises(QueryFailed) as refused:
+                    client.post(MODEL, INFER, b"q", OCTETS)
+            finally:
+                release.set()
+            assert refused.value.status == 503
+            assert "all 1 connections of this client are busy" in str(refused.value)
+            assert busy.result(WAIT_S).status_code == 200
             assert client.routes.dead() == []
 
 
