@@ -6,7 +6,9 @@ it, so the kernel spreads connections over them. Each front gets a link (a socke
 shared-memory buffer (a ``memfd`` of :data:`BUFFER_BYTES`, sent over the link); one
 :class:`FrontLink` thread per front serves its messages on the
 :class:`~executor.engine.core.EngineCore` (:mod:`executor.engine.link` describes them). A front
-that exits unexpectedly is logged and started again.
+that exits unexpectedly is logged and started again, up to :data:`MAX_FRONT_EXITS` times within
+:data:`FRONT_EXITS_WINDOW_S`; past that the daemon stops with an error (:class:`FrontsFailing`),
+rather than start a front that dies at once again and again while serving nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ log = logging.getLogger(__name__)
 # a query (429) when its queries in flight fill it.
 BUFFER_BYTES = 256 * 2**20
 SWITCH_INTERVAL_S = 0.0005  # how long a thread waiting for the engine's GIL waits at most
+# A front started again more often than this within the window is failing for good (a bad
+# build, memory it is always killed for): the daemon exits, for its supervisor to see.
+MAX_FRONT_EXITS = 5
+FRONT_EXITS_WINDOW_S = 60.0
+
+
+class FrontsFailing(RuntimeError):
+    """Fronts exited more than MAX_FRONT_EXITS times within FRONT_EXITS_WINDOW_S."""
 
 
 class FrontLink(threading.Thread):
@@ -283,15 +293,33 @@ class Fronts:
         log.info("front %d started (pid %s)", index, process.pid)
         return _Front(process, front_link, buffer)
 
-    def watch(self, stop: threading.Event, every_s: float = 1.0) -> None:
-        """Until ``stop`` is set: start again any front that exited."""
+    def watch(
+        self,
+        stop: threading.Event,
+        every_s: float = 1.0,
+        max_exits: int = MAX_FRONT_EXITS,
+        window_s: float = FRONT_EXITS_WINDOW_S,
+    ) -> None:
+        """Until ``stop`` is set: start again any front that exited; raise FrontsFailing when
+        fronts exited more than ``max_exits`` times within ``window_s``."""
+        exits: collections.deque[float] = collections.deque()
         while not stop.wait(every_s):
             for index, front in enumerate(self._fronts):
-                if not front.process.is_alive() and not stop.is_set():
-                    log.error(
-                        "front %d exited with %s; starting it again", index, front.process.exitcode
+                if front.process.is_alive() or stop.is_set():
+                    continue
+                now = time.monotonic()
+                exits.append(now)
+                while exits[0] < now - window_s:
+                    exits.popleft()
+                if len(exits) > max_exits:
+                    raise FrontsFailing(
+                        f"front {index} exited with {front.process.exitcode}, the "
+                        f"{len(exits)}th front exit within {window_s:g} s; not starting it again"
                     )
-                    self._fronts[index] = self._spawn(index)
+                log.error(
+                    "front %d exited with %s; starting it again", index, front.process.exitcode
+                )
+                self._fronts[index] = self._spawn(index)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the fronts (SIGTERM: each ends its requests in progress), then the links.

@@ -14,7 +14,8 @@ The daemon is one engine process (this one: the devices, the session groups, the
 scheduler, the plan client) and ``--fronts`` front processes that accept connections on the
 listening socket, admit, read and parse requests and hand the queries over in shared memory
 (docs/executor.md, "Fronts and the engine"). SIGINT or SIGTERM stops the fronts, then drains
-the engine.
+the engine. A front that exits is started again; fronts exiting more than 5 times within a
+minute stop the daemon (exit status 1), so its supervisor sees a failing node.
 
 A plan whose replicas do not fit a device's memory (``executor.memory_limit_mb``, else the
 device's free memory less a reserve) is refused before anything loads: standalone, one line
@@ -188,7 +189,7 @@ def main(argv: list[str]) -> int:
     from executor.credentials import OPEN, Credentials
     from executor.daemon import DEFAULT_MAX_BODY_BYTES
     from executor.engine.core import EngineCore
-    from executor.engine.server import Fronts
+    from executor.engine.server import Fronts, FrontsFailing
     from executor.front.process import FrontOptions
     from executor.metrics import ExecutorMetrics
     from executor.plan_client import TOKEN_REJECTED_TRIES, PlanClient
@@ -283,6 +284,10 @@ def main(argv: list[str]) -> int:
         fronts.start()
         log.info("executor listening on http://%s:%d (%d front process(es))", host, port, count)
         fronts.watch(stop)
+    except FrontsFailing as exc:
+        log.critical("%s", exc)
+        sys.stderr.write(f"gpufair executor: {exc}; the daemon stops (its log says why)\n")
+        return 1
     finally:
         fronts.stop()
         if client is not None:

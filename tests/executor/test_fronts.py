@@ -28,7 +28,7 @@ from executor.credentials import Credentials
 from executor.daemon import FrontApp, create_front
 from executor.engine import link
 from executor.engine.core import EngineCore
-from executor.engine.server import FrontLink
+from executor.engine.server import MAX_FRONT_EXITS, FrontLink
 from executor.fake import FAKE_SCHEMA, FakeBackend
 from executor.front import http as front_http
 from executor.front import process as front_process
@@ -976,6 +976,31 @@ def test_a_front_that_dies_is_started_again(daemon) -> None:
         time.sleep(0.2)
     with httpx.Client(base_url=daemon.url, timeout=30) as client:
         assert all(_infer(client, "a", k).status_code == 200 for k in range(10))
+
+
+@pytest.mark.slow
+def test_fronts_that_keep_dying_stop_the_daemon_with_an_error(tmp_path: Path) -> None:
+    """A front that dies again as soon as it is started (always killed, a broken build) was
+    started again every second for ever, the node serving nothing and its supervisor seeing a
+    running daemon. Past MAX_FRONT_EXITS exits within a minute the daemon stops, status 1,
+    saying why."""
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(plan([seat(0, "a")]).to_dict()))
+    args = ["executor", "--plan", str(plan_path), "--backend", "fake", "--fronts", "1"]
+    log_path = tmp_path / "daemon.log"
+    with ChildServer("gpufair executor", args, log_path=log_path) as child:
+        child.wait_healthy(120)
+        killed: set[int] = set()
+        deadline = time.monotonic() + 120
+        while child.process.poll() is None:
+            assert time.monotonic() < deadline, f"still running after {len(killed)} kills"
+            for pid in set(_fronts(child)) - killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            time.sleep(0.05)
+        assert child.process.returncode == 1
+    assert len(killed) == MAX_FRONT_EXITS + 1
+    assert "not starting it again; the daemon stops" in log_path.read_text()
 
 
 @pytest.fixture(scope="module")
