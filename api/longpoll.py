@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Response, status
+from fastapi import Query, Response, status
 from fastapi.responses import JSONResponse
 
 from api.services.plans import etag_matches, recheck_after
@@ -34,6 +34,11 @@ from api.state import AppState
 # that the caller's If-None-Match already names that ETag (a plan's recheck reads its version
 # only and builds no document it would not send).
 Read = Callable[[], Awaitable[tuple[str, Any | None]]]
+# The ``?wait=`` of every long-polled route: seconds, finite (NaN compared false with both
+# bounds and was refused as over the upper one).
+LongPollWait = Annotated[
+    float, Query(ge=0, le=3600, allow_inf_nan=False, description="long-poll seconds")
+]
 
 
 async def long_poll(

@@ -26,7 +26,7 @@ from api.deps import (
     in_one_worker_call,
 )
 from api.idempotency import IdempotencyKey, fingerprint, remember, replay_if_known
-from api.longpoll import long_poll
+from api.longpoll import LongPollWait, long_poll
 from api.models import NodeRow
 from api.openapi import errors
 from api.pagination import NEXT_LINK, Page, next_page
@@ -115,9 +115,6 @@ def read_node(node: NodeName, _: AdminDep, session: SessionDep) -> NodePublic:
 def rotate_token(node: NodeName, _: AdminDep, session: SessionDep) -> NodeCreated:
     """Issue a new token for the node; the old one is refused from now on."""
     return _created(*service.rotate_token(session=session, name=node))
-
-
-LongPollWait = Annotated[float, Query(ge=0, le=3600, description="long-poll seconds")]
 
 
 @router.get(

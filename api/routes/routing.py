@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Response
 
 from api.deps import AdminDep, StateDep, TenantOutsideTransaction
-from api.longpoll import long_poll
+from api.longpoll import LongPollWait, long_poll
 from api.services.dataplane import content_etag, routing_table
 from api.state import AppState
 from executor.wire.routes import RoutingTable
@@ -23,7 +23,6 @@ from executor.wire.routes import RoutingTable
 router = APIRouter(prefix="/routes")
 
 
-Wait = Annotated[float, Query(ge=0, le=3600, description="long-poll seconds")]
 IfNoneMatch = Annotated[str | None, Header()]
 
 
@@ -41,7 +40,7 @@ async def _long_poll_routes(
 
 @router.get("", tags=["admin"], responses={200: {"model": RoutingTable}, 304: {}})
 async def read_routes(
-    _: AdminDep, state: StateDep, wait: Wait = 0.0, if_none_match: IfNoneMatch = None
+    _: AdminDep, state: StateDep, wait: LongPollWait = 0.0, if_none_match: IfNoneMatch = None
 ) -> Response:
     """Model id -> its tenant and replicas (node, the daemon's advertised URL, device, seat,
     dedicated streams, pool weight) in the newest allocation; with ``If-None-Match`` of the
@@ -53,7 +52,7 @@ async def read_routes(
 async def read_my_routes(
     me: TenantOutsideTransaction,
     state: StateDep,
-    wait: Wait = 0.0,
+    wait: LongPollWait = 0.0,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     """The routing table of your own models, long-polled as ``GET /v1/routes``: the newest

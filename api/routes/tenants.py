@@ -196,6 +196,7 @@ def create_inference_key(
         now=now,
         expires_in_s=(data or InferenceKeyCreate()).expires_in_s,
         scope="inference",
+        presented_key_id=tenant.key_id,
     )
     remember(session=session, owner=owner, key=idempotency_key, print_=print_, status=201,
              body=None, now=now)  # fmt: skip

@@ -100,10 +100,15 @@ def issue_key(
     now: datetime,
     expires_in_s: int | None = None,
     scope: KeyScope = "tenant",
+    presented_key_id: int | None = None,
 ) -> tuple[ApiKeyRow, str]:
     """A new key for the tenant (an API key, or with ``scope="inference"`` an inference-only
     key), refused after ``expires_in_s`` when given; the key itself is returned once and never
-    stored."""
+    stored. With ``presented_key_id`` (a tenant issuing its own with that key), the presented
+    key must still be usable (401): a key revoked meanwhile mints nothing."""
+    if presented_key_id is not None:
+        _lock_tenant(session, tenant_id)
+        _presented_key(session, tenant_id, presented_key_id, now)
     get_tenant_or_raise(session=session, tenant_id=tenant_id)
     key = new_token(INFERENCE_KEY_PREFIX if scope == "inference" else TENANT_KEY_PREFIX)
     row = ApiKeyRow(

@@ -48,6 +48,15 @@ def test_non_finite_numbers_are_refused(api: Api) -> None:
         headers={**api.admin, "Content-Type": "application/json"},
     )
     assert r.status_code == 422 and _shape(r.json())["field"] == "weight"
+    # A long-poll's wait: NaN was refused as "less than or equal to 3600", inf likewise.
+    _, token = api.node("n1")
+    admin_routes = ("/v1/routes", api.admin)
+    for path, headers in [("/v1/nodes/n1/plan", api.bearer(token)), admin_routes]:
+        for value in ("nan", "inf"):
+            r = api.client.get(f"{path}?wait={value}", headers=headers)
+            error = _shape(r.json())
+            assert r.status_code == 422 and error["field"] == "query.wait", r.text
+            assert "finite" in error["message"], r.text
 
 
 def test_number_fields_take_json_numbers_only(api: Api) -> None:

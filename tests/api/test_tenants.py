@@ -325,3 +325,21 @@ def test_a_key_revoked_through_another_replica_cannot_revoke_the_other(
         r = replica.delete(f"/v1/tenants/me/keys/{first_id}", headers=api.bearer(second["key"]))
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
     assert api.client.get("/v1/tenants/me", headers=api.bearer(first)).status_code == 200
+
+
+def test_a_key_revoked_through_another_replica_mints_no_inference_key(
+    api: Api, settings: Settings
+) -> None:
+    """An inference-only key issued with an API key that another replica has just revoked
+    (this replica's credential cache still holds it) would outlive the revocation for good:
+    401, and no key is minted."""
+    tenant, key = api.tenant("ads")
+    with TestClient(create_app(api_config(settings))) as replica:
+        replica.app.state.gpufair.credentials.kept_s = 3600.0  # type: ignore[attr-defined]
+        assert replica.get("/v1/tenants/me", headers=api.bearer(key)).status_code == 200
+        rotated = api.client.post("/v1/tenants/me/keys/rotate", headers=api.bearer(key))
+        assert rotated.status_code == 201, rotated.text
+        r = replica.post("/v1/tenants/me/keys", headers=api.bearer(key))
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
+    keys = api.client.get(f"/v1/tenants/{tenant['id']}/keys?active=true", headers=api.admin)
+    assert [k["id"] for k in keys.json()] == [rotated.json()["id"]]
