@@ -11,8 +11,9 @@ margins are comparable across agents. The *slack* reported for an agent is the s
 margin at λ = 0: a fraction of the agent's total value by which its criterion, exactly as
 stated, holds (≥ 0) or fails (< 0); its *λ* is the least relaxation under which every margin
 holds. An allocation is *fair* only when every agent's criterion holds exactly.
-A cluster result has one more checker on top of this one,
-allocator.cluster.allocate.validate_cluster_allocation.
+:func:`check_certificate` refuses a certificate whose figures are not the checker's for its
+allocation (one tampered with, or stale). A cluster result has one more checker on top of this
+one, allocator.cluster.allocate.validate_cluster_allocation.
 
 The certificate's document — what ``Certificate.to_dict`` returns, what the API stores with an
 allocation and serves, what ``gpufair divide``/``allocate`` print — is the pydantic model
@@ -33,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from allocator.arrays import value_matrices
 from allocator.criteria import EF_TYPE, PROP_TYPE, Criterion, base_factor, relaxed_factor
-from allocator.errors import AllocationError
+from allocator.errors import AllocationError, CertificateError
 from allocator.instance import Allocation, Instance
 from allocator.objectives import Objective, objective_ratio, objective_value
 
@@ -42,6 +43,12 @@ from allocator.objectives import Objective, objective_ratio, objective_value
 TOLERANCE = 1e-6
 # A share below this is treated as zero (EFM asks whether an agent holds *any* divisible good).
 ZERO_SHARE = 1e-9
+# How closely a figure a certificate states must match the checker's own: both come from the
+# same code on the same allocation, so only float noise may tell them apart — a JSON round trip,
+# or sums taken in another order (the cluster layer's instance is not in canonical order). The
+# absolute part is a fraction of the agent's total value, as an envy row's noise is.
+RESTATED_REL_TOL = 1e-9
+RESTATED_ABS_TOL = 1e-12
 
 
 @dataclass(frozen=True)
@@ -465,6 +472,76 @@ def certify(
         time_s=time_s,
         notes=notes,
     )
+
+
+def check_certificate(instance: Instance, allocation: Allocation, certificate: Certificate) -> None:
+    """Raise CertificateError naming the first figure of ``certificate`` that the checker does
+    not reproduce for ``allocation``.
+
+    A certificate is stored and served as the proof that each tenant's criterion holds, so every
+    figure the checker computes is recomputed and compared: one row per agent of the instance
+    and no other; each row's criterion, weight, α, total, value, normalised value, holds,
+    slack, λ, factor and envy; the objective's value and its ratio to the stated unconstrained
+    optimum. A row marked ``guaranteed`` must hold, as the guarantees table promises. What the
+    checker cannot recompute — the solver, status, gap, time, notes, the unconstrained optimum
+    itself and the lower bound on λ* — is the solver's claim and stays as stated."""
+    again = certify(instance, allocation, objective=certificate.objective)
+    stated_agents, checked_agents = set(certificate.agents), set(again.agents)
+    if stated_agents != checked_agents:
+        raise CertificateError(
+            f"certificate: rows for {sorted(stated_agents)}, the instance's agents are "
+            f"{sorted(checked_agents)}"
+        )
+    for name, checked in again.agents.items():
+        stated = certificate.agents[name]
+        stated_row = stated.document().model_dump(by_alias=True, exclude={"guaranteed"})
+        checked_row = checked.document().model_dump(by_alias=True, exclude={"guaranteed"})
+        abs_tol = RESTATED_ABS_TOL * max(1.0, checked.total)
+        for figure, checked_value in checked_row.items():
+            if not _restates(stated_row[figure], checked_value, abs_tol):
+                raise CertificateError(
+                    f"certificate: {name!r} {figure} is {stated_row[figure]!r}, the checker "
+                    f"finds {checked_value!r}"
+                )
+        if stated.guaranteed and not checked.holds:
+            raise CertificateError(
+                f"certificate: {name!r} is marked guaranteed but its criterion does not hold"
+            )
+    counted = sum(1 for row in again.agents.values() if row.total > 0)
+    ratio = (
+        None
+        if certificate.unconstrained_value is None
+        else objective_ratio(
+            certificate.objective, again.objective_value, certificate.unconstrained_value, counted
+        )
+    )
+    for figure, stated_value, checked_value in (
+        ("objective_value", certificate.objective_value, again.objective_value),
+        ("ratio", certificate.ratio, ratio),
+    ):
+        if not _restates(stated_value, checked_value, RESTATED_ABS_TOL):
+            raise CertificateError(
+                f"certificate: {figure} is {stated_value!r}, the checker finds {checked_value!r}"
+            )
+
+
+def _restates(stated: Any, checked: Any, abs_tol: float) -> bool:
+    """Whether a stated figure is the checker's: numbers within float noise (``abs_tol``, or
+    relatively; infinities and NaN only as themselves), tables of numbers key by key, anything
+    else equal."""
+    if isinstance(checked, dict):
+        return (
+            isinstance(stated, dict)
+            and set(stated) == set(checked)
+            and all(_restates(stated[key], value, abs_tol) for key, value in checked.items())
+        )
+    if isinstance(checked, float) and not isinstance(stated, bool):
+        if not isinstance(stated, int | float):
+            return False
+        if math.isnan(checked) or math.isinf(checked):
+            return stated == checked or (math.isnan(checked) and math.isnan(stated))
+        return math.isclose(stated, checked, rel_tol=RESTATED_REL_TOL, abs_tol=abs_tol)
+    return bool(stated == checked) and type(stated) is type(checked)
 
 
 def validate_allocation(instance: Instance, allocation: Allocation) -> None:

@@ -25,6 +25,10 @@ from allocator.objectives import OBJECTIVES, Objective
 # 1e12) finite and well inside what an LP solver handles without numerical trouble.
 MIN_WEIGHT = 1e-6
 MAX_WEIGHT = 1e6
+# The most an agent's values may add up to (T_i). The checker scales an agent's values by weight
+# ratios up to MAX_WEIGHT / MIN_WEIGHT = 1e12 and adds them over goods; below this bound every
+# such figure stays finite, where values adding up to 2e308 printed NaN into the certificate.
+MAX_TOTAL_VALUE = 1e200
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,10 @@ def validate_instance(instance: Instance) -> None:
                 raise InstanceError(f"values[{i!r}][{g!r}]: expected a number, got {v!r}")
             if v < 0:
                 raise InstanceError(f"values[{i!r}][{g!r}]: negative value {v!r}")
+        if sum(row.values()) > MAX_TOTAL_VALUE:
+            raise InstanceError(
+                f"values[{i!r}]: the values add up to more than {MAX_TOTAL_VALUE:g}"
+            )
     indivisible = set(instance.indivisible)
     for i, g in instance.forbidden:
         if i not in agents or g not in indivisible:

@@ -22,7 +22,7 @@ from allocator.certificate import (
     AgentCertificate,
     Certificate,
     ModelShare,
-    certify,
+    check_certificate,
     validate_allocation,
 )
 from allocator.cluster.idle_pools import share_idle_pools
@@ -183,22 +183,18 @@ def _plans(
 
 
 def validate_cluster_allocation(snapshot: ClusterSnapshot, result: ClusterAllocation) -> None:
-    """Raise AllocationError unless the result's allocation, certificate and plans are sound:
-    the allocation is valid and the certificate is the checker's for it (every agent's value,
-    whether its criterion holds exactly and its least λ), there is one plan per node, every
+    """Raise AllocationError (CertificateError for the certificate) unless the result's
+    allocation, certificate and plans are sound: the allocation is valid and the certificate
+    is the checker's for it (allocator.certificate.check_certificate: every figure of every
+    row, exactly the instance's agents, the objective), there is one plan per node, every
     device's seats, dedicated and pool streams fit its streams, and the plans are cut from
     that allocation — each seat holds a replica of the tenant the allocation gives it to, and
     each tenant's dedicated streams plus pool weights on a GPU are its share ``x·P`` of the
     pool."""
     validate_allocation(result.instance, result.allocation)
     cert = result.certificate
-    again = certify(result.instance, result.allocation)
-    for name, row in again.agents.items():
-        stated = cert.agents.get(name)
-        if stated is None or stated.holds != row.holds or stated.lam != row.lam or not math.isclose(
-                stated.value, row.value, rel_tol=1e-9, abs_tol=1e-12):
-            raise AllocationError(f"the certificate's row for {name!r} is not the checker's "
-                                  f"for the allocation the plans are cut from")
+    check_certificate(result.instance, result.allocation, cert)
+    for name, row in cert.agents.items():
         _check_model_shares(name, row, cert.models.get(name, {}), result.allocation)
     if set(result.plans) != {g.node for g in snapshot.gpus}:
         raise AllocationError("plans: not exactly one plan per node of the snapshot")

@@ -1,89 +1,134 @@
 """The cluster document that ``gpufair allocate`` reads (TOML or JSON) as a ClusterSnapshot.
 
-Tenants, models with their throughput curves, and GPUs (examples/cluster.toml); a malformed
-document is refused with an InstanceError naming the bad field (the CLI prints that one line).
-The core instance's document has its own parser, allocator.documents.
+Tenants, models with their throughput curves, and GPUs (examples/cluster.toml, docs/formats.md);
+a malformed document is refused with an InstanceError naming the bad field (the CLI prints that
+one line). The fields are typed strictly, as the API's request bodies are: an unknown field (a
+misspelt ``wieght``) is refused rather than left at its default, a number is never read from a
+string or a boolean, a whole number never from a fraction (``memory_mb = 16000.7`` is not
+16000), and every number is finite. Devices are bounded as the API bounds the devices a node
+registers, so a file cannot ask for a solve no registered cluster could (10⁹ seats ran for
+ever). The core instance's document has its own parser, allocator.documents.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from allocator.cluster.snapshot import (
+    MAX_CURVE_POINTS,
     ClusterSnapshot,
+    DeviceKind,
     Gpu,
     Model,
     Tenant,
     ThroughputCurve,
-    parse_throughput_curve,
 )
-from allocator.criteria import CRITERIA
+from allocator.criteria import Criterion
 from allocator.errors import InstanceError, first_error
-from allocator.objectives import OBJECTIVES
+from allocator.objectives import Objective
+
+# The bounds of a device the API registers (api/schemas.py DeviceSpec): a node's device has at
+# most 64 seats and 1024 streams, one curve point per stream.
+MAX_SEATS = 64
+MAX_STREAMS = MAX_CURVE_POINTS
+# The most replicas a model may want, as the API bounds replicas_wanted.
+MAX_REPLICAS = 1024
+
+Name = Annotated[str, Field(min_length=1)]
+# Signs and ranges the cluster layer checks itself (allocator.cluster.instance, for the API's
+# snapshots too) are left to it; here a number must be one, and finite.
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    """Read as written: unknown fields refused, no coercion between types."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class TenantTable(_Strict):
+    """A ``[[tenants]]`` table."""
+
+    name: Name
+    weight: Finite = 1.0
+    criterion: Criterion = "prop_alpha"
+
+
+class GpuTable(_Strict):
+    """A ``[[gpus]]`` table: one device."""
+
+    node: Name
+    device: Name
+    kind: DeviceKind = "gpu"
+    memory_mb: int
+    seats: Annotated[int, Field(le=MAX_SEATS)]
+    streams: Annotated[int, Field(le=MAX_STREAMS)]
+
+
+class ModelTable(_Strict):
+    """A ``[[models]]`` table: one tenant model."""
+
+    model_id: Name
+    tenant: Name
+    artifact: Name
+    memory_mb: int
+    replicas_wanted: Annotated[int, Field(le=MAX_REPLICAS)]
+    sla_p99_ms: Finite
+    demand_qps: Finite
+    weight: Finite = 1.0
+    estimate: ThroughputCurve = ThroughputCurve(qps=(1.0,), measured=False)
+    profiles: dict[str, ThroughputCurve] = Field(default_factory=dict)
+
+
+class ClusterDocument(_Strict):
+    """The whole file."""
+
+    objective: Objective = "utilitarian"
+    tenants: list[TenantTable]
+    gpus: list[GpuTable]
+    models: list[ModelTable] = Field(default_factory=list)
 
 
 def snapshot_from_dict(doc: Any) -> ClusterSnapshot:
-    """Parse a cluster document (``gpufair allocate``'s TOML/JSON); InstanceError if bad."""
+    """Parse a cluster document (``gpufair allocate``'s TOML/JSON); InstanceError naming the
+    first bad field."""
     if not isinstance(doc, dict):
         raise InstanceError("cluster: expected an object with tenants, models and gpus")
     try:
-        tenants = tuple(
-            Tenant(name=str(t["name"]), weight=float(t.get("weight", 1.0)),
-                   criterion=t.get("criterion", "prop_alpha"))
-            for t in _list(doc.get("tenants"), "tenants")
-        )
-        gpus = tuple(
-            Gpu(node=str(g["node"]), device=str(g["device"]), kind=g.get("kind", "gpu"),
-                memory_mb=int(g["memory_mb"]), seats=int(g["seats"]), streams=int(g["streams"]))
-            for g in _list(doc.get("gpus"), "gpus")
-        )
-        models = tuple(_model(m) for m in _list(doc.get("models", []), "models"))
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, InstanceError):
-            raise
-        raise InstanceError(f"cluster: missing or malformed field {exc}") from exc
-    for t in tenants:
-        if t.criterion not in CRITERIA:
-            raise InstanceError(f"tenant {t.name!r}: unknown criterion {t.criterion!r}")
-        if not t.weight > 0:
-            raise InstanceError(f"tenant {t.name!r}: weight must be positive")
-    objective = doc.get("objective", "utilitarian")
-    if objective not in OBJECTIVES:
-        raise InstanceError(f"objective: unknown {objective!r}")
-    return ClusterSnapshot(tenants=tenants, models=models, gpus=gpus, objective=objective)
-
-
-def _curve(doc: Any, where: str) -> ThroughputCurve:
-    try:
-        return parse_throughput_curve(doc)
+        cluster = ClusterDocument.model_validate(doc)
     except ValidationError as exc:
-        raise InstanceError(first_error(exc, where)) from None
-
-
-def _model(doc: Any) -> Model:
-    if not isinstance(doc, dict):
-        raise InstanceError("models: expected objects")
-    where = f"model {doc.get('model_id')!r}"
-    profiles = doc.get("profiles", {})
-    if not isinstance(profiles, dict):
-        raise InstanceError(f"{where}.profiles: expected a table of GPU id -> curve")
-    return Model(
-        model_id=str(doc["model_id"]),
-        tenant=str(doc["tenant"]),
-        artifact=str(doc["artifact"]),
-        memory_mb=int(doc["memory_mb"]),
-        replicas_wanted=int(doc["replicas_wanted"]),
-        sla_p99_ms=float(doc["sla_p99_ms"]),
-        demand_qps=float(doc["demand_qps"]),
-        profiles={g: _curve(c, f"{where}.profiles[{g!r}]") for g, c in profiles.items()},
-        estimate=_curve(doc.get("estimate", {"qps": [1.0]}), f"{where}.estimate"),
-        weight=float(doc.get("weight", 1.0)),
+        raise InstanceError(first_error(exc, "cluster")) from None
+    return ClusterSnapshot(
+        tenants=tuple(
+            Tenant(name=t.name, weight=t.weight, criterion=t.criterion) for t in cluster.tenants
+        ),
+        models=tuple(
+            Model(
+                model_id=m.model_id,
+                tenant=m.tenant,
+                artifact=m.artifact,
+                memory_mb=m.memory_mb,
+                replicas_wanted=m.replicas_wanted,
+                sla_p99_ms=m.sla_p99_ms,
+                demand_qps=m.demand_qps,
+                profiles=dict(m.profiles),
+                estimate=m.estimate,
+                weight=m.weight,
+            )
+            for m in cluster.models
+        ),
+        gpus=tuple(
+            Gpu(
+                node=g.node,
+                device=g.device,
+                kind=g.kind,
+                memory_mb=g.memory_mb,
+                seats=g.seats,
+                streams=g.streams,
+            )
+            for g in cluster.gpus
+        ),
+        objective=cluster.objective,
     )
-
-
-def _list(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise InstanceError(f"{where}: expected a list, got {type(value).__name__}")
-    return value

@@ -253,9 +253,9 @@ def solve(
 
 def _check(snapshot: allocator.ClusterSnapshot, result: ClusterAllocation) -> None:
     """The allocator's own checker, run again before anything is stored: the allocation is
-    complete and within its side constraints, the plans are cut from it, every agent's row of
-    the certificate — its value and whether its criterion holds — is what the checker
-    recomputes from scratch, both λ lie in [0, 1], and every plan survives the plan format's
+    complete and within its side constraints, the plans are cut from it, every figure of the
+    certificate (each agent's row, exactly the instance's agents, the objective) is what the
+    checker recomputes from scratch, both λ lie in [0, 1], and every plan survives the plan format's
     parser. Whether every criterion holds is not checked here: the certificate's answer to that
     is stored as it is, once the checker agrees with it."""
     certificate = result.certificate

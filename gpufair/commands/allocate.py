@@ -179,8 +179,10 @@ def _print_tenants(snapshot: ClusterSnapshot, result: ClusterAllocation) -> None
         verdict = {"yes": "holds", "relax": "relaxed", "NO": "FAILS"}[_verdict(row.holds, row.lam)]
         if row.slack is not None:
             verdict += f" {row.slack:+.2f}"
+        # A cluster without devices has no streams to share: every tenant's share is 0.
+        share = streams[tenant.name] / all_streams if all_streams else 0.0
         _say(f"{tenant.name:<10} {tenant.criterion:<10} {tenant.weight:>6g} {demand:>7.0f} "
-             f"{expected:>7.0f} {sla:>6} {streams[tenant.name] / all_streams:>5.2f} "
+             f"{expected:>7.0f} {sla:>6} {share:>5.2f} "
              f"{tenant.weight / all_weight:>6.2f}  {verdict}")
     _legend("demand: QPS the tenant declared; expect: QPS its plan serves at its models' "
             "curves (at most the demand); share: its streams over all streams; entitl: its "

@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from allocator.cluster.snapshot import MAX_CURVE_POINTS
 from executor.models import ARCHITECTURES, ZooError, ZooSpec
 from executor.profiler import ProfileSettings, compare_forwards, profile_model
 from executor.runtime import ModelLoadError, configure_cpu_threads, load_model, select_device
@@ -50,9 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--sessions",
-        type=whole_number(1),
+        # One curve point per session, and a curve holds at most MAX_CURVE_POINTS: a longer one
+        # would be measured for minutes and then refused by every reader of the file.
+        type=whole_number(1, MAX_CURVE_POINTS),
         default=None,
-        help="profile s = 1..N sessions, N >= 1 (default: CPU cores, or 4 on a GPU)",
+        help=f"profile s = 1..N sessions, 1 <= N <= {MAX_CURVE_POINTS} (default: CPU cores, "
+        "or 4 on a GPU)",
     )
     p.add_argument(
         "--sla-ms",
@@ -81,6 +85,9 @@ def _fail(message: str) -> int:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     models = [m for m in args.models.split(",") if m]
+    if not models:
+        # An empty list (an unset shell variable) would write a profile of no curves.
+        return _fail(f"--models {args.models!r}: name at least one of {', '.join(ARCHITECTURES)}")
     unknown = [m for m in models if m not in ARCHITECTURES]
     if unknown:
         return _fail(f"unknown model {unknown[0]!r}; known: {', '.join(ARCHITECTURES)}")

@@ -81,6 +81,10 @@ def test_divide_reports_an_unfair_result_and_exits_zero(tmp_path: Path) -> None:
         (lambda d: d["agents"].append({"name": "ads"}), "duplicate agent name 'ads'"),
         (lambda d: d["divisible"].append("seat-0"), "duplicate good name 'seat-0'"),
         (lambda d: d.update({"objective": "fun"}), "objective"),
+        (
+            lambda d: d["values"]["feed"].update({"seat-0": 1e308, "seat-1": 1e308}),
+            "values['feed']: the values add up to more than",
+        ),
     ],
 )
 def test_divide_bad_input_is_one_line(tmp_path: Path, change, message: str) -> None:  # noqa: ANN001

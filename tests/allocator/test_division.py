@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import random
 
 import pulp
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from allocator import (
     Agent,
     Allocation,
     AllocationError,
     Instance,
+    InstanceError,
     SolveOptions,
     certify,
     divide,
@@ -53,6 +56,34 @@ def test_every_division_is_complete_and_its_certificate_honest(instance: Instanc
         # without room (e.g. only divisible goods, where no relaxation changes anything).
         assert any(a.criterion == "efm" for a in instance.agents)
         assert len({a.weight for a in instance.agents}) > 1
+
+
+@settings(max_examples=25)
+@given(
+    instances(weights=(1e-6, 1.0, 1e6), real_values=True),
+    st.sampled_from((1.0, 1e150, 1e200, 1e300, 1e307)),
+)
+def test_huge_values_are_refused_or_certified_in_finite_numbers(
+    instance: Instance, scale: float
+) -> None:
+    """Whatever the magnitude of the values, divide either refuses the instance naming its
+    values or certifies it in finite numbers: values adding up past what a float holds once
+    printed NaN and Infinity into the certificate, which is no JSON."""
+    scaled = dataclasses.replace(
+        instance,
+        values={
+            agent: {good: value * scale for good, value in row.items()}
+            for agent, row in instance.values.items()
+        },
+    )
+    try:
+        division = divide(scaled, SolveOptions(time_limit_s=5.0))
+    except InstanceError as refused:
+        assert "values[" in str(refused) and scale > 1e150, refused
+        return
+    json.dumps(division.to_dict(), allow_nan=False)
+    rows = division.certificate.agents.values()
+    assert all(row.slack is None or math.isfinite(row.slack) for row in rows), rows
 
 
 @settings(max_examples=20)

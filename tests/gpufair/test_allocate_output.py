@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tomllib
@@ -75,3 +76,15 @@ def test_each_models_part_of_its_tenants_bundle_follows_the_tenants() -> None:
         for r in mine:
             model = next(m for m in doc["models"] if m["model_id"] == r[1])
             assert float(r[2]) == model.get("weight", 1.0)
+
+
+def test_a_cluster_without_devices_prints_every_tenant_with_no_share(tmp_path: Path) -> None:
+    """Nothing to divide is an answer, as ``--json`` gives it (no plans): every tenant's row
+    with a share of 0, not the header alone followed by a ZeroDivisionError traceback."""
+    doc = tomllib.loads(CLUSTER.read_text())
+    doc["gpus"] = []
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps(doc))
+    rows = _allocate(path).splitlines()[1 : 1 + len(doc["tenants"])]
+    assert [row.split()[0] for row in rows] == [t["name"] for t in doc["tenants"]]
+    assert all(float(row.split()[6]) == 0.0 for row in rows), rows

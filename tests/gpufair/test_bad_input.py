@@ -9,11 +9,13 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from allocator.cluster.snapshot import MAX_CURVE_POINTS
 from gpufair.cli import COMMANDS
 from gpufair.commands import executor as executor_command
 from gpufair.commands import gateway as gateway_command
@@ -122,7 +124,51 @@ def test_allocate_refuses_a_device_kind_no_plan_can_hold(tmp_path: Path) -> None
                        "estimate": {"qps": [10]}}]}  # fmt: skip
     path = tmp_path / "cluster.json"
     path.write_text(json.dumps(doc))
-    assert_refused(run("allocate", str(path)), "gpu 'n/tpu:0': kind must be 'gpu' or 'cpu'")
+    assert_refused(run("allocate", str(path)), "cluster.gpus[0].kind: Input should be 'gpu' or "
+                   "'cpu'")  # fmt: skip
+
+
+# (where in the example cluster, key, bad value, what the one line must say)
+BAD_CLUSTER_FIELDS = [
+    (("gpus", 0), "memory_mb", 1e309, "cluster.gpus[0].memory_mb: Input should be a valid integer"),
+    (("gpus", 0), "memory_mb", 16000.7, "cluster.gpus[0].memory_mb: Input should be a valid "
+     "integer"),
+    (("gpus", 0), "streams", "8", "cluster.gpus[0].streams: Input should be a valid integer"),
+    (("gpus", 0), "seats", 10**9, "cluster.gpus[0].seats: Input should be less than or equal "
+     "to 64"),
+    (("tenants", 0), "wieght", 3, "cluster.tenants[0].wieght: Extra inputs are not permitted"),
+    (("tenants", 0), "weight", True, "cluster.tenants[0].weight: Input should be a valid number"),
+    (("tenants", 0), "name", 5, "cluster.tenants[0].name: Input should be a valid string"),
+    (("models", 0), "replicas_wanted", 2.5, "cluster.models[0].replicas_wanted: Input should be "
+     "a valid integer"),
+    (("models", 0), "demand_qps", float("inf"), "cluster.models[0].demand_qps: Input should be "
+     "a finite number"),
+    (("models", 0), "sla_p99_ms", float("inf"), "cluster.models[0].sla_p99_ms: Input should be "
+     "a finite number"),
+    ((), "tenantz", [], "cluster.tenantz: Extra inputs are not permitted"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "value", "message"),
+    BAD_CLUSTER_FIELDS,
+    ids=[f"{key}={value!r}" for _, key, value, _ in BAD_CLUSTER_FIELDS],
+)
+def test_allocate_refuses_a_cluster_field_it_would_misread(
+    tmp_path: Path, where: tuple[str | int, ...], key: str, value: object, message: str
+) -> None:
+    """Each field is read as written or refused naming it, as the API refuses it: a misspelt
+    key was ignored (its default used), 16000.7 MB read as 16000, "8" and true as numbers, an
+    infinite demand valued every seat at 0, an infinite memory_mb ended in a traceback and 10⁹
+    seats in a solve that never ended."""
+    doc = tomllib.loads(CLUSTER.read_text())
+    table = doc
+    for part in where:
+        table = table[part]
+    table[key] = value
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps(doc))
+    assert_refused(run("allocate", str(path)), f"gpufair allocate: {path}: {message}")
 
 
 @pytest.mark.parametrize(("parser", "argv"), [
@@ -179,16 +225,30 @@ def test_executor_refuses_cuda_on_a_node_without_it(
 
 
 @pytest.mark.parametrize(("flag", "value"), [
-    ("--sessions", "-1"), ("--sessions", "0"), ("--sla-ms", "-5"), ("--sla-ms", "0"),
-    ("--sla-ms", "nan"),
+    ("--sessions", "-1"), ("--sessions", "0"), ("--sessions", str(MAX_CURVE_POINTS + 1)),
+    ("--sla-ms", "-5"), ("--sla-ms", "0"), ("--sla-ms", "nan"),
 ])  # fmt: skip
 def test_profile_refuses_a_flag_out_of_range_before_measuring(
     flag: str, value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """0 is a value, not "unset": `--sessions 0 --sla-ms 0` ran the defaults once."""
+    """0 is a value, not "unset": `--sessions 0 --sla-ms 0` ran the defaults once. A curve has
+    one point per session and at most MAX_CURVE_POINTS: `--sessions 1025` measured for as long
+    as it took and wrote a curve every reader of the file refuses."""
     with pytest.raises(SystemExit) as exit_:
         profile_command.main(["--models", "rmc1", "--quick", flag, value])
     assert_flag_refused(exit_, capsys.readouterr().err, flag)
+
+
+@pytest.mark.parametrize("models", ["", ",", ",,"])
+def test_profile_refuses_an_empty_list_of_models_before_measuring(
+    models: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--models "$ARCHS"` with the variable unset wrote a profile of no curves, exit 0."""
+    out = tmp_path / "profile.json"
+    assert profile_command.main(["--models", models, "--quick", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"gpufair profile: --models {models!r}: name at least one of"), err
+    assert not out.exists()
 
 
 def test_profile_refuses_an_out_that_is_a_directory_before_measuring(

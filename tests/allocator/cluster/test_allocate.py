@@ -4,12 +4,19 @@ accounting, churn bound. Random snapshots are seeded; a failure names its seed."
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from allocator import (
+    AgentCertificate,
     Allocation,
+    Certificate,
+    CertificateError,
+    ClusterAllocation,
     ClusterSnapshot,
     Criterion,
     Gpu,
@@ -241,3 +248,83 @@ def test_churn_bound(seed: int) -> None:
     assert moves <= 1, seed
     assert second.certificate.violations == 0, seed
     check(changed, second.plans)
+
+
+def _first_row(certificate: Certificate, **changes: Any) -> Certificate:
+    """The certificate with its first agent's row changed as given."""
+    name, row = next(iter(certificate.agents.items()))
+    return dataclasses.replace(
+        certificate, agents={**certificate.agents, name: dataclasses.replace(row, **changes)}
+    )
+
+
+def _other_criterion(row: AgentCertificate) -> str:
+    return "prop" if row.criterion != "prop" else "ef"
+
+
+def _first(certificate: Certificate) -> AgentCertificate:
+    return next(iter(certificate.agents.values()))
+
+
+TAMPERS: dict[str, Callable[[Certificate], Certificate]] = {
+    "slack": lambda c: _first_row(c, slack=(_first(c).slack or 0.0) + 0.25),
+    "total": lambda c: _first_row(c, total=_first(c).total * 2 + 1),
+    "alpha": lambda c: _first_row(c, alpha=_first(c).alpha / 2 + 0.25),
+    "criterion": lambda c: _first_row(c, criterion=_other_criterion(_first(c))),
+    "weight": lambda c: _first_row(c, weight=_first(c).weight * 3),
+    "normalised_value": lambda c: _first_row(
+        c, normalised_value=_first(c).normalised_value / 2 + 0.25
+    ),
+    "factor": lambda c: _first_row(c, factor=None),
+    "envy": lambda c: _first_row(c, envy={j: -1e3 for j in _first(c).envy}),
+    "guaranteed": lambda c: dataclasses.replace(
+        c,
+        agents={name: dataclasses.replace(row, guaranteed=True) for name, row in c.agents.items()},
+    ),
+    "extra row": lambda c: dataclasses.replace(
+        c, agents={**c.agents, "ghost": dataclasses.replace(_first(c), agent="ghost")}
+    ),
+    "missing row": lambda c: dataclasses.replace(c, agents=dict(list(c.agents.items())[1:])),
+    "objective_value": lambda c: dataclasses.replace(c, objective_value=c.objective_value + 1),
+    "ratio": lambda c: dataclasses.replace(c, ratio=0.5 if c.ratio != 0.5 else 0.25),
+}
+
+
+@pytest.fixture(scope="module")
+def unfair_cluster() -> tuple[ClusterSnapshot, ClusterAllocation]:
+    """An oversubscribed cluster (three PROP tenants, one seat) whose certificate honestly
+    reports failing tenants, so that marking every tenant guaranteed is a lie to catch."""
+    snap = ClusterSnapshot(
+        tuple(Tenant(f"t{k}", 1.0, "prop") for k in range(3)),
+        tuple(
+            Model(
+                f"t{k}-m",
+                f"t{k}",
+                "zoo:rmc1?scale=1&seed=1",
+                1000,
+                1,
+                50.0,
+                100.0,
+                {},
+                ThroughputCurve((100.0,)),
+            )
+            for k in range(3)
+        ),
+        (Gpu("n0", "cuda:0", "gpu", 8000, 1, 1),),
+    )
+    return snap, allocate_cluster(snap, SolveOptions(time_limit_s=20))
+
+
+@pytest.mark.parametrize("tamper", list(TAMPERS))
+def test_a_tampered_certificate_is_refused_naming_what_changed(
+    unfair_cluster: tuple[ClusterSnapshot, ClusterAllocation], tamper: str
+) -> None:
+    """Every figure the checker computes is checked, not only each row's value, holds and λ:
+    the API stores what passes as the proof of fairness (docs/architecture.md §1, step 3)."""
+    snap, honest = unfair_cluster
+    validate_cluster_allocation(snap, honest)  # the honest result passes
+    assert not honest.certificate.fair  # so marking every row guaranteed is a lie
+    forged = dataclasses.replace(honest, certificate=TAMPERS[tamper](honest.certificate))
+    with pytest.raises(CertificateError, match="certificate: ") as refused:
+        validate_cluster_allocation(snap, forged)
+    assert tamper.split()[0] in str(refused.value) or tamper.endswith("row"), refused.value
