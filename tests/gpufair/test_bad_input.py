@@ -12,6 +12,7 @@ import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,7 +163,7 @@ def test_allocate_refuses_a_cluster_field_it_would_misread(
     infinite demand valued every seat at 0, an infinite memory_mb ended in a traceback and 10⁹
     seats in a solve that never ended."""
     doc = tomllib.loads(CLUSTER.read_text())
-    table = doc
+    table: Any = doc
     for part in where:
         table = table[part]
     table[key] = value
