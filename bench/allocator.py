@@ -49,6 +49,7 @@ from bench.instances import (
 )
 from bench.machine import describe_machine, load_average, this_machine
 from gpufair.compose import solve_options
+from gpufair.inputs import positive_number, whole_number
 from gpufair.settings import SettingsError, load_settings
 
 log = logging.getLogger(__name__)
@@ -113,12 +114,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tenants", type=_int_list, help="comma-separated tenant counts")
     parser.add_argument("--gpus", type=_int_list, help="comma-separated GPU counts")
-    parser.add_argument("--seeds", type=int, help="seeds per cell (default 3)")
+    parser.add_argument("--seeds", type=whole_number(1), help="seeds per cell (default 3)")
     parser.add_argument("--solver", choices=("highs", "cbc"), help="MILP backend (settings)")
-    parser.add_argument("--time-limit", type=float, help="MILP time limit in s (settings)")
-    parser.add_argument("--hard-limit", type=float, help="kill one seed's run after this many s")
-    parser.add_argument("--budget", type=float, help="bound on the whole run in s")
-    parser.add_argument("--cli-runs", type=int, help="timed `gpufair divide` runs (3, quick 1)")
+    parser.add_argument(
+        "--time-limit", type=positive_number, help="MILP time limit in s (settings)"
+    )
+    parser.add_argument(
+        "--hard-limit", type=positive_number, help="kill one seed's run after this many s"
+    )
+    parser.add_argument("--budget", type=positive_number, help="bound on the whole run in s")
+    parser.add_argument(
+        "--cli-runs", type=whole_number(0), help="timed `gpufair divide` runs (3, quick 1)"
+    )
     parser.add_argument(
         "--cli-size", type=_size, default=CLI_SIZE,
         help="TENANTSxGPUS of the `gpufair divide` instances (default 64x64)",
@@ -138,11 +145,16 @@ def _config(argv: list[str]) -> BenchConfig:
     quick = bool(args.quick)
     seeds = args.seeds if args.seeds is not None else 3
     cli_runs = args.cli_runs if args.cli_runs is not None else (1 if quick else 3)
-    for flag, value in (("--seeds", seeds), ("--time-limit", args.time_limit)):
-        if value is not None and value <= 0:
-            parser.error(f"{flag} must be positive, got {value}")
-    if cli_runs < 0:
-        parser.error(f"--cli-runs must be non-negative, got {cli_runs}")
+    # The results are written at the end: a folder they cannot go to is said now, not after
+    # the whole run.
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out}: not a folder")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--out {args.out}: cannot make the results folder: {exc.strerror or exc}")
+    if not os.access(args.out, os.W_OK | os.X_OK):
+        parser.error(f"--out {args.out}: the results folder is not writable")
     try:
         options = solve_options(
             load_settings().allocator, solver=args.solver, time_limit_s=args.time_limit

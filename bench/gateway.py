@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import shlex
 import shutil
 import statistics
@@ -46,6 +47,7 @@ from bench.loadclient import FAILED, LoadClient, Stream, TrialSpec, schedule
 from bench.machine import describe_machine, load_average, this_machine
 from bench.serve import START_RATE, WARMUP_S, highest_rate_within_sla
 from executor.fake import FAKE_SCHEMA
+from gpufair.inputs import positive_number, whole_number
 from gpufair.localcluster import INFER, LocalCluster, ModelWanted
 
 log = logging.getLogger(__name__)
@@ -206,6 +208,26 @@ def failover(cfg: Config, client: LoadClient, c: LocalCluster) -> dict[str, Any]
     }
 
 
+def _isolation_lines(i: dict[str, Any] | None) -> list[str]:
+    """The isolation section; without a share (the direct path held the SLA at no rate), a
+    line saying it was not run rather than a calm tenant at 0 % of nothing."""
+    if i is None:
+        return ["## Isolation through the gateway", "",
+                "Not run: the direct path kept p99 within the SLA at no rate searched, so "
+                "there was no share to flood.", ""]  # fmt: skip
+    return [
+        f"## Isolation through the gateway (share {i['share_qps']:g} qps)",
+        "",
+        f"Calm tenant at half its share: **{i['calm']['attainment']:.2%}** within the SLA "
+        f"({i['calm']['queries']} queries, p99 {i['calm']['p99_ms']:.1f} ms). Flooder at 5× "
+        f"its share: {i['flood']['answered']} of {i['flood']['queries']} answered, "
+        f"{i['flood']['refused']} refused (429). Flooder naming the calm tenant's model with "
+        f"its own key: {i['flood_naming_calm']['answered_200']} of "
+        f"{i['flood_naming_calm']['sent']} answered (the rest 403). Statuses: {i['statuses']}.",
+        "",
+    ]
+
+
 def markdown(data: dict[str, Any]) -> str:
     c, i, f = data["cost"], data["isolation"], data["failover"]
     lines = [
@@ -238,15 +260,7 @@ def markdown(data: dict[str, Any]) -> str:
         "the first that did not (`--bisections`), so two paths within one grid step read the "
         "same." if ratio is not None else "",
         "",
-        f"## Isolation through the gateway (share {i['share_qps']:g} qps)",
-        "",
-        f"Calm tenant at half its share: **{i['calm']['attainment']:.2%}** within the SLA "
-        f"({i['calm']['queries']} queries, p99 {i['calm']['p99_ms']:.1f} ms). Flooder at 5× "
-        f"its share: {i['flood']['answered']} of {i['flood']['queries']} answered, "
-        f"{i['flood']['refused']} refused (429). Flooder naming the calm tenant's model with "
-        f"its own key: {i['flood_naming_calm']['answered_200']} of "
-        f"{i['flood_naming_calm']['sent']} answered (the rest 403). Statuses: {i['statuses']}.",
-        "",
+        *_isolation_lines(i),
         f"## Failover: one of two daemons SIGKILLed at {f['rate_qps']:g} qps",
         "",
         f"Killed {f['kill_at_s']:.2f} s into the run; the gateway held it dead "
@@ -259,22 +273,38 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# What --quick changes, and the defaults it changes them from: a flag given explicitly wins
+# either way, so the command recorded with the results is what was run.
+QUICK: dict[str, float] = {"trial_s": 4.0, "repeats": 1, "bisections": 1, "isolation_s": 8.0}
+FULL: dict[str, float] = {"trial_s": 5.0, "repeats": 3, "bisections": 3, "isolation_s": 20.0}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gpufair bench gateway",
         description="What gpufair gateway costs, and what it keeps, over the wire.",
     )
-    p.add_argument("--quick", action="store_true", help="short trials, one repetition")
-    p.add_argument("--trial-s", type=float, default=5.0, help="seconds of arrivals per trial")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--rate", type=float, default=100.0, help="the cost trials' offered qps")
-    p.add_argument("--sla-ms", type=float, default=100.0,
+    p.add_argument("--quick", action="store_true",
+                   help="short trials, one repetition: the defaults of --trial-s, --repeats, "
+                        "--bisections and --isolation-s become "
+                        + ", ".join(f"{v:g}" for v in QUICK.values()))
+    p.add_argument("--trial-s", type=positive_number,
+                   help=f"seconds of arrivals per trial (default {FULL['trial_s']:g})")
+    p.add_argument("--repeats", type=whole_number(1),
+                   help=f"repetitions of each trial (default {FULL['repeats']})")
+    p.add_argument("--rate", type=positive_number, default=100.0,
+                   help="the cost trials' offered qps")
+    p.add_argument("--sla-ms", type=positive_number, default=100.0,
                    help="the models' p99 SLA: the throughput bound and the isolation target")
-    p.add_argument("--bisections", type=int, default=3)
-    p.add_argument("--isolation-s", type=float, default=20.0)
-    p.add_argument("--failover-rate", type=float, default=100.0)
-    p.add_argument("--failover-s", type=float, default=10.0)
-    p.add_argument("--kill-at-s", type=float, default=4.0)
+    p.add_argument("--bisections", type=whole_number(0),
+                   help=f"halvings of the throughput search (default {FULL['bisections']})")
+    p.add_argument("--isolation-s", type=positive_number,
+                   help=f"seconds of the isolation run (default {FULL['isolation_s']:g})")
+    p.add_argument("--failover-rate", type=positive_number, default=100.0)
+    p.add_argument("--failover-s", type=positive_number, default=10.0,
+                   help="seconds of arrivals of the failover run")
+    p.add_argument("--kill-at-s", type=positive_number, default=4.0,
+                   help="seconds into the failover run when a daemon is killed, below --failover-s")
     p.add_argument("--row-us", type=float, default=20.0, help="fake service time per row, µs")
     p.add_argument("--batch-us", type=float, default=500.0, help="fake time per batch, µs")
     p.add_argument("--seed", type=int, default=0)
@@ -282,31 +312,51 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    quick = args.quick
-    cfg = Config(
-        trial_s=4.0 if quick else args.trial_s, repeats=1 if quick else args.repeats,
-        rate=args.rate, sla_ms=args.sla_ms, bisections=1 if quick else args.bisections,
-        isolation_s=8.0 if quick else args.isolation_s, failover_rate=args.failover_rate,
-        failover_s=args.failover_s, kill_at_s=args.kill_at_s, row_us=args.row_us,
-        batch_us=args.batch_us, seed=args.seed,
-        out=RESULTS_DIR / ("gateway-quick" if quick else "gateway"),
+def _config(argv: list[str]) -> tuple[Config, Path]:
+    """The run's configuration and its work folder; argparse's one-line error (SystemExit 2)
+    for a flag out of range, before anything starts."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.kill_at_s >= args.failover_s:
+        parser.error(f"--kill-at-s ({args.kill_at_s:g}) must be below --failover-s "
+                     f"({args.failover_s:g}): a daemon killed after the arrivals end fails "
+                     "nothing over")
+    for flag, value in (("--row-us", args.row_us), ("--batch-us", args.batch_us)):
+        if not (math.isfinite(value) and value >= 0):
+            parser.error(f"{flag}: expected a number of at least 0, got {value:g}")
+    defaults = QUICK if args.quick else FULL
+
+    def chosen(name: str) -> Any:
+        value = getattr(args, name)
+        return defaults[name] if value is None else value
+
+    config = Config(
+        trial_s=chosen("trial_s"), repeats=chosen("repeats"), bisections=chosen("bisections"),
+        isolation_s=chosen("isolation_s"), rate=args.rate, sla_ms=args.sla_ms,
+        failover_rate=args.failover_rate, failover_s=args.failover_s,
+        kill_at_s=args.kill_at_s, row_us=args.row_us, batch_us=args.batch_us, seed=args.seed,
+        out=RESULTS_DIR / ("gateway-quick" if args.quick else "gateway"),
         command=shlex.join(["gpufair", "bench", "gateway", *argv]),
     )  # fmt: skip
+    return config, args.work
+
+
+def main(argv: list[str]) -> int:
+    cfg, work = _config(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     started_load = load_average()
     data: dict[str, Any] = {"command": cfg.command, "load_average": started_load,
                             "config": {k: str(v) for k, v in asdict(cfg).items()}}  # fmt: skip
     machine = this_machine(["httpx", "uvicorn", "starlette"])
     data["machine"], data["machine_text"] = machine, describe_machine(machine)
     with LoadClient(FAKE_SCHEMA, seed=cfg.seed) as client:
-        with cluster(args.work / "one-node", cfg, {"calm": 1, "flood": 1}, nodes=1) as c:
+        with cluster(work / "one-node", cfg, {"calm": 1, "flood": 1}, nodes=1) as c:
             data["cost"] = cost(cfg, client, c)
             share = data["cost"]["throughput_median_qps"]["direct"] / 2
-            data["isolation"] = isolation(cfg, client, c, share)
-        with cluster(args.work / "two-nodes", cfg, {"ha": 2}, nodes=2) as c:
+            # No share to flood when the direct path held the SLA at no rate searched.
+            data["isolation"] = isolation(cfg, client, c, share) if share > 0 else None
+        with cluster(work / "two-nodes", cfg, {"ha": 2}, nodes=2) as c:
             data["failover"] = failover(cfg, client, c)
     data["load_average_end"] = load_average()
     cfg.out.parent.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ import logging
 import math
 import os
 import shlex
-import signal
+import shutil
 import statistics
 import subprocess
 import sys
@@ -68,6 +68,7 @@ from bench.machine import describe_machine, load_average, session_niceness, this
 from bench.peers.common import INFER_PATH
 from bench.serve import START_RATE, WARMUP_S, highest_rate_within_sla
 from executor.models.schema import ModelSchema
+from gpufair.inputs import positive_number, whole_number
 from gpufair.servers import ChildServer, ChildServerError
 
 log = logging.getLogger(__name__)
@@ -722,9 +723,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a smoke run: short trials, one search each, no Ray, a short isolation "
         "run (about 2 minutes on 2 cores)",
     )
-    p.add_argument("--sla-ms", type=float, default=50.0, help="p99 latency bound (default 50)")
+    p.add_argument(
+        "--sla-ms", type=positive_number, default=50.0, help="p99 latency bound (default 50)"
+    )
     p.add_argument("--scale", type=float, default=0.01, help="RMC2 table rows (default 0.01)")
-    p.add_argument("--user-tables", type=int, default=28)
+    p.add_argument("--user-tables", type=whole_number(0), default=28)
     p.add_argument(
         "--cores",
         type=int,
@@ -743,17 +746,23 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(SYSTEMS),
         help=f"which to run, of {', '.join(SYSTEMS)} (default: all)",
     )
-    p.add_argument("--repeats", type=int, help="searches per system (default 3; quick 1)")
-    p.add_argument("--isolation-s", type=float, help="seconds of the isolation run (default 15)")
+    p.add_argument(
+        "--repeats", type=whole_number(1), help="searches per system (default 3; quick 1)"
+    )
+    p.add_argument(
+        "--isolation-s",
+        type=positive_number,
+        help="seconds of the isolation run (default 15; quick 4)",
+    )
     p.add_argument(
         "--calm-fraction",
-        type=float,
+        type=positive_number,
         default=0.5,
         help="the calm tenant's rate as a fraction of its share (default 0.5)",
     )
     p.add_argument(
         "--flood-factor",
-        type=float,
+        type=positive_number,
         default=5.0,
         help="the flooder's rate as a multiple of its share (default 5; 1 or less: a "
         "tenant within its share beside the calm one, the isolation runs' baseline)",
@@ -771,8 +780,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--share-qps",
-        type=float,
-        default=0.0,
+        type=positive_number,
         help="run only the isolation scenario, with this share per tenant in qps, in place "
         "of half of gpufair's HTTP median (no throughput search, no client check)",
     )
@@ -800,8 +808,9 @@ def _config(args: argparse.Namespace, argv: list[str]) -> HttpConfig:
         raise ValueError(f"--streams: expected numbers like 1,4, got {args.streams!r}") from None
     if args.sla_ms <= 0 or not 0 < args.scale <= 1 or min(args.cores, args.clients, *streams) < 1:
         raise ValueError("--sla-ms > 0, 0 < --scale ≤ 1, --cores, --clients and --streams ≥ 1")
-    if args.calm_fraction <= 0 or args.flood_factor <= 0:
-        raise ValueError("--calm-fraction and --flood-factor > 0")
+    if shutil.which(args.ray_python) is None:
+        # Found missing only when Ray's turn came, minutes into the run, it left Ray out.
+        raise ValueError(f"--ray-python: {args.ray_python}: no such interpreter")
     quick = args.quick
     return HttpConfig(
         name=args.name or ("http-quick" if quick else "http"),
@@ -821,7 +830,7 @@ def _config(args: argparse.Namespace, argv: list[str]) -> HttpConfig:
         systems=systems,
         ray_python=args.ray_python,
         clients=args.clients,
-        share_qps=args.share_qps,
+        share_qps=args.share_qps or 0.0,
         seed=args.seed,
         out_dir=args.out,
         command="gpufair bench serve --http " + shlex.join(argv),
@@ -854,8 +863,6 @@ def measure(
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    # A benchmark stopped with SIGTERM still stops the servers and clients it started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         cfg = _config(args, argv)
     except ValueError as exc:

@@ -3,12 +3,18 @@
 Each benchmark lives in ``bench/<name>.py`` with ``main(argv) -> int`` and writes its results
 under ``bench/results/``. Modules are imported only when asked for, so the allocator benchmark
 does not load torch and the serving benchmark does not load the solver.
+
+SIGTERM (``kill``, a CI timeout, a supervisor) ends a benchmark as Ctrl-C does: by unwinding it,
+so the servers, daemons and load clients it started are stopped by the blocks that started
+them, instead of outliving it on a shared machine.
 """
 
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+from types import FrameType
 
 # name -> (module, one-line description shown by --help)
 BENCHMARKS: dict[str, tuple[str, str]] = {
@@ -28,6 +34,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "it with credentials, failover when a daemon dies",
     ),
 }
+
+# The shell's status for a command ended by SIGTERM (128 + 15).
+TERMINATED = 128 + signal.SIGTERM
 
 USAGE = "usage: gpufair bench {" + ",".join(BENCHMARKS) + "} [ARGS...]"
 
@@ -58,4 +67,14 @@ def main(argv: list[str]) -> int:
             raise
         sys.stderr.write(f"gpufair bench: benchmark {name!r} is not available ({module_name})\n")
         return 2
-    return int(module.main(rest))
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return int(module.main(rest))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Unwind the benchmark (its ``with`` and ``finally`` blocks stop its children), then exit
+    with the status a shell gives a command ended by SIGTERM."""
+    raise SystemExit(TERMINATED)

@@ -36,6 +36,9 @@ MEAN_CANDIDATES = sum(QUERY_SIZES) / len(QUERY_SIZES)
 UTILISATION = 0.7
 
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# TOML spells inf and nan: a number that bounds or scales something must be finite, or a claim
+# holds vacuously (an infinite tolerance) and a rate or a service time means nothing.
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class ScenarioError(ValueError):
@@ -65,9 +68,9 @@ class Device(_Strict):
 class Node(_Strict):
     name: str
     backend: Literal["fake", "torch"]
-    row_us: Annotated[float, Field(ge=0)] = Field(
+    row_us: NonNegative = Field(
         default=20.0, description="a fake node: service time per candidate row, µs")
-    batch_us: Annotated[float, Field(ge=0)] = Field(
+    batch_us: NonNegative = Field(
         default=200.0, description="a fake node: service time per batch, µs")
     devices: Annotated[list[Device], Field(min_length=1)]
 
@@ -77,6 +80,11 @@ class Node(_Strict):
             if self.backend == "torch" and device.stream_qps is None:
                 raise ValueError(f"node {self.name}, {device.device}: stream_qps is required "
                                  "on a torch node")
+        # A stream's capacity is 1 / (batch_us + row_us × K): a query that takes no time would
+        # give an infinite throughput curve (a division by zero once the API is up).
+        if self.backend == "fake" and self.batch_us + self.row_us * MEAN_CANDIDATES <= 0:
+            raise ValueError(f"node {self.name}: row_us and batch_us are both 0; a query must "
+                             "take some time")
         return self
 
     def executor_flags(self) -> list[str]:
@@ -115,7 +123,7 @@ class Claims(_Strict):
 
     required_attainment: Annotated[float, Field(gt=0, le=1)] = Field(
         description="every other tenant's SLA attainment during the flood is at least this")
-    throttle_tolerance: Annotated[float, Field(ge=0)] = Field(
+    throttle_tolerance: NonNegative = Field(
         description="the flooder's served rate is at most (1 + this) × its share's capacity")
 
 
@@ -123,7 +131,7 @@ class Scenario(_Strict):
     duration_s: Positive
     seed: int = 0
     flood_tenant: str
-    flood_factor: Annotated[float, Field(gt=1)]
+    flood_factor: Annotated[float, Field(gt=1, allow_inf_nan=False)]
     objective: str = "utilitarian"
     claims: Claims
     nodes: Annotated[list[Node], Field(min_length=1)]

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +16,8 @@ import pytest
 from bench import allocator as bench_allocator
 from bench.baselines import BASELINES
 from gpufair.commands import bench as bench_command
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +83,35 @@ def test_bad_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -
     assert "expected comma-separated integers, got 'eight'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--budget", "0"], "argument --budget: '0'"),  # once replaced by the default budget
+        (["--hard-limit", "-1"], "argument --hard-limit: '-1'"),  # once cut every seed at once
+        (["--time-limit", "nan"], "argument --time-limit: 'nan'"),
+        (["--seeds", "0"], "argument --seeds: '0'"),
+        (["--cli-runs", "-1"], "argument --cli-runs: '-1'"),
+        (["--out", "{file}"], "{file}: not a folder"),  # once a traceback after the whole run
+        (["--out", "{file}/results"], "{file}/results: cannot make the results folder"),
+    ],
+)
+def test_a_flag_out_of_range_is_refused_before_anything_runs(
+    flags: list[str], said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    def started(config: bench_allocator.BenchConfig) -> None:
+        raise AssertionError("the benchmark started")
+
+    monkeypatch.setattr(bench_allocator, "run", started)
+    a_file = tmp_path / "results.md"
+    a_file.write_text("")
+    argv = [flag.format(file=a_file) for flag in flags]
+    assert bench_allocator.main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("gpufair bench allocator: error:")
+    assert said.format(file=a_file) in last
+
+
 def test_bench_front_dispatches_and_lists(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_command.main(["--help"]) == 0
     listing = capsys.readouterr().out
@@ -83,3 +120,58 @@ def test_bench_front_dispatches_and_lists(capsys: pytest.CaptureFixture[str]) ->
     assert "unknown benchmark 'nosuch'" in capsys.readouterr().err
     assert bench_command.main(["allocator", "--help"]) == 0
     assert "--quick" in capsys.readouterr().out
+
+
+# A benchmark that starts a server (a sleeping child) and stops it however it ends, as every
+# benchmark's `with` blocks do; it prints the server's pid, then runs until it is stopped.
+SERVER_BENCHMARK = """
+import subprocess, sys, time, types
+from gpufair.commands import bench
+
+def main(argv):
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        print(server.pid, flush=True)
+        time.sleep(60)
+        return 0
+    finally:
+        server.terminate()
+        server.wait()
+
+module = types.ModuleType("server_benchmark")
+module.main = main
+sys.modules["server_benchmark"] = module
+bench.BENCHMARKS["server"] = ("server_benchmark", "starts a server, runs until stopped")
+sys.exit(bench.main(["server"]))
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigterm_stops_a_benchmark_and_the_servers_it_started() -> None:
+    """`kill` (or a CI timeout) of `gpufair bench NAME` unwinds the benchmark as Ctrl-C does:
+    its servers are stopped, none outlives it, and the status is a shell's 143."""
+    bench_process = subprocess.Popen(
+        [sys.executable, "-c", SERVER_BENCHMARK], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert bench_process.stdout is not None
+    server_pid = int(bench_process.stdout.readline())
+    try:
+        bench_process.send_signal(signal.SIGTERM)
+        assert bench_process.wait(timeout=30) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while _alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(server_pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server_pid, signal.SIGKILL)
+        bench_process.kill()
+        bench_process.wait()

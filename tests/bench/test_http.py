@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench import http as bench_http
 from bench.http import ray_unavailable_because, summarize
 from bench.loadclient import (
     DISTINCT_QUERIES,
@@ -186,12 +187,41 @@ def test_bad_flags_are_one_line() -> None:
     ]
 
 
-def test_a_flood_factor_that_sends_nothing_is_refused_in_one_line() -> None:
-    done = _bench_http("--flood-factor", "0")
-    assert done.returncode == 2
-    assert done.stderr.strip() == (
-        "gpufair bench serve --http: --calm-fraction and --flood-factor > 0"
-    )
+def _status_and_last_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``gpufair bench serve --http ARGV``'s exit status and last line on stderr, in-process."""
+    try:
+        status = bench_http.main(argv)
+    except SystemExit as exc:  # argparse's refusal of a flag
+        status = int(exc.code or 0)
+    return status, capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--flood-factor", "0"], "--flood-factor"),  # a flooder that sends nothing
+        (["--calm-fraction", "nan"], "--calm-fraction"),
+        (["--sla-ms", "nan"], "--sla-ms"),
+        (["--repeats", "0"], "--repeats"),  # once replaced by 3 without a word
+        (["--repeats", "-2"], "--repeats"),
+        (["--isolation-s", "0"], "--isolation-s"),  # once replaced by 15
+        (["--share-qps", "-5"], "--share-qps"),
+        (["--user-tables", "-1"], "--user-tables"),
+        # Found missing minutes into a run, when Ray's turn came, it left Ray out.
+        (["--systems", "ray", "--ray-python", "/nonexistent/python"], "--ray-python"),
+    ],
+)
+def test_a_flag_out_of_range_is_refused_before_anything_starts(
+    flags: list[str], named: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    def started(*args: object) -> None:
+        raise AssertionError("the benchmark started")
+
+    monkeypatch.setattr(bench_http, "this_machine", started)
+    status, last = _status_and_last_line([*flags, "--out", str(tmp_path)], capsys)
+    assert status == 2
+    assert last.startswith("gpufair bench serve --http") and named in last
 
 
 def test_the_in_process_ceiling_is_refused_on_cuda() -> None:

@@ -44,6 +44,13 @@ def test_a_simulated_stream_serves_what_the_fake_backend_s_service_time_allows()
         (("seats = 3", "seats = 7"), "streams (6) below seats (7)"),
         (("rate_qps = 12", "rate_qps = -1"), "tenants.0.model.rate_qps"),
         (('objective = "nash"', 'objective = "kindest"'), "objective 'kindest' is not one of"),
+        # A simulated query that takes no time has no capacity to plan with.
+        (("row_us = 300\nbatch_us = 3000", "row_us = 0\nbatch_us = 0"),
+         "nodes.0: Value error, node sim: row_us and batch_us are both 0"),
+        # TOML spells inf: an infinite flood or tolerance would make a claim hold vacuously.
+        (("flood_factor = 10.0", "flood_factor = inf"), "flood_factor"),
+        (("throttle_tolerance = 0.10", "throttle_tolerance = inf"), "claims.throttle_tolerance"),
+        (("row_us = 300", "row_us = inf"), "nodes.0.row_us"),
     ],
 )
 def test_a_bad_scenario_is_one_line_naming_the_field(
