@@ -127,7 +127,9 @@ class ChildServer:
         self.process.wait()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Ask the child to stop (SIGTERM); kill it if it has not within ``timeout_s``."""
+        """Ask the child to stop (SIGTERM); kill it if it has not within ``timeout_s``, or if
+        the wait is interrupted (a second Ctrl-C or SIGTERM), which then goes on: an
+        interrupted wait left the child running, re-parented to init, for good."""
         if self._process is None or self._process.poll() is not None:
             return
         self._process.terminate()
@@ -135,6 +137,9 @@ class ChildServer:
             self._process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
+        except BaseException:
+            self.kill()
+            raise
 
     def __enter__(self) -> ChildServer:
         self.start()
