@@ -49,7 +49,7 @@ from bench.instances import (
 )
 from bench.machine import describe_machine, load_average, this_machine
 from gpufair.compose import solve_options
-from gpufair.inputs import positive_number, whole_number
+from gpufair.inputs import positive_number, results_folder, whole_number
 from gpufair.settings import SettingsError, load_settings
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,9 @@ def _parser() -> argparse.ArgumentParser:
         help="give every tenant weight 1 (default: mixed weights 1, 2, 4)",
     )
     parser.add_argument("--name", help="results file stem allocator-NAME (default quick/full)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    parser.add_argument(
+        "--out", type=results_folder, default=RESULTS_DIR, help="results directory"
+    )
     return parser
 
 
@@ -145,16 +147,6 @@ def _config(argv: list[str]) -> BenchConfig:
     quick = bool(args.quick)
     seeds = args.seeds if args.seeds is not None else 3
     cli_runs = args.cli_runs if args.cli_runs is not None else (1 if quick else 3)
-    # The results are written at the end: a folder they cannot go to is said now, not after
-    # the whole run.
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out}: not a folder")
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        parser.error(f"--out {args.out}: cannot make the results folder: {exc.strerror or exc}")
-    if not os.access(args.out, os.W_OK | os.X_OK):
-        parser.error(f"--out {args.out}: the results folder is not writable")
     try:
         options = solve_options(
             load_settings().allocator, solver=args.solver, time_limit_s=args.time_limit

@@ -56,6 +56,7 @@ from typing import Any
 import httpx
 
 from bench.machine import describe_machine, load_average, process_tree_cpu_seconds, this_machine
+from gpufair.inputs import results_folder
 from gpufair.servers import ChildServer
 
 ADMIN_TOKEN = "bench-admin-token-7f3a9c"
@@ -863,7 +864,7 @@ def _parser() -> argparse.ArgumentParser:
         help="fairness criteria of the solve benchmark's tenants, assigned round robin",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out", type=results_folder, default=RESULTS, help="results folder")
     return p
 
 

@@ -21,7 +21,8 @@ latency from each query's scheduled arrival), every query carrying its tenant's 
    first held the daemon dead (its ``/healthz``), every query's fate, and the share answered
    among those scheduled after that moment.
 
-Results: ``bench/results/gateway[-quick].{json,md}`` with the command, the machine and its load.
+Results: ``gateway[-quick].{json,md}`` under ``--out`` (default ``bench/results/``) with the
+command, the machine and its load.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from bench.loadclient import FAILED, LoadClient, Stream, TrialSpec, schedule
 from bench.machine import describe_machine, load_average, this_machine
 from bench.serve import START_RATE, WARMUP_S, highest_rate_within_sla
 from executor.fake import FAKE_SCHEMA
-from gpufair.inputs import positive_number, whole_number
+from gpufair.inputs import positive_number, results_folder, whole_number
 from gpufair.localcluster import INFER, LocalCluster, ModelWanted
 
 log = logging.getLogger(__name__)
@@ -309,6 +310,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-us", type=float, default=500.0, help="fake time per batch, µs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=ROOT / "var" / "bench-gateway")
+    p.add_argument("--out", type=results_folder, default=RESULTS_DIR,
+                   help="results folder: gateway.{json,md} there, gateway-quick.* with --quick "
+                        "(default bench/results)")  # fmt: skip
     return p
 
 
@@ -335,7 +339,7 @@ def _config(argv: list[str]) -> tuple[Config, Path]:
         isolation_s=chosen("isolation_s"), rate=args.rate, sla_ms=args.sla_ms,
         failover_rate=args.failover_rate, failover_s=args.failover_s,
         kill_at_s=args.kill_at_s, row_us=args.row_us, batch_us=args.batch_us, seed=args.seed,
-        out=RESULTS_DIR / ("gateway-quick" if args.quick else "gateway"),
+        out=args.out / ("gateway-quick" if args.quick else "gateway"),
         command=shlex.join(["gpufair", "bench", "gateway", *argv]),
     )  # fmt: skip
     return config, args.work

@@ -68,7 +68,7 @@ from bench.machine import describe_machine, load_average, session_niceness, this
 from bench.peers.common import INFER_PATH
 from bench.serve import START_RATE, WARMUP_S, highest_rate_within_sla
 from executor.models.schema import ModelSchema
-from gpufair.inputs import positive_number, whole_number
+from gpufair.inputs import positive_number, results_folder, whole_number
 from gpufair.servers import ChildServer, ChildServerError
 
 log = logging.getLogger(__name__)
@@ -785,7 +785,7 @@ def _parser() -> argparse.ArgumentParser:
         "of half of gpufair's HTTP median (no throughput search, no client check)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    p.add_argument("--out", type=results_folder, default=RESULTS_DIR, help="results folder")
     p.add_argument("--name", help="results go to serve-NAME.* (default http, quick: http-quick)")
     return p
 

@@ -57,7 +57,7 @@ from executor.features import Batch, Query
 from executor.runtime import configure_cpu_threads
 from executor.scheduling import NodeRuntime, Overloaded, SchedulerConfig, SchedulingError
 from executor.scheduling.backend import Backend, Model, RuntimeBackend
-from gpufair.inputs import positive_number, whole_number
+from gpufair.inputs import positive_number, results_folder, whole_number
 from gpufair.loadgen import QUERY_SIZES  # the docs/architecture.md §5 quantiles, one definition
 
 log = logging.getLogger(__name__)
@@ -533,7 +533,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--user-tables", type=whole_number(0), default=28)
     p.add_argument("--cores", type=whole_number(1), default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    p.add_argument("--out", type=results_folder, default=RESULTS_DIR, help="results folder")
     return p
 
 

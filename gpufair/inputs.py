@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,3 +80,21 @@ def positive_number(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r}: expected a number above 0")
     return value
+
+
+def results_folder(text: str) -> Path:
+    """``argparse`` type of a benchmark's ``--out``: a folder, made if missing, that can be
+    written. A benchmark writes its results at its end: a folder they cannot go to is said
+    when the command starts, not after a run of many minutes."""
+    folder = Path(text)
+    if folder.exists() and not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text}: cannot make the results folder: {exc.strerror or exc}"
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: the results folder is not writable")
+    return folder
