@@ -117,8 +117,10 @@ class EngineCore:
 
     def submit(self, admission: Admission, query: Query) -> Future[np.ndarray]:
         """Queue the query on its admitted replica (a plan swap may hand it on); the future's
-        outcome is counted when it resolves (not when it is cancelled: the scheduler then
-        discards the query unserved). Raises Overloaded (counted) or GroupClosed."""
+        outcome is counted when it resolves. A cancelled one (the scheduler then discards the
+        query unserved) is counted as expired when it was cancelled past its deadline, as a
+        front does that gave up waiting for it (and answered 504); before it, its client went
+        away, and nothing is counted. Raises Overloaded (counted) or GroupClosed."""
         try:
             pending = self.runtime.submit_to(admission.group, query, admission.arrival)
         except SchedulingError as exc:
@@ -129,7 +131,11 @@ class EngineCore:
         group, arrival = pending.group, admission.arrival
 
         def count(future: Future[np.ndarray]) -> None:
-            if future.cancelled():  # its front went away: nobody was answered or refused
+            if future.cancelled():
+                # Unanswered by its deadline, a query is a miss however it ends; before it,
+                # its front went away: nobody was answered or refused.
+                if time.monotonic() > admission.deadline:
+                    self._observe(group, "expired", None)
                 return
             error = future.exception()
             if error is None:

@@ -498,10 +498,13 @@ class DeviceScheduler:
     def _run(self, job: Job, sessions: dict[int, Session], lane: BackgroundLane | None) -> None:
         """Run a batch and deliver its scores; its forward on ``lane`` when one is given."""
         group = job.group
-        batch = Batch.of([p.query() for p in job.pieces])
         began = time.monotonic()
         error: ModelFailed | None = None
         try:
+            # Assembled inside the try: pieces that do not stack into one batch (a query
+            # parsed with another schema) fail their queries, not the worker, whose death
+            # would leave them and the pieces it would have served unanswered for good.
+            batch = Batch.of([p.query() for p in job.pieces])
             session = sessions.get(id(group))
             if session is None:  # a worker opens its session on a replica when first serving it
                 session = sessions[id(group)] = group.model.session()

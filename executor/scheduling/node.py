@@ -375,7 +375,12 @@ class NodeRuntime:
         """Queue a query on the replica :meth:`route` gave; raise Overloaded, GroupClosed, ...
 
         A replica drained (or stopped) for a plan swap since hands the query to the new plan,
-        routed as :meth:`submit` does; without a newer plan the node is shutting down.
+        routed as :meth:`submit` does; without a newer plan the node is shutting down. The
+        query was admitted for ``group``'s tenant and parsed with its schema: a new replica
+        of the model with another tenant or another schema does not take it
+        (ModelUnavailable, 503: the client sends it again and is judged anew), since the
+        query would be scored by another tenant's model, or would not stack into a batch of
+        that model's queries.
         """
         device = group.device
         if device is not None:
@@ -383,13 +388,31 @@ class NodeRuntime:
                 return device.submit(group, query, arrival)
             except GroupClosed:
                 pass
-        return self.submit(group.model_id, query, arrival)
+        return self.submit(group.model_id, query, arrival, admitted_by=group)
 
-    def submit(self, model_id: str, query: Query, arrival: float | None = None) -> Pending:
-        """Queue a query on the least loaded replica; raise UnknownModel, Overloaded, ..."""
+    def submit(
+        self,
+        model_id: str,
+        query: Query,
+        arrival: float | None = None,
+        admitted_by: SessionGroup | None = None,
+    ) -> Pending:
+        """Queue a query on the least loaded replica; raise UnknownModel, Overloaded, ...
+
+        ``admitted_by``: the replica whose tenant and schema the query was admitted and parsed
+        for (see :meth:`submit_to`); ModelUnavailable when the replica routed to differs.
+        """
         while True:
             deployment = self._current()
             group = self._least_loaded(self._groups(deployment, model_id))
+            if admitted_by is not None and (
+                group.tenant != admitted_by.tenant
+                or group.model.schema != admitted_by.model.schema
+            ):
+                raise ModelUnavailable(
+                    f"model {model_id!r} is served for another tenant or with another schema "
+                    "since the query was admitted; send it again"
+                )
             try:
                 device = group.device
                 if device is None:

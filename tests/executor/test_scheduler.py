@@ -6,6 +6,7 @@ time, since a loaded CI machine may stretch any of them."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import threading
@@ -16,9 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from executor.engine.core import EngineCore
 from executor.fake import FAKE_SCHEMA, FakeBackend, FakeModel, fake_scores
-from executor.features import Batch
+from executor.features import Batch, Query
+from executor.front.local import LocalEngine
 from executor.scheduling import (
+    DeadlineExceeded,
     ModelFailed,
     ModelUnavailable,
     NodeRuntime,
@@ -34,7 +38,7 @@ from executor.scheduling.admission import (
     ServiceRate,
 )
 from executor.scheduling.device import BackgroundLane
-from tests.executor.scheduling_helpers import plan, queries, seat
+from tests.executor.scheduling_helpers import WIDE_SCHEMA, TwoSchemas, plan, queries, seat
 
 
 @pytest.fixture
@@ -177,6 +181,57 @@ def test_unknown_and_broken_models_hurt_no_other(runtimes):
     np.testing.assert_allclose(
         runtime.submit("good", q).future.result(timeout=5), reference(q), atol=1e-5
     )
+
+
+def test_a_batch_that_cannot_be_assembled_fails_its_queries_and_the_session_serves_on(runtimes):
+    """Queries that do not stack into one batch (parsed with two schemas) fail with
+    ModelFailed like a forward that raised: the worker thread that took them lives on, so
+    they are answered, nothing stays in flight or in service, and the next batch is served."""
+    config = SchedulerConfig(admission=False, batch_max_delay_s=30.0, max_batch_candidates=8)
+    runtime = runtimes(config, TwoSchemas())
+    runtime.apply(plan([seat(0, "m")]))
+    group = runtime.group("m")
+    # Four rows each: the second fills the batch, so both go in one batch, at once.
+    mixed = [runtime.submit("m", queries(schema, [4], seed=21)[0])
+             for schema in (FAKE_SCHEMA, WIDE_SCHEMA)]  # fmt: skip
+    for pending in mixed:
+        with pytest.raises(ModelFailed):
+            pending.future.result(timeout=30)
+    (q,) = queries(FAKE_SCHEMA, [8], seed=22)
+    np.testing.assert_allclose(
+        runtime.submit("m", q).future.result(timeout=30), reference(q), atol=1e-5
+    )
+    assert (group.in_flight, group.in_service_rows, group.stats.failed) == (0, 0, 2)
+
+
+@pytest.mark.parametrize(
+    ("changed", "handed_on"),
+    [
+        ({"artifact": "fake:wide"}, False),  # the model's new version takes other features
+        ({"tenant": "someone-else"}, False),  # the model id now names another tenant's model
+        ({"artifact": "fake:m2"}, True),  # new weights, same schema and tenant
+    ],
+)
+def test_a_query_handed_on_by_a_plan_swap_keeps_the_terms_it_was_admitted_on(
+    runtimes, changed, handed_on
+):
+    """A query admitted on a replica that a plan swap drained before its body was parsed goes
+    to the new plan's replica only when that one serves it on the same terms: the tenant whose
+    key was checked and the schema its body was parsed with. Otherwise it is refused as
+    unavailable (503: sent again, it is admitted and parsed anew)."""
+    runtime = runtimes(SchedulerConfig(batch_max_delay_s=0.0), TwoSchemas())
+    runtime.apply(plan([seat(0, "m")], version=1))
+    admitted = runtime.route("m")
+    runtime.apply(plan([seat(0, "m", **changed)], version=2))
+    (q,) = queries(FAKE_SCHEMA, [6], seed=23)
+    if handed_on:
+        pending = runtime.submit_to(admitted, q)
+        np.testing.assert_allclose(pending.future.result(timeout=30), reference(q), atol=1e-5)
+        assert pending.group is not admitted
+    else:
+        with pytest.raises(ModelUnavailable, match="another tenant or with another schema"):
+            runtime.submit_to(admitted, q)
+        assert all(g.stats.admitted == 0 for g in runtime.deployment.groups())
 
 
 class _HeldLoads(FakeBackend):
@@ -445,6 +500,44 @@ def test_a_batch_of_a_group_admission_has_been_refusing_runs_at_idle_priority() 
     finally:
         backend.model.gate.set()
         runtime.close()
+
+
+def test_a_query_its_front_gave_up_on_past_its_deadline_is_counted_as_expired() -> None:
+    """A front waits for a query's scores until its deadline (plus a grace), then answers 504
+    and cancels it, so that the scheduler discards it unserved. That 504 is a miss like the
+    scheduler's own drop: it is counted as expired, not lost from the counts (which would
+    raise the model's SLA attainment). A query cancelled before its deadline (its client went
+    away) is counted as nothing."""
+    backend = _PolicyBackend()  # its gate stays shut: no batch ends until the test is done
+    runtime = NodeRuntime(backend, SchedulerConfig(admission=False, batching=False))
+    runtime.apply(plan([seat(0, "m", sla_ms=50)]))
+    core = EngineCore(runtime)
+    front = LocalEngine(core)
+
+    async def ask(query: Query) -> None:
+        ticket = await front.admit("m", time.monotonic())
+        await front.infer(ticket, query)
+
+    async def both(load: list[Query]) -> list[BaseException | None]:
+        return await asyncio.gather(*(ask(q) for q in load), return_exceptions=True)
+
+    try:
+        # The first runs (and hangs), the second waits behind it: neither is answered.
+        outcomes = asyncio.run(both(queries(FAKE_SCHEMA, [3, 3], seed=24)))
+        assert all(isinstance(o, DeadlineExceeded) for o in outcomes), outcomes
+        gone = core.submit(core.admit("m", time.monotonic()), queries(FAKE_SCHEMA, [3], seed=25)[0])
+        assert gone.cancel()
+    finally:
+        backend.model.gate.set()
+        runtime.close()
+    labels = {"tenant": "tenant-m", "model": "m"}
+    counted = {
+        outcome: core.metrics.registry.get_sample_value(
+            "gpufair_executor_queries_total", {**labels, "outcome": outcome}
+        )
+        for outcome in ("ok", "expired")
+    }
+    assert counted == {"ok": None, "expired": 2.0}
 
 
 def test_a_backlog_lane_hands_back_what_its_work_returns_or_raises() -> None:

@@ -13,40 +13,16 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from executor.fake import FAKE_SCHEMA, FakeBackend
+from executor.fake import FAKE_SCHEMA
 from executor.features import Query
 from executor.scheduling import DeadlineExceeded, Overloaded, SchedulerConfig, rules
 from executor.scheduling.device import DeviceScheduler, Job, Piece, SessionGroup
-from tests.executor.scheduling_helpers import plan, queries, seat
+from tests.executor.scheduling_helpers import FakeClock, device, queries, seat
 
 POOL_ONLY = SchedulerConfig(admission=False, max_queue=100_000, batch_max_delay_s=0.0)
-
-
-class FakeClock:
-    """Seconds that pass only when a test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def device(
-    seats: list[dict[str, Any]], *, pool: int = 0, config: SchedulerConfig, clock: FakeClock
-) -> DeviceScheduler:
-    """One device of fake models whose workers are never started."""
-    device_plan = plan(seats, pool=pool).devices[0]
-    backend = FakeBackend()
-    groups = []
-    for s in device_plan.seats:
-        assert s.replica is not None
-        groups.append(SessionGroup(seat=s, model=backend.load(s.replica.artifact, "cpu")))
-    return DeviceScheduler(device_plan, groups, backend, config, clock=clock)
 
 
 def take(scheduler: DeviceScheduler, own: SessionGroup | None) -> Job | None:
