@@ -21,7 +21,7 @@ from api.config import ApiConfig
 from api.db import Database, PoolLimits
 from api.errors import SchemaNotReady, install_error_handlers
 from api.idempotency import install_replay_handler
-from api.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
+from api.limits import BodyLimitMiddleware, HeadAsGetMiddleware, SecurityHeadersMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.openapi import install_openapi
 from api.ratelimit import FailedCredentials
@@ -103,6 +103,7 @@ def create_app(config: ApiConfig) -> FastAPI:
     docs.mount_assets(app)
     # Outermost last: count every request, including those refused for their size, and give
     # every response, refusals included, its headers.
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -8,6 +8,10 @@ so an oversized upload is never read into memory whole.
 Every JSON response carries ``Cache-Control: no-store`` (replies carry API keys, node tokens,
 tenants' allocations: no proxy or browser may keep them) and every response
 ``X-Content-Type-Options: nosniff``.
+
+``HEAD`` is answered as ``GET`` is, without the body (RFC 9110 §9.3.2: every general-purpose
+server supports both). FastAPI's routes take only the methods they name, so a monitor or a
+probe that checks a route with ``HEAD`` got 405.
 """
 
 from __future__ import annotations
@@ -79,3 +83,30 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class HeadAsGetMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_as_head(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                # The server reads the method from this scope too: a HEAD answer declares the
+                # GET answer's length and sends none of it.
+                scope["method"] = "HEAD"
+            elif message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        # In place, not a copy: the router records the route it matched in this scope, which
+        # the metrics middleware reads (with the method, HEAD again by then) for its labels.
+        scope["method"] = "GET"
+        try:
+            await self.app(scope, receive, send_as_head)
+        finally:
+            scope["method"] = "HEAD"

@@ -3,7 +3,9 @@ sniffed, and ``/metrics`` does not grow with made-up methods and paths."""
 
 from __future__ import annotations
 
-from tests.api.conftest import Api
+import httpx
+
+from tests.api.conftest import ADMIN_TOKEN, Api
 
 MADE_UP = 30
 
@@ -43,3 +45,20 @@ def test_json_is_never_cached_or_sniffed(api: Api) -> None:
         assert reply.headers["Cache-Control"] == "no-store", reply.request.url
         assert reply.headers["X-Content-Type-Options"] == "nosniff"
     assert api.client.get("/metrics").headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_head_is_answered_as_get_without_a_body(live_url: str) -> None:
+    """Over a real server: HEAD on any GET route has GET's status and headers and no body
+    (RFC 9110: every general-purpose server supports both); it was 405 on every route, so a
+    monitor or probe that checks with HEAD saw the API as broken. Metrics count it as HEAD."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=live_url, timeout=30) as client:
+        for path, headers in [("/healthz", {}), ("/readyz", {}), ("/v1/tenants", admin),
+                              ("/v1/tenants", {})]:  # fmt: skip
+            got, head = client.get(path, headers=headers), client.head(path, headers=headers)
+            assert head.status_code == got.status_code, (path, head.status_code)
+            assert head.content == b""
+            for name in ("content-type", "content-length", "cache-control"):
+                assert head.headers.get(name) == got.headers.get(name), (path, name)
+        metrics = client.get("/metrics").text
+    assert 'handler="list_tenants",method="HEAD",status="200"' in metrics
