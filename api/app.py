@@ -114,7 +114,9 @@ def ensure_schema(config: ApiConfig) -> None:
     """Make sure the database is at the head revision before serving.
 
     An empty SQLite database is upgraded in development mode (the embedded default's first
-    start); anything else behind the code raises SchemaNotReady naming the command to run.
+    start); anything else behind the code raises SchemaNotReady naming the command to run, and
+    a database at a revision the code does not know (migrated by a newer gpufair, the code
+    rolled back) one saying so, as `gpufair db upgrade` could not help it.
     """
     db = Database(config.database_url, pool=pool_limits(config))
     try:
@@ -126,6 +128,12 @@ def ensure_schema(config: ApiConfig) -> None:
             log.info("empty SQLite database: creating the schema (revision %s)", head)
             migrations.upgrade(config.database_url)
             return
+        if current is not None and current not in migrations.known_revisions():
+            raise SchemaNotReady(
+                f"database schema is at {current}, which a newer gpufair migrated: this code "
+                f"(head {head}) cannot serve it; run the newer gpufair, or downgrade the "
+                "database with it"
+            )
         raise SchemaNotReady(
             f"database schema is at {current or 'nothing'}, the code needs {head}: "
             "run 'gpufair db upgrade'"

@@ -71,13 +71,14 @@ class PoolLimits:
     wait_timeout_s: float  # for a slot, a connection, or SQLite's write lock; then 503
 
 
-def _prepare_sqlite(engine: Engine, busy_timeout_s: float) -> None:
+def _prepare_sqlite(engine: Engine, busy_timeout_s: float, foreign_keys: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _: Any) -> None:
-        # Let SQLAlchemy's "begin" event below emit BEGIN, rather than pysqlite's own guess.
+        # Let SQLAlchemy's "begin" event below emit BEGIN, rather than pysqlite's own guess
+        # (which opens no transaction before DDL, so a schema change would commit at once).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         if engine.url.database not in (None, "", ":memory:"):
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -90,15 +91,25 @@ def _prepare_sqlite(engine: Engine, busy_timeout_s: float) -> None:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_engine(url: str, *, echo: bool = False, pool: PoolLimits | None = None) -> Engine:
+def make_engine(
+    url: str, *, echo: bool = False, pool: PoolLimits | None = None, foreign_keys: bool = True
+) -> Engine:
     """An engine for ``url``; a SQLite file's folder is created if missing. ``pool`` bounds a
     server's connections and waits; without it (a command-line tool), SQLAlchemy's defaults.
+    ``foreign_keys=False`` is for the migrations alone: SQLite enforces foreign keys only where
+    a connection turns them on, and a migration that rebuilds a table drops the old one, which
+    with them on would delete (cascade) every row that refers to it.
 
     Only SQLite and PostgreSQL are supported (the tests run on both); another backend, or a
     driver that is not installed, is refused with an ArgumentError that names the URL (without
-    its password) in one line, instead of SQLAlchemy's import traceback.
+    its password) in one line, instead of SQLAlchemy's import traceback. So is a malformed URL
+    (a port that is not a number), which SQLAlchemy refuses with a ValueError that the
+    commands' one-line handlers of database errors let through as a traceback.
     """
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ValueError as exc:  # a port that is not a number, an unclosed "[": no URL to show
+        raise ArgumentError(f"malformed database URL: {exc}") from exc
     shown = parsed.render_as_string(hide_password=True)
     if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
         raise ArgumentError(
@@ -106,14 +117,14 @@ def make_engine(url: str, *, echo: bool = False, pool: PoolLimits | None = None)
             "sqlite (sqlite:///var/gpufair.db) or postgresql (postgresql+psycopg://user@host/db)"
         )
     try:
-        return _create_engine(parsed, echo, pool)
+        return _create_engine(parsed, echo, pool, foreign_keys)
     except ModuleNotFoundError as exc:
         raise ArgumentError(
             f"{shown}: its driver {exc.name!r} is not installed; use postgresql+psycopg://"
         ) from exc
 
 
-def _create_engine(parsed: URL, echo: bool, pool: PoolLimits | None) -> Engine:
+def _create_engine(parsed: URL, echo: bool, pool: PoolLimits | None, foreign_keys: bool) -> Engine:
     # A fixed pool whose checkout fails after the wait timeout (503), never one that grows.
     sized: dict[str, Any] = (
         {}
@@ -136,7 +147,7 @@ def _create_engine(parsed: URL, echo: bool, pool: PoolLimits | None) -> Engine:
             connect_args={"check_same_thread": False, "timeout": busy_s},
             **({} if memory else sized),
         )
-        _prepare_sqlite(engine, busy_s)
+        _prepare_sqlite(engine, busy_s, foreign_keys)
         return engine
     if pool is not None:
         # A server that does not answer within the wait must not hold a slot for minutes.

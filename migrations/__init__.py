@@ -36,6 +36,13 @@ def head_revision() -> str:
     return head
 
 
+def known_revisions() -> frozenset[str]:
+    """Every revision the code has a migration for: a database at another one was migrated by
+    a newer gpufair (the code was rolled back), and upgrading cannot help it."""
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return frozenset(script.revision for script in scripts.walk_revisions())
+
+
 def current_revision(engine: Engine) -> str | None:
     """The revision the database at ``engine`` is at; None for an empty database."""
     with engine.connect() as connection:

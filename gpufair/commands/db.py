@@ -53,7 +53,12 @@ def main(argv: list[str]) -> int:
         finally:
             engine.dispose()
         head = migrations.head_revision()
-        state = "up to date" if current == head else "behind: run 'gpufair db upgrade'"
+        if current == head:
+            state = "up to date"
+        elif current is None or current in migrations.known_revisions():
+            state = "behind: run 'gpufair db upgrade'"
+        else:
+            state = "ahead: a newer gpufair migrated it, and this code cannot serve it"
         sys.stdout.write(
             f"database at {current or 'nothing (empty)'}; code head {head} ({state})\n"
         )

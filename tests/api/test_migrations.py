@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,8 @@ from api.app import create_app, ensure_schema
 from api.errors import SchemaNotReady
 from api.models import Base
 from executor.wire.heartbeat import MAX_COUNT, parse_heartbeat
+from gpufair.commands import db as db_command
+from gpufair.commands import serve as serve_command
 from gpufair.compose import api_config
 from gpufair.settings import ApiSettings, DatabaseSettings, Settings
 from tests.api.conftest import ADMIN_TOKEN, make_settings, pg_url
@@ -410,3 +414,181 @@ def test_idempotency_etag_revision_up_and_down_keeps_records(empty_url: str) -> 
             ]
     finally:
         engine.dispose()
+
+
+def _version(url: str) -> list[str]:
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return list(
+                connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars()
+            )
+    finally:
+        engine.dispose()
+
+
+def _columns(url: str, table: str) -> set[str]:
+    engine = sqlalchemy.create_engine(url)
+    try:
+        return {column["name"] for column in sqlalchemy.inspect(engine).get_columns(table)}
+    finally:
+        engine.dispose()
+
+
+def test_a_run_that_fails_half_way_leaves_schema_and_version_as_they_were(empty_url: str) -> None:
+    """An upgrade over several revisions is one transaction, on SQLite as on PostgreSQL: when
+    a step fails (here the version update to 0009, refused by a trigger: a crash, a full disk
+    or a bad row alike), no revision's change stays behind, and once the cause is gone the
+    same upgrade succeeds. pysqlite used to commit each DDL statement on its own: 0008's and
+    0009's new columns stayed under version 0007 or 0008, and every later upgrade failed on
+    "duplicate column name"."""
+    migrations.upgrade(empty_url, "0007")
+    engine = sqlalchemy.create_engine(empty_url)
+    sqlite = empty_url.startswith("sqlite")
+    try:
+        with engine.begin() as connection:
+            if sqlite:
+                connection.exec_driver_sql(
+                    "CREATE TRIGGER refuse BEFORE UPDATE ON alembic_version "
+                    "WHEN NEW.version_num = '0009' BEGIN SELECT RAISE(ABORT, 'injected'); END"
+                )
+            else:
+                connection.exec_driver_sql(
+                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'injected'; END $$"
+                )
+                connection.exec_driver_sql(
+                    "CREATE TRIGGER refuse BEFORE UPDATE ON alembic_version FOR EACH ROW "
+                    "WHEN (NEW.version_num = '0009') EXECUTE FUNCTION refuse()"
+                )
+        with pytest.raises(sqlalchemy.exc.DBAPIError, match="injected"):
+            migrations.upgrade(empty_url)
+        assert _version(empty_url) == ["0007"]
+        assert "weight" not in _columns(empty_url, "models")
+        assert "tenant_id" not in _columns(empty_url, "sla_samples")
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "DROP TRIGGER refuse" if sqlite else "DROP TRIGGER refuse ON alembic_version"
+            )
+        migrations.upgrade(empty_url)
+        assert _version(empty_url) == [migrations.head_revision()]
+    finally:
+        engine.dispose()
+
+
+def test_upgrades_started_at_once_run_one_after_the_other(empty_url: str) -> None:
+    """Three `gpufair db upgrade` of one empty database at once (a Kubernetes Job retried while
+    the first still runs): each waits for the migration lock, the first migrates, the others
+    find the database at head; none fails, and the schema and version table are whole. They
+    used to run the same steps side by side: all but one failed ("table allocations already
+    exists"), and on SQLite a batch's temporary table could stay behind."""
+    command = [sys.executable, "-m", "gpufair.cli", "db", "--url", empty_url, "upgrade"]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(3)]  # fmt: skip
+    for run in runs:
+        out, err = run.communicate(timeout=180)
+        assert run.returncode == 0, err[-2000:]
+        assert "(up to date)" in out
+    assert _version(empty_url) == [migrations.head_revision()]
+    assert _tables(empty_url) == set(Base.metadata.tables) | {"alembic_version"}
+
+
+def test_downgrades_that_rebuild_a_sqlite_table_keep_its_ids_unused(empty_url: str) -> None:
+    """A downgrade that drops a column rebuilds the SQLite table, which used to restart its
+    AUTOINCREMENT sequence at the largest id left: after 0011, 0009, 0008 and 0006 were undone
+    and redone, a deleted key's, model's, profile's, sample's or record's id was handed out
+    again (what migration 0003 exists to prevent: stored plans name model ids). The sequences
+    now never go back."""
+    migrations.upgrade(empty_url)
+    engine = sqlalchemy.create_engine(empty_url)
+    at = "'2026-12-07 10:00:00+00:00'"
+    rows = {
+        "api_keys": "(tenant_id, prefix, token_hash, created_at) VALUES (1, 'gf_', '{n}', {at})",
+        "models": "(tenant_id, name, artifact, memory_mb, replicas_wanted, sla_p99_ms, "
+        "demand_qps, revision, created_at) VALUES (1, '{n}', 'zoo:rmc1', 1, 1, 10.0, 1.0, 1, {at})",
+        "profiles": "(model_id, device_id, qps, measured_at) VALUES ({n}, 1, '[1.0]', {at})",
+        "sla_samples": "(node_id, tenant, at, received, within_sla) VALUES (1, 'ads', {at}, 1, 1)",
+        "idempotency_keys": "(owner, key, fingerprint, status, created_at) "
+        "VALUES ('admin', '{n}', 'f', 201, {at})",
+    }
+
+    def insert(connection: sqlalchemy.Connection, table: str, n: int) -> int:
+        sql = f"INSERT INTO {table} {rows[table].format(n=n, at=at)} RETURNING id"
+        return int(connection.exec_driver_sql(sql).scalar_one())
+
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO tenants (name, weight, criterion, revision, created_at) "
+                f"VALUES ('ads', 1.0, 'ef1', 1, {at})"
+            )
+            connection.exec_driver_sql(
+                f"INSERT INTO nodes (name, token_hash, created_at) VALUES ('n1', 'h', {at})"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO devices (node_id, device, kind, memory_mb, streams, seats) "
+                "VALUES (1, 'cuda:0', 'gpu', 1000, 2, 1)"
+            )
+        # 0005 and back rebuilds all but idempotency_keys, which it drops: 0010 and back for it.
+        rebuilt = {"0005": ["api_keys", "models", "profiles", "sla_samples"],
+                   "0010": ["idempotency_keys"]}  # fmt: skip
+        for target, tables in rebuilt.items():
+            with engine.begin() as connection:
+                for table in tables:  # parents first: a profile names model n
+                    assert [insert(connection, table, n) for n in (1, 2)] == [1, 2]
+                for table in reversed(tables):  # the newest row of each goes
+                    connection.exec_driver_sql(f"DELETE FROM {table} WHERE id = 2")
+            migrations.downgrade(empty_url, target)
+            migrations.upgrade(empty_url)
+        with engine.begin() as connection:
+            assert {table: insert(connection, table, 3) for table in rows} == dict.fromkeys(rows, 3)
+    finally:
+        engine.dispose()
+
+
+def test_db_upgrade_makes_the_folder_of_a_new_sqlite_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gpufair db upgrade` on a fresh install: the default database, var/gpufair.db, lies in a
+    folder that does not exist yet. The migrations make it as every other command does
+    (api.db.make_engine); they used to fail with "unable to open database file"."""
+    url = f"sqlite:///{tmp_path / 'var' / 'gpufair.db'}"
+    assert db_command.main(["--url", url, "upgrade"]) == 0
+    assert capsys.readouterr().out.startswith(f"database at {migrations.head_revision()};")
+
+
+def test_db_current_says_a_database_of_a_newer_gpufair_is_ahead(
+    empty_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a rollback of the code, the database is at a revision the code has no migration
+    for: `gpufair db current` says so, where it used to advise `gpufair db upgrade`, which
+    then fails ("Can't locate revision")."""
+    migrations.upgrade(empty_url)
+    engine = sqlalchemy.create_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    finally:
+        engine.dispose()
+    assert db_command.main(["--url", empty_url, "current"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("database at 9999;") and "(ahead:" in out, out
+    assert "gpufair db upgrade" not in out
+    # `gpufair serve` refuses it alike, without advising the upgrade that cannot help.
+    settings = Settings(database=DatabaseSettings(url=empty_url), api=ApiSettings(dev_mode=False))
+    with pytest.raises(SchemaNotReady, match="at 9999, which a newer gpufair migrated") as refused:
+        ensure_schema(api_config(settings))
+    assert "gpufair db upgrade" not in str(refused.value)
+
+
+def test_serve_refuses_a_malformed_database_url_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A URL whose port is not a number stops `gpufair serve` with one line that does not show
+    the password, like an unreachable database; it used to end in a ValueError traceback."""
+    monkeypatch.setenv("GPUFAIR_DATABASE_URL", "postgresql+psycopg://gf:s3cret@db:port/gpufair")
+    monkeypatch.setenv("GPUFAIR_API_ADMIN_TOKEN", ADMIN_TOKEN)
+    assert serve_command.main([]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gpufair serve: database error: malformed database URL"), err
+    assert len(err.splitlines()) == 1 and "s3cret" not in err
