@@ -108,7 +108,10 @@ def test_open_inference_protocol_refusals_name_the_problem(zoo_server):
         assert needle.lower() in reply.json()["error"].lower()
 
 
-def test_concurrent_requests_are_batched_and_still_exact(zoo_server):
+def test_concurrent_requests_each_get_their_own_exact_scores(zoo_server):
+    """Requests sent at once, whatever batches and splits the scheduler makes of them, each
+    get their own query's scores (that it batches them is test_scheduler's and
+    test_scheduling_rules' to show: on real threads a batch count would be timing)."""
     client, runtime = zoo_server
     schema = runtime.group("rank").model.schema
     batch = queries(schema, [3, 50, 120, 9, 260, 40, 5, 80], seed=22)

@@ -121,7 +121,9 @@ def test_schema_describes_the_model(arch: str) -> None:
     context = [f for f in schema.sparse if f.name not in ("history", "item")]
     assert [f.side for f in context[:2]] == ["user", "user"]
     assert all(f.side == "candidate" for f in context[2:])
-    # The largest id of every feature is valid; one past it is not a row of the table.
+    # The largest id of every feature is valid; an id past every feature's rows is refused by
+    # the model. (One just past a feature's own rows may read another feature's row in a
+    # model whose tables are one: the codec refuses it, test_runtime's bad-body cases.)
     rng = np.random.default_rng(0)
     query = schema.random_query(rng, 4)
     top = Query(

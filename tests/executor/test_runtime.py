@@ -289,6 +289,10 @@ def _mutated(schema: ModelSchema, change) -> dict:
             lambda b: b["candidates"]["sparse"]["item"].__setitem__(0, [10**6]),
             r"ids must lie in \[0, 500\)",
         ),
+        (  # one past the table: a model would read another feature's row, without an error
+            lambda b: b["candidates"]["sparse"]["item"].__setitem__(0, [500]),
+            r"ids must lie in \[0, 500\)",
+        ),
         (lambda b: b["candidates"]["sparse"]["item"].__setitem__(0, [-1]), "ids must lie"),
         (
             lambda b: b["candidates"]["sparse"].update(item=[[True]] * 3),
