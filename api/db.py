@@ -55,6 +55,10 @@ SUPPORTED_BACKENDS = frozenset({"sqlite", "postgresql"})
 # How long a command-line tool's SQLite writer waits for another (a server's are bounded by
 # their PoolLimits instead).
 TOOL_BUSY_TIMEOUT_S = 30.0
+# How long a command-line tool waits for a PostgreSQL server to accept its connection, unless
+# the URL says (``?connect_timeout=``): a host that drops packets kept `gpufair db` waiting
+# for the operating system's own give-up, minutes.
+TOOL_CONNECT_TIMEOUT_S = 10
 # Connections beyond the request slots: a solve's read and write sessions, PostgreSQL's
 # advisory-lock connection, and the scheduler's snapshot read.
 RESERVED_CONNECTIONS = 4
@@ -152,6 +156,8 @@ def _create_engine(parsed: URL, echo: bool, pool: PoolLimits | None, foreign_key
     if pool is not None:
         # A server that does not answer within the wait must not hold a slot for minutes.
         sized["connect_args"] = {"connect_timeout": max(1, round(pool.wait_timeout_s))}
+    elif "connect_timeout" not in parsed.query:
+        sized["connect_args"] = {"connect_timeout": TOOL_CONNECT_TIMEOUT_S}
     engine = create_engine(parsed, echo=echo, **sized)
     _ping_when_idle(engine)
     if pool is not None:

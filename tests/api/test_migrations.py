@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from fastapi.testclient import TestClient
 
 import migrations
 from api.app import create_app, ensure_schema
+from api.db import TOOL_CONNECT_TIMEOUT_S
 from api.errors import SchemaNotReady
 from api.models import Base
 from executor.wire.heartbeat import MAX_COUNT, parse_heartbeat
@@ -592,3 +595,25 @@ def test_serve_refuses_a_malformed_database_url_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith("gpufair serve: database error: malformed database URL"), err
     assert len(err.splitlines()) == 1 and "s3cret" not in err
+
+
+@pytest.mark.slow
+def test_db_against_a_host_that_drops_connections_gives_up_in_seconds() -> None:
+    """A PostgreSQL host that drops packets (here: a listener whose accept queue is full, so
+    its kernel drops new connections' SYNs) kept `gpufair db current` waiting for the operating
+    system to give up, minutes: the command gives up after its connect timeout, one line."""
+    with socket.socket() as silent, socket.socket() as queued:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(0)
+        queued.connect(silent.getsockname())
+        url = f"postgresql+psycopg://gpufair@127.0.0.1:{silent.getsockname()[1]}/gpufair"
+        began = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "gpufair.cli", "db", "--url", url, "current"],
+            capture_output=True, text=True, timeout=TOOL_CONNECT_TIMEOUT_S + 50,
+        )  # fmt: skip
+        waited = time.monotonic() - began
+    assert done.returncode == 1, done
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "timeout" in done.stderr.lower(), done.stderr
+    assert waited < TOOL_CONNECT_TIMEOUT_S + 30
