@@ -22,7 +22,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from gpufair.compose import add_solve_flags, flagged_solve_options
-from gpufair.inputs import InputError, read_text
+from gpufair.inputs import InputError, read_text, whole_number
 from gpufair.stdout_guard import stdout_reserved_for_result
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("cluster", help="cluster file, TOML or JSON (see examples/cluster.toml)")
     parser.add_argument("--json", action="store_true", help="print the allocation as JSON")
     add_solve_flags(parser)
-    parser.add_argument("--churn-limit", type=int, metavar="K",
+    parser.add_argument("--churn-limit", type=whole_number(0), metavar="K",
                         help="(with --previous) at most K seat moves from the previous plans")
     parser.add_argument("--previous", metavar="PLANS.json",
                         help="JSON object node -> plan of the previous allocation")
@@ -92,7 +92,11 @@ def _previous(path: str) -> dict[str, NodePlan]:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.churn_limit is not None and args.previous is None:
+        # Without the plans it bounds moves from, the limit would be ignored without a word.
+        parser.error("argument --churn-limit: give --previous, the plans it counts moves from")
     from allocator.cluster.documents import snapshot_from_dict
     from allocator.cluster.plan import PlanError
     from allocator.errors import AllocatorError, InstanceError

@@ -18,6 +18,7 @@ import pytest
 
 from allocator.cluster.snapshot import MAX_CURVE_POINTS
 from gpufair.cli import COMMANDS
+from gpufair.commands import allocate as allocate_command
 from gpufair.commands import executor as executor_command
 from gpufair.commands import gateway as gateway_command
 from gpufair.commands import profile as profile_command
@@ -330,3 +331,15 @@ def test_gpufair_help_names_every_benchmark(capsys: pytest.CaptureFixture[str]) 
     bench = next(line for line in capsys.readouterr().out.splitlines()
                  if line.split()[:1] == ["bench"])  # fmt: skip
     assert all(name in bench for name in BENCHMARKS), bench
+
+
+def test_a_churn_limit_without_previous_plans_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--churn-limit bounds seat moves from the plans of --previous; without them it was
+    ignored without a word, and a negative one was taken."""
+    for argv in ([str(CLUSTER), "--churn-limit", "2"],
+                 [str(CLUSTER), "--churn-limit", "-1", "--previous", "plans.json"]):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            allocate_command.main(argv)
+        assert_flag_refused(exit_, capsys.readouterr().err, "--churn-limit")
