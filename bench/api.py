@@ -56,7 +56,7 @@ from typing import Any
 import httpx
 
 from bench.machine import describe_machine, load_average, process_tree_cpu_seconds, this_machine
-from gpufair.inputs import results_folder
+from gpufair.inputs import positive_number, results_folder, whole_number
 from gpufair.servers import ChildServer
 
 ADMIN_TOKEN = "bench-admin-token-7f3a9c"
@@ -835,25 +835,40 @@ def _parser() -> argparse.ArgumentParser:
         prog="gpufair bench api",
         description="The control plane's latency where it matters (docs/architecture.md §5).",
     )
-    p.add_argument("--rate", type=float, default=200.0, help="plan requests per second")
-    p.add_argument("--duration", type=float, default=20.0, help="seconds of load per phase")
-    p.add_argument("--nodes", type=int, default=16, help="nodes pulling plans")
-    p.add_argument("--tenants", type=int, default=16, help="tenants in the plan benchmark")
-    p.add_argument("--solve-tenants", type=int, default=64)
-    p.add_argument("--solve-gpus", type=int, default=64)
-    p.add_argument("--clients", type=int, default=400, help="mixed load: client connections")
     p.add_argument(
-        "--pollers", type=int, default=100, help="mixed load: nodes holding a plan long-poll"
+        "--rate", type=positive_number, default=200.0, help="plan requests per second"
     )
-    p.add_argument("--mixed-rate", type=float, default=150.0, help="mixed load: requests/s")
-    p.add_argument("--mixed-tenants", type=int, default=16, help="mixed load: tenants")
+    p.add_argument(
+        "--duration", type=positive_number, default=20.0, help="seconds of load per phase"
+    )
+    p.add_argument("--nodes", type=whole_number(1), default=16, help="nodes pulling plans")
+    p.add_argument(
+        "--tenants", type=whole_number(1), default=16, help="tenants in the plan benchmark"
+    )
+    p.add_argument("--solve-tenants", type=whole_number(1), default=64)
+    p.add_argument("--solve-gpus", type=whole_number(1), default=64)
+    p.add_argument(
+        "--clients", type=whole_number(1), default=400, help="mixed load: client connections"
+    )
+    p.add_argument(
+        "--pollers",
+        type=whole_number(0),
+        default=100,
+        help="mixed load: nodes holding a plan long-poll",
+    )
+    p.add_argument(
+        "--mixed-rate", type=positive_number, default=150.0, help="mixed load: requests/s"
+    )
+    p.add_argument(
+        "--mixed-tenants", type=whole_number(1), default=16, help="mixed load: tenants"
+    )
     p.add_argument("--skip-plan", action="store_true")
     p.add_argument("--skip-solve", action="store_true")
     p.add_argument("--skip-mixed", action="store_true")
     p.add_argument("--database-url", help="an empty database (default: SQLite in a temp dir)")
     p.add_argument(
         "--workers",
-        type=int,
+        type=whole_number(1),
         default=len(os.sched_getaffinity(0)),
         help="API processes (gpufair serve --workers; default: this machine's cores, one per "
         "core as docs/operations.md advises)",
