@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -287,22 +289,31 @@ def test_the_limiter_forgets_after_its_window_and_stays_bounded() -> None:
     assert limiter.tracked() == 100
 
 
-def test_a_key_rotated_through_another_replica_cannot_be_rotated_again(
-    api: Api, settings: Settings
-) -> None:
-    """A rotation revokes the key it presents, whichever replica serves it. A second rotation
-    with that key — sent to a replica that still holds the key as valid (its credential cache,
-    or a concurrent request on PostgreSQL that read the key before the first committed) — is
-    refused (401) and mints no key: otherwise one revoked key would leave behind as many
-    lasting API keys as rotations raced, and SQLite and PostgreSQL would answer differently."""
-    tenant, key = api.tenant("ads")
+@contextmanager
+def _replica_holding(api: Api, settings: Settings, key: str) -> Iterator[TestClient]:
+    """A second API replica whose credential cache holds ``key`` as valid (kept an hour): the
+    moment between a replica's lookup of a key and a change another replica commits."""
     with TestClient(create_app(api_config(settings))) as replica:
-        # The replica's cache stands for the moment between its lookup and the rotation.
         replica.app.state.gpufair.credentials.kept_s = 3600.0  # type: ignore[attr-defined]
         assert replica.get("/v1/tenants/me", headers=api.bearer(key)).status_code == 200
+        yield replica
+
+
+@pytest.mark.parametrize("path", ["/v1/tenants/me/keys/rotate", "/v1/tenants/me/keys"])
+def test_a_key_rotated_through_another_replica_mints_nothing_more(
+    api: Api, settings: Settings, path: str
+) -> None:
+    """A rotation revokes the key it presents, whichever replica serves it. A second rotation
+    with that key, or an inference-only key issued with it, sent to a replica that still holds
+    the key as valid (its credential cache, or a concurrent request on PostgreSQL that read the
+    key before the first committed), is refused (401) and mints no key: otherwise one revoked
+    key would leave behind as many lasting keys as requests raced, and SQLite and PostgreSQL
+    would answer differently."""
+    tenant, key = api.tenant("ads")
+    with _replica_holding(api, settings, key) as replica:
         first = api.client.post("/v1/tenants/me/keys/rotate", headers=api.bearer(key))
         assert first.status_code == 201, first.text
-        r = replica.post("/v1/tenants/me/keys/rotate", headers=api.bearer(key))
+        r = replica.post(path, headers=api.bearer(key))
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
     keys = api.client.get(f"/v1/tenants/{tenant['id']}/keys?active=true", headers=api.admin)
     assert [k["id"] for k in keys.json()] == [first.json()["id"]]
@@ -317,29 +328,9 @@ def test_a_key_revoked_through_another_replica_cannot_revoke_the_other(
     tenant, first = api.tenant("ads")
     second = api.client.post(f"/v1/tenants/{tenant['id']}/keys", headers=api.admin).json()
     first_id = next(k for k in _keys(api, first) if k != second["id"])
-    with TestClient(create_app(api_config(settings))) as replica:
-        replica.app.state.gpufair.credentials.kept_s = 3600.0  # type: ignore[attr-defined]
-        assert replica.get("/v1/tenants/me", headers=api.bearer(second["key"])).status_code == 200
+    with _replica_holding(api, settings, second["key"]) as replica:
         r = api.client.delete(f"/v1/tenants/me/keys/{second['id']}", headers=api.bearer(first))
         assert r.status_code == 200, r.text
         r = replica.delete(f"/v1/tenants/me/keys/{first_id}", headers=api.bearer(second["key"]))
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
     assert api.client.get("/v1/tenants/me", headers=api.bearer(first)).status_code == 200
-
-
-def test_a_key_revoked_through_another_replica_mints_no_inference_key(
-    api: Api, settings: Settings
-) -> None:
-    """An inference-only key issued with an API key that another replica has just revoked
-    (this replica's credential cache still holds it) would outlive the revocation for good:
-    401, and no key is minted."""
-    tenant, key = api.tenant("ads")
-    with TestClient(create_app(api_config(settings))) as replica:
-        replica.app.state.gpufair.credentials.kept_s = 3600.0  # type: ignore[attr-defined]
-        assert replica.get("/v1/tenants/me", headers=api.bearer(key)).status_code == 200
-        rotated = api.client.post("/v1/tenants/me/keys/rotate", headers=api.bearer(key))
-        assert rotated.status_code == 201, rotated.text
-        r = replica.post("/v1/tenants/me/keys", headers=api.bearer(key))
-        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
-    keys = api.client.get(f"/v1/tenants/{tenant['id']}/keys?active=true", headers=api.admin)
-    assert [k["id"] for k in keys.json()] == [rotated.json()["id"]]
