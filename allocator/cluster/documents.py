@@ -100,35 +100,10 @@ def snapshot_from_dict(doc: Any) -> ClusterSnapshot:
         cluster = ClusterDocument.model_validate(doc)
     except ValidationError as exc:
         raise InstanceError(first_error(exc, "cluster")) from None
+    # The tables' fields are the snapshot types' own, by name.
     return ClusterSnapshot(
-        tenants=tuple(
-            Tenant(name=t.name, weight=t.weight, criterion=t.criterion) for t in cluster.tenants
-        ),
-        models=tuple(
-            Model(
-                model_id=m.model_id,
-                tenant=m.tenant,
-                artifact=m.artifact,
-                memory_mb=m.memory_mb,
-                replicas_wanted=m.replicas_wanted,
-                sla_p99_ms=m.sla_p99_ms,
-                demand_qps=m.demand_qps,
-                profiles=dict(m.profiles),
-                estimate=m.estimate,
-                weight=m.weight,
-            )
-            for m in cluster.models
-        ),
-        gpus=tuple(
-            Gpu(
-                node=g.node,
-                device=g.device,
-                kind=g.kind,
-                memory_mb=g.memory_mb,
-                seats=g.seats,
-                streams=g.streams,
-            )
-            for g in cluster.gpus
-        ),
+        tenants=tuple(Tenant(**dict(t)) for t in cluster.tenants),
+        models=tuple(Model(**dict(m)) for m in cluster.models),
+        gpus=tuple(Gpu(**dict(g)) for g in cluster.gpus),
         objective=cluster.objective,
     )
