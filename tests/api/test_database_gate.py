@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import httpx
@@ -27,6 +26,7 @@ from api.errors import Unavailable
 from gpufair.compose import api_config
 from tests.api.conftest import ADMIN_TOKEN, make_settings
 from tests.servers import BackgroundServer
+from tests.waiting import wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 WAIT_S = 0.5
@@ -62,12 +62,14 @@ Patch = Callable[[int], httpx.Response]
 @contextmanager
 def served_tenant(
     db_url: str, wait_s: float
-) -> Iterator[tuple[httpx.Client, dict[str, Any], str, str, Patch]]:
+) -> Iterator[tuple[httpx.Client, dict[str, Any], str, str, Patch, Database]]:
     """A served app with SLOTS request slots and one tenant: an admin client, the tenant, its
-    URL and ETag, and a PATCH of its weight with that ETag on a connection of its own."""
+    URL and ETag, a PATCH of its weight with that ETag on a connection of its own, and the
+    app's database gate."""
     settings = make_settings(db_url, database={"pool_size": SLOTS, "wait_timeout_s": wait_s})
+    app = create_app(api_config(settings))
     with (
-        BackgroundServer(create_app(api_config(settings))) as server,
+        BackgroundServer(app) as server,
         httpx.Client(base_url=server.url, headers=ADMIN, timeout=20) as client,
     ):
         tenant = client.post("/v1/tenants", json={"name": "ads"}).json()
@@ -78,11 +80,11 @@ def served_tenant(
             with httpx.Client(base_url=server.url, headers=ADMIN, timeout=20) as own:
                 return own.patch(url, json={"weight": weight}, headers={"If-Match": etag})
 
-        yield client, tenant, url, etag, patch
+        yield client, tenant, url, etag, patch, app.state.gpufair.db
 
 
 def test_stuck_database_gives_503_with_retry_after_and_liveness_answers(db_url: str) -> None:
-    with served_tenant(db_url, WAIT_S) as (client, tenant, url, etag, patch):
+    with served_tenant(db_url, WAIT_S) as (client, tenant, url, etag, patch, _):
 
         with stuck(db_url), ThreadPoolExecutor(WRITERS) as pool:
             replies = list(pool.map(patch, range(2, WRITERS + 2)))
@@ -97,18 +99,33 @@ def test_stuck_database_gives_503_with_retry_after_and_liveness_answers(db_url: 
         assert client.get("/readyz").json()["status"] == "ok"
 
 
-def test_sqlite_writers_waiting_for_the_lock_leave_every_slot_to_readers(db_url: str) -> None:
+def test_sqlite_writers_waiting_for_the_lock_leave_every_slot_to_readers(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SQLite takes one writer at a time: writers queued behind its lock wait for their turn
     without a slot, so reads are still answered while more writers wait than there are slots
     (PostgreSQL's writers do not queue on one lock, and its table lock here would stop reads)."""
     if not db_url.startswith("sqlite"):
         pytest.skip("SQLite's single writer")
-    with served_tenant(db_url, 5.0) as (client, _, url, _, patch):
+    with served_tenant(db_url, 5.0) as (client, _, url, _, patch, db):
+        gate, writers_at_gate = db.slot, []
 
+        @asynccontextmanager
+        async def counted(*, write: bool = False) -> AsyncIterator[None]:
+            if write:
+                writers_at_gate.append(1)  # on the serving loop, before it waits its turn
+            async with gate(write=write):
+                yield
+
+        monkeypatch.setattr(db, "slot", counted)
         with ThreadPoolExecutor(WRITERS) as pool:
             with stuck(db_url):
                 writes = [pool.submit(patch, weight) for weight in range(2, WRITERS + 2)]
-                time.sleep(WAIT_S)  # every writer has arrived and waits
+                # Every writer has arrived at the gate: one holds the writer's turn (and a
+                # slot), stuck on the lock for up to 5 s; the others wait for that turn.
+                # (The guard is within the 5 s they wait before giving up with 503.)
+                wait_until(lambda: len(writers_at_gate) == WRITERS, "every writer at the gate",
+                           timeout_s=4.0)  # fmt: skip
                 reads = [client.get(url) for _ in range(3)]
                 assert not any(w.done() for w in writes)
             statuses = sorted(w.result().status_code for w in writes)

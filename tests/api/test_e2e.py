@@ -20,6 +20,7 @@ import pytest
 
 from allocator import NodePlan
 from gpufair.servers import ChildServer, free_port
+from tests.waiting import wait_until
 
 TOKEN = "e2e-admin-token-91b2"
 
@@ -35,16 +36,26 @@ def _environment(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+# What every read of a node's plan version sends (api.services.plans.current_version), as the
+# server's statement log (GPUFAIR_DATABASE_ECHO) shows it: how the test sees that a long-poll
+# made its first read and is held, without a guess of how long that takes.
+VERSION_READ = "max(node_plans.version)"
+
+
+def _version_reads(log: Path) -> int:
+    return log.read_text(errors="replace").count(VERSION_READ)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
-    env = _environment(tmp_path, GPUFAIR_API_DEV_MODE="true")
+    env = _environment(tmp_path, GPUFAIR_API_DEV_MODE="true", GPUFAIR_DATABASE_ECHO="true")
     with ChildServer("gpufair serve", ["serve", "--no-access-log"],
                      log_path=tmp_path / "serve.log", env=env, cwd=tmp_path) as child:
         child.wait_healthy(60)
         yield child.url
 
 
-def test_register_solve_and_pull_the_plan(server: str) -> None:
+def test_register_solve_and_pull_the_plan(server: str, tmp_path: Path) -> None:
     admin = httpx.Client(base_url=server, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
     ready = admin.get("/readyz")
     assert ready.json()["schema_revision"] is not None
@@ -96,9 +107,14 @@ def test_register_solve_and_pull_the_plan(server: str) -> None:
             after=time.monotonic() - started,
         )
 
+    log = tmp_path / "serve.log"
+    reads = _version_reads(log)
+    assert reads > 0  # the statement log shows the version reads of the requests above
     poller = threading.Thread(target=long_poll)
     poller.start()
-    time.sleep(0.5)
+    # Only the long-poll reads a plan version now: once its read is in the log it found plan 1
+    # (allocation 2 is not asked for yet) and is held.
+    wait_until(lambda: _version_reads(log) > reads, "the long-poll's first read")
     assert admin.post("/v1/allocations").status_code == 201
     poller.join(timeout=30)
     assert woke["status"] == 200 and woke["etag"] == '"plan-2"'

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -11,7 +10,9 @@ import httpx
 import pytest
 
 import allocator
+import api.routes.allocations as allocation_routes
 from tests.api.conftest import ADMIN_TOKEN, Api, install_clock
+from tests.waiting import Signalling
 
 T0 = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
 
@@ -90,10 +91,12 @@ def test_concurrent_solves_with_one_key_solve_once(
     lock, so the second waits for the first solve and replays its reply; one allocation is
     stored, and no caller is told of a conflict."""
     honest, solves = allocator.allocate_cluster, []
+    # Each request's first step in the route, before it waits for the solve lock.
+    arrivals = Signalling(allocation_routes.fingerprint)
 
     def slow(*args: Any, **kwargs: Any) -> allocator.ClusterAllocation:
         solves.append(1)
-        time.sleep(0.5)  # both requests arrive while the first solves
+        arrivals.wait(2)  # both requests arrive while the first solves
         return honest(*args, **kwargs)
 
     monkeypatch.setattr(allocator, "allocate_cluster", slow)
@@ -104,6 +107,7 @@ def test_concurrent_solves_with_one_key_solve_once(
         _, key = api.tenant("ads")
         api.model(key, "m", replicas_wanted=1)
         api.node("n1", gpus=1)
+    monkeypatch.setattr(allocation_routes, "fingerprint", arrivals)
 
     def solve(_: int) -> httpx.Response:
         with httpx.Client(base_url=live_url, timeout=60) as client:
@@ -114,7 +118,7 @@ def test_concurrent_solves_with_one_key_solve_once(
     assert [r.status_code for r in replies] == [201, 201], [r.text for r in replies]
     assert replies[0].json() == replies[1].json()
     assert sorted(r.headers.get("Idempotent-Replayed", "") for r in replies) == ["", "true"]
-    assert len(solves) == 1
+    assert len(solves) == 1 and len(arrivals.returned) == 2
     with httpx.Client(base_url=live_url, headers=admin, timeout=60) as client:
         assert [a["version"] for a in client.get("/v1/allocations").json()] == [1]
 

@@ -25,6 +25,7 @@ from executor.wire.names import InvalidNameError, validate_node_name
 from gpufair.compose import api_config
 from tests.api.conftest import EMPTY_CERTIFICATE, Api, make_settings
 from tests.name_cases import NODE_NAMES
+from tests.waiting import Signalling
 
 
 def test_register_list_and_rotate_token(api: Api) -> None:
@@ -174,13 +175,17 @@ def _store_newer_plan_elsewhere(url: str, node: str, version: int) -> NodePlan:
     return plan
 
 
-def test_a_plan_another_process_stored_is_sent_not_the_one_kept(api: Api, db_url: str) -> None:
+def test_a_plan_another_process_stored_is_sent_not_the_one_kept(
+    api: Api, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The kept rendering is looked up by the version the database says is newest: a plan a
     second API process stored is sent as soon as this one sees its version — to a held
     long-poll once the app's watcher of stored plans wakes it, and to any new request — never
     the older rendering."""
     token = _solved_node(api)
     assert api.client.get("/v1/nodes/n1/plan", headers=api.bearer(token)).status_code == 200
+    first_read = Signalling(plans_service.current_version)
+    monkeypatch.setattr(plans_service, "current_version", first_read)
     held: dict[str, Any] = {}
 
     def long_poll() -> None:
@@ -190,7 +195,8 @@ def test_a_plan_another_process_stored_is_sent_not_the_one_kept(api: Api, db_url
 
     poller = threading.Thread(target=long_poll)
     poller.start()
-    time.sleep(0.2)  # the long-poll is held: plan 1 is still the newest
+    # The long-poll is held: its first read found plan 1, the one it names, still the newest.
+    assert first_read.wait()[0] == 1
     newer = _store_newer_plan_elsewhere(db_url, "n1", version=2)
     poller.join(timeout=30)
     woken = held["reply"]
@@ -211,6 +217,8 @@ def test_a_held_long_poll_woken_by_a_solve_here_sends_its_plan_without_a_read(
     monkeypatch.setattr(plans_service, "WAKE_SPREAD_S", 0.0)
     with _own_app(db_url, max_long_poll_s=20.0) as (client, api):
         token = _solved_node(api)
+        first_read = Signalling(plans_service.current_version)
+        monkeypatch.setattr(plans_service, "current_version", first_read)
         held: dict[str, Any] = {}
 
         def long_poll() -> None:
@@ -221,7 +229,10 @@ def test_a_held_long_poll_woken_by_a_solve_here_sends_its_plan_without_a_read(
 
         poller = threading.Thread(target=long_poll)
         poller.start()
-        time.sleep(0.5)  # its first read done, it waits for the notifier
+        # Its first read done (plan 1, the one it names: nothing to send), it waits for the
+        # notifier; a wake-up from here on is not lost (the notifier's generation was noted
+        # before that read).
+        assert first_read.wait()[0] == 1
         with monkeypatch.context() as patched:
             patched.setattr(plans_service, "current_version", _no_plan_read)
             patched.setattr(plans_service, "current_plan", _no_plan_read)

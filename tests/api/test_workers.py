@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from gpufair.servers import ChildServer, free_port
+from tests.waiting import wait_until
 
 TOKEN = "workers-admin-token-5c1e"
 WORKERS = 2
@@ -38,6 +39,8 @@ def served(db_url: str, tmp_path: Path) -> Iterator[tuple[str, ChildServer]]:
         GPUFAIR_API_ADMIN_TOKEN=TOKEN,
         GPUFAIR_API_DEV_MODE="true",
         GPUFAIR_ALLOCATOR_TIME_LIMIT_S="5",
+        # The statement log, where the test sees the long-polls' first reads (VERSION_READ).
+        GPUFAIR_DATABASE_ECHO="true",
         # The processes' shared metrics directory is made here, where the test can look.
         TMPDIR=str(tmp_path),
     )
@@ -50,6 +53,17 @@ def served(db_url: str, tmp_path: Path) -> Iterator[tuple[str, ChildServer]]:
     ) as child:
         child.wait_healthy(90)
         yield child.url, child
+
+
+# What every read of a node's plan version sends (api.services.plans.current_version), as the
+# processes' statement log shows it.
+VERSION_READ = "max(node_plans.version)"
+
+
+def _version_reads(log: Path) -> int:
+    """How often the log shows a plan version read (a read may be logged more than once: once
+    per handler the statement logger has)."""
+    return log.read_text(errors="replace").count(VERSION_READ)
 
 
 def _metrics_dirs(tmp_path: Path) -> list[Path]:
@@ -75,12 +89,18 @@ def test_two_processes_share_the_database_the_long_polls_and_the_metrics(
         for i in range(NODES)
     }
     assert admin.post("/v1/allocations").status_code == 201
+    log = child.log_path
+    reads_before = _version_reads(log)
     etags = {
         node: httpx.get(
             f"{url}/v1/nodes/{node}/plan", headers={"Authorization": f"Bearer {t}"}
         ).headers["ETag"]
         for node, t in tokens.items()
     }
+    # One version read per node, as many times in the log as it has handlers.
+    after_reads = _version_reads(log)
+    per_round = after_reads - reads_before
+    assert per_round >= NODES and per_round % NODES == 0, (reads_before, after_reads)
 
     # Each node long-polls on a connection of its own, so the kernel hands them to both
     # processes; the next solve is stored by one, and every held long-poll must wake with it.
@@ -98,7 +118,11 @@ def test_two_processes_share_the_database_the_long_polls_and_the_metrics(
     polls = [threading.Thread(target=long_poll, args=(node,)) for node in tokens]
     for poll in polls:
         poll.start()
-    time.sleep(1.0)
+    # Only the long-polls read plan versions now: once the log shows a read of each (one per
+    # node: a long-poll held with its node's newest plan reads nothing more until woken), all
+    # found plan 1 (allocation 2 is not asked for yet) and are held.
+    wait_until(lambda: _version_reads(log) >= after_reads + per_round,
+               "every long-poll's first read")  # fmt: skip
     assert admin.post("/v1/allocations").status_code == 201
     for poll in polls:
         poll.join(timeout=40)

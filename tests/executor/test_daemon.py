@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -41,14 +42,21 @@ from tests.servers import BackgroundServer
 ZOO = "zoo:rmc2?scale=0.001&seed=3&user_tables=28"
 
 
-@pytest.fixture(scope="module")
-def zoo_server():
+@contextmanager
+def _serving_zoo() -> Iterator[tuple[httpx.Client, NodeRuntime]]:
+    """A daemon serving the zoo model "rank" of tenant "ads", and a client of it."""
     runtime = NodeRuntime(RuntimeBackend(), SchedulerConfig(max_batch_candidates=256))
     runtime.apply(plan([seat(0, "rank", artifact=ZOO, tenant="ads", dedicated=1)], pool=1))
     with BackgroundServer(create_app(runtime)) as server:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             yield client, runtime
     runtime.close()
+
+
+@pytest.fixture(scope="module")
+def zoo_server():
+    with _serving_zoo() as served:
+        yield served
 
 
 def direct(runtime: NodeRuntime, query) -> np.ndarray:
@@ -170,21 +178,25 @@ def test_malformed_queries_get_4xx_naming_the_problem(zoo_server):
         assert needle.lower() in r.json()["error"].lower()
 
 
-def test_healthz_and_metrics(zoo_server):
-    client, runtime = zoo_server
-    schema = runtime.group("rank").model.schema
-    client.post("/v1/models/rank/infer", json=codec.query_to_json(queries(schema, [5], 24)[0]))
-    health = client.get("/healthz")
-    assert health.status_code == 200
-    assert health.json()["plan_version"] == 1 and health.json()["models"] == ["rank"]
-    text = client.get("/metrics").text
+def test_healthz_and_metrics():
+    """A daemon of its own (the module's is shared, and its counts are cumulative): after one
+    query answered in time, every series is there and the counts are that query's."""
+    with _serving_zoo() as (client, runtime):
+        schema = runtime.group("rank").model.schema
+        query = codec.query_to_json(queries(schema, [5], 24)[0])
+        answered = client.post("/v1/models/rank/infer", json=query)
+        assert answered.status_code == 200, answered.text
+        health = client.get("/healthz")
+        assert health.status_code == 200
+        assert health.json()["plan_version"] == 1 and health.json()["models"] == ["rank"]
+        text = client.get("/metrics").text
     for needle in (
         'gpufair_executor_latency_seconds_bucket{le="0.05",model="rank",tenant="ads"}',
-        'gpufair_executor_sla_attainment{model="rank",tenant="ads"} 1.0',
+        'gpufair_executor_sla_attainment{model="rank",tenant="ads"} 1.0\n',
         "gpufair_executor_queue_depth{",
         'gpufair_executor_session_busy_seconds_total{device="cpu:0",model="rank",seat="0",'
         'sessions="own",tenant="ads"}',
-        'gpufair_executor_queries_total{model="rank",outcome="ok",tenant="ads"}',
+        'gpufair_executor_queries_total{model="rank",outcome="ok",tenant="ads"} 1.0\n',
         "gpufair_executor_plan_version 1.0",
     ):
         assert needle in text, needle

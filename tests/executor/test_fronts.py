@@ -43,6 +43,7 @@ from executor.wire.credentials import CredentialDocument, key_digest, salted
 from gpufair.servers import ChildServer
 from tests.executor.scheduling_helpers import plan, queries, seat
 from tests.servers import BackgroundFront, BackgroundServer
+from tests.waiting import wait_until
 
 # -- the tenants' in-flight bounds ------------------------------------------------------------
 
@@ -369,27 +370,38 @@ def test_a_tenant_behind_has_its_bodies_read_one_at_a_time_and_others_at_once(
             client.headers["Authorization"] = f"Bearer key-{model}"
             assert _infer(client, model, 0).status_code == 200
         _behind(budgets, "a", key_digest("key-a"), "tenant-a")
-        assert budgets.read_turn("tenant-a") is not None and budgets.read_turn("tenant-b") is None
+        turn = budgets.read_turn("tenant-a")
+        assert turn is not None and budgets.read_turn("tenant-b") is None
+        stalled_at = time.monotonic()
         stalled = _headers_only(server.url, "a", 4096, key="key-a")  # its body never comes
         with ThreadPoolExecutor(1) as pool:
-            time.sleep(0.3)  # the stalled request holds a's turn
+            wait_until(turn.locked, "the stalled request to hold a's turn")
+            # a's next request comes half the SLA after the stalled one (the scenario's timing,
+            # not a wait for a state): the turn passes to it at the stalled body's cut-off,
+            # leaving it half its SLA to be read and served, and b half the SLA to be served
+            # before that cut-off.
+            time.sleep(max(0.0, stalled_at + 0.5 - time.monotonic()))
             client.headers["Authorization"] = "Bearer key-a"
-            sent = time.monotonic()
             waiting = pool.submit(_infer, client, "a", 1)  # its body sent whole, but not read
-            time.sleep(0.2)
+            wait_until(lambda: budgets.in_flight("tenant-a") == 2, "a's next request let in")
             with httpx.Client(base_url=server.url, timeout=30) as other:
                 other.headers["Authorization"] = "Bearer key-b"
-                started = time.monotonic()
                 assert _infer(other, "b", 2).status_code == 200
-                assert time.monotonic() - started < 0.5
+            # b was served while a's turn was held: the stalled request still holds it (it is
+            # cut off at its SLA) and a's next request still waits for it. Had b waited for
+            # a's turn, the stalled request would have ended first. (No wall-clock bound: the
+            # turn, not a guess at this machine's speed, says b did not wait.)
+            assert turn.locked() and budgets.in_flight("tenant-a") == 2 and not waiting.done()
             stalled.settimeout(10)
             cut_off = _reply(stalled)  # at its SLA, not when its client gives up
             stalled.close()
             served = waiting.result(timeout=30)
-            waited_s = time.monotonic() - sent
+            served_after_s = time.monotonic() - stalled_at
         assert cut_off.startswith(b"HTTP/1.1 429") and b"still coming in" in cut_off
         assert served.status_code == 200
-        assert waited_s > 0.5  # for the stalled body's SLA, about 0.7 s after it came
+        # a's next body was read only once the stalled one was cut off, at its SLA (the seats'
+        # 1 s) after it came, which was after stalled_at: a bound a slow machine only widens.
+        assert served_after_s >= 1.0
 
 
 # -- the fronts' HTTP server -------------------------------------------------------------------
