@@ -187,7 +187,8 @@ def _candidates(
 ) -> tuple[dict[tuple[str, str], str], list[str]]:
     """Earmark ``replicas_wanted`` candidate seats for every model: (tenant, seat) -> model.
 
-    Seats the model (else another model of the tenant) held before come first; then, round
+    Seats the model (else another model of the tenant) held before come first, those fewest of
+    the tenant's models fit first; then, round
     robin over (tenant, model), the fitting seat fewest others claim, then the most valuable,
     then the one on a GPU fewest models fit, then on the node and then the GPU with the fewest
     claims (spreading replicas over failure domains), then by name — so candidate sets overlap
@@ -224,7 +225,16 @@ def _candidates(
         quotient, name = dhondt(model)
         return quotient, model.model_id == held_by, need[model.model_id], name
 
-    for seat, (tenant, model_id) in sorted(held_before.items()):
+    def held_order(item: tuple[str, tuple[str, str]]) -> tuple[int, str]:
+        # The seats fewest of the tenant's models fit first: a seat only one of its models can
+        # use goes to that model before a seat any of them could use spends its need, which
+        # would leave the first unclaimed and its move forced (the churn bound then unmeetable).
+        seat, (tenant, _) = item
+        gpu = gpu_of.get(seat)
+        fit = 0 if gpu is None else sum(m.tenant == tenant and _fits(m, gpu) for m in models)
+        return fit, seat
+
+    for seat, (tenant, model_id) in sorted(held_before.items(), key=held_order):
         gpu = gpu_of.get(seat)
         if gpu is None or (tenant, seat) in earmark:
             continue

@@ -264,6 +264,20 @@ def test_churn_bound(seed: int, limit: int) -> None:
     check(changed, second.plans)
 
 
+@pytest.mark.parametrize("seed", [0, 16, 33, 34])
+def test_a_churn_limit_of_zero_keeps_every_seat_with_its_holder(seed: int) -> None:
+    """After a change where no model wants fewer replicas, every seat a tenant held can stay
+    its own, so a churn limit of 0 moves none. Seed 33 moved one: its held seats went to its
+    models in seat order, the first (which either model fits) to the model with fewer seats,
+    which then wanted none more, and the seat only that model fits was left unclaimed, its
+    move forced past the limit."""
+    snap = snapshot(seed)
+    first = allocate_cluster(snap, SolveOptions(time_limit_s=20))
+    second = allocate_cluster(_grown(snap), SolveOptions(time_limit_s=20, churn_limit=0),
+                              first.plans, version=2)  # fmt: skip
+    assert _seat_moves(first.plans, second.plans) == 0, seed
+
+
 def _first_row(certificate: Certificate, **changes: Any) -> Certificate:
     """The certificate with its first agent's row changed as given."""
     name, row = next(iter(certificate.agents.items()))
