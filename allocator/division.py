@@ -461,6 +461,13 @@ def _scalable(
                 f"no allocation within {churn.limit} seat moves was found in time"
             ) from exc
         return _Candidate(allocation, "picking", "constructive", None), (), False
+    if churn is not None and _moves(outcome.allocation, churn) > churn.limit:
+        # The search keeps the bound from a start that keeps it; an answer past it is never
+        # returned as if it held (it is a side constraint, not a criterion to relax).
+        raise InfeasibleError(
+            f"no allocation within {churn.limit} seat moves was found in time (the scalable "
+            f"path's moves {_moves(outcome.allocation, churn)})"
+        )
     found = _Candidate(outcome.allocation, f"highs-lp+{outcome.start}", "heuristic", None)
     if outcome.lower_bound is None:
         return found, (), False

@@ -90,8 +90,13 @@ def allocate_cluster(
     built = build_instance(snapshot, held)
     churn = None
     if options.churn_limit is not None and previous:
-        churn = Churn(previous={seat: tenant for seat, (tenant, _) in held.items()},
-                      limit=options.churn_limit)
+        # The bound counts the seats that leave a tenant that could keep them: a seat its
+        # models no longer want or fit (now forbidden to it) leaves whatever the bound says.
+        instance = built.instance
+        churn = Churn(previous={seat: tenant for seat, (tenant, _) in held.items()
+                                if seat in instance.indivisible
+                                and (tenant, seat) not in instance.forbidden},
+                      limit=options.churn_limit)  # fmt: skip
     division = divide(built.instance, options, churn=churn, notes=built.notes)
     allocation, certificate, idle = share_idle_pools(
         built.instance, division.allocation, division.certificate)

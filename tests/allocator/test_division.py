@@ -27,6 +27,8 @@ from allocator import (
 from allocator.certificate import bundles, constraint_terms
 from allocator.constructive import efm_allocation, picking_allocation, prop_alpha_allocation
 from allocator.criteria import EF_TYPE, Criterion
+from allocator.errors import InfeasibleError
+from allocator.options import Churn
 from bench.instances import RandomSource, random_instance
 from tests.allocator.strategies import instances
 
@@ -282,3 +284,19 @@ def test_envy_terms_match_certificate_slack() -> None:
     for name, agent in division.certificate.agents.items():
         margins = [a for _, a, _ in constraint_terms(inst, b, name)]
         assert agent.slack == pytest.approx(min(margins))
+
+
+def test_a_churn_bound_no_allocation_meets_is_refused_not_broken() -> None:
+    """A side constraint is not a criterion to relax: when the seat's previous holder may no
+    longer hold it (forbidden), no allocation keeps a churn limit of 0 counting that seat. The
+    exact MILP said so, and the scalable path then returned an allocation one move past the
+    limit as if it held; now the division refuses (the cluster layer counts only seats their
+    holder could keep, test_allocate)."""
+    agents = (Agent("a", criterion="ef1"), Agent("b", criterion="ef1"))
+    instance = Instance(
+        agents=agents, indivisible=("s", "t"), divisible=("pool",),
+        values={"a": {"s": 1.0, "t": 1.0, "pool": 1.0}, "b": {"s": 1.0, "t": 1.0, "pool": 1.0}},
+        forbidden=frozenset({("a", "s")}),
+    )  # fmt: skip
+    with pytest.raises(InfeasibleError, match="within 0 seat moves"):
+        divide(instance, OPTIONS, churn=Churn(previous={"s": "a"}, limit=0))

@@ -30,6 +30,7 @@ from allocator import (
     validate_allocation,
     validate_cluster_allocation,
 )
+from allocator.cluster.allocate import previous_replicas
 from allocator.cluster.instance import build_instance, pool_name, seat_name
 from allocator.criteria import PROP_TYPE
 
@@ -276,6 +277,32 @@ def test_a_churn_limit_of_zero_keeps_every_seat_with_its_holder(seed: int) -> No
     second = allocate_cluster(_grown(snap), SolveOptions(time_limit_s=20, churn_limit=0),
                               first.plans, version=2)  # fmt: skip
     assert _seat_moves(first.plans, second.plans) == 0, seed
+
+
+def _shrunk(snap: ClusterSnapshot) -> ClusterSnapshot:
+    """The world changes: the model wanting the most replicas wants two fewer."""
+    models = list(snap.models)
+    k = max(range(len(models)), key=lambda i: models[i].replicas_wanted)
+    models[k] = dataclasses.replace(models[k], replicas_wanted=models[k].replicas_wanted - 2)
+    return ClusterSnapshot(snap.tenants, tuple(models), snap.gpus)
+
+
+@pytest.mark.parametrize("seed", [33, 34])
+def test_a_churn_limit_counts_only_seats_their_holder_could_keep(seed: int) -> None:
+    """A seat its tenant's models no longer want leaves it whatever the bound: with a limit of
+    0 the re-solve moves those seats and keeps every other with its holder. Counting them made
+    the exact solve infeasible, and the scalable path's answer then passed the limit."""
+    snap = snapshot(seed)
+    first = allocate_cluster(snap, SolveOptions(time_limit_s=20))
+    changed = _shrunk(snap)
+    held = previous_replicas(changed, first.plans)
+    forbidden = build_instance(changed, held).instance.forbidden
+    keepable = {seat: t for seat, (t, _) in held.items() if (t, seat) not in forbidden}
+    assert len(keepable) < len(held), seed  # the change forces some moves
+    second = allocate_cluster(changed, SolveOptions(time_limit_s=20, churn_limit=0),
+                              first.plans, version=2)  # fmt: skip
+    assert {s: second.allocation.indivisible[s] for s in keepable} == keepable, seed
+    validate_cluster_allocation(changed, second)
 
 
 def _first_row(certificate: Certificate, **changes: Any) -> Certificate:
