@@ -23,7 +23,12 @@ unexpected error in a thread is logged with its traceback and retried the same w
 dies while the daemon serves. A token the API rejects (401 or 403) is no outage:
 each rejected pull logs one error saying so and what the daemon serves meanwhile; after
 ``TOKEN_REJECTED_TRIES`` in a row with no plan to serve, :attr:`PlanClient.token_rejected` is
-set (``gpufair executor`` then exits non-zero), since nothing would ever be served. A plan
+set (``gpufair executor`` then exits non-zero), since nothing would ever be served. While
+it serves a plan, a daemon whose token is refused with 401 (rotated, its pod not yet
+restarted) asks again only every ``TOKEN_REFUSED_RETRY_S`` on each of its threads: the API
+refuses every request from an address that presented 30 unknown tokens in a minute, a valid
+one included, and a stale daemon retrying at its usual pace locked its host's other daemons
+and clients out of the API (their credential pulls too). A plan
 the API serves that does not parse is logged and skipped (its ETag is remembered, so it is not
 fetched again until it changes).
 
@@ -113,6 +118,9 @@ REJECTED = (401, 403)
 
 FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
+# A thread's wait after the API refused the node's token (401) while a plan serves: three
+# threads then cost the API's failed-credential limit (30 a minute per address) 3 a minute.
+TOKEN_REFUSED_RETRY_S = 60.0
 # Connect, each read and each write of every request but the long-polls; a long-poll's read may
 # take its wait and this grace.
 REQUEST_TIMEOUT_S = 10.0
@@ -123,6 +131,11 @@ STOP_WAIT_S = 2.0
 STATE_FORMAT = 1
 # The credential long-poll's wait: short, so that a lost connection is noticed soon too.
 CREDENTIALS_WAIT_S = 10.0
+
+
+def _token_refused(exc: BaseException) -> bool:
+    """Whether the API answered the call with 401: the node's token is unknown to it."""
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 401
 
 
 def backoff_s(failures: int, rng: random.Random) -> float:
@@ -688,6 +701,8 @@ class PlanClient:
                     else None
                 if status in REJECTED:
                     rejections += 1
+                    if _token_refused(exc) and self._runtime.plan_version is not None:
+                        delay = TOKEN_REFUSED_RETRY_S
                     log.error("token rejected by the API (HTTP %d) for node %r: check --token "
                               "or GPUFAIR_EXECUTOR_TOKEN; %s; try %d", status, self._node,
                               self._serving_now(), rejections)  # fmt: skip
@@ -726,6 +741,8 @@ class PlanClient:
                 return
             except Exception as exc:  # whatever fails, the thread lives on
                 delay = backoff_s(link.failures + 1, self._rng)
+                if _token_refused(exc):
+                    delay = TOKEN_REFUSED_RETRY_S
                 link.failed(
                     _failure(exc),
                     f"queries are checked against the last keys received; retry in "
@@ -754,7 +771,9 @@ class PlanClient:
 
     def _heartbeat_loop(self) -> None:
         link = ApiLink("heartbeats", log)
-        while not self._stop.wait(self._heartbeat_s):
+        wait = self._heartbeat_s
+        while not self._stop.wait(wait):
+            wait = self._heartbeat_s
             try:
                 self.heartbeat()
             except StoppedError:
@@ -765,9 +784,11 @@ class PlanClient:
                     first_error(exc, "heartbeat"),
                 )
             except Exception as exc:  # whatever fails, the thread lives on
+                if _token_refused(exc):
+                    wait = max(wait, TOKEN_REFUSED_RETRY_S)
                 link.failed(
                     _failure(exc),
-                    f"the node serves on and sends one every {self._heartbeat_s:g}s",
+                    f"the node serves on and sends the next in {wait:g}s",
                     error=None if isinstance(exc, httpx.HTTPError) else exc,
                 )
             else:

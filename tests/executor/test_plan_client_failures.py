@@ -387,3 +387,30 @@ def test_a_plan_that_is_not_applied_is_reported_in_the_heartbeat_until_one_is(
         assert api.reported[-1] == 4 and api.refused[-1] is None
     finally:
         client.stop()
+
+
+@pytest.mark.usefixtures("quick_backoff")
+def test_a_refused_token_is_asked_again_rarely_while_a_plan_serves(
+    api: ScriptedApi, runtime: NodeRuntime, tmp_path: Path
+) -> None:
+    """A node token rotated while its daemon serves: the API answers 401 until the pod restarts
+    with the new one. At its usual pace (heartbeats every few seconds, pulls backing off to
+    30 s) one such daemon sent ~22 refused tokens a minute, and two locked every client on
+    their host out of the API (30 a minute per address): each thread now waits
+    TOKEN_REFUSED_RETRY_S after a 401, the plan serving on."""
+    api.script(plan_document=plan([seat(0, "a")], version=1).to_dict())
+    client = client_for(runtime, api.url, tmp_path, heartbeat_s=0.02, long_poll_s=0.2,
+                        credentials=Credentials())  # fmt: skip
+    client.start()
+    try:
+        api.wait_until(lambda: 1 in api.reported)
+        api.script(failure=(401, b'{"error": {"message": "unknown token"}}', {}))
+        api.wait_until(lambda: all(api.count(path, 401) >= 1
+                                   for path in (PLAN_PATH, HEARTBEAT_PATH, CREDENTIALS_PATH)))
+        time.sleep(1.0)  # at the usual pace, dozens more refusals would come within this
+        refused = {path: api.count(path, 401)
+                   for path in (PLAN_PATH, HEARTBEAT_PATH, CREDENTIALS_PATH)}  # fmt: skip
+        assert refused == dict.fromkeys(refused, 1), refused
+        assert runtime.plan_version == 1
+    finally:
+        client.stop()
