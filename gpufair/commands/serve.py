@@ -41,6 +41,12 @@ if TYPE_CHECKING:
     from api.config import ApiConfig
 
 log = logging.getLogger(__name__)
+# On SIGTERM, how long requests in progress may finish before they are cut. A long-poll held
+# then (plans, credentials, routes: up to 30 s) kept the process up for its whole wait, the
+# pod's whole grace period; a request cut short is retried by its client (daemons and routers
+# retry their long-polls, a solve is idempotent with its Idempotency-Key). Above the allocator's
+# default time limit (8 s), so that a solve under way usually finishes.
+GRACEFUL_SHUTDOWN_S = 10
 MAX_WORKERS = 64
 # Alembic announces each of its plugins at INFO; only its migration steps are worth a line.
 logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
@@ -163,6 +169,7 @@ def main(argv: list[str]) -> int:
         "access_log": not args.no_access_log,
         # No "server: uvicorn" banner: what runs behind the API is nobody's business.
         "server_header": False,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
     }
     if workers > 1:
         _serve_in_processes(workers, served)

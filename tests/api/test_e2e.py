@@ -8,6 +8,7 @@ for it, and wakes from a long-poll as soon as the next allocation is stored.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from allocator import NodePlan
+from gpufair.commands.serve import GRACEFUL_SHUTDOWN_S
 from gpufair.servers import ChildServer, free_port
 from tests.waiting import wait_until
 
@@ -40,6 +42,8 @@ def _environment(tmp_path: Path, **extra: str) -> dict[str, str]:
 # server's statement log (GPUFAIR_DATABASE_ECHO) shows it: how the test sees that a long-poll
 # made its first read and is held, without a guess of how long that takes.
 VERSION_READ = "max(node_plans.version)"
+# What every read of the routing table sends (api.services.dataplane.routing_table).
+ROUTES_READ = "allocations.tenant_ids"
 
 
 def _version_reads(log: Path) -> int:
@@ -158,3 +162,41 @@ def test_serve_refuses_a_database_it_cannot_use_in_one_line(
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
     assert "secret" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigterm_ends_held_long_polls_within_the_graceful_shutdown(tmp_path: Path) -> None:
+    """A long-poll held at SIGTERM (a router's routes, a node's plan: up to 30 s) kept `gpufair
+    serve` running for its whole wait, 22-27 s, near the pod's default grace of 30 s. Requests
+    get GRACEFUL_SHUTDOWN_S to finish; a long-poll still held then is cut, and its client
+    retries elsewhere."""
+    env = _environment(tmp_path, GPUFAIR_API_DEV_MODE="true", GPUFAIR_DATABASE_ECHO="true")
+    log = tmp_path / "serve.log"
+    with ChildServer("gpufair serve", ["serve", "--no-access-log"], log_path=log, env=env,
+                     cwd=tmp_path) as child:  # fmt: skip
+        child.wait_healthy(60)
+        admin = {"Authorization": f"Bearer {TOKEN}"}
+        first = httpx.get(f"{child.url}/v1/routes", headers=admin, timeout=30)
+        reads = log.read_text(errors="replace").count(ROUTES_READ)
+        assert first.status_code == 200 and reads > 0
+        answers: list[int] = []
+
+        def long_poll() -> None:
+            headers = {**admin, "If-None-Match": first.headers["ETag"]}
+            try:
+                answers.append(httpx.get(f"{child.url}/v1/routes?wait=30", headers=headers,
+                                         timeout=60).status_code)  # fmt: skip
+            except httpx.HTTPError:
+                answers.append(0)  # cut by the shutdown
+
+        held = threading.Thread(target=long_poll)
+        held.start()
+        wait_until(lambda: log.read_text(errors="replace").count(ROUTES_READ) > reads,
+                   "the long-poll's first read")  # fmt: skip
+        began = time.monotonic()
+        child.process.send_signal(signal.SIGTERM)
+        # uvicorn ends by raising the signal again once it has shut down: -SIGTERM.
+        assert child.process.wait(60) in (0, -signal.SIGTERM)
+        stopped_s = time.monotonic() - began
+        held.join(60)
+    assert stopped_s < GRACEFUL_SHUTDOWN_S + 10, stopped_s
+    assert answers in ([0], [304]), answers
