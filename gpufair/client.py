@@ -195,7 +195,8 @@ class Client:
             raise QueryFailed(f"no routing table yet from {self._api_url} "
                               f"({self._pull_error or 'no answer yet'})", 503)  # fmt: skip
         if not self.routes.knows(model):
-            raise QueryFailed(f"model {model!r} is not in your routing table", 404)
+            raise QueryFailed(f"model {model!r} is not in your routing table (a model is named "
+                              "by its id, as POST /v1/models answered)", 404)
         raise QueryFailed(f"model {model!r}: {failure}", 0)
 
     def infer(self, model: str, query: Query) -> np.ndarray:

@@ -276,7 +276,8 @@ def create_gateway_app(
         if not table.knows(model):
             if not table.received:
                 return _error(503, "the gateway has no routing table yet", {"Retry-After": "1"})
-            return _error(404, f"model {model!r} is not served (not in the routing table)")
+            return _error(404, f"model {model!r} is not served (not in the routing table; a "
+                               "model is named by its id, as POST /v1/models answered)")
         if request.method != "POST":
             return await forward(request, model, None)
         declared = request.headers.get("content-length", "")

@@ -289,10 +289,12 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"gpufair executor: {exc}; the daemon stops (its log says why)\n")
         return 1
     finally:
+        log.info("executor stopping: the fronts end their requests, then the engine drains")
         fronts.stop()
         if client is not None:
             client.stop()
         runtime.close()
+        log.info("executor stopped")
     if client is not None and client.token_rejected.is_set():
         sys.stderr.write(
             f"gpufair executor: token rejected by the API for node {args.node!r} "

@@ -19,6 +19,8 @@ import uvicorn
 
 from gpufair.inputs import port_number, positive_number, whole_number
 
+log = logging.getLogger(__name__)
+
 DEFAULT_PORT = 9080
 MAX_ROUTES_WAIT_S = 3600.0  # the longest long-poll GET /v1/routes accepts (?wait=S)
 # As gpufair.gateway's (not imported here: it pulls Starlette and httpx in for --help).
@@ -118,6 +120,8 @@ def main(argv: list[str]) -> int:
         app, host=args.host, port=args.port, log_level="warning", access_log=False,
         http="httptools", loop="uvloop",
     )  # fmt: skip
+    log.info("gateway starting on http://%s:%d, following the routing table of %s",
+             args.host or "0.0.0.0", args.port, args.api)  # fmt: skip
     try:
         uvicorn.Server(config).run()
     except OSError as exc:

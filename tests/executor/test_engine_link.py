@@ -311,6 +311,7 @@ def test_sigterm_refuses_new_connections_at_once_serves_those_in_flight_and_leav
             assert not answer.done(), "refused only once the query in flight was answered"
             assert answer.result().status_code == 200
         assert child.process.wait(30) == 0
+        assert "executor stopped" in child.tail(20)  # its log says the daemon ended, not died
     assert processes
     _eventually(lambda: not any(map(_running, processes)), "a process of the daemon was left")
     assert set(os.listdir("/dev/shm")) <= shm_before

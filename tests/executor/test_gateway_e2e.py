@@ -97,6 +97,9 @@ def test_through_the_gateway_a_tenant_reaches_its_models_and_no_other_tenants(
         missing = infer(gateway.url, model, None)
         assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
     assert infer(gateway.url, "999999", cluster.keys["ads"]).status_code == 404
+    # Its log says where it listens and whose routing table it follows, as serve's and the
+    # daemons' do (it said nothing: uvicorn's own lines are off).
+    assert f"gateway starting on {gateway.url}" in gateway.tail(200)
     # Refused before its body (another tenant's key), a body larger than the sockets' buffers:
     # the daemon answers and closes with the body unread, which resets the gateway's upload
     # midway. The query still gets the daemon's 403, and the daemon is not held dead for it.

@@ -330,6 +330,14 @@ def test_a_replica_that_cannot_serve_the_model_now_has_the_query_sent_to_another
             assert running.health()["dead"] == []
 
 
+def test_a_model_named_by_its_name_is_told_to_use_its_id(setup: Setup) -> None:
+    """Queries name a model by its id; an operator's first try by name got a bare 404."""
+    refused = httpx.post(f"{setup.gateway}/v2/models/search-rank/infer", content=b"q",
+                         headers=AUTH, timeout=WAIT_S)  # fmt: skip
+    assert refused.status_code == 404
+    assert "named by its id" in refused.json()["error"], refused.text
+
+
 def test_an_https_replica_is_held_failed_with_its_scheme_named(records: LogRecords) -> None:
     """The gateway speaks no TLS: an https:// replica was sent plain text (on port 80 unless
     its URL named a port). It fails at once, a 502 that names the scheme, and is held dead."""
