@@ -40,7 +40,9 @@ INFERENCE_KEY_PREFIX = "gfi_"
 class Principal:
     """The caller behind a bearer token."""
 
-    role: Literal["admin", "tenant", "node"]
+    # "inference": a usable inference-only key, which no control-plane route takes (401 saying
+    # so); it is identified only so that it is not taken for a guessed token.
+    role: Literal["admin", "tenant", "node", "inference"]
     id: int = 0  # tenant or node id; 0 for the admin
     name: str = ""  # tenant or node name
     key_id: int = 0  # the tenant's API key that was presented; 0 for other roles
@@ -150,6 +152,16 @@ def identify_until(
             return None, None
         principal = Principal(role="tenant", id=tenant.id, name=tenant.name, key_id=tenant.key_id)
         return principal, as_utc(tenant.expires_at) if tenant.expires_at else None
+    if token.startswith(INFERENCE_KEY_PREFIX):
+        key = session.execute(
+            select(ApiKeyRow.tenant_id, ApiKeyRow.id, ApiKeyRow.expires_at).where(
+                ApiKeyRow.token_hash == digest, key_usable(now or utcnow())
+            )
+        ).first()
+        if key is None:
+            return None, None
+        principal = Principal(role="inference", id=key.tenant_id, key_id=key.id)
+        return principal, as_utc(key.expires_at) if key.expires_at else None
     if token.startswith(NODE_TOKEN_PREFIX):
         node = session.execute(
             select(NodeRow.id, NodeRow.name).where(NodeRow.token_hash == digest)

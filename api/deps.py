@@ -215,8 +215,13 @@ def _check_role(
     if principal is None:
         state.failed_credentials.failed(client_address(request))
         raise Unauthorized("unknown, revoked or expired token")
+    if principal.role == "inference":  # a valid key, not a guess: not a failed credential
+        raise Unauthorized(
+            "an inference-only key (gfi_...) is for queries to the daemons and the gateway; "
+            "the control plane takes the tenant's API key (gft_...)"
+        )
     if principal.role != role:
-        raise Forbidden(f"this route is for the {role}, not a {principal.role}")
+        raise Forbidden(f"this route is for the {role}, not the {principal.role}")
     return principal
 
 

@@ -122,7 +122,7 @@ def _check_admin(request: Request, state: AppState, token: str) -> HTMLResponse 
         return _refuse(401, "Sign in", f"Unknown or revoked token. {HOW}", form=True)
     if principal.role != "admin":
         return _refuse(
-            403, "Refused", f"The dashboard is for the admin, not a {principal.role}.", form=False
+            403, "Refused", f"The dashboard is for the admin, not the {principal.role}.", form=False
         )
     return None
 

@@ -84,8 +84,16 @@ def test_an_inference_key_is_for_queries_only(api: Api) -> None:
     created = r.json()
     assert created["key"].startswith("gfi_") and created["scope"] == "inference"
     assert created["expires_at"] is not None
-    # The control plane refuses it, the credential document carries it.
-    assert api.client.get("/v1/tenants/me", headers=api.bearer(created["key"])).status_code == 401
+    # The control plane refuses it, saying what it is; a valid key is no guessed token, so its
+    # refusals do not count towards the address's failed credentials (30 a minute).
+    limiter = api.client.app.state.gpufair.failed_credentials  # type: ignore[attr-defined]
+    for _ in range(3):
+        refused = api.client.get("/v1/tenants/me", headers=api.bearer(created["key"]))
+        assert refused.status_code == 401, refused.text
+        assert "inference-only key" in refused.json()["error"]["message"], refused.text
+    assert limiter.tracked() == 0
+    assert api.client.get("/v1/tenants/me", headers=api.bearer("gfi_made_up")).status_code == 401
+    assert limiter.tracked() == 1  # a made-up one is counted
     document = CredentialDocument.model_validate(_credentials(api, "n1", token).json())
     assert salted(document.salt, key_digest(created["key"])) in document.tenants["ads"]
     listed = api.client.get("/v1/tenants/me/keys", headers=tenant).json()
