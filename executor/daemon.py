@@ -253,10 +253,7 @@ def create_front(
     bounds = budgets or TenantBudgets()
 
     async def healthz(request: Request) -> Response:
-        try:
-            health = await engine.health()
-        except SchedulingError as exc:  # the engine is gone or did not answer
-            return answer_error(exc)[0]
+        health = await engine.health()
         if health is None:
             return JSONResponse(
                 {"status": "waiting for a plan (and in API mode its credentials)"},
@@ -265,24 +262,14 @@ def create_front(
         return JSONResponse(health)
 
     async def livez(request: Request) -> Response:
-        try:
-            await engine.health()
-        except SchedulingError as exc:
-            return answer_error(exc)[0]
+        await engine.health()
         return JSONResponse({"status": "alive"})
 
     async def metrics_route(request: Request) -> Response:
-        try:
-            text = await engine.metrics()
-        except SchedulingError as exc:
-            return answer_error(exc)[0]
-        return Response(text, media_type="text/plain; version=0.0.4")
+        return Response(await engine.metrics(), media_type="text/plain; version=0.0.4")
 
     async def schema(request: Request) -> Response:
-        try:
-            info = await engine.model(request.path_params["model"], _credential_of(request))
-        except SchedulingError as exc:
-            return answer_error(exc)[0]
+        info = await engine.model(request.path_params["model"], _credential_of(request))
         return JSONResponse(info.schema.to_dict())
 
     async def serve(request: Exchange, reader: BodyReader) -> Response:
@@ -396,10 +383,7 @@ def create_front(
         return JSONResponse({"ready": serving}, status_code=200 if serving else 503)
 
     async def model_metadata(request: Request) -> Response:
-        try:
-            info = await engine.model(request.path_params["model"], _credential_of(request))
-        except SchedulingError as exc:
-            return answer_error(exc)[0]
+        info = await engine.model(request.path_params["model"], _credential_of(request))
         inputs, outputs = codec.tensor_metadata(info.schema)
         return JSONResponse(
             {
@@ -412,10 +396,7 @@ def create_front(
         )
 
     async def model_ready(request: Request) -> Response:
-        try:
-            info = await engine.model(request.path_params["model"], _credential_of(request))
-        except SchedulingError as exc:
-            return answer_error(exc)[0]
+        info = await engine.model(request.path_params["model"], _credential_of(request))
         return JSONResponse({"name": info.model_id, "ready": True})
 
     @contextlib.asynccontextmanager
@@ -453,7 +434,7 @@ def create_front(
             *(route for route, _ in inference),
         ],
         lifespan=lifespan,
-        exception_handlers={HTTPException: _routing_error},
+        exception_handlers={HTTPException: _routing_error, SchedulingError: _scheduling_error},
     )
     # The same routes for a server that calls them without ASGI: Starlette's patterns.
     direct = tuple(
@@ -461,6 +442,13 @@ def create_front(
         for route, reader in inference
     )
     return FrontApp(asgi, direct, engine)
+
+
+async def _scheduling_error(request: Request, exc: Exception) -> Response:
+    """What a route other than inference met at the engine (an unknown model, a refused key,
+    an engine gone or not answering), answered from the one table, as a query's is."""
+    assert isinstance(exc, SchedulingError)
+    return answer_error(exc)[0]
 
 
 async def _routing_error(request: Request, exc: Exception) -> Response:
