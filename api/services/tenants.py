@@ -107,9 +107,9 @@ def issue_key(
     stored. With ``presented_key_id`` (a tenant issuing its own with that key), the presented
     key must still be usable (401): a key revoked meanwhile mints nothing."""
     if presented_key_id is not None:
-        _lock_tenant(session, tenant_id)
-        _presented_key(session, tenant_id, presented_key_id, now)
-    get_tenant_or_raise(session=session, tenant_id=tenant_id)
+        _presented_key(session, tenant_id, presented_key_id, now)  # the tenant locked, found
+    else:
+        get_tenant_or_raise(session=session, tenant_id=tenant_id)
     key = new_token(INFERENCE_KEY_PREFIX if scope == "inference" else TENANT_KEY_PREFIX)
     row = ApiKeyRow(
         tenant_id=tenant_id,
@@ -137,11 +137,13 @@ def _own_key(session: Session, tenant_id: int, key_id: int) -> ApiKeyRow:
 
 
 def _presented_key(session: Session, tenant_id: int, key_id: int, now: datetime) -> ApiKeyRow:
-    """The key a tenant's request presented, read again under the tenant's lock. It was usable
+    """The key a tenant's request presented, read again under the tenant's lock, which this
+    takes (NotFound for a tenant gone). It was usable
     when the request was authenticated, but a change committed since — a concurrent request's
     on PostgreSQL, or another replica's that this process's credential cache has not seen — may
     have revoked it: then the request is refused (401) as if it had come a moment later, so one
     key rotated twice mints one key, and the answers are SQLite's, whose writers run in turn."""
+    _lock_tenant(session, tenant_id)
     key = _own_key(session, tenant_id, key_id)
     if not key_usable_at(key, now):
         raise Unauthorized(
@@ -156,7 +158,6 @@ def rotate_key(
 ) -> tuple[ApiKeyRow, str]:
     """A new key for the tenant, and key ``key_id`` (the one presented) revoked now, or
     refused after ``grace_s`` seconds (an expiry already sooner is kept)."""
-    _lock_tenant(session, tenant_id)
     old = _presented_key(session, tenant_id, key_id, now)
     row, key = issue_key(session=session, tenant_id=tenant_id, now=now)
     if grace_s == 0:
@@ -211,7 +212,6 @@ def revoke_key(
     usable key would let a tenant revoke its one lasting key with one about to expire (a
     rotation's grace) and be locked out when that expires."""
     if presented_key_id is not None:
-        _lock_tenant(session, tenant_id)
         _presented_key(session, tenant_id, presented_key_id, now)
     row = _own_key(session, tenant_id, key_id)
     if row.revoked_at is not None:
